@@ -1,0 +1,133 @@
+//! The agent's configuration: command-line flags (each also an `ORCA_AGENT_*`
+//! environment variable), validated once into [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Default containerd socket.
+pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+/// Default containerd namespace for ORCA's containers.
+pub const DEFAULT_NAMESPACE: &str = "orca";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/orca-agent";
+
+/// A configuration error, naming the field.
+#[derive(Debug, thiserror::Error)]
+#[error("config field `{field}`: {problem}")]
+pub struct ConfigError {
+    /// The flag or field at fault.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// `orca-agent`: runs ORCA pods on this host's containerd.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "orca-agent", version, about)]
+pub struct Flags {
+    /// Control plane NodeService URL, e.g. http://10.0.0.1:7443.
+    #[arg(long, env = "ORCA_AGENT_CONTROL_PLANE")]
+    pub control_plane: String,
+    /// Single-use join token.
+    #[arg(long, env = "ORCA_AGENT_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: String,
+    /// Name of this node (the token is bound to it).
+    #[arg(long, env = "ORCA_AGENT_NODE_NAME")]
+    pub node_name: String,
+    /// Address to serve AgentService on.
+    #[arg(long, env = "ORCA_AGENT_LISTEN", default_value = "0.0.0.0:7444")]
+    pub listen: SocketAddr,
+    /// Address the control plane dials; defaults to the bound listen address.
+    #[arg(long, env = "ORCA_AGENT_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// containerd's gRPC socket.
+    #[arg(long, env = "ORCA_AGENT_CONTAINERD_SOCKET", default_value = DEFAULT_CONTAINERD_SOCKET)]
+    pub containerd_socket: PathBuf,
+    /// containerd namespace for this agent's containers.
+    #[arg(long, env = "ORCA_AGENT_CONTAINERD_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    pub containerd_namespace: String,
+    /// Directory for pod logs and agent state.
+    #[arg(long, env = "ORCA_AGENT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The orca-logger binary; defaults to the one beside this executable.
+    #[arg(long, env = "ORCA_AGENT_LOGGER")]
+    pub logger: Option<PathBuf>,
+    /// Registries reached over plain HTTP (loopback registries always are). Repeatable.
+    #[arg(long = "insecure-registry", env = "ORCA_AGENT_INSECURE_REGISTRIES", value_delimiter = ',')]
+    pub insecure_registries: Vec<String>,
+    /// CPU millicores to report; defaults to the host's CPUs.
+    #[arg(long, env = "ORCA_AGENT_CPU_MILLIS")]
+    pub cpu_millis: Option<i64>,
+    /// Memory bytes to report; defaults to the host's memory.
+    #[arg(long, env = "ORCA_AGENT_MEMORY_BYTES")]
+    pub memory_bytes: Option<i64>,
+    /// Maximum pods on this node.
+    #[arg(long, env = "ORCA_AGENT_MAX_PODS", default_value_t = 110)]
+    pub max_pods: i32,
+    /// First container restart back-off in milliseconds (doubles per restart).
+    #[arg(long, env = "ORCA_AGENT_BACKOFF_BASE_MS", default_value_t = 10_000)]
+    pub backoff_base_ms: u64,
+    /// Longest container restart back-off in milliseconds.
+    #[arg(long, env = "ORCA_AGENT_BACKOFF_MAX_MS", default_value_t = 300_000)]
+    pub backoff_max_ms: u64,
+    /// Pause between failed attempts to reach the control plane, in milliseconds.
+    #[arg(long, env = "ORCA_AGENT_RETRY_MS", default_value_t = 1_000)]
+    pub retry_ms: u64,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The flags as given.
+    pub flags: Flags,
+    /// The logger binary.
+    pub logger: PathBuf,
+    /// Restart back-off base.
+    pub backoff_base: Duration,
+    /// Restart back-off cap.
+    pub backoff_max: Duration,
+    /// Join/heartbeat retry pause.
+    pub retry: Duration,
+}
+
+impl Flags {
+    /// Validates the flags, naming the first bad one.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let err = |field, problem: &str| Err(ConfigError { field, problem: problem.to_owned() });
+        if !self.control_plane.starts_with("http://") && !self.control_plane.starts_with("https://") {
+            return err("control-plane", "must be an http:// or https:// URL");
+        }
+        if self.join_token.trim().is_empty() {
+            return err("join-token", "must not be empty");
+        }
+        if self.node_name.is_empty() || !self.node_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return err("node-name", "must be letters, digits and dashes");
+        }
+        let ns = &self.containerd_namespace;
+        if ns.is_empty() || !ns.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+            return err("containerd-namespace", "must be letters, digits, '.', '_' and '-'");
+        }
+        if self.backoff_base_ms == 0 || self.backoff_max_ms < self.backoff_base_ms {
+            return err("backoff-max-ms", "back-offs must be positive with max >= base");
+        }
+        let logger = match &self.logger {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .map_err(|e| ConfigError { field: "logger", problem: format!("cannot locate own executable: {e}") })?
+                .with_file_name("orca-logger"),
+        };
+        if !logger.is_file() {
+            return Err(ConfigError { field: "logger", problem: format!("{} does not exist", logger.display()) });
+        }
+        Ok(Config {
+            logger,
+            backoff_base: Duration::from_millis(self.backoff_base_ms),
+            backoff_max: Duration::from_millis(self.backoff_max_ms),
+            retry: Duration::from_millis(self.retry_ms.max(10)),
+            flags: self,
+        })
+    }
+}

@@ -1,0 +1,126 @@
+//! The ORCA node agent.
+//!
+//! Baked into the AMI (or started by the `local` provider as a simulated host),
+//! the agent joins the control plane with a single-use token, runs the pods it is
+//! given on this host's containerd through containerd's gRPC API, and reports in
+//! heartbeats only what it observed from containerd: a pod is Running because
+//! containerd said its task runs, never because it was asked to run.
+//!
+//! # Layout
+//! - [`config`]: flags, validated into a config that names bad fields.
+//! - [`spec`]: Kubernetes container → OCI runtime spec (pure, unit-tested).
+//! - [`runtime`]: the containerd seam: image pulls, containers, tasks.
+//! - [`pods`]: the pod lifecycle: start, watch, restart, stop.
+//! - [`status`]: observed states and the pod phase (Kubernetes' rules).
+//! - [`logs`]: CRI log files: the logger the shim runs, and the reader.
+//! - [`server`]: the AgentService gRPC server.
+//! - [`heartbeat`]: join and heartbeat.
+//!
+//! # Current limitations
+//! Mutual TLS, pod adoption after an agent restart, init containers, probes,
+//! volumes, exec/attach, log follow and GPU telemetry come with later issues;
+//! pod specs that ask for them fail with reason `InvalidPodSpec` naming the field
+//! rather than being silently half-run. Containers share the host's network
+//! namespace (on a simulated host, the agent's; on EC2, the instance's).
+
+pub mod config;
+pub mod heartbeat;
+pub mod logs;
+pub mod pods;
+pub mod runtime;
+pub mod server;
+pub mod spec;
+pub mod status;
+
+use std::future::Future;
+
+use orca_proto::agent::v1::agent_service_server::AgentServiceServer;
+use orca_proto::types::v1::Resources;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::info;
+
+use crate::config::Config;
+use crate::pods::{Layout, PodManager, Timings};
+use crate::runtime::Containerd;
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// containerd could not be reached.
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
+    /// The gRPC server failed.
+    #[error("agent server failed")]
+    Serve(#[source] tonic::transport::Error),
+    /// Local IO failed.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the agent on an already-bound listener until `shutdown` resolves, then
+/// drains in-flight calls and returns. Pods keep running: they belong to containerd.
+pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let flags = &config.flags;
+    let local = listener.local_addr().map_err(|source| AgentError::Io { what: "listener address".into(), source })?;
+    let advertise = flags.advertise.clone().unwrap_or_else(|| local.to_string());
+    let ctrd = Containerd::connect(&flags.containerd_socket, &flags.containerd_namespace).await?;
+    let host_ip = advertise.rsplit_once(':').map_or(advertise.clone(), |(h, _)| h.to_owned());
+    let layout = Layout { log_dir: flags.state_dir.join("pods"), logger: config.logger.clone(), host_ip };
+    let timings = Timings { backoff_base: config.backoff_base, backoff_max: config.backoff_max };
+    let pods = PodManager::new(ctrd, flags.insecure_registries.clone(), layout, timings);
+
+    let identity = heartbeat::Identity {
+        control_plane: flags.control_plane.clone(),
+        token: flags.join_token.clone(),
+        node_name: flags.node_name.clone(),
+        agent_address: advertise.clone(),
+        capacity: capacity(flags),
+        retry: config.retry,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let heartbeats = tokio::spawn(heartbeat::run(identity, pods.clone(), stopped(stop_rx.clone())));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AgentServiceServer<server::AgentServer>>().await;
+    info!(listen = %local, advertise = %advertise, node = %flags.node_name, "agent serving");
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(orca_proto::serving::reflection_v1())
+        .add_service(orca_proto::serving::reflection_v1alpha())
+        .add_service(AgentServiceServer::new(server::AgentServer::new(pods)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(AgentError::Serve);
+    let _ = stop_tx.send(true);
+    let _ = heartbeats.await;
+    info!("agent stopped");
+    result
+}
+
+fn capacity(flags: &config::Flags) -> Resources {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as i64;
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<i64>().ok()))
+        })
+        .map_or(0, |kb| kb * 1024);
+    Resources {
+        cpu_millis: flags.cpu_millis.unwrap_or(cpus * 1000),
+        memory_bytes: flags.memory_bytes.unwrap_or(memory),
+        gpus: 0,
+        pods: flags.max_pods,
+    }
+}

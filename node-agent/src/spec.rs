@@ -1,0 +1,620 @@
+//! Translation of one Kubernetes container (plus its image's config) into an OCI
+//! runtime spec. Pure: no IO, unit-tested on its own.
+//!
+//! The defaults follow containerd's `oci.WithDefaultSpec` for Linux (mounts,
+//! masked paths, default capability set) so that a container here behaves as it
+//! would under `ctr run` or the kubelet.
+
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+use serde_json::{Value, json};
+
+/// Capabilities a container gets by default (containerd's and Docker's set).
+const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// The CFS period used to express a CPU limit as a quota, in microseconds (the kubelet's).
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// What a pod spec asks for that this agent cannot do (yet) or that is malformed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    /// The pod has no containers.
+    #[error("pod spec has no containers")]
+    NoContainers,
+    /// A container has no image.
+    #[error("container {container:?} has no image")]
+    NoImage {
+        /// Container name.
+        container: String,
+    },
+    /// Two containers share a name.
+    #[error("container name {container:?} is used twice")]
+    DuplicateName {
+        /// Container name.
+        container: String,
+    },
+    /// A container name is not a DNS-1123 label.
+    #[error("container name {container:?} is not a lowercase DNS-1123 label")]
+    BadName {
+        /// Container name.
+        container: String,
+    },
+    /// A field the agent does not implement yet; failing beats ignoring it.
+    #[error("{field} is not supported by this agent yet")]
+    Unsupported {
+        /// The spec path, e.g. `containers[main].livenessProbe`.
+        field: String,
+    },
+    /// A resource quantity that does not parse.
+    #[error("{field}: {value:?} is not a valid quantity")]
+    BadQuantity {
+        /// The spec path.
+        field: String,
+        /// The text found.
+        value: String,
+    },
+    /// The process to run is empty: no command, no args and no image entrypoint or cmd.
+    #[error("container {container:?} has nothing to run: no command and the image has no entrypoint or cmd")]
+    NothingToRun {
+        /// Container name.
+        container: String,
+    },
+    /// An image pull policy other than Always, IfNotPresent and Never.
+    #[error("container {container:?}: imagePullPolicy {policy:?} is not Always, IfNotPresent or Never")]
+    BadPullPolicy {
+        /// Container name.
+        container: String,
+        /// The policy found.
+        policy: String,
+    },
+    /// A restart policy other than Always, OnFailure and Never.
+    #[error("restartPolicy {policy:?} is not Always, OnFailure or Never")]
+    BadRestartPolicy {
+        /// The policy found.
+        policy: String,
+    },
+}
+
+/// The parts of an OCI image config that shape the process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    /// `Env`, `KEY=value` entries.
+    pub env: Vec<String>,
+    /// `Entrypoint`.
+    pub entrypoint: Vec<String>,
+    /// `Cmd`.
+    pub cmd: Vec<String>,
+    /// `WorkingDir`.
+    pub working_dir: String,
+}
+
+impl ImageConfig {
+    /// Reads the `config` object of an OCI image config JSON document.
+    pub fn from_json(raw: &[u8]) -> Result<Self, serde_json::Error> {
+        let doc: Value = serde_json::from_slice(raw)?;
+        let config = &doc["config"];
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default()
+        };
+        Ok(Self {
+            env: strings(&config["Env"]),
+            entrypoint: strings(&config["Entrypoint"]),
+            cmd: strings(&config["Cmd"]),
+            working_dir: config["WorkingDir"].as_str().unwrap_or_default().to_owned(),
+        })
+    }
+}
+
+/// How the kubelet decides whether to pull an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Pull every time a container is created.
+    Always,
+    /// Pull only when the image is not present.
+    IfNotPresent,
+    /// Never pull; fail when absent.
+    Never,
+}
+
+impl PullPolicy {
+    /// The container's policy, with Kubernetes' default: Always for `:latest` or an
+    /// untagged reference, IfNotPresent otherwise.
+    pub fn of(container: &Container) -> Result<Self, SpecError> {
+        match container.image_pull_policy.as_deref() {
+            Some("Always") => Ok(Self::Always),
+            Some("IfNotPresent") => Ok(Self::IfNotPresent),
+            Some("Never") => Ok(Self::Never),
+            Some(other) => Err(SpecError::BadPullPolicy {
+                container: container.name.clone(),
+                policy: other.to_owned(),
+            }),
+            None => {
+                let image = container.image.as_deref().unwrap_or_default();
+                let last = image.rsplit('/').next().unwrap_or_default();
+                let tagged = last.contains(':') || image.contains('@');
+                if !tagged || image.ends_with(":latest") {
+                    Ok(Self::Always)
+                } else {
+                    Ok(Self::IfNotPresent)
+                }
+            }
+        }
+    }
+}
+
+/// A pod's restart policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// Restart containers whatever their exit status (Kubernetes' default).
+    Always,
+    /// Restart containers that exit non-zero.
+    OnFailure,
+    /// Never restart.
+    Never,
+}
+
+impl RestartPolicy {
+    /// The pod's policy, Always when unset.
+    pub fn of(spec: &PodSpec) -> Result<Self, SpecError> {
+        match spec.restart_policy.as_deref() {
+            None | Some("Always") => Ok(Self::Always),
+            Some("OnFailure") => Ok(Self::OnFailure),
+            Some("Never") => Ok(Self::Never),
+            Some(other) => Err(SpecError::BadRestartPolicy { policy: other.to_owned() }),
+        }
+    }
+}
+
+/// Checks what the agent can run; the first problem found is returned.
+pub fn validate(spec: &PodSpec) -> Result<(), SpecError> {
+    if spec.containers.is_empty() {
+        return Err(SpecError::NoContainers);
+    }
+    RestartPolicy::of(spec)?;
+    let unsupported = |field: String| Err(SpecError::Unsupported { field });
+    if spec.init_containers.as_ref().is_some_and(|c| !c.is_empty()) {
+        return unsupported("initContainers".into());
+    }
+    if spec.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
+        return unsupported("volumes".into());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for c in &spec.containers {
+        if !is_dns_label(&c.name) {
+            return Err(SpecError::BadName { container: c.name.clone() });
+        }
+        if !seen.insert(c.name.as_str()) {
+            return Err(SpecError::DuplicateName { container: c.name.clone() });
+        }
+        if c.image.as_deref().unwrap_or_default().trim().is_empty() {
+            return Err(SpecError::NoImage { container: c.name.clone() });
+        }
+        PullPolicy::of(c)?;
+        let at = |f: &str| format!("containers[{}].{f}", c.name);
+        if c.liveness_probe.is_some() {
+            return unsupported(at("livenessProbe"));
+        }
+        if c.readiness_probe.is_some() {
+            return unsupported(at("readinessProbe"));
+        }
+        if c.startup_probe.is_some() {
+            return unsupported(at("startupProbe"));
+        }
+        if c.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()) {
+            return unsupported(at("volumeMounts"));
+        }
+        if c.env_from.as_ref().is_some_and(|v| !v.is_empty()) {
+            return unsupported(at("envFrom"));
+        }
+        if c.env.iter().flatten().any(|e| e.value_from.is_some()) {
+            return unsupported(at("env.valueFrom"));
+        }
+        if c.tty == Some(true) || c.stdin == Some(true) {
+            return unsupported(at("tty/stdin"));
+        }
+        if let Some(sc) = &c.security_context {
+            if sc.privileged == Some(true) {
+                return unsupported(at("securityContext.privileged"));
+            }
+            if sc.capabilities.is_some() {
+                return unsupported(at("securityContext.capabilities"));
+            }
+        }
+        limits(c)?;
+    }
+    Ok(())
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// The process arguments with Kubernetes' rules: `command` replaces the image's
+/// Entrypoint and then ignores its Cmd; `args` replaces Cmd.
+pub fn process_args(container: &Container, image: &ImageConfig) -> Result<Vec<String>, SpecError> {
+    let (entrypoint, cmd) = match (&container.command, &container.args) {
+        (Some(command), Some(args)) => (command.clone(), args.clone()),
+        (Some(command), None) => (command.clone(), Vec::new()),
+        (None, Some(args)) => (image.entrypoint.clone(), args.clone()),
+        (None, None) => (image.entrypoint.clone(), image.cmd.clone()),
+    };
+    let argv: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if argv.is_empty() {
+        return Err(SpecError::NothingToRun { container: container.name.clone() });
+    }
+    Ok(argv)
+}
+
+/// The environment: the image's, then the container's (later entries win, as in
+/// Kubernetes), with `$(VAR)` references expanded against what came before.
+pub fn environment(container: &Container, image: &ImageConfig, hostname: &str) -> Vec<String> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let set = |k: &str, v: String, env: &mut Vec<(String, String)>| {
+        if let Some(slot) = env.iter_mut().find(|(key, _)| key == k) {
+            slot.1 = v;
+        } else {
+            env.push((k.to_owned(), v));
+        }
+    };
+    for entry in &image.env {
+        let (k, v) = entry.split_once('=').unwrap_or((entry, ""));
+        set(k, v.to_owned(), &mut env);
+    }
+    set("HOSTNAME", hostname.to_owned(), &mut env);
+    for var in container.env.iter().flatten() {
+        let value = expand(var.value.as_deref().unwrap_or_default(), &env);
+        set(&var.name, value, &mut env);
+    }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// Kubernetes' `$(VAR)` expansion: defined variables are replaced, `$$` escapes,
+/// undefined references stay as written.
+fn expand(input: &str, env: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(inner) = after.strip_prefix('(')
+            && let Some(end) = inner.find(')')
+        {
+            let name = &inner[..end];
+            match env.iter().find(|(k, _)| k == name) {
+                Some((_, v)) => out.push_str(v),
+                None => out.push_str(&rest[pos..pos + 3 + end]),
+            }
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// CPU and memory limits of a container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// CPU limit in millicores.
+    pub cpu_millis: Option<u64>,
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<u64>,
+    /// CPU request in millicores (becomes cgroup shares).
+    pub cpu_request_millis: Option<u64>,
+}
+
+/// Reads a container's CPU and memory limits and CPU request.
+pub fn limits(container: &Container) -> Result<Limits, SpecError> {
+    let Some(res) = &container.resources else { return Ok(Limits::default()) };
+    let get = |map: &Option<std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+               key: &str,
+               kind: &str| {
+        map.as_ref().and_then(|m| m.get(key)).map(|q| {
+            let field = format!("containers[{}].resources.{kind}.{key}", container.name);
+            parse_quantity(&q.0, key == "cpu").ok_or(SpecError::BadQuantity { field, value: q.0.clone() })
+        })
+    };
+    Ok(Limits {
+        cpu_millis: get(&res.limits, "cpu", "limits").transpose()?,
+        memory_bytes: get(&res.limits, "memory", "limits").transpose()?,
+        cpu_request_millis: get(&res.requests, "cpu", "requests").transpose()?,
+    })
+}
+
+/// Parses a Kubernetes quantity. With `millis`, the result is in thousandths
+/// (`500m` → 500, `2` → 2000); otherwise in units (`1Ki` → 1024, `1k` → 1000).
+pub fn parse_quantity(text: &str, millis: bool) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    let factor: f64 = match suffix {
+        "" => 1.0,
+        "m" => 0.001,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
+        _ => return None,
+    };
+    let scaled = value * factor * if millis { 1000.0 } else { 1.0 };
+    (scaled.is_finite() && scaled >= 0.0).then(|| scaled.ceil() as u64)
+}
+
+/// Everything the runtime spec of one container depends on.
+#[derive(Debug, Clone)]
+pub struct SpecInput<'a> {
+    /// The container from the pod spec.
+    pub container: &'a Container,
+    /// The pod spec (for pod-level security settings).
+    pub pod: &'a PodSpec,
+    /// The image's config.
+    pub image: &'a ImageConfig,
+    /// The pod's hostname (the pod name, as in Kubernetes).
+    pub hostname: &'a str,
+    /// containerd namespace, for the cgroup path.
+    pub namespace: &'a str,
+    /// containerd container id, for the cgroup path.
+    pub container_id: &'a str,
+}
+
+/// The OCI runtime spec (as JSON) for one container.
+pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Value, SpecError> {
+    let c = input.container;
+    let args = process_args(c, input.image)?;
+    let env = environment(c, input.image, input.hostname);
+    let cwd = c
+        .working_dir
+        .clone()
+        .filter(|d| !d.is_empty())
+        .or_else(|| Some(input.image.working_dir.clone()).filter(|d| !d.is_empty()))
+        .unwrap_or_else(|| "/".to_owned());
+    let sc = c.security_context.as_ref();
+    let pod_sc = input.pod.security_context.as_ref();
+    let uid = sc.and_then(|s| s.run_as_user).or(pod_sc.and_then(|s| s.run_as_user)).unwrap_or(0);
+    let gid = sc.and_then(|s| s.run_as_group).or(pod_sc.and_then(|s| s.run_as_group)).unwrap_or(0);
+    let read_only = sc.and_then(|s| s.read_only_root_filesystem).unwrap_or(false);
+    let no_new_privileges = !sc.and_then(|s| s.allow_privilege_escalation).unwrap_or(true);
+    let caps: Vec<&str> = DEFAULT_CAPABILITIES.to_vec();
+    let limits = limits(c)?;
+
+    let mut resources = json!({ "devices": [{ "allow": false, "access": "rwm" }] });
+    if let Some(mem) = limits.memory_bytes {
+        resources["memory"] = json!({ "limit": mem });
+    }
+    let mut cpu = serde_json::Map::new();
+    if let Some(m) = limits.cpu_millis {
+        cpu.insert("quota".into(), json!((m * CPU_PERIOD_US / 1000).max(1000)));
+        cpu.insert("period".into(), json!(CPU_PERIOD_US));
+    }
+    if let Some(m) = limits.cpu_request_millis.or(limits.cpu_millis) {
+        // The kubelet's conversion: 1024 shares per CPU, at least 2.
+        cpu.insert("shares".into(), json!((m * 1024 / 1000).max(2)));
+    }
+    if !cpu.is_empty() {
+        resources["cpu"] = Value::Object(cpu);
+    }
+
+    Ok(json!({
+        "ociVersion": "1.0.2-dev",
+        "process": {
+            "terminal": false,
+            "user": { "uid": uid, "gid": gid },
+            "args": args,
+            "env": env,
+            "cwd": cwd,
+            "capabilities": { "bounding": caps, "effective": caps, "permitted": caps },
+            "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024 }],
+            "noNewPrivileges": no_new_privileges,
+        },
+        "root": { "path": "rootfs", "readonly": read_only },
+        "hostname": input.hostname,
+        "mounts": default_mounts(),
+        "linux": {
+            "resources": resources,
+            "cgroupsPath": format!("/{}/{}", input.namespace, input.container_id),
+            // Network: the host's (the simulated host's namespace, or the instance's).
+            "namespaces": [{ "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" }],
+            "maskedPaths": [
+                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
+                "/proc/scsi"
+            ],
+            "readonlyPaths": [
+                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
+            ],
+        },
+    }))
+}
+
+fn default_mounts() -> Value {
+    json!([
+        { "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] },
+        { "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+        { "destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] },
+        { "destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
+        { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"] },
+        { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] },
+        { "destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+        { "destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"] }
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, SecurityContext};
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    fn container(name: &str) -> Container {
+        Container { name: name.into(), image: Some("r/busybox:1".into()), ..Default::default() }
+    }
+
+    fn image() -> ImageConfig {
+        ImageConfig {
+            env: vec!["PATH=/bin".into(), "A=img".into()],
+            entrypoint: vec!["/entry".into()],
+            cmd: vec!["default".into()],
+            working_dir: "/work".into(),
+        }
+    }
+
+    #[test]
+    fn command_and_args_follow_kubernetes_rules() {
+        let img = image();
+        let mut c = container("c");
+        assert_eq!(process_args(&c, &img).unwrap(), ["/entry", "default"]);
+        c.args = Some(vec!["x".into()]);
+        assert_eq!(process_args(&c, &img).unwrap(), ["/entry", "x"]);
+        c.command = Some(vec!["/bin/sh".into()]);
+        c.args = None;
+        assert_eq!(process_args(&c, &img).unwrap(), ["/bin/sh"], "command drops the image's Cmd");
+        c.args = Some(vec!["-c".into(), "echo".into()]);
+        assert_eq!(process_args(&c, &img).unwrap(), ["/bin/sh", "-c", "echo"]);
+        let empty = ImageConfig::default();
+        assert_eq!(
+            process_args(&container("e"), &empty),
+            Err(SpecError::NothingToRun { container: "e".into() })
+        );
+    }
+
+    #[test]
+    fn environment_overrides_image_and_expands_references() {
+        let mut c = container("c");
+        c.env = Some(vec![
+            EnvVar { name: "A".into(), value: Some("pod".into()), ..Default::default() },
+            EnvVar { name: "B".into(), value: Some("$(A)-$(NOPE)-$$(A)".into()), ..Default::default() },
+        ]);
+        let env = environment(&c, &image(), "web");
+        assert_eq!(env, ["PATH=/bin", "A=pod", "HOSTNAME=web", "B=pod-$(NOPE)-$(A)"]);
+    }
+
+    #[test]
+    fn quantities_parse_like_kubernetes() {
+        assert_eq!(parse_quantity("500m", true), Some(500));
+        assert_eq!(parse_quantity("2", true), Some(2000));
+        assert_eq!(parse_quantity("0.25", true), Some(250));
+        assert_eq!(parse_quantity("128Mi", false), Some(128 * 1024 * 1024));
+        assert_eq!(parse_quantity("1G", false), Some(1_000_000_000));
+        assert_eq!(parse_quantity("1e3", false), Some(1000));
+        assert_eq!(parse_quantity("12 parsecs", false), None);
+        assert_eq!(parse_quantity("", false), None);
+    }
+
+    #[test]
+    fn pull_policy_defaults_like_kubernetes() {
+        let mut c = container("c");
+        assert_eq!(PullPolicy::of(&c).unwrap(), PullPolicy::IfNotPresent);
+        c.image = Some("127.0.0.1:5000/busybox".into());
+        assert_eq!(PullPolicy::of(&c).unwrap(), PullPolicy::Always, "a registry port is not a tag");
+        c.image = Some("busybox:latest".into());
+        assert_eq!(PullPolicy::of(&c).unwrap(), PullPolicy::Always);
+        c.image_pull_policy = Some("Sometimes".into());
+        assert!(matches!(PullPolicy::of(&c), Err(SpecError::BadPullPolicy { .. })));
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let mut spec = PodSpec::default();
+        assert_eq!(validate(&spec), Err(SpecError::NoContainers));
+        spec.containers = vec![container("a"), container("a")];
+        assert_eq!(validate(&spec), Err(SpecError::DuplicateName { container: "a".into() }));
+        spec.containers = vec![Container { image: None, ..container("a") }];
+        assert_eq!(validate(&spec), Err(SpecError::NoImage { container: "a".into() }));
+        spec.containers = vec![container("Bad_Name")];
+        assert!(matches!(validate(&spec), Err(SpecError::BadName { .. })));
+        let mut c = container("a");
+        c.resources = Some(ResourceRequirements {
+            limits: Some([("cpu".to_owned(), Quantity("lots".into()))].into()),
+            ..Default::default()
+        });
+        spec.containers = vec![c];
+        assert_eq!(
+            validate(&spec),
+            Err(SpecError::BadQuantity { field: "containers[a].resources.limits.cpu".into(), value: "lots".into() })
+        );
+        spec.containers = vec![container("a")];
+        spec.restart_policy = Some("Sometimes".into());
+        assert!(matches!(validate(&spec), Err(SpecError::BadRestartPolicy { .. })));
+        spec.restart_policy = Some("Never".into());
+        assert_eq!(validate(&spec), Ok(()));
+    }
+
+    #[test]
+    fn runtime_spec_carries_limits_user_and_cgroup() {
+        let mut c = container("main");
+        c.resources = Some(ResourceRequirements {
+            limits: Some(
+                [("cpu".to_owned(), Quantity("500m".into())), ("memory".to_owned(), Quantity("64Mi".into()))].into(),
+            ),
+            ..Default::default()
+        });
+        c.security_context = Some(SecurityContext {
+            run_as_user: Some(1000),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            ..Default::default()
+        });
+        let pod = PodSpec { containers: vec![c.clone()], ..Default::default() };
+        let img = image();
+        let spec = runtime_spec(&SpecInput {
+            container: &c,
+            pod: &pod,
+            image: &img,
+            hostname: "web",
+            namespace: "orca",
+            container_id: "abc-main",
+        })
+        .unwrap();
+        assert_eq!(spec["process"]["user"]["uid"], 1000);
+        assert_eq!(spec["process"]["cwd"], "/work");
+        assert_eq!(spec["process"]["noNewPrivileges"], true);
+        assert_eq!(spec["root"]["readonly"], true);
+        assert_eq!(spec["linux"]["resources"]["memory"]["limit"], 64 * 1024 * 1024);
+        assert_eq!(spec["linux"]["resources"]["cpu"]["quota"], 50_000);
+        assert_eq!(spec["linux"]["resources"]["cpu"]["shares"], 512);
+        assert_eq!(spec["linux"]["cgroupsPath"], "/orca/abc-main");
+        assert_eq!(spec["hostname"], "web");
+    }
+
+    #[test]
+    fn image_config_reads_the_oci_config_object() {
+        let raw = br#"{"architecture":"amd64","config":{"Env":["PATH=/bin"],"Cmd":["/bin/sh"],"WorkingDir":"/"}}"#;
+        let cfg = ImageConfig::from_json(raw).unwrap();
+        assert_eq!(cfg.cmd, ["/bin/sh"]);
+        assert!(cfg.entrypoint.is_empty());
+        assert_eq!(cfg.working_dir, "/");
+    }
+}

@@ -1,0 +1,23 @@
+//! Generates the tonic clients and servers, and the descriptor set that reflection serves.
+
+use std::path::PathBuf;
+
+const PROTOS: &[&str] = &[
+    "orca/types/v1/pod.proto",
+    "orca/agent/v1/agent.proto",
+    "orca/controlplane/v1/node.proto",
+    "orca/controlplane/v1/admin.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("orca_descriptor.bin"))
+        .compile_protos(PROTOS, &["."])
+        .map_err(|e| {
+            format!("{e}\nhint: protoc is required: apt-get install -y protobuf-compiler").into()
+        })
+}

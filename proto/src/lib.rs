@@ -1,0 +1,75 @@
+//! ORCA's wire contract, generated from the `.proto` files beside this crate.
+//!
+//! The proto files are the API reference: every service, RPC, message and field
+//! carries a doc comment, which `grpcurl describe` shows through server
+//! reflection ([`FILE_DESCRIPTOR_SET`]).
+//!
+//! - [`agent::v1`]: `orca.agent.v1.AgentService`, served by every node agent and
+//!   called by the control plane.
+//! - [`controlplane::v1`]: `orca.controlplane.v1.NodeService` (agents join and
+//!   heartbeat) and `orca.controlplane.v1.AdminService` (users, through `orca`).
+//! - [`types::v1`]: pods and the statuses agents observe, shared by both.
+//!
+//! Architecture invariant: this crate holds generated code only. Domain types live
+//! in the crates that own them and convert at the transport edge.
+
+#![allow(missing_docs, clippy::large_enum_variant, clippy::doc_lazy_continuation)]
+
+/// Shared types: pods, statuses, resources, GPU samples.
+pub mod types {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("orca.types.v1");
+    }
+}
+
+/// The node agent's service.
+pub mod agent {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("orca.agent.v1");
+    }
+}
+
+/// The control plane's services.
+pub mod controlplane {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("orca.controlplane.v1");
+    }
+}
+
+/// Encoded `FileDescriptorSet` of every ORCA proto, with source info (doc comments),
+/// for tonic-reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("orca_descriptor");
+
+/// The gRPC services every ORCA daemon serves beside its own: server reflection
+/// (v1, and v1alpha because grpcurl 1.8.6 asks only for v1alpha) over every ORCA
+/// proto and grpc.health.v1, so that `grpcurl -plaintext ADDR list` shows all.
+pub mod serving {
+    use tonic_reflection::server::Builder;
+
+    fn builder() -> Builder<'static> {
+        Builder::configure()
+            .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    }
+
+    /// `grpc.reflection.v1.ServerReflection`.
+    pub fn reflection_v1() -> tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    > {
+        builder()
+            .build_v1()
+            .expect("the embedded descriptor sets are valid: they were produced by protoc at build time")
+    }
+
+    /// `grpc.reflection.v1alpha.ServerReflection`.
+    pub fn reflection_v1alpha() -> tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    > {
+        builder()
+            .build_v1alpha()
+            .expect("the embedded descriptor sets are valid: they were produced by protoc at build time")
+    }
+}
