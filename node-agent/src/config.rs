@@ -56,7 +56,11 @@ pub struct Flags {
     #[arg(long, env = "ORCA_AGENT_LOGGER")]
     pub logger: Option<PathBuf>,
     /// Registries reached over plain HTTP (loopback registries always are). Repeatable.
-    #[arg(long = "insecure-registry", env = "ORCA_AGENT_INSECURE_REGISTRIES", value_delimiter = ',')]
+    #[arg(
+        long = "insecure-registry",
+        env = "ORCA_AGENT_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
     pub insecure_registries: Vec<String>,
     /// CPU millicores to report; defaults to the host's CPUs.
     #[arg(long, env = "ORCA_AGENT_CPU_MILLIS")]
@@ -96,31 +100,58 @@ pub struct Config {
 impl Flags {
     /// Validates the flags, naming the first bad one.
     pub fn validate(self) -> Result<Config, ConfigError> {
-        let err = |field, problem: &str| Err(ConfigError { field, problem: problem.to_owned() });
-        if !self.control_plane.starts_with("http://") && !self.control_plane.starts_with("https://") {
+        let err = |field, problem: &str| {
+            Err(ConfigError {
+                field,
+                problem: problem.to_owned(),
+            })
+        };
+        if !self.control_plane.starts_with("http://") && !self.control_plane.starts_with("https://")
+        {
             return err("control-plane", "must be an http:// or https:// URL");
         }
         if self.join_token.trim().is_empty() {
             return err("join-token", "must not be empty");
         }
-        if self.node_name.is_empty() || !self.node_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if self.node_name.is_empty()
+            || !self
+                .node_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return err("node-name", "must be letters, digits and dashes");
         }
         let ns = &self.containerd_namespace;
-        if ns.is_empty() || !ns.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
-            return err("containerd-namespace", "must be letters, digits, '.', '_' and '-'");
+        if ns.is_empty()
+            || !ns
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return err(
+                "containerd-namespace",
+                "must be letters, digits, '.', '_' and '-'",
+            );
         }
         if self.backoff_base_ms == 0 || self.backoff_max_ms < self.backoff_base_ms {
-            return err("backoff-max-ms", "back-offs must be positive with max >= base");
+            return err(
+                "backoff-max-ms",
+                "back-offs must be positive with max >= base",
+            );
         }
         let logger = match &self.logger {
             Some(p) => p.clone(),
             None => std::env::current_exe()
-                .map_err(|e| ConfigError { field: "logger", problem: format!("cannot locate own executable: {e}") })?
+                .map_err(|e| ConfigError {
+                    field: "logger",
+                    problem: format!("cannot locate own executable: {e}"),
+                })?
                 .with_file_name("orca-logger"),
         };
         if !logger.is_file() {
-            return Err(ConfigError { field: "logger", problem: format!("{} does not exist", logger.display()) });
+            return Err(ConfigError {
+                field: "logger",
+                problem: format!("{} does not exist", logger.display()),
+            });
         }
         Ok(Config {
             logger,

@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use orca_proto::controlplane::v1::{HeartbeatRequest, JoinRequest, node_service_client::NodeServiceClient};
+use orca_proto::controlplane::v1::{
+    HeartbeatRequest, JoinRequest, node_service_client::NodeServiceClient,
+};
 use orca_proto::types::v1::Resources;
 use tonic::transport::Channel;
 use tracing::{info, warn};
@@ -35,7 +37,9 @@ pub struct Identity {
 }
 
 fn duration(d: Option<prost_types::Duration>, fallback: Duration) -> Duration {
-    d.and_then(|d| Duration::try_from(d).ok()).unwrap_or(fallback).max(MIN_INTERVAL)
+    d.and_then(|d| Duration::try_from(d).ok())
+        .unwrap_or(fallback)
+        .max(MIN_INTERVAL)
 }
 
 /// Joins, then heartbeats until `shutdown` resolves.
@@ -87,7 +91,9 @@ pub async fn run(id: Identity, pods: PodManager, shutdown: impl std::future::Fut
     }
 }
 
-async fn join(id: &Identity) -> Result<(NodeServiceClient<Channel>, String, Duration), tonic::Status> {
+async fn join(
+    id: &Identity,
+) -> Result<(NodeServiceClient<Channel>, String, Duration), tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(id.control_plane.clone())
         .map_err(|e| tonic::Status::invalid_argument(format!("control plane address: {e}")))?
         .connect_timeout(Duration::from_secs(5))

@@ -66,14 +66,30 @@ pub enum AgentError {
 
 /// Runs the agent on an already-bound listener until `shutdown` resolves, then
 /// drains in-flight calls and returns. Pods keep running: they belong to containerd.
-pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     let flags = &config.flags;
-    let local = listener.local_addr().map_err(|source| AgentError::Io { what: "listener address".into(), source })?;
+    let local = listener.local_addr().map_err(|source| AgentError::Io {
+        what: "listener address".into(),
+        source,
+    })?;
     let advertise = flags.advertise.clone().unwrap_or_else(|| local.to_string());
     let ctrd = Containerd::connect(&flags.containerd_socket, &flags.containerd_namespace).await?;
-    let host_ip = advertise.rsplit_once(':').map_or(advertise.clone(), |(h, _)| h.to_owned());
-    let layout = Layout { log_dir: flags.state_dir.join("pods"), logger: config.logger.clone(), host_ip };
-    let timings = Timings { backoff_base: config.backoff_base, backoff_max: config.backoff_max };
+    let host_ip = advertise
+        .rsplit_once(':')
+        .map_or(advertise.clone(), |(h, _)| h.to_owned());
+    let layout = Layout {
+        log_dir: flags.state_dir.join("pods"),
+        logger: config.logger.clone(),
+        host_ip,
+    };
+    let timings = Timings {
+        backoff_base: config.backoff_base,
+        backoff_max: config.backoff_max,
+    };
     let pods = PodManager::new(ctrd, flags.insecure_registries.clone(), layout, timings);
 
     let identity = heartbeat::Identity {
@@ -88,10 +104,16 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let heartbeats = tokio::spawn(heartbeat::run(identity, pods.clone(), stopped(stop_rx.clone())));
+    let heartbeats = tokio::spawn(heartbeat::run(
+        identity,
+        pods.clone(),
+        stopped(stop_rx.clone()),
+    ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<AgentServiceServer<server::AgentServer>>().await;
+    health
+        .set_serving::<AgentServiceServer<server::AgentServer>>()
+        .await;
     info!(listen = %local, advertise = %advertise, node = %flags.node_name, "agent serving");
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
@@ -114,7 +136,11 @@ fn capacity(flags: &config::Flags) -> Resources {
         .and_then(|m| {
             m.lines()
                 .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<i64>().ok()))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|kb| kb.parse::<i64>().ok())
+                })
         })
         .map_or(0, |kb| kb * 1024);
     Resources {

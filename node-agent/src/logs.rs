@@ -49,8 +49,19 @@ pub struct Record {
 }
 
 /// Formats one record as a CRI log line, newline included.
-pub fn format_record(time: jiff::Timestamp, stream: Stream, partial: bool, content: &[u8]) -> Vec<u8> {
-    let mut line = format!("{} {} {} ", time, stream.tag(), if partial { "P" } else { "F" }).into_bytes();
+pub fn format_record(
+    time: jiff::Timestamp,
+    stream: Stream,
+    partial: bool,
+    content: &[u8],
+) -> Vec<u8> {
+    let mut line = format!(
+        "{} {} {} ",
+        time,
+        stream.tag(),
+        if partial { "P" } else { "F" }
+    )
+    .into_bytes();
     line.extend_from_slice(content);
     line.push(b'\n');
     line
@@ -70,7 +81,12 @@ pub fn parse_record(line: &[u8]) -> Option<Record> {
         b"F" => false,
         _ => return None,
     };
-    Some(Record { time, stream, partial, content: parts.next().unwrap_or_default().to_vec() })
+    Some(Record {
+        time,
+        stream,
+        partial,
+        content: parts.next().unwrap_or_default().to_vec(),
+    })
 }
 
 /// Runs the logger side of containerd's binary log protocol, writing to `path`.
@@ -79,12 +95,17 @@ pub fn run_logger(path: &Path) -> io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let file = Arc::new(Mutex::new(OpenOptions::new().create(true).append(true).open(path)?));
+    let file = Arc::new(Mutex::new(
+        OpenOptions::new().create(true).append(true).open(path)?,
+    ));
     // The shim passes the pipes as fds 3 and 4; /proc/self/fd reopens them without unsafe code.
     let stdout = File::open("/proc/self/fd/3")?;
     let stderr = File::open("/proc/self/fd/4")?;
     // Tell the shim we are ready: it waits for a byte (or EOF) on fd 5.
-    OpenOptions::new().write(true).open("/proc/self/fd/5")?.write_all(b"r")?;
+    OpenOptions::new()
+        .write(true)
+        .open("/proc/self/fd/5")?
+        .write_all(b"r")?;
     let threads: Vec<_> = [(stdout, Stream::Stdout), (stderr, Stream::Stderr)]
         .into_iter()
         .map(|(pipe, stream)| {
@@ -93,7 +114,8 @@ pub fn run_logger(path: &Path) -> io::Result<()> {
         })
         .collect();
     for t in threads {
-        t.join().map_err(|_| io::Error::other("logger thread panicked"))??;
+        t.join()
+            .map_err(|_| io::Error::other("logger thread panicked"))??;
     }
     Ok(())
 }
@@ -103,7 +125,9 @@ fn copy_records(pipe: File, stream: Stream, file: &Mutex<File>) -> io::Result<()
     let mut buf = Vec::with_capacity(MAX_RECORD);
     loop {
         buf.clear();
-        let n = (&mut reader).take(MAX_RECORD as u64).read_until(b'\n', &mut buf)?;
+        let n = (&mut reader)
+            .take(MAX_RECORD as u64)
+            .read_until(b'\n', &mut buf)?;
         if n == 0 {
             return Ok(());
         }
@@ -111,8 +135,15 @@ fn copy_records(pipe: File, stream: Stream, file: &Mutex<File>) -> io::Result<()
         if complete {
             buf.pop();
         }
-        let record = format_record(jiff::Timestamp::now(), stream, !complete && n == MAX_RECORD, &buf);
-        file.lock().unwrap_or_else(|p| p.into_inner()).write_all(&record)?;
+        let record = format_record(
+            jiff::Timestamp::now(),
+            stream,
+            !complete && n == MAX_RECORD,
+            &buf,
+        );
+        file.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write_all(&record)?;
     }
 }
 
@@ -138,7 +169,9 @@ pub fn read(path: &Path, opts: &ReadOptions) -> io::Result<Vec<(Stream, Vec<u8>)
     };
     let mut lines: Vec<(Stream, Vec<u8>)> = Vec::new();
     for raw in BufReader::new(file).split(b'\n') {
-        let Some(rec) = parse_record(&raw?) else { continue };
+        let Some(rec) = parse_record(&raw?) else {
+            continue;
+        };
         if opts.since.is_some_and(|since| rec.time < since) {
             continue;
         }
@@ -177,9 +210,20 @@ mod tests {
     fn records_round_trip() {
         let t: jiff::Timestamp = "2026-11-22T10:00:00.123456789Z".parse().unwrap();
         let line = format_record(t, Stream::Stderr, false, b"hello world");
-        assert_eq!(line, b"2026-11-22T10:00:00.123456789Z stderr F hello world\n");
+        assert_eq!(
+            line,
+            b"2026-11-22T10:00:00.123456789Z stderr F hello world\n"
+        );
         let rec = parse_record(&line[..line.len() - 1]).unwrap();
-        assert_eq!(rec, Record { time: t, stream: Stream::Stderr, partial: false, content: b"hello world".to_vec() });
+        assert_eq!(
+            rec,
+            Record {
+                time: t,
+                stream: Stream::Stderr,
+                partial: false,
+                content: b"hello world".to_vec()
+            }
+        );
         assert!(parse_record(b"garbage").is_none());
     }
 
@@ -190,19 +234,59 @@ mod tests {
         let mut f = File::create(&path).unwrap();
         for (i, s) in ["a", "b", "c"].iter().enumerate() {
             let t = jiff::Timestamp::from_second(1_800_000_000 + i as i64).unwrap();
-            f.write_all(&format_record(t, Stream::Stdout, false, s.as_bytes())).unwrap();
+            f.write_all(&format_record(t, Stream::Stdout, false, s.as_bytes()))
+                .unwrap();
         }
         let all = read(&path, &ReadOptions::default()).unwrap();
-        assert_eq!(all.iter().map(|(_, l)| l.as_slice()).collect::<Vec<_>>(), [b"a\n", b"b\n", b"c\n"]);
-        let tail = read(&path, &ReadOptions { tail_lines: Some(1), ..Default::default() }).unwrap();
+        assert_eq!(
+            all.iter().map(|(_, l)| l.as_slice()).collect::<Vec<_>>(),
+            [b"a\n", b"b\n", b"c\n"]
+        );
+        let tail = read(
+            &path,
+            &ReadOptions {
+                tail_lines: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(tail[0].1, b"c\n");
         let since = jiff::Timestamp::from_second(1_800_000_001).unwrap();
-        let recent = read(&path, &ReadOptions { since: Some(since), ..Default::default() }).unwrap();
+        let recent = read(
+            &path,
+            &ReadOptions {
+                since: Some(since),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(recent.len(), 2);
-        let stamped = read(&path, &ReadOptions { timestamps: true, tail_lines: Some(1), ..Default::default() }).unwrap();
+        let stamped = read(
+            &path,
+            &ReadOptions {
+                timestamps: true,
+                tail_lines: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(stamped[0].1, b"2027-01-15T08:00:02Z c\n");
-        let limited = read(&path, &ReadOptions { limit_bytes: Some(3), ..Default::default() }).unwrap();
-        assert_eq!(limited.iter().map(|(_, l)| l.clone()).collect::<Vec<_>>(), [b"a\n".to_vec(), b"b".to_vec()]);
-        assert!(read(&dir.path().join("missing.log"), &ReadOptions::default()).unwrap().is_empty());
+        let limited = read(
+            &path,
+            &ReadOptions {
+                limit_bytes: Some(3),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            limited.iter().map(|(_, l)| l.clone()).collect::<Vec<_>>(),
+            [b"a\n".to_vec(), b"b".to_vec()]
+        );
+        assert!(
+            read(&dir.path().join("missing.log"), &ReadOptions::default())
+                .unwrap()
+                .is_empty()
+        );
     }
 }

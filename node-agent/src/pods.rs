@@ -47,7 +47,10 @@ pub struct Timings {
 
 impl Default for Timings {
     fn default() -> Self {
-        Self { backoff_base: Duration::from_secs(10), backoff_max: Duration::from_secs(300) }
+        Self {
+            backoff_base: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(300),
+        }
     }
 }
 
@@ -115,7 +118,11 @@ struct PodEntry {
 impl PodEntry {
     fn report(&self, host_ip: &str) -> pb::PodReport {
         // A pod being stopped is not restarted: its phase is final once its tasks stop.
-        let policy = if self.stopping { RestartPolicy::Never } else { self.policy };
+        let policy = if self.stopping {
+            RestartPolicy::Never
+        } else {
+            self.policy
+        };
         let states: Vec<&ContainerState> = self.containers.iter().map(|c| &c.state).collect();
         let phase = status::phase(policy, self.failure.as_ref(), &states);
         let statuses = self
@@ -132,7 +139,11 @@ impl PodEntry {
                 container_id: format!("containerd://{}", c.id),
             })
             .collect();
-        let (reason, message) = self.failure.as_ref().map(|f| (f.reason.clone(), f.message.clone())).unwrap_or_default();
+        let (reason, message) = self
+            .failure
+            .as_ref()
+            .map(|f| (f.reason.clone(), f.message.clone()))
+            .unwrap_or_default();
         pb::PodReport {
             r#ref: Some(pb::PodRef {
                 namespace: self.key.namespace.clone(),
@@ -182,7 +193,12 @@ struct Inner {
 
 impl PodManager {
     /// A manager over `ctrd`.
-    pub fn new(ctrd: Containerd, insecure_registries: Vec<String>, layout: Layout, timings: Timings) -> Self {
+    pub fn new(
+        ctrd: Containerd,
+        insecure_registries: Vec<String>,
+        layout: Layout,
+        timings: Timings,
+    ) -> Self {
         let puller = Puller::new(ctrd.clone(), insecure_registries);
         Self {
             inner: Arc::new(Inner {
@@ -222,20 +238,34 @@ impl PodManager {
 
     /// Accepts a pod and starts it in the background. Idempotent per uid. A spec
     /// the agent cannot run is accepted as a Failed pod with the reason.
-    pub fn run(&self, key: PodKey, spec_json: &str, credentials: Vec<Credential>) -> Result<pb::PodReport, PodError> {
+    pub fn run(
+        &self,
+        key: PodKey,
+        spec_json: &str,
+        credentials: Vec<Credential>,
+    ) -> Result<pb::PodReport, PodError> {
         if key.uid.is_empty() || key.name.is_empty() {
-            return Err(PodError::Invalid { reason: "pod uid and name are required".into() });
+            return Err(PodError::Invalid {
+                reason: "pod uid and name are required".into(),
+            });
         }
         if let Some(existing) = self.pods().get(&key.uid) {
             return Ok(existing.report(&self.inner.layout.host_ip));
         }
-        let spec: PodSpec = serde_json::from_str(spec_json)
-            .map_err(|e| PodError::Invalid { reason: format!("spec is not a Kubernetes PodSpec: {e}") })?;
-        let failure = spec::validate(&spec)
-            .err()
-            .map(|e| PodFailure { reason: "InvalidPodSpec".into(), message: e.to_string() });
+        let spec: PodSpec = serde_json::from_str(spec_json).map_err(|e| PodError::Invalid {
+            reason: format!("spec is not a Kubernetes PodSpec: {e}"),
+        })?;
+        let failure = spec::validate(&spec).err().map(|e| PodFailure {
+            reason: "InvalidPodSpec".into(),
+            message: e.to_string(),
+        });
         let policy = RestartPolicy::of(&spec).unwrap_or(RestartPolicy::Never);
-        let short_uid: String = key.uid.chars().filter(char::is_ascii_alphanumeric).take(12).collect();
+        let short_uid: String = key
+            .uid
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(12)
+            .collect();
         let containers = spec
             .containers
             .iter()
@@ -261,7 +291,9 @@ impl PodManager {
         let report = entry.report(&self.inner.layout.host_ip);
         self.pods().insert(key.uid.clone(), entry);
         match failure {
-            Some(f) => warn!(pod = %key.name, reason = %f.reason, message = %f.message, "pod rejected"),
+            Some(f) => {
+                warn!(pod = %key.name, reason = %f.reason, message = %f.message, "pod rejected")
+            }
             None => {
                 info!(pod = %key.name, uid = %key.uid, "pod accepted");
                 let this = self.clone();
@@ -273,7 +305,9 @@ impl PodManager {
     }
 
     async fn start_pod(&self, uid: String, credentials: Vec<Credential>) {
-        let Some(entry) = self.pods().get(&uid).cloned() else { return };
+        let Some(entry) = self.pods().get(&uid).cloned() else {
+            return;
+        };
         for (index, container) in entry.spec.containers.iter().enumerate() {
             if self.pods().get(&uid).is_none_or(|p| p.stopping) {
                 return;
@@ -313,13 +347,24 @@ impl PodManager {
     fn fail(&self, uid: &str, index: usize, reason: &str, message: String) {
         self.update(uid, |p| {
             if let Some(c) = p.containers.get_mut(index) {
-                c.state = ContainerState::Waiting { reason: reason.into(), message: message.clone() };
+                c.state = ContainerState::Waiting {
+                    reason: reason.into(),
+                    message: message.clone(),
+                };
             }
-            p.failure = Some(PodFailure { reason: reason.into(), message });
+            p.failure = Some(PodFailure {
+                reason: reason.into(),
+                message,
+            });
         });
     }
 
-    async fn create(&self, entry: &PodEntry, index: usize, image: &ImageInfo) -> Result<(), PodError> {
+    async fn create(
+        &self,
+        entry: &PodEntry,
+        index: usize,
+        image: &ImageInfo,
+    ) -> Result<(), PodError> {
         let container = &entry.spec.containers[index];
         let id = &entry.containers[index].id;
         let spec = spec::runtime_spec(&SpecInput {
@@ -330,13 +375,21 @@ impl PodManager {
             namespace: self.inner.ctrd.namespace(),
             container_id: id,
         })
-        .map_err(|e| PodError::Invalid { reason: e.to_string() })?;
+        .map_err(|e| PodError::Invalid {
+            reason: e.to_string(),
+        })?;
         let labels = HashMap::from([
             (LABEL_POD_UID.to_owned(), entry.key.uid.clone()),
-            (LABEL_POD.to_owned(), format!("{}/{}", entry.key.namespace, entry.key.name)),
+            (
+                LABEL_POD.to_owned(),
+                format!("{}/{}", entry.key.namespace, entry.key.name),
+            ),
             (LABEL_CONTAINER.to_owned(), container.name.clone()),
         ]);
-        self.inner.ctrd.create_container(id, image, &spec, labels).await?;
+        self.inner
+            .ctrd
+            .create_container(id, image, &spec, labels)
+            .await?;
         Ok(())
     }
 
@@ -354,18 +407,28 @@ impl PodManager {
     ///
     /// Boxed: the watcher it spawns calls it again to restart, and the future types
     /// would otherwise be cyclic.
-    fn start<'a>(&'a self, uid: &'a str, index: usize) -> futures::future::BoxFuture<'a, Result<(), PodError>> {
+    fn start<'a>(
+        &'a self,
+        uid: &'a str,
+        index: usize,
+    ) -> futures::future::BoxFuture<'a, Result<(), PodError>> {
         Box::pin(self.start_inner(uid, index))
     }
 
     async fn start_inner(&self, uid: &str, index: usize) -> Result<(), PodError> {
         let (key, c) = {
             let pods = self.pods();
-            let p = pods.get(uid).ok_or_else(|| PodError::NotFound { uid: uid.into() })?;
+            let p = pods
+                .get(uid)
+                .ok_or_else(|| PodError::NotFound { uid: uid.into() })?;
             (p.key.clone(), p.containers[index].clone())
         };
         let log = self.log_path(&key, &c.name, c.restart_count);
-        let uri = format!("binary://{}?log={}", self.inner.layout.logger.display(), log.display());
+        let uri = format!(
+            "binary://{}?log={}",
+            self.inner.layout.logger.display(),
+            log.display()
+        );
         self.inner.ctrd.start_task(&c.id, &uri).await?;
         let started_at = jiff::Timestamp::now();
         // Report only what containerd says now: the task may already have exited.
@@ -391,7 +454,13 @@ impl PodManager {
     /// Waits for the container's task to exit, records it, and restarts it when
     /// the restart policy says so.
     async fn watch(&self, uid: String, index: usize, started_at: jiff::Timestamp) {
-        let Some(id) = self.pods().get(&uid).map(|p| p.containers[index].id.clone()) else { return };
+        let Some(id) = self
+            .pods()
+            .get(&uid)
+            .map(|p| p.containers[index].id.clone())
+        else {
+            return;
+        };
         let (code, finished) = match self.inner.ctrd.wait(&id).await {
             Ok(exit) => exit,
             Err(e) => {
@@ -399,7 +468,11 @@ impl PodManager {
                 return;
             }
         };
-        let state = ContainerState::exited(code as i32, Some(started_at), finished.or(Some(jiff::Timestamp::now())));
+        let state = ContainerState::exited(
+            code as i32,
+            Some(started_at),
+            finished.or(Some(jiff::Timestamp::now())),
+        );
         info!(container = %id, exit_code = code, "container exited");
         let mut restart = None;
         self.update(&uid, |p| {
@@ -424,7 +497,10 @@ impl PodManager {
                 c.last_state = Some(state);
                 c.state = ContainerState::Waiting {
                     reason: "CrashLoopBackOff".into(),
-                    message: format!("back-off {}s restarting failed container", backoff.as_secs()),
+                    message: format!(
+                        "back-off {}s restarting failed container",
+                        backoff.as_secs()
+                    ),
                 };
             }
         });
@@ -466,15 +542,19 @@ impl PodManager {
         for (uid, index, id) in running {
             match self.inner.ctrd.observe(&id).await {
                 Ok(Some(o)) if o.status == TaskStatus::Running => {}
-                Ok(Some(o)) if o.status == TaskStatus::Stopped => {
-                    self.set_state(&uid, index, ContainerState::exited(o.exit_status as i32, None, o.exited_at))
-                }
+                Ok(Some(o)) if o.status == TaskStatus::Stopped => self.set_state(
+                    &uid,
+                    index,
+                    ContainerState::exited(o.exit_status as i32, None, o.exited_at),
+                ),
                 Ok(other) => self.set_state(
                     &uid,
                     index,
                     ContainerState::Waiting {
                         reason: "ContainerMissing".into(),
-                        message: format!("containerd reports {other:?} for a container believed running"),
+                        message: format!(
+                            "containerd reports {other:?} for a container believed running"
+                        ),
                     },
                 ),
                 Err(e) => warn!(container = %id, error = %e, "cannot observe task"),
@@ -484,7 +564,10 @@ impl PodManager {
 
     /// Every pod's report.
     pub fn reports(&self) -> Vec<pb::PodReport> {
-        self.pods().values().map(|p| p.report(&self.inner.layout.host_ip)).collect()
+        self.pods()
+            .values()
+            .map(|p| p.report(&self.inner.layout.host_ip))
+            .collect()
     }
 
     /// One pod's report.
@@ -498,13 +581,23 @@ impl PodManager {
     /// Stops a pod's containers: SIGTERM, up to `grace` (or the pod's
     /// terminationGracePeriodSeconds), then SIGKILL. With `remove`, also deletes
     /// the containers, snapshots and logs and forgets the pod.
-    pub async fn stop(&self, uid: &str, grace: Option<Duration>, remove: bool) -> Result<pb::PodReport, PodError> {
+    pub async fn stop(
+        &self,
+        uid: &str,
+        grace: Option<Duration>,
+        remove: bool,
+    ) -> Result<pb::PodReport, PodError> {
         let (ids, pod_grace, key) = {
             let mut pods = self.pods();
-            let p = pods.get_mut(uid).ok_or_else(|| PodError::NotFound { uid: uid.into() })?;
+            let p = pods
+                .get_mut(uid)
+                .ok_or_else(|| PodError::NotFound { uid: uid.into() })?;
             p.stopping = true;
             let ids: Vec<String> = p.containers.iter().map(|c| c.id.clone()).collect();
-            let g = p.spec.termination_grace_period_seconds.map(|s| Duration::from_secs(s.max(0) as u64));
+            let g = p
+                .spec
+                .termination_grace_period_seconds
+                .map(|s| Duration::from_secs(s.max(0) as u64));
             (ids, g, p.key.clone())
         };
         let grace = grace.or(pod_grace).unwrap_or(DEFAULT_GRACE);
@@ -531,12 +624,19 @@ impl PodManager {
             if let Some(o) = ctrd.observe(id).await?
                 && o.status == TaskStatus::Stopped
             {
-                let started = self.pods().get(uid).and_then(|p| match p.containers[index].state {
-                    ContainerState::Running { started_at } => Some(started_at),
-                    ContainerState::Terminated { started_at, .. } => started_at,
-                    ContainerState::Waiting { .. } => None,
-                });
-                self.set_state(uid, index, ContainerState::exited(o.exit_status as i32, started, o.exited_at));
+                let started = self
+                    .pods()
+                    .get(uid)
+                    .and_then(|p| match p.containers[index].state {
+                        ContainerState::Running { started_at } => Some(started_at),
+                        ContainerState::Terminated { started_at, .. } => started_at,
+                        ContainerState::Waiting { .. } => None,
+                    });
+                self.set_state(
+                    uid,
+                    index,
+                    ContainerState::exited(o.exit_status as i32, started, o.exited_at),
+                );
             }
         }
         let report = self.report(uid)?;
@@ -545,7 +645,11 @@ impl PodManager {
                 ctrd.delete_task(id).await?;
                 ctrd.delete_container(id).await?;
             }
-            let dir = self.inner.layout.log_dir.join(format!("{}_{}_{}", key.namespace, key.name, key.uid));
+            let dir = self
+                .inner
+                .layout
+                .log_dir
+                .join(format!("{}_{}_{}", key.namespace, key.name, key.uid));
             if let Err(e) = std::fs::remove_dir_all(&dir)
                 && e.kind() != std::io::ErrorKind::NotFound
             {
@@ -559,18 +663,32 @@ impl PodManager {
     }
 
     /// The log file of a container's current run (or the previous one).
-    pub fn log_file(&self, uid: &str, container: &str, previous: bool) -> Result<PathBuf, PodError> {
+    pub fn log_file(
+        &self,
+        uid: &str,
+        container: &str,
+        previous: bool,
+    ) -> Result<PathBuf, PodError> {
         let pods = self.pods();
-        let p = pods.get(uid).ok_or_else(|| PodError::NotFound { uid: uid.into() })?;
+        let p = pods
+            .get(uid)
+            .ok_or_else(|| PodError::NotFound { uid: uid.into() })?;
         let c = if container.is_empty() && p.containers.len() == 1 {
             &p.containers[0]
         } else {
-            p.containers.iter().find(|c| c.name == container).ok_or_else(|| PodError::NoContainer {
-                uid: uid.into(),
-                container: container.into(),
-            })?
+            p.containers
+                .iter()
+                .find(|c| c.name == container)
+                .ok_or_else(|| PodError::NoContainer {
+                    uid: uid.into(),
+                    container: container.into(),
+                })?
         };
-        let run = if previous { c.restart_count.saturating_sub(1) } else { c.restart_count };
+        let run = if previous {
+            c.restart_count.saturating_sub(1)
+        } else {
+            c.restart_count
+        };
         Ok(self.log_path(&p.key, &c.name, run))
     }
 }

@@ -28,16 +28,18 @@ impl AgentServer {
 fn status(e: PodError) -> Status {
     match e {
         PodError::Invalid { .. } => Status::invalid_argument(e.to_string()),
-        PodError::NotFound { .. } | PodError::NoContainer { .. } => Status::not_found(e.to_string()),
+        PodError::NotFound { .. } | PodError::NoContainer { .. } => {
+            Status::not_found(e.to_string())
+        }
         PodError::Runtime(ref r) => match r {
             RuntimeError::Connect { .. } => Status::unavailable(e.to_string()),
             RuntimeError::Containerd { source, .. } if source.code() == tonic::Code::NotFound => {
                 Status::not_found(e.to_string())
             }
             RuntimeError::Containerd { .. } => Status::internal(e.to_string()),
-            RuntimeError::ImagePull { .. } | RuntimeError::ImageNeverPull { .. } | RuntimeError::BadImage { .. } => {
-                Status::failed_precondition(e.to_string())
-            }
+            RuntimeError::ImagePull { .. }
+            | RuntimeError::ImageNeverPull { .. }
+            | RuntimeError::BadImage { .. } => Status::failed_precondition(e.to_string()),
         },
     }
 }
@@ -47,47 +49,91 @@ type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[tonic::async_trait]
 impl AgentService for AgentServer {
     #[tracing::instrument(skip_all)]
-    async fn run_pod(&self, req: Request<pb::RunPodRequest>) -> Result<Response<pb::RunPodResponse>, Status> {
+    async fn run_pod(
+        &self,
+        req: Request<pb::RunPodRequest>,
+    ) -> Result<Response<pb::RunPodResponse>, Status> {
         let req = req.into_inner();
-        let pod = req.pod.ok_or_else(|| Status::invalid_argument("pod is required"))?;
+        let pod = req
+            .pod
+            .ok_or_else(|| Status::invalid_argument("pod is required"))?;
         let r = pod.r#ref.unwrap_or_default();
-        let key = PodKey { namespace: r.namespace, name: r.name, uid: r.uid };
+        let key = PodKey {
+            namespace: r.namespace,
+            name: r.name,
+            uid: r.uid,
+        };
         let credentials = req
             .registry_credentials
             .into_iter()
-            .map(|c| Credential { registry: c.registry, username: c.username, password: c.password })
+            .map(|c| Credential {
+                registry: c.registry,
+                username: c.username,
+                password: c.password,
+            })
             .collect();
-        let report = self.pods.run(key, &pod.spec_json, credentials).map_err(status)?;
-        Ok(Response::new(pb::RunPodResponse { status: report.status }))
+        let report = self
+            .pods
+            .run(key, &pod.spec_json, credentials)
+            .map_err(status)?;
+        Ok(Response::new(pb::RunPodResponse {
+            status: report.status,
+        }))
     }
 
     #[tracing::instrument(skip_all)]
-    async fn stop_pod(&self, req: Request<pb::StopPodRequest>) -> Result<Response<pb::StopPodResponse>, Status> {
+    async fn stop_pod(
+        &self,
+        req: Request<pb::StopPodRequest>,
+    ) -> Result<Response<pb::StopPodResponse>, Status> {
         let req = req.into_inner();
-        let grace = (req.grace_period_seconds >= 0).then(|| Duration::from_secs(req.grace_period_seconds as u64));
-        let report = self.pods.stop(&req.uid, grace, req.remove).await.map_err(status)?;
-        Ok(Response::new(pb::StopPodResponse { status: report.status }))
+        let grace = (req.grace_period_seconds >= 0)
+            .then(|| Duration::from_secs(req.grace_period_seconds as u64));
+        let report = self
+            .pods
+            .stop(&req.uid, grace, req.remove)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::StopPodResponse {
+            status: report.status,
+        }))
     }
 
-    async fn get_pod(&self, req: Request<pb::GetPodRequest>) -> Result<Response<pb::GetPodResponse>, Status> {
+    async fn get_pod(
+        &self,
+        req: Request<pb::GetPodRequest>,
+    ) -> Result<Response<pb::GetPodResponse>, Status> {
         self.pods.refresh().await;
         let report = self.pods.report(&req.into_inner().uid).map_err(status)?;
         Ok(Response::new(pb::GetPodResponse { pod: Some(report) }))
     }
 
-    async fn list_pods(&self, _: Request<pb::ListPodsRequest>) -> Result<Response<pb::ListPodsResponse>, Status> {
+    async fn list_pods(
+        &self,
+        _: Request<pb::ListPodsRequest>,
+    ) -> Result<Response<pb::ListPodsResponse>, Status> {
         self.pods.refresh().await;
-        Ok(Response::new(pb::ListPodsResponse { pods: self.pods.reports() }))
+        Ok(Response::new(pb::ListPodsResponse {
+            pods: self.pods.reports(),
+        }))
     }
 
     type LogsStream = Stream_<pb::LogChunk>;
 
-    async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+    async fn logs(
+        &self,
+        req: Request<pb::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
         let req = req.into_inner();
         if req.follow {
-            return Err(Status::unimplemented("logs --follow comes with the logs/exec issue; read without follow"));
+            return Err(Status::unimplemented(
+                "logs --follow comes with the logs/exec issue; read without follow",
+            ));
         }
-        let path = self.pods.log_file(&req.uid, &req.container, req.previous).map_err(status)?;
+        let path = self
+            .pods
+            .log_file(&req.uid, &req.container, req.previous)
+            .map_err(status)?;
         let since = match (req.since_seconds, req.since_time) {
             (s, _) if s > 0 => Some(jiff::Timestamp::now() - jiff::SignedDuration::from_secs(s)),
             (_, Some(t)) => jiff::Timestamp::new(t.seconds, t.nanos).ok(),
@@ -108,24 +154,38 @@ impl AgentService for AgentServer {
                 logs::Stream::Stdout => pb::OutputStream::Stdout,
                 logs::Stream::Stderr => pb::OutputStream::Stderr,
             };
-            Ok(pb::LogChunk { stream: stream as i32, data })
+            Ok(pb::LogChunk {
+                stream: stream as i32,
+                data,
+            })
         });
         Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
 
     type ExecStream = Stream_<pb::ExecOutput>;
 
-    async fn exec(&self, _: Request<Streaming<pb::ExecInput>>) -> Result<Response<Self::ExecStream>, Status> {
+    async fn exec(
+        &self,
+        _: Request<Streaming<pb::ExecInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
         Err(Status::unimplemented("Exec comes with the logs/exec issue"))
     }
 
     type AttachStream = Stream_<pb::ExecOutput>;
 
-    async fn attach(&self, _: Request<Streaming<pb::AttachInput>>) -> Result<Response<Self::AttachStream>, Status> {
-        Err(Status::unimplemented("Attach comes with the logs/exec issue"))
+    async fn attach(
+        &self,
+        _: Request<Streaming<pb::AttachInput>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        Err(Status::unimplemented(
+            "Attach comes with the logs/exec issue",
+        ))
     }
 
-    async fn telemetry(&self, _: Request<pb::TelemetryRequest>) -> Result<Response<pb::TelemetryResponse>, Status> {
+    async fn telemetry(
+        &self,
+        _: Request<pb::TelemetryRequest>,
+    ) -> Result<Response<pb::TelemetryResponse>, Status> {
         Err(Status::unimplemented("Telemetry comes with the GPU issue"))
     }
 }

@@ -68,13 +68,17 @@ pub enum SpecError {
         value: String,
     },
     /// The process to run is empty: no command, no args and no image entrypoint or cmd.
-    #[error("container {container:?} has nothing to run: no command and the image has no entrypoint or cmd")]
+    #[error(
+        "container {container:?} has nothing to run: no command and the image has no entrypoint or cmd"
+    )]
     NothingToRun {
         /// Container name.
         container: String,
     },
     /// An image pull policy other than Always, IfNotPresent and Never.
-    #[error("container {container:?}: imagePullPolicy {policy:?} is not Always, IfNotPresent or Never")]
+    #[error(
+        "container {container:?}: imagePullPolicy {policy:?} is not Always, IfNotPresent or Never"
+    )]
     BadPullPolicy {
         /// Container name.
         container: String,
@@ -109,7 +113,11 @@ impl ImageConfig {
         let config = &doc["config"];
         let strings = |v: &Value| -> Vec<String> {
             v.as_array()
-                .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         Ok(Self {
@@ -176,7 +184,9 @@ impl RestartPolicy {
             None | Some("Always") => Ok(Self::Always),
             Some("OnFailure") => Ok(Self::OnFailure),
             Some("Never") => Ok(Self::Never),
-            Some(other) => Err(SpecError::BadRestartPolicy { policy: other.to_owned() }),
+            Some(other) => Err(SpecError::BadRestartPolicy {
+                policy: other.to_owned(),
+            }),
         }
     }
 }
@@ -197,13 +207,19 @@ pub fn validate(spec: &PodSpec) -> Result<(), SpecError> {
     let mut seen = std::collections::BTreeSet::new();
     for c in &spec.containers {
         if !is_dns_label(&c.name) {
-            return Err(SpecError::BadName { container: c.name.clone() });
+            return Err(SpecError::BadName {
+                container: c.name.clone(),
+            });
         }
         if !seen.insert(c.name.as_str()) {
-            return Err(SpecError::DuplicateName { container: c.name.clone() });
+            return Err(SpecError::DuplicateName {
+                container: c.name.clone(),
+            });
         }
         if c.image.as_deref().unwrap_or_default().trim().is_empty() {
-            return Err(SpecError::NoImage { container: c.name.clone() });
+            return Err(SpecError::NoImage {
+                container: c.name.clone(),
+            });
         }
         PullPolicy::of(c)?;
         let at = |f: &str| format!("containers[{}].{f}", c.name);
@@ -244,7 +260,8 @@ pub fn validate(spec: &PodSpec) -> Result<(), SpecError> {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -260,7 +277,9 @@ pub fn process_args(container: &Container, image: &ImageConfig) -> Result<Vec<St
     };
     let argv: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
     if argv.is_empty() {
-        return Err(SpecError::NothingToRun { container: container.name.clone() });
+        return Err(SpecError::NothingToRun {
+            container: container.name.clone(),
+        });
     }
     Ok(argv)
 }
@@ -330,13 +349,20 @@ pub struct Limits {
 
 /// Reads a container's CPU and memory limits and CPU request.
 pub fn limits(container: &Container) -> Result<Limits, SpecError> {
-    let Some(res) = &container.resources else { return Ok(Limits::default()) };
-    let get = |map: &Option<std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+    let Some(res) = &container.resources else {
+        return Ok(Limits::default());
+    };
+    let get = |map: &Option<
+        std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >,
                key: &str,
                kind: &str| {
         map.as_ref().and_then(|m| m.get(key)).map(|q| {
             let field = format!("containers[{}].resources.{kind}.{key}", container.name);
-            parse_quantity(&q.0, key == "cpu").ok_or(SpecError::BadQuantity { field, value: q.0.clone() })
+            parse_quantity(&q.0, key == "cpu").ok_or(SpecError::BadQuantity {
+                field,
+                value: q.0.clone(),
+            })
         })
     };
     Ok(Limits {
@@ -350,7 +376,9 @@ pub fn limits(container: &Container) -> Result<Limits, SpecError> {
 /// (`500m` → 500, `2` → 2000); otherwise in units (`1Ki` → 1024, `1k` → 1000).
 pub fn parse_quantity(text: &str, millis: bool) -> Option<u64> {
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
     let (number, suffix) = text.split_at(split);
     let value: f64 = number.parse().ok()?;
     let factor: f64 = match suffix {
@@ -403,10 +431,20 @@ pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Value, SpecError> {
         .unwrap_or_else(|| "/".to_owned());
     let sc = c.security_context.as_ref();
     let pod_sc = input.pod.security_context.as_ref();
-    let uid = sc.and_then(|s| s.run_as_user).or(pod_sc.and_then(|s| s.run_as_user)).unwrap_or(0);
-    let gid = sc.and_then(|s| s.run_as_group).or(pod_sc.and_then(|s| s.run_as_group)).unwrap_or(0);
-    let read_only = sc.and_then(|s| s.read_only_root_filesystem).unwrap_or(false);
-    let no_new_privileges = !sc.and_then(|s| s.allow_privilege_escalation).unwrap_or(true);
+    let uid = sc
+        .and_then(|s| s.run_as_user)
+        .or(pod_sc.and_then(|s| s.run_as_user))
+        .unwrap_or(0);
+    let gid = sc
+        .and_then(|s| s.run_as_group)
+        .or(pod_sc.and_then(|s| s.run_as_group))
+        .unwrap_or(0);
+    let read_only = sc
+        .and_then(|s| s.read_only_root_filesystem)
+        .unwrap_or(false);
+    let no_new_privileges = !sc
+        .and_then(|s| s.allow_privilege_escalation)
+        .unwrap_or(true);
     let caps: Vec<&str> = DEFAULT_CAPABILITIES.to_vec();
     let limits = limits(c)?;
 
@@ -479,7 +517,11 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
     fn container(name: &str) -> Container {
-        Container { name: name.into(), image: Some("r/busybox:1".into()), ..Default::default() }
+        Container {
+            name: name.into(),
+            image: Some("r/busybox:1".into()),
+            ..Default::default()
+        }
     }
 
     fn image() -> ImageConfig {
@@ -500,13 +542,19 @@ mod tests {
         assert_eq!(process_args(&c, &img).unwrap(), ["/entry", "x"]);
         c.command = Some(vec!["/bin/sh".into()]);
         c.args = None;
-        assert_eq!(process_args(&c, &img).unwrap(), ["/bin/sh"], "command drops the image's Cmd");
+        assert_eq!(
+            process_args(&c, &img).unwrap(),
+            ["/bin/sh"],
+            "command drops the image's Cmd"
+        );
         c.args = Some(vec!["-c".into(), "echo".into()]);
         assert_eq!(process_args(&c, &img).unwrap(), ["/bin/sh", "-c", "echo"]);
         let empty = ImageConfig::default();
         assert_eq!(
             process_args(&container("e"), &empty),
-            Err(SpecError::NothingToRun { container: "e".into() })
+            Err(SpecError::NothingToRun {
+                container: "e".into()
+            })
         );
     }
 
@@ -514,11 +562,22 @@ mod tests {
     fn environment_overrides_image_and_expands_references() {
         let mut c = container("c");
         c.env = Some(vec![
-            EnvVar { name: "A".into(), value: Some("pod".into()), ..Default::default() },
-            EnvVar { name: "B".into(), value: Some("$(A)-$(NOPE)-$$(A)".into()), ..Default::default() },
+            EnvVar {
+                name: "A".into(),
+                value: Some("pod".into()),
+                ..Default::default()
+            },
+            EnvVar {
+                name: "B".into(),
+                value: Some("$(A)-$(NOPE)-$$(A)".into()),
+                ..Default::default()
+            },
         ]);
         let env = environment(&c, &image(), "web");
-        assert_eq!(env, ["PATH=/bin", "A=pod", "HOSTNAME=web", "B=pod-$(NOPE)-$(A)"]);
+        assert_eq!(
+            env,
+            ["PATH=/bin", "A=pod", "HOSTNAME=web", "B=pod-$(NOPE)-$(A)"]
+        );
     }
 
     #[test]
@@ -538,11 +597,18 @@ mod tests {
         let mut c = container("c");
         assert_eq!(PullPolicy::of(&c).unwrap(), PullPolicy::IfNotPresent);
         c.image = Some("127.0.0.1:5000/busybox".into());
-        assert_eq!(PullPolicy::of(&c).unwrap(), PullPolicy::Always, "a registry port is not a tag");
+        assert_eq!(
+            PullPolicy::of(&c).unwrap(),
+            PullPolicy::Always,
+            "a registry port is not a tag"
+        );
         c.image = Some("busybox:latest".into());
         assert_eq!(PullPolicy::of(&c).unwrap(), PullPolicy::Always);
         c.image_pull_policy = Some("Sometimes".into());
-        assert!(matches!(PullPolicy::of(&c), Err(SpecError::BadPullPolicy { .. })));
+        assert!(matches!(
+            PullPolicy::of(&c),
+            Err(SpecError::BadPullPolicy { .. })
+        ));
     }
 
     #[test]
@@ -550,9 +616,22 @@ mod tests {
         let mut spec = PodSpec::default();
         assert_eq!(validate(&spec), Err(SpecError::NoContainers));
         spec.containers = vec![container("a"), container("a")];
-        assert_eq!(validate(&spec), Err(SpecError::DuplicateName { container: "a".into() }));
-        spec.containers = vec![Container { image: None, ..container("a") }];
-        assert_eq!(validate(&spec), Err(SpecError::NoImage { container: "a".into() }));
+        assert_eq!(
+            validate(&spec),
+            Err(SpecError::DuplicateName {
+                container: "a".into()
+            })
+        );
+        spec.containers = vec![Container {
+            image: None,
+            ..container("a")
+        }];
+        assert_eq!(
+            validate(&spec),
+            Err(SpecError::NoImage {
+                container: "a".into()
+            })
+        );
         spec.containers = vec![container("Bad_Name")];
         assert!(matches!(validate(&spec), Err(SpecError::BadName { .. })));
         let mut c = container("a");
@@ -563,11 +642,17 @@ mod tests {
         spec.containers = vec![c];
         assert_eq!(
             validate(&spec),
-            Err(SpecError::BadQuantity { field: "containers[a].resources.limits.cpu".into(), value: "lots".into() })
+            Err(SpecError::BadQuantity {
+                field: "containers[a].resources.limits.cpu".into(),
+                value: "lots".into()
+            })
         );
         spec.containers = vec![container("a")];
         spec.restart_policy = Some("Sometimes".into());
-        assert!(matches!(validate(&spec), Err(SpecError::BadRestartPolicy { .. })));
+        assert!(matches!(
+            validate(&spec),
+            Err(SpecError::BadRestartPolicy { .. })
+        ));
         spec.restart_policy = Some("Never".into());
         assert_eq!(validate(&spec), Ok(()));
     }
@@ -577,7 +662,11 @@ mod tests {
         let mut c = container("main");
         c.resources = Some(ResourceRequirements {
             limits: Some(
-                [("cpu".to_owned(), Quantity("500m".into())), ("memory".to_owned(), Quantity("64Mi".into()))].into(),
+                [
+                    ("cpu".to_owned(), Quantity("500m".into())),
+                    ("memory".to_owned(), Quantity("64Mi".into())),
+                ]
+                .into(),
             ),
             ..Default::default()
         });
@@ -587,7 +676,10 @@ mod tests {
             allow_privilege_escalation: Some(false),
             ..Default::default()
         });
-        let pod = PodSpec { containers: vec![c.clone()], ..Default::default() };
+        let pod = PodSpec {
+            containers: vec![c.clone()],
+            ..Default::default()
+        };
         let img = image();
         let spec = runtime_spec(&SpecInput {
             container: &c,
@@ -602,7 +694,10 @@ mod tests {
         assert_eq!(spec["process"]["cwd"], "/work");
         assert_eq!(spec["process"]["noNewPrivileges"], true);
         assert_eq!(spec["root"]["readonly"], true);
-        assert_eq!(spec["linux"]["resources"]["memory"]["limit"], 64 * 1024 * 1024);
+        assert_eq!(
+            spec["linux"]["resources"]["memory"]["limit"],
+            64 * 1024 * 1024
+        );
         assert_eq!(spec["linux"]["resources"]["cpu"]["quota"], 50_000);
         assert_eq!(spec["linux"]["resources"]["cpu"]["shares"], 512);
         assert_eq!(spec["linux"]["cgroupsPath"], "/orca/abc-main");

@@ -38,13 +38,26 @@ pub enum ContainerState {
 impl ContainerState {
     /// The state for a container that is being set up.
     pub fn creating() -> Self {
-        Self::Waiting { reason: "ContainerCreating".into(), message: String::new() }
+        Self::Waiting {
+            reason: "ContainerCreating".into(),
+            message: String::new(),
+        }
     }
 
     /// The terminated state for an exit status, with Kubernetes' reasons.
-    pub fn exited(exit_code: i32, started_at: Option<jiff::Timestamp>, finished_at: Option<jiff::Timestamp>) -> Self {
+    pub fn exited(
+        exit_code: i32,
+        started_at: Option<jiff::Timestamp>,
+        finished_at: Option<jiff::Timestamp>,
+    ) -> Self {
         let reason = if exit_code == 0 { "Completed" } else { "Error" };
-        Self::Terminated { exit_code, reason: reason.into(), message: String::new(), started_at, finished_at }
+        Self::Terminated {
+            exit_code,
+            reason: reason.into(),
+            message: String::new(),
+            started_at,
+            finished_at,
+        }
     }
 }
 
@@ -67,7 +80,11 @@ pub struct PodFailure {
 }
 
 /// The phase of a pod from its containers' observed states, as the kubelet computes it.
-pub fn phase(policy: RestartPolicy, failure: Option<&PodFailure>, states: &[&ContainerState]) -> pb::PodPhase {
+pub fn phase(
+    policy: RestartPolicy,
+    failure: Option<&PodFailure>,
+    states: &[&ContainerState],
+) -> pb::PodPhase {
     if failure.is_some() {
         return pb::PodPhase::Failed;
     }
@@ -77,10 +94,14 @@ pub fn phase(policy: RestartPolicy, failure: Option<&PodFailure>, states: &[&Con
     let mut will_restart = 0;
     for state in states {
         match state {
-            ContainerState::Waiting { reason, .. } if reason == "CrashLoopBackOff" => will_restart += 1,
+            ContainerState::Waiting { reason, .. } if reason == "CrashLoopBackOff" => {
+                will_restart += 1
+            }
             ContainerState::Waiting { .. } => waiting += 1,
             ContainerState::Running { .. } => running += 1,
-            ContainerState::Terminated { exit_code, .. } if restarts(policy, *exit_code) => will_restart += 1,
+            ContainerState::Terminated { exit_code, .. } if restarts(policy, *exit_code) => {
+                will_restart += 1
+            }
             ContainerState::Terminated { exit_code: 0, .. } => {}
             ContainerState::Terminated { .. } => failed += 1,
         }
@@ -91,12 +112,19 @@ pub fn phase(policy: RestartPolicy, failure: Option<&PodFailure>, states: &[&Con
     if running + will_restart > 0 {
         return pb::PodPhase::Running;
     }
-    if failed > 0 { pb::PodPhase::Failed } else { pb::PodPhase::Succeeded }
+    if failed > 0 {
+        pb::PodPhase::Failed
+    } else {
+        pb::PodPhase::Succeeded
+    }
 }
 
 /// Converts a timestamp to the wire type.
 pub fn to_pb_time(t: jiff::Timestamp) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.as_second(), nanos: t.subsec_nanosecond() }
+    prost_types::Timestamp {
+        seconds: t.as_second(),
+        nanos: t.subsec_nanosecond(),
+    }
 }
 
 impl ContainerState {
@@ -104,22 +132,27 @@ impl ContainerState {
     pub fn to_pb(&self) -> pb::ContainerState {
         use pb::container_state::State;
         let state = match self {
-            Self::Waiting { reason, message } => {
-                State::Waiting(pb::ContainerStateWaiting { reason: reason.clone(), message: message.clone() })
-            }
-            Self::Running { started_at } => {
-                State::Running(pb::ContainerStateRunning { started_at: Some(to_pb_time(*started_at)) })
-            }
-            Self::Terminated { exit_code, reason, message, started_at, finished_at } => {
-                State::Terminated(pb::ContainerStateTerminated {
-                    exit_code: *exit_code,
-                    signal: if *exit_code > 128 { exit_code - 128 } else { 0 },
-                    reason: reason.clone(),
-                    message: message.clone(),
-                    started_at: started_at.map(to_pb_time),
-                    finished_at: finished_at.map(to_pb_time),
-                })
-            }
+            Self::Waiting { reason, message } => State::Waiting(pb::ContainerStateWaiting {
+                reason: reason.clone(),
+                message: message.clone(),
+            }),
+            Self::Running { started_at } => State::Running(pb::ContainerStateRunning {
+                started_at: Some(to_pb_time(*started_at)),
+            }),
+            Self::Terminated {
+                exit_code,
+                reason,
+                message,
+                started_at,
+                finished_at,
+            } => State::Terminated(pb::ContainerStateTerminated {
+                exit_code: *exit_code,
+                signal: if *exit_code > 128 { exit_code - 128 } else { 0 },
+                reason: reason.clone(),
+                message: message.clone(),
+                started_at: started_at.map(to_pb_time),
+                finished_at: finished_at.map(to_pb_time),
+            }),
         };
         pb::ContainerState { state: Some(state) }
     }
@@ -128,11 +161,13 @@ impl ContainerState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pb::PodPhase::*;
     use RestartPolicy::*;
+    use pb::PodPhase::*;
 
     fn running() -> ContainerState {
-        ContainerState::Running { started_at: jiff::Timestamp::UNIX_EPOCH }
+        ContainerState::Running {
+            started_at: jiff::Timestamp::UNIX_EPOCH,
+        }
     }
     fn exited(code: i32) -> ContainerState {
         ContainerState::exited(code, None, None)
@@ -141,7 +176,10 @@ mod tests {
     #[test]
     fn phase_follows_the_kubelet() {
         let creating = ContainerState::creating();
-        let backoff = ContainerState::Waiting { reason: "CrashLoopBackOff".into(), message: String::new() };
+        let backoff = ContainerState::Waiting {
+            reason: "CrashLoopBackOff".into(),
+            message: String::new(),
+        };
         let table: &[(RestartPolicy, &[&ContainerState], pb::PodPhase)] = &[
             (Never, &[], Pending),
             (Never, &[&creating], Pending),
@@ -160,16 +198,25 @@ mod tests {
         for (policy, states, want) in table {
             assert_eq!(phase(*policy, None, states), *want, "{policy:?} {states:?}");
         }
-        let failure = PodFailure { reason: "ErrImagePull".into(), message: "not found".into() };
+        let failure = PodFailure {
+            reason: "ErrImagePull".into(),
+            message: "not found".into(),
+        };
         assert_eq!(phase(Never, Some(&failure), &[&creating]), Failed);
     }
 
     #[test]
     fn terminated_states_carry_kubernetes_reasons() {
-        assert!(matches!(exited(0), ContainerState::Terminated { ref reason, .. } if reason == "Completed"));
-        assert!(matches!(exited(2), ContainerState::Terminated { ref reason, .. } if reason == "Error"));
+        assert!(
+            matches!(exited(0), ContainerState::Terminated { ref reason, .. } if reason == "Completed")
+        );
+        assert!(
+            matches!(exited(2), ContainerState::Terminated { ref reason, .. } if reason == "Error")
+        );
         let pb = exited(137).to_pb();
-        let Some(pb::container_state::State::Terminated(t)) = pb.state else { panic!("not terminated") };
+        let Some(pb::container_state::State::Terminated(t)) = pb.state else {
+            panic!("not terminated")
+        };
         assert_eq!((t.exit_code, t.signal), (137, 9));
     }
 }

@@ -13,7 +13,11 @@
 //! Architecture invariant: this crate holds generated code only. Domain types live
 //! in the crates that own them and convert at the transport edge.
 
-#![allow(missing_docs, clippy::large_enum_variant, clippy::doc_lazy_continuation)]
+#![allow(
+    missing_docs,
+    clippy::large_enum_variant,
+    clippy::doc_lazy_continuation
+)]
 
 /// Shared types: pods, statuses, resources, GPU samples.
 pub mod types {
@@ -59,17 +63,47 @@ pub mod serving {
     pub fn reflection_v1() -> tonic_reflection::server::v1::ServerReflectionServer<
         impl tonic_reflection::server::v1::ServerReflection,
     > {
-        builder()
-            .build_v1()
-            .expect("the embedded descriptor sets are valid: they were produced by protoc at build time")
+        builder().build_v1().expect(
+            "the embedded descriptor sets are valid: they were produced by protoc at build time",
+        )
     }
 
     /// `grpc.reflection.v1alpha.ServerReflection`.
     pub fn reflection_v1alpha() -> tonic_reflection::server::v1alpha::ServerReflectionServer<
         impl tonic_reflection::server::v1alpha::ServerReflection,
     > {
-        builder()
-            .build_v1alpha()
-            .expect("the embedded descriptor sets are valid: they were produced by protoc at build time")
+        builder().build_v1alpha().expect(
+            "the embedded descriptor sets are valid: they were produced by protoc at build time",
+        )
+    }
+}
+
+/// Process conventions shared by the ORCA daemons' thin `main`s.
+pub mod process {
+    /// Logs to stderr with `RUST_LOG` filtering (default `info`).
+    pub fn init_tracing() {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into()),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
+
+    /// Resolves on the first SIGINT or SIGTERM.
+    pub async fn shutdown_signal() {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("shutdown signal received; draining");
     }
 }

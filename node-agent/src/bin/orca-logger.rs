@@ -7,7 +7,9 @@ fn main() -> std::process::ExitCode {
     let path = match args.as_slice() {
         [key, path] if key == "log" => std::path::PathBuf::from(path),
         _ => {
-            eprintln!("usage: orca-logger log <file> (started by containerd's shim with fds 3, 4 and 5)");
+            eprintln!(
+                "usage: orca-logger log <file> (started by containerd's shim with fds 3, 4 and 5)"
+            );
             return std::process::ExitCode::from(2);
         }
     };

@@ -89,11 +89,17 @@ pub struct Containerd {
 impl Containerd {
     /// Connects to containerd's gRPC socket.
     pub async fn connect(socket: &Path, namespace: &str) -> Result<Self, RuntimeError> {
-        let channel = containerd_client::connect(socket).await.map_err(|source| RuntimeError::Connect {
-            socket: socket.display().to_string(),
-            source,
-        })?;
-        Ok(Self { channel, namespace: namespace.to_owned() })
+        let channel =
+            containerd_client::connect(socket)
+                .await
+                .map_err(|source| RuntimeError::Connect {
+                    socket: socket.display().to_string(),
+                    source,
+                })?;
+        Ok(Self {
+            channel,
+            namespace: namespace.to_owned(),
+        })
     }
 
     /// The containerd namespace of this connection.

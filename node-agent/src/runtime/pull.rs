@@ -24,10 +24,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use containerd_client::services::v1::{
-    content_client::ContentClient, diff_client::DiffClient, images_client::ImagesClient,
-    leases_client::LeasesClient, snapshots, ApplyRequest, CreateImageRequest, DeleteRequest as DeleteLeaseRequest,
-    GetImageRequest, Image, InfoRequest, ReadContentRequest, UpdateImageRequest, UpdateRequest, WriteAction,
-    WriteContentRequest,
+    ApplyRequest, CreateImageRequest, DeleteRequest as DeleteLeaseRequest, GetImageRequest, Image,
+    InfoRequest, ReadContentRequest, UpdateImageRequest, UpdateRequest, WriteAction,
+    WriteContentRequest, content_client::ContentClient, diff_client::DiffClient,
+    images_client::ImagesClient, leases_client::LeasesClient, snapshots,
 };
 use containerd_client::services::v1::{CreateRequest as CreateLeaseRequest, Info as ContentInfo};
 use containerd_client::types::Descriptor;
@@ -93,7 +93,11 @@ pub struct Puller {
 impl Puller {
     /// A puller on `ctrd`; `insecure` lists registries reached over plain HTTP.
     pub fn new(ctrd: Containerd, insecure: Vec<String>) -> Self {
-        Self { ctrd, insecure, inflight: Default::default() }
+        Self {
+            ctrd,
+            insecure,
+            inflight: Default::default(),
+        }
     }
 
     /// Makes the image present according to the pull policy and returns it.
@@ -117,9 +121,15 @@ impl Puller {
         let present = self.local(&name).await?;
         let fresh = last_pull.is_some_and(|t| t >= asked);
         match (policy, present) {
-            (PullPolicy::Never, Some(info)) | (PullPolicy::IfNotPresent, Some(info)) => return Ok(info),
+            (PullPolicy::Never, Some(info)) | (PullPolicy::IfNotPresent, Some(info)) => {
+                return Ok(info);
+            }
             (PullPolicy::Always, Some(info)) if fresh => return Ok(info),
-            (PullPolicy::Never, None) => return Err(RuntimeError::ImageNeverPull { reference: image.to_owned() }),
+            (PullPolicy::Never, None) => {
+                return Err(RuntimeError::ImageNeverPull {
+                    reference: image.to_owned(),
+                });
+            }
             _ => {}
         }
         let started = Instant::now();
@@ -132,21 +142,39 @@ impl Puller {
     /// The image if containerd has it, with its config and top chain id.
     pub async fn local(&self, name: &str) -> Result<Option<ImageInfo>, RuntimeError> {
         let mut images = ImagesClient::new(self.ctrd.channel());
-        let image = match images.get(self.ctrd.request(GetImageRequest { name: name.to_owned() }, None)).await {
+        let image = match images
+            .get(self.ctrd.request(
+                GetImageRequest {
+                    name: name.to_owned(),
+                },
+                None,
+            ))
+            .await
+        {
             Ok(resp) => resp.into_inner().image,
             Err(s) if s.code() == tonic::Code::NotFound => None,
             Err(s) => return Err(op("Images.Get")(s)),
         };
-        let Some(target) = image.and_then(|i| i.target) else { return Ok(None) };
+        let Some(target) = image.and_then(|i| i.target) else {
+            return Ok(None);
+        };
         let manifest: Value = self.read_json(name, &target.digest).await?;
-        let config_digest = manifest["config"]["digest"].as_str().unwrap_or_default().to_owned();
+        let config_digest = manifest["config"]["digest"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let raw_config = self.read(&config_digest).await?;
         let (config, chain_id) = parse_config(name, &raw_config)?;
         // The image record can outlive its snapshots (removed by hand): then it is not usable.
         if !self.snapshot_exists(&chain_id).await? {
             return Ok(None);
         }
-        Ok(Some(ImageInfo { name: name.to_owned(), digest: target.digest, config, chain_id }))
+        Ok(Some(ImageInfo {
+            name: name.to_owned(),
+            digest: target.digest,
+            config,
+            chain_id,
+        }))
     }
 
     async fn pull(
@@ -161,7 +189,10 @@ impl Puller {
         } else {
             ClientProtocol::Https
         };
-        let client = RegistryClient::new(ClientConfig { protocol, ..Default::default() });
+        let client = RegistryClient::new(ClientConfig {
+            protocol,
+            ..Default::default()
+        });
         let auth = credentials
             .iter()
             .find(|c| c.registry == registry || c.registry == reference.registry())
@@ -171,19 +202,33 @@ impl Puller {
             reference: image.to_owned(),
             message: e.to_string(),
         };
-        let bad = |reason: String| RuntimeError::BadImage { reference: image.to_owned(), reason };
+        let bad = |reason: String| RuntimeError::BadImage {
+            reference: image.to_owned(),
+            reason,
+        };
 
-        let (mut raw, mut digest) =
-            client.pull_manifest_raw(reference, &auth, MANIFEST_TYPES).await.map_err(pull_err)?;
-        let mut doc: Value = serde_json::from_slice(&raw).map_err(|e| bad(format!("manifest: {e}")))?;
+        let (mut raw, mut digest) = client
+            .pull_manifest_raw(reference, &auth, MANIFEST_TYPES)
+            .await
+            .map_err(pull_err)?;
+        let mut doc: Value =
+            serde_json::from_slice(&raw).map_err(|e| bad(format!("manifest: {e}")))?;
         if doc["manifests"].is_array() {
-            let chosen = choose_platform(&doc).ok_or_else(|| bad(format!("no manifest for linux/{}", arch())))?;
+            let chosen = choose_platform(&doc)
+                .ok_or_else(|| bad(format!("no manifest for linux/{}", arch())))?;
             let by_digest = reference.clone_with_digest(chosen);
-            (raw, digest) = client.pull_manifest_raw(&by_digest, &auth, MANIFEST_TYPES).await.map_err(pull_err)?;
+            (raw, digest) = client
+                .pull_manifest_raw(&by_digest, &auth, MANIFEST_TYPES)
+                .await
+                .map_err(pull_err)?;
             doc = serde_json::from_slice(&raw).map_err(|e| bad(format!("manifest: {e}")))?;
         }
-        let media_type = doc["mediaType"].as_str().unwrap_or(MANIFEST_TYPES[0]).to_owned();
-        let config_desc = descriptor(&doc["config"]).ok_or_else(|| bad("manifest has no config".into()))?;
+        let media_type = doc["mediaType"]
+            .as_str()
+            .unwrap_or(MANIFEST_TYPES[0])
+            .to_owned();
+        let config_desc =
+            descriptor(&doc["config"]).ok_or_else(|| bad("manifest has no config".into()))?;
         let layers: Vec<OciDescriptor> = doc["layers"]
             .as_array()
             .map(|a| a.iter().filter_map(descriptor).collect())
@@ -192,18 +237,34 @@ impl Puller {
         let lease = self.create_lease().await?;
         let result = async {
             let mut config_raw = Vec::new();
-            client.pull_blob(reference, &config_desc, &mut config_raw).await.map_err(pull_err)?;
+            client
+                .pull_blob(reference, &config_desc, &mut config_raw)
+                .await
+                .map_err(pull_err)?;
             let (config, chain_id) = parse_config(image, &config_raw)?;
             let diff_ids = diff_ids(&config_raw);
             if diff_ids.len() != layers.len() {
-                return Err(bad(format!("{} layers but {} diff ids", layers.len(), diff_ids.len())));
+                return Err(bad(format!(
+                    "{} layers but {} diff ids",
+                    layers.len(),
+                    diff_ids.len()
+                )));
             }
-            self.write(&lease, &config_desc, futures::stream::iter([Ok(config_raw.into())]), HashMap::new())
-                .await?;
+            self.write(
+                &lease,
+                &config_desc,
+                futures::stream::iter([Ok(config_raw.into())]),
+                HashMap::new(),
+            )
+            .await?;
             for (layer, diff_id) in layers.iter().zip(&diff_ids) {
                 if !self.content_exists(&layer.digest).await? {
-                    let blob = client.pull_blob_stream(reference, layer).await.map_err(pull_err)?;
-                    let labels = HashMap::from([("containerd.io/uncompressed".to_owned(), diff_id.clone())]);
+                    let blob = client
+                        .pull_blob_stream(reference, layer)
+                        .await
+                        .map_err(pull_err)?;
+                    let labels =
+                        HashMap::from([("containerd.io/uncompressed".to_owned(), diff_id.clone())]);
                     self.write(&lease, layer, blob.stream, labels).await?;
                 }
             }
@@ -212,7 +273,10 @@ impl Puller {
                 config_desc.digest.clone(),
             )]);
             for (i, layer) in layers.iter().enumerate() {
-                labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), layer.digest.clone());
+                labels.insert(
+                    format!("containerd.io/gc.ref.content.l.{i}"),
+                    layer.digest.clone(),
+                );
             }
             let manifest_desc = OciDescriptor {
                 media_type: media_type.clone(),
@@ -222,14 +286,28 @@ impl Puller {
                 annotations: None,
                 artifact_type: None,
             };
-            self.write(&lease, &manifest_desc, futures::stream::iter([Ok(raw.clone())]), labels).await?;
+            self.write(
+                &lease,
+                &manifest_desc,
+                futures::stream::iter([Ok(raw.clone())]),
+                labels,
+            )
+            .await?;
             let top = self.unpack(&lease, &layers, &diff_ids).await?;
             if top != chain_id {
-                return Err(bad(format!("unpacked chain {top} differs from the config's {chain_id}")));
+                return Err(bad(format!(
+                    "unpacked chain {top} differs from the config's {chain_id}"
+                )));
             }
             self.label_config(&config_desc.digest, &chain_id).await?;
-            let info = ImageInfo { name: reference.whole(), digest: digest.clone(), config, chain_id };
-            self.record_image(&info.name, &media_type, &digest, raw.len() as i64).await?;
+            let info = ImageInfo {
+                name: reference.whole(),
+                digest: digest.clone(),
+                config,
+                chain_id,
+            };
+            self.record_image(&info.name, &media_type, &digest, raw.len() as i64)
+                .await?;
             Ok(info)
         }
         .await;
@@ -252,15 +330,26 @@ impl Puller {
     }
 
     async fn delete_lease(&self, id: &str) {
-        let req = DeleteLeaseRequest { id: id.to_owned(), sync: false };
-        if let Err(e) = LeasesClient::new(self.ctrd.channel()).delete(self.ctrd.request(req, None)).await {
+        let req = DeleteLeaseRequest {
+            id: id.to_owned(),
+            sync: false,
+        };
+        if let Err(e) = LeasesClient::new(self.ctrd.channel())
+            .delete(self.ctrd.request(req, None))
+            .await
+        {
             debug!(lease = id, error = %e, "lease not deleted; it expires on its own");
         }
     }
 
     async fn content_exists(&self, digest: &str) -> Result<bool, RuntimeError> {
-        let req = InfoRequest { digest: digest.to_owned() };
-        match ContentClient::new(self.ctrd.channel()).info(self.ctrd.request(req, None)).await {
+        let req = InfoRequest {
+            digest: digest.to_owned(),
+        };
+        match ContentClient::new(self.ctrd.channel())
+            .info(self.ctrd.request(req, None))
+            .await
+        {
             Ok(_) => Ok(true),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
             Err(s) => Err(op("Content.Info")(s)),
@@ -279,7 +368,11 @@ impl Puller {
         S: Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + Unpin,
     {
         let (tx, rx) = mpsc::channel::<WriteContentRequest>(2);
-        let write_ref = format!("orca-{}-{}", desc.digest.replace(':', "-"), uuid::Uuid::new_v4().simple());
+        let write_ref = format!(
+            "orca-{}-{}",
+            desc.digest.replace(':', "-"),
+            uuid::Uuid::new_v4().simple()
+        );
         let base = WriteContentRequest {
             r#ref: write_ref,
             total: desc.size,
@@ -291,7 +384,11 @@ impl Puller {
             let tx = tx.clone();
             async move { tx.send(req).await.is_ok() }
         };
-        send(WriteContentRequest { action: WriteAction::Stat as i32, ..base.clone() }).await;
+        send(WriteContentRequest {
+            action: WriteAction::Stat as i32,
+            ..base.clone()
+        })
+        .await;
         let mut responses = client
             .write(self.ctrd.request(ReceiverStream::new(rx), Some(lease)))
             .await
@@ -301,7 +398,10 @@ impl Puller {
         next().await?;
         let mut offset: i64 = 0;
         let mut data = data;
-        let bad_blob = |message: String| RuntimeError::ImagePull { reference: desc.digest.clone(), message };
+        let bad_blob = |message: String| RuntimeError::ImagePull {
+            reference: desc.digest.clone(),
+            message,
+        };
         while let Some(chunk) = data.next().await {
             let chunk = chunk.map_err(|e| bad_blob(format!("reading blob: {e}")))?;
             for piece in chunk.chunks(WRITE_CHUNK) {
@@ -316,16 +416,30 @@ impl Puller {
                 offset += piece.len() as i64;
             }
         }
-        let commit = WriteContentRequest { action: WriteAction::Commit as i32, offset, labels, ..base.clone() };
+        let commit = WriteContentRequest {
+            action: WriteAction::Commit as i32,
+            offset,
+            labels,
+            ..base.clone()
+        };
         send(commit).await;
         match next().await {
             Ok(_) => Ok(()),
-            Err(RuntimeError::Containerd { source, .. }) if source.code() == tonic::Code::AlreadyExists => Ok(()),
+            Err(RuntimeError::Containerd { source, .. })
+                if source.code() == tonic::Code::AlreadyExists =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
 
-    async fn unpack(&self, lease: &str, layers: &[OciDescriptor], diff_ids: &[String]) -> Result<String, RuntimeError> {
+    async fn unpack(
+        &self,
+        lease: &str,
+        layers: &[OciDescriptor],
+        diff_ids: &[String],
+    ) -> Result<String, RuntimeError> {
         let mut snaps = snapshots::snapshots_client::SnapshotsClient::new(self.ctrd.channel());
         let mut differ = DiffClient::new(self.ctrd.channel());
         let mut parent = String::new();
@@ -382,7 +496,10 @@ impl Puller {
             match snaps.commit(self.ctrd.request(commit, Some(lease))).await {
                 Ok(_) => {}
                 Err(s) if s.code() == tonic::Code::AlreadyExists => {
-                    let rm = snapshots::RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.to_owned(), key };
+                    let rm = snapshots::RemoveSnapshotRequest {
+                        snapshotter: SNAPSHOTTER.to_owned(),
+                        key,
+                    };
                     let _ = snaps.remove(self.ctrd.request(rm, None)).await;
                 }
                 Err(s) => return Err(op("Snapshots.Commit")(s)),
@@ -393,7 +510,10 @@ impl Puller {
     }
 
     async fn snapshot_exists(&self, key: &str) -> Result<bool, RuntimeError> {
-        let req = snapshots::StatSnapshotRequest { snapshotter: SNAPSHOTTER.to_owned(), key: key.to_owned() };
+        let req = snapshots::StatSnapshotRequest {
+            snapshotter: SNAPSHOTTER.to_owned(),
+            key: key.to_owned(),
+        };
         let mut snaps = snapshots::snapshots_client::SnapshotsClient::new(self.ctrd.channel());
         match snaps.stat(self.ctrd.request(req, None)).await {
             Ok(_) => Ok(true),
@@ -412,7 +532,9 @@ impl Puller {
                 labels: HashMap::from([(label.clone(), chain_id.to_owned())]),
                 ..Default::default()
             }),
-            update_mask: Some(prost_types::FieldMask { paths: vec![format!("labels.{label}")] }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec![format!("labels.{label}")],
+            }),
         };
         ContentClient::new(self.ctrd.channel())
             .update(self.ctrd.request(req, None))
@@ -421,7 +543,13 @@ impl Puller {
         Ok(())
     }
 
-    async fn record_image(&self, name: &str, media_type: &str, digest: &str, size: i64) -> Result<(), RuntimeError> {
+    async fn record_image(
+        &self,
+        name: &str,
+        media_type: &str,
+        digest: &str,
+        size: i64,
+    ) -> Result<(), RuntimeError> {
         let image = Image {
             name: name.to_owned(),
             target: Some(Descriptor {
@@ -433,12 +561,22 @@ impl Puller {
             ..Default::default()
         };
         let mut images = ImagesClient::new(self.ctrd.channel());
-        let create = CreateImageRequest { image: Some(image.clone()), source_date_epoch: None };
+        let create = CreateImageRequest {
+            image: Some(image.clone()),
+            source_date_epoch: None,
+        };
         match images.create(self.ctrd.request(create, None)).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == tonic::Code::AlreadyExists => {
-                let update = UpdateImageRequest { image: Some(image), update_mask: None, source_date_epoch: None };
-                images.update(self.ctrd.request(update, None)).await.map_err(op("Images.Update"))?;
+                let update = UpdateImageRequest {
+                    image: Some(image),
+                    update_mask: None,
+                    source_date_epoch: None,
+                };
+                images
+                    .update(self.ctrd.request(update, None))
+                    .await
+                    .map_err(op("Images.Update"))?;
                 Ok(())
             }
             Err(s) => Err(op("Images.Create")(s)),
@@ -446,7 +584,11 @@ impl Puller {
     }
 
     async fn read(&self, digest: &str) -> Result<Vec<u8>, RuntimeError> {
-        let req = ReadContentRequest { digest: digest.to_owned(), offset: 0, size: 0 };
+        let req = ReadContentRequest {
+            digest: digest.to_owned(),
+            offset: 0,
+            size: 0,
+        };
         let mut stream = ContentClient::new(self.ctrd.channel())
             .read(self.ctrd.request(req, None))
             .await
@@ -461,8 +603,10 @@ impl Puller {
 
     async fn read_json(&self, name: &str, digest: &str) -> Result<Value, RuntimeError> {
         let raw = self.read(digest).await?;
-        serde_json::from_slice(&raw)
-            .map_err(|e| RuntimeError::BadImage { reference: name.to_owned(), reason: format!("{digest}: {e}") })
+        serde_json::from_slice(&raw).map_err(|e| RuntimeError::BadImage {
+            reference: name.to_owned(),
+            reason: format!("{digest}: {e}"),
+        })
     }
 }
 
@@ -483,7 +627,8 @@ fn arch() -> &'static str {
 fn choose_platform(index: &Value) -> Option<String> {
     index["manifests"].as_array()?.iter().find_map(|m| {
         let p = &m["platform"];
-        (p["os"] == "linux" && p["architecture"] == arch()).then(|| m["digest"].as_str().map(str::to_owned))?
+        (p["os"] == "linux" && p["architecture"] == arch())
+            .then(|| m["digest"].as_str().map(str::to_owned))?
     })
 }
 
@@ -502,20 +647,29 @@ fn diff_ids(config: &[u8]) -> Vec<String> {
     serde_json::from_slice::<Value>(config)
         .ok()
         .and_then(|v| {
-            v["rootfs"]["diff_ids"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_owned)).collect())
+            v["rootfs"]["diff_ids"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|d| d.as_str().map(str::to_owned))
+                    .collect()
+            })
         })
         .unwrap_or_default()
 }
 
 /// The process defaults and top chain id of an image config.
 fn parse_config(reference: &str, raw: &[u8]) -> Result<(ImageConfig, String), RuntimeError> {
-    let config = ImageConfig::from_json(raw)
-        .map_err(|e| RuntimeError::BadImage { reference: reference.to_owned(), reason: format!("config: {e}") })?;
-    let chain = diff_ids(raw).iter().fold(String::new(), |parent, d| chain_id(&parent, d));
+    let config = ImageConfig::from_json(raw).map_err(|e| RuntimeError::BadImage {
+        reference: reference.to_owned(),
+        reason: format!("config: {e}"),
+    })?;
+    let chain = diff_ids(raw)
+        .iter()
+        .fold(String::new(), |parent, d| chain_id(&parent, d));
     if chain.is_empty() {
-        return Err(RuntimeError::BadImage { reference: reference.to_owned(), reason: "image has no layers".into() });
+        return Err(RuntimeError::BadImage {
+            reference: reference.to_owned(),
+            reason: "image has no layers".into(),
+        });
     }
     Ok((config, chain))
 }
@@ -537,7 +691,10 @@ mod tests {
     fn chain_ids_follow_the_oci_image_spec() {
         let a = "sha256:aaaa";
         assert_eq!(chain_id("", a), a);
-        let expected = format!("sha256:{}", hex::encode(Sha256::digest(b"sha256:aaaa sha256:bbbb")));
+        let expected = format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(b"sha256:aaaa sha256:bbbb"))
+        );
         assert_eq!(chain_id(a, "sha256:bbbb"), expected);
     }
 

@@ -4,9 +4,9 @@ use std::collections::HashMap;
 
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest, GetRequest,
-    KillRequest, ListContainersRequest, StartRequest, WaitRequest, containers_client::ContainersClient, snapshots,
-    tasks_client::TasksClient,
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteTaskRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest, WaitRequest,
+    containers_client::ContainersClient, snapshots, tasks_client::TasksClient,
 };
 use containerd_client::types::Mount;
 use containerd_client::types::v1::Status;
@@ -80,14 +80,25 @@ impl Containerd {
             id: id.to_owned(),
             labels,
             image: image.name.clone(),
-            runtime: Some(Runtime { name: RUNTIME.to_owned(), options: None }),
-            spec: Some(Any { type_url: SPEC_TYPE_URL.to_owned(), value: spec.to_string().into_bytes() }),
+            runtime: Some(Runtime {
+                name: RUNTIME.to_owned(),
+                options: None,
+            }),
+            spec: Some(Any {
+                type_url: SPEC_TYPE_URL.to_owned(),
+                value: spec.to_string().into_bytes(),
+            }),
             snapshotter: SNAPSHOTTER.to_owned(),
             snapshot_key: id.to_owned(),
             ..Default::default()
         };
         ContainersClient::new(self.channel())
-            .create(self.request(CreateContainerRequest { container: Some(container) }, None))
+            .create(self.request(
+                CreateContainerRequest {
+                    container: Some(container),
+                },
+                None,
+            ))
             .await
             .map_err(op("Containers.Create"))?;
         Ok(())
@@ -105,26 +116,48 @@ impl Containerd {
             stderr: log_uri.to_owned(),
             ..Default::default()
         };
-        tasks.create(self.request(create, None)).await.map_err(op("Tasks.Create"))?;
-        let start = StartRequest { container_id: id.to_owned(), exec_id: String::new() };
-        let pid = tasks.start(self.request(start, None)).await.map_err(op("Tasks.Start"))?.into_inner().pid;
+        tasks
+            .create(self.request(create, None))
+            .await
+            .map_err(op("Tasks.Create"))?;
+        let start = StartRequest {
+            container_id: id.to_owned(),
+            exec_id: String::new(),
+        };
+        let pid = tasks
+            .start(self.request(start, None))
+            .await
+            .map_err(op("Tasks.Start"))?
+            .into_inner()
+            .pid;
         Ok(pid)
     }
 
     async fn mounts(&self, key: &str) -> Result<Vec<Mount>, RuntimeError> {
-        let req = snapshots::MountsRequest { snapshotter: SNAPSHOTTER.to_owned(), key: key.to_owned() };
-        Ok(snapshots::snapshots_client::SnapshotsClient::new(self.channel())
-            .mounts(self.request(req, None))
-            .await
-            .map_err(op("Snapshots.Mounts"))?
-            .into_inner()
-            .mounts)
+        let req = snapshots::MountsRequest {
+            snapshotter: SNAPSHOTTER.to_owned(),
+            key: key.to_owned(),
+        };
+        Ok(
+            snapshots::snapshots_client::SnapshotsClient::new(self.channel())
+                .mounts(self.request(req, None))
+                .await
+                .map_err(op("Snapshots.Mounts"))?
+                .into_inner()
+                .mounts,
+        )
     }
 
     /// The task's current state; `None` when the container has no task.
     pub async fn observe(&self, id: &str) -> Result<Option<TaskObservation>, RuntimeError> {
-        let req = GetRequest { container_id: id.to_owned(), exec_id: String::new() };
-        let process = match TasksClient::new(self.channel()).get(self.request(req, None)).await {
+        let req = GetRequest {
+            container_id: id.to_owned(),
+            exec_id: String::new(),
+        };
+        let process = match TasksClient::new(self.channel())
+            .get(self.request(req, None))
+            .await
+        {
             Ok(resp) => resp.into_inner().process,
             Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
             Err(s) => return Err(op("Tasks.Get")(s)),
@@ -137,12 +170,20 @@ impl Containerd {
             Status::Paused | Status::Pausing => TaskStatus::Paused,
             Status::Unknown => TaskStatus::Unknown,
         };
-        Ok(Some(TaskObservation { status, pid: p.pid, exit_status: p.exit_status, exited_at: timestamp(p.exited_at) }))
+        Ok(Some(TaskObservation {
+            status,
+            pid: p.pid,
+            exit_status: p.exit_status,
+            exited_at: timestamp(p.exited_at),
+        }))
     }
 
     /// Waits until the task exits; returns its exit status and time.
     pub async fn wait(&self, id: &str) -> Result<(u32, Option<jiff::Timestamp>), RuntimeError> {
-        let req = WaitRequest { container_id: id.to_owned(), exec_id: String::new() };
+        let req = WaitRequest {
+            container_id: id.to_owned(),
+            exec_id: String::new(),
+        };
         let resp = TasksClient::new(self.channel())
             .wait(self.request(req, None))
             .await
@@ -153,8 +194,16 @@ impl Containerd {
 
     /// Sends a signal to every process of the task.
     pub async fn kill(&self, id: &str, signal: u32) -> Result<(), RuntimeError> {
-        let req = KillRequest { container_id: id.to_owned(), exec_id: String::new(), signal, all: true };
-        match TasksClient::new(self.channel()).kill(self.request(req, None)).await {
+        let req = KillRequest {
+            container_id: id.to_owned(),
+            exec_id: String::new(),
+            signal,
+            all: true,
+        };
+        match TasksClient::new(self.channel())
+            .kill(self.request(req, None))
+            .await
+        {
             Ok(_) => Ok(()),
             // Already gone: nothing left to signal.
             Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
@@ -164,8 +213,13 @@ impl Containerd {
 
     /// Deletes a stopped task (its shim and state). Absent tasks are fine.
     pub async fn delete_task(&self, id: &str) -> Result<(), RuntimeError> {
-        let req = DeleteTaskRequest { container_id: id.to_owned() };
-        match TasksClient::new(self.channel()).delete(self.request(req, None)).await {
+        let req = DeleteTaskRequest {
+            container_id: id.to_owned(),
+        };
+        match TasksClient::new(self.channel())
+            .delete(self.request(req, None))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
             Err(s) => Err(op("Tasks.Delete")(s)),
@@ -175,13 +229,22 @@ impl Containerd {
     /// Deletes the container record and its snapshot. Absent ones are fine.
     pub async fn delete_container(&self, id: &str) -> Result<(), RuntimeError> {
         let req = DeleteContainerRequest { id: id.to_owned() };
-        match ContainersClient::new(self.channel()).delete(self.request(req, None)).await {
+        match ContainersClient::new(self.channel())
+            .delete(self.request(req, None))
+            .await
+        {
             Ok(_) => {}
             Err(s) if s.code() == tonic::Code::NotFound => {}
             Err(s) => return Err(op("Containers.Delete")(s)),
         }
-        let rm = snapshots::RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.to_owned(), key: id.to_owned() };
-        match snapshots::snapshots_client::SnapshotsClient::new(self.channel()).remove(self.request(rm, None)).await {
+        let rm = snapshots::RemoveSnapshotRequest {
+            snapshotter: SNAPSHOTTER.to_owned(),
+            key: id.to_owned(),
+        };
+        match snapshots::snapshots_client::SnapshotsClient::new(self.channel())
+            .remove(self.request(rm, None))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
             Err(s) => Err(op("Snapshots.Remove")(s)),
@@ -189,8 +252,14 @@ impl Containerd {
     }
 
     /// Ids of the containers in this namespace that carry `label=value`.
-    pub async fn containers_with_label(&self, label: &str, value: &str) -> Result<Vec<String>, RuntimeError> {
-        let req = ListContainersRequest { filters: vec![format!("labels.\"{label}\"=={value}")] };
+    pub async fn containers_with_label(
+        &self,
+        label: &str,
+        value: &str,
+    ) -> Result<Vec<String>, RuntimeError> {
+        let req = ListContainersRequest {
+            filters: vec![format!("labels.\"{label}\"=={value}")],
+        };
         Ok(ContainersClient::new(self.channel())
             .list(self.request(req, None))
             .await

@@ -1,0 +1,184 @@
+//! `orca.controlplane.v1.AdminService`: nodes, pods, logs, events.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt as _};
+use orca_proto::agent::v1 as agent;
+use orca_proto::controlplane::v1::{self as pb, admin_service_server::AdminService};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::status;
+use crate::cluster::Cluster;
+
+/// The AdminService server.
+pub struct AdminApi {
+    cluster: Cluster,
+}
+
+impl AdminApi {
+    /// A server over `cluster`.
+    pub fn new(cluster: Cluster) -> Self {
+        Self { cluster }
+    }
+}
+
+type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    #[tracing::instrument(skip_all, fields(node = %req.get_ref().name))]
+    async fn add_node(
+        &self,
+        req: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        self.cluster
+            .add_node(req.into_inner().name)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn get_node(
+        &self,
+        req: Request<pb::GetNodeRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        self.cluster
+            .node(&req.into_inner().name)
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn list_nodes(
+        &self,
+        _: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let nodes = self.cluster.nodes().map_err(status)?;
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn drain_node(
+        &self,
+        _: Request<pb::DrainNodeRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        Err(Status::unimplemented(
+            "DrainNode comes with the control-plane core issue",
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = %req.get_ref().name))]
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let node = self
+            .cluster
+            .remove_node(&req.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RemoveNodeResponse { node: Some(node) }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn run_pod(
+        &self,
+        req: Request<pb::RunPodRequest>,
+    ) -> Result<Response<pb::PodRecord>, Status> {
+        let pod = req
+            .into_inner()
+            .pod
+            .ok_or_else(|| Status::invalid_argument("pod is required"))?;
+        self.cluster
+            .create_pod(pod)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn get_pod(
+        &self,
+        req: Request<pb::GetPodRequest>,
+    ) -> Result<Response<pb::PodRecord>, Status> {
+        let req = req.into_inner();
+        self.cluster
+            .pod(&req.namespace, &req.name)
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn list_pods(
+        &self,
+        req: Request<pb::ListPodsRequest>,
+    ) -> Result<Response<pb::ListPodsResponse>, Status> {
+        let pods = self
+            .cluster
+            .pods(&req.into_inner().namespace)
+            .map_err(status)?;
+        Ok(Response::new(pb::ListPodsResponse { pods }))
+    }
+
+    #[tracing::instrument(skip_all, fields(pod = %req.get_ref().name))]
+    async fn delete_pod(
+        &self,
+        req: Request<pb::DeletePodRequest>,
+    ) -> Result<Response<pb::DeletePodResponse>, Status> {
+        let req = req.into_inner();
+        let grace = (req.grace_period_seconds >= 0).then_some(req.grace_period_seconds);
+        let pod = self
+            .cluster
+            .delete_pod(&req.namespace, &req.name, grace)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DeletePodResponse { pod: Some(pod) }))
+    }
+
+    type LogsStream = Stream_<agent::LogChunk>;
+
+    async fn logs(
+        &self,
+        req: Request<pb::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let req = req.into_inner();
+        let options = req.options.unwrap_or(agent::LogsRequest {
+            tail_lines: -1,
+            ..Default::default()
+        });
+        let stream = self
+            .cluster
+            .logs(&req.namespace, &req.name, options)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(stream.boxed()))
+    }
+
+    type ExecStream = Stream_<agent::ExecOutput>;
+
+    async fn exec(
+        &self,
+        _: Request<Streaming<pb::ExecInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        Err(Status::unimplemented("Exec comes with the logs/exec issue"))
+    }
+
+    type AttachStream = Stream_<agent::ExecOutput>;
+
+    async fn attach(
+        &self,
+        _: Request<Streaming<pb::AttachInput>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        Err(Status::unimplemented(
+            "Attach comes with the logs/exec issue",
+        ))
+    }
+
+    async fn list_events(
+        &self,
+        req: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let req = req.into_inner();
+        let events = self
+            .cluster
+            .events(&req.namespace, &req.name)
+            .map_err(status)?;
+        Ok(Response::new(pb::ListEventsResponse { events }))
+    }
+}

@@ -1,0 +1,32 @@
+//! The gRPC servers: [`admin`] (users, through `orca`) and [`node`] (agents).
+//! Handlers validate, call the [`Cluster`](crate::cluster::Cluster), and convert
+//! errors to gRPC codes in [`status`], one exhaustive `match`.
+
+pub mod admin;
+pub mod node;
+
+use crate::cluster::ClusterError;
+
+/// Maps a cluster error to a gRPC status.
+pub fn status(e: ClusterError) -> tonic::Status {
+    let msg = e.to_string();
+    match e {
+        ClusterError::Store(_) => tonic::Status::internal(msg),
+        ClusterError::Provider(_) => tonic::Status::unavailable(msg),
+        ClusterError::NotFound { .. } => tonic::Status::not_found(msg),
+        ClusterError::AlreadyExists { .. } => tonic::Status::already_exists(msg),
+        ClusterError::Invalid(_) => tonic::Status::invalid_argument(msg),
+        ClusterError::JoinRefused(_) => tonic::Status::permission_denied(msg),
+        ClusterError::FailedPrecondition(_) => tonic::Status::failed_precondition(msg),
+        ClusterError::Agent { node, status } => {
+            let code = match status.code() {
+                tonic::Code::NotFound
+                | tonic::Code::InvalidArgument
+                | tonic::Code::FailedPrecondition
+                | tonic::Code::Unimplemented => status.code(),
+                _ => tonic::Code::Unavailable,
+            };
+            tonic::Status::new(code, format!("node {node}: {}", status.message()))
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! `orca.controlplane.v1.NodeService`: agents join and heartbeat.
+
+use orca_proto::controlplane::v1::{self as pb, node_service_server::NodeService};
+use tonic::{Request, Response, Status};
+
+use super::status;
+use crate::cluster::Cluster;
+
+/// The NodeService server.
+pub struct NodeApi {
+    cluster: Cluster,
+}
+
+impl NodeApi {
+    /// A server over `cluster`.
+    pub fn new(cluster: Cluster) -> Self {
+        Self { cluster }
+    }
+}
+
+#[tonic::async_trait]
+impl NodeService for NodeApi {
+    #[tracing::instrument(skip_all, fields(node = %req.get_ref().node_name))]
+    async fn join(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        self.cluster
+            .join(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        self.cluster
+            .heartbeat(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+}

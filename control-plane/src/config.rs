@@ -1,0 +1,348 @@
+//! The control plane's configuration: one YAML file, validated once into
+//! [`Config`] with errors that name the field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default listen address of the gRPC API (NodeService and AdminService).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
+/// Default heartbeat interval sent to agents (ms).
+pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 2_000;
+/// Default time without heartbeats before a node is NotReady (ms).
+pub const DEFAULT_NODE_TIMEOUT_MS: u64 = 10_000;
+/// Default lifetime of a join token (s).
+pub const DEFAULT_JOIN_TOKEN_TTL_S: u64 = 600;
+/// Default time a pod may wait for a node before it fails Unschedulable (ms).
+pub const DEFAULT_PENDING_TIMEOUT_MS: u64 = 300_000;
+/// Default period of the scheduler and health loops (ms).
+pub const DEFAULT_RECONCILE_INTERVAL_MS: u64 = 500;
+/// Default time allowed for one call to an agent (ms).
+pub const DEFAULT_AGENT_CALL_TIMEOUT_MS: u64 = 30_000;
+
+/// A configuration error, naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML does not match the schema (serde names the field and line).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// Path.
+        path: PathBuf,
+        /// serde's message, with the field and position.
+        message: String,
+    },
+    /// A field has a bad value.
+    #[error("config field `{field}`: {problem}")]
+    Invalid {
+        /// Dotted field path.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// The configuration file, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// Address of the gRPC API (agents and users).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// URL agents dial to reach NodeService; defaults to `http://<listen>`.
+    #[serde(default)]
+    pub advertise_url: Option<String>,
+    /// Directory of the sled store and simulated hosts' state.
+    pub data_dir: PathBuf,
+    /// Heartbeat interval the agents are told to use (ms).
+    #[serde(default = "d_heartbeat")]
+    pub heartbeat_interval_ms: u64,
+    /// Time without heartbeats before a node is NotReady (ms).
+    #[serde(default = "d_node_timeout")]
+    pub node_timeout_ms: u64,
+    /// Lifetime of a join token (s).
+    #[serde(default = "d_token_ttl")]
+    pub join_token_ttl_s: u64,
+    /// Time a pod may wait for a node before it fails Unschedulable (ms).
+    #[serde(default = "d_pending")]
+    pub pending_timeout_ms: u64,
+    /// Period of the scheduler and node-health loops (ms).
+    #[serde(default = "d_reconcile")]
+    pub reconcile_interval_ms: u64,
+    /// Time allowed for one call to an agent (ms).
+    #[serde(default = "d_agent_call")]
+    pub agent_call_timeout_ms: u64,
+    /// The instance provider.
+    pub provider: ProviderFile,
+}
+
+/// Which instance provider launches nodes: exactly one of its fields is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderFile {
+    /// Simulated hosts on this machine.
+    #[serde(default)]
+    pub local: Option<LocalFile>,
+}
+
+/// The `local` provider: every node is an `orca-agent` process on this machine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalFile {
+    /// The `orca-agent` binary; defaults to the one beside the control plane's executable.
+    #[serde(default)]
+    pub agent_binary: Option<PathBuf>,
+    /// containerd socket the simulated hosts share.
+    #[serde(default = "d_socket")]
+    pub containerd_socket: PathBuf,
+    /// Each host uses containerd namespace `<prefix>-<node name>`.
+    #[serde(default = "d_prefix")]
+    pub containerd_namespace_prefix: String,
+    /// Registries the agents reach over plain HTTP (loopback ones always are).
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
+    /// Extra arguments for every agent (e.g. `--backoff-base-ms=100`).
+    #[serde(default)]
+    pub agent_args: Vec<String>,
+}
+
+fn default_listen() -> String {
+    DEFAULT_LISTEN.into()
+}
+fn d_heartbeat() -> u64 {
+    DEFAULT_HEARTBEAT_INTERVAL_MS
+}
+fn d_node_timeout() -> u64 {
+    DEFAULT_NODE_TIMEOUT_MS
+}
+fn d_token_ttl() -> u64 {
+    DEFAULT_JOIN_TOKEN_TTL_S
+}
+fn d_pending() -> u64 {
+    DEFAULT_PENDING_TIMEOUT_MS
+}
+fn d_reconcile() -> u64 {
+    DEFAULT_RECONCILE_INTERVAL_MS
+}
+fn d_agent_call() -> u64 {
+    DEFAULT_AGENT_CALL_TIMEOUT_MS
+}
+fn d_socket() -> PathBuf {
+    "/run/containerd/containerd.sock".into()
+}
+fn d_prefix() -> String {
+    "orca".into()
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// URL agents dial (without a trailing slash).
+    pub advertise_url: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Heartbeat interval for agents.
+    pub heartbeat_interval: Duration,
+    /// NotReady after this long without heartbeats.
+    pub node_timeout: Duration,
+    /// Join token lifetime.
+    pub join_token_ttl: Duration,
+    /// Unschedulable after this long pending.
+    pub pending_timeout: Duration,
+    /// Loop period.
+    pub reconcile_interval: Duration,
+    /// Agent call timeout.
+    pub agent_call_timeout: Duration,
+    /// Provider.
+    pub provider: Provider,
+}
+
+/// The validated provider configuration.
+#[derive(Debug, Clone)]
+pub enum Provider {
+    /// Simulated hosts.
+    Local(LocalProvider),
+}
+
+/// The validated `local` provider configuration.
+#[derive(Debug, Clone)]
+pub struct LocalProvider {
+    /// Agent binary.
+    pub agent_binary: PathBuf,
+    /// containerd socket.
+    pub containerd_socket: PathBuf,
+    /// Namespace prefix.
+    pub namespace_prefix: String,
+    /// Insecure registries.
+    pub insecure_registries: Vec<String>,
+    /// Extra agent arguments.
+    pub agent_args: Vec<String>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates YAML text (`path` is for messages).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let file: File = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        file.validate()
+    }
+}
+
+impl File {
+    /// Validates the file, naming the first bad field.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let invalid = |field, problem: String| ConfigError::Invalid { field, problem };
+        let listen: SocketAddr = self
+            .listen
+            .parse()
+            .map_err(|e| invalid("listen", format!("{:?} is not host:port: {e}", self.listen)))?;
+        let advertise_url = self
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{listen}"));
+        if !advertise_url.starts_with("http://") && !advertise_url.starts_with("https://") {
+            return Err(invalid(
+                "advertise_url",
+                format!("{advertise_url:?} must start with http:// or https://"),
+            ));
+        }
+        let positive = |field, v: u64| {
+            if v == 0 {
+                Err(invalid(field, "must be positive".into()))
+            } else {
+                Ok(v)
+            }
+        };
+        let ms = |field, v| positive(field, v).map(Duration::from_millis);
+        let heartbeat_interval = ms("heartbeat_interval_ms", self.heartbeat_interval_ms)?;
+        let node_timeout = ms("node_timeout_ms", self.node_timeout_ms)?;
+        if node_timeout <= heartbeat_interval {
+            return Err(invalid(
+                "node_timeout_ms",
+                "must be longer than heartbeat_interval_ms".into(),
+            ));
+        }
+        let provider = match self.provider.local {
+            None => {
+                return Err(invalid(
+                    "provider",
+                    "set exactly one provider: `local`".into(),
+                ));
+            }
+            Some(local) => {
+                let agent_binary = match local.agent_binary {
+                    Some(p) => p,
+                    None => std::env::current_exe()
+                        .map_err(|e| invalid("provider.local.agent_binary", e.to_string()))?
+                        .with_file_name("orca-agent"),
+                };
+                if !agent_binary.is_file() {
+                    return Err(invalid(
+                        "provider.local.agent_binary",
+                        format!(
+                            "{} does not exist (build it: cargo build --bins)",
+                            agent_binary.display()
+                        ),
+                    ));
+                }
+                let prefix = local.containerd_namespace_prefix;
+                if prefix.is_empty()
+                    || !prefix
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                {
+                    return Err(invalid(
+                        "provider.local.containerd_namespace_prefix",
+                        format!("{prefix:?}"),
+                    ));
+                }
+                Provider::Local(LocalProvider {
+                    agent_binary,
+                    containerd_socket: local.containerd_socket,
+                    namespace_prefix: prefix,
+                    insecure_registries: local.insecure_registries,
+                    agent_args: local.agent_args,
+                })
+            }
+        };
+        Ok(Config {
+            listen,
+            advertise_url: advertise_url.trim_end_matches('/').to_owned(),
+            data_dir: self.data_dir,
+            heartbeat_interval,
+            node_timeout,
+            join_token_ttl: Duration::from_secs(positive(
+                "join_token_ttl_s",
+                self.join_token_ttl_s,
+            )?),
+            pending_timeout: ms("pending_timeout_ms", self.pending_timeout_ms)?,
+            reconcile_interval: ms("reconcile_interval_ms", self.reconcile_interval_ms)?,
+            agent_call_timeout: ms("agent_call_timeout_ms", self.agent_call_timeout_ms)?,
+            provider,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Config, ConfigError> {
+        Config::parse(yaml, Path::new("test.yaml"))
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let agent = std::env::current_exe().unwrap();
+        let base = format!(
+            "data_dir: /tmp/x\nprovider:\n  local:\n    agent_binary: {}\n",
+            agent.display()
+        );
+        assert!(parse(&base).is_ok());
+        let e = parse(&format!("{base}bogus: 1\n")).unwrap_err().to_string();
+        assert!(e.contains("unknown field `bogus`"), "{e}");
+        let e = parse(&format!("{base}listen: nope\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`listen`"), "{e}");
+        let e = parse(&format!("{base}heartbeat_interval_ms: 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`heartbeat_interval_ms`"), "{e}");
+        let e = parse(&format!(
+            "{base}node_timeout_ms: 100\nheartbeat_interval_ms: 200\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`node_timeout_ms`"), "{e}");
+        let e = parse("data_dir: /tmp/x\nprovider:\n  local:\n    agent_binary: /nonexistent\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`provider.local.agent_binary`"), "{e}");
+        let e = parse("provider:\n  local: {}\n").unwrap_err().to_string();
+        assert!(e.contains("data_dir"), "{e}");
+    }
+}

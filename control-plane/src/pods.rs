@@ -1,0 +1,359 @@
+//! Pods as the control plane keeps them: creation with validation, statuses
+//! merged from agents' observations (never invented), deletion through the
+//! node's agent, and the events of each transition.
+
+use k8s_openapi::api::core::v1::PodSpec;
+use orca_proto::agent::v1 as agent;
+use orca_proto::controlplane::v1 as pb;
+use orca_proto::types::v1::{self as types, PodPhase};
+use tracing::info;
+
+use crate::cluster::{Cluster, ClusterError, now};
+
+/// Namespace used when none is given.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Store key of a pod.
+pub fn key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// Namespace and name of a record.
+pub fn names(record: &pb::PodRecord) -> (String, String) {
+    let r = record
+        .pod
+        .as_ref()
+        .and_then(|p| p.r#ref.clone())
+        .unwrap_or_default();
+    (r.namespace, r.name)
+}
+
+/// Uid of a record.
+pub fn uid(record: &pb::PodRecord) -> String {
+    record
+        .pod
+        .as_ref()
+        .and_then(|p| p.r#ref.as_ref())
+        .map(|r| r.uid.clone())
+        .unwrap_or_default()
+}
+
+/// The phase of a record.
+pub fn phase(record: &pb::PodRecord) -> PodPhase {
+    record
+        .status
+        .as_ref()
+        .and_then(|s| PodPhase::try_from(s.phase).ok())
+        .unwrap_or(PodPhase::Unspecified)
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+fn pending(reason: &str, message: String) -> types::PodStatus {
+    types::PodStatus {
+        phase: PodPhase::Pending as i32,
+        reason: reason.into(),
+        message,
+        observed_at: Some(now()),
+        ..Default::default()
+    }
+}
+
+/// The exit summary of a status, for event messages.
+fn exits(status: &types::PodStatus) -> String {
+    status
+        .container_statuses
+        .iter()
+        .filter_map(|c| match c.state.as_ref()?.state.as_ref()? {
+            types::container_state::State::Terminated(t) => {
+                Some(format!("{}: exit {} ({})", c.name, t.exit_code, t.reason))
+            }
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Cluster {
+    /// Creates a pod. A spec that is not a Kubernetes PodSpec is refused; one that
+    /// decodes but cannot run is stored as Failed with reason InvalidPodSpec.
+    pub async fn create_pod(&self, mut pod: types::Pod) -> Result<pb::PodRecord, ClusterError> {
+        let r = pod.r#ref.get_or_insert_default();
+        if r.namespace.is_empty() {
+            r.namespace = DEFAULT_NAMESPACE.into();
+        }
+        if r.uid.is_empty() {
+            r.uid = uuid::Uuid::new_v4().to_string();
+        }
+        let (ns, name) = (r.namespace.clone(), r.name.clone());
+        if !valid_name(&name) || !valid_name(&ns) {
+            return Err(ClusterError::Invalid(format!(
+                "pod {ns}/{name}: names must be lowercase DNS subdomains (a-z, 0-9, '-', '.')"
+            )));
+        }
+        let spec: PodSpec = serde_json::from_str(&pod.spec_json).map_err(|e| {
+            ClusterError::Invalid(format!("spec_json is not a Kubernetes PodSpec: {e}"))
+        })?;
+        let problem = if spec.containers.is_empty() {
+            Some("pod spec has no containers".to_owned())
+        } else {
+            spec.containers
+                .iter()
+                .find(|c| c.image.as_deref().unwrap_or_default().trim().is_empty())
+                .map(|c| format!("container {:?} has no image", c.name))
+        };
+        let status = match &problem {
+            Some(p) => types::PodStatus {
+                phase: PodPhase::Failed as i32,
+                reason: "InvalidPodSpec".into(),
+                message: p.clone(),
+                observed_at: Some(now()),
+                ..Default::default()
+            },
+            None => pending("", String::new()),
+        };
+        let record = pb::PodRecord {
+            pod: Some(pod),
+            node_name: String::new(),
+            status: Some(status),
+            created_at: Some(now()),
+        };
+        if !self.store().pods.create(&key(&ns, &name), &record)? {
+            return Err(ClusterError::AlreadyExists {
+                kind: "pod",
+                name: key(&ns, &name),
+            });
+        }
+        self.store().flush().await?;
+        match problem {
+            Some(p) => self.event("Pod", &ns, &name, true, "InvalidPodSpec", p),
+            None => {
+                self.event(
+                    "Pod",
+                    &ns,
+                    &name,
+                    false,
+                    "Created",
+                    "waiting for a node".into(),
+                );
+                self.wake_scheduler();
+            }
+        }
+        info!(pod = %key(&ns, &name), "pod created");
+        Ok(record)
+    }
+
+    /// One pod.
+    pub fn pod(&self, namespace: &str, name: &str) -> Result<pb::PodRecord, ClusterError> {
+        let ns = if namespace.is_empty() {
+            DEFAULT_NAMESPACE
+        } else {
+            namespace
+        };
+        self.store()
+            .pods
+            .get(&key(ns, name))?
+            .ok_or_else(|| ClusterError::NotFound {
+                kind: "pod",
+                name: key(ns, name),
+            })
+    }
+
+    /// Pods of a namespace, or all.
+    pub fn pods(&self, namespace: &str) -> Result<Vec<pb::PodRecord>, ClusterError> {
+        let prefix = if namespace.is_empty() {
+            String::new()
+        } else {
+            format!("{namespace}/")
+        };
+        Ok(self.store().pods.scan(&prefix)?)
+    }
+
+    /// Applies a status that an agent observed, if it is newer than the one kept.
+    /// Returns false when no such pod is bound to `node` (the agent should drop it).
+    pub fn apply_report(&self, node: &str, report: types::PodReport) -> Result<bool, ClusterError> {
+        let (Some(r), Some(status)) = (report.r#ref, report.status) else {
+            return Ok(true);
+        };
+        let k = key(&r.namespace, &r.name);
+        let Some(old) = self.store().pods.get(&k)? else {
+            return Ok(false);
+        };
+        if uid(&old) != r.uid || old.node_name != node {
+            return Ok(false);
+        }
+        let newer = |old: &pb::PodRecord| {
+            let t = |s: Option<&types::PodStatus>| {
+                s.and_then(|s| s.observed_at).map(|t| (t.seconds, t.nanos))
+            };
+            t(Some(&status)) >= t(old.status.as_ref())
+        };
+        if !newer(&old) {
+            return Ok(true);
+        }
+        self.store().pods.update(&k, |p| {
+            if newer(p) && uid(p) == r.uid {
+                p.status = Some(status.clone());
+            }
+        })?;
+        let before = phase(&old);
+        let after = PodPhase::try_from(status.phase).unwrap_or(PodPhase::Unspecified);
+        if before != after {
+            info!(pod = %k, node, from = ?before, to = ?after, "pod phase changed");
+            match after {
+                PodPhase::Running => self.event(
+                    "Pod",
+                    &r.namespace,
+                    &r.name,
+                    false,
+                    "Started",
+                    format!("running on {node}"),
+                ),
+                PodPhase::Succeeded => self.event(
+                    "Pod",
+                    &r.namespace,
+                    &r.name,
+                    false,
+                    "Completed",
+                    exits(&status),
+                ),
+                PodPhase::Failed => {
+                    let msg = if status.reason.is_empty() {
+                        exits(&status)
+                    } else {
+                        status.message.clone()
+                    };
+                    let reason = if status.reason.is_empty() {
+                        "Failed"
+                    } else {
+                        status.reason.as_str()
+                    };
+                    self.event("Pod", &r.namespace, &r.name, true, reason, msg)
+                }
+                _ => {}
+            }
+        }
+        Ok(true)
+    }
+
+    /// Marks a pod Failed with a reason of the control plane's own (it never reached
+    /// an agent, or its node is gone).
+    pub fn fail_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        reason: &str,
+        message: String,
+    ) -> Result<(), ClusterError> {
+        self.store().pods.update(&key(namespace, name), |p| {
+            let mut status = p.status.clone().unwrap_or_default();
+            status.phase = PodPhase::Failed as i32;
+            status.reason = reason.into();
+            status.message = message.clone();
+            status.observed_at = Some(now());
+            p.status = Some(status);
+        })?;
+        self.event("Pod", namespace, name, true, reason, message);
+        Ok(())
+    }
+
+    /// Asks the node's agent to stop (and remove) a pod.
+    pub async fn stop_on_node(
+        &self,
+        node: &pb::Node,
+        pod: &pb::PodRecord,
+        grace: Option<i64>,
+    ) -> Result<Option<types::PodStatus>, ClusterError> {
+        let req = agent::StopPodRequest {
+            uid: uid(pod),
+            grace_period_seconds: grace.unwrap_or(-1),
+            remove: true,
+        };
+        match self.agent(node)?.stop_pod(req).await {
+            Ok(resp) => Ok(resp.into_inner().status),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => Err(ClusterError::Agent {
+                node: node.name.clone(),
+                status,
+            }),
+        }
+    }
+
+    /// Stops a pod's containers through its node's agent, then deletes it.
+    pub async fn delete_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        grace: Option<i64>,
+    ) -> Result<pb::PodRecord, ClusterError> {
+        let mut record = self.pod(namespace, name)?;
+        let (ns, name) = names(&record);
+        if !record.node_name.is_empty() {
+            let node = self.store().nodes.get(&record.node_name)?;
+            if let Some(node) = node.filter(|n| !n.agent_address.is_empty())
+                && let Some(status) = self.stop_on_node(&node, &record, grace).await?
+            {
+                record.status = Some(status);
+            }
+        }
+        self.store().pods.remove(&key(&ns, &name))?;
+        self.store().flush().await?;
+        self.event(
+            "Pod",
+            &ns,
+            &name,
+            false,
+            "Deleted",
+            format!("containers stopped on {}", record.node_name),
+        );
+        self.wake_scheduler();
+        Ok(record)
+    }
+
+    /// A container log stream from the pod's node.
+    pub async fn logs(
+        &self,
+        namespace: &str,
+        name: &str,
+        mut options: agent::LogsRequest,
+    ) -> Result<tonic::Streaming<agent::LogChunk>, ClusterError> {
+        let record = self.pod(namespace, name)?;
+        if record.node_name.is_empty() {
+            return Err(ClusterError::FailedPrecondition(format!(
+                "pod {name} is not on a node yet"
+            )));
+        }
+        let node = self.node(&record.node_name)?;
+        options.uid = uid(&record);
+        self.agent(&node)?
+            .logs(options)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|status| ClusterError::Agent {
+                node: node.name.clone(),
+                status,
+            })
+    }
+
+    /// Events of one object, or all, oldest first.
+    pub fn events(&self, namespace: &str, name: &str) -> Result<Vec<pb::Event>, ClusterError> {
+        Ok(self
+            .store()
+            .events
+            .scan("")?
+            .into_iter()
+            .filter(|e| {
+                (namespace.is_empty() || e.namespace == namespace)
+                    && (name.is_empty() || e.name == name)
+            })
+            .collect())
+    }
+}

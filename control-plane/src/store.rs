@@ -1,0 +1,248 @@
+//! Durable state in an embedded sled database: nodes, pods, events, join tokens.
+//!
+//! Records are stored as their protobuf encoding: compact, and able to evolve
+//! with the wire contract's field-numbering rules (new fields decode as defaults
+//! from old records). Read-modify-write goes through [`Table::update`], which is
+//! atomic per key. Whatever must survive a crash is followed by
+//! [`Store::flush`] before it is acknowledged.
+
+use std::marker::PhantomData;
+use std::path::Path;
+
+use orca_proto::controlplane::v1 as pb;
+use prost::Message;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed.
+    #[error("store {op} failed")]
+    Sled {
+        /// What was being done.
+        op: &'static str,
+        /// Cause.
+        #[source]
+        source: sled::Error,
+    },
+    /// A stored record does not decode.
+    #[error("stored record {key:?} is corrupt")]
+    Corrupt {
+        /// Its key.
+        key: String,
+        /// Cause.
+        #[source]
+        source: prost::DecodeError,
+    },
+}
+
+fn sled(op: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
+    move |source| StoreError::Sled { op, source }
+}
+
+/// One keyspace of protobuf records.
+#[derive(Clone)]
+pub struct Table<M> {
+    tree: sled::Tree,
+    _record: PhantomData<fn() -> M>,
+}
+
+impl<M: Message + Default> Table<M> {
+    fn open(db: &sled::Db, name: &str) -> Result<Self, StoreError> {
+        Ok(Self {
+            tree: db.open_tree(name).map_err(sled("open_tree"))?,
+            _record: PhantomData,
+        })
+    }
+
+    fn decode(key: &[u8], bytes: &[u8]) -> Result<M, StoreError> {
+        M::decode(bytes).map_err(|source| StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into(),
+            source,
+        })
+    }
+
+    /// The record at `key`.
+    pub fn get(&self, key: &str) -> Result<Option<M>, StoreError> {
+        match self.tree.get(key).map_err(sled("get"))? {
+            Some(v) => Ok(Some(Self::decode(key.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes the record at `key`.
+    pub fn put(&self, key: &str, record: &M) -> Result<(), StoreError> {
+        self.tree
+            .insert(key, record.encode_to_vec())
+            .map_err(sled("insert"))?;
+        Ok(())
+    }
+
+    /// Writes the record only if `key` is free; false when it was taken.
+    pub fn create(&self, key: &str, record: &M) -> Result<bool, StoreError> {
+        let swapped = self
+            .tree
+            .compare_and_swap(key, None as Option<&[u8]>, Some(record.encode_to_vec()))
+            .map_err(sled("compare_and_swap"))?;
+        Ok(swapped.is_ok())
+    }
+
+    /// Removes and returns the record at `key`.
+    pub fn remove(&self, key: &str) -> Result<Option<M>, StoreError> {
+        match self.tree.remove(key).map_err(sled("remove"))? {
+            Some(v) => Ok(Some(Self::decode(key.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Atomically applies `f` to the record at `key` (if any) and returns the result.
+    /// `f` may run more than once under contention; it must be pure.
+    pub fn update(&self, key: &str, mut f: impl FnMut(&mut M)) -> Result<Option<M>, StoreError> {
+        let mut corrupt = None;
+        let new = self
+            .tree
+            .update_and_fetch(key, |old| {
+                let old = old?;
+                match M::decode(old) {
+                    Ok(mut record) => {
+                        f(&mut record);
+                        Some(record.encode_to_vec())
+                    }
+                    Err(e) => {
+                        corrupt = Some(e);
+                        Some(old.to_vec())
+                    }
+                }
+            })
+            .map_err(sled("update"))?;
+        if let Some(source) = corrupt {
+            return Err(StoreError::Corrupt {
+                key: key.into(),
+                source,
+            });
+        }
+        new.map(|v| Self::decode(key.as_bytes(), &v)).transpose()
+    }
+
+    /// Every record with a key starting with `prefix`, in key order.
+    pub fn scan(&self, prefix: &str) -> Result<Vec<M>, StoreError> {
+        self.tree
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv.map_err(sled("scan"))?;
+                Self::decode(&k, &v)
+            })
+            .collect()
+    }
+}
+
+/// A join token as stored: which node it admits and until when.
+#[derive(Clone, PartialEq, Message)]
+pub struct JoinToken {
+    /// Node the token is bound to.
+    #[prost(string, tag = "1")]
+    pub node_name: String,
+    /// Expiry, seconds since the Unix epoch.
+    #[prost(int64, tag = "2")]
+    pub expires_at: i64,
+}
+
+/// The control plane's database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    /// Nodes by name.
+    pub nodes: Table<pb::Node>,
+    /// Pods by `namespace/name`.
+    pub pods: Table<pb::PodRecord>,
+    /// Events by a time-ordered id.
+    pub events: Table<pb::Event>,
+    /// Join tokens by token.
+    pub tokens: Table<JoinToken>,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::open(dir).map_err(sled("open"))?;
+        Ok(Self {
+            nodes: Table::open(&db, "nodes")?,
+            pods: Table::open(&db, "pods")?,
+            events: Table::open(&db, "events")?,
+            tokens: Table::open(&db, "tokens")?,
+            db,
+        })
+    }
+
+    /// Appends an event.
+    pub fn add_event(&self, event: &pb::Event) -> Result<(), StoreError> {
+        let id = self.db.generate_id().map_err(sled("generate_id"))?;
+        self.events.put(&format!("{id:020}"), event)
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await.map_err(sled("flush"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn records_survive_reopen_and_update_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let node = pb::Node {
+                name: "a".into(),
+                pod_count: 1,
+                ..Default::default()
+            };
+            assert!(store.nodes.create("a", &node).unwrap());
+            assert!(
+                !store.nodes.create("a", &node).unwrap(),
+                "create refuses an existing key"
+            );
+            let updated = store
+                .nodes
+                .update("a", |n| n.pod_count += 1)
+                .unwrap()
+                .unwrap();
+            assert_eq!(updated.pod_count, 2);
+            assert!(
+                store
+                    .nodes
+                    .update("missing", |n| n.pod_count += 1)
+                    .unwrap()
+                    .is_none()
+            );
+            store
+                .add_event(&pb::Event {
+                    reason: "first".into(),
+                    ..Default::default()
+                })
+                .unwrap();
+            store
+                .add_event(&pb::Event {
+                    reason: "second".into(),
+                    ..Default::default()
+                })
+                .unwrap();
+            store.flush().await.unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.nodes.get("a").unwrap().unwrap().pod_count, 2);
+        let reasons: Vec<String> = store
+            .events
+            .scan("")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.reason)
+            .collect();
+        assert_eq!(reasons, ["first", "second"]);
+        assert_eq!(store.nodes.remove("a").unwrap().unwrap().name, "a");
+        assert!(store.nodes.get("a").unwrap().is_none());
+    }
+}
