@@ -44,6 +44,12 @@ use crate::cloud::InstanceProvider;
 use crate::cluster::Cluster;
 use crate::config::{Config, Provider};
 
+/// The gRPC services the control plane serves (besides health and reflection).
+const SERVICES: &[&str] = &[
+    "orca.controlplane.v1.AdminService",
+    "orca.controlplane.v1.NodeService",
+];
+
 /// Errors that stop the control plane.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -109,8 +115,8 @@ pub async fn serve(
     info!(listen = ?addr, data_dir = %data.display(), "control plane serving");
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(orca_proto::serving::reflection_v1())
-        .add_service(orca_proto::serving::reflection_v1alpha())
+        .add_service(orca_proto::serving::reflection_v1(SERVICES))
+        .add_service(orca_proto::serving::reflection_v1alpha(SERVICES))
         .add_service(AdminServiceServer::new(api::admin::AdminApi::new(
             cluster.clone(),
         )))

@@ -3,6 +3,7 @@
 //! heartbeats, with the configured timings), and removal.
 
 use orca_proto::controlplane::v1::{self as pb, NodeState};
+use orca_proto::types::v1::PodPhase;
 use tracing::{info, warn};
 
 use crate::cloud::LaunchRequest;
@@ -287,12 +288,14 @@ impl Cluster {
             if let Err(e) = self.stop_on_node(&node, &pod, Some(0)).await {
                 warn!(pod = %pod_name, error = %e, "pod not stopped before node removal");
             }
-            self.fail_pod(
-                &ns,
-                &pod_name,
-                "NodeRemoved",
-                format!("node {name} was removed"),
-            )?;
+            // Pods that already ended keep their observed outcome.
+            if !matches!(
+                crate::pods::phase(&pod),
+                PodPhase::Succeeded | PodPhase::Failed
+            ) {
+                let msg = format!("node {name} was removed");
+                self.fail_pod(&ns, &pod_name, "NodeRemoved", msg)?;
+            }
         }
         if !node.instance_id.is_empty() {
             self.provider().terminate(&node.instance_id).await?;

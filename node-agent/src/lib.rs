@@ -44,6 +44,9 @@ use crate::config::Config;
 use crate::pods::{Layout, PodManager, Timings};
 use crate::runtime::Containerd;
 
+/// The gRPC services the agent serves (besides health and reflection).
+const SERVICES: &[&str] = &["orca.agent.v1.AgentService"];
+
 /// Errors that stop the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -117,8 +120,8 @@ pub async fn serve(
     info!(listen = %local, advertise = %advertise, node = %flags.node_name, "agent serving");
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(orca_proto::serving::reflection_v1())
-        .add_service(orca_proto::serving::reflection_v1alpha())
+        .add_service(orca_proto::serving::reflection_v1(SERVICES))
+        .add_service(orca_proto::serving::reflection_v1alpha(SERVICES))
         .add_service(AgentServiceServer::new(server::AgentServer::new(pods)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await

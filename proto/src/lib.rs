@@ -53,26 +53,43 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("orca
 pub mod serving {
     use tonic_reflection::server::Builder;
 
-    fn builder() -> Builder<'static> {
-        Builder::configure()
+    /// The services every daemon serves beside its own.
+    const COMMON: &[&str] = &[
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+
+    /// Reflection over every ORCA type, listing only `services` (the daemon's own)
+    /// and the common ones: the control plane does not claim to serve AgentService.
+    fn builder(services: &[&str]) -> Builder<'static> {
+        let mut builder = Builder::configure()
             .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for name in services.iter().chain(COMMON) {
+            builder = builder.with_service_name(*name);
+        }
+        builder
     }
 
-    /// `grpc.reflection.v1.ServerReflection`.
-    pub fn reflection_v1() -> tonic_reflection::server::v1::ServerReflectionServer<
+    /// `grpc.reflection.v1.ServerReflection` for a daemon serving `services`.
+    pub fn reflection_v1(
+        services: &[&str],
+    ) -> tonic_reflection::server::v1::ServerReflectionServer<
         impl tonic_reflection::server::v1::ServerReflection,
     > {
-        builder().build_v1().expect(
+        builder(services).build_v1().expect(
             "the embedded descriptor sets are valid: they were produced by protoc at build time",
         )
     }
 
-    /// `grpc.reflection.v1alpha.ServerReflection`.
-    pub fn reflection_v1alpha() -> tonic_reflection::server::v1alpha::ServerReflectionServer<
+    /// `grpc.reflection.v1alpha.ServerReflection` for a daemon serving `services`.
+    pub fn reflection_v1alpha(
+        services: &[&str],
+    ) -> tonic_reflection::server::v1alpha::ServerReflectionServer<
         impl tonic_reflection::server::v1alpha::ServerReflection,
     > {
-        builder().build_v1alpha().expect(
+        builder(services).build_v1alpha().expect(
             "the embedded descriptor sets are valid: they were produced by protoc at build time",
         )
     }
@@ -87,6 +104,7 @@ pub mod process {
                 tracing_subscriber::EnvFilter::try_from_default_env()
                     .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into()),
             )
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .init();
     }

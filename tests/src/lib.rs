@@ -31,6 +31,7 @@
 //!   [`env::Registry`], [`env::Moto`], plus the offline busybox image
 //!   ([`env::busybox_image`], built by `tests/env/mkoci.py`).
 //! - [`eventually`]: polling with a deadline, async and blocking.
+//! - [`cluster`]: a whole standalone ORCA (containerd, registry, control plane, CLI) per test.
 //!
 //! # Limitations
 //!
@@ -40,5 +41,6 @@
 //!   `TESTENV.md` §3b is not automated yet.
 //! - The environment needs root (containerd, runc, mounts), as CI and the dev machines run.
 
+pub mod cluster;
 pub mod env;
 pub mod eventually;

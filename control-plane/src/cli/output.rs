@@ -30,17 +30,22 @@ pub fn node_state(node: &pb::Node) -> &'static str {
     }
 }
 
+/// A phase as Kubernetes spells it.
+pub fn phase_name(phase: PodPhase) -> &'static str {
+    match phase {
+        PodPhase::Unspecified | PodPhase::Unknown => "Unknown",
+        PodPhase::Pending => "Pending",
+        PodPhase::Running => "Running",
+        PodPhase::Succeeded => "Succeeded",
+        PodPhase::Failed => "Failed",
+    }
+}
+
 /// The pod's status as a word or two: the phase, the reason, and exit codes.
 pub fn pod_status(record: &pb::PodRecord) -> String {
     let status = record.status.clone().unwrap_or_default();
     let phase = PodPhase::try_from(status.phase).unwrap_or(PodPhase::Unspecified);
-    let mut s = match phase {
-        PodPhase::Unspecified | PodPhase::Unknown => "Unknown".to_owned(),
-        PodPhase::Pending => "Pending".to_owned(),
-        PodPhase::Running => "Running".to_owned(),
-        PodPhase::Succeeded => "Succeeded".to_owned(),
-        PodPhase::Failed => "Failed".to_owned(),
-    };
+    let mut s = phase_name(phase).to_owned();
     if !status.reason.is_empty() {
         s.push_str(&format!(" ({})", status.reason));
     } else if let Some(reason) =
@@ -161,8 +166,7 @@ pub fn pods_json(out: &mut impl Write, pods: &[pb::PodRecord]) -> io::Result<()>
                 .collect();
             serde_json::json!({
                 "namespace": namespace, "name": name, "uid": crate::pods::uid(p), "node": p.node_name,
-                "phase": PodPhase::try_from(status.phase).map(|ph| ph.as_str_name()).unwrap_or("UNKNOWN")
-                    .trim_start_matches("POD_PHASE_"),
+                "phase": phase_name(PodPhase::try_from(status.phase).unwrap_or(PodPhase::Unknown)),
                 "reason": status.reason, "message": status.message, "containerStatuses": containers,
             })
         })

@@ -195,6 +195,25 @@ impl Daemon {
         }
     }
 
+    /// Sends SIGTERM to the daemon alone and waits up to `within` for it to exit on
+    /// its own; returns its exit status, or `None` if it is still running (then
+    /// `Drop` kills it). For tests of clean shutdown.
+    pub fn terminate(&mut self, within: Duration) -> Option<ExitStatus> {
+        let raw = i32::try_from(self.pid()).ok()?;
+        let _ = kill(Pid::from_raw(raw), Signal::SIGTERM);
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.stopped = true;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops the daemon: SIGTERM to its process group, up to [`STOP_GRACE`] to exit,
     /// then SIGKILL; then reaps it. Idempotent; also what `Drop` does.
     pub fn stop(&mut self) {

@@ -1,0 +1,227 @@
+//! A whole standalone ORCA on real parts, for end-to-end tests and benchmarks:
+//! a private containerd, a registry serving the busybox image, and the real
+//! `orca-control-plane` binary with the `local` provider, driven through the
+//! real `orca` CLI. Everything lives in one temp dir and is torn down on drop:
+//! simulated hosts (agents) first, then the control plane, containerd's tasks,
+//! containerd, the registry.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+use crate::env::{self, Containerd, Daemon, Registry, busybox_image, workspace_bin};
+use crate::eventually::eventually_blocking;
+
+/// Generous deadline for anything the tests wait on (the machine has 2 noisy cores).
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A running standalone cluster.
+pub struct TestCluster {
+    control_plane: Option<Daemon>,
+    /// The private containerd.
+    pub containerd: Containerd,
+    /// The registry serving [`TestCluster::image`].
+    pub registry: Registry,
+    /// Fully qualified reference of the busybox image in the registry.
+    pub image: String,
+    /// AdminService / NodeService URL (`http://127.0.0.1:PORT`).
+    pub server: String,
+    /// `127.0.0.1:PORT` of the control plane, for grpcurl.
+    pub addr: String,
+    /// containerd namespace prefix; node `n` uses `<prefix>-<n>`.
+    pub prefix: String,
+    data_dir: PathBuf,
+    dir: TempDir,
+}
+
+impl TestCluster {
+    /// Starts containerd, the registry (with the image pushed) and a control plane
+    /// whose agents restart crashed containers after `backoff_ms`.
+    pub fn start() -> Self {
+        Self::start_with(&[
+            "--backoff-base-ms=200",
+            "--backoff-max-ms=1000",
+            "--retry-ms=100",
+        ])
+    }
+
+    /// As [`TestCluster::start`], with these extra flags for every agent.
+    pub fn start_with(agent_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let containerd = Containerd::start(dir.path()).expect("containerd starts");
+        let registry = Registry::start(dir.path()).expect("registry starts");
+        let archive = busybox_image(dir.path()).expect("busybox image builds");
+        let image = registry
+            .push_oci_archive(&archive, "orca/busybox:test")
+            .expect("image pushed to the registry");
+        let port = env::free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let data_dir = dir.path().join("orca");
+        let prefix = format!("orca-e2e-{}", std::process::id());
+        let args: Vec<String> = agent_args.iter().map(|a| format!("\"{a}\"")).collect();
+        let config = format!(
+            "listen: {addr}\ndata_dir: {}\nheartbeat_interval_ms: 200\nnode_timeout_ms: 2000\n\
+             reconcile_interval_ms: 100\npending_timeout_ms: 20000\nprovider:\n  local:\n    \
+             agent_binary: {}\n    containerd_socket: {}\n    containerd_namespace_prefix: {prefix}\n    \
+             agent_args: [{}]\n",
+            data_dir.display(),
+            workspace_bin("orca-agent").display(),
+            containerd.socket.display(),
+            args.join(", "),
+        );
+        let config_path = dir.path().join("orca.yaml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut cmd = Command::new(workspace_bin("orca-control-plane"));
+        cmd.arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info,orca_control_plane=debug");
+        let log = dir.path().join("control-plane.log");
+        let mut cp = Daemon::spawn("orca-control-plane", cmd, &log).expect("control plane starts");
+        let server = format!("http://{addr}");
+        let orca = workspace_bin("orca");
+        cp.wait_ready(DEADLINE, || {
+            let out = Command::new(&orca)
+                .args(["--server", &server, "node", "list"])
+                .output();
+            match out {
+                Ok(o) if o.status.success() => Ok(()),
+                Ok(o) => Err(String::from_utf8_lossy(&o.stderr).into_owned()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .expect("control plane answers");
+        Self {
+            control_plane: Some(cp),
+            containerd,
+            registry,
+            image,
+            server,
+            addr,
+            prefix,
+            data_dir,
+            dir,
+        }
+    }
+
+    /// The temp dir everything lives in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The containerd namespace of node `node`.
+    pub fn namespace(&self, node: &str) -> String {
+        format!("{}-{node}", self.prefix)
+    }
+
+    /// Runs `orca ARGS` against this cluster.
+    pub fn orca(&self, args: &[&str]) -> Output {
+        Command::new(workspace_bin("orca"))
+            .arg("--server")
+            .arg(&self.server)
+            .args(args)
+            .output()
+            .expect("run orca")
+    }
+
+    /// Runs `orca ARGS`, asserts it succeeded, returns its stdout.
+    pub fn orca_ok(&self, args: &[&str]) -> String {
+        let out = self.orca(args);
+        assert!(
+            out.status.success(),
+            "orca {args:?} failed: {}\n--- control plane log ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.control_plane_log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The pod as `orca get pod NAME -o json` shows it.
+    pub fn pod(&self, name: &str) -> serde_json::Value {
+        let out = self.orca_ok(&["get", "pod", name, "-o", "json"]);
+        let mut items: Vec<serde_json::Value> =
+            serde_json::from_str(&out).expect("orca prints JSON");
+        items.remove(0)
+    }
+
+    /// Waits until the pod's phase is `phase`; panics with the pod if it never is.
+    pub fn wait_phase(&self, name: &str, phase: &str) -> serde_json::Value {
+        eventually_blocking(&format!("pod {name} to be {phase}"), DEADLINE, || {
+            let pod = self.pod(name);
+            if pod["phase"] == phase {
+                Ok(pod)
+            } else {
+                Err(pod)
+            }
+        })
+    }
+
+    /// Tasks of a node's containerd namespace: `(container id, status)`.
+    pub fn tasks(&self, node: &str) -> Vec<(String, String)> {
+        let out = self
+            .containerd
+            .ctr(&self.namespace(node), &["tasks", "ls"])
+            .unwrap_or_default();
+        out.lines()
+            .skip(1)
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                Some((cols.first()?.to_string(), cols.get(2)?.to_string()))
+            })
+            .collect()
+    }
+
+    /// Container ids of a node's containerd namespace.
+    pub fn containers(&self, node: &str) -> Vec<String> {
+        let out = self
+            .containerd
+            .ctr(&self.namespace(node), &["containers", "ls", "-q"])
+            .unwrap_or_default();
+        out.lines().map(str::to_owned).collect()
+    }
+
+    /// PIDs of the simulated hosts' agents, from their pid files.
+    pub fn agent_pids(&self) -> Vec<u32> {
+        let hosts = self.data_dir.join("hosts");
+        std::fs::read_dir(hosts)
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("agent.pid")).ok())
+                    .filter_map(|p| p.trim().parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The control plane's log.
+    pub fn control_plane_log(&self) -> String {
+        self.control_plane
+            .as_ref()
+            .map(Daemon::log_tail)
+            .unwrap_or_default()
+    }
+
+    /// The log of node `node`'s agent.
+    pub fn agent_log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.data_dir.join("hosts").join(node).join("agent.log"))
+            .unwrap_or_default()
+    }
+
+    /// SIGTERMs the control plane and returns how it exited.
+    pub fn stop_control_plane(&mut self) -> Option<ExitStatus> {
+        self.control_plane.as_mut()?.terminate(DEADLINE)
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for pid in self.agent_pids() {
+            if let Ok(raw) = i32::try_from(pid) {
+                let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+            }
+        }
+        self.control_plane.take();
+    }
+}
