@@ -156,7 +156,7 @@ pub enum NodeCommand {
 }
 
 /// Polls every this long while waiting.
-const POLL: Duration = Duration::from_millis(50);
+const POLL: Duration = Duration::from_millis(10);
 
 /// Runs a parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<i32, CliError> {

@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# The standalone ORCA demo on this machine: no Kubernetes, no AWS.
+#
+#   deploy/local/demo.sh        installs what is missing, builds, starts a private containerd,
+#                               a local registry with a busybox image, the control plane with
+#                               two simulated hosts, runs a pod, shows its status and logs
+#   deploy/local/demo.sh down   stops everything the demo started and removes its directory
+#
+# Everything lives under $ORCA_DEMO_DIR (default /tmp/orca-demo); containerd runs on a private
+# socket there, never the system's. Ports: control plane 127.0.0.1:7443, registry 127.0.0.1:5050
+# (override with ORCA_DEMO_PORT and ORCA_DEMO_REGISTRY_PORT). Needs root (containerd, runc).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+DEMO="${ORCA_DEMO_DIR:-/tmp/orca-demo}"
+PORT="${ORCA_DEMO_PORT:-7443}"
+REG_PORT="${ORCA_DEMO_REGISTRY_PORT:-5050}"
+BIN="$REPO/target/release"
+export ORCA_SERVER="http://127.0.0.1:$PORT"
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+run() { printf '$ %s\n' "$*"; "$@"; }
+
+stop_pid() { # stop_pid FILE: SIGTERM, wait, SIGKILL
+    local f=$1 pid
+    [ -f "$f" ] || return 0
+    pid=$(cat "$f")
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+down() {
+    [ -d "$DEMO" ] || { echo "nothing to clean: $DEMO does not exist"; return 0; }
+    echo "stopping the simulated hosts, their containers, the control plane, containerd and the registry"
+    for f in "$DEMO"/orca/hosts/*/agent.pid; do stop_pid "$f"; done
+    stop_pid "$DEMO/control-plane.pid"
+    if [ -S "$DEMO/containerd/containerd.sock" ]; then
+        local ctr="ctr --address $DEMO/containerd/containerd.sock"
+        for ns in $($ctr namespaces ls -q 2>/dev/null); do
+            for t in $($ctr -n "$ns" tasks ls -q 2>/dev/null); do
+                $ctr -n "$ns" tasks kill -s SIGKILL "$t" 2>/dev/null || true
+                $ctr -n "$ns" tasks delete -f "$t" >/dev/null 2>&1 || true
+            done
+        done
+    fi
+    stop_pid "$DEMO/containerd.pid"
+    stop_pid "$DEMO/registry.pid"
+    grep " $DEMO/" /proc/self/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+    rm -rf "$DEMO"
+    echo "clean: $DEMO removed"
+}
+
+if [ "${1:-up}" = "down" ]; then down; exit 0; fi
+if [ -e "$DEMO" ]; then
+    echo "$DEMO exists: a demo is running or was left behind. Run: deploy/local/demo.sh down" >&2
+    exit 1
+fi
+
+say "Installing what is missing (Debian packages, moto/grpcurl venv)"
+"$REPO/deploy/local/setup.sh"
+
+say "Building ORCA (release)"
+(cd "$REPO" && cargo build --release --workspace --bins)
+
+mkdir -p "$DEMO"/{containerd/root,containerd/state,registry/data}
+say "Starting containerd on a private socket ($DEMO/containerd/containerd.sock)"
+cat > "$DEMO/containerd/config.toml" <<EOF
+version = 2
+root = "$DEMO/containerd/root"
+state = "$DEMO/containerd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$DEMO/containerd/containerd.sock"
+[ttrpc]
+  address = "$DEMO/containerd/containerd.sock.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+EOF
+setsid containerd --config "$DEMO/containerd/config.toml" > "$DEMO/containerd.log" 2>&1 < /dev/null &
+echo $! > "$DEMO/containerd.pid"
+CTR="ctr --address $DEMO/containerd/containerd.sock"
+for _ in $(seq 100); do $CTR version >/dev/null 2>&1 && break; sleep 0.1; done
+
+say "Starting a registry on 127.0.0.1:$REG_PORT with a busybox image built offline"
+cat > "$DEMO/registry/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $DEMO/registry/data
+http:
+  addr: 127.0.0.1:$REG_PORT
+health:
+  storagedriver:
+    enabled: false
+EOF
+setsid docker-registry serve "$DEMO/registry/config.yml" > "$DEMO/registry.log" 2>&1 < /dev/null &
+echo $! > "$DEMO/registry.pid"
+for _ in $(seq 100); do
+    python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$REG_PORT/v2/', timeout=1)" 2>/dev/null && break
+    sleep 0.1
+done
+python3 "$REPO/tests/env/mkoci.py" "$DEMO/busybox-oci.tar" orca/busybox:demo >/dev/null
+IMAGE="127.0.0.1:$REG_PORT/orca/busybox:demo"
+skopeo copy -q --insecure-policy --dest-tls-verify=false "oci-archive:$DEMO/busybox-oci.tar" "docker://$IMAGE"
+echo "pushed $IMAGE"
+
+say "Starting the control plane on $ORCA_SERVER"
+cat > "$DEMO/orca.yaml" <<EOF
+listen: 127.0.0.1:$PORT
+data_dir: $DEMO/orca
+heartbeat_interval_ms: 1000
+node_timeout_ms: 5000
+provider:
+  local:
+    containerd_socket: $DEMO/containerd/containerd.sock
+    containerd_namespace_prefix: demo
+EOF
+setsid "$BIN/orca-control-plane" --config "$DEMO/orca.yaml" > "$DEMO/control-plane.log" 2>&1 < /dev/null &
+echo $! > "$DEMO/control-plane.pid"
+ORCA="$BIN/orca"
+for _ in $(seq 100); do "$ORCA" node list >/dev/null 2>&1 && break; sleep 0.1; done
+
+say "Adding two simulated hosts (each an orca-agent process with its own containerd namespace)"
+run "$ORCA" node add host-1
+run "$ORCA" node add host-2
+run "$ORCA" get nodes
+
+say "Running a pod"
+run "$ORCA" run hello --image "$IMAGE" -- sh -c 'echo "hello from ORCA, pod $(hostname)"; for i in 1 2 3; do echo "tick $i"; sleep 1; done'
+run "$ORCA" wait hello --for Running
+run "$ORCA" get pods
+NODE=$("$ORCA" get pod hello -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["node"])')
+echo "containerd itself, in $NODE's namespace:"
+run $CTR -n "demo-$NODE" tasks ls
+run "$ORCA" wait hello --for Done
+run "$ORCA" get pods
+say "Its logs"
+run "$ORCA" logs hello
+say "Its events"
+run "$ORCA" events hello
+
+cat <<EOF
+
+The demo cluster keeps running. Try it yourself:
+  export ORCA_SERVER=$ORCA_SERVER; alias orca=$ORCA
+  orca run web --image $IMAGE -- httpd -f -p 8080 -h /www
+  orca get pods;  orca logs hello;  orca delete pod web;  orca run bad --image $IMAGE-nope
+Logs of every daemon are in $DEMO/*.log and $DEMO/orca/hosts/*/agent.log.
+Clean up: deploy/local/demo.sh down
+EOF

@@ -1,0 +1,56 @@
+//! The benchmark harness behind `orca-bench`: named scenarios run against the
+//! same real parts as the tests, printing `metric: NAME VALUE UNIT` lines. Ratios
+//! are measured side by side, in the same run, against the anchor named in the
+//! metric (`..._vs_ctr`).
+
+pub mod pod_start;
+
+use std::time::Duration;
+
+/// Prints one metric line.
+pub fn metric(name: &str, value: f64, unit: &str) {
+    println!("metric: {name} {value:.2} {unit}");
+}
+
+/// The median of samples (the mean of the middle two for an even count).
+pub fn median(samples: &[Duration]) -> Duration {
+    percentile(samples, 50)
+}
+
+/// The `p`th percentile (nearest rank) of samples.
+pub fn percentile(samples: &[Duration], p: usize) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    if p == 50 && sorted.len() % 2 == 0 {
+        let (a, b) = (sorted[sorted.len() / 2 - 1], sorted[sorted.len() / 2]);
+        return (a + b) / 2;
+    }
+    let rank = (p * sorted.len()).div_ceil(100).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Milliseconds as a float.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_percentiles() {
+        let s: Vec<Duration> = [5, 1, 3, 2, 4].map(Duration::from_millis).to_vec();
+        assert_eq!(median(&s), Duration::from_millis(3));
+        assert_eq!(
+            median(&s[..4]),
+            Duration::from_micros(2500),
+            "mean of the middle two of 5,1,3,2"
+        );
+        assert_eq!(percentile(&s, 90), Duration::from_millis(5));
+        assert_eq!(median(&[]), Duration::ZERO);
+    }
+}
