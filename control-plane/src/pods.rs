@@ -190,11 +190,18 @@ impl Cluster {
         if uid(&old) != r.uid || old.node_name != node {
             return Ok(false);
         }
+        // Agent observations are ordered by the agent's clock. A status the control
+        // plane made itself (Pending, no container statuses yet) never blocks one:
+        // clocks of different machines are not compared.
         let newer = |old: &pb::PodRecord| {
             let t = |s: Option<&types::PodStatus>| {
                 s.and_then(|s| s.observed_at).map(|t| (t.seconds, t.nanos))
             };
-            t(Some(&status)) >= t(old.status.as_ref())
+            let from_agent = old
+                .status
+                .as_ref()
+                .is_some_and(|s| !s.container_statuses.is_empty());
+            !from_agent || t(Some(&status)) >= t(old.status.as_ref())
         };
         if !newer(&old) {
             return Ok(true);

@@ -113,6 +113,9 @@ struct PodEntry {
     failure: Option<PodFailure>,
     stopping: bool,
     containers: Vec<ContainerEntry>,
+    /// Held while containers are created or started and while the pod is stopped,
+    /// so a stop never races a start into a leaked container.
+    lifecycle: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl PodEntry {
@@ -287,6 +290,7 @@ impl PodManager {
             failure: failure.clone(),
             stopping: false,
             containers,
+            lifecycle: Arc::default(),
         };
         let report = entry.report(&self.inner.layout.host_ip);
         self.pods().insert(key.uid.clone(), entry);
@@ -326,6 +330,10 @@ impl PodManager {
                     return;
                 }
             };
+            let _lifecycle = entry.lifecycle.lock().await;
+            if self.pods().get(&uid).is_none_or(|p| p.stopping) {
+                return;
+            }
             self.update(&uid, |p| {
                 if let Some(c) = p.containers.get_mut(index) {
                     c.image_id = format!("{}@{}", info.name, info.digest);
@@ -505,6 +513,10 @@ impl PodManager {
             }
         });
         tokio::time::sleep(backoff).await;
+        let Some(lifecycle) = self.pods().get(&uid).map(|p| p.lifecycle.clone()) else {
+            return;
+        };
+        let _lifecycle = lifecycle.lock().await;
         let still_wanted = self.pods().get(&uid).is_some_and(|p| !p.stopping);
         if !still_wanted {
             return;
@@ -587,7 +599,7 @@ impl PodManager {
         grace: Option<Duration>,
         remove: bool,
     ) -> Result<pb::PodReport, PodError> {
-        let (ids, pod_grace, key) = {
+        let (ids, pod_grace, key, lifecycle) = {
             let mut pods = self.pods();
             let p = pods
                 .get_mut(uid)
@@ -598,8 +610,10 @@ impl PodManager {
                 .spec
                 .termination_grace_period_seconds
                 .map(|s| Duration::from_secs(s.max(0) as u64));
-            (ids, g, p.key.clone())
+            (ids, g, p.key.clone(), p.lifecycle.clone())
         };
+        // Wait out a create/start in flight; after this no new task can start.
+        let _lifecycle = lifecycle.lock().await;
         let grace = grace.or(pod_grace).unwrap_or(DEFAULT_GRACE);
         let ctrd = &self.inner.ctrd;
         let stops = ids.iter().map(|id| async move {

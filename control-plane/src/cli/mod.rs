@@ -207,23 +207,12 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         }
         Command::Run(args) => {
             let pod = pod::from_run_args(&ns, &args)?;
-            let record = client
-                .run_pod(pb::RunPodRequest { pod: Some(pod) })
-                .await?
-                .into_inner();
-            let (_, name) = crate::pods::names(&record);
-            writeln!(out, "pod/{name} created")?;
+            create_pod(&mut client, pod, &mut out).await?;
         }
         Command::Apply { file } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
-            let pod = pod::from_manifest(&ns, &text)?;
-            let record = client
-                .run_pod(pb::RunPodRequest { pod: Some(pod) })
-                .await?
-                .into_inner();
-            let (_, name) = crate::pods::names(&record);
-            writeln!(out, "pod/{name} created")?;
+            create_pod(&mut client, pod::from_manifest(&ns, &text)?, &mut out).await?;
         }
         Command::Get {
             kind,
@@ -330,6 +319,20 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         }
     }
     Ok(0)
+}
+
+async fn create_pod(
+    client: &mut AdminServiceClient<Channel>,
+    pod: orca_proto::types::v1::Pod,
+    out: &mut impl std::io::Write,
+) -> Result<(), CliError> {
+    let record = client
+        .run_pod(pb::RunPodRequest { pod: Some(pod) })
+        .await?
+        .into_inner();
+    let (_, name) = crate::pods::names(&record);
+    writeln!(out, "pod/{name} created")?;
+    Ok(())
 }
 
 fn is_nodes(kind: &str) -> bool {

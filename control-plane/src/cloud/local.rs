@@ -74,9 +74,13 @@ impl LocalProvider {
         std::fs::write(dir.join("agent.pid"), pid.to_string())
             .map_err(|e| format!("agent.pid: {e}"))?;
         // The child is reaped by a thread so it never lingers as a zombie.
+        let node = req.node_name.clone();
         std::thread::spawn(move || {
             let mut child = child;
-            let _ = child.wait();
+            match child.wait() {
+                Ok(status) => info!(node = %node, pid, %status, "simulated host's agent exited"),
+                Err(e) => tracing::warn!(node = %node, pid, error = %e, "agent not reaped"),
+            }
         });
         info!(node = %req.node_name, pid, namespace = %namespace, "simulated host started");
         Ok(Instance {
