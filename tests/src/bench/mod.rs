@@ -24,7 +24,7 @@ pub fn percentile(samples: &[Duration], p: usize) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
-    if p == 50 && sorted.len() % 2 == 0 {
+    if p == 50 && sorted.len().is_multiple_of(2) {
         let (a, b) = (sorted[sorted.len() / 2 - 1], sorted[sorted.len() / 2]);
         return (a + b) / 2;
     }
