@@ -132,9 +132,10 @@ impl TestCluster {
         let out = self.orca(args);
         assert!(
             out.status.success(),
-            "orca {args:?} failed: {}\n--- control plane log ---\n{}",
+            "orca {args:?} failed: {}\n--- control plane log ---\n{}\n--- agent logs ---\n{}",
             String::from_utf8_lossy(&out.stderr),
-            self.control_plane_log()
+            self.control_plane_log(),
+            self.agent_logs_tail(),
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -207,6 +208,25 @@ impl TestCluster {
     pub fn agent_log(&self, node: &str) -> String {
         std::fs::read_to_string(self.data_dir.join("hosts").join(node).join("agent.log"))
             .unwrap_or_default()
+    }
+
+    /// The last lines of every agent's log.
+    pub fn agent_logs_tail(&self) -> String {
+        let Ok(hosts) = std::fs::read_dir(self.data_dir.join("hosts")) else {
+            return String::new();
+        };
+        hosts
+            .filter_map(|h| {
+                let name = h.ok()?.file_name().to_string_lossy().into_owned();
+                let log = self.agent_log(&name);
+                let lines: Vec<&str> = log.lines().collect();
+                Some(format!(
+                    "[{name}]\n{}",
+                    lines[lines.len().saturating_sub(30)..].join("\n")
+                ))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// SIGTERMs the control plane and returns how it exited.

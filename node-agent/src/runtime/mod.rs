@@ -129,6 +129,47 @@ fn ascii(s: &str) -> MetadataValue<tonic::metadata::Ascii> {
     MetadataValue::try_from(s).unwrap_or_else(|_| MetadataValue::from_static("invalid"))
 }
 
+/// How long a lease protects what it holds if the agent dies before deleting it.
+const LEASE_EXPIRY: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
+
+impl Containerd {
+    /// Creates a lease: content and snapshots made under it are safe from
+    /// containerd's garbage collector until it is deleted (or expires) — the gap
+    /// between writing something and referencing it from an image or container.
+    pub(crate) async fn create_lease(&self, purpose: &str) -> Result<String, RuntimeError> {
+        use containerd_client::services::v1::{CreateRequest, leases_client::LeasesClient};
+        let id = format!("orca-{purpose}-{}", uuid::Uuid::new_v4().simple());
+        let expire = jiff::Timestamp::now() + LEASE_EXPIRY;
+        let req = CreateRequest {
+            id: id.clone(),
+            labels: std::collections::HashMap::from([(
+                "containerd.io/gc.expire".to_owned(),
+                expire.to_string(),
+            )]),
+        };
+        LeasesClient::new(self.channel())
+            .create(self.request(req, None))
+            .await
+            .map_err(op("Leases.Create"))?;
+        Ok(id)
+    }
+
+    /// Deletes a lease; failures only mean it expires on its own.
+    pub(crate) async fn delete_lease(&self, id: &str) {
+        use containerd_client::services::v1::{DeleteRequest, leases_client::LeasesClient};
+        let req = DeleteRequest {
+            id: id.to_owned(),
+            sync: false,
+        };
+        if let Err(e) = LeasesClient::new(self.channel())
+            .delete(self.request(req, None))
+            .await
+        {
+            tracing::debug!(lease = id, error = %e, "lease not deleted; it expires on its own");
+        }
+    }
+}
+
 /// Maps a failed containerd call to [`RuntimeError::Containerd`].
 pub(crate) fn op(op: &'static str) -> impl FnOnce(tonic::Status) -> RuntimeError {
     move |source| RuntimeError::Containerd { op, source }

@@ -23,13 +23,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use containerd_client::services::v1::Info as ContentInfo;
 use containerd_client::services::v1::{
-    ApplyRequest, CreateImageRequest, DeleteRequest as DeleteLeaseRequest, GetImageRequest, Image,
-    InfoRequest, ReadContentRequest, UpdateImageRequest, UpdateRequest, WriteAction,
-    WriteContentRequest, content_client::ContentClient, diff_client::DiffClient,
-    images_client::ImagesClient, leases_client::LeasesClient, snapshots,
+    ApplyRequest, CreateImageRequest, GetImageRequest, Image, InfoRequest, ReadContentRequest,
+    UpdateImageRequest, UpdateRequest, WriteAction, WriteContentRequest,
+    content_client::ContentClient, diff_client::DiffClient, images_client::ImagesClient, snapshots,
 };
-use containerd_client::services::v1::{CreateRequest as CreateLeaseRequest, Info as ContentInfo};
 use containerd_client::types::Descriptor;
 use futures::{Stream, StreamExt};
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -40,7 +39,7 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{Mutex, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tracing::{debug, info};
+use tracing::info;
 
 use super::{Containerd, RuntimeError, SNAPSHOTTER, op};
 use crate::spec::{ImageConfig, PullPolicy};
@@ -51,9 +50,6 @@ const MANIFEST_TYPES: &[&str] = &[
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
-
-/// How long a pull's lease protects its content if the agent dies mid-pull.
-const LEASE_EXPIRY: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
 
 /// Size of the chunks sent to `Content.Write`.
 const WRITE_CHUNK: usize = 1 << 20;
@@ -234,7 +230,7 @@ impl Puller {
             .map(|a| a.iter().filter_map(descriptor).collect())
             .unwrap_or_default();
 
-        let lease = self.create_lease().await?;
+        let lease = self.ctrd.create_lease("pull").await?;
         let result = async {
             let mut config_raw = Vec::new();
             client
@@ -311,35 +307,8 @@ impl Puller {
             Ok(info)
         }
         .await;
-        self.delete_lease(&lease).await;
+        self.ctrd.delete_lease(&lease).await;
         result
-    }
-
-    async fn create_lease(&self) -> Result<String, RuntimeError> {
-        let id = format!("orca-pull-{}", uuid::Uuid::new_v4().simple());
-        let expire = jiff::Timestamp::now() + LEASE_EXPIRY;
-        let req = CreateLeaseRequest {
-            id: id.clone(),
-            labels: HashMap::from([("containerd.io/gc.expire".to_owned(), expire.to_string())]),
-        };
-        LeasesClient::new(self.ctrd.channel())
-            .create(self.ctrd.request(req, None))
-            .await
-            .map_err(op("Leases.Create"))?;
-        Ok(id)
-    }
-
-    async fn delete_lease(&self, id: &str) {
-        let req = DeleteLeaseRequest {
-            id: id.to_owned(),
-            sync: false,
-        };
-        if let Err(e) = LeasesClient::new(self.ctrd.channel())
-            .delete(self.ctrd.request(req, None))
-            .await
-        {
-            debug!(lease = id, error = %e, "lease not deleted; it expires on its own");
-        }
     }
 
     async fn content_exists(&self, digest: &str) -> Result<bool, RuntimeError> {

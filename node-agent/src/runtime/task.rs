@@ -64,6 +64,24 @@ impl Containerd {
         spec: &serde_json::Value,
         labels: HashMap<String, String>,
     ) -> Result<(), RuntimeError> {
+        // The snapshot is unreferenced until the container record exists: a lease
+        // keeps the garbage collector (which runs after every deletion) off it.
+        let lease = self.create_lease("create").await?;
+        let result = self
+            .create_container_leased(id, image, spec, labels, &lease)
+            .await;
+        self.delete_lease(&lease).await;
+        result
+    }
+
+    async fn create_container_leased(
+        &self,
+        id: &str,
+        image: &ImageInfo,
+        spec: &serde_json::Value,
+        labels: HashMap<String, String>,
+        lease: &str,
+    ) -> Result<(), RuntimeError> {
         let mut snaps = snapshots::snapshots_client::SnapshotsClient::new(self.channel());
         let prepare = snapshots::PrepareSnapshotRequest {
             snapshotter: SNAPSHOTTER.to_owned(),
@@ -71,7 +89,7 @@ impl Containerd {
             parent: image.chain_id.clone(),
             labels: HashMap::new(),
         };
-        match snaps.prepare(self.request(prepare, None)).await {
+        match snaps.prepare(self.request(prepare, Some(lease))).await {
             Ok(_) => {}
             Err(s) if s.code() == tonic::Code::AlreadyExists => {}
             Err(s) => return Err(op("Snapshots.Prepare")(s)),
@@ -97,7 +115,7 @@ impl Containerd {
                 CreateContainerRequest {
                     container: Some(container),
                 },
-                None,
+                Some(lease),
             ))
             .await
             .map_err(op("Containers.Create"))?;
