@@ -105,6 +105,7 @@ impl Cluster {
             let req = agent::RunPodRequest {
                 pod: record.pod.clone(),
                 registry_credentials: Vec::new(),
+                volume_data: None,
             };
             self.agent(&node)?
                 .run_pod(req)

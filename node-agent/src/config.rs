@@ -77,6 +77,12 @@ pub struct Flags {
     /// Longest container restart back-off in milliseconds.
     #[arg(long, env = "ORCA_AGENT_BACKOFF_MAX_MS", default_value_t = 300_000)]
     pub backoff_max_ms: u64,
+    /// A container that ran this long (ms) restarts with the first back-off again.
+    #[arg(long, env = "ORCA_AGENT_BACKOFF_RESET_MS", default_value_t = 600_000)]
+    pub backoff_reset_ms: u64,
+    /// Image pull attempts (with back-off) before a pod fails with ErrImagePull.
+    #[arg(long, env = "ORCA_AGENT_IMAGE_PULL_ATTEMPTS", default_value_t = 5)]
+    pub image_pull_attempts: u32,
     /// Pause between failed attempts to reach the control plane, in milliseconds.
     #[arg(long, env = "ORCA_AGENT_RETRY_MS", default_value_t = 1_000)]
     pub retry_ms: u64,
@@ -89,10 +95,14 @@ pub struct Config {
     pub flags: Flags,
     /// The logger binary.
     pub logger: PathBuf,
+    /// The pod namespace holder binary.
+    pub pause: PathBuf,
     /// Restart back-off base.
     pub backoff_base: Duration,
     /// Restart back-off cap.
     pub backoff_max: Duration,
+    /// Restart back-off reset.
+    pub backoff_reset: Duration,
     /// Join/heartbeat retry pause.
     pub retry: Duration,
 }
@@ -138,6 +148,9 @@ impl Flags {
                 "back-offs must be positive with max >= base",
             );
         }
+        if self.image_pull_attempts == 0 {
+            return err("image-pull-attempts", "must be at least 1");
+        }
         let logger = match &self.logger {
             Some(p) => p.clone(),
             None => std::env::current_exe()
@@ -153,10 +166,19 @@ impl Flags {
                 problem: format!("{} does not exist", logger.display()),
             });
         }
+        let pause = logger.with_file_name("orca-pause");
+        if !pause.is_file() {
+            return Err(ConfigError {
+                field: "logger",
+                problem: format!("{} (beside the logger) does not exist", pause.display()),
+            });
+        }
         Ok(Config {
             logger,
+            pause,
             backoff_base: Duration::from_millis(self.backoff_base_ms),
             backoff_max: Duration::from_millis(self.backoff_max_ms),
+            backoff_reset: Duration::from_millis(self.backoff_reset_ms),
             retry: Duration::from_millis(self.retry_ms.max(10)),
             flags: self,
         })

@@ -10,7 +10,10 @@
 //! - [`config`]: flags, validated into a config that names bad fields.
 //! - [`spec`]: Kubernetes container → OCI runtime spec (pure, unit-tested).
 //! - [`runtime`]: the containerd seam: image pulls, containers, tasks.
-//! - [`pods`]: the pod lifecycle: start, watch, restart, stop.
+//! - [`pods`]: the pod lifecycle: init containers, supervision, restarts, stop.
+//! - [`cgroup`]: what the kernel says of a container's cgroup (OOM kills), v1 and v2.
+//! - [`probes`]: liveness, readiness and startup probes.
+//! - [`volumes`]: pod volumes on the host and their mounts.
 //! - [`status`]: observed states and the pod phase (Kubernetes' rules).
 //! - [`logs`]: CRI log files: the logger the shim runs, and the reader.
 //! - [`server`]: the AgentService gRPC server.
@@ -23,14 +26,17 @@
 //! rather than being silently half-run. Containers share the host's network
 //! namespace (on a simulated host, the agent's; on EC2, the instance's).
 
+pub mod cgroup;
 pub mod config;
 pub mod heartbeat;
 pub mod logs;
 pub mod pods;
+pub mod probes;
 pub mod runtime;
 pub mod server;
 pub mod spec;
 pub mod status;
+pub mod volumes;
 
 use std::future::Future;
 
@@ -85,13 +91,16 @@ pub async fn serve(
         .rsplit_once(':')
         .map_or(advertise.clone(), |(h, _)| h.to_owned());
     let layout = Layout {
-        log_dir: flags.state_dir.join("pods"),
+        pod_dir: flags.state_dir.join("pods"),
         logger: config.logger.clone(),
+        pause: config.pause.clone(),
         host_ip,
     };
     let timings = Timings {
         backoff_base: config.backoff_base,
         backoff_max: config.backoff_max,
+        backoff_reset: config.backoff_reset,
+        pull_attempts: flags.image_pull_attempts,
     };
     let pods = PodManager::new(ctrd, flags.insecure_registries.clone(), layout, timings);
 

@@ -9,7 +9,7 @@ use orca_proto::agent::v1::{self as pb, agent_service_server::AgentService};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::logs::{self, ReadOptions};
-use crate::pods::{PodError, PodKey, PodManager};
+use crate::pods::{PodError, PodKey, PodManager, RunInputs};
 use crate::runtime::RuntimeError;
 use crate::runtime::pull::Credential;
 
@@ -72,9 +72,12 @@ impl AgentService for AgentServer {
                 password: c.password,
             })
             .collect();
+        let inputs = RunInputs { credentials };
+        let labels = pod.labels.into_iter().collect();
+        let annotations = pod.annotations.into_iter().collect();
         let report = self
             .pods
-            .run(key, &pod.spec_json, credentials)
+            .run(key, &pod.spec_json, labels, annotations, inputs)
             .map_err(status)?;
         Ok(Response::new(pb::RunPodResponse {
             status: report.status,

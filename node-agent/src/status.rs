@@ -44,6 +44,20 @@ impl ContainerState {
         }
     }
 
+    /// The terminated state of an OOM-killed container.
+    pub fn oom_killed(
+        started_at: Option<jiff::Timestamp>,
+        finished_at: Option<jiff::Timestamp>,
+    ) -> Self {
+        Self::Terminated {
+            exit_code: 137,
+            reason: "OOMKilled".into(),
+            message: "the container exceeded its memory limit".into(),
+            started_at,
+            finished_at,
+        }
+    }
+
     /// The terminated state for an exit status, with Kubernetes' reasons.
     pub fn exited(
         exit_code: i32,
@@ -83,10 +97,14 @@ pub struct PodFailure {
 pub fn phase(
     policy: RestartPolicy,
     failure: Option<&PodFailure>,
+    initializing: bool,
     states: &[&ContainerState],
 ) -> pb::PodPhase {
     if failure.is_some() {
         return pb::PodPhase::Failed;
+    }
+    if initializing {
+        return pb::PodPhase::Pending;
     }
     let mut waiting = 0;
     let mut running = 0;
@@ -196,13 +214,22 @@ mod tests {
             (Always, &[&backoff], Running),
         ];
         for (policy, states, want) in table {
-            assert_eq!(phase(*policy, None, states), *want, "{policy:?} {states:?}");
+            assert_eq!(
+                phase(*policy, None, false, states),
+                *want,
+                "{policy:?} {states:?}"
+            );
         }
         let failure = PodFailure {
             reason: "ErrImagePull".into(),
             message: "not found".into(),
         };
-        assert_eq!(phase(Never, Some(&failure), &[&creating]), Failed);
+        assert_eq!(phase(Never, Some(&failure), false, &[&creating]), Failed);
+        assert_eq!(
+            phase(Always, None, true, &[&running()]),
+            Pending,
+            "init containers still running"
+        );
     }
 
     #[test]

@@ -41,6 +41,7 @@
 //!   `TESTENV.md` §3b is not automated yet.
 //! - The environment needs root (containerd, runc, mounts), as CI and the dev machines run.
 
+pub mod agent;
 pub mod bench;
 pub mod cluster;
 pub mod env;

@@ -28,7 +28,7 @@ fn pod_runs_logs_and_stops_in_containerd() {
         "--",
         "sh",
         "-c",
-        "echo hello-from-orca; echo oops >&2; exec sleep 300",
+        "echo hello-from-orca; sleep 0.3; echo oops >&2; exec sleep 300",
     ]);
     let pod = c.wait_phase("web", "Running");
     let id = pod["containerStatuses"][0]["containerID"]

@@ -10,6 +10,7 @@
 //!   snapshots. One pull per image at a time.
 //! - [`task`]: containers and tasks: create, start, observe, kill, delete.
 
+pub mod exec;
 pub mod pull;
 pub mod task;
 

@@ -5,26 +5,10 @@
 //! masked paths, default capability set) so that a container here behaves as it
 //! would under `ctr run` or the kubelet.
 
+pub mod security;
+
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use serde_json::{Value, json};
-
-/// Capabilities a container gets by default (containerd's and Docker's set).
-const DEFAULT_CAPABILITIES: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
 
 /// The CFS period used to express a CPU limit as a quota, in microseconds (the kubelet's).
 const CPU_PERIOD_US: u64 = 100_000;
@@ -84,6 +68,14 @@ pub enum SpecError {
         container: String,
         /// The policy found.
         policy: String,
+    },
+    /// A capability name Linux does not have.
+    #[error("container {container:?}: unknown capability {capability:?}")]
+    UnknownCapability {
+        /// Container name.
+        container: String,
+        /// The name found.
+        capability: String,
     },
     /// A restart policy other than Always, OnFailure and Never.
     #[error("restartPolicy {policy:?} is not Always, OnFailure or Never")]
@@ -198,14 +190,12 @@ pub fn validate(spec: &PodSpec) -> Result<(), SpecError> {
     }
     RestartPolicy::of(spec)?;
     let unsupported = |field: String| Err(SpecError::Unsupported { field });
-    if spec.init_containers.as_ref().is_some_and(|c| !c.is_empty()) {
-        return unsupported("initContainers".into());
-    }
     if spec.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
         return unsupported("volumes".into());
     }
     let mut seen = std::collections::BTreeSet::new();
-    for c in &spec.containers {
+    let inits = spec.init_containers.iter().flatten();
+    for c in inits.chain(&spec.containers) {
         if !is_dns_label(&c.name) {
             return Err(SpecError::BadName {
                 container: c.name.clone(),
@@ -244,14 +234,7 @@ pub fn validate(spec: &PodSpec) -> Result<(), SpecError> {
         if c.tty == Some(true) || c.stdin == Some(true) {
             return unsupported(at("tty/stdin"));
         }
-        if let Some(sc) = &c.security_context {
-            if sc.privileged == Some(true) {
-                return unsupported(at("securityContext.privileged"));
-            }
-            if sc.capabilities.is_some() {
-                return unsupported(at("securityContext.capabilities"));
-            }
-        }
+        security::capabilities(c)?;
         limits(c)?;
     }
     Ok(())
@@ -416,6 +399,24 @@ pub struct SpecInput<'a> {
     pub namespace: &'a str,
     /// containerd container id, for the cgroup path.
     pub container_id: &'a str,
+    /// The pod's shared namespaces, when it has them.
+    pub shared: &'a PodNamespaces,
+    /// Volume mounts for this container (OCI mount objects).
+    pub mounts: &'a [Value],
+    /// Host devices, given to privileged containers.
+    pub host_devices: &'a [security::Device],
+}
+
+/// Namespaces and `/dev/shm` that a pod's containers share, as Kubernetes pods
+/// share IPC and UTS (and, here, the host's network).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodNamespaces {
+    /// `/proc/<pid>/ns/ipc` of the pod's namespace holder.
+    pub ipc: Option<String>,
+    /// `/proc/<pid>/ns/uts` of the pod's namespace holder.
+    pub uts: Option<String>,
+    /// Host directory bind-mounted at `/dev/shm` in every container.
+    pub shm: Option<String>,
 }
 
 /// The OCI runtime spec (as JSON) for one container.
@@ -445,10 +446,11 @@ pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Value, SpecError> {
     let no_new_privileges = !sc
         .and_then(|s| s.allow_privilege_escalation)
         .unwrap_or(true);
-    let caps: Vec<&str> = DEFAULT_CAPABILITIES.to_vec();
+    let caps = security::capabilities(c)?;
+    let privileged = security::privileged(c);
     let limits = limits(c)?;
 
-    let mut resources = json!({ "devices": [{ "allow": false, "access": "rwm" }] });
+    let mut resources = json!({ "devices": [{ "allow": privileged, "access": "rwm" }] });
     if let Some(mem) = limits.memory_bytes {
         resources["memory"] = json!({ "limit": mem });
     }
@@ -465,6 +467,27 @@ pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Value, SpecError> {
         resources["cpu"] = Value::Object(cpu);
     }
 
+    let ns = |kind: &str, path: &Option<String>| match path {
+        Some(p) => json!({ "type": kind, "path": p }),
+        None => json!({ "type": kind }),
+    };
+    let namespaces = json!([
+        { "type": "pid" },
+        ns("ipc", &input.shared.ipc),
+        ns("uts", &input.shared.uts),
+        { "type": "mount" },
+    ]);
+    let mut mounts = default_mounts(privileged, input.shared.shm.as_deref());
+    mounts.extend(input.mounts.iter().cloned());
+    let devices: Vec<Value> = if privileged {
+        input
+            .host_devices
+            .iter()
+            .map(security::Device::to_oci)
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(json!({
         "ociVersion": "1.0.2-dev",
         "process": {
@@ -479,35 +502,63 @@ pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Value, SpecError> {
         },
         "root": { "path": "rootfs", "readonly": read_only },
         "hostname": input.hostname,
-        "mounts": default_mounts(),
+        "mounts": mounts,
         "linux": {
             "resources": resources,
             "cgroupsPath": format!("/{}/{}", input.namespace, input.container_id),
             // Network: the host's (the simulated host's namespace, or the instance's).
-            "namespaces": [{ "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" }],
-            "maskedPaths": [
-                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
-                "/proc/scsi"
-            ],
-            "readonlyPaths": [
-                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
-            ],
+            "namespaces": namespaces,
+            "devices": devices,
+            "maskedPaths": if privileged { json!([]) } else { json!(MASKED_PATHS) },
+            "readonlyPaths": if privileged { json!([]) } else { json!(READONLY_PATHS) },
         },
     }))
 }
 
-fn default_mounts() -> Value {
-    json!([
-        { "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] },
-        { "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
-        { "destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] },
-        { "destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
-        { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"] },
-        { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] },
-        { "destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
-        { "destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"] }
-    ])
+/// Paths hidden from unprivileged containers (containerd's defaults).
+const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/proc/scsi",
+];
+
+/// Paths read-only in unprivileged containers (containerd's defaults).
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The mounts every container gets (containerd's defaults); `/sys` is writable
+/// for privileged containers, and `/dev/shm` is the pod's shared one when given.
+fn default_mounts(privileged: bool, shm: Option<&str>) -> Vec<Value> {
+    let sys_mode = if privileged { "rw" } else { "ro" };
+    let shm = match shm {
+        Some(dir) => {
+            json!({ "destination": "/dev/shm", "type": "bind", "source": dir, "options": ["rbind", "rprivate", "rw"] })
+        }
+        None => {
+            json!({ "destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] })
+        }
+    };
+    vec![
+        json!({ "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] }),
+        json!({ "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] }),
+        json!({ "destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] }),
+        shm,
+        json!({ "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"] }),
+        json!({ "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", sys_mode] }),
+        json!({ "destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] }),
+    ]
 }
 
 #[cfg(test)]
@@ -688,6 +739,9 @@ mod tests {
             hostname: "web",
             namespace: "orca",
             container_id: "abc-main",
+            shared: &PodNamespaces::default(),
+            mounts: &[],
+            host_devices: &[],
         })
         .unwrap();
         assert_eq!(spec["process"]["user"]["uid"], 1000);

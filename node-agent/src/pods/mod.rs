@@ -1,0 +1,475 @@
+//! The pods this agent runs, kept as the kubelet keeps them, and reported only as
+//! observed from containerd.
+//!
+//! Each pod has one task ([`start`]) that runs its init containers in order, each
+//! to a successful exit, and then supervises its app containers concurrently.
+//! A container's supervisor ([`supervise`]) is one loop: make the image present
+//! (with the kubelet's pull back-off), create the container, start its task,
+//! wait for it to exit, record the exit (OOM kills included), and restart it per
+//! the restart policy with the kubelet's back-off. [`stop`] ends a pod: SIGTERM,
+//! the grace period, SIGKILL. Every change wakes the heartbeat
+//! ([`PodManager::changed`]) so the control plane hears of it at once.
+//!
+//! Layout: [`start`] (accepting and the pod task), [`supervise`] (one container),
+//! [`sandbox`] (the namespaces a pod's containers share), [`stop`] (stopping and removal).
+
+mod sandbox;
+mod start;
+mod stop;
+mod supervise;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+use orca_proto::types::v1 as pb;
+use tokio::sync::Notify;
+
+use crate::runtime::pull::Credential;
+use crate::runtime::{Containerd, Puller, RuntimeError, TaskStatus};
+use crate::spec::RestartPolicy;
+use crate::status::{self, ContainerState, PodFailure};
+
+/// Label on every container: the pod uid.
+pub const LABEL_POD_UID: &str = "orca.research/pod-uid";
+/// Label on every container: `namespace/name` of the pod.
+pub const LABEL_POD: &str = "orca.research/pod";
+/// Label on every container: the container name in the pod spec.
+pub const LABEL_CONTAINER: &str = "orca.research/container";
+
+/// Timings of the pod lifecycle (configurable so tests run them short).
+#[derive(Debug, Clone)]
+pub struct Timings {
+    /// First restart back-off; doubles per restart (the kubelet's 10 s).
+    pub backoff_base: Duration,
+    /// Longest restart back-off (the kubelet's 5 min).
+    pub backoff_max: Duration,
+    /// A container that ran this long restarts with the first back-off again
+    /// (the kubelet's 10 min).
+    pub backoff_reset: Duration,
+    /// Image pull attempts before the pod fails with ErrImagePull (the kubelet
+    /// retries forever; ORCA fails the pod so it is never Pending forever).
+    pub pull_attempts: u32,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self {
+            backoff_base: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(300),
+            backoff_reset: Duration::from_secs(600),
+            pull_attempts: 5,
+        }
+    }
+}
+
+impl Timings {
+    /// The back-off before restart number `n` (0-based): base × 2ⁿ, capped.
+    pub fn backoff(&self, n: u32) -> Duration {
+        self.backoff_base
+            .saturating_mul(1 << n.min(16))
+            .min(self.backoff_max)
+    }
+}
+
+/// Identity of a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Uid.
+    pub uid: String,
+}
+
+/// Errors of the pod manager's API.
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    /// The request does not describe a pod this agent can take.
+    #[error("invalid pod: {reason}")]
+    Invalid {
+        /// What is wrong.
+        reason: String,
+    },
+    /// No pod with this uid runs here.
+    #[error("no pod with uid {uid} on this node")]
+    NotFound {
+        /// Pod uid.
+        uid: String,
+    },
+    /// No such container in the pod.
+    #[error("pod {uid} has no container {container:?}")]
+    NoContainer {
+        /// Pod uid.
+        uid: String,
+        /// Container asked for.
+        container: String,
+    },
+    /// containerd failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// What the agent knows of one container of a pod.
+#[derive(Debug, Clone)]
+struct ContainerEntry {
+    name: String,
+    /// An init container (they come first, in spec order).
+    init: bool,
+    image: String,
+    image_id: String,
+    /// containerd container id.
+    id: String,
+    state: ContainerState,
+    last_state: Option<ContainerState>,
+    restart_count: u32,
+}
+
+#[derive(Debug, Clone)]
+struct PodEntry {
+    key: PodKey,
+    spec: PodSpec,
+    #[expect(dead_code, reason = "read by downward API volumes and env, wired in next")]
+    labels: BTreeMap<String, String>,
+    #[expect(dead_code, reason = "read by downward API volumes and env, wired in next")]
+    annotations: BTreeMap<String, String>,
+    policy: RestartPolicy,
+    accepted_at: jiff::Timestamp,
+    failure: Option<PodFailure>,
+    stopping: bool,
+    /// Init containers first, then app containers, each in spec order.
+    containers: Vec<ContainerEntry>,
+    /// The namespaces its containers share, once its holder runs.
+    shared: Option<crate::spec::PodNamespaces>,
+    /// Condition type → (status, last transition).
+    conditions: BTreeMap<&'static str, (bool, jiff::Timestamp)>,
+    /// Held while containers are created or started and while the pod is stopped,
+    /// so a stop never races a start into a leaked container.
+    lifecycle: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl PodEntry {
+    /// The spec of container `index` (init containers first).
+    fn container_spec(&self, index: usize) -> Option<&Container> {
+        let inits = self.spec.init_containers.as_deref().unwrap_or_default();
+        match inits.get(index) {
+            Some(c) => Some(c),
+            None => self.spec.containers.get(index - inits.len()),
+        }
+    }
+
+    fn initialized(&self) -> bool {
+        self.containers
+            .iter()
+            .filter(|c| c.init)
+            .all(|c| matches!(c.state, ContainerState::Terminated { exit_code: 0, .. }))
+    }
+
+    fn containers_ready(&self) -> bool {
+        self.containers
+            .iter()
+            .filter(|c| !c.init)
+            .all(|c| matches!(c.state, ContainerState::Running { .. }))
+    }
+
+    /// Re-derives the conditions, keeping transition times of unchanged ones.
+    fn refresh_conditions(&mut self) {
+        let now = jiff::Timestamp::now();
+        let ready = self.containers_ready() && self.failure.is_none() && !self.stopping;
+        for (kind, value) in [
+            ("PodScheduled", true),
+            ("Initialized", self.initialized()),
+            ("ContainersReady", ready),
+            ("Ready", ready),
+        ] {
+            let slot = self.conditions.entry(kind).or_insert((value, now));
+            if slot.0 != value {
+                *slot = (value, now);
+            }
+        }
+    }
+
+    fn report(&self, host_ip: &str) -> pb::PodReport {
+        // A pod being stopped is not restarted: its phase is final once its tasks stop.
+        let policy = if self.stopping {
+            RestartPolicy::Never
+        } else {
+            self.policy
+        };
+        let app: Vec<&ContainerState> = self
+            .containers
+            .iter()
+            .filter(|c| !c.init)
+            .map(|c| &c.state)
+            .collect();
+        let phase = status::phase(policy, self.failure.as_ref(), !self.initialized(), &app);
+        let to_pb = |c: &ContainerEntry| pb::ContainerStatus {
+            name: c.name.clone(),
+            state: Some(c.state.to_pb()),
+            last_state: c.last_state.as_ref().map(ContainerState::to_pb),
+            ready: matches!(c.state, ContainerState::Running { .. })
+                || c.init && matches!(c.state, ContainerState::Terminated { exit_code: 0, .. }),
+            restart_count: c.restart_count as i32,
+            image: c.image.clone(),
+            image_id: c.image_id.clone(),
+            container_id: format!("containerd://{}", c.id),
+        };
+        let (reason, message) = self
+            .failure
+            .as_ref()
+            .map(|f| (f.reason.clone(), f.message.clone()))
+            .unwrap_or_default();
+        let conditions = self
+            .conditions
+            .iter()
+            .map(|(kind, (value, since))| pb::PodCondition {
+                r#type: (*kind).to_owned(),
+                status: if *value { "True" } else { "False" }.to_owned(),
+                last_transition_time: Some(status::to_pb_time(*since)),
+                ..Default::default()
+            })
+            .collect();
+        pb::PodReport {
+            r#ref: Some(pb::PodRef {
+                namespace: self.key.namespace.clone(),
+                name: self.key.name.clone(),
+                uid: self.key.uid.clone(),
+            }),
+            status: Some(pb::PodStatus {
+                phase: phase as i32,
+                reason,
+                message,
+                conditions,
+                init_container_statuses: self
+                    .containers
+                    .iter()
+                    .filter(|c| c.init)
+                    .map(to_pb)
+                    .collect(),
+                container_statuses: self
+                    .containers
+                    .iter()
+                    .filter(|c| !c.init)
+                    .map(to_pb)
+                    .collect(),
+                pod_ip: host_ip.to_owned(),
+                host_ip: host_ip.to_owned(),
+                start_time: Some(status::to_pb_time(self.accepted_at)),
+                observed_at: Some(status::to_pb_time(jiff::Timestamp::now())),
+            }),
+        }
+    }
+}
+
+/// Where things live on this node and how to reach them.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Directory for pods: `<dir>/<ns>_<name>_<uid>/` holds logs and volumes.
+    pub pod_dir: PathBuf,
+    /// The `orca-logger` binary the shim starts for every task.
+    pub logger: PathBuf,
+    /// The `orca-pause` binary that holds each pod's shared namespaces.
+    pub pause: PathBuf,
+    /// The node's IP, reported as hostIP and podIP (pods share the host network).
+    pub host_ip: String,
+}
+
+/// Runs pods on containerd.
+#[derive(Clone)]
+pub struct PodManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ctrd: Containerd,
+    puller: Puller,
+    layout: Layout,
+    timings: Timings,
+    pods: Mutex<BTreeMap<String, PodEntry>>,
+    changed: Notify,
+}
+
+/// What a pod's supervisors need besides the pod itself.
+#[derive(Debug, Clone, Default)]
+pub struct RunInputs {
+    /// Registry credentials from imagePullSecrets.
+    pub credentials: Vec<Credential>,
+}
+
+impl PodManager {
+    /// A manager over `ctrd`.
+    pub fn new(
+        ctrd: Containerd,
+        insecure_registries: Vec<String>,
+        layout: Layout,
+        timings: Timings,
+    ) -> Self {
+        let puller = Puller::new(ctrd.clone(), insecure_registries);
+        Self {
+            inner: Arc::new(Inner {
+                ctrd,
+                puller,
+                layout,
+                timings,
+                pods: Mutex::new(BTreeMap::new()),
+                changed: Notify::new(),
+            }),
+        }
+    }
+
+    /// Resolves when some pod's observed state changed.
+    pub async fn changed(&self) {
+        self.inner.changed.notified().await
+    }
+
+    fn pods(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, PodEntry>> {
+        self.inner.pods.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update(&self, uid: &str, f: impl FnOnce(&mut PodEntry)) {
+        if let Some(entry) = self.pods().get_mut(uid) {
+            f(entry);
+            entry.refresh_conditions();
+        }
+        self.inner.changed.notify_one();
+    }
+
+    fn set_state(&self, uid: &str, index: usize, state: ContainerState) {
+        self.update(uid, |p| {
+            if let Some(c) = p.containers.get_mut(index) {
+                c.state = state;
+            }
+        });
+    }
+
+    /// A pod-level failure: the pod ends Failed with this reason.
+    fn fail(&self, uid: &str, index: usize, reason: &str, message: String) {
+        self.update(uid, |p| {
+            if let Some(c) = p.containers.get_mut(index) {
+                c.state = ContainerState::Waiting {
+                    reason: reason.into(),
+                    message: message.clone(),
+                };
+            }
+            p.failure = Some(PodFailure {
+                reason: reason.into(),
+                message,
+            });
+        });
+    }
+
+    fn pod_dir(&self, key: &PodKey) -> PathBuf {
+        self.inner
+            .layout
+            .pod_dir
+            .join(format!("{}_{}_{}", key.namespace, key.name, key.uid))
+    }
+
+    fn log_path(&self, key: &PodKey, container: &str, restart: u32) -> PathBuf {
+        self.pod_dir(key)
+            .join(container)
+            .join(format!("{restart}.log"))
+    }
+
+    /// Re-reads every container believed running from containerd and corrects
+    /// what it no longer confirms.
+    pub async fn refresh(&self) {
+        let running: Vec<(String, usize, String)> = self
+            .pods()
+            .values()
+            .flat_map(|p| {
+                p.containers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| matches!(c.state, ContainerState::Running { .. }))
+                    .map(|(i, c)| (p.key.uid.clone(), i, c.id.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (uid, index, id) in running {
+            match self.inner.ctrd.observe(&id).await {
+                Ok(Some(o)) if o.status == TaskStatus::Running => {}
+                // Stopped: the supervisor's Wait returns at once and records the exit.
+                Ok(Some(o)) if o.status == TaskStatus::Stopped => {}
+                Ok(other) => self.set_state(
+                    &uid,
+                    index,
+                    ContainerState::Waiting {
+                        reason: "ContainerMissing".into(),
+                        message: format!(
+                            "containerd reports {other:?} for a container believed running"
+                        ),
+                    },
+                ),
+                Err(e) => tracing::warn!(container = %id, error = %e, "cannot observe task"),
+            }
+        }
+    }
+
+    /// Every pod's report.
+    pub fn reports(&self) -> Vec<pb::PodReport> {
+        self.pods()
+            .values()
+            .map(|p| p.report(&self.inner.layout.host_ip))
+            .collect()
+    }
+
+    /// One pod's report.
+    pub fn report(&self, uid: &str) -> Result<pb::PodReport, PodError> {
+        self.pods()
+            .get(uid)
+            .map(|p| p.report(&self.inner.layout.host_ip))
+            .ok_or_else(|| PodError::NotFound { uid: uid.into() })
+    }
+
+    /// The log file of a container's current run (or the previous one).
+    pub fn log_file(
+        &self,
+        uid: &str,
+        container: &str,
+        previous: bool,
+    ) -> Result<PathBuf, PodError> {
+        let pods = self.pods();
+        let p = pods
+            .get(uid)
+            .ok_or_else(|| PodError::NotFound { uid: uid.into() })?;
+        let apps: Vec<&ContainerEntry> = p.containers.iter().filter(|c| !c.init).collect();
+        let c = if container.is_empty() && apps.len() == 1 {
+            apps[0]
+        } else {
+            p.containers
+                .iter()
+                .find(|c| c.name == container)
+                .ok_or_else(|| PodError::NoContainer {
+                    uid: uid.into(),
+                    container: container.into(),
+                })?
+        };
+        let run = if previous {
+            c.restart_count.saturating_sub(1)
+        } else {
+            c.restart_count
+        };
+        Ok(self.log_path(&p.key, &c.name, run))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let t = Timings {
+            backoff_base: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(300),
+            ..Default::default()
+        };
+        let seq: Vec<u64> = (0..7).map(|n| t.backoff(n).as_secs()).collect();
+        assert_eq!(seq, [10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(t.backoff(60).as_secs(), 300, "no overflow");
+    }
+}

@@ -1,0 +1,150 @@
+//! Accepting a pod and its task: init containers in order, each to a successful
+//! exit, then the app containers, supervised concurrently; and the pod's
+//! activeDeadlineSeconds.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::PodSpec;
+use orca_proto::types::v1 as pb;
+use tracing::{info, warn};
+
+use super::supervise::Outcome;
+use super::{ContainerEntry, PodEntry, PodError, PodKey, PodManager, RunInputs};
+use crate::spec::{self, RestartPolicy};
+use crate::status::{ContainerState, PodFailure};
+
+/// containerd ids allow 76 characters; ours are `<12 uid chars>-<container name>`.
+const ID_UID_CHARS: usize = 12;
+
+impl PodManager {
+    /// Accepts a pod and starts it in the background. Idempotent per uid. A spec
+    /// the agent cannot run is accepted as a Failed pod with the reason.
+    pub fn run(
+        &self,
+        key: PodKey,
+        spec_json: &str,
+        labels: BTreeMap<String, String>,
+        annotations: BTreeMap<String, String>,
+        inputs: RunInputs,
+    ) -> Result<pb::PodReport, PodError> {
+        if key.uid.is_empty() || key.name.is_empty() {
+            return Err(PodError::Invalid {
+                reason: "pod uid and name are required".into(),
+            });
+        }
+        if let Some(existing) = self.pods().get(&key.uid) {
+            return Ok(existing.report(&self.inner.layout.host_ip));
+        }
+        let spec: PodSpec = serde_json::from_str(spec_json).map_err(|e| PodError::Invalid {
+            reason: format!("spec is not a Kubernetes PodSpec: {e}"),
+        })?;
+        let failure = spec::validate(&spec).err().map(|e| PodFailure {
+            reason: "InvalidPodSpec".into(),
+            message: e.to_string(),
+        });
+        let policy = RestartPolicy::of(&spec).unwrap_or(RestartPolicy::Never);
+        let short_uid: String = key
+            .uid
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(ID_UID_CHARS)
+            .collect();
+        let inits = spec.init_containers.iter().flatten().map(|c| (c, true));
+        let containers = inits
+            .chain(spec.containers.iter().map(|c| (c, false)))
+            .map(|(c, init)| ContainerEntry {
+                name: c.name.clone(),
+                init,
+                image: c.image.clone().unwrap_or_default(),
+                image_id: String::new(),
+                id: format!("{short_uid}-{}", c.name),
+                state: ContainerState::creating(),
+                last_state: None,
+                restart_count: 0,
+            })
+            .collect();
+        let mut entry = PodEntry {
+            key: key.clone(),
+            spec,
+            labels,
+            annotations,
+            policy,
+            accepted_at: jiff::Timestamp::now(),
+            failure: failure.clone(),
+            stopping: false,
+            containers,
+            shared: None,
+            conditions: BTreeMap::new(),
+            lifecycle: Arc::default(),
+        };
+        entry.refresh_conditions();
+        let report = entry.report(&self.inner.layout.host_ip);
+        let deadline = entry.spec.active_deadline_seconds;
+        self.pods().insert(key.uid.clone(), entry);
+        match failure {
+            Some(f) => {
+                warn!(pod = %key.name, reason = %f.reason, message = %f.message, "pod rejected")
+            }
+            None => {
+                info!(pod = %key.name, uid = %key.uid, "pod accepted");
+                let this = self.clone();
+                let uid = key.uid.clone();
+                tokio::spawn(async move { this.run_pod(uid, inputs).await });
+                if let Some(seconds) = deadline {
+                    let this = self.clone();
+                    let uid = key.uid.clone();
+                    tokio::spawn(async move { this.enforce_deadline(uid, seconds).await });
+                }
+            }
+        }
+        self.inner.changed.notify_one();
+        Ok(report)
+    }
+
+    /// The pod task: init containers one by one, then every app container.
+    async fn run_pod(&self, uid: String, inputs: RunInputs) {
+        let Some(entry) = self.pods().get(&uid).cloned() else {
+            return;
+        };
+        let inits = entry.containers.iter().filter(|c| c.init).count();
+        for index in 0..inits {
+            match self.supervise(&uid, index, &inputs, false).await {
+                Outcome::Completed => continue,
+                Outcome::Failed | Outcome::Stopped => return,
+            }
+        }
+        let apps = (inits..entry.containers.len()).map(|index| {
+            let inputs = &inputs;
+            let uid = &uid;
+            async move { self.supervise(uid, index, inputs, false).await }
+        });
+        futures::future::join_all(apps).await;
+    }
+
+    /// Fails the pod with reason DeadlineExceeded once it has been active
+    /// `seconds`, stopping its containers (the kubelet's activeDeadlineSeconds).
+    async fn enforce_deadline(&self, uid: String, seconds: i64) {
+        tokio::time::sleep(Duration::from_secs(seconds.max(0) as u64)).await;
+        let finished = self.pods().get(&uid).is_none_or(|p| {
+            p.stopping || matches!(p.report("").status.map(|s| s.phase), Some(x) if x == pb::PodPhase::Succeeded as i32 || x == pb::PodPhase::Failed as i32)
+        });
+        if finished {
+            return;
+        }
+        info!(
+            uid,
+            seconds, "activeDeadlineSeconds passed; stopping the pod"
+        );
+        if let Err(e) = self.stop(&uid, None, false).await {
+            warn!(uid, error = %e, "pod not stopped at its deadline");
+        }
+        self.update(&uid, |p| {
+            p.failure = Some(PodFailure {
+                reason: "DeadlineExceeded".into(),
+                message: format!("pod was active longer than activeDeadlineSeconds ({seconds}s)"),
+            });
+        });
+    }
+}

@@ -1,0 +1,104 @@
+//! Stopping a pod (SIGTERM, the grace period, SIGKILL) and removing it.
+
+use std::time::Duration;
+
+use orca_proto::types::v1 as pb;
+use tracing::{info, warn};
+
+use super::{PodError, PodManager};
+use crate::runtime::{RuntimeError, TaskStatus};
+use crate::status::ContainerState;
+
+/// SIGTERM.
+const SIGTERM: u32 = 15;
+/// SIGKILL.
+const SIGKILL: u32 = 9;
+/// Kubernetes' default terminationGracePeriodSeconds.
+const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+impl PodManager {
+    /// Stops a pod's containers: SIGTERM, up to `grace` (or the pod's
+    /// terminationGracePeriodSeconds), then SIGKILL. With `remove`, also deletes
+    /// the containers, snapshots, logs and volumes and forgets the pod.
+    pub async fn stop(
+        &self,
+        uid: &str,
+        grace: Option<Duration>,
+        remove: bool,
+    ) -> Result<pb::PodReport, PodError> {
+        let (ids, pod_grace, key, lifecycle) = {
+            let mut pods = self.pods();
+            let p = pods
+                .get_mut(uid)
+                .ok_or_else(|| PodError::NotFound { uid: uid.into() })?;
+            p.stopping = true;
+            p.refresh_conditions();
+            let ids: Vec<String> = p.containers.iter().map(|c| c.id.clone()).collect();
+            let g = p
+                .spec
+                .termination_grace_period_seconds
+                .map(|s| Duration::from_secs(s.max(0) as u64));
+            (ids, g, p.key.clone(), p.lifecycle.clone())
+        };
+        // Wait out a create/start in flight; after this no new task can start.
+        let _lifecycle = lifecycle.lock().await;
+        let grace = grace.or(pod_grace).unwrap_or(DEFAULT_GRACE);
+        let ctrd = &self.inner.ctrd;
+        let stops = ids.iter().map(|id| async move {
+            match ctrd.observe(id).await? {
+                Some(o) if o.status != TaskStatus::Stopped => {
+                    ctrd.kill(id, SIGTERM).await?;
+                    if tokio::time::timeout(grace, ctrd.wait(id)).await.is_err() {
+                        info!(container = %id, grace_s = grace.as_secs(), "grace period over; killing");
+                        ctrd.kill(id, SIGKILL).await?;
+                        ctrd.wait(id).await?;
+                    }
+                }
+                _ => {}
+            }
+            Ok::<_, RuntimeError>(())
+        });
+        for result in futures::future::join_all(stops).await {
+            result?;
+        }
+        // Record final states from containerd for containers whose supervisor has
+        // not recorded the exit yet, before anything is deleted.
+        for (index, id) in ids.iter().enumerate() {
+            let started = match self
+                .pods()
+                .get(uid)
+                .map(|p| p.containers[index].state.clone())
+            {
+                Some(ContainerState::Running { started_at }) => started_at,
+                _ => continue,
+            };
+            if let Some(o) = ctrd.observe(id).await?
+                && o.status == TaskStatus::Stopped
+            {
+                self.set_state(
+                    uid,
+                    index,
+                    ContainerState::exited(o.exit_status as i32, Some(started), o.exited_at),
+                );
+            }
+        }
+        let report = self.report(uid)?;
+        if remove {
+            for id in &ids {
+                ctrd.delete_task(id).await?;
+                ctrd.delete_container(id).await?;
+            }
+            let dir = self.pod_dir(&key);
+            self.stop_sandbox(&dir);
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                warn!(dir = %dir.display(), error = %e, "pod directory not removed");
+            }
+            self.pods().remove(uid);
+            info!(pod = %key.name, uid, "pod removed");
+        }
+        self.inner.changed.notify_one();
+        Ok(report)
+    }
+}

@@ -1,0 +1,288 @@
+//! One container's supervisor: image, create, start, wait, record, restart.
+
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::{PodManager, RunInputs};
+use crate::cgroup;
+use crate::runtime::{ImageInfo, RuntimeError, TaskStatus};
+use crate::spec::{PullPolicy, SpecInput};
+use crate::status::{self, ContainerState};
+
+/// How a supervised container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// It exited and will not run again, with exit code 0.
+    Completed,
+    /// It cannot run or exited non-zero with no restart to come; for an init
+    /// container under restartPolicy Never the pod has failed.
+    Failed,
+    /// The pod is being stopped.
+    Stopped,
+}
+
+impl PodManager {
+    fn stopping(&self, uid: &str) -> bool {
+        self.pods().get(uid).is_none_or(|p| p.stopping)
+    }
+
+    /// Supervises container `index` of pod `uid` until it ends for good.
+    pub(super) async fn supervise(
+        &self,
+        uid: &str,
+        index: usize,
+        inputs: &RunInputs,
+        adopted: bool,
+    ) -> Outcome {
+        let timings = self.inner.timings.clone();
+        let mut restarts_in_a_row = 0u32;
+        let mut created = adopted;
+        let mut running = adopted;
+        loop {
+            let Some(entry) = self.pods().get(uid).cloned() else {
+                return Outcome::Stopped;
+            };
+            if entry.stopping {
+                return Outcome::Stopped;
+            }
+            let Some(container) = entry.container_spec(index).cloned() else {
+                return Outcome::Failed;
+            };
+            let c = entry.containers[index].clone();
+
+            let started_at = if running {
+                match &c.state {
+                    ContainerState::Running { started_at } => *started_at,
+                    _ => jiff::Timestamp::now(),
+                }
+            } else {
+                let Some(image) = self.pull_with_backoff(uid, index, &container, inputs).await
+                else {
+                    return if self.stopping(uid) {
+                        Outcome::Stopped
+                    } else {
+                        Outcome::Failed
+                    };
+                };
+                let lifecycle = entry.lifecycle.clone();
+                let _guard = lifecycle.lock().await;
+                if self.stopping(uid) {
+                    return Outcome::Stopped;
+                }
+                self.update(uid, |p| {
+                    p.containers[index].image_id = format!("{}@{}", image.name, image.digest)
+                });
+                if !created {
+                    if let Err(e) = self.create(uid, index, &image).await {
+                        warn!(pod = %entry.key.name, container = %c.name, error = %e, "container not created");
+                        self.fail(uid, index, "CreateContainerError", e.to_string());
+                        return Outcome::Failed;
+                    }
+                    created = true;
+                }
+                let log = self.log_path(&entry.key, &c.name, c.restart_count);
+                let uri = format!(
+                    "binary://{}?log={}",
+                    self.inner.layout.logger.display(),
+                    log.display()
+                );
+                let started = async {
+                    self.inner.ctrd.delete_task(&c.id).await?;
+                    self.inner.ctrd.start_task(&c.id, &uri).await
+                };
+                if let Err(e) = started.await {
+                    warn!(pod = %entry.key.name, container = %c.name, error = %e, "container not started");
+                    self.fail(uid, index, "RunContainerError", e.to_string());
+                    return Outcome::Failed;
+                }
+                let started_at = jiff::Timestamp::now();
+                // Report only what containerd says now: the task may already have exited.
+                match self.inner.ctrd.observe(&c.id).await {
+                    Ok(Some(o)) if o.status == TaskStatus::Running => {
+                        self.set_state(uid, index, ContainerState::Running { started_at })
+                    }
+                    other => {
+                        info!(container = %c.id, observed = ?other, "task not running right after start")
+                    }
+                }
+                info!(pod = %entry.key.name, container = %c.name, id = %c.id, "container started");
+                started_at
+            };
+            running = false;
+
+            let (code, finished) = match self.inner.ctrd.wait(&c.id).await {
+                Ok((code, finished)) => {
+                    (code as i32, finished.unwrap_or_else(jiff::Timestamp::now))
+                }
+                Err(e) => {
+                    warn!(container = %c.id, error = %e, "lost track of task");
+                    self.fail(uid, index, "ContainerMissing", e.to_string());
+                    return Outcome::Failed;
+                }
+            };
+            let oom = cgroup::oom_kills(self.inner.ctrd.namespace(), &c.id).is_some_and(|n| n > 0);
+            let state = if oom {
+                ContainerState::oom_killed(Some(started_at), Some(finished))
+            } else {
+                ContainerState::exited(code, Some(started_at), Some(finished))
+            };
+            info!(container = %c.id, exit_code = code, oom, "container exited");
+            self.set_state(uid, index, state.clone());
+            if self.stopping(uid) {
+                return Outcome::Stopped;
+            }
+            let policy = entry.policy;
+            if c.init && code == 0 {
+                return Outcome::Completed;
+            }
+            if !status::restarts(policy, code) {
+                if c.init {
+                    let msg = format!("init container {} exited with {code}", c.name);
+                    self.update(uid, |p| {
+                        p.failure = Some(status::PodFailure {
+                            reason: "InitContainerFailed".into(),
+                            message: msg,
+                        })
+                    });
+                }
+                return if code == 0 {
+                    Outcome::Completed
+                } else {
+                    Outcome::Failed
+                };
+            }
+            // The kubelet's back-off, reset after a long enough run.
+            let ran = Duration::try_from(finished.duration_since(started_at)).unwrap_or_default();
+            if ran >= timings.backoff_reset {
+                restarts_in_a_row = 0;
+            }
+            let backoff = timings.backoff(restarts_in_a_row);
+            restarts_in_a_row += 1;
+            self.update(uid, |p| {
+                let c = &mut p.containers[index];
+                c.last_state = Some(state);
+                c.state = ContainerState::Waiting {
+                    reason: "CrashLoopBackOff".into(),
+                    message: format!(
+                        "back-off {:?} restarting failed container {}",
+                        backoff, c.name
+                    ),
+                };
+            });
+            tokio::time::sleep(backoff).await;
+            if self.stopping(uid) {
+                return Outcome::Stopped;
+            }
+            self.update(uid, |p| p.containers[index].restart_count += 1);
+            // The next turn pulls again under imagePullPolicy Always, as the kubelet does.
+        }
+    }
+
+    /// Makes the container's image present, retrying with the kubelet's back-off:
+    /// ErrImagePull, then ImagePullBackOff while waiting. After the configured
+    /// attempts the pod fails with ErrImagePull (it is never Pending forever).
+    async fn pull_with_backoff(
+        &self,
+        uid: &str,
+        index: usize,
+        container: &k8s_openapi::api::core::v1::Container,
+        inputs: &RunInputs,
+    ) -> Option<ImageInfo> {
+        let image = container.image.as_deref().unwrap_or_default();
+        let policy = PullPolicy::of(container).unwrap_or(PullPolicy::IfNotPresent);
+        let timings = &self.inner.timings;
+        let mut attempt = 0;
+        loop {
+            match self
+                .inner
+                .puller
+                .ensure(image, policy, &inputs.credentials)
+                .await
+            {
+                Ok(info) => return Some(info),
+                Err(e @ RuntimeError::ImageNeverPull { .. }) => {
+                    self.fail(uid, index, "ErrImageNeverPull", e.to_string());
+                    return None;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    warn!(uid, image, attempt, error = %e, "image pull failed");
+                    if attempt >= timings.pull_attempts.max(1) {
+                        self.fail(uid, index, "ErrImagePull", e.to_string());
+                        return None;
+                    }
+                    self.set_state(
+                        uid,
+                        index,
+                        ContainerState::Waiting {
+                            reason: "ErrImagePull".into(),
+                            message: e.to_string(),
+                        },
+                    );
+                    let backoff = timings.backoff(attempt - 1);
+                    // ErrImagePull is reported first, then the back-off, as by the kubelet.
+                    tokio::time::sleep(backoff / 4).await;
+                    self.set_state(
+                        uid,
+                        index,
+                        ContainerState::Waiting {
+                            reason: "ImagePullBackOff".into(),
+                            message: format!("Back-off pulling image {image:?}: {e}"),
+                        },
+                    );
+                    tokio::time::sleep(backoff - backoff / 4).await;
+                    if self.stopping(uid) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn create(
+        &self,
+        uid: &str,
+        index: usize,
+        image: &ImageInfo,
+    ) -> Result<(), super::PodError> {
+        let Some(entry) = self.pods().get(uid).cloned() else {
+            return Err(super::PodError::NotFound { uid: uid.into() });
+        };
+        let container = entry.container_spec(index).cloned().unwrap_or_default();
+        let id = &entry.containers[index].id;
+        let shared = self.sandbox(uid)?;
+        let devices = if crate::spec::security::privileged(&container) {
+            crate::spec::security::host_devices()
+        } else {
+            Vec::new()
+        };
+        let spec = crate::spec::runtime_spec(&SpecInput {
+            container: &container,
+            pod: &entry.spec,
+            image: &image.config,
+            hostname: &entry.key.name,
+            namespace: self.inner.ctrd.namespace(),
+            container_id: id,
+            shared: &shared,
+            mounts: &[],
+            host_devices: &devices,
+        })
+        .map_err(|e| super::PodError::Invalid {
+            reason: e.to_string(),
+        })?;
+        let labels = std::collections::HashMap::from([
+            (super::LABEL_POD_UID.to_owned(), entry.key.uid.clone()),
+            (
+                super::LABEL_POD.to_owned(),
+                format!("{}/{}", entry.key.namespace, entry.key.name),
+            ),
+            (super::LABEL_CONTAINER.to_owned(), container.name.clone()),
+        ]);
+        self.inner
+            .ctrd
+            .create_container(id, image, &spec, labels)
+            .await?;
+        Ok(())
+    }
+}

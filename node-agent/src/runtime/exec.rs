@@ -1,0 +1,363 @@
+//! Exec processes in running containers (containerd's exec process API).
+//!
+//! Done as containerd's Go client does it (`task.Exec` with `cio`): the exec
+//! process is the container's own OCI process (user, env, cwd, capabilities,
+//! rlimits, from the container's spec) with other args; its stdout and stderr are
+//! FIFOs that the agent makes in a private directory and reads, and whose write
+//! ends the runc shim opens when the process starts. Then `Tasks.Start`,
+//! `Tasks.Wait`, output read to EOF, `Tasks.DeleteProcess`.
+//!
+//! The shim keeps a read end of each FIFO open itself, so a reader that stops
+//! reading does not break the process's pipe; it fills up and blocks the process.
+//! Output past the cap is therefore read and dropped, never left unread.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use containerd_client::services::v1::{
+    DeleteProcessRequest, ExecProcessRequest, GetContainerRequest, KillRequest, StartRequest,
+    WaitRequest, containers_client::ContainersClient, tasks_client::TasksClient,
+};
+use prost_types::Any;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tracing::debug;
+
+use super::{Containerd, RuntimeError, op};
+
+/// The type URL containerd expects for an OCI process spec in JSON.
+const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+
+/// SIGKILL, sent when an exec process outlives its timeout.
+const SIGKILL: u32 = 9;
+
+/// How long a SIGKILLed exec process gets to be reported exited (it is usually
+/// milliseconds; a process in uninterruptible sleep can take longer).
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// How long output may still arrive after the exec process exited: a background
+/// child that inherited stdout keeps the FIFO open, and its output is not waited for.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
+
+/// Read size of the stdio FIFOs (a pipe's default capacity is 64 KiB).
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Output and exit of a finished exec process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecResult {
+    /// Exit status as containerd reports it (128 + signal when killed by a signal).
+    pub exit_code: i32,
+    /// The first `max_output` bytes of stdout.
+    pub stdout: Vec<u8>,
+    /// The first `max_output` bytes of stderr.
+    pub stderr: Vec<u8>,
+    /// Whether the process outlived its timeout and was SIGKILLed.
+    pub timed_out: bool,
+}
+
+impl Containerd {
+    /// Runs `args` in the running container `container_id` with the container's
+    /// user, env and cwd (from its OCI spec), capturing at most `max_output` bytes
+    /// of each of stdout and stderr. When `timeout` passes (counted from the start)
+    /// the process is SIGKILLed and the result says `timed_out`. The exec process is
+    /// deleted afterwards.
+    ///
+    /// Errors: the containerd error of the failing call, e.g. `Tasks.Exec` NotFound
+    /// when the container has no task, or `Tasks.Start` when runc cannot start the
+    /// process (such as a missing executable).
+    pub async fn exec(
+        &self,
+        container_id: &str,
+        args: &[String],
+        timeout: Duration,
+        max_output: usize,
+    ) -> Result<ExecResult, RuntimeError> {
+        if args.is_empty() {
+            return Err(op("Tasks.Exec")(tonic::Status::invalid_argument(
+                "exec needs a command",
+            )));
+        }
+        let process = self.exec_process_spec(container_id, args).await?;
+        let uuid = uuid::Uuid::new_v4().simple().to_string();
+        let exec_id = format!("exec-{}", &uuid[..12]);
+        let mut guard = ExecGuard {
+            ctrd: self.clone(),
+            container_id: container_id.to_owned(),
+            exec_id: exec_id.clone(),
+            dir: std::env::temp_dir().join(format!("orca-exec-{uuid}")),
+            created: false,
+        };
+        let (stdout_path, stdout) = guard.fifo("stdout")?;
+        let (stderr_path, stderr) = guard.fifo("stderr")?;
+
+        let mut tasks = TasksClient::new(self.channel());
+        let req = ExecProcessRequest {
+            container_id: container_id.to_owned(),
+            stdin: String::new(),
+            stdout: stdout_path,
+            stderr: stderr_path,
+            terminal: false,
+            spec: Some(Any {
+                type_url: PROCESS_TYPE_URL.to_owned(),
+                value: process.to_string().into_bytes(),
+            }),
+            exec_id: exec_id.clone(),
+        };
+        tasks
+            .exec(self.request(req, None))
+            .await
+            .map_err(op("Tasks.Exec"))?;
+        guard.created = true;
+        let start = StartRequest {
+            container_id: container_id.to_owned(),
+            exec_id: exec_id.clone(),
+        };
+        if let Err(s) = tasks.start(self.request(start, None)).await {
+            guard.created = !self.delete_process(container_id, &exec_id).await;
+            return Err(op("Tasks.Start")(s));
+        }
+
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let waited = {
+            let io = std::pin::pin!(async {
+                tokio::join!(
+                    drain(stdout, &mut out, max_output),
+                    drain(stderr, &mut err, max_output)
+                )
+            });
+            self.wait_exec(container_id, &exec_id, timeout, io).await
+        };
+        // Left undeleted (still running after a failed wait or kill), the guard
+        // kills and deletes it in the background.
+        guard.created = !self.delete_process(container_id, &exec_id).await;
+        let (exit_status, timed_out) = waited?;
+        Ok(ExecResult {
+            exit_code: i32::try_from(exit_status).unwrap_or(i32::MAX),
+            stdout: out,
+            stderr: err,
+            timed_out,
+        })
+    }
+
+    /// The container's OCI process with `args`, without a terminal.
+    async fn exec_process_spec(
+        &self,
+        container_id: &str,
+        args: &[String],
+    ) -> Result<serde_json::Value, RuntimeError> {
+        let req = GetContainerRequest {
+            id: container_id.to_owned(),
+        };
+        let container = ContainersClient::new(self.channel())
+            .get(self.request(req, None))
+            .await
+            .map_err(op("Containers.Get"))?
+            .into_inner()
+            .container;
+        let spec: Option<serde_json::Value> = container
+            .and_then(|c| c.spec)
+            .and_then(|any| serde_json::from_slice(&any.value).ok());
+        let Some(mut process) = spec.and_then(|mut s| s.get_mut("process").map(|p| p.take()))
+        else {
+            return Err(op("Containers.Get")(tonic::Status::failed_precondition(
+                format!("container {container_id} has no OCI process spec"),
+            )));
+        };
+        let Some(fields) = process.as_object_mut() else {
+            return Err(op("Containers.Get")(tonic::Status::failed_precondition(
+                format!("container {container_id} has a malformed OCI process spec"),
+            )));
+        };
+        fields.insert("args".to_owned(), serde_json::json!(args));
+        fields.insert("terminal".to_owned(), serde_json::Value::Bool(false));
+        fields.remove("consoleSize");
+        Ok(process)
+    }
+
+    /// Waits for the exec process to exit while `io` reads its output, SIGKILLing
+    /// it after `timeout`; then gives `io` [`DRAIN_AFTER_EXIT`] to reach EOF.
+    /// Returns the exit status and whether it timed out.
+    async fn wait_exec<F: Future + Unpin>(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        timeout: Duration,
+        mut io: F,
+    ) -> Result<(u32, bool), RuntimeError> {
+        let mut io_done = false;
+        let mut timed_out = false;
+        let exited = {
+            let wait = self.wait_process(container_id, exec_id);
+            let mut wait = std::pin::pin!(wait);
+            let deadline = tokio::time::sleep(timeout);
+            let mut deadline = std::pin::pin!(deadline);
+            loop {
+                tokio::select! {
+                    status = &mut wait => break status,
+                    _ = &mut io, if !io_done => io_done = true,
+                    () = &mut deadline => {
+                        if timed_out {
+                            break Err(op("Tasks.Wait")(tonic::Status::deadline_exceeded(format!(
+                                "exec process {exec_id} did not exit within {KILL_WAIT:?} of SIGKILL"
+                            ))));
+                        }
+                        timed_out = true;
+                        debug!(container = container_id, exec = exec_id, ?timeout, "exec timed out; killing it");
+                        if let Err(e) = self.kill_process(container_id, exec_id).await {
+                            break Err(e);
+                        }
+                        deadline.as_mut().reset(tokio::time::Instant::now() + KILL_WAIT);
+                    }
+                }
+            }
+        };
+        if !io_done
+            && tokio::time::timeout(DRAIN_AFTER_EXIT, &mut io)
+                .await
+                .is_err()
+        {
+            debug!(
+                container = container_id,
+                exec = exec_id,
+                "exec output still open after exit; not waiting for it"
+            );
+        }
+        Ok((exited?, timed_out))
+    }
+
+    async fn wait_process(&self, container_id: &str, exec_id: &str) -> Result<u32, RuntimeError> {
+        let req = WaitRequest {
+            container_id: container_id.to_owned(),
+            exec_id: exec_id.to_owned(),
+        };
+        Ok(TasksClient::new(self.channel())
+            .wait(self.request(req, None))
+            .await
+            .map_err(op("Tasks.Wait"))?
+            .into_inner()
+            .exit_status)
+    }
+
+    async fn kill_process(&self, container_id: &str, exec_id: &str) -> Result<(), RuntimeError> {
+        let req = KillRequest {
+            container_id: container_id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            signal: SIGKILL,
+            all: false,
+        };
+        match TasksClient::new(self.channel())
+            .kill(self.request(req, None))
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Exited in between: the wait reports it.
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(s) => Err(op("Tasks.Kill")(s)),
+        }
+    }
+
+    /// Deletes an exited exec process; whether it is gone. A failure only leaves
+    /// its record in the shim until the task is deleted.
+    async fn delete_process(&self, container_id: &str, exec_id: &str) -> bool {
+        let req = DeleteProcessRequest {
+            container_id: container_id.to_owned(),
+            exec_id: exec_id.to_owned(),
+        };
+        match TasksClient::new(self.channel())
+            .delete_process(self.request(req, None))
+            .await
+        {
+            Ok(_) => true,
+            Err(s) if s.code() == tonic::Code::NotFound => true,
+            Err(e) => {
+                debug!(container = container_id, exec = exec_id, error = %e, "exec process not deleted");
+                false
+            }
+        }
+    }
+}
+
+/// Reads `rx` to EOF, keeping the first `max` bytes in `buf`.
+async fn drain(mut rx: pipe::Receiver, buf: &mut Vec<u8>, max: usize) {
+    let mut chunk = vec![0; READ_CHUNK];
+    loop {
+        match rx.read(&mut chunk).await {
+            Ok(0) => return,
+            Ok(n) => {
+                let keep = n.min(max.saturating_sub(buf.len()));
+                buf.extend_from_slice(&chunk[..keep]);
+            }
+            Err(e) => {
+                debug!(error = %e, "reading exec output failed");
+                return;
+            }
+        }
+    }
+}
+
+/// Owns an exec's FIFO directory (removed on drop) and, once the exec process is
+/// created, the process itself: when the exec future is dropped midway (its caller
+/// gave up), the process is SIGKILLed and deleted in the background.
+struct ExecGuard {
+    ctrd: Containerd,
+    container_id: String,
+    exec_id: String,
+    dir: PathBuf,
+    created: bool,
+}
+
+impl ExecGuard {
+    /// Makes the FIFO `name` (the directory on first use) and opens its read end,
+    /// which does not block and does not see EOF before a writer has come and gone.
+    fn fifo(&self, name: &str) -> Result<(String, pipe::Receiver), RuntimeError> {
+        let path = self.dir.join(name);
+        let made = create_private_dir(&self.dir)
+            .and_then(|()| {
+                nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).map_err(Into::into)
+            })
+            .and_then(|()| pipe::OpenOptions::new().open_receiver(&path));
+        match made {
+            Ok(rx) => Ok((path.display().to_string(), rx)),
+            Err(e) => Err(op("Tasks.Exec")(tonic::Status::internal(format!(
+                "cannot make the stdio FIFO {}: {e}",
+                path.display()
+            )))),
+        }
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    }
+}
+
+impl Drop for ExecGuard {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            debug!(dir = %self.dir.display(), error = %e, "exec FIFO directory not removed");
+        }
+        if !self.created {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let ctrd = self.ctrd.clone();
+        let container_id = std::mem::take(&mut self.container_id);
+        let exec_id = std::mem::take(&mut self.exec_id);
+        runtime.spawn(async move {
+            debug!(container = %container_id, exec = %exec_id, "exec abandoned; killing it");
+            if ctrd.kill_process(&container_id, &exec_id).await.is_ok() {
+                let _ = tokio::time::timeout(KILL_WAIT, ctrd.wait_process(&container_id, &exec_id))
+                    .await;
+            }
+            ctrd.delete_process(&container_id, &exec_id).await;
+        });
+    }
+}

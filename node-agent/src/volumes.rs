@@ -1,0 +1,1 @@
+//! Pod volumes on the host and their mounts into containers.

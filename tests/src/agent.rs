@@ -1,0 +1,303 @@
+//! One real `orca-agent` on a private containerd, driven directly through its
+//! AgentService, for the agent's integration tests: any PodSpec, credentials and
+//! volume data can be sent, and every state is read back from the agent and from
+//! containerd. The agent is pointed at a control plane that is not there; it keeps
+//! retrying its join and serves AgentService all the same.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use orca_proto::agent::v1::{self as pb, agent_service_client::AgentServiceClient};
+use orca_proto::types::v1 as types;
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+use crate::cluster::DEADLINE;
+use crate::env::{self, Containerd, Daemon, Registry, busybox_image, workspace_bin};
+use crate::eventually::eventually;
+
+/// A running agent with its containerd and registry.
+pub struct TestAgent {
+    agent: Option<Daemon>,
+    args: Vec<String>,
+    /// The private containerd.
+    pub containerd: Containerd,
+    /// The registry serving [`TestAgent::image`].
+    pub registry: Registry,
+    /// The busybox image in the registry.
+    pub image: String,
+    /// `127.0.0.1:PORT` of AgentService.
+    pub addr: String,
+    /// The agent's containerd namespace.
+    pub namespace: String,
+    /// The agent's state directory (pod logs live under `pods/`).
+    pub state_dir: PathBuf,
+    dir: TempDir,
+}
+
+impl TestAgent {
+    /// Starts containerd, the registry with the image, and an agent with short
+    /// back-offs.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// As [`TestAgent::start`], with extra agent flags.
+    pub fn start_with(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let containerd = Containerd::start(dir.path()).expect("containerd starts");
+        let registry = Registry::start(dir.path()).expect("registry starts");
+        let archive = busybox_image(dir.path()).expect("busybox image builds");
+        let image = registry
+            .push_oci_archive(&archive, "orca/busybox:test")
+            .expect("image pushed");
+        let addr = format!("127.0.0.1:{}", env::free_port());
+        let namespace = format!("orca-agent-test-{}", std::process::id());
+        let state_dir = dir.path().join("agent");
+        let mut args: Vec<String> = [
+            "--control-plane=http://127.0.0.1:1",
+            "--join-token=unused",
+            "--node-name=agent-test",
+            "--backoff-base-ms=200",
+            "--backoff-max-ms=1000",
+            "--retry-ms=1000",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.push(format!("--listen={addr}"));
+        args.push(format!(
+            "--containerd-socket={}",
+            containerd.socket.display()
+        ));
+        args.push(format!("--containerd-namespace={namespace}"));
+        args.push(format!("--state-dir={}", state_dir.display()));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut this = Self {
+            agent: None,
+            args,
+            containerd,
+            registry,
+            image,
+            addr,
+            namespace,
+            state_dir,
+            dir,
+        };
+        this.spawn_agent();
+        this
+    }
+
+    fn spawn_agent(&mut self) {
+        let mut cmd = Command::new(workspace_bin("orca-agent"));
+        cmd.args(&self.args)
+            .env("RUST_LOG", "info,orca_agent=debug");
+        let log = self.dir.path().join("agent.log");
+        let mut agent = Daemon::spawn("orca-agent", cmd, &log).expect("agent starts");
+        let addr = self.addr.clone();
+        agent
+            .wait_ready(DEADLINE, || TcpStream::connect(&addr).map(drop))
+            .expect("agent listens");
+        self.agent = Some(agent);
+    }
+
+    /// SIGKILLs the agent (its containers keep running in containerd) and starts it again.
+    pub fn kill_and_restart_agent(&mut self) {
+        if let Some(agent) = self.agent.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(agent.pid() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            drop(agent);
+        }
+        self.spawn_agent();
+    }
+
+    /// The agent's PID.
+    pub fn pid(&self) -> u32 {
+        self.agent.as_ref().map_or(0, Daemon::pid)
+    }
+
+    /// The agent's log.
+    pub fn log(&self) -> String {
+        self.agent
+            .as_ref()
+            .map(Daemon::log_tail)
+            .unwrap_or_default()
+    }
+
+    /// A client of the agent.
+    pub async fn client(&self) -> AgentServiceClient<Channel> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .expect("agent URL")
+            .connect()
+            .await
+            .expect("connect to the agent");
+        AgentServiceClient::new(channel)
+    }
+
+    /// Runs a pod named `name` with this PodSpec (JSON); returns its uid.
+    pub async fn run(&self, name: &str, spec: serde_json::Value) -> String {
+        self.run_with(name, spec, Vec::new(), None).await
+    }
+
+    /// Runs a pod with credentials and volume data; returns its uid.
+    pub async fn run_with(
+        &self,
+        name: &str,
+        spec: serde_json::Value,
+        registry_credentials: Vec<types::RegistryCredential>,
+        volume_data: Option<types::VolumeData>,
+    ) -> String {
+        let uid = uuid_like();
+        let pod = types::Pod {
+            r#ref: Some(types::PodRef {
+                namespace: "default".into(),
+                name: name.into(),
+                uid: uid.clone(),
+            }),
+            spec_json: spec.to_string(),
+            labels: [("app".to_owned(), name.to_owned())].into(),
+            annotations: Default::default(),
+        };
+        let req = pb::RunPodRequest {
+            pod: Some(pod),
+            registry_credentials,
+            volume_data,
+        };
+        self.client()
+            .await
+            .run_pod(req)
+            .await
+            .expect("RunPod accepted");
+        uid
+    }
+
+    /// The pod's status as the agent reports it now.
+    pub async fn status(&self, uid: &str) -> types::PodStatus {
+        let req = pb::GetPodRequest { uid: uid.into() };
+        let resp = self
+            .client()
+            .await
+            .get_pod(req)
+            .await
+            .expect("GetPod")
+            .into_inner();
+        resp.pod.and_then(|p| p.status).unwrap_or_default()
+    }
+
+    /// Waits until `check` accepts the pod's status; panics with the last status and
+    /// the agent's log otherwise.
+    pub async fn wait_for(
+        &self,
+        uid: &str,
+        what: &str,
+        check: impl Fn(&types::PodStatus) -> bool,
+    ) -> types::PodStatus {
+        eventually(what, DEADLINE, || async {
+            let status = self.status(uid).await;
+            if check(&status) {
+                Ok(status)
+            } else {
+                Err((status, self.log()))
+            }
+        })
+        .await
+    }
+
+    /// Waits for a phase.
+    pub async fn wait_phase(&self, uid: &str, phase: types::PodPhase) -> types::PodStatus {
+        let what = format!("pod {uid} to be {phase:?}");
+        self.wait_for(uid, &what, |s| s.phase == phase as i32).await
+    }
+
+    /// Stops and removes a pod.
+    pub async fn stop(&self, uid: &str, grace_seconds: i64) -> types::PodStatus {
+        let req = pb::StopPodRequest {
+            uid: uid.into(),
+            grace_period_seconds: grace_seconds,
+            remove: true,
+        };
+        self.client()
+            .await
+            .stop_pod(req)
+            .await
+            .expect("StopPod")
+            .into_inner()
+            .status
+            .unwrap_or_default()
+    }
+
+    /// A container's log, read through the agent.
+    pub async fn logs(&self, uid: &str, container: &str, previous: bool) -> String {
+        let req = pb::LogsRequest {
+            uid: uid.into(),
+            container: container.into(),
+            tail_lines: -1,
+            previous,
+            ..Default::default()
+        };
+        let mut stream = self
+            .client()
+            .await
+            .logs(req)
+            .await
+            .expect("Logs")
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.message().await.expect("log chunk") {
+            out.extend_from_slice(&chunk.data);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// `ctr -n <agent namespace> ARGS` output.
+    pub fn ctr(&self, args: &[&str]) -> String {
+        self.containerd.ctr(&self.namespace, args).expect("ctr")
+    }
+
+    /// The containerd id of a container in a status.
+    pub fn container_id(status: &types::PodStatus, name: &str) -> String {
+        status
+            .container_statuses
+            .iter()
+            .chain(&status.init_container_statuses)
+            .find(|c| c.name == name)
+            .map(|c| {
+                c.container_id
+                    .trim_start_matches("containerd://")
+                    .to_owned()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The temp dir.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        self.agent.take();
+    }
+}
+
+/// A fresh random uid in UUID form (from the kernel, no extra dependency).
+fn uuid_like() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| {
+            format!(
+                "{:032x}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            )
+        })
+}
+
+/// How long tests give a state to appear.
+pub const WAIT: Duration = DEADLINE;
