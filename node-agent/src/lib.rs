@@ -103,6 +103,10 @@ pub async fn serve(
         pull_attempts: flags.image_pull_attempts,
     };
     let pods = PodManager::new(ctrd, flags.insecure_registries.clone(), layout, timings);
+    let adopted = pods.adopt().await;
+    if adopted > 0 {
+        info!(adopted, "adopted the pods of a previous agent process");
+    }
 
     let identity = heartbeat::Identity {
         control_plane: flags.control_plane.clone(),

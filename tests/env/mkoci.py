@@ -5,7 +5,9 @@ import hashlib, io, json, os, sys, tarfile, gzip, time
 
 BUSYBOX = "/bin/busybox"
 APPLETS = ["sh", "sleep", "echo", "cat", "httpd", "nc", "ls", "env", "wget", "true", "false", "ps", "id", "hostname", "ip", "ifconfig", "ping",
-           "seq", "wc", "tail", "head", "yes", "kill", "grep"]
+           "seq", "wc", "tail", "head", "yes", "kill", "grep",
+           "sed", "touch", "readlink", "mkdir", "rm", "stat", "dd", "ln", "chmod", "sort", "tr", "printf", "test",
+           "date", "mount", "df", "du", "find", "xargs", "basename"]
 out = sys.argv[1]; ref = sys.argv[2] if len(sys.argv) > 2 else "orca/busybox:test"
 MTIME = 0  # reproducible
 

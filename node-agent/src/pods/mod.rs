@@ -11,8 +11,10 @@
 //! ([`PodManager::changed`]) so the control plane hears of it at once.
 //!
 //! Layout: [`start`] (accepting and the pod task), [`supervise`] (one container),
-//! [`sandbox`] (the namespaces a pod's containers share), [`stop`] (stopping and removal).
+//! [`sandbox`] (the namespaces a pod's containers share), [`stop`] (stopping and removal),
+//! [`adopt`] (saving pods and adopting them after an agent restart).
 
+mod adopt;
 mod sandbox;
 mod start;
 mod stop;
@@ -132,9 +134,7 @@ struct ContainerEntry {
 struct PodEntry {
     key: PodKey,
     spec: PodSpec,
-    #[expect(dead_code, reason = "read by downward API volumes and env, wired in next")]
     labels: BTreeMap<String, String>,
-    #[expect(dead_code, reason = "read by downward API volumes and env, wired in next")]
     annotations: BTreeMap<String, String>,
     policy: RestartPolicy,
     accepted_at: jiff::Timestamp,

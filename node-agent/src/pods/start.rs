@@ -82,6 +82,9 @@ impl PodManager {
         entry.refresh_conditions();
         let report = entry.report(&self.inner.layout.host_ip);
         let deadline = entry.spec.active_deadline_seconds;
+        if failure.is_none() {
+            self.save_pod(&entry, spec_json);
+        }
         self.pods().insert(key.uid.clone(), entry);
         match failure {
             Some(f) => {

@@ -100,7 +100,8 @@ impl PodManager {
                 // Report only what containerd says now: the task may already have exited.
                 match self.inner.ctrd.observe(&c.id).await {
                     Ok(Some(o)) if o.status == TaskStatus::Running => {
-                        self.set_state(uid, index, ContainerState::Running { started_at })
+                        self.set_state(uid, index, ContainerState::Running { started_at });
+                        self.save_runs(uid);
                     }
                     other => {
                         info!(container = %c.id, observed = ?other, "task not running right after start")
@@ -175,6 +176,7 @@ impl PodManager {
                 return Outcome::Stopped;
             }
             self.update(uid, |p| p.containers[index].restart_count += 1);
+            self.save_runs(uid);
             // The next turn pulls again under imagePullPolicy Always, as the kubelet does.
         }
     }

@@ -18,6 +18,8 @@ use containerd_client::services::v1::{
     DeleteProcessRequest, ExecProcessRequest, GetContainerRequest, KillRequest, StartRequest,
     WaitRequest, containers_client::ContainersClient, tasks_client::TasksClient,
 };
+use futures::FutureExt;
+use futures::future::FusedFuture;
 use prost_types::Any;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
@@ -35,9 +37,11 @@ const SIGKILL: u32 = 9;
 /// milliseconds; a process in uninterruptible sleep can take longer).
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
-/// How long output may still arrive after the exec process exited: a background
-/// child that inherited stdout keeps the FIFO open, and its output is not waited for.
-const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
+/// How long output may still arrive after the exec process exited. A background
+/// child that inherited stdout keeps the FIFOs open; containerd's shim closes them
+/// at `Tasks.DeleteProcess` after waiting up to 2 s for it, so this is only a
+/// backstop for a shim that does not.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(5);
 
 /// Read size of the stdio FIFOs (a pipe's default capacity is 64 KiB).
 const READ_CHUNK: usize = 16 * 1024;
@@ -119,19 +123,39 @@ impl Containerd {
 
         let mut out = Vec::new();
         let mut err = Vec::new();
-        let waited = {
-            let io = std::pin::pin!(async {
+        let (exited, timed_out, deleted) = {
+            let io = async {
                 tokio::join!(
                     drain(stdout, &mut out, max_output),
                     drain(stderr, &mut err, max_output)
-                )
-            });
-            self.wait_exec(container_id, &exec_id, timeout, io).await
+                );
+            };
+            let mut io = std::pin::pin!(io.fuse());
+            let (exited, timed_out) = self
+                .wait_exec(container_id, &exec_id, timeout, &mut io)
+                .await;
+            // Deleting the process makes the shim close its write ends of the FIFOs
+            // (after waiting up to 2 s for a child that inherited them): EOF.
+            let drained = async {
+                if !io.is_terminated()
+                    && tokio::time::timeout(DRAIN_AFTER_EXIT, &mut io)
+                        .await
+                        .is_err()
+                {
+                    debug!(
+                        container = container_id,
+                        exec = %exec_id,
+                        "exec output still open after exit; not waiting for it"
+                    );
+                }
+            };
+            let (deleted, ()) = tokio::join!(self.delete_process(container_id, &exec_id), drained);
+            (exited, timed_out, deleted)
         };
         // Left undeleted (still running after a failed wait or kill), the guard
         // kills and deletes it in the background.
-        guard.created = !self.delete_process(container_id, &exec_id).await;
-        let (exit_status, timed_out) = waited?;
+        guard.created = !deleted;
+        let exit_status = exited?;
         Ok(ExecResult {
             exit_code: i32::try_from(exit_status).unwrap_or(i32::MAX),
             stdout: out,
@@ -176,54 +200,39 @@ impl Containerd {
     }
 
     /// Waits for the exec process to exit while `io` reads its output, SIGKILLing
-    /// it after `timeout`; then gives `io` [`DRAIN_AFTER_EXIT`] to reach EOF.
-    /// Returns the exit status and whether it timed out.
-    async fn wait_exec<F: Future + Unpin>(
+    /// it after `timeout`. Returns the exit status and whether it timed out.
+    async fn wait_exec<F: FusedFuture + Unpin>(
         &self,
         container_id: &str,
         exec_id: &str,
         timeout: Duration,
-        mut io: F,
-    ) -> Result<(u32, bool), RuntimeError> {
-        let mut io_done = false;
+        io: &mut F,
+    ) -> (Result<u32, RuntimeError>, bool) {
         let mut timed_out = false;
-        let exited = {
-            let wait = self.wait_process(container_id, exec_id);
-            let mut wait = std::pin::pin!(wait);
-            let deadline = tokio::time::sleep(timeout);
-            let mut deadline = std::pin::pin!(deadline);
-            loop {
-                tokio::select! {
-                    status = &mut wait => break status,
-                    _ = &mut io, if !io_done => io_done = true,
-                    () = &mut deadline => {
-                        if timed_out {
-                            break Err(op("Tasks.Wait")(tonic::Status::deadline_exceeded(format!(
-                                "exec process {exec_id} did not exit within {KILL_WAIT:?} of SIGKILL"
-                            ))));
-                        }
-                        timed_out = true;
-                        debug!(container = container_id, exec = exec_id, ?timeout, "exec timed out; killing it");
-                        if let Err(e) = self.kill_process(container_id, exec_id).await {
-                            break Err(e);
-                        }
-                        deadline.as_mut().reset(tokio::time::Instant::now() + KILL_WAIT);
+        let wait = self.wait_process(container_id, exec_id);
+        let mut wait = std::pin::pin!(wait);
+        let deadline = tokio::time::sleep(timeout);
+        let mut deadline = std::pin::pin!(deadline);
+        let exited = loop {
+            tokio::select! {
+                status = &mut wait => break status,
+                _ = &mut *io, if !io.is_terminated() => {}
+                () = &mut deadline => {
+                    if timed_out {
+                        break Err(op("Tasks.Wait")(tonic::Status::deadline_exceeded(format!(
+                            "exec process {exec_id} did not exit within {KILL_WAIT:?} of SIGKILL"
+                        ))));
                     }
+                    timed_out = true;
+                    debug!(container = container_id, exec = exec_id, ?timeout, "exec timed out; killing it");
+                    if let Err(e) = self.kill_process(container_id, exec_id).await {
+                        break Err(e);
+                    }
+                    deadline.as_mut().reset(tokio::time::Instant::now() + KILL_WAIT);
                 }
             }
         };
-        if !io_done
-            && tokio::time::timeout(DRAIN_AFTER_EXIT, &mut io)
-                .await
-                .is_err()
-        {
-            debug!(
-                container = container_id,
-                exec = exec_id,
-                "exec output still open after exit; not waiting for it"
-            );
-        }
-        Ok((exited?, timed_out))
+        (exited, timed_out)
     }
 
     async fn wait_process(&self, container_id: &str, exec_id: &str) -> Result<u32, RuntimeError> {

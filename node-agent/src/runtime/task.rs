@@ -118,6 +118,14 @@ impl Containerd {
                 Some(lease),
             ))
             .await
+            .or_else(|s| {
+                // The same pod's container from before an agent restart: reuse it.
+                if s.code() == tonic::Code::AlreadyExists {
+                    Ok(tonic::Response::new(Default::default()))
+                } else {
+                    Err(s)
+                }
+            })
             .map_err(op("Containers.Create"))?;
         Ok(())
     }

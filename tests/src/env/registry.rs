@@ -63,6 +63,17 @@ impl Registry {
         self.daemon.pid()
     }
 
+    /// The registry's log (its access log included).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default()
+    }
+
+    /// How many blob downloads (`GET /v2/<repo>/blobs/...`) of `repo` the access log shows.
+    pub fn blob_gets(&self, repo: &str) -> usize {
+        let needle = format!("\"GET /v2/{repo}/blobs/");
+        self.log().lines().filter(|l| l.contains(&needle)).count()
+    }
+
     /// Pushes an OCI archive as `REPO:TAG` with skopeo
     /// (`skopeo copy --dest-tls-verify=false oci-archive:TAR docker://ADDR/REPO:TAG`) and
     /// returns the full reference `ADDR/REPO:TAG`. The manifest digest is preserved.
@@ -83,14 +94,14 @@ impl Registry {
 }
 
 /// The config of TESTENV §3: filesystem storage, deletes enabled, no auth, no debug
-/// listener, no storage health check.
+/// listener, no storage health check; the access log on, so tests can count pulls.
 fn config_yml(data: &Path, addr: &str) -> String {
     format!(
         r#"version: 0.1
 log:
   level: info
   accesslog:
-    disabled: true
+    disabled: false
 storage:
   filesystem:
     rootdirectory: {data}
