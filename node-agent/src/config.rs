@@ -83,6 +83,12 @@ pub struct Flags {
     /// Image pull attempts (with back-off) before a pod fails with ErrImagePull.
     #[arg(long, env = "ORCA_AGENT_IMAGE_PULL_ATTEMPTS", default_value_t = 5)]
     pub image_pull_attempts: u32,
+    /// Largest container log file before it is rotated, bytes (the kubelet's 10 MiB).
+    #[arg(long, env = "ORCA_AGENT_LOG_MAX_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub log_max_bytes: u64,
+    /// Log files kept per container run, the current one included (the kubelet's 5).
+    #[arg(long, env = "ORCA_AGENT_LOG_MAX_FILES", default_value_t = 5)]
+    pub log_max_files: u32,
     /// Pause between failed attempts to reach the control plane, in milliseconds.
     #[arg(long, env = "ORCA_AGENT_RETRY_MS", default_value_t = 1_000)]
     pub retry_ms: u64,
@@ -147,6 +153,12 @@ impl Flags {
                 "backoff-max-ms",
                 "back-offs must be positive with max >= base",
             );
+        }
+        if self.log_max_bytes < 1024 {
+            return err("log-max-bytes", "must be at least 1024");
+        }
+        if self.log_max_files == 0 {
+            return err("log-max-files", "must be at least 1");
         }
         if self.image_pull_attempts == 0 {
             return err("image-pull-attempts", "must be at least 1");

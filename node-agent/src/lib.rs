@@ -94,6 +94,10 @@ pub async fn serve(
         pod_dir: flags.state_dir.join("pods"),
         logger: config.logger.clone(),
         pause: config.pause.clone(),
+        log_rotation: logs::Rotation {
+            max_bytes: flags.log_max_bytes,
+            max_files: flags.log_max_files,
+        },
         host_ip,
     };
     let timings = Timings {

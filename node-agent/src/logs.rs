@@ -11,7 +11,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// Lines longer than this are split into partial (`P`) records, as the kubelet does.
@@ -89,15 +89,135 @@ pub fn parse_record(line: &[u8]) -> Option<Record> {
     })
 }
 
-/// Runs the logger side of containerd's binary log protocol, writing to `path`.
-/// Returns when both of the container's streams have closed.
-pub fn run_logger(path: &Path) -> io::Result<()> {
+/// Size-based rotation of a container's log file, as the kubelet's
+/// `containerLogMaxSize` / `containerLogMaxFiles`: when the file would pass
+/// `max_bytes` it becomes `<file>.1` (older ones shift to `.2` …), and at most
+/// `max_files` files (the current one included) are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    /// Largest size of one file, bytes.
+    pub max_bytes: u64,
+    /// Files kept, the current one included (at least 1).
+    pub max_files: u32,
+}
+
+impl Default for Rotation {
+    /// The kubelet's defaults: 10 MiB, 5 files.
+    fn default() -> Self {
+        Self {
+            max_bytes: 10 * 1024 * 1024,
+            max_files: 5,
+        }
+    }
+}
+
+/// The logger's arguments: containerd's shim passes the `binary://` URI's query
+/// as `key value` pairs, in no particular order.
+pub fn logger_args(args: &[String]) -> Result<(PathBuf, Rotation), String> {
+    if !args.len().is_multiple_of(2) {
+        return Err("arguments come in key value pairs".into());
+    }
+    let mut path = None;
+    let mut rotation = Rotation::default();
+    for pair in args.chunks(2) {
+        let number = |v: &str| v.parse::<u64>().map_err(|e| format!("{}: {e}", pair[0]));
+        match pair[0].as_str() {
+            "log" => path = Some(PathBuf::from(&pair[1])),
+            "max-size" => rotation.max_bytes = number(&pair[1])?.max(1024),
+            "max-files" => rotation.max_files = number(&pair[1])?.clamp(1, 100) as u32,
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok((path.ok_or("missing `log PATH`")?, rotation))
+}
+
+/// The `binary://` log URI that makes containerd's shim run `logger` for a task.
+pub fn log_uri(logger: &Path, file: &Path, rotation: Rotation) -> String {
+    format!(
+        "binary://{}?log={}&max-size={}&max-files={}",
+        logger.display(),
+        file.display(),
+        rotation.max_bytes,
+        rotation.max_files
+    )
+}
+
+/// The files of one container run, oldest first: `<file>.N` … `<file>.1`, `<file>`.
+pub fn files_of(path: &Path) -> Vec<PathBuf> {
+    let mut rotated: Vec<(u32, PathBuf)> = (1..=100)
+        .map(|n| (n, rotated(path, n)))
+        .take_while(|(_, p)| p.exists())
+        .collect();
+    rotated.reverse();
+    rotated
+        .into_iter()
+        .map(|(_, p)| p)
+        .chain([path.to_path_buf()])
+        .collect()
+}
+
+fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+/// The open log file and its rotation.
+struct Sink {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    rotation: Rotation,
+}
+
+impl Sink {
+    fn open(path: &Path, rotation: Rotation) -> io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            size,
+            rotation,
+        })
+    }
+
+    fn write(&mut self, record: &[u8]) -> io::Result<()> {
+        if self.size > 0 && self.size + record.len() as u64 > self.rotation.max_bytes {
+            self.rotate()?;
+        }
+        self.file.write_all(record)?;
+        self.size += record.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let keep = self.rotation.max_files.saturating_sub(1);
+        if keep == 0 {
+            self.file.set_len(0)?;
+            self.size = 0;
+            return Ok(());
+        }
+        let _ = std::fs::remove_file(rotated(&self.path, keep));
+        for n in (1..keep).rev() {
+            let from = rotated(&self.path, n);
+            if from.exists() {
+                std::fs::rename(&from, rotated(&self.path, n + 1))?;
+            }
+        }
+        std::fs::rename(&self.path, rotated(&self.path, 1))?;
+        *self = Self::open(&self.path, self.rotation)?;
+        Ok(())
+    }
+}
+
+/// Runs the logger side of containerd's binary log protocol, writing to `path`
+/// with `rotation`. Returns when both of the container's streams have closed.
+pub fn run_logger(path: &Path, rotation: Rotation) -> io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let file = Arc::new(Mutex::new(
-        OpenOptions::new().create(true).append(true).open(path)?,
-    ));
+    let sink = Arc::new(Mutex::new(Sink::open(path, rotation)?));
     // The shim passes the pipes as fds 3 and 4; /proc/self/fd reopens them without unsafe code.
     let stdout = File::open("/proc/self/fd/3")?;
     let stderr = File::open("/proc/self/fd/4")?;
@@ -109,8 +229,8 @@ pub fn run_logger(path: &Path) -> io::Result<()> {
     let threads: Vec<_> = [(stdout, Stream::Stdout), (stderr, Stream::Stderr)]
         .into_iter()
         .map(|(pipe, stream)| {
-            let file = file.clone();
-            std::thread::spawn(move || copy_records(pipe, stream, &file))
+            let sink = sink.clone();
+            std::thread::spawn(move || copy_records(pipe, stream, &sink))
         })
         .collect();
     for t in threads {
@@ -120,7 +240,7 @@ pub fn run_logger(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn copy_records(pipe: File, stream: Stream, file: &Mutex<File>) -> io::Result<()> {
+fn copy_records(pipe: File, stream: Stream, sink: &Mutex<Sink>) -> io::Result<()> {
     let mut reader = BufReader::with_capacity(MAX_RECORD, pipe);
     let mut buf = Vec::with_capacity(MAX_RECORD);
     loop {
@@ -141,9 +261,9 @@ fn copy_records(pipe: File, stream: Stream, file: &Mutex<File>) -> io::Result<()
             !complete && n == MAX_RECORD,
             &buf,
         );
-        file.lock()
+        sink.lock()
             .unwrap_or_else(|p| p.into_inner())
-            .write_all(&record)?;
+            .write(&record)?;
     }
 }
 
@@ -162,13 +282,16 @@ pub struct ReadOptions {
 
 /// Reads a CRI log file and returns the selected lines, each with its stream.
 pub fn read(path: &Path, opts: &ReadOptions) -> io::Result<Vec<(Stream, Vec<u8>)>> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
     let mut lines: Vec<(Stream, Vec<u8>)> = Vec::new();
-    for raw in BufReader::new(file).split(b'\n') {
+    let mut records = Vec::new();
+    for file in files_of(path) {
+        match File::open(&file) {
+            Ok(f) => records.extend(BufReader::new(f).split(b'\n')),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for raw in records {
         let Some(rec) = parse_record(&raw?) else {
             continue;
         };
@@ -205,6 +328,91 @@ pub fn read(path: &Path, opts: &ReadOptions) -> io::Result<Vec<(Stream, Vec<u8>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logger_args_come_in_any_order() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (path, rot) = logger_args(&args(&[
+            "max-files",
+            "3",
+            "log",
+            "/x/0.log",
+            "max-size",
+            "4096",
+        ]))
+        .unwrap();
+        assert_eq!(path, Path::new("/x/0.log"));
+        assert_eq!(
+            rot,
+            Rotation {
+                max_bytes: 4096,
+                max_files: 3
+            }
+        );
+        assert_eq!(
+            logger_args(&args(&["log", "/y"])).unwrap().1,
+            Rotation::default()
+        );
+        assert!(logger_args(&args(&["log"])).is_err());
+        assert!(logger_args(&args(&["color", "red"])).is_err());
+        assert!(logger_args(&args(&[])).is_err());
+        let uri = log_uri(
+            Path::new("/bin/orca-logger"),
+            Path::new("/p/0.log"),
+            Rotation {
+                max_bytes: 10,
+                max_files: 2,
+            },
+        );
+        assert_eq!(
+            uri,
+            "binary:///bin/orca-logger?log=/p/0.log&max-size=10&max-files=2"
+        );
+    }
+
+    #[test]
+    fn rotation_keeps_max_files_and_the_reader_reads_them_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let mut sink = Sink::open(
+            &path,
+            Rotation {
+                max_bytes: 200,
+                max_files: 3,
+            },
+        )
+        .unwrap();
+        let t = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        for i in 0..20 {
+            sink.write(&format_record(
+                t,
+                Stream::Stdout,
+                false,
+                format!("line {i:02}").as_bytes(),
+            ))
+            .unwrap();
+        }
+        let files = files_of(&path);
+        assert_eq!(files.len(), 3, "{files:?}");
+        assert!(!rotated(&path, 3).exists(), "at most max_files files");
+        assert!(
+            files
+                .iter()
+                .all(|f| std::fs::metadata(f).unwrap().len() <= 200)
+        );
+        let lines = read(&path, &ReadOptions::default()).unwrap();
+        let text: Vec<String> = lines
+            .iter()
+            .map(|(_, l)| String::from_utf8_lossy(l).into_owned())
+            .collect();
+        assert_eq!(text.last().unwrap(), "line 19\n");
+        let numbers: Vec<u32> = text.iter().map(|l| l[5..7].parse().unwrap()).collect();
+        assert!(
+            numbers.windows(2).all(|w| w[1] == w[0] + 1),
+            "oldest first, no gaps: {numbers:?}"
+        );
+        assert!(numbers[0] > 0, "the oldest lines were rotated away");
+    }
 
     #[test]
     fn records_round_trip() {

@@ -27,7 +27,7 @@
 //!   volumes above get the group, `g+r` (files) and `g+rx`, setgid (directories), as
 //!   the kubelet's `SetVolumeOwnership` does for read-only volumes (`g+rwx` for emptyDir).
 //! - `subPath`: resolved inside the volume (a symlink leading out is refused); missing
-//!   directories are created in emptyDir and hostPath volumes with the owner and mode
+//!   directories are created in emptyDir and hostPath volumes with the mode and group
 //!   of the volume's root.
 //! - Mounts are ordered by the depth of their destination, as containerd's CRI
 //!   plugin orders them, so `/a` is mounted before `/a/b`.
@@ -473,15 +473,15 @@ impl PreparedVolume {
                 sub_path: raw.clone(),
             });
         }
-        // The kubelet gives a new subPath directory the owner and mode of the volume's
-        // root, so that fsGroup and emptyDir's 0777 carry over.
+        // The kubelet gives a new subPath directory the mode of the volume's root, so
+        // that emptyDir's 0777 and fsGroup's g+rwx carry over; the group follows too.
         let root = fs::metadata(&base).map_err(io(&base, "inspect"))?;
         let mode = root.permissions().mode() & 0o7777;
         for name in missing.iter().rev() {
             let next = dir.join(name);
             match fs::DirBuilder::new().mode(mode).create(&next) {
                 Ok(()) => {
-                    std::os::unix::fs::chown(&next, Some(root.uid()), Some(root.gid()))
+                    std::os::unix::fs::chown(&next, None, Some(root.gid()))
                         .map_err(io(&next, "chown"))?;
                     fs::set_permissions(&next, fs::Permissions::from_mode(mode))
                         .map_err(io(&next, "chmod"))?;

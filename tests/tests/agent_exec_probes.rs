@@ -159,12 +159,39 @@ async fn exec_is_killed_at_its_timeout_and_its_output_is_capped() {
     assert_eq!(r.stdout, b"y\n".repeat(500));
     assert_eq!(text(&r.stderr), "done\n");
 
+    // An exec whose caller gives up midway is killed and deleted in the background.
+    let processes = || {
+        env.containerd
+            .ctr(&env.ns, &["tasks", "ps", "box"])
+            .map(|ps| ps.lines().count().saturating_sub(1))
+    };
+    let sleeper = ["sleep", "300"].map(String::from);
+    tokio::select! {
+        r = env.ctrd.exec("box", &sleeper, DEADLINE, MAX_OUTPUT) => panic!("sleep 300 ended: {r:?}"),
+        () = eventually("the exec process to run beside the task", DEADLINE, || async {
+            match processes() {
+                Ok(2) => Ok(()),
+                other => Err(other),
+            }
+        }) => {}
+    }
+    eventually(
+        "the abandoned exec process to be killed",
+        DEADLINE,
+        || async {
+            match processes() {
+                Ok(1) => Ok(()),
+                other => Err(other),
+            }
+        },
+    )
+    .await;
+
     // A background child keeps stdout open; the exit is not held up waiting for it.
     let started = Instant::now();
     let r = env
         .exec("box", &["sh", "-c", "sleep 30 & echo started"], DEADLINE)
         .await;
-    eprintln!("bg {:?}", started.elapsed());
     assert_eq!((r.exit_code, text(&r.stdout)), (0, "started\n"));
     assert!(
         started.elapsed() < Duration::from_secs(15),

@@ -273,6 +273,8 @@ pub struct Layout {
     pub logger: PathBuf,
     /// The `orca-pause` binary that holds each pod's shared namespaces.
     pub pause: PathBuf,
+    /// Rotation of container log files.
+    pub log_rotation: crate::logs::Rotation,
     /// The node's IP, reported as hostIP and podIP (pods share the host network).
     pub host_ip: String,
 }

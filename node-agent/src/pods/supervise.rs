@@ -82,10 +82,10 @@ impl PodManager {
                     created = true;
                 }
                 let log = self.log_path(&entry.key, &c.name, c.restart_count);
-                let uri = format!(
-                    "binary://{}?log={}",
-                    self.inner.layout.logger.display(),
-                    log.display()
+                let uri = crate::logs::log_uri(
+                    &self.inner.layout.logger,
+                    &log,
+                    self.inner.layout.log_rotation,
                 );
                 let started = async {
                     self.inner.ctrd.delete_task(&c.id).await?;
