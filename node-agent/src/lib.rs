@@ -98,6 +98,9 @@ pub async fn serve(
             max_bytes: flags.log_max_bytes,
             max_files: flags.log_max_files,
         },
+        node_name: flags.node_name.clone(),
+        node_cpu_millis: capacity(flags).cpu_millis.max(0) as u64,
+        node_memory_bytes: capacity(flags).memory_bytes.max(0) as u64,
         host_ip,
     };
     let timings = Timings {

@@ -72,7 +72,11 @@ impl AgentService for AgentServer {
                 password: c.password,
             })
             .collect();
-        let inputs = RunInputs { credentials };
+        let volume_data = req.volume_data.map(Into::into).unwrap_or_default();
+        let inputs = RunInputs {
+            credentials,
+            volume_data,
+        };
         let labels = pod.labels.into_iter().collect();
         let annotations = pod.annotations.into_iter().collect();
         let report = self

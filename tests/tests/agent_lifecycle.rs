@@ -394,13 +394,36 @@ async fn logs_rotate_by_size_and_keep_max_files() {
     let uid = a.run("chatty", spec).await;
     a.wait_phase(&uid, PodPhase::Succeeded).await;
     let logs = a.logs(&uid, "chatty", false).await;
-    assert!(logs.ends_with("499\n500\n"), "the newest lines are kept: {}", &logs[logs.len().saturating_sub(40)..]);
-    assert!(!logs.starts_with("1\n"), "the oldest lines were rotated away");
+    assert!(
+        logs.ends_with("499\n500\n"),
+        "the newest lines are kept: {}",
+        &logs[logs.len().saturating_sub(40)..]
+    );
+    assert!(
+        !logs.starts_with("1\n"),
+        "the oldest lines were rotated away"
+    );
     let numbers: Vec<u32> = logs.lines().map(|l| l.parse().unwrap()).collect();
-    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "what is kept is contiguous");
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "what is kept is contiguous"
+    );
     let dir = a.state_dir.join("pods");
-    let pod_dir = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
-    let files: Vec<_> = std::fs::read_dir(pod_dir.join("chatty")).unwrap().map(|e| e.unwrap().path()).collect();
+    let pod_dir = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let files: Vec<_> = std::fs::read_dir(pod_dir.join("chatty"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(files.len(), 2, "current + one rotated: {files:?}");
-    assert!(files.iter().all(|f| std::fs::metadata(f).unwrap().len() <= 2048), "{files:?}");
+    assert!(
+        files
+            .iter()
+            .all(|f| std::fs::metadata(f).unwrap().len() <= 2048),
+        "{files:?}"
+    );
 }

@@ -186,7 +186,7 @@ fn bad_specs_fail_with_a_reason_and_never_hang() {
         &manifest,
         format!(
             "apiVersion: v1\nkind: Pod\nmetadata:\n  name: probed\nspec:\n  containers:\n  - name: c\n    image: {}\n    \
-             livenessProbe:\n      exec:\n        command: [\"true\"]\n",
+             lifecycle:\n      postStart:\n        exec:\n          command: [\"true\"]\n",
             c.image
         ),
     )
@@ -198,7 +198,7 @@ fn bad_specs_fail_with_a_reason_and_never_hang() {
         probed["message"]
             .as_str()
             .unwrap()
-            .contains("livenessProbe"),
+            .contains("postStart"),
         "{probed}"
     );
     assert!(c.orca_ok(&["events", "probed"]).contains("InvalidPodSpec"));

@@ -161,6 +161,8 @@ impl PodManager {
                 state,
                 last_state: None,
                 restart_count,
+                ready: None,
+                probe_failure: None,
             });
         }
         let mut entry = PodEntry {
@@ -174,12 +176,18 @@ impl PodManager {
             stopping: false,
             containers,
             shared: None,
+            volumes: None,
             conditions: BTreeMap::new(),
             lifecycle: Arc::default(),
         };
         entry.refresh_conditions();
         self.pods().insert(key.uid.clone(), entry);
         info!(pod = %key.name, uid = %key.uid, "pod adopted");
+        // Secrets were not saved: volumes that need them stay as they are on disk,
+        // and only containers that still have to be created need their mounts.
+        if let Err(e) = self.prepare_volumes(&key.uid, &Default::default()) {
+            info!(pod = %key.name, error = %e, "volumes kept as found on disk");
+        }
         let this = self.clone();
         tokio::spawn(async move { this.run_adopted(key.uid, found).await });
         self.inner.changed.notify_one();

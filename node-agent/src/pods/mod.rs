@@ -15,6 +15,7 @@
 //! [`adopt`] (saving pods and adopting them after an agent restart).
 
 mod adopt;
+mod probing;
 mod sandbox;
 mod start;
 mod stop;
@@ -128,6 +129,17 @@ struct ContainerEntry {
     state: ContainerState,
     last_state: Option<ContainerState>,
     restart_count: u32,
+    /// The readiness probe's verdict for this run; `None` when it has none.
+    ready: Option<bool>,
+    /// Why a liveness or startup probe killed this run.
+    probe_failure: Option<String>,
+}
+
+impl ContainerEntry {
+    /// Running and, if it has a readiness probe, passing it.
+    fn is_ready(&self) -> bool {
+        matches!(self.state, ContainerState::Running { .. }) && self.ready.unwrap_or(true)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +156,8 @@ struct PodEntry {
     containers: Vec<ContainerEntry>,
     /// The namespaces its containers share, once its holder runs.
     shared: Option<crate::spec::PodNamespaces>,
+    /// Its volumes on this host, once prepared.
+    volumes: Option<Arc<crate::volumes::Prepared>>,
     /// Condition type → (status, last transition).
     conditions: BTreeMap<&'static str, (bool, jiff::Timestamp)>,
     /// Held while containers are created or started and while the pod is stopped,
@@ -172,7 +186,7 @@ impl PodEntry {
         self.containers
             .iter()
             .filter(|c| !c.init)
-            .all(|c| matches!(c.state, ContainerState::Running { .. }))
+            .all(ContainerEntry::is_ready)
     }
 
     /// Re-derives the conditions, keeping transition times of unchanged ones.
@@ -210,7 +224,7 @@ impl PodEntry {
             name: c.name.clone(),
             state: Some(c.state.to_pb()),
             last_state: c.last_state.as_ref().map(ContainerState::to_pb),
-            ready: matches!(c.state, ContainerState::Running { .. })
+            ready: c.is_ready()
                 || c.init && matches!(c.state, ContainerState::Terminated { exit_code: 0, .. }),
             restart_count: c.restart_count as i32,
             image: c.image.clone(),
@@ -275,6 +289,12 @@ pub struct Layout {
     pub pause: PathBuf,
     /// Rotation of container log files.
     pub log_rotation: crate::logs::Rotation,
+    /// This node's name (downward API `spec.nodeName`).
+    pub node_name: String,
+    /// This node's CPU, millicores (downward API default for unset CPU limits).
+    pub node_cpu_millis: u64,
+    /// This node's memory, bytes (downward API default for unset memory limits).
+    pub node_memory_bytes: u64,
     /// The node's IP, reported as hostIP and podIP (pods share the host network).
     pub host_ip: String,
 }
@@ -299,6 +319,8 @@ struct Inner {
 pub struct RunInputs {
     /// Registry credentials from imagePullSecrets.
     pub credentials: Vec<Credential>,
+    /// ConfigMap and Secret content and the service account token for volumes.
+    pub volume_data: crate::volumes::VolumeData,
 }
 
 impl PodManager {
@@ -368,6 +390,33 @@ impl PodManager {
             .layout
             .pod_dir
             .join(format!("{}_{}_{}", key.namespace, key.name, key.uid))
+    }
+
+    /// Materialises the pod's volumes (idempotent) and keeps them for its containers.
+    fn prepare_volumes(
+        &self,
+        uid: &str,
+        data: &crate::volumes::VolumeData,
+    ) -> Result<(), crate::volumes::VolumeError> {
+        let Some(entry) = self.pods().get(uid).cloned() else {
+            return Ok(());
+        };
+        let layout = &self.inner.layout;
+        let info = crate::volumes::PodInfo {
+            name: &entry.key.name,
+            namespace: &entry.key.namespace,
+            uid: &entry.key.uid,
+            labels: &entry.labels,
+            annotations: &entry.annotations,
+            node_name: &layout.node_name,
+            host_ip: &layout.host_ip,
+            node_cpu_millis: layout.node_cpu_millis,
+            node_memory_bytes: layout.node_memory_bytes,
+        };
+        let prepared =
+            crate::volumes::prepare(&self.pod_dir(&entry.key), &info, &entry.spec, data)?;
+        self.update(uid, |p| p.volumes = Some(Arc::new(prepared)));
+        Ok(())
     }
 
     fn log_path(&self, key: &PodKey, container: &str, restart: u32) -> PathBuf {

@@ -40,10 +40,24 @@ impl PodManager {
         let spec: PodSpec = serde_json::from_str(spec_json).map_err(|e| PodError::Invalid {
             reason: format!("spec is not a Kubernetes PodSpec: {e}"),
         })?;
-        let failure = spec::validate(&spec).err().map(|e| PodFailure {
-            reason: "InvalidPodSpec".into(),
-            message: e.to_string(),
-        });
+        let failure = spec::validate(&spec)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                crate::volumes::validate(&spec, &inputs.volume_data).map_err(|e| e.to_string())
+            })
+            .and_then(|()| {
+                let mut all = spec
+                    .init_containers
+                    .iter()
+                    .flatten()
+                    .chain(&spec.containers);
+                all.try_for_each(super::probing::validate)
+            })
+            .err()
+            .map(|message| PodFailure {
+                reason: "InvalidPodSpec".into(),
+                message,
+            });
         let policy = RestartPolicy::of(&spec).unwrap_or(RestartPolicy::Never);
         let short_uid: String = key
             .uid
@@ -63,6 +77,8 @@ impl PodManager {
                 state: ContainerState::creating(),
                 last_state: None,
                 restart_count: 0,
+                ready: None,
+                probe_failure: None,
             })
             .collect();
         let mut entry = PodEntry {
@@ -76,6 +92,7 @@ impl PodManager {
             stopping: false,
             containers,
             shared: None,
+            volumes: None,
             conditions: BTreeMap::new(),
             lifecycle: Arc::default(),
         };
@@ -111,6 +128,16 @@ impl PodManager {
         let Some(entry) = self.pods().get(&uid).cloned() else {
             return;
         };
+        if let Err(e) = self.prepare_volumes(&uid, &inputs.volume_data) {
+            warn!(pod = %entry.key.name, error = %e, "volumes not prepared");
+            self.update(&uid, |p| {
+                p.failure = Some(PodFailure {
+                    reason: "FailedMount".into(),
+                    message: e.to_string(),
+                })
+            });
+            return;
+        }
         let inits = entry.containers.iter().filter(|c| c.init).count();
         for index in 0..inits {
             match self.supervise(&uid, index, &inputs, false).await {

@@ -26,7 +26,7 @@ impl PodManager {
         grace: Option<Duration>,
         remove: bool,
     ) -> Result<pb::PodReport, PodError> {
-        let (ids, pod_grace, key, lifecycle) = {
+        let (ids, specs, pod_grace, key, lifecycle) = {
             let mut pods = self.pods();
             let p = pods
                 .get_mut(uid)
@@ -38,15 +38,21 @@ impl PodManager {
                 .spec
                 .termination_grace_period_seconds
                 .map(|s| Duration::from_secs(s.max(0) as u64));
-            (ids, g, p.key.clone(), p.lifecycle.clone())
+            let specs: Vec<_> = (0..ids.len())
+                .map(|i| p.container_spec(i).cloned().unwrap_or_default())
+                .collect();
+            (ids, specs, g, p.key.clone(), p.lifecycle.clone())
         };
         // Wait out a create/start in flight; after this no new task can start.
         let _lifecycle = lifecycle.lock().await;
         let grace = grace.or(pod_grace).unwrap_or(DEFAULT_GRACE);
         let ctrd = &self.inner.ctrd;
-        let stops = ids.iter().map(|id| async move {
+        let stops = ids.iter().zip(&specs).map(|(id, spec)| async move {
             match ctrd.observe(id).await? {
                 Some(o) if o.status != TaskStatus::Stopped => {
+                    // The preStop hook runs first, within the grace period.
+                    let spent = self.pre_stop(id, spec, grace).await;
+                    let grace = grace.saturating_sub(spent);
                     ctrd.kill(id, SIGTERM).await?;
                     if tokio::time::timeout(grace, ctrd.wait(id)).await.is_err() {
                         info!(container = %id, grace_s = grace.as_secs(), "grace period over; killing");
@@ -90,6 +96,9 @@ impl PodManager {
             }
             let dir = self.pod_dir(&key);
             self.stop_sandbox(&dir);
+            if let Err(e) = crate::volumes::cleanup(&dir) {
+                warn!(pod = %key.name, error = %e, "volumes not cleaned up");
+            }
             if let Err(e) = std::fs::remove_dir_all(&dir)
                 && e.kind() != std::io::ErrorKind::NotFound
             {

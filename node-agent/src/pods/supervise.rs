@@ -112,7 +112,30 @@ impl PodManager {
             };
             running = false;
 
-            let (code, finished) = match self.inner.ctrd.wait(&c.id).await {
+            // Probes of this run, stopped when it ends.
+            let (stop_probes, probes_stopped) = tokio::sync::watch::channel(false);
+            let probing = (!c.init && super::probing::has_probes(&container)).then(|| {
+                let this = self.clone();
+                let grace = std::time::Duration::from_secs(
+                    entry
+                        .spec
+                        .termination_grace_period_seconds
+                        .unwrap_or(30)
+                        .max(0) as u64,
+                );
+                let (uid, id, container) = (uid.to_owned(), c.id.clone(), container.clone());
+                tokio::spawn(async move {
+                    this.manage_probes(uid, index, id, container, grace, probes_stopped)
+                        .await
+                })
+            });
+            let waited = self.inner.ctrd.wait(&c.id).await;
+            let _ = stop_probes.send(true);
+            let probe_failure = match probing {
+                Some(handle) => handle.await.ok().flatten(),
+                None => None,
+            };
+            let (code, finished) = match waited {
                 Ok((code, finished)) => {
                     (code as i32, finished.unwrap_or_else(jiff::Timestamp::now))
                 }
@@ -123,11 +146,20 @@ impl PodManager {
                 }
             };
             let oom = cgroup::oom_kills(self.inner.ctrd.namespace(), &c.id).is_some_and(|n| n > 0);
-            let state = if oom {
+            let mut state = if oom {
                 ContainerState::oom_killed(Some(started_at), Some(finished))
             } else {
                 ContainerState::exited(code, Some(started_at), Some(finished))
             };
+            if let (Some(failure), ContainerState::Terminated { message, .. }) =
+                (&probe_failure, &mut state)
+            {
+                *message = failure.clone();
+            }
+            self.update(uid, |p| {
+                p.containers[index].ready = None;
+                p.containers[index].probe_failure = None;
+            });
             info!(container = %c.id, exit_code = code, oom, "container exited");
             self.set_state(uid, index, state.clone());
             if self.stopping(uid) {
@@ -254,6 +286,23 @@ impl PodManager {
         let container = entry.container_spec(index).cloned().unwrap_or_default();
         let id = &entry.containers[index].id;
         let shared = self.sandbox(uid)?;
+        let mounts = match &entry.volumes {
+            Some(v) => v
+                .mounts_for(&container)
+                .map_err(|e| super::PodError::Invalid {
+                    reason: e.to_string(),
+                })?,
+            None if container
+                .volume_mounts
+                .as_ref()
+                .is_some_and(|m| !m.is_empty()) =>
+            {
+                return Err(super::PodError::Invalid {
+                    reason: "the pod's volumes are not prepared".into(),
+                });
+            }
+            None => Vec::new(),
+        };
         let devices = if crate::spec::security::privileged(&container) {
             crate::spec::security::host_devices()
         } else {
@@ -267,7 +316,7 @@ impl PodManager {
             namespace: self.inner.ctrd.namespace(),
             container_id: id,
             shared: &shared,
-            mounts: &[],
+            mounts: &mounts,
             host_devices: &devices,
         })
         .map_err(|e| super::PodError::Invalid {

@@ -218,13 +218,15 @@ impl Containerd {
         Ok((resp.exit_status, timestamp(resp.exited_at)))
     }
 
-    /// Sends a signal to every process of the task.
+    /// Sends a signal to the task's main process, as the kubelet does for SIGTERM
+    /// (the container decides how to shut down); SIGKILL goes to every process of
+    /// the container.
     pub async fn kill(&self, id: &str, signal: u32) -> Result<(), RuntimeError> {
         let req = KillRequest {
             container_id: id.to_owned(),
             exec_id: String::new(),
             signal,
-            all: true,
+            all: signal == 9,
         };
         match TasksClient::new(self.channel())
             .kill(self.request(req, None))

@@ -190,9 +190,6 @@ pub fn validate(spec: &PodSpec) -> Result<(), SpecError> {
     }
     RestartPolicy::of(spec)?;
     let unsupported = |field: String| Err(SpecError::Unsupported { field });
-    if spec.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
-        return unsupported("volumes".into());
-    }
     let mut seen = std::collections::BTreeSet::new();
     let inits = spec.init_containers.iter().flatten();
     for c in inits.chain(&spec.containers) {
@@ -213,18 +210,6 @@ pub fn validate(spec: &PodSpec) -> Result<(), SpecError> {
         }
         PullPolicy::of(c)?;
         let at = |f: &str| format!("containers[{}].{f}", c.name);
-        if c.liveness_probe.is_some() {
-            return unsupported(at("livenessProbe"));
-        }
-        if c.readiness_probe.is_some() {
-            return unsupported(at("readinessProbe"));
-        }
-        if c.startup_probe.is_some() {
-            return unsupported(at("startupProbe"));
-        }
-        if c.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()) {
-            return unsupported(at("volumeMounts"));
-        }
         if c.env_from.as_ref().is_some_and(|v| !v.is_empty()) {
             return unsupported(at("envFrom"));
         }
@@ -440,6 +425,15 @@ pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Value, SpecError> {
         .and_then(|s| s.run_as_group)
         .or(pod_sc.and_then(|s| s.run_as_group))
         .unwrap_or(0);
+    // Kubernetes adds the pod's fsGroup and supplementalGroups to every process.
+    let mut additional_gids: Vec<i64> = pod_sc.and_then(|s| s.fs_group).into_iter().collect();
+    additional_gids.extend(
+        pod_sc
+            .and_then(|s| s.supplemental_groups.clone())
+            .unwrap_or_default(),
+    );
+    additional_gids.sort_unstable();
+    additional_gids.dedup();
     let read_only = sc
         .and_then(|s| s.read_only_root_filesystem)
         .unwrap_or(false);
@@ -492,7 +486,7 @@ pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Value, SpecError> {
         "ociVersion": "1.0.2-dev",
         "process": {
             "terminal": false,
-            "user": { "uid": uid, "gid": gid },
+            "user": { "uid": uid, "gid": gid, "additionalGids": additional_gids },
             "args": args,
             "env": env,
             "cwd": cwd,
