@@ -16,7 +16,7 @@ VENV="$REPO/.venv"
 
 DEB_PACKAGES=(
     containerd runc busybox-static docker-registry skopeo
-    protobuf-compiler libprotobuf-dev iproute2 python3-venv ca-certificates
+    protobuf-compiler libprotobuf-dev iproute2 python3-venv ca-certificates openssl apache2-utils
 )
 
 say() { printf 'setup: %s\n' "$*"; }

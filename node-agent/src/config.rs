@@ -62,6 +62,13 @@ pub struct Flags {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
+    /// `HOST[:PORT]=PEMFILE`: reach that registry over HTTPS trusting this CA. Repeatable.
+    #[arg(
+        long = "registry-ca",
+        env = "ORCA_AGENT_REGISTRY_CAS",
+        value_delimiter = ','
+    )]
+    pub registry_cas: Vec<String>,
     /// CPU millicores to report; defaults to the host's CPUs.
     #[arg(long, env = "ORCA_AGENT_CPU_MILLIS")]
     pub cpu_millis: Option<i64>,
@@ -109,6 +116,8 @@ pub struct Config {
     pub backoff_max: Duration,
     /// Restart back-off reset.
     pub backoff_reset: Duration,
+    /// CA bundles (PEM) by registry.
+    pub registry_cas: std::collections::HashMap<String, Vec<u8>>,
     /// Join/heartbeat retry pause.
     pub retry: Duration,
 }
@@ -178,6 +187,17 @@ impl Flags {
                 problem: format!("{} does not exist", logger.display()),
             });
         }
+        let mut registry_cas = std::collections::HashMap::new();
+        for entry in &self.registry_cas {
+            let Some((host, file)) = entry.split_once('=') else {
+                return err("registry-ca", "must be HOST[:PORT]=PEMFILE");
+            };
+            let pem = std::fs::read(file).map_err(|e| ConfigError {
+                field: "registry-ca",
+                problem: format!("{file}: {e}"),
+            })?;
+            registry_cas.insert(host.to_owned(), pem);
+        }
         let pause = logger.with_file_name("orca-pause");
         if !pause.is_file() {
             return Err(ConfigError {
@@ -191,6 +211,7 @@ impl Flags {
             backoff_base: Duration::from_millis(self.backoff_base_ms),
             backoff_max: Duration::from_millis(self.backoff_max_ms),
             backoff_reset: Duration::from_millis(self.backoff_reset_ms),
+            registry_cas,
             retry: Duration::from_millis(self.retry_ms.max(10)),
             flags: self,
         })

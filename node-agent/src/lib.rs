@@ -109,7 +109,11 @@ pub async fn serve(
         backoff_reset: config.backoff_reset,
         pull_attempts: flags.image_pull_attempts,
     };
-    let pods = PodManager::new(ctrd, flags.insecure_registries.clone(), layout, timings);
+    let registries = runtime::pull::RegistryAccess {
+        insecure: flags.insecure_registries.clone(),
+        ca_pems: config.registry_cas.clone(),
+    };
+    let pods = PodManager::new(ctrd, registries, layout, timings);
     let adopted = pods.adopt().await;
     if adopted > 0 {
         info!(adopted, "adopted the pods of a previous agent process");

@@ -28,6 +28,9 @@ pub struct TestAgent {
     pub registry: Registry,
     /// The busybox image in the registry.
     pub image: String,
+    /// A TLS registry with basic auth (user `orca`) and the image in it, when
+    /// started with [`TestAgent::start_with_secured_registry`]; the agent trusts its CA.
+    pub secured: Option<(Registry, String)>,
     /// `127.0.0.1:PORT` of AgentService.
     pub addr: String,
     /// The agent's containerd namespace.
@@ -46,6 +49,16 @@ impl TestAgent {
 
     /// As [`TestAgent::start`], with extra agent flags.
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_inner(extra, None)
+    }
+
+    /// Also starts a TLS registry with htpasswd auth for `orca`/`password`, holding
+    /// the image as `secure/busybox:1`; the agent trusts its CA (`--registry-ca`).
+    pub fn start_with_secured_registry(password: &str) -> Self {
+        Self::start_inner(&[], Some(password))
+    }
+
+    fn start_inner(extra: &[&str], secured_password: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let containerd = Containerd::start(dir.path()).expect("containerd starts");
         let registry = Registry::start(dir.path()).expect("registry starts");
@@ -53,6 +66,14 @@ impl TestAgent {
         let image = registry
             .push_oci_archive(&archive, "orca/busybox:test")
             .expect("image pushed");
+        let secured = secured_password.map(|password| {
+            let tls =
+                Registry::start_secured(dir.path(), "orca", password).expect("TLS registry starts");
+            let image = tls
+                .push_oci_archive(&archive, "secure/busybox:1")
+                .expect("image pushed over TLS");
+            (tls, image)
+        });
         let addr = format!("127.0.0.1:{}", env::free_port());
         let namespace = format!("orca-agent-test-{}", std::process::id());
         let state_dir = dir.path().join("agent");
@@ -74,12 +95,17 @@ impl TestAgent {
         args.push(format!("--containerd-namespace={namespace}"));
         args.push(format!("--state-dir={}", state_dir.display()));
         args.extend(extra.iter().map(|s| s.to_string()));
+        if let Some((tls, _)) = &secured {
+            let ca = &tls.secured.as_ref().expect("secured registry").ca;
+            args.push(format!("--registry-ca={}={}", tls.addr, ca.display()));
+        }
         let mut this = Self {
             agent: None,
             args,
             containerd,
             registry,
             image,
+            secured,
             addr,
             namespace,
             state_dir,
@@ -209,7 +235,20 @@ impl TestAgent {
     /// Waits for a phase.
     pub async fn wait_phase(&self, uid: &str, phase: types::PodPhase) -> types::PodStatus {
         let what = format!("pod {uid} to be {phase:?}");
-        self.wait_for(uid, &what, |s| s.phase == phase as i32).await
+        let terminal = [
+            types::PodPhase::Succeeded as i32,
+            types::PodPhase::Failed as i32,
+        ];
+        let status = self
+            .wait_for(uid, &what, |s| {
+                s.phase == phase as i32 || terminal.contains(&s.phase)
+            })
+            .await;
+        assert_eq!(
+            status.phase, phase as i32,
+            "pod {uid} ended in another phase: {status:?}"
+        );
+        status
     }
 
     /// Stops and removes a pod.

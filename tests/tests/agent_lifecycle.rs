@@ -427,3 +427,36 @@ async fn logs_rotate_by_size_and_keep_max_files() {
         "{files:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_registries_with_credentials_from_image_pull_secrets() {
+    use orca_proto::types::v1::RegistryCredential;
+    let a = TestAgent::start_with_secured_registry("s3cret");
+    let (tls, image) = a.secured.as_ref().expect("TLS registry");
+    let spec =
+        pod(json!([{ "name": "c", "image": image, "command": ["echo", "pulled over TLS"] }]));
+    let creds = |password: &str| {
+        vec![RegistryCredential {
+            registry: tls.addr.clone(),
+            username: "orca".into(),
+            password: password.into(),
+        }]
+    };
+
+    let uid = a
+        .run_with("tls-ok", spec.clone(), creds("s3cret"), None)
+        .await;
+    a.wait_phase(&uid, PodPhase::Succeeded).await;
+    assert_eq!(a.logs(&uid, "c", false).await, "pulled over TLS\n");
+
+    let wrong = json!({ "restartPolicy": "Never", "containers": [{ "name": "c", "image": image.replace(":1", ":2") }] });
+    let uid = a.run_with("tls-denied", wrong, creds("wrong"), None).await;
+    let failed = a.wait_phase(&uid, PodPhase::Failed).await;
+    assert_eq!(failed.reason, "ErrImagePull");
+    assert!(
+        failed.message.to_lowercase().contains("not authorized")
+            || failed.message.to_lowercase().contains("unauthorized"),
+        "{}",
+        failed.message
+    );
+}

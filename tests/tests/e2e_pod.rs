@@ -195,10 +195,7 @@ fn bad_specs_fail_with_a_reason_and_never_hang() {
     let probed = c.wait_phase("probed", "Failed");
     assert_eq!(probed["reason"], "InvalidPodSpec", "{probed}");
     assert!(
-        probed["message"]
-            .as_str()
-            .unwrap()
-            .contains("postStart"),
+        probed["message"].as_str().unwrap().contains("postStart"),
         "{probed}"
     );
     assert!(c.orca_ok(&["events", "probed"]).contains("InvalidPodSpec"));

@@ -327,11 +327,11 @@ impl PodManager {
     /// A manager over `ctrd`.
     pub fn new(
         ctrd: Containerd,
-        insecure_registries: Vec<String>,
+        registries: crate::runtime::pull::RegistryAccess,
         layout: Layout,
         timings: Timings,
     ) -> Self {
-        let puller = Puller::new(ctrd.clone(), insecure_registries);
+        let puller = Puller::new(ctrd.clone(), registries);
         Self {
             inner: Arc::new(Inner {
                 ctrd,

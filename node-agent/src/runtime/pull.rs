@@ -31,7 +31,7 @@ use containerd_client::services::v1::{
 };
 use containerd_client::types::Descriptor;
 use futures::{Stream, StreamExt};
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client as RegistryClient, Reference};
@@ -78,20 +78,31 @@ pub struct Credential {
     pub password: String,
 }
 
+/// How registries are reached: plain HTTP for loopback registries and the
+/// `insecure` list, HTTPS otherwise; a registry with a CA of its own is reached
+/// over HTTPS trusting that CA only (a loopback registry with a CA too).
+#[derive(Debug, Clone, Default)]
+pub struct RegistryAccess {
+    /// Registries (`host[:port]`) reached over plain HTTP.
+    pub insecure: Vec<String>,
+    /// PEM CA bundles by registry `host[:port]`.
+    pub ca_pems: HashMap<String, Vec<u8>>,
+}
+
 /// Pulls images into containerd, one pull per image at a time.
 pub struct Puller {
     ctrd: Containerd,
-    insecure: Vec<String>,
+    access: RegistryAccess,
     /// Per-image lock and the time of the last completed pull.
     inflight: std::sync::Mutex<HashMap<String, Arc<Mutex<Option<Instant>>>>>,
 }
 
 impl Puller {
     /// A puller on `ctrd`; `insecure` lists registries reached over plain HTTP.
-    pub fn new(ctrd: Containerd, insecure: Vec<String>) -> Self {
+    pub fn new(ctrd: Containerd, access: RegistryAccess) -> Self {
         Self {
             ctrd,
-            insecure,
+            access,
             inflight: Default::default(),
         }
     }
@@ -180,13 +191,24 @@ impl Puller {
         credentials: &[Credential],
     ) -> Result<ImageInfo, RuntimeError> {
         let registry = reference.resolve_registry().to_owned();
-        let protocol = if is_loopback(&registry) || self.insecure.contains(&registry) {
+        let ca = self.access.ca_pems.get(&registry);
+        let protocol = if ca.is_none()
+            && (is_loopback(&registry) || self.access.insecure.contains(&registry))
+        {
             ClientProtocol::Http
         } else {
             ClientProtocol::Https
         };
+        let tls_certs_only = ca
+            .map(|pem| Certificate {
+                encoding: CertificateEncoding::Pem,
+                data: pem.clone(),
+            })
+            .into_iter()
+            .collect();
         let client = RegistryClient::new(ClientConfig {
             protocol,
+            tls_certs_only,
             ..Default::default()
         });
         let auth = credentials
@@ -196,7 +218,7 @@ impl Puller {
             .unwrap_or(RegistryAuth::Anonymous);
         let pull_err = |e: oci_client::errors::OciDistributionError| RuntimeError::ImagePull {
             reference: image.to_owned(),
-            message: e.to_string(),
+            message: error_chain(&e),
         };
         let bad = |reason: String| RuntimeError::BadImage {
             reference: image.to_owned(),
@@ -577,6 +599,22 @@ impl Puller {
             reason: format!("{digest}: {e}"),
         })
     }
+}
+
+/// An error and its causes, `outer: inner: innermost` (a TLS or connection
+/// failure is only visible in the causes of the registry client's error).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
 }
 
 fn is_loopback(registry: &str) -> bool {

@@ -33,7 +33,7 @@ pub use error::{EnvError, Result};
 pub use http::{HttpResponse, http_request};
 pub use image::{BUSYBOX_REF, busybox_image};
 pub use moto::Moto;
-pub use registry::Registry;
+pub use registry::{Registry, Secured};
 pub use tools::{
     find_processes, free_port, grpcurl, install_hint, process_cmdline, process_running, repo_root,
     require, try_require, workspace_bin,
