@@ -37,7 +37,6 @@ use std::future::Future;
 use orca_proto::controlplane::v1::admin_service_server::AdminServiceServer;
 use orca_proto::controlplane::v1::node_service_server::NodeServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
 use crate::cloud::InstanceProvider;
@@ -123,7 +122,7 @@ pub async fn serve(
         .add_service(NodeServiceServer::new(api::node::NodeApi::new(
             cluster.clone(),
         )))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(orca_proto::incoming(listener), shutdown)
         .await
         .map_err(ServeError::Serve);
     let _ = stop_tx.send(true);

@@ -43,7 +43,6 @@ use std::future::Future;
 use orca_proto::agent::v1::agent_service_server::AgentServiceServer;
 use orca_proto::types::v1::Resources;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
 use crate::config::Config;
@@ -147,7 +146,7 @@ pub async fn serve(
         .add_service(orca_proto::serving::reflection_v1(SERVICES))
         .add_service(orca_proto::serving::reflection_v1alpha(SERVICES))
         .add_service(AgentServiceServer::new(server::AgentServer::new(pods)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(orca_proto::incoming(listener), shutdown)
         .await
         .map_err(AgentError::Serve);
     let _ = stop_tx.send(true);
