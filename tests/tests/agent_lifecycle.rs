@@ -460,3 +460,56 @@ async fn tls_registries_with_credentials_from_image_pull_secrets() {
         failed.message
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_fails_only_that_pod() {
+    let a = TestAgent::start();
+    let cases = [
+        (
+            "badimage",
+            json!([{ "name": "c", "image": "UPPER/Case::nope" }]),
+            "InvalidImageName",
+            "invalid image name",
+        ),
+        (
+            "toomuch",
+            json!([{ "name": "c", "image": a.image, "resources": { "requests": { "memory": "2Gi" }, "limits": { "memory": "1Gi" } } }]),
+            "InvalidPodSpec",
+            "memory request is above its limit",
+        ),
+        (
+            "novolume",
+            json!([{ "name": "c", "image": a.image, "volumeMounts": [{ "name": "nowhere", "mountPath": "/x" }] }]),
+            "InvalidPodSpec",
+            "nowhere",
+        ),
+        (
+            "badprobe",
+            json!([{ "name": "c", "image": a.image, "livenessProbe": { "httpGet": { "port": "no-such-port" } } }]),
+            "InvalidPodSpec",
+            "no-such-port",
+        ),
+    ];
+    for (name, containers, reason, message) in cases {
+        let uid = a.run(name, pod(containers)).await;
+        let failed = a.wait_phase(&uid, PodPhase::Failed).await;
+        assert_eq!(failed.reason, reason, "{name}: {failed:?}");
+        assert!(
+            failed.message.contains(message),
+            "{name}: {}",
+            failed.message
+        );
+    }
+    // The agent keeps serving: a good pod still runs.
+    let uid = a
+        .run(
+            "fine",
+            pod(json!([{ "name": "c", "image": a.image, "command": ["true"] }])),
+        )
+        .await;
+    a.wait_phase(&uid, PodPhase::Succeeded).await;
+    assert!(
+        a.ctr(&["containers", "ls", "-q"]).lines().count() == 1,
+        "only the good pod made a container"
+    );
+}

@@ -40,24 +40,7 @@ impl PodManager {
         let spec: PodSpec = serde_json::from_str(spec_json).map_err(|e| PodError::Invalid {
             reason: format!("spec is not a Kubernetes PodSpec: {e}"),
         })?;
-        let failure = spec::validate(&spec)
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                crate::volumes::validate(&spec, &inputs.volume_data).map_err(|e| e.to_string())
-            })
-            .and_then(|()| {
-                let mut all = spec
-                    .init_containers
-                    .iter()
-                    .flatten()
-                    .chain(&spec.containers);
-                all.try_for_each(super::probing::validate)
-            })
-            .err()
-            .map(|message| PodFailure {
-                reason: "InvalidPodSpec".into(),
-                message,
-            });
+        let failure = accept_check(&spec, &inputs);
         let policy = RestartPolicy::of(&spec).unwrap_or(RestartPolicy::Never);
         let short_uid: String = key
             .uid
@@ -177,4 +160,39 @@ impl PodManager {
             });
         });
     }
+}
+
+/// Why a pod cannot be run as given, checked before anything is started: the
+/// spec, image references, volumes and probes.
+fn accept_check(spec: &PodSpec, inputs: &RunInputs) -> Option<PodFailure> {
+    let invalid = |message: String| {
+        Some(PodFailure {
+            reason: "InvalidPodSpec".into(),
+            message,
+        })
+    };
+    if let Err(e) = spec::validate(spec) {
+        return invalid(e.to_string());
+    }
+    for c in spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+    {
+        let image = c.image.as_deref().unwrap_or_default();
+        if let Err(e) = image.parse::<oci_client::Reference>() {
+            let message = format!("container {:?}: invalid image name {image:?}: {e}", c.name);
+            return Some(PodFailure {
+                reason: "InvalidImageName".into(),
+                message,
+            });
+        }
+        if let Err(e) = super::probing::validate(c) {
+            return invalid(e);
+        }
+    }
+    crate::volumes::validate(spec, &inputs.volume_data)
+        .err()
+        .and_then(|e| invalid(e.to_string()))
 }

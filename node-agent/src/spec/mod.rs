@@ -69,6 +69,14 @@ pub enum SpecError {
         /// The policy found.
         policy: String,
     },
+    /// A resource request above its limit.
+    #[error("container {container:?}: the {resource} request is above its limit")]
+    RequestAboveLimit {
+        /// Container name.
+        container: String,
+        /// `cpu` or `memory`.
+        resource: String,
+    },
     /// A capability name Linux does not have.
     #[error("container {container:?}: unknown capability {capability:?}")]
     UnknownCapability {
@@ -333,11 +341,27 @@ pub fn limits(container: &Container) -> Result<Limits, SpecError> {
             })
         })
     };
-    Ok(Limits {
+    let limits = Limits {
         cpu_millis: get(&res.limits, "cpu", "limits").transpose()?,
         memory_bytes: get(&res.limits, "memory", "limits").transpose()?,
         cpu_request_millis: get(&res.requests, "cpu", "requests").transpose()?,
-    })
+    };
+    // Kubernetes' rule: a request never exceeds its limit.
+    let memory_request = get(&res.requests, "memory", "requests").transpose()?;
+    for (key, request, limit) in [
+        ("cpu", limits.cpu_request_millis, limits.cpu_millis),
+        ("memory", memory_request, limits.memory_bytes),
+    ] {
+        if let (Some(request), Some(limit)) = (request, limit)
+            && request > limit
+        {
+            return Err(SpecError::RequestAboveLimit {
+                container: container.name.clone(),
+                resource: key.into(),
+            });
+        }
+    }
+    Ok(limits)
 }
 
 /// Parses a Kubernetes quantity. With `millis`, the result is in thousandths
