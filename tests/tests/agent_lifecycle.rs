@@ -276,13 +276,22 @@ async fn active_deadline_stops_the_pod() {
     assert_eq!(failed.reason, "DeadlineExceeded");
     assert_eq!(condition(&failed, "Ready").as_deref(), Some("False"));
     let id = TestAgent::container_id(&failed, "slow");
-    let tasks = a.ctr(&["tasks", "ls"]);
-    assert!(
-        tasks
-            .lines()
-            .any(|l| l.starts_with(&id) && l.contains("STOPPED")),
-        "{tasks}"
-    );
+    orca_tests::eventually::eventually(
+        "the task to be stopped",
+        orca_tests::agent::WAIT,
+        || async {
+            let tasks = a.ctr(&["tasks", "ls"]);
+            if tasks
+                .lines()
+                .any(|l| l.starts_with(&id) && l.contains("STOPPED"))
+            {
+                Ok(())
+            } else {
+                Err(tasks)
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -150,15 +150,17 @@ impl PodManager {
             uid,
             seconds, "activeDeadlineSeconds passed; stopping the pod"
         );
-        if let Err(e) = self.stop(&uid, None, false).await {
-            warn!(uid, error = %e, "pod not stopped at its deadline");
-        }
+        // The verdict first, as the kubelet does: the pod is Failed the moment its
+        // deadline passes, whatever its containers' exits look like.
         self.update(&uid, |p| {
             p.failure = Some(PodFailure {
                 reason: "DeadlineExceeded".into(),
                 message: format!("pod was active longer than activeDeadlineSeconds ({seconds}s)"),
             });
         });
+        if let Err(e) = self.stop(&uid, None, false).await {
+            warn!(uid, error = %e, "pod not stopped at its deadline");
+        }
     }
 }
 
@@ -181,7 +183,7 @@ fn accept_check(spec: &PodSpec, inputs: &RunInputs) -> Option<PodFailure> {
         .chain(&spec.containers)
     {
         let image = c.image.as_deref().unwrap_or_default();
-        if let Err(e) = image.parse::<oci_client::Reference>() {
+        if let Err(e) = crate::runtime::reference::ImageRef::parse(image) {
             let message = format!("container {:?}: invalid image name {image:?}: {e}", c.name);
             return Some(PodFailure {
                 reason: "InvalidImageName".into(),

@@ -12,6 +12,7 @@
 
 pub mod exec;
 pub mod pull;
+pub mod reference;
 pub mod task;
 
 use std::path::Path;

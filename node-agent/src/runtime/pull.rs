@@ -114,11 +114,13 @@ impl Puller {
         policy: PullPolicy,
         credentials: &[Credential],
     ) -> Result<ImageInfo, RuntimeError> {
-        let reference: Reference = image.parse().map_err(|e| RuntimeError::BadImage {
-            reference: image.to_owned(),
-            reason: format!("not a valid reference: {e}"),
-        })?;
-        let name = reference.whole();
+        let parsed =
+            super::reference::ImageRef::parse(image).map_err(|e| RuntimeError::BadImage {
+                reference: image.to_owned(),
+                reason: format!("not a valid reference: {e}"),
+            })?;
+        let name = parsed.to_string();
+        let reference = parsed.to_oci();
         let asked = Instant::now();
         let slot = {
             let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
