@@ -522,3 +522,33 @@ async fn bad_input_fails_only_that_pod() {
         "only the good pod made a container"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn privileged_containers_get_every_capability_and_the_host_devices() {
+    let a = TestAgent::start();
+    let script = "grep CapBnd /proc/self/status; test -c /dev/null && echo null; ls /dev | wc -l; \
+                  (echo 1 > /sys/kernel/profiling) 2>/dev/null; grep -q ' /sys sysfs rw' /proc/mounts && echo sys-rw";
+    let spec = pod(json!([{
+        "name": "root", "image": a.image, "command": ["sh", "-c", script],
+        "securityContext": { "privileged": true },
+    }]));
+    let uid = a.run("privileged", spec).await;
+    a.wait_phase(&uid, PodPhase::Succeeded).await;
+    let out = a.logs(&uid, "root", false).await;
+    let lines: Vec<&str> = out.lines().collect();
+    let bounding = u64::from_str_radix(lines[0].split_whitespace().nth(1).unwrap(), 16).unwrap();
+    let host = orca_agent::spec::security::host_capabilities();
+    assert_eq!(
+        bounding.count_ones() as usize,
+        host.len(),
+        "every capability the host allows: {out}"
+    );
+    assert_eq!(lines[1], "null");
+    let host_devices = std::fs::read_dir("/dev").unwrap().count();
+    let seen: usize = lines[2].trim().parse().unwrap();
+    assert!(
+        seen * 2 >= host_devices,
+        "the host's devices: {seen} of {host_devices}"
+    );
+    assert!(out.contains("sys-rw"), "{out}");
+}

@@ -303,10 +303,13 @@ impl PodManager {
             }
             None => Vec::new(),
         };
-        let devices = if crate::spec::security::privileged(&container) {
-            crate::spec::security::host_devices()
+        let (devices, host_caps) = if crate::spec::security::privileged(&container) {
+            (
+                crate::spec::security::host_devices(),
+                crate::spec::security::host_capabilities(),
+            )
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         let spec = crate::spec::runtime_spec(&SpecInput {
             container: &container,
@@ -318,6 +321,7 @@ impl PodManager {
             shared: &shared,
             mounts: &mounts,
             host_devices: &devices,
+            host_capabilities: &host_caps,
         })
         .map_err(|e| super::PodError::Invalid {
             reason: e.to_string(),

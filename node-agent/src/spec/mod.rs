@@ -414,6 +414,8 @@ pub struct SpecInput<'a> {
     pub mounts: &'a [Value],
     /// Host devices, given to privileged containers.
     pub host_devices: &'a [security::Device],
+    /// The host's capabilities, given to privileged containers.
+    pub host_capabilities: &'a [String],
 }
 
 /// Namespaces and `/dev/shm` that a pod's containers share, as Kubernetes pods
@@ -464,8 +466,12 @@ pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Value, SpecError> {
     let no_new_privileges = !sc
         .and_then(|s| s.allow_privilege_escalation)
         .unwrap_or(true);
-    let caps = security::capabilities(c)?;
     let privileged = security::privileged(c);
+    let caps = if privileged {
+        input.host_capabilities.to_vec()
+    } else {
+        security::capabilities(c)?
+    };
     let limits = limits(c)?;
 
     let mut resources = json!({ "devices": [{ "allow": privileged, "access": "rwm" }] });
@@ -760,6 +766,7 @@ mod tests {
             shared: &PodNamespaces::default(),
             mounts: &[],
             host_devices: &[],
+            host_capabilities: &[],
         })
         .unwrap();
         assert_eq!(spec["process"]["user"]["uid"], 1000);

@@ -129,6 +129,31 @@ pub fn capabilities(container: &Container) -> Result<Vec<String>, SpecError> {
     Ok(set.into_iter().map(|c| format!("CAP_{c}")).collect())
 }
 
+/// The capabilities this host lets its processes have (the agent's bounding set),
+/// as `CAP_*` names: what a privileged container gets, as containerd does.
+pub fn host_capabilities() -> Vec<String> {
+    let bounding = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .map(|v| v.trim().to_owned())
+        })
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
+        .unwrap_or(u64::MAX);
+    capabilities_in(bounding)
+}
+
+/// The capability names of a capability bit mask (bit N is capability N).
+pub fn capabilities_in(mask: u64) -> Vec<String> {
+    ALL_CAPABILITIES
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| mask & (1 << bit) != 0)
+        .map(|(_, name)| format!("CAP_{name}"))
+        .collect()
+}
+
 /// A host device node, for privileged containers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
@@ -250,6 +275,16 @@ mod tests {
         c.security_context.as_mut().unwrap().privileged = Some(true);
         assert!(privileged(&c));
         assert_eq!(capabilities(&c).unwrap().len(), ALL_CAPABILITIES.len());
+    }
+
+    #[test]
+    fn capability_masks_map_to_names_by_bit() {
+        assert_eq!(
+            capabilities_in(0b1_0000_0000_0001),
+            ["CAP_CHOWN", "CAP_NET_ADMIN"]
+        );
+        assert_eq!(capabilities_in(u64::MAX).len(), ALL_CAPABILITIES.len());
+        assert!(host_capabilities().contains(&"CAP_CHOWN".to_owned()));
     }
 
     #[test]
