@@ -8,23 +8,44 @@
 //!
 //! # Layout
 //! - [`config`]: flags, validated into a config that names bad fields.
-//! - [`spec`]: Kubernetes container → OCI runtime spec (pure, unit-tested).
-//! - [`runtime`]: the containerd seam: image pulls, containers, tasks.
-//! - [`pods`]: the pod lifecycle: init containers, supervision, restarts, stop.
-//! - [`cgroup`]: what the kernel says of a container's cgroup (OOM kills), v1 and v2.
-//! - [`probes`]: liveness, readiness and startup probes.
+//! - [`spec`]: Kubernetes container → OCI runtime spec (pure, unit-tested);
+//!   [`spec::security`] for capabilities and privileged mode.
+//! - [`runtime`]: the containerd seam: image pulls ([`runtime::pull`], with
+//!   [`runtime::reference`] parsing), containers and tasks ([`runtime::task`]),
+//!   exec processes ([`runtime::exec`]).
+//! - [`pods`]: the pod lifecycle like the kubelet's: init containers, one
+//!   supervisor per container (pull back-off, restarts with back-off, OOM kills),
+//!   probes, preStop hooks, activeDeadlineSeconds, the shared IPC/UTS namespaces
+//!   (`orca-pause`), stop, and adoption after an agent restart.
+//! - [`probes`]: liveness, readiness and startup probe handlers and thresholds.
 //! - [`volumes`]: pod volumes on the host and their mounts.
+//! - [`cgroup`]: what the kernel says of a container's cgroup (OOM kills), v1 and v2.
 //! - [`status`]: observed states and the pod phase (Kubernetes' rules).
-//! - [`logs`]: CRI log files: the logger the shim runs, and the reader.
+//! - [`logs`]: CRI log files: the logger the shim runs (with rotation), and the reader.
 //! - [`server`]: the AgentService gRPC server.
 //! - [`heartbeat`]: join and heartbeat.
 //!
+//! Binaries: `orca-agent` (the daemon), `orca-logger` (started by containerd's
+//! shim per task; writes the CRI log files), `orca-pause` (holds a pod's IPC and
+//! UTS namespaces).
+//!
+//! # Departures from the kubelet, on purpose
+//! - Image pulls are retried with the kubelet's back-off (ErrImagePull, then
+//!   ImagePullBackOff) but only `--image-pull-attempts` times; then the pod fails
+//!   with ErrImagePull instead of staying Pending forever.
+//! - A pod's shared namespaces are held by a small `orca-pause` process rather
+//!   than a pause container (no image to pull, nothing to schedule).
+//! - An adopted pod (after an agent restart) has lost the registry credentials it
+//!   came with (secrets are never written to disk) and the activeDeadlineSeconds
+//!   timer restarts from the adoption.
+//!
 //! # Current limitations
-//! Mutual TLS, pod adoption after an agent restart, init containers, probes,
-//! volumes, exec/attach, log follow and GPU telemetry come with later issues;
-//! pod specs that ask for them fail with reason `InvalidPodSpec` naming the field
-//! rather than being silently half-run. Containers share the host's network
-//! namespace (on a simulated host, the agent's; on EC2, the instance's).
+//! Mutual TLS, exec/attach and log follow, GPU telemetry come with later issues.
+//! Pod specs that ask for what is not built (postStart hooks, `env.valueFrom` and
+//! `envFrom` until the control plane resolves them, tty/stdin, HTTPS probes) fail
+//! with reason `InvalidPodSpec` naming the field rather than being half-run.
+//! Containers share the host's network namespace (on a simulated host, the agent's;
+//! on EC2, the instance's: pod IP = host IP).
 
 pub mod cgroup;
 pub mod config;

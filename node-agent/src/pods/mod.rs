@@ -1,18 +1,18 @@
 //! The pods this agent runs, kept as the kubelet keeps them, and reported only as
 //! observed from containerd.
 //!
-//! Each pod has one task ([`start`]) that runs its init containers in order, each
+//! Each pod has one task (`start`) that runs its init containers in order, each
 //! to a successful exit, and then supervises its app containers concurrently.
-//! A container's supervisor ([`supervise`]) is one loop: make the image present
+//! A container's supervisor (`supervise`) is one loop: make the image present
 //! (with the kubelet's pull back-off), create the container, start its task,
 //! wait for it to exit, record the exit (OOM kills included), and restart it per
-//! the restart policy with the kubelet's back-off. [`stop`] ends a pod: SIGTERM,
+//! the restart policy with the kubelet's back-off. `stop` ends a pod: SIGTERM,
 //! the grace period, SIGKILL. Every change wakes the heartbeat
 //! ([`PodManager::changed`]) so the control plane hears of it at once.
 //!
-//! Layout: [`start`] (accepting and the pod task), [`supervise`] (one container),
-//! [`sandbox`] (the namespaces a pod's containers share), [`stop`] (stopping and removal),
-//! [`adopt`] (saving pods and adopting them after an agent restart).
+//! Layout: `start` (accepting and the pod task), `supervise` (one container),
+//! `sandbox` (the namespaces a pod's containers share), `stop` (stopping and removal),
+//! `adopt` (saving pods and adopting them after an agent restart).
 
 mod adopt;
 mod probing;

@@ -70,7 +70,7 @@ pub struct ImageInfo {
 /// Credentials for one registry host.
 #[derive(Debug, Clone)]
 pub struct Credential {
-    /// Registry host[:port].
+    /// Registry `host[:port]`.
     pub registry: String,
     /// User name.
     pub username: String,
