@@ -131,7 +131,6 @@ impl Cluster {
                 .map_err(|e| {
                     ClusterError::Invalid(format!("agent address {}: {e}", node.agent_address))
                 })?
-                .timeout(self.inner.config.agent_call_timeout)
                 .connect_timeout(std::time::Duration::from_secs(5));
                 let channel = endpoint.connect_lazy();
                 agents.insert(node.agent_address.clone(), channel.clone());
@@ -139,6 +138,14 @@ impl Cluster {
             }
         };
         Ok(AgentServiceClient::new(channel))
+    }
+
+    /// A request to an agent with a deadline: the agent call timeout plus `extra`
+    /// (a stop may take its whole grace period).
+    pub fn timed<T>(&self, message: T, extra: std::time::Duration) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        req.set_timeout(self.inner.config.agent_call_timeout + extra);
+        req
     }
 
     /// Records an event.

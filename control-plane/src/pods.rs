@@ -284,6 +284,15 @@ impl Cluster {
             grace_period_seconds: grace.unwrap_or(-1),
             remove: true,
         };
+        // The agent may use the whole grace period (the pod's own by default).
+        let pod_grace = pod
+            .pod
+            .as_ref()
+            .and_then(|p| serde_json::from_str::<PodSpec>(&p.spec_json).ok())
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30);
+        let grace_s = grace.unwrap_or(pod_grace).max(0) as u64;
+        let req = self.timed(req, std::time::Duration::from_secs(grace_s));
         match self.agent(node)?.stop_pod(req).await {
             Ok(resp) => Ok(resp.into_inner().status),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
@@ -341,7 +350,7 @@ impl Cluster {
         let node = self.node(&record.node_name)?;
         options.uid = uid(&record);
         self.agent(&node)?
-            .logs(options)
+            .logs(self.timed(options, std::time::Duration::ZERO))
             .await
             .map(|r| r.into_inner())
             .map_err(|status| ClusterError::Agent {

@@ -108,7 +108,7 @@ impl Cluster {
                 volume_data: None,
             };
             self.agent(&node)?
-                .run_pod(req)
+                .run_pod(self.timed(req, std::time::Duration::ZERO))
                 .await
                 .map_err(|status| ClusterError::Agent {
                     node: node.name.clone(),

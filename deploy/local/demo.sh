@@ -34,6 +34,7 @@ down() {
     [ -d "$DEMO" ] || { echo "nothing to clean: $DEMO does not exist"; return 0; }
     echo "stopping the simulated hosts, their containers, the control plane, containerd and the registry"
     for f in "$DEMO"/orca/hosts/*/agent.pid; do stop_pid "$f"; done
+    for f in "$DEMO"/orca/hosts/*/pods/*/pause.pid; do [ -f "$f" ] && kill -KILL "$(cat "$f")" 2>/dev/null; done
     stop_pid "$DEMO/control-plane.pid"
     if [ -S "$DEMO/containerd/containerd.sock" ]; then
         local ctr="ctr --address $DEMO/containerd/containerd.sock"

@@ -320,6 +320,9 @@ impl TestAgent {
 impl Drop for TestAgent {
     fn drop(&mut self) {
         self.agent.take();
+        // Pods' namespace holders live in their own process groups, as they must
+        // to outlive an agent restart: end them with the test.
+        env::kill_pid_files(&self.state_dir, "pause.pid");
     }
 }
 

@@ -65,7 +65,7 @@ impl TestCluster {
         let args: Vec<String> = agent_args.iter().map(|a| format!("\"{a}\"")).collect();
         let config = format!(
             "listen: {addr}\ndata_dir: {}\nheartbeat_interval_ms: 200\nnode_timeout_ms: 2000\n\
-             reconcile_interval_ms: 100\npending_timeout_ms: 20000\nprovider:\n  local:\n    \
+             reconcile_interval_ms: 100\npending_timeout_ms: 20000\nagent_call_timeout_ms: 2000\nprovider:\n  local:\n    \
              agent_binary: {}\n    containerd_socket: {}\n    containerd_namespace_prefix: {prefix}\n    \
              agent_args: [{}]\n",
             data_dir.display(),
@@ -243,5 +243,6 @@ impl Drop for TestCluster {
             }
         }
         self.control_plane.take();
+        crate::env::kill_pid_files(&self.data_dir, "pause.pid");
     }
 }

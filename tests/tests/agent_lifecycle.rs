@@ -552,3 +552,41 @@ async fn privileged_containers_get_every_capability_and_the_host_devices() {
     );
     assert!(out.contains("sys-rw"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_sandboxes_go_with_their_pod_and_nothing_outlives_the_test() {
+    let a = TestAgent::start();
+    let spec = pod(json!([{ "name": "c", "image": a.image, "command": ["sleep", "300"] }]));
+    let kept = a.run("kept", spec.clone()).await;
+    let removed = a.run("removed", spec).await;
+    a.wait_phase(&kept, PodPhase::Running).await;
+    a.wait_phase(&removed, PodPhase::Running).await;
+    let pause_pid = |uid: &str| -> u32 {
+        let dir = std::fs::read_dir(a.state_dir.join("pods"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with(uid))
+            .unwrap();
+        std::fs::read_to_string(dir.join("pause.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (kept_pause, removed_pause) = (pause_pid(&kept), pause_pid(&removed));
+    assert!(
+        orca_tests::env::process_running(kept_pause)
+            && orca_tests::env::process_running(removed_pause)
+    );
+    a.stop(&removed, 0).await;
+    assert!(
+        !orca_tests::env::process_running(removed_pause),
+        "a removed pod's sandbox is gone"
+    );
+    assert!(orca_tests::env::process_running(kept_pause));
+    drop(a);
+    assert!(
+        !orca_tests::env::process_running(kept_pause),
+        "nothing outlives the test"
+    );
+}

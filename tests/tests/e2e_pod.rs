@@ -267,3 +267,30 @@ fn crashing_containers_restart_with_back_off_and_pods_wait_for_nodes() {
     c.orca_ok(&["delete", "pod", "crash", "--grace-period", "0"]);
     assert!(c.containers("n1").is_empty(), "{:?}", c.containers("n1"));
 }
+
+#[test]
+fn deleting_a_pod_waits_out_its_grace_period() {
+    // The control plane's agent calls time out after 2 s here; a stop may take the
+    // pod's whole grace period (3 s, and busybox `sleep` as PID 1 ignores SIGTERM).
+    let c = TestCluster::start();
+    c.orca_ok(&["node", "add", "n1"]);
+    let manifest = c.dir().join("stubborn.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "kind: Pod\nmetadata:\n  name: stubborn\nspec:\n  terminationGracePeriodSeconds: 3\n  containers:\n  - name: c\n    image: {}\n    command: [sleep, \"300\"]\n",
+            c.image
+        ),
+    )
+    .unwrap();
+    c.orca_ok(&["apply", "-f", manifest.to_str().unwrap()]);
+    c.wait_phase("stubborn", "Running");
+    let started = std::time::Instant::now();
+    let out = c.orca_ok(&["delete", "pod", "stubborn"]);
+    assert!(out.contains("deleted"), "{out}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(3),
+        "the grace period was honoured"
+    );
+    assert!(c.containers("n1").is_empty(), "{:?}", c.containers("n1"));
+}

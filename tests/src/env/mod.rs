@@ -35,8 +35,8 @@ pub use image::{BUSYBOX_REF, busybox_image};
 pub use moto::Moto;
 pub use registry::{Registry, Secured};
 pub use tools::{
-    find_processes, free_port, grpcurl, install_hint, process_cmdline, process_running, repo_root,
-    require, try_require, workspace_bin,
+    find_processes, free_port, grpcurl, install_hint, kill_pid_files, process_cmdline,
+    process_running, repo_root, require, try_require, workspace_bin,
 };
 
 /// How many times a service is started on a fresh port when the one [`free_port`]
