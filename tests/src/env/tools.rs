@@ -184,6 +184,36 @@ pub fn find_processes(mut matches: impl FnMut(&[String]) -> bool) -> Vec<u32> {
         .collect()
 }
 
+/// SIGKILLs every process named by a `file_name` pid file anywhere under `root`
+/// (the agent's per-pod `pause.pid` files, for example). Returns how many.
+pub fn kill_pid_files(root: &Path, file_name: &str) -> usize {
+    fn walk(dir: &Path, file_name: &str, killed: &mut usize) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, file_name, killed);
+            } else if path.file_name().is_some_and(|n| n == file_name)
+                && let Some(pid) = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|p| p.trim().parse::<i32>().ok())
+                && nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .is_ok()
+            {
+                *killed += 1;
+            }
+        }
+    }
+    let mut killed = 0;
+    walk(root, file_name, &mut killed);
+    killed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,34 +254,4 @@ mod tests {
         assert!(!process_running(u32::MAX - 1));
         assert!(!process_cmdline(std::process::id()).is_empty());
     }
-}
-
-/// SIGKILLs every process named by a `file_name` pid file anywhere under `root`
-/// (the agent's per-pod `pause.pid` files, for example). Returns how many.
-pub fn kill_pid_files(root: &Path, file_name: &str) -> usize {
-    fn walk(dir: &Path, file_name: &str, killed: &mut usize) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, file_name, killed);
-            } else if path.file_name().is_some_and(|n| n == file_name)
-                && let Some(pid) = std::fs::read_to_string(&path)
-                    .ok()
-                    .and_then(|p| p.trim().parse::<i32>().ok())
-                && nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                )
-                .is_ok()
-            {
-                *killed += 1;
-            }
-        }
-    }
-    let mut killed = 0;
-    walk(root, file_name, &mut killed);
-    killed
 }
