@@ -590,3 +590,44 @@ async fn pod_sandboxes_go_with_their_pod_and_nothing_outlives_the_test() {
         "nothing outlives the test"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn never_pull_policy_and_back_off_reset() {
+    // imagePullPolicy Never with the image absent: ErrImageNeverPull at once.
+    let a = TestAgent::start_with(&["--backoff-reset-ms=500"]);
+    let absent = format!("{}/orca/absent:1", a.registry.addr);
+    let spec = pod(json!([{ "name": "c", "image": absent, "imagePullPolicy": "Never" }]));
+    let uid = a.run("never", spec).await;
+    let failed = a.wait_phase(&uid, PodPhase::Failed).await;
+    assert_eq!(failed.reason, "ErrImageNeverPull", "{failed:?}");
+
+    // A container that runs longer than --backoff-reset-ms before failing restarts
+    // with the first back-off every time instead of doubling it.
+    let spec = json!({
+        "restartPolicy": "Always",
+        "containers": [{ "name": "c", "image": a.image, "command": ["sh", "-c", "sleep 1; exit 1"] }],
+    });
+    let uid = a.run("reset", spec).await;
+    // restart count → the back-off message seen while waiting for that restart.
+    let seen = std::sync::Mutex::new(std::collections::BTreeMap::<i32, String>::new());
+    a.wait_for(&uid, "three back-offs", |s| {
+        let Some(c) = s.container_statuses.first() else {
+            return false;
+        };
+        if let Some(State::Waiting(w)) = c.state.clone().and_then(|s| s.state)
+            && w.reason == "CrashLoopBackOff"
+        {
+            seen.lock()
+                .unwrap()
+                .insert(c.restart_count, w.message.clone());
+        }
+        seen.lock().unwrap().len() >= 3
+    })
+    .await;
+    let seen = seen.into_inner().unwrap();
+    assert!(
+        seen.values().all(|m| m.starts_with("back-off 200ms")),
+        "reset each time: {seen:?}"
+    );
+    a.stop(&uid, 0).await;
+}
