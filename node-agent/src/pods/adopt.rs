@@ -7,15 +7,13 @@
 //! again does so without the registry credentials it came with.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::supervise::Outcome;
-use super::{ContainerEntry, PodEntry, PodKey, PodManager, RunInputs};
+use super::{PodEntry, PodKey, PodManager, RunInputs};
 use crate::runtime::TaskStatus;
-use crate::spec::RestartPolicy;
 use crate::status::ContainerState;
 
 /// The pod as accepted.
@@ -127,22 +125,21 @@ impl PodManager {
             .map_err(|e| super::PodError::Invalid {
                 reason: e.to_string(),
             })?;
-        let policy = RestartPolicy::of(&spec).unwrap_or(RestartPolicy::Never);
-        let short_uid: String = key
-            .uid
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .take(12)
-            .collect();
-        let mut containers = Vec::new();
+        let mut entry = PodEntry::new(
+            key.clone(),
+            spec,
+            saved.labels,
+            saved.annotations,
+            saved.accepted_at,
+            None,
+        );
         let mut found = Vec::new();
-        let inits = spec.init_containers.iter().flatten().map(|c| (c, true));
-        for (c, init) in inits.chain(spec.containers.iter().map(|c| (c, false))) {
-            let id = format!("{short_uid}-{}", c.name);
+        for c in &mut entry.containers {
             let (restart_count, started) =
                 runs.containers.get(&c.name).cloned().unwrap_or_default();
-            let observed = self.inner.ctrd.observe(&id).await?;
-            let state = match &observed {
+            let observed = self.inner.ctrd.observe(&c.id).await?;
+            c.restart_count = restart_count;
+            c.state = match &observed {
                 Some(o) if o.status == TaskStatus::Running => ContainerState::Running {
                     started_at: started.unwrap_or_else(jiff::Timestamp::now),
                 },
@@ -152,34 +149,7 @@ impl PodManager {
                 _ => ContainerState::creating(),
             };
             found.push(observed.is_some());
-            containers.push(ContainerEntry {
-                name: c.name.clone(),
-                init,
-                image: c.image.clone().unwrap_or_default(),
-                image_id: String::new(),
-                id,
-                state,
-                last_state: None,
-                restart_count,
-                ready: None,
-                probe_failure: None,
-            });
         }
-        let mut entry = PodEntry {
-            key: key.clone(),
-            spec,
-            labels: saved.labels,
-            annotations: saved.annotations,
-            policy,
-            accepted_at: saved.accepted_at,
-            failure: None,
-            stopping: false,
-            containers,
-            shared: None,
-            volumes: None,
-            conditions: BTreeMap::new(),
-            lifecycle: Arc::default(),
-        };
         entry.refresh_conditions();
         self.pods().insert(key.uid.clone(), entry);
         info!(pod = %key.name, uid = %key.uid, "pod adopted");

@@ -166,6 +166,58 @@ struct PodEntry {
 }
 
 impl PodEntry {
+    /// A pod as accepted (or adopted): one entry per init and app container, in
+    /// spec order, each waiting to be created; containerd ids are
+    /// `<first 12 uid alphanumerics>-<container name>`.
+    fn new(
+        key: PodKey,
+        spec: PodSpec,
+        labels: BTreeMap<String, String>,
+        annotations: BTreeMap<String, String>,
+        accepted_at: jiff::Timestamp,
+        failure: Option<PodFailure>,
+    ) -> Self {
+        let short_uid: String = key
+            .uid
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(12)
+            .collect();
+        let inits = spec.init_containers.iter().flatten().map(|c| (c, true));
+        let containers = inits
+            .chain(spec.containers.iter().map(|c| (c, false)))
+            .map(|(c, init)| ContainerEntry {
+                name: c.name.clone(),
+                init,
+                image: c.image.clone().unwrap_or_default(),
+                image_id: String::new(),
+                id: format!("{short_uid}-{}", c.name),
+                state: ContainerState::creating(),
+                last_state: None,
+                restart_count: 0,
+                ready: None,
+                probe_failure: None,
+            })
+            .collect();
+        let mut entry = Self {
+            key,
+            policy: RestartPolicy::of(&spec).unwrap_or(RestartPolicy::Never),
+            spec,
+            labels,
+            annotations,
+            accepted_at,
+            failure,
+            stopping: false,
+            containers,
+            shared: None,
+            volumes: None,
+            conditions: BTreeMap::new(),
+            lifecycle: Arc::default(),
+        };
+        entry.refresh_conditions();
+        entry
+    }
+
     /// The spec of container `index` (init containers first).
     fn container_spec(&self, index: usize) -> Option<&Container> {
         let inits = self.spec.init_containers.as_deref().unwrap_or_default();

@@ -3,7 +3,6 @@
 //! activeDeadlineSeconds.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::PodSpec;
@@ -11,12 +10,9 @@ use orca_proto::types::v1 as pb;
 use tracing::{info, warn};
 
 use super::supervise::Outcome;
-use super::{ContainerEntry, PodEntry, PodError, PodKey, PodManager, RunInputs};
-use crate::spec::{self, RestartPolicy};
-use crate::status::{ContainerState, PodFailure};
-
-/// containerd ids allow 76 characters; ours are `<12 uid chars>-<container name>`.
-const ID_UID_CHARS: usize = 12;
+use super::{PodEntry, PodError, PodKey, PodManager, RunInputs};
+use crate::spec;
+use crate::status::PodFailure;
 
 impl PodManager {
     /// Accepts a pod and starts it in the background. Idempotent per uid. A spec
@@ -41,45 +37,14 @@ impl PodManager {
             reason: format!("spec is not a Kubernetes PodSpec: {e}"),
         })?;
         let failure = accept_check(&spec, &inputs);
-        let policy = RestartPolicy::of(&spec).unwrap_or(RestartPolicy::Never);
-        let short_uid: String = key
-            .uid
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .take(ID_UID_CHARS)
-            .collect();
-        let inits = spec.init_containers.iter().flatten().map(|c| (c, true));
-        let containers = inits
-            .chain(spec.containers.iter().map(|c| (c, false)))
-            .map(|(c, init)| ContainerEntry {
-                name: c.name.clone(),
-                init,
-                image: c.image.clone().unwrap_or_default(),
-                image_id: String::new(),
-                id: format!("{short_uid}-{}", c.name),
-                state: ContainerState::creating(),
-                last_state: None,
-                restart_count: 0,
-                ready: None,
-                probe_failure: None,
-            })
-            .collect();
-        let mut entry = PodEntry {
-            key: key.clone(),
+        let entry = PodEntry::new(
+            key.clone(),
             spec,
             labels,
             annotations,
-            policy,
-            accepted_at: jiff::Timestamp::now(),
-            failure: failure.clone(),
-            stopping: false,
-            containers,
-            shared: None,
-            volumes: None,
-            conditions: BTreeMap::new(),
-            lifecycle: Arc::default(),
-        };
-        entry.refresh_conditions();
+            jiff::Timestamp::now(),
+            failure.clone(),
+        );
         let report = entry.report(&self.inner.layout.host_ip);
         let deadline = entry.spec.active_deadline_seconds;
         if failure.is_none() {

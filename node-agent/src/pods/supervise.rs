@@ -37,6 +37,7 @@ impl PodManager {
     ) -> Outcome {
         let timings = self.inner.timings.clone();
         let mut restarts_in_a_row = 0u32;
+        let mut start_failures = 0u32;
         let mut created = adopted;
         let mut running = adopted;
         loop {
@@ -92,10 +93,25 @@ impl PodManager {
                     self.inner.ctrd.start_task(&c.id, &uri).await
                 };
                 if let Err(e) = started.await {
-                    warn!(pod = %entry.key.name, container = %c.name, error = %e, "container not started");
-                    self.fail(uid, index, "RunContainerError", e.to_string());
-                    return Outcome::Failed;
+                    // As the kubelet does, a task that cannot start is retried with
+                    // back-off (a create left half-done by a killed agent clears up),
+                    // a bounded number of times.
+                    start_failures += 1;
+                    warn!(pod = %entry.key.name, container = %c.name, error = %e, attempt = start_failures, "container not started");
+                    if start_failures >= timings.pull_attempts.max(1) {
+                        self.fail(uid, index, "RunContainerError", e.to_string());
+                        return Outcome::Failed;
+                    }
+                    let state = ContainerState::Waiting {
+                        reason: "RunContainerError".into(),
+                        message: e.to_string(),
+                    };
+                    self.set_state(uid, index, state);
+                    drop(_guard);
+                    tokio::time::sleep(timings.backoff(start_failures - 1)).await;
+                    continue;
                 }
+                start_failures = 0;
                 let started_at = jiff::Timestamp::now();
                 // Report only what containerd says now: the task may already have exited.
                 match self.inner.ctrd.observe(&c.id).await {
