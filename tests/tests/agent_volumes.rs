@@ -29,16 +29,9 @@ impl Env {
         let containerd = Containerd::start(dir.path()).expect("containerd starts");
         let ns = format!("agent-volumes-{}", std::process::id());
         let archive = busybox_image(dir.path()).expect("busybox image builds");
-        containerd.import(&ns, &archive).expect("image imports");
-        let images = containerd
-            .ctr(&ns, &["images", "ls", "-q"])
-            .expect("ctr images ls");
-        let image = images
-            .lines()
-            .next()
-            .unwrap_or_else(|| panic!("no image imported into {ns}"))
-            .trim()
-            .to_owned();
+        let image = containerd
+            .import_image(&ns, &archive)
+            .expect("image imports");
         Env {
             containerd,
             ns,

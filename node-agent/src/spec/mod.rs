@@ -233,7 +233,8 @@ pub fn validate(spec: &PodSpec) -> Result<(), SpecError> {
     Ok(())
 }
 
-fn is_dns_label(s: &str) -> bool {
+/// Whether `s` is a Kubernetes DNS-1123 label (container and volume names).
+pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()

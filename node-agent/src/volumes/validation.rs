@@ -31,7 +31,7 @@ pub fn validate(spec: &PodSpec, data: &VolumeData) -> Result<(), VolumeError> {
     };
     let mut names = BTreeSet::new();
     for v in spec.volumes.iter().flatten() {
-        if !is_dns_label(&v.name) {
+        if !crate::spec::is_dns_label(&v.name) {
             return Err(VolumeError::Invalid {
                 field: format!("volumes[{}].name", v.name),
                 reason: "must be a lowercase DNS-1123 label".into(),
@@ -101,15 +101,6 @@ pub(super) fn fs_group(spec: &PodSpec) -> Result<Option<u32>, VolumeError> {
         }
     }
     user(sc.fs_group, "securityContext.fsGroup".into())
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 /// `p` without `.` elements, when it is relative and has no `..` element.

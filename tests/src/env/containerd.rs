@@ -130,6 +130,22 @@ impl Containerd {
         self.ctr(ns, &["images", "import", &archive])
     }
 
+    /// Imports an OCI archive into `ns` and returns the name of the (single) image it
+    /// holds, as containerd lists it.
+    pub fn import_image(&self, ns: &str, archive: &Path) -> Result<String> {
+        self.import(ns, archive)?;
+        let images = self.ctr(ns, &["images", "ls", "-q"])?;
+        images
+            .lines()
+            .next()
+            .map(|l| l.trim().to_owned())
+            .ok_or_else(|| super::error::EnvError::Command {
+                cmd: format!("ctr -n {ns} images ls -q"),
+                status: "no image".into(),
+                stderr: format!("no image was imported into {ns}"),
+            })
+    }
+
     /// The namespaces that exist now.
     pub fn namespaces(&self) -> Result<Vec<String>> {
         Ok(lines(&self.ctr_cleanup(None, &["namespaces", "ls", "-q"])?))
