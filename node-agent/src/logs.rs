@@ -168,6 +168,8 @@ struct Sink {
     file: File,
     size: u64,
     rotation: Rotation,
+    /// The last write failed (reported once until one succeeds).
+    failing: bool,
 }
 
 impl Sink {
@@ -179,6 +181,7 @@ impl Sink {
             file,
             size,
             rotation,
+            failing: false,
         })
     }
 
@@ -261,9 +264,24 @@ fn copy_records(pipe: File, stream: Stream, sink: &Mutex<Sink>) -> io::Result<()
             !complete && n == MAX_RECORD,
             &buf,
         );
-        sink.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .write(&record)?;
+        // A write error (a full disk, a failed rotation) drops this record but never
+        // stops the draining: a container whose pipe is not read blocks on output.
+        let mut sink = sink.lock().unwrap_or_else(|p| p.into_inner());
+        match sink.write(&record) {
+            Ok(()) => sink.failing = false,
+            Err(e) => {
+                if !sink.failing {
+                    eprintln!(
+                        "orca-logger: {}: {e}; dropping records until writes succeed",
+                        sink.path.display()
+                    );
+                }
+                if let Ok(reopened) = Sink::open(&sink.path, sink.rotation) {
+                    *sink = reopened;
+                }
+                sink.failing = true;
+            }
+        }
     }
 }
 

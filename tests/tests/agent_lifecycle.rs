@@ -320,6 +320,18 @@ async fn crash_loops_back_off_and_keep_the_previous_log() {
     };
     assert_eq!(last.exit_code, 2);
     assert_eq!(a.logs(&uid, "crash", true).await, "attempt\n");
+    // Only the current and the previous run keep their logs.
+    let pod_dir = std::fs::read_dir(a.state_dir.join("pods"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let logs: Vec<_> = std::fs::read_dir(pod_dir.join("crash"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(logs.len() <= 2, "{logs:?}");
     a.stop(&uid, 0).await;
 }
 
@@ -630,4 +642,77 @@ async fn never_pull_policy_and_back_off_reset() {
         "reset each time: {seen:?}"
     );
     a.stop(&uid, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_pod_stops_its_other_containers() {
+    let a = TestAgent::start_with(&["--image-pull-attempts=2"]);
+    let missing = format!("{}/orca/missing:1", a.registry.addr);
+    let spec = json!({
+        "restartPolicy": "Always", "terminationGracePeriodSeconds": 1,
+        "containers": [
+            { "name": "good", "image": a.image, "command": ["sleep", "300"] },
+            { "name": "bad", "image": missing },
+        ],
+    });
+    let uid = a.run("half", spec).await;
+    let failed = a.wait_phase(&uid, PodPhase::Failed).await;
+    assert_eq!(failed.reason, "ErrImagePull");
+    let good = TestAgent::container_id(&failed, "good");
+    orca_tests::eventually::eventually(
+        "the good container to be stopped",
+        orca_tests::agent::WAIT,
+        || async {
+            let tasks = a.ctr(&["tasks", "ls"]);
+            let running = tasks
+                .lines()
+                .any(|l| l.starts_with(&good) && l.contains("RUNNING"));
+            if running { Err(tasks) } else { Ok(()) }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_restart_does_not_revive_a_failed_pod() {
+    let mut a = TestAgent::start();
+    let spec = json!({
+        "restartPolicy": "Always", "terminationGracePeriodSeconds": 1, "activeDeadlineSeconds": 1,
+        "containers": [{ "name": "c", "image": a.image, "command": ["sleep", "300"] }],
+    });
+    let uid = a.run("expired", spec).await;
+    let failed = a.wait_phase(&uid, PodPhase::Failed).await;
+    assert_eq!(failed.reason, "DeadlineExceeded");
+    let id = TestAgent::container_id(&failed, "c");
+    orca_tests::eventually::eventually(
+        "the task to be stopped",
+        orca_tests::agent::WAIT,
+        || async {
+            let tasks = a.ctr(&["tasks", "ls"]);
+            if tasks
+                .lines()
+                .any(|l| l.starts_with(&id) && l.contains("STOPPED"))
+            {
+                Ok(())
+            } else {
+                Err(tasks)
+            }
+        },
+    )
+    .await;
+
+    a.kill_and_restart_agent();
+    let after = a.wait_phase(&uid, PodPhase::Failed).await;
+    assert_eq!(after.reason, "DeadlineExceeded", "{after:?}");
+    assert_eq!(
+        after.container_statuses[0].restart_count, 0,
+        "not restarted after adoption"
+    );
+    let tasks = a.ctr(&["tasks", "ls"]);
+    assert!(
+        tasks
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("STOPPED")),
+        "{tasks}"
+    );
 }

@@ -28,10 +28,13 @@ struct Saved {
     accepted_at: jiff::Timestamp,
 }
 
-/// Per container: how often it restarted and when its current run started.
+/// Per container: how often it restarted and when its current run started; and
+/// the pod's failure, once it has one (a failed pod is never brought back to life).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Runs {
     containers: BTreeMap<String, (u32, Option<jiff::Timestamp>)>,
+    #[serde(default)]
+    failure: Option<(String, String)>,
 }
 
 fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -78,7 +81,17 @@ impl PodManager {
                     (c.name.clone(), (c.restart_count, started))
                 })
                 .collect();
-            (p.key.clone(), Runs { containers: runs })
+            let failure = p
+                .failure
+                .as_ref()
+                .map(|f| (f.reason.clone(), f.message.clone()));
+            (
+                p.key.clone(),
+                Runs {
+                    containers: runs,
+                    failure,
+                },
+            )
         }) else {
             return;
         };
@@ -131,8 +144,13 @@ impl PodManager {
             saved.labels,
             saved.annotations,
             saved.accepted_at,
-            None,
+            runs.failure
+                .clone()
+                .map(|(reason, message)| crate::status::PodFailure { reason, message }),
         );
+        // A pod that had failed stays failed: nothing of it is started again.
+        entry.stopping = entry.failure.is_some();
+        let deadline = entry.spec.active_deadline_seconds;
         let mut found = Vec::new();
         for c in &mut entry.containers {
             let (restart_count, started) =
@@ -148,7 +166,8 @@ impl PodManager {
                 }
                 _ => ContainerState::creating(),
             };
-            found.push(observed.is_some());
+            // A task that never started (or is paused, or unknown) is started afresh.
+            found.push(matches!(&observed, Some(o) if matches!(o.status, TaskStatus::Running | TaskStatus::Stopped)));
         }
         entry.refresh_conditions();
         self.pods().insert(key.uid.clone(), entry);
@@ -157,6 +176,27 @@ impl PodManager {
         // and only containers that still have to be created need their mounts.
         if let Err(e) = self.prepare_volumes(&key.uid, &Default::default()) {
             info!(pod = %key.name, error = %e, "volumes kept as found on disk");
+        }
+        if let Some(seconds) = deadline {
+            // What is left of activeDeadlineSeconds since the pod was accepted.
+            let active = jiff::Timestamp::now()
+                .duration_since(saved.accepted_at)
+                .as_secs();
+            let this = self.clone();
+            let uid = key.uid.clone();
+            tokio::spawn(
+                async move { this.enforce_deadline(uid, (seconds - active).max(0)).await },
+            );
+        }
+        if self
+            .pods()
+            .get(&key.uid)
+            .is_some_and(|p| p.failure.is_some())
+        {
+            // Finish what a failure started before the restart: nothing of it runs.
+            let this = self.clone();
+            let uid = key.uid.clone();
+            tokio::spawn(async move { this.stop(&uid, None, false).await });
         }
         let this = self.clone();
         tokio::spawn(async move { this.run_adopted(key.uid, found).await });

@@ -31,7 +31,7 @@ use orca_proto::types::v1 as pb;
 use tokio::sync::Notify;
 
 use crate::runtime::pull::Credential;
-use crate::runtime::{Containerd, Puller, RuntimeError, TaskStatus};
+use crate::runtime::{Containerd, Puller, RuntimeError};
 use crate::spec::RestartPolicy;
 use crate::status::{self, ContainerState, PodFailure};
 
@@ -435,6 +435,16 @@ impl PodManager {
                 message,
             });
         });
+        self.save_runs(uid);
+        // A failed pod runs nothing: stop its other containers, as the kubelet would
+        // never show a Failed pod with running containers.
+        let this = self.clone();
+        let uid = uid.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = this.stop(&uid, None, false).await {
+                tracing::warn!(uid, error = %e, "failed pod not stopped");
+            }
+        });
     }
 
     fn pod_dir(&self, key: &PodKey) -> PathBuf {
@@ -494,17 +504,15 @@ impl PodManager {
             .collect();
         for (uid, index, id) in running {
             match self.inner.ctrd.observe(&id).await {
-                Ok(Some(o)) if o.status == TaskStatus::Running => {}
-                // Stopped: the supervisor's Wait returns at once and records the exit.
-                Ok(Some(o)) if o.status == TaskStatus::Stopped => {}
-                Ok(other) => self.set_state(
+                // Any task: its supervisor is waiting on it and records what becomes of
+                // it (a slow shim can report Unknown for a live task for a while).
+                Ok(Some(_)) => {}
+                Ok(None) => self.set_state(
                     &uid,
                     index,
                     ContainerState::Waiting {
                         reason: "ContainerMissing".into(),
-                        message: format!(
-                            "containerd reports {other:?} for a container believed running"
-                        ),
+                        message: "containerd has no task for a container believed running".into(),
                     },
                 ),
                 Err(e) => tracing::warn!(container = %id, error = %e, "cannot observe task"),

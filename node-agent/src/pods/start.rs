@@ -103,7 +103,7 @@ impl PodManager {
 
     /// Fails the pod with reason DeadlineExceeded once it has been active
     /// `seconds`, stopping its containers (the kubelet's activeDeadlineSeconds).
-    async fn enforce_deadline(&self, uid: String, seconds: i64) {
+    pub(super) async fn enforce_deadline(&self, uid: String, seconds: i64) {
         tokio::time::sleep(Duration::from_secs(seconds.max(0) as u64)).await;
         let finished = self.pods().get(&uid).is_none_or(|p| {
             p.stopping || matches!(p.report("").status.map(|s| s.phase), Some(x) if x == pb::PodPhase::Succeeded as i32 || x == pb::PodPhase::Failed as i32)
@@ -123,6 +123,7 @@ impl PodManager {
                 message: format!("pod was active longer than activeDeadlineSeconds ({seconds}s)"),
             });
         });
+        self.save_runs(&uid);
         if let Err(e) = self.stop(&uid, None, false).await {
             warn!(uid, error = %e, "pod not stopped at its deadline");
         }

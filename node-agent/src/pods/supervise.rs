@@ -23,8 +23,12 @@ pub(super) enum Outcome {
 }
 
 impl PodManager {
+    /// Whether the pod is being stopped or has failed as a whole (its containers
+    /// must not be started or restarted any more).
     fn stopping(&self, uid: &str) -> bool {
-        self.pods().get(uid).is_none_or(|p| p.stopping)
+        self.pods()
+            .get(uid)
+            .is_none_or(|p| p.stopping || p.failure.is_some())
     }
 
     /// Supervises container `index` of pod `uid` until it ends for good.
@@ -44,7 +48,7 @@ impl PodManager {
             let Some(entry) = self.pods().get(uid).cloned() else {
                 return Outcome::Stopped;
             };
-            if entry.stopping {
+            if entry.stopping || entry.failure.is_some() {
                 return Outcome::Stopped;
             }
             let Some(container) = entry.container_spec(index).cloned() else {
@@ -71,10 +75,11 @@ impl PodManager {
                 if self.stopping(uid) {
                     return Outcome::Stopped;
                 }
-                self.update(uid, |p| {
-                    p.containers[index].image_id = format!("{}@{}", image.name, image.digest)
-                });
                 if !created {
+                    // The image a container runs is the one it was created from.
+                    self.update(uid, |p| {
+                        p.containers[index].image_id = format!("{}@{}", image.name, image.digest)
+                    });
                     if let Err(e) = self.create(uid, index, &image).await {
                         warn!(pod = %entry.key.name, container = %c.name, error = %e, "container not created");
                         self.fail(uid, index, "CreateContainerError", e.to_string());
@@ -83,6 +88,12 @@ impl PodManager {
                     created = true;
                 }
                 let log = self.log_path(&entry.key, &c.name, c.restart_count);
+                // Keep the current run's log and the previous one (`--previous`), as the kubelet.
+                if let Some(older) = c.restart_count.checked_sub(2) {
+                    for file in crate::logs::files_of(&self.log_path(&entry.key, &c.name, older)) {
+                        let _ = std::fs::remove_file(file);
+                    }
+                }
                 let uri = crate::logs::log_uri(
                     &self.inner.layout.logger,
                     &log,
@@ -194,6 +205,7 @@ impl PodManager {
                             message: msg,
                         })
                     });
+                    self.save_runs(uid);
                 }
                 return if code == 0 {
                     Outcome::Completed
