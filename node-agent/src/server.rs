@@ -31,6 +31,7 @@ fn status(e: PodError) -> Status {
         PodError::NotFound { .. } | PodError::NoContainer { .. } => {
             Status::not_found(e.to_string())
         }
+        PodError::Removing { .. } => Status::unavailable(e.to_string()),
         PodError::Runtime(ref r) => match r {
             RuntimeError::Connect { .. } => Status::unavailable(e.to_string()),
             RuntimeError::Containerd { source, .. } if source.code() == tonic::Code::NotFound => {

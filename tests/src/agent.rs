@@ -87,6 +87,11 @@ impl TestAgent {
         ]
         .map(String::from)
         .to_vec();
+        // A flag given in `extra` replaces the default one.
+        args.retain(|d| {
+            let flag = d.split('=').next().unwrap_or_default();
+            !extra.iter().any(|e| e.split('=').next() == Some(flag))
+        });
         args.push(format!("--listen={addr}"));
         args.push(format!(
             "--containerd-socket={}",
@@ -176,7 +181,20 @@ impl TestAgent {
         registry_credentials: Vec<types::RegistryCredential>,
         volume_data: Option<types::VolumeData>,
     ) -> String {
-        let uid = uuid_like();
+        self.run_as(&uuid_like(), name, spec, registry_credentials, volume_data)
+            .await
+    }
+
+    /// Runs a pod with a given uid (to send the same pod again); returns the uid.
+    pub async fn run_as(
+        &self,
+        uid: &str,
+        name: &str,
+        spec: serde_json::Value,
+        registry_credentials: Vec<types::RegistryCredential>,
+        volume_data: Option<types::VolumeData>,
+    ) -> String {
+        let uid = uid.to_owned();
         let pod = types::Pod {
             r#ref: Some(types::PodRef {
                 namespace: "default".into(),

@@ -716,3 +716,33 @@ async fn an_agent_restart_does_not_revive_a_failed_pod() {
         "{tasks}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_sent_again_after_removal_runs_once() {
+    let a = TestAgent::start_with(&["--backoff-base-ms=1500", "--backoff-max-ms=1500"]);
+    let crashing = json!({
+        "restartPolicy": "OnFailure",
+        "containers": [{ "name": "c", "image": a.image, "command": ["sh", "-c", "exit 1"] }],
+    });
+    let uid = a.run("again", crashing).await;
+    a.wait_for(&uid, "back-off", |s| {
+        s.container_statuses.first().is_some_and(|c| {
+            matches!(c.state.as_ref().and_then(|s| s.state.as_ref()), Some(State::Waiting(w)) if w.reason == "CrashLoopBackOff")
+        })
+    })
+    .await;
+    // Removed while its supervisor sleeps in back-off, then sent again (same uid).
+    a.stop(&uid, 0).await;
+    let steady = json!({
+        "restartPolicy": "OnFailure",
+        "containers": [{ "name": "c", "image": a.image, "command": ["sleep", "300"] }],
+    });
+    a.run_as(&uid, "again", steady, Vec::new(), None).await;
+    a.wait_phase(&uid, PodPhase::Running).await;
+    // Past the old supervisor's back-off: it must not have touched the new run.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let status = a.status(&uid).await;
+    assert_eq!(status.phase, PodPhase::Running as i32, "{status:?}");
+    assert_eq!(status.container_statuses[0].restart_count, 0, "{status:?}");
+    a.stop(&uid, 0).await;
+}

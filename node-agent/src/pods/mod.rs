@@ -103,6 +103,12 @@ pub enum PodError {
         /// Pod uid.
         uid: String,
     },
+    /// The pod is being stopped and removed; it can be sent again once it is gone.
+    #[error("pod {uid} is being removed; try again")]
+    Removing {
+        /// Pod uid.
+        uid: String,
+    },
     /// No such container in the pod.
     #[error("pod {uid} has no container {container:?}")]
     NoContainer {
@@ -163,7 +169,13 @@ struct PodEntry {
     /// Held while containers are created or started and while the pod is stopped,
     /// so a stop never races a start into a leaked container.
     lifecycle: Arc<tokio::sync::Mutex<()>>,
+    /// Which acceptance of this uid the entry is: a supervisor of an earlier one
+    /// (the pod was removed and sent again) stops instead of running on.
+    incarnation: u64,
 }
+
+/// Source of [`PodEntry::incarnation`].
+static INCARNATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl PodEntry {
     /// A pod as accepted (or adopted): one entry per init and app container, in
@@ -213,6 +225,7 @@ impl PodEntry {
             volumes: None,
             conditions: BTreeMap::new(),
             lifecycle: Arc::default(),
+            incarnation: INCARNATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         entry.refresh_conditions();
         entry

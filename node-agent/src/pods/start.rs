@@ -31,6 +31,11 @@ impl PodManager {
             });
         }
         if let Some(existing) = self.pods().get(&key.uid) {
+            if existing.stopping && existing.failure.is_none() {
+                return Err(PodError::Removing {
+                    uid: key.uid.clone(),
+                });
+            }
             return Ok(existing.report(&self.inner.layout.host_ip));
         }
         let spec: PodSpec = serde_json::from_str(spec_json).map_err(|e| PodError::Invalid {

@@ -25,10 +25,10 @@ pub(super) enum Outcome {
 impl PodManager {
     /// Whether the pod is being stopped or has failed as a whole (its containers
     /// must not be started or restarted any more).
-    fn stopping(&self, uid: &str) -> bool {
+    fn stopping(&self, uid: &str, incarnation: u64) -> bool {
         self.pods()
             .get(uid)
-            .is_none_or(|p| p.stopping || p.failure.is_some())
+            .is_none_or(|p| p.stopping || p.failure.is_some() || p.incarnation != incarnation)
     }
 
     /// Supervises container `index` of pod `uid` until it ends for good.
@@ -44,11 +44,14 @@ impl PodManager {
         let mut start_failures = 0u32;
         let mut created = adopted;
         let mut running = adopted;
+        let Some(incarnation) = self.pods().get(uid).map(|p| p.incarnation) else {
+            return Outcome::Stopped;
+        };
         loop {
             let Some(entry) = self.pods().get(uid).cloned() else {
                 return Outcome::Stopped;
             };
-            if entry.stopping || entry.failure.is_some() {
+            if self.stopping(uid, incarnation) {
                 return Outcome::Stopped;
             }
             let Some(container) = entry.container_spec(index).cloned() else {
@@ -62,9 +65,11 @@ impl PodManager {
                     _ => jiff::Timestamp::now(),
                 }
             } else {
-                let Some(image) = self.pull_with_backoff(uid, index, &container, inputs).await
+                let Some(image) = self
+                    .pull_with_backoff(uid, incarnation, index, &container, inputs)
+                    .await
                 else {
-                    return if self.stopping(uid) {
+                    return if self.stopping(uid, incarnation) {
                         Outcome::Stopped
                     } else {
                         Outcome::Failed
@@ -72,7 +77,7 @@ impl PodManager {
                 };
                 let lifecycle = entry.lifecycle.clone();
                 let _guard = lifecycle.lock().await;
-                if self.stopping(uid) {
+                if self.stopping(uid, incarnation) {
                     return Outcome::Stopped;
                 }
                 if !created {
@@ -189,7 +194,7 @@ impl PodManager {
             });
             info!(container = %c.id, exit_code = code, oom, "container exited");
             self.set_state(uid, index, state.clone());
-            if self.stopping(uid) {
+            if self.stopping(uid, incarnation) {
                 return Outcome::Stopped;
             }
             let policy = entry.policy;
@@ -232,7 +237,7 @@ impl PodManager {
                 };
             });
             tokio::time::sleep(backoff).await;
-            if self.stopping(uid) {
+            if self.stopping(uid, incarnation) {
                 return Outcome::Stopped;
             }
             self.update(uid, |p| p.containers[index].restart_count += 1);
@@ -247,6 +252,7 @@ impl PodManager {
     async fn pull_with_backoff(
         &self,
         uid: &str,
+        incarnation: u64,
         index: usize,
         container: &k8s_openapi::api::core::v1::Container,
         inputs: &RunInputs,
@@ -294,7 +300,7 @@ impl PodManager {
                         },
                     );
                     tokio::time::sleep(backoff - backoff / 4).await;
-                    if self.stopping(uid) {
+                    if self.stopping(uid, incarnation) {
                         return None;
                     }
                 }
