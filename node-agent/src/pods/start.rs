@@ -81,15 +81,24 @@ impl PodManager {
         let Some(entry) = self.pods().get(&uid).cloned() else {
             return;
         };
-        if let Err(e) = self.prepare_volumes(&uid, &inputs.volume_data) {
-            warn!(pod = %entry.key.name, error = %e, "volumes not prepared");
-            self.update(&uid, |p| {
-                p.failure = Some(PodFailure {
-                    reason: "FailedMount".into(),
-                    message: e.to_string(),
-                })
-            });
-            return;
+        {
+            // Under the lifecycle lock: a removal that came first has cleaned up, and
+            // one that comes later waits, so no volume (or tmpfs mount) is left behind.
+            let _guard = entry.lifecycle.lock().await;
+            if self.pods().get(&uid).is_none_or(|p| p.stopping) {
+                return;
+            }
+            if let Err(e) = self.prepare_volumes(&uid, &inputs.volume_data) {
+                warn!(pod = %entry.key.name, error = %e, "volumes not prepared");
+                self.update(&uid, |p| {
+                    p.failure = Some(PodFailure {
+                        reason: "FailedMount".into(),
+                        message: e.to_string(),
+                    })
+                });
+                self.save_runs(&uid);
+                return;
+            }
         }
         let inits = entry.containers.iter().filter(|c| c.init).count();
         for index in 0..inits {
