@@ -314,6 +314,20 @@ impl TestAgent {
         self.containerd.ctr(&self.namespace, args).expect("ctr")
     }
 
+    /// Waits until containerd lists the task of container `id` with `status`
+    /// (`RUNNING`, `STOPPED`, ...).
+    pub async fn wait_task(&self, id: &str, status: &str) {
+        let what = format!("task {id} to be {status}");
+        eventually(&what, DEADLINE, || async {
+            let tasks = self.ctr(&["tasks", "ls"]);
+            let found = tasks
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(id) && l.contains(status));
+            if found { Ok(()) } else { Err(tasks) }
+        })
+        .await
+    }
+
     /// The containerd id of a container in a status.
     pub fn container_id(status: &types::PodStatus, name: &str) -> String {
         status

@@ -276,22 +276,7 @@ async fn active_deadline_stops_the_pod() {
     assert_eq!(failed.reason, "DeadlineExceeded");
     assert_eq!(condition(&failed, "Ready").as_deref(), Some("False"));
     let id = TestAgent::container_id(&failed, "slow");
-    orca_tests::eventually::eventually(
-        "the task to be stopped",
-        orca_tests::agent::WAIT,
-        || async {
-            let tasks = a.ctr(&["tasks", "ls"]);
-            if tasks
-                .lines()
-                .any(|l| l.starts_with(&id) && l.contains("STOPPED"))
-            {
-                Ok(())
-            } else {
-                Err(tasks)
-            }
-        },
-    )
-    .await;
+    a.wait_task(&id, "STOPPED").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -659,8 +644,9 @@ async fn a_failed_pod_stops_its_other_containers() {
     let failed = a.wait_phase(&uid, PodPhase::Failed).await;
     assert_eq!(failed.reason, "ErrImagePull");
     let good = TestAgent::container_id(&failed, "good");
+    // Stopped, or never started: in no case running.
     orca_tests::eventually::eventually(
-        "the good container to be stopped",
+        "the good container not to run",
         orca_tests::agent::WAIT,
         || async {
             let tasks = a.ctr(&["tasks", "ls"]);
@@ -684,22 +670,7 @@ async fn an_agent_restart_does_not_revive_a_failed_pod() {
     let failed = a.wait_phase(&uid, PodPhase::Failed).await;
     assert_eq!(failed.reason, "DeadlineExceeded");
     let id = TestAgent::container_id(&failed, "c");
-    orca_tests::eventually::eventually(
-        "the task to be stopped",
-        orca_tests::agent::WAIT,
-        || async {
-            let tasks = a.ctr(&["tasks", "ls"]);
-            if tasks
-                .lines()
-                .any(|l| l.starts_with(&id) && l.contains("STOPPED"))
-            {
-                Ok(())
-            } else {
-                Err(tasks)
-            }
-        },
-    )
-    .await;
+    a.wait_task(&id, "STOPPED").await;
 
     a.kill_and_restart_agent();
     let after = a.wait_phase(&uid, PodPhase::Failed).await;
