@@ -15,7 +15,7 @@ use tempfile::TempDir;
 use tonic::transport::Channel;
 
 use crate::cluster::DEADLINE;
-use crate::env::{self, Containerd, Daemon, Registry, busybox_image, workspace_bin};
+use crate::env::{self, Containerd, Daemon, Registry, workspace_bin};
 use crate::eventually::eventually;
 
 /// A running agent with its containerd and registry.
@@ -60,12 +60,8 @@ impl TestAgent {
 
     fn start_inner(extra: &[&str], secured_password: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let containerd = Containerd::start(dir.path()).expect("containerd starts");
-        let registry = Registry::start(dir.path()).expect("registry starts");
-        let archive = busybox_image(dir.path()).expect("busybox image builds");
-        let image = registry
-            .push_oci_archive(&archive, "orca/busybox:test")
-            .expect("image pushed");
+        let (containerd, registry, archive, image) =
+            env::containerd_and_registry(dir.path()).expect("containerd, registry and image");
         let secured = secured_password.map(|password| {
             let tls =
                 Registry::start_secured(dir.path(), "orca", password).expect("TLS registry starts");

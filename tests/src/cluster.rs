@@ -13,7 +13,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
-use crate::env::{self, Containerd, Daemon, Registry, busybox_image, workspace_bin};
+use crate::env::{self, Containerd, Daemon, Registry, workspace_bin};
 use crate::eventually::eventually_blocking;
 
 /// Generous deadline for anything the tests wait on (the machine has 2 noisy cores).
@@ -52,12 +52,8 @@ impl TestCluster {
     /// As [`TestCluster::start`], with these extra flags for every agent.
     pub fn start_with(agent_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let containerd = Containerd::start(dir.path()).expect("containerd starts");
-        let registry = Registry::start(dir.path()).expect("registry starts");
-        let archive = busybox_image(dir.path()).expect("busybox image builds");
-        let image = registry
-            .push_oci_archive(&archive, "orca/busybox:test")
-            .expect("image pushed to the registry");
+        let (containerd, registry, _, image) =
+            env::containerd_and_registry(dir.path()).expect("containerd, registry and image");
         let port = env::free_port();
         let addr = format!("127.0.0.1:{port}");
         let data_dir = dir.path().join("orca");

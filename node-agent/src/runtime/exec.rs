@@ -249,21 +249,14 @@ impl Containerd {
     }
 
     async fn kill_process(&self, container_id: &str, exec_id: &str) -> Result<(), RuntimeError> {
-        let req = KillRequest {
+        // A process that exited in between is fine: the wait reports it.
+        self.send_kill(KillRequest {
             container_id: container_id.to_owned(),
             exec_id: exec_id.to_owned(),
             signal: SIGKILL,
             all: false,
-        };
-        match TasksClient::new(self.channel())
-            .kill(self.request(req, None))
-            .await
-        {
-            Ok(_) => Ok(()),
-            // Exited in between: the wait reports it.
-            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
-            Err(s) => Err(op("Tasks.Kill")(s)),
-        }
+        })
+        .await
     }
 
     /// Deletes an exited exec process; whether it is gone. A failure only leaves

@@ -222,12 +222,17 @@ impl Containerd {
     /// (the container decides how to shut down); SIGKILL goes to every process of
     /// the container.
     pub async fn kill(&self, id: &str, signal: u32) -> Result<(), RuntimeError> {
-        let req = KillRequest {
+        self.send_kill(KillRequest {
             container_id: id.to_owned(),
             exec_id: String::new(),
             signal,
             all: signal == 9,
-        };
+        })
+        .await
+    }
+
+    /// Sends a kill request; a process already gone is not an error.
+    pub(crate) async fn send_kill(&self, req: KillRequest) -> Result<(), RuntimeError> {
         match TasksClient::new(self.channel())
             .kill(self.request(req, None))
             .await

@@ -14,13 +14,26 @@ pub const BUSYBOX_REF: &str = "orca/busybox:test";
 /// The busybox binary the image is built from (Debian's `busybox-static`).
 const BUSYBOX: &str = "/bin/busybox";
 
+/// A containerd and a registry under `dir`, with the busybox image built and pushed
+/// as `orca/busybox:test`: what every end-to-end fixture starts from. Returns the
+/// image archive too (to push elsewhere) and the image's full reference.
+pub fn containerd_and_registry(
+    dir: &Path,
+) -> Result<(super::Containerd, super::Registry, PathBuf, String)> {
+    let containerd = super::Containerd::start(dir)?;
+    let registry = super::Registry::start(dir)?;
+    let archive = busybox_image(dir)?;
+    let image = registry.push_oci_archive(&archive, "orca/busybox:test")?;
+    Ok((containerd, registry, archive, image))
+}
+
 /// Builds the busybox OCI image-layout archive `<dir>/busybox-oci.tar` named
 /// [`BUSYBOX_REF`] (`python3 tests/env/mkoci.py`, <1 s, reproducible digest) and returns
 /// its path.
 ///
 /// Its rootfs is `/bin/busybox` plus applet symlinks in `/bin` (sh, sleep, echo, cat,
 /// httpd, nc, ls, env, wget, true, false, ps, id, hostname, ip, ifconfig, ping, seq, wc,
-/// tail, head, yes, kill, grep), `/etc/passwd`, and `/www/index.html`; `PATH=/bin`.
+/// tail, head, yes, kill, grep, sed, touch, readlink, …), `/etc/passwd`, and `/www/index.html`; `PATH=/bin`.
 pub fn busybox_image(dir: &Path) -> Result<PathBuf> {
     let python = try_require("python3")?;
     if !Path::new(BUSYBOX).is_file() {
