@@ -3,8 +3,9 @@
 //! named for them ([`crate::registry`], [`crate::pods`], [`crate::scheduler`]),
 //! each as an `impl Cluster` block.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use orca_proto::agent::v1::agent_service_client::AgentServiceClient;
 use orca_proto::controlplane::v1 as pb;
@@ -13,6 +14,7 @@ use tonic::transport::Channel;
 
 use crate::cloud::{InstanceProvider, ProviderError};
 use crate::config::Config;
+use crate::pki::Pki;
 use crate::store::{Store, StoreError};
 
 /// Errors of cluster operations; the API maps them to gRPC codes in one place.
@@ -46,6 +48,12 @@ pub enum ClusterError {
     /// The join token is unknown, used, expired or for another node.
     #[error("join refused: {0}")]
     JoinRefused(String),
+    /// The caller did not prove who it is.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The object is in a state that does not allow the operation.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -69,22 +77,118 @@ struct Inner {
     config: Config,
     store: Store,
     provider: Box<dyn InstanceProvider>,
+    pki: Pki,
+    agent_tls: Arc<rustls::ClientConfig>,
+    agent_url: String,
     agents: Mutex<HashMap<String, Channel>>,
+    liveness: Mutex<HashMap<String, Liveness>>,
+    done: Mutex<HashSet<String>>,
+    started: Instant,
     wake_scheduler: Notify,
 }
 
+/// What the control plane remembers of a node's heartbeats, in memory only (a
+/// heartbeat is not an fsync). After a restart every node starts from the
+/// restart time: it gets one full grace period before it can be declared Lost.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// When the last heartbeat (or Join) arrived.
+    pub last_seen: Instant,
+    /// The sequence number of the last heartbeat.
+    pub sequence: u64,
+}
+
 impl Cluster {
-    /// Assembles the cluster.
-    pub fn new(config: Config, store: Store, provider: Box<dyn InstanceProvider>) -> Self {
+    /// Assembles the cluster; `agent_tls` is the client configuration for calls
+    /// to agents (the cluster CA, the control plane's certificate).
+    pub fn new(
+        config: Config,
+        store: Store,
+        provider: Box<dyn InstanceProvider>,
+        pki: Pki,
+        agent_tls: Arc<rustls::ClientConfig>,
+        agent_url: String,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config,
                 store,
                 provider,
+                pki,
+                agent_tls,
+                agent_url,
                 agents: Mutex::new(HashMap::new()),
+                liveness: Mutex::new(HashMap::new()),
+                done: Mutex::new(HashSet::new()),
+                started: Instant::now(),
                 wake_scheduler: Notify::new(),
             }),
         }
+    }
+
+    /// The URL agents dial (given to launched hosts and in join tokens).
+    pub fn agent_url(&self) -> String {
+        self.inner.agent_url.clone()
+    }
+
+    /// The certificate authority.
+    pub fn pki(&self) -> &Pki {
+        &self.inner.pki
+    }
+
+    /// Records a sign of life from `node`.
+    pub fn touch(&self, node: &str, sequence: u64) {
+        let mut live = self
+            .inner
+            .liveness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        live.insert(
+            node.to_owned(),
+            Liveness {
+                last_seen: Instant::now(),
+                sequence,
+            },
+        );
+    }
+
+    /// How long since `node` was last heard from (since the control plane started
+    /// when it has not been heard from in this process).
+    pub fn silence(&self, node: &str) -> std::time::Duration {
+        let live = self
+            .inner
+            .liveness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        live.get(node)
+            .map_or(self.inner.started, |l| l.last_seen)
+            .elapsed()
+    }
+
+    /// Forgets a node's liveness and agent connection.
+    pub fn forget(&self, node: &pb::Node) {
+        let mut live = self
+            .inner
+            .liveness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        live.remove(&node.name);
+        drop(live);
+        let mut agents = self.inner.agents.lock().unwrap_or_else(|p| p.into_inner());
+        agents.remove(&node.agent_address);
+    }
+
+    /// True the first time this process does `what` (e.g. `dispatch:<uid>`,
+    /// `fence:<node>`): one-shot actions that a restarted control plane redoes.
+    pub fn first_time(&self, what: &str) -> bool {
+        let mut set = self.inner.done.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(what.to_owned())
+    }
+
+    /// Allows `what` to be done again (it failed, or its episode ended).
+    pub fn again(&self, what: &str) {
+        let mut set = self.inner.done.lock().unwrap_or_else(|p| p.into_inner());
+        set.remove(what);
     }
 
     /// The configuration.
@@ -112,7 +216,8 @@ impl Cluster {
         self.inner.wake_scheduler.notified().await
     }
 
-    /// A client for the agent of `node`, connecting lazily.
+    /// A client for the agent of `node`, connecting lazily over mutual TLS: the
+    /// agent's certificate must name the node.
     pub fn agent(&self, node: &pb::Node) -> Result<AgentServiceClient<Channel>, ClusterError> {
         if node.agent_address.is_empty() {
             return Err(ClusterError::FailedPrecondition(format!(
@@ -124,15 +229,15 @@ impl Cluster {
         let channel = match agents.get(&node.agent_address) {
             Some(c) => c.clone(),
             None => {
-                let endpoint = tonic::transport::Endpoint::from_shared(format!(
-                    "http://{}",
-                    node.agent_address
-                ))
+                let channel = orca_proto::tls::channel(
+                    &node.agent_address,
+                    Some(&node.name),
+                    self.inner.agent_tls.clone(),
+                    std::time::Duration::from_secs(5),
+                )
                 .map_err(|e| {
                     ClusterError::Invalid(format!("agent address {}: {e}", node.agent_address))
-                })?
-                .connect_timeout(std::time::Duration::from_secs(5));
-                let channel = endpoint.connect_lazy();
+                })?;
                 agents.insert(node.agent_address.clone(), channel.clone());
                 channel
             }

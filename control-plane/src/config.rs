@@ -11,8 +11,14 @@ use serde::Deserialize;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
 /// Default heartbeat interval sent to agents (ms).
 pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 2_000;
+/// Default time without heartbeats before a node is Suspect (ms).
+pub const DEFAULT_SUSPECT_AFTER_MS: u64 = 6_000;
 /// Default time without heartbeats before a node is NotReady (ms).
-pub const DEFAULT_NODE_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_NOT_READY_AFTER_MS: u64 = 20_000;
+/// Default time without heartbeats before a node is Lost and its pods recovered (ms).
+pub const DEFAULT_LOST_AFTER_MS: u64 = 60_000;
+/// Default lifetime of node and control-plane certificates (s).
+pub const DEFAULT_CERT_LIFETIME_S: u64 = 86_400;
 /// Default lifetime of a join token (s).
 pub const DEFAULT_JOIN_TOKEN_TTL_S: u64 = 600;
 /// Default time a pod may wait for a node before it fails Unschedulable (ms).
@@ -59,7 +65,7 @@ pub struct File {
     /// Address of the gRPC API (agents and users).
     #[serde(default = "default_listen")]
     pub listen: String,
-    /// URL agents dial to reach NodeService; defaults to `http://<listen>`.
+    /// URL agents dial to reach NodeService; defaults to `https://<listen>`.
     #[serde(default)]
     pub advertise_url: Option<String>,
     /// Directory of the sled store and simulated hosts' state.
@@ -67,9 +73,16 @@ pub struct File {
     /// Heartbeat interval the agents are told to use (ms).
     #[serde(default = "d_heartbeat")]
     pub heartbeat_interval_ms: u64,
-    /// Time without heartbeats before a node is NotReady (ms).
-    #[serde(default = "d_node_timeout")]
-    pub node_timeout_ms: u64,
+    /// Time without heartbeats before a node is Suspect (ms).
+    #[serde(default = "d_suspect")]
+    pub suspect_after_ms: u64,
+    /// Time without heartbeats before a node is NotReady: no new pods (ms).
+    #[serde(default = "d_not_ready")]
+    pub not_ready_after_ms: u64,
+    /// Time without heartbeats before a node is Lost: it is fenced and its pods
+    /// recovered elsewhere (ms).
+    #[serde(default = "d_lost")]
+    pub lost_after_ms: u64,
     /// Lifetime of a join token (s).
     #[serde(default = "d_token_ttl")]
     pub join_token_ttl_s: u64,
@@ -82,8 +95,57 @@ pub struct File {
     /// Time allowed for one call to an agent (ms).
     #[serde(default = "d_agent_call")]
     pub agent_call_timeout_ms: u64,
+    /// TLS settings.
+    #[serde(default)]
+    pub tls: TlsFile,
+    /// Launch hosts when no node fits a pending pod (off when absent).
+    #[serde(default)]
+    pub autoscale: Option<AutoscaleFile>,
     /// The instance provider.
     pub provider: ProviderFile,
+}
+
+/// Autoscaling: hosts launched when no node fits a pending pod.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoscaleFile {
+    /// At most this many autoscaled nodes.
+    pub max_nodes: u32,
+    /// CPU of a new host (a Kubernetes quantity); more if the pod asks for more.
+    #[serde(default = "d_auto_cpu")]
+    pub cpu: String,
+    /// Memory of a new host (a Kubernetes quantity); more if the pod asks for more.
+    #[serde(default = "d_auto_memory")]
+    pub memory: String,
+    /// GPUs of a new host; more if the pod asks for more.
+    #[serde(default)]
+    pub gpus: u32,
+    /// Pods a new host takes.
+    #[serde(default = "d_auto_pods")]
+    pub pods: u32,
+}
+
+/// The validated autoscaling settings.
+#[derive(Debug, Clone)]
+pub struct Autoscale {
+    /// Most autoscaled nodes.
+    pub max_nodes: u32,
+    /// Smallest size of a new host.
+    pub size: orca_proto::types::v1::Resources,
+}
+
+/// TLS settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// Extra DNS names and IPs for the control plane's certificate (besides
+    /// `localhost`, 127.0.0.1, the listen address and advertise_url's host).
+    #[serde(default)]
+    pub server_names: Vec<String>,
+    /// Lifetime of node and control-plane certificates (s); they are renewed
+    /// when two thirds of it have passed.
+    #[serde(default)]
+    pub cert_lifetime_s: Option<u64>,
 }
 
 /// Which instance provider launches nodes: exactly one of its fields is set.
@@ -122,8 +184,23 @@ fn default_listen() -> String {
 fn d_heartbeat() -> u64 {
     DEFAULT_HEARTBEAT_INTERVAL_MS
 }
-fn d_node_timeout() -> u64 {
-    DEFAULT_NODE_TIMEOUT_MS
+fn d_auto_cpu() -> String {
+    "2".into()
+}
+fn d_auto_memory() -> String {
+    "4Gi".into()
+}
+fn d_auto_pods() -> u32 {
+    110
+}
+fn d_suspect() -> u64 {
+    DEFAULT_SUSPECT_AFTER_MS
+}
+fn d_not_ready() -> u64 {
+    DEFAULT_NOT_READY_AFTER_MS
+}
+fn d_lost() -> u64 {
+    DEFAULT_LOST_AFTER_MS
 }
 fn d_token_ttl() -> u64 {
     DEFAULT_JOIN_TOKEN_TTL_S
@@ -155,8 +232,18 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Heartbeat interval for agents.
     pub heartbeat_interval: Duration,
+    /// Suspect after this long without heartbeats.
+    pub suspect_after: Duration,
     /// NotReady after this long without heartbeats.
-    pub node_timeout: Duration,
+    pub not_ready_after: Duration,
+    /// Lost after this long without heartbeats.
+    pub lost_after: Duration,
+    /// Extra names (DNS or IP) of the control plane's certificate.
+    pub server_names: Vec<String>,
+    /// Certificate lifetime.
+    pub cert_lifetime: Duration,
+    /// Autoscaling, when on.
+    pub autoscale: Option<Autoscale>,
     /// Join token lifetime.
     pub join_token_ttl: Duration,
     /// Unschedulable after this long pending.
@@ -222,11 +309,11 @@ impl File {
         let advertise_url = self
             .advertise_url
             .clone()
-            .unwrap_or_else(|| format!("http://{listen}"));
-        if !advertise_url.starts_with("http://") && !advertise_url.starts_with("https://") {
+            .unwrap_or_else(|| format!("https://{listen}"));
+        if !advertise_url.starts_with("https://") {
             return Err(invalid(
                 "advertise_url",
-                format!("{advertise_url:?} must start with http:// or https://"),
+                format!("{advertise_url:?} must start with https:// (agents speak mutual TLS)"),
             ));
         }
         let positive = |field, v: u64| {
@@ -238,13 +325,65 @@ impl File {
         };
         let ms = |field, v| positive(field, v).map(Duration::from_millis);
         let heartbeat_interval = ms("heartbeat_interval_ms", self.heartbeat_interval_ms)?;
-        let node_timeout = ms("node_timeout_ms", self.node_timeout_ms)?;
-        if node_timeout <= heartbeat_interval {
+        let suspect_after = ms("suspect_after_ms", self.suspect_after_ms)?;
+        let not_ready_after = ms("not_ready_after_ms", self.not_ready_after_ms)?;
+        let lost_after = ms("lost_after_ms", self.lost_after_ms)?;
+        if suspect_after <= heartbeat_interval {
             return Err(invalid(
-                "node_timeout_ms",
+                "suspect_after_ms",
                 "must be longer than heartbeat_interval_ms".into(),
             ));
         }
+        if not_ready_after <= suspect_after {
+            return Err(invalid(
+                "not_ready_after_ms",
+                "must be longer than suspect_after_ms".into(),
+            ));
+        }
+        if lost_after <= not_ready_after {
+            return Err(invalid(
+                "lost_after_ms",
+                "must be longer than not_ready_after_ms".into(),
+            ));
+        }
+        for name in &self.tls.server_names {
+            let dns_ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if name.parse::<std::net::IpAddr>().is_err() && !dns_ok {
+                return Err(invalid(
+                    "tls.server_names",
+                    format!("{name:?} is neither a DNS name nor an IP address"),
+                ));
+            }
+        }
+        let cert_lifetime = Duration::from_secs(positive(
+            "tls.cert_lifetime_s",
+            self.tls.cert_lifetime_s.unwrap_or(DEFAULT_CERT_LIFETIME_S),
+        )?);
+        let autoscale = match self.autoscale {
+            None => None,
+            Some(a) => {
+                let q = |field, text: &str, millis| {
+                    orca_proto::quantity::parse(text, millis)
+                        .filter(|v| *v > 0)
+                        .map(|v| v as i64)
+                        .ok_or_else(|| {
+                            invalid(field, format!("{text:?} is not a positive quantity"))
+                        })
+                };
+                Some(Autoscale {
+                    max_nodes: a.max_nodes,
+                    size: orca_proto::types::v1::Resources {
+                        cpu_millis: q("autoscale.cpu", &a.cpu, true)?,
+                        memory_bytes: q("autoscale.memory", &a.memory, false)?,
+                        gpus: a.gpus as i32,
+                        pods: a.pods.max(1) as i32,
+                    },
+                })
+            }
+        };
         let provider = match self.provider.local {
             None => {
                 return Err(invalid(
@@ -293,7 +432,12 @@ impl File {
             advertise_url: advertise_url.trim_end_matches('/').to_owned(),
             data_dir: self.data_dir,
             heartbeat_interval,
-            node_timeout,
+            suspect_after,
+            not_ready_after,
+            lost_after,
+            server_names: self.tls.server_names,
+            cert_lifetime,
+            autoscale,
             join_token_ttl: Duration::from_secs(positive(
                 "join_token_ttl_s",
                 self.join_token_ttl_s,
@@ -333,11 +477,23 @@ mod tests {
             .to_string();
         assert!(e.contains("`heartbeat_interval_ms`"), "{e}");
         let e = parse(&format!(
-            "{base}node_timeout_ms: 100\nheartbeat_interval_ms: 200\n"
+            "{base}suspect_after_ms: 100\nheartbeat_interval_ms: 200\n"
         ))
         .unwrap_err()
         .to_string();
-        assert!(e.contains("`node_timeout_ms`"), "{e}");
+        assert!(e.contains("`suspect_after_ms`"), "{e}");
+        let e = parse(&format!("{base}lost_after_ms: 1000\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`lost_after_ms`"), "{e}");
+        let e = parse(&format!("{base}tls:\n  server_names: ['a b']\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`tls.server_names`"), "{e}");
+        let e = parse(&format!("{base}advertise_url: http://x:1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`advertise_url`"), "{e}");
         let e = parse("data_dir: /tmp/x\nprovider:\n  local:\n    agent_binary: /nonexistent\n")
             .unwrap_err()
             .to_string();

@@ -27,12 +27,16 @@ pub mod cli;
 pub mod cloud;
 pub mod cluster;
 pub mod config;
+pub mod pki;
 pub mod pods;
+pub mod recovery;
 pub mod registry;
 pub mod scheduler;
 pub mod store;
+pub mod tls_identity;
 
 use std::future::Future;
+use std::os::unix::fs::PermissionsExt as _;
 
 use orca_proto::controlplane::v1::admin_service_server::AdminServiceServer;
 use orca_proto::controlplane::v1::node_service_server::NodeServiceServer;
@@ -55,6 +59,12 @@ pub enum ServeError {
     /// The store could not be opened or flushed.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The CA could not be loaded or a certificate issued.
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    /// The TLS configuration could not be built.
+    #[error(transparent)]
+    Tls(#[from] orca_proto::tls::TlsError),
     /// The gRPC server failed.
     #[error("server failed")]
     Serve(#[source] tonic::transport::Error),
@@ -69,6 +79,13 @@ pub enum ServeError {
     },
 }
 
+fn data_dir_error(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ServeError + '_ {
+    move |source| ServeError::DataDir {
+        path: path.to_owned(),
+        source,
+    }
+}
+
 /// Runs the control plane on an already-bound listener until `shutdown`
 /// resolves; then drains in-flight calls, stops its loops and flushes the store.
 pub async fn serve(
@@ -77,30 +94,62 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let data = config.data_dir.clone();
-    std::fs::create_dir_all(&data).map_err(|source| ServeError::DataDir {
-        path: data.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&data).map_err(data_dir_error(&data))?;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
+        .map_err(data_dir_error(&data))?;
     let store = store::Store::open(&data.join("store"))?;
+    let (pki, created) = pki::Pki::load_or_create(&store.pki)?;
+    store.flush().await?;
+    let listen = listener.local_addr().map_err(data_dir_error(&data))?;
+    let user_url = format!(
+        "https://{}",
+        if listen.ip().is_unspecified() {
+            std::net::SocketAddr::new([127, 0, 0, 1].into(), listen.port())
+        } else {
+            listen
+        }
+    );
+    std::fs::write(data.join("ca.pem"), pki.ca_pem()).map_err(data_dir_error(&data))?;
+    if let Some(created) = created {
+        let path = data.join("admin.yaml");
+        cli::credentials::Credentials {
+            server: user_url.clone(),
+            certificate_authority_data: pki.ca_pem().to_owned(),
+            token: created.admin_token,
+        }
+        .write(&path)
+        .map_err(data_dir_error(&path))?;
+        info!(credentials = %path.display(), "new cluster: CA and admin credentials created");
+    }
+    let identity = tls_identity::ServerIdentity::new(&config, listen);
+    let slot = identity.issue(&pki)?;
+    let ca = pki.ca_pem().to_owned();
+    let agent_tls = orca_proto::tls::client_config(&ca, Some(slot.clone()))?;
+    let server_tls =
+        orca_proto::tls::server_config(slot.clone(), &ca, orca_proto::tls::ClientAuth::Optional)?;
+
     let provider: Box<dyn InstanceProvider> = match &config.provider {
         Provider::Local(local) => Box::new(cloud::local::LocalProvider::new(
             local.clone(),
             data.join("hosts"),
         )),
     };
-    let cluster = Cluster::new(config, store.clone(), provider);
+    let agent_url = config.advertise_url.clone();
+    let cluster = Cluster::new(config, store.clone(), provider, pki, agent_tls, agent_url);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
     let scheduler = {
         let cluster = cluster.clone();
-        let mut rx = stop_rx.clone();
-        tokio::spawn(async move {
-            cluster
-                .run_scheduler(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await
-        })
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { cluster.run_scheduler(stop).await })
+    };
+    let rotation = {
+        let cluster = cluster.clone();
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { identity.rotate(&cluster, slot, stop).await })
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -110,23 +159,27 @@ pub async fn serve(
     health
         .set_serving::<NodeServiceServer<api::node::NodeApi>>()
         .await;
-    let addr = listener.local_addr().ok();
-    info!(listen = ?addr, data_dir = %data.display(), "control plane serving");
+    info!(listen = %listen, data_dir = %data.display(), "control plane serving (TLS)");
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(orca_proto::serving::reflection_v1(SERVICES))
         .add_service(orca_proto::serving::reflection_v1alpha(SERVICES))
-        .add_service(AdminServiceServer::new(api::admin::AdminApi::new(
-            cluster.clone(),
-        )))
+        .add_service(AdminServiceServer::with_interceptor(
+            api::admin::AdminApi::new(cluster.clone()),
+            api::admin_auth(cluster.clone()),
+        ))
         .add_service(NodeServiceServer::new(api::node::NodeApi::new(
             cluster.clone(),
         )))
-        .serve_with_incoming_shutdown(orca_proto::incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            orca_proto::tls::incoming(vec![listener], server_tls),
+            shutdown,
+        )
         .await
         .map_err(ServeError::Serve);
     let _ = stop_tx.send(true);
     let _ = scheduler.await;
+    let _ = rotation.await;
     store.flush().await?;
     info!("control plane stopped; state flushed");
     result

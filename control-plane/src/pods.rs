@@ -125,6 +125,7 @@ impl Cluster {
             node_name: String::new(),
             status: Some(status),
             created_at: Some(now()),
+            recreations: 0,
         };
         if !self.store().pods.create(&key(&ns, &name), &record)? {
             return Err(ClusterError::AlreadyExists {
@@ -188,6 +189,16 @@ impl Cluster {
             return Ok(false);
         };
         if uid(&old) != r.uid || old.node_name != node {
+            return Ok(false);
+        }
+        // The control plane gave up on this incarnation (its node was lost or
+        // removed, or it was evicted): whatever still runs of it must stop.
+        if phase(&old) == PodPhase::Failed
+            && old
+                .status
+                .as_ref()
+                .is_some_and(|s| crate::recovery::VERDICTS.contains(&s.reason.as_str()))
+        {
             return Ok(false);
         }
         // Agent observations are ordered by the agent's clock. A status the control
@@ -313,7 +324,13 @@ impl Cluster {
         let mut record = self.pod(namespace, name)?;
         let (ns, name) = names(&record);
         if !record.node_name.is_empty() {
-            let node = self.store().nodes.get(&record.node_name)?;
+            // A Lost node's agent is not waited for: if it returns, the pod is an
+            // orphan there and is stopped.
+            let node = self
+                .store()
+                .nodes
+                .get(&record.node_name)?
+                .filter(|n| n.state != orca_proto::controlplane::v1::NodeState::Lost as i32);
             if let Some(node) = node.filter(|n| !n.agent_address.is_empty())
                 && let Some(status) = self.stop_on_node(&node, &record, grace).await?
             {

@@ -1,13 +1,18 @@
 //! Nodes: launching them through the provider, admitting their agents with
-//! single-use join tokens, heartbeats, health (Ready ⇄ NotReady on missed
-//! heartbeats, with the configured timings), and removal.
+//! single-use join tokens (signing their CSRs), heartbeats authenticated by the
+//! node's certificate, health (Ready → Suspect → NotReady → Lost as heartbeats
+//! stay away, with the configured timings; back to Ready when they return),
+//! cordoning, and removal. Liveness is kept in memory; state changes are flushed.
+
+use std::net::IpAddr;
 
 use orca_proto::controlplane::v1::{self as pb, NodeState};
-use orca_proto::types::v1::PodPhase;
+use orca_proto::types::v1::{PodPhase, Resources};
 use tracing::{info, warn};
 
 use crate::cloud::LaunchRequest;
-use crate::cluster::{Cluster, ClusterError, age, now};
+use crate::cluster::{Cluster, ClusterError, now};
+use crate::pki;
 use crate::store::JoinToken;
 
 /// The control plane's version; agents must share its major version and be at
@@ -36,29 +41,30 @@ pub fn compatible(cp: &str, agent: &str) -> bool {
     }
 }
 
+/// What `orca node add` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct NodeRequest {
+    /// Name; generated when empty.
+    pub name: String,
+    /// Host size (zero fields: the provider's default).
+    pub size: Resources,
+    /// Labels.
+    pub labels: std::collections::HashMap<String, String>,
+    /// Taints.
+    pub taints: Vec<pb::Taint>,
+    /// Register only; the operator starts the agent.
+    pub external: bool,
+}
+
+/// The IP of a `host:port` address, if it is one.
+fn ip_of(address: &str) -> Option<IpAddr> {
+    orca_proto::tls::host_port(address)
+        .ok()
+        .and_then(|(h, _)| h.parse().ok())
+}
+
 impl Cluster {
-    /// Launches a node: records it, issues its join token, asks the provider.
-    pub async fn add_node(&self, name: String) -> Result<pb::Node, ClusterError> {
-        let name = if name.is_empty() {
-            format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..6])
-        } else {
-            name
-        };
-        if !valid_node_name(&name) {
-            return Err(ClusterError::Invalid(format!(
-                "node name {name:?} must be a lowercase DNS label (a-z, 0-9, '-')"
-            )));
-        }
-        let node = pb::Node {
-            name: name.clone(),
-            state: NodeState::Launching as i32,
-            provider: self.provider().name().into(),
-            created_at: Some(now()),
-            ..Default::default()
-        };
-        if !self.store().nodes.create(&name, &node)? {
-            return Err(ClusterError::AlreadyExists { kind: "node", name });
-        }
+    fn new_token(&self, node: &str) -> Result<(String, i64), ClusterError> {
         let token = format!(
             "{}{}",
             uuid::Uuid::new_v4().simple(),
@@ -69,22 +75,83 @@ impl Cluster {
         self.store().tokens.put(
             &token,
             &JoinToken {
-                node_name: name.clone(),
+                node_name: node.to_owned(),
                 expires_at,
             },
         )?;
+        Ok((token, expires_at))
+    }
+
+    /// Launches a node: records it, issues its join token, asks the provider
+    /// (unless the node is external).
+    pub async fn add_node(&self, req: NodeRequest) -> Result<pb::Node, ClusterError> {
+        let name = if req.name.is_empty() {
+            format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..6])
+        } else {
+            req.name.clone()
+        };
+        if !valid_node_name(&name) {
+            return Err(ClusterError::Invalid(format!(
+                "node name {name:?} must be a lowercase DNS label (a-z, 0-9, '-')"
+            )));
+        }
+        for t in &req.taints {
+            if t.key.is_empty()
+                || !matches!(
+                    t.effect.as_str(),
+                    "NoSchedule" | "PreferNoSchedule" | "NoExecute"
+                )
+            {
+                return Err(ClusterError::Invalid(format!(
+                    "taint {}={}:{}: needs a key and an effect NoSchedule, PreferNoSchedule or NoExecute",
+                    t.key, t.value, t.effect
+                )));
+            }
+        }
+        let node = pb::Node {
+            name: name.clone(),
+            state: NodeState::Launching as i32,
+            provider: if req.external {
+                "external".into()
+            } else {
+                self.provider().name().into()
+            },
+            created_at: Some(now()),
+            labels: req.labels.clone(),
+            taints: req.taints.clone(),
+            size: Some(req.size),
+            ..Default::default()
+        };
+        if !self.store().nodes.create(&name, &node)? {
+            return Err(ClusterError::AlreadyExists { kind: "node", name });
+        }
+        if req.external {
+            self.store().flush().await?;
+            self.event(
+                "Node",
+                "",
+                &name,
+                false,
+                "Registered",
+                "external node: start its agent with a join token".into(),
+            );
+            return Ok(node);
+        }
+        let (token, _) = self.new_token(&name)?;
         self.store().flush().await?;
         let launch = LaunchRequest {
             node_name: name.clone(),
             join_token: token,
-            control_plane_url: self.config().advertise_url.clone(),
+            control_plane_url: self.agent_url(),
+            ca_pem: self.pki().ca_pem().to_owned(),
+            size: req.size,
         };
         match self.provider().launch(launch).await {
             Ok(instance) => {
-                let node = self
-                    .store()
-                    .nodes
-                    .update(&name, |n| n.instance_id = instance.instance_id.clone())?;
+                let node = self.store().nodes.update(&name, |n| {
+                    n.instance_id = instance.instance_id.clone();
+                    n.message = instance.note.clone();
+                })?;
                 self.store().flush().await?;
                 self.event(
                     "Node",
@@ -109,7 +176,28 @@ impl Cluster {
         }
     }
 
-    /// Admits an agent: consumes its token and marks its node Ready.
+    /// A new join token for a node that has not joined.
+    pub async fn create_join_token(
+        &self,
+        node: &str,
+    ) -> Result<pb::CreateJoinTokenResponse, ClusterError> {
+        let record = self.node(node)?;
+        if record.state != NodeState::Launching as i32 {
+            return Err(ClusterError::FailedPrecondition(format!(
+                "node {node} has already joined (tokens are for nodes that have not)"
+            )));
+        }
+        let (token, expires_at) = self.new_token(node)?;
+        self.store().flush().await?;
+        Ok(pb::CreateJoinTokenResponse {
+            token,
+            expires_at,
+            control_plane_url: self.agent_url(),
+            ca_cert_pem: self.pki().ca_pem().to_owned(),
+        })
+    }
+
+    /// Admits an agent: consumes its token, signs its CSR and marks its node Ready.
     pub async fn join(&self, req: pb::JoinRequest) -> Result<pb::JoinResponse, ClusterError> {
         let token = self
             .store()
@@ -132,6 +220,16 @@ impl Cluster {
                 req.agent_version
             )));
         }
+        let ips: Vec<IpAddr> = ip_of(&req.agent_address).into_iter().collect();
+        let cert = self
+            .pki()
+            .sign_node(
+                &req.csr_pem,
+                &req.node_name,
+                &ips,
+                self.config().cert_lifetime,
+            )
+            .map_err(|e| ClusterError::Invalid(e.to_string()))?;
         let id = uuid::Uuid::new_v4().to_string();
         let node = self.store().nodes.update(&req.node_name, |n| {
             n.id = id.clone();
@@ -141,15 +239,16 @@ impl Cluster {
             n.capacity = req.capacity;
             n.allocatable = req.allocatable;
             n.last_heartbeat = Some(now());
-            n.message.clear();
         })?;
-        if node.is_none() {
+        let Some(node) = node else {
             return Err(ClusterError::JoinRefused(format!(
                 "node {:?} is not expected",
                 req.node_name
             )));
-        }
+        };
         self.store().flush().await?;
+        self.forget(&node);
+        self.touch(&node.name, 0);
         info!(node = %req.node_name, address = %req.agent_address, "node joined");
         self.event(
             "Node",
@@ -164,60 +263,99 @@ impl Cluster {
             node_id: id,
             heartbeat_interval: prost_types::Duration::try_from(self.config().heartbeat_interval)
                 .ok(),
-            ..Default::default()
+            ca_cert_pem: self.pki().ca_pem().to_owned(),
+            node_cert_pem: cert,
         })
     }
 
-    fn node_by_id(&self, id: &str) -> Result<Option<pb::Node>, ClusterError> {
-        Ok(self
+    /// The node with this id, if `peer` (the verified client certificate's common
+    /// name) is that node's own certificate.
+    fn authenticated_node(&self, id: &str, peer: Option<&str>) -> Result<pb::Node, ClusterError> {
+        let claimed = peer.and_then(pki::node_of).ok_or_else(|| {
+            ClusterError::Unauthenticated("a node certificate is required".into())
+        })?;
+        let node = self
             .store()
             .nodes
-            .scan("")?
-            .into_iter()
-            .find(|n| n.id == id && !id.is_empty()))
+            .get(claimed)?
+            .ok_or_else(|| ClusterError::NotFound {
+                kind: "node",
+                name: claimed.to_owned(),
+            })?;
+        if node.id != id || id.is_empty() {
+            return Err(ClusterError::PermissionDenied(format!(
+                "the certificate of node {claimed} cannot speak for node id {id:?}"
+            )));
+        }
+        Ok(node)
     }
 
-    /// Records a heartbeat: node liveness and every pod's observed status.
+    /// Signs a fresh certificate for an authenticated node.
+    pub fn renew_certificate(
+        &self,
+        req: pb::RenewCertificateRequest,
+        peer: Option<&str>,
+    ) -> Result<pb::RenewCertificateResponse, ClusterError> {
+        let node = self.authenticated_node(&req.node_id, peer)?;
+        let ips: Vec<IpAddr> = ip_of(&node.agent_address).into_iter().collect();
+        let cert = self
+            .pki()
+            .sign_node(&req.csr_pem, &node.name, &ips, self.config().cert_lifetime)
+            .map_err(|e| ClusterError::Invalid(e.to_string()))?;
+        info!(node = %node.name, "node certificate renewed");
+        Ok(pb::RenewCertificateResponse {
+            node_cert_pem: cert,
+        })
+    }
+
+    /// Records a heartbeat: liveness in memory; pod statuses, and node resources
+    /// or state only when they changed.
     pub async fn heartbeat(
         &self,
         req: pb::HeartbeatRequest,
+        peer: Option<&str>,
     ) -> Result<pb::HeartbeatResponse, ClusterError> {
-        let node = self
-            .node_by_id(&req.node_id)?
-            .ok_or_else(|| ClusterError::NotFound {
-                kind: "node id",
-                name: req.node_id.clone(),
-            })?;
+        let node = self.authenticated_node(&req.node_id, peer)?;
+        self.touch(&node.name, req.sequence);
         let mut orphans = Vec::new();
-        let mut count = 0;
         for report in req.pods {
-            if self.apply_report(&node.name, report.clone())? {
-                count += 1;
-            } else if let Some(r) = report.r#ref {
+            if !self.apply_report(&node.name, report.clone())?
+                && let Some(r) = report.r#ref
+            {
                 orphans.push(r.uid);
             }
         }
-        let was = node.state;
-        self.store().nodes.update(&node.name, |n| {
-            n.last_heartbeat = Some(now());
-            n.capacity = req.capacity;
-            n.allocatable = req.allocatable;
-            n.pod_count = count;
-            if n.state == NodeState::NotReady as i32 {
-                n.state = NodeState::Ready as i32;
+        let healthy = matches!(
+            NodeState::try_from(node.state),
+            Ok(NodeState::Ready | NodeState::Terminating)
+        );
+        if !healthy || node.capacity != req.capacity || node.allocatable != req.allocatable {
+            let was = NodeState::try_from(node.state).unwrap_or(NodeState::Unspecified);
+            self.store().nodes.update(&node.name, |n| {
+                n.capacity = req.capacity;
+                n.allocatable = req.allocatable;
+                n.last_heartbeat = Some(now());
+                if matches!(
+                    NodeState::try_from(n.state),
+                    Ok(NodeState::Suspect | NodeState::NotReady | NodeState::Lost)
+                ) {
+                    n.state = NodeState::Ready as i32;
+                }
+            })?;
+            self.store().flush().await?;
+            if !healthy {
+                self.again(&format!("fence:{}", node.name));
+                info!(node = %node.name, from = ?was, "node is back");
+                self.event(
+                    "Node",
+                    "",
+                    &node.name,
+                    false,
+                    "NodeReady",
+                    format!("heartbeats resumed (was {was:?})"),
+                );
+                self.wake_scheduler();
             }
-        })?;
-        if was == NodeState::NotReady as i32 {
-            info!(node = %node.name, "node is back");
-            self.event(
-                "Node",
-                "",
-                &node.name,
-                false,
-                "NodeReady",
-                "heartbeats resumed".into(),
-            );
-            self.wake_scheduler();
         }
         Ok(pb::HeartbeatResponse {
             heartbeat_interval: prost_types::Duration::try_from(self.config().heartbeat_interval)
@@ -226,31 +364,87 @@ impl Cluster {
         })
     }
 
-    /// Marks nodes whose heartbeats stopped NotReady.
-    pub fn check_health(&self) -> Result<(), ClusterError> {
+    /// Moves nodes along Ready → Suspect → NotReady → Lost as their silence grows
+    /// (flushing each change).
+    pub async fn check_health(&self) -> Result<(), ClusterError> {
+        let c = self.config();
         for node in self.store().nodes.scan("")? {
-            if node.state == NodeState::Ready as i32
-                && age(node.last_heartbeat.as_ref()) > self.config().node_timeout
-            {
-                warn!(node = %node.name, "no heartbeat within the node timeout; NotReady");
-                self.store().nodes.update(&node.name, |n| {
-                    if n.state == NodeState::Ready as i32 {
-                        n.state = NodeState::NotReady as i32;
-                    }
-                })?;
-                let msg = format!("no heartbeat for {:?}", age(node.last_heartbeat.as_ref()));
-                self.event("Node", "", &node.name, true, "NodeNotReady", msg);
+            let Ok(state) = NodeState::try_from(node.state) else {
+                continue;
+            };
+            if !matches!(
+                state,
+                NodeState::Ready | NodeState::Suspect | NodeState::NotReady
+            ) {
+                continue;
             }
+            let silence = self.silence(&node.name);
+            let due = if silence > c.lost_after {
+                NodeState::Lost
+            } else if silence > c.not_ready_after {
+                NodeState::NotReady
+            } else if silence > c.suspect_after {
+                NodeState::Suspect
+            } else {
+                continue;
+            };
+            // Only ever worse here; heartbeats make nodes better.
+            if rank(due) <= rank(state) {
+                continue;
+            }
+            let updated = self.store().nodes.update(&node.name, |n| {
+                if n.state == node.state {
+                    n.state = due as i32;
+                }
+            })?;
+            if updated.is_none_or(|n| n.state != due as i32) {
+                continue;
+            }
+            self.store().flush().await?;
+            let msg = format!("no heartbeat for {}", crate::cli::output::human(silence));
+            warn!(node = %node.name, state = ?due, silence_ms = silence.as_millis() as u64, "node health");
+            let reason = match due {
+                NodeState::Suspect => "NodeSuspect",
+                NodeState::NotReady => "NodeNotReady",
+                _ => "NodeLost",
+            };
+            self.event("Node", "", &node.name, true, reason, msg);
         }
         Ok(())
     }
 
-    /// All nodes, with their pod counts.
+    /// Cordons or uncordons a node.
+    pub async fn cordon(&self, name: &str, unschedulable: bool) -> Result<pb::Node, ClusterError> {
+        let node = self
+            .store()
+            .nodes
+            .update(name, |n| n.unschedulable = unschedulable)?
+            .ok_or_else(|| ClusterError::NotFound {
+                kind: "node",
+                name: name.into(),
+            })?;
+        self.store().flush().await?;
+        let reason = if unschedulable {
+            "Cordoned"
+        } else {
+            "Uncordoned"
+        };
+        self.event("Node", "", name, false, reason, String::new());
+        self.wake_scheduler();
+        Ok(node)
+    }
+
+    /// All nodes, with their pod counts and requested resources.
     pub fn nodes(&self) -> Result<Vec<pb::Node>, ClusterError> {
         let pods = self.store().pods.scan("")?;
         let mut nodes = self.store().nodes.scan("")?;
         for n in &mut nodes {
-            n.pod_count = pods.iter().filter(|p| p.node_name == n.name).count() as i32;
+            let mine: Vec<_> = pods
+                .iter()
+                .filter(|p| p.node_name == n.name && crate::scheduler::holds_resources(p))
+                .collect();
+            n.pod_count = mine.len() as i32;
+            n.requested = Some(crate::scheduler::sum_requests(mine.into_iter()));
         }
         Ok(nodes)
     }
@@ -285,7 +479,9 @@ impl Cluster {
             .filter(|p| p.node_name == name)
         {
             let (ns, pod_name) = crate::pods::names(&pod);
-            if let Err(e) = self.stop_on_node(&node, &pod, Some(0)).await {
+            if !node.agent_address.is_empty()
+                && let Err(e) = self.stop_on_node(&node, &pod, Some(0)).await
+            {
                 warn!(pod = %pod_name, error = %e, "pod not stopped before node removal");
             }
             // Pods that already ended keep their observed outcome.
@@ -302,6 +498,7 @@ impl Cluster {
         }
         self.store().nodes.remove(name)?;
         self.store().flush().await?;
+        self.forget(&node);
         self.event(
             "Node",
             "",
@@ -311,6 +508,17 @@ impl Cluster {
             format!("instance {} terminated", node.instance_id),
         );
         Ok(node)
+    }
+}
+
+/// Severity of a health state, for "only ever worse" transitions.
+fn rank(state: NodeState) -> u8 {
+    match state {
+        NodeState::Ready => 0,
+        NodeState::Suspect => 1,
+        NodeState::NotReady => 2,
+        NodeState::Lost => 3,
+        _ => 0,
     }
 }
 

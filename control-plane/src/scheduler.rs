@@ -1,30 +1,204 @@
-//! Placement: binds pending pods to Ready nodes (fewest pods first, within the
-//! node's pod capacity) and hands them to the node's agent. A pod that finds no
-//! node within the pending timeout fails with reason Unschedulable; it is never
-//! left Pending forever. The loop also runs the node-health check, and wakes on
-//! every pod or node change as well as every reconcile interval, so a missed
-//! wake-up heals on the next tick.
+//! Placement: binds pending pods to Ready, uncordoned nodes where their CPU,
+//! memory and GPU requests fit beside the pods already there, whose labels
+//! match the pod's nodeSelector and whose taints the pod tolerates; among
+//! those, the least loaded. When no node fits and autoscaling is configured,
+//! it asks the provider for a host big enough (one launch at a time). A pod
+//! that finds no node within the pending timeout fails with reason
+//! Unschedulable; it is never left Pending forever.
+//!
+//! The loop also runs the node-health check and recovery, and hands bound pods
+//! to their agents: a pod bound by a control plane that died before the agent
+//! got it is dispatched again on the next pass (RunPod is idempotent per uid).
+//! It wakes on every pod or node change and every reconcile interval, so a
+//! missed wake-up heals on the next tick.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 
+use k8s_openapi::api::core::v1::{PodSpec, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use orca_proto::agent::v1 as agent;
-use orca_proto::controlplane::v1::NodeState;
-use orca_proto::types::v1::PodPhase;
+use orca_proto::controlplane::v1::{self as pb, NodeState};
+use orca_proto::quantity;
+use orca_proto::types::v1::{PodPhase, Resources};
 use tracing::{info, warn};
 
 use crate::cluster::{Cluster, ClusterError, age};
-use crate::pods::{key, names, phase};
+use crate::pods::{key, names, phase, uid};
+use crate::registry::NodeRequest;
+
+/// The extended resource name of NVIDIA GPUs.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// Label on nodes the autoscaler launched.
+pub const AUTOSCALED_LABEL: &str = "orca.research/autoscaled";
+
+fn amount(list: Option<&BTreeMap<String, Quantity>>, name: &str, millis: bool) -> Option<i64> {
+    list.and_then(|l| l.get(name))
+        .and_then(|q| quantity::parse(&q.0, millis))
+        .map(|v| v as i64)
+}
+
+/// What one container asks for: its requests, or its limits where it set no
+/// request (Kubernetes' defaulting).
+fn container_requests(c: &k8s_openapi::api::core::v1::Container) -> Resources {
+    let res = c.resources.as_ref();
+    let requests = res.and_then(|r| r.requests.as_ref());
+    let limits = res.and_then(|r| r.limits.as_ref());
+    let get = |name, millis| {
+        amount(requests, name, millis)
+            .or_else(|| amount(limits, name, millis))
+            .unwrap_or(0)
+    };
+    Resources {
+        cpu_millis: get("cpu", true),
+        memory_bytes: get("memory", false),
+        gpus: get(GPU_RESOURCE, false) as i32,
+        pods: 1,
+    }
+}
+
+/// What a pod asks for: the sum over its containers, or the largest init
+/// container if that is more (init containers run one at a time, before).
+pub fn requests(spec: &PodSpec) -> Resources {
+    let mut sum = Resources {
+        pods: 1,
+        ..Default::default()
+    };
+    for c in &spec.containers {
+        let r = container_requests(c);
+        sum.cpu_millis += r.cpu_millis;
+        sum.memory_bytes += r.memory_bytes;
+        sum.gpus += r.gpus;
+    }
+    for c in spec.init_containers.iter().flatten() {
+        let r = container_requests(c);
+        sum.cpu_millis = sum.cpu_millis.max(r.cpu_millis);
+        sum.memory_bytes = sum.memory_bytes.max(r.memory_bytes);
+        sum.gpus = sum.gpus.max(r.gpus);
+    }
+    sum
+}
+
+fn spec_of(record: &pb::PodRecord) -> Option<PodSpec> {
+    serde_json::from_str(&record.pod.as_ref()?.spec_json).ok()
+}
+
+/// Whether a pod counts against its node's resources (bound and not finished).
+pub fn holds_resources(record: &pb::PodRecord) -> bool {
+    !record.node_name.is_empty() && !matches!(phase(record), PodPhase::Succeeded | PodPhase::Failed)
+}
+
+/// The sum of the pods' requests.
+pub fn sum_requests<'a>(pods: impl Iterator<Item = &'a pb::PodRecord>) -> Resources {
+    pods.filter_map(spec_of)
+        .map(|s| requests(&s))
+        .fold(Resources::default(), |a, r| Resources {
+            cpu_millis: a.cpu_millis + r.cpu_millis,
+            memory_bytes: a.memory_bytes + r.memory_bytes,
+            gpus: a.gpus + r.gpus,
+            pods: a.pods + r.pods,
+        })
+}
+
+/// Why a node cannot take a pod, or None when it can.
+pub fn unfit(
+    node: &pb::Node,
+    used: &Resources,
+    spec: &PodSpec,
+    want: &Resources,
+) -> Option<String> {
+    let cap = node.allocatable.unwrap_or_default();
+    let short = |what: &str, cap: i64, used: i64, want: i64| {
+        (want > 0 && used + want > cap)
+            .then(|| format!("{what}: {} free, {want} asked", cap - used))
+    };
+    if let Some(why) = short(
+        "cpu millis",
+        cap.cpu_millis,
+        used.cpu_millis,
+        want.cpu_millis,
+    )
+    .or_else(|| {
+        short(
+            "memory bytes",
+            cap.memory_bytes,
+            used.memory_bytes,
+            want.memory_bytes,
+        )
+    })
+    .or_else(|| short("gpus", cap.gpus.into(), used.gpus.into(), want.gpus.into()))
+    {
+        return Some(why);
+    }
+    if cap.pods > 0 && used.pods >= cap.pods {
+        return Some(format!("pods: all {} slots taken", cap.pods));
+    }
+    for (k, v) in spec.node_selector.iter().flatten() {
+        if node.labels.get(k) != Some(v) {
+            return Some(format!("nodeSelector {k}={v} does not match"));
+        }
+    }
+    let tolerations = spec.tolerations.as_deref().unwrap_or_default();
+    for taint in &node.taints {
+        if taint.effect != "PreferNoSchedule" && !tolerations.iter().any(|t| tolerates(t, taint)) {
+            return Some(format!(
+                "taint {}={}:{} is not tolerated",
+                taint.key, taint.value, taint.effect
+            ));
+        }
+    }
+    None
+}
+
+/// Kubernetes' toleration matching.
+pub fn tolerates(t: &Toleration, taint: &pb::Taint) -> bool {
+    let effect_ok = t
+        .effect
+        .as_deref()
+        .is_none_or(|e| e.is_empty() || e == taint.effect);
+    let key_ok =
+        t.key.as_deref().is_none_or(|k| k.is_empty()) || t.key.as_deref() == Some(&taint.key);
+    let value_ok = match t.operator.as_deref() {
+        Some("Exists") => true,
+        _ => t.value.as_deref().unwrap_or_default() == taint.value,
+    };
+    // An empty key with Exists tolerates everything.
+    effect_ok && key_ok && value_ok
+}
+
+/// Free share of a node after placing `want`, for "least loaded first".
+fn free_share(node: &pb::Node, used: &Resources) -> u64 {
+    let cap = node.allocatable.unwrap_or_default();
+    let share = |cap: i64, used: i64| {
+        if cap <= 0 {
+            1000
+        } else {
+            (((cap - used).max(0) * 1000) / cap) as u64
+        }
+    };
+    share(cap.cpu_millis, used.cpu_millis) + share(cap.memory_bytes, used.memory_bytes)
+}
+
+fn add(a: &mut Resources, r: &Resources) {
+    a.cpu_millis += r.cpu_millis;
+    a.memory_bytes += r.memory_bytes;
+    a.gpus += r.gpus;
+    a.pods += r.pods;
+}
 
 impl Cluster {
-    /// Runs placement and health checks until `shutdown` resolves.
+    /// Runs placement, health checks and recovery until `shutdown` resolves.
     pub async fn run_scheduler(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
-            if let Err(e) = self.schedule_once() {
-                warn!(error = %e, "scheduling pass failed");
-            }
-            if let Err(e) = self.check_health() {
+            if let Err(e) = self.check_health().await {
                 warn!(error = %e, "health check failed");
+            }
+            if let Err(e) = self.recover_lost().await {
+                warn!(error = %e, "recovery pass failed");
+            }
+            if let Err(e) = self.schedule_once().await {
+                warn!(error = %e, "scheduling pass failed");
             }
             tokio::select! {
                 _ = &mut shutdown => return,
@@ -35,51 +209,83 @@ impl Cluster {
     }
 
     /// One placement pass.
-    pub fn schedule_once(&self) -> Result<(), ClusterError> {
+    pub async fn schedule_once(&self) -> Result<(), ClusterError> {
         let pods = self.store().pods.scan("")?;
-        let mut nodes: Vec<_> = self
-            .store()
-            .nodes
-            .scan("")?
-            .into_iter()
-            .filter(|n| n.state == NodeState::Ready as i32)
+        let all_nodes = self.store().nodes.scan("")?;
+        let mut nodes: Vec<(pb::Node, Resources)> = all_nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Ready as i32 && !n.unschedulable)
             .map(|n| {
-                let count = pods.iter().filter(|p| p.node_name == n.name).count();
-                (n, count)
+                let used = sum_requests(
+                    pods.iter()
+                        .filter(|p| p.node_name == n.name && holds_resources(p)),
+                );
+                (n.clone(), used)
             })
             .collect();
+        // Bound pods that this process has not handed to their agent yet.
+        for pod in pods.iter().filter(|p| {
+            !p.node_name.is_empty() && phase(p) == PodPhase::Pending && !uid(p).is_empty()
+        }) {
+            if let Some(node) = all_nodes
+                .iter()
+                .find(|n| n.name == pod.node_name && n.state == NodeState::Ready as i32)
+                && self.first_time(&format!("dispatch:{}", uid(pod)))
+            {
+                let (ns, name) = names(pod);
+                let this = self.clone();
+                let node = node.clone();
+                tokio::spawn(async move { this.dispatch(ns, name, node).await });
+            }
+        }
+        let mut wants_host: Option<Resources> = None;
         for pod in pods
             .iter()
             .filter(|p| p.node_name.is_empty() && phase(p) == PodPhase::Pending)
         {
             let (ns, name) = names(pod);
+            let Some(spec) = spec_of(pod) else { continue };
+            let want = requests(&spec);
             if age(pod.created_at.as_ref()) > self.config().pending_timeout {
+                let why = nodes
+                    .iter()
+                    .filter_map(|(n, used)| {
+                        unfit(n, used, &spec, &want).map(|w| format!("{}: {w}", n.name))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
                 let msg = format!(
-                    "no Ready node with room within {:?}",
-                    self.config().pending_timeout
+                    "no Ready node with room within {:?}{}",
+                    self.config().pending_timeout,
+                    if why.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({why})")
+                    }
                 );
                 self.fail_pod(&ns, &name, "Unschedulable", msg)?;
                 continue;
             }
             let choice = nodes
                 .iter_mut()
-                .filter(|(n, count)| {
-                    n.capacity
-                        .is_none_or(|c| c.pods <= 0 || (*count as i32) < c.pods)
-                })
-                .min_by_key(|(n, count)| (*count, n.name.clone()));
-            let Some((node, count)) = choice else {
+                .filter(|(n, used)| unfit(n, used, &spec, &want).is_none())
+                .max_by_key(|(n, used)| (free_share(n, used), std::cmp::Reverse(n.name.clone())));
+            let Some((node, used)) = choice else {
+                if wants_host.is_none() && spec.node_selector.as_ref().is_none_or(|s| s.is_empty())
+                {
+                    wants_host = Some(want);
+                }
                 continue;
             };
             let bound = self.store().pods.update(&key(&ns, &name), |p| {
-                if p.node_name.is_empty() {
+                if p.node_name.is_empty() && uid(p) == uid(pod) {
                     p.node_name = node.name.clone();
                 }
             })?;
             if bound.as_ref().is_none_or(|p| p.node_name != node.name) {
                 continue;
             }
-            *count += 1;
+            add(used, &want);
             info!(pod = %key(&ns, &name), node = %node.name, "scheduled");
             self.event(
                 "Pod",
@@ -89,16 +295,52 @@ impl Cluster {
                 "Scheduled",
                 format!("assigned to {}", node.name),
             );
+            self.first_time(&format!("dispatch:{}", uid(pod)));
             let this = self.clone();
             let node = node.clone();
             tokio::spawn(async move { this.dispatch(ns, name, node).await });
         }
+        if let Some(want) = wants_host {
+            self.scale_up(&all_nodes, want).await;
+        }
         Ok(())
+    }
+
+    /// Launches a host big enough for `want` when autoscaling allows it: at most
+    /// one launch in flight, at most `max_nodes` autoscaled nodes.
+    async fn scale_up(&self, nodes: &[pb::Node], want: Resources) {
+        let Some(auto) = self.config().autoscale.clone() else {
+            return;
+        };
+        let ours: Vec<_> = nodes
+            .iter()
+            .filter(|n| n.labels.contains_key(AUTOSCALED_LABEL))
+            .collect();
+        if ours.len() >= auto.max_nodes as usize
+            || ours.iter().any(|n| n.state == NodeState::Launching as i32)
+        {
+            return;
+        }
+        let size = Resources {
+            cpu_millis: auto.size.cpu_millis.max(want.cpu_millis),
+            memory_bytes: auto.size.memory_bytes.max(want.memory_bytes),
+            gpus: auto.size.gpus.max(want.gpus),
+            pods: auto.size.pods,
+        };
+        let req = NodeRequest {
+            size,
+            labels: [(AUTOSCALED_LABEL.to_owned(), "true".to_owned())].into(),
+            ..Default::default()
+        };
+        match self.add_node(req).await {
+            Ok(node) => info!(node = %node.name, "autoscaler launched a host"),
+            Err(e) => warn!(error = %e, "autoscaler could not launch a host"),
+        }
     }
 
     /// Hands a bound pod to its node's agent. An agent that refuses the spec fails
     /// the pod; one that cannot be reached unbinds it for another try.
-    async fn dispatch(&self, ns: String, name: String, node: orca_proto::controlplane::v1::Node) {
+    async fn dispatch(&self, ns: String, name: String, node: pb::Node) {
         let result = async {
             self.store().flush().await?;
             let record = self.pod(&ns, &name)?;
@@ -137,12 +379,85 @@ impl Cluster {
             Err(e) => {
                 warn!(pod = %name, node = %node.name, error = %e, "dispatch failed; will reschedule");
                 self.event("Pod", &ns, &name, true, "FailedDispatch", e.to_string());
-                let _ = self.store().pods.update(&key(&ns, &name), |p| {
+                if let Ok(Some(p)) = self.store().pods.update(&key(&ns, &name), |p| {
                     if p.node_name == node.name && phase(p) == PodPhase::Pending {
                         p.node_name.clear();
                     }
-                });
+                }) {
+                    self.again(&format!("dispatch:{}", uid(&p)));
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> PodSpec {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn node(cpu: i64, mem: i64, gpus: i32) -> pb::Node {
+        pb::Node {
+            name: "n".into(),
+            allocatable: Some(Resources {
+                cpu_millis: cpu,
+                memory_bytes: mem,
+                gpus,
+                pods: 10,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn requests_default_to_limits_and_init_containers_take_the_max() {
+        let s = spec(
+            "containers:\n- name: a\n  resources: {requests: {cpu: 500m}, limits: {memory: 1Gi, nvidia.com/gpu: 1}}\n\
+             - name: b\n  resources: {requests: {cpu: '1', memory: 1Mi}}\n\
+             initContainers:\n- name: i\n  resources: {requests: {cpu: '4'}}\n",
+        );
+        let r = requests(&s);
+        assert_eq!(r.cpu_millis, 4000, "the init container's 4 CPUs beat 1.5");
+        assert_eq!(r.memory_bytes, (1 << 30) + (1 << 20));
+        assert_eq!(r.gpus, 1);
+    }
+
+    #[test]
+    fn nodes_must_have_room_labels_and_tolerated_taints() {
+        let gpu_pod = spec("containers:\n- name: a\n  resources: {limits: {nvidia.com/gpu: 2}}\n");
+        let want = requests(&gpu_pod);
+        let used = Resources::default();
+        assert!(
+            unfit(&node(1000, 1 << 30, 1), &used, &gpu_pod, &want)
+                .unwrap()
+                .contains("gpus")
+        );
+        assert!(unfit(&node(1000, 1 << 30, 2), &used, &gpu_pod, &want).is_none());
+
+        let selective = spec("nodeSelector: {gpu: a100}\ncontainers:\n- name: a\n");
+        let mut n = node(1000, 1 << 30, 0);
+        assert!(unfit(&n, &used, &selective, &requests(&selective)).is_some());
+        n.labels.insert("gpu".into(), "a100".into());
+        assert!(unfit(&n, &used, &selective, &requests(&selective)).is_none());
+
+        n.taints.push(pb::Taint {
+            key: "dedicated".into(),
+            value: "ml".into(),
+            effect: "NoSchedule".into(),
+        });
+        assert!(
+            unfit(&n, &used, &selective, &requests(&selective))
+                .unwrap()
+                .contains("taint")
+        );
+        let tolerant = spec(
+            "nodeSelector: {gpu: a100}\ntolerations:\n- {key: dedicated, operator: Equal, value: ml, effect: NoSchedule}\ncontainers:\n- name: a\n",
+        );
+        assert!(unfit(&n, &used, &tolerant, &requests(&tolerant)).is_none());
+        let exists = spec("tolerations:\n- {operator: Exists}\ncontainers:\n- name: a\n");
+        assert!(unfit(&n, &used, &exists, &requests(&exists)).is_none());
     }
 }

@@ -1,4 +1,5 @@
-//! Durable state in an embedded sled database: nodes, pods, events, join tokens.
+//! Durable state in an embedded sled database: nodes, pods, events, join tokens
+//! and the CA.
 //!
 //! Records are stored as their protobuf encoding: compact, and able to evolve
 //! with the wire contract's field-numbering rules (new fields decode as defaults
@@ -158,6 +159,8 @@ pub struct Store {
     pub events: Table<pb::Event>,
     /// Join tokens by token.
     pub tokens: Table<JoinToken>,
+    /// The CA (key `ca`).
+    pub pki: Table<crate::pki::CaRecord>,
 }
 
 impl Store {
@@ -169,6 +172,7 @@ impl Store {
             pods: Table::open(&db, "pods")?,
             events: Table::open(&db, "events")?,
             tokens: Table::open(&db, "tokens")?,
+            pki: Table::open(&db, "pki")?,
             db,
         })
     }

@@ -28,12 +28,21 @@ pub struct ConfigError {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "orca-agent", version, about)]
 pub struct Flags {
-    /// Control plane NodeService URL, e.g. http://10.0.0.1:7443.
+    /// Control plane NodeService URL, e.g. https://10.0.0.1:7443.
     #[arg(long, env = "ORCA_AGENT_CONTROL_PLANE")]
     pub control_plane: String,
-    /// Single-use join token.
-    #[arg(long, env = "ORCA_AGENT_JOIN_TOKEN", hide_env_values = true)]
+    /// Single-use join token (not needed once the node has joined: its identity
+    /// is kept under <state-dir>/identity).
+    #[arg(
+        long,
+        env = "ORCA_AGENT_JOIN_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub join_token: String,
+    /// PEM file of the cluster CA, to verify the control plane at the first join.
+    #[arg(long, env = "ORCA_AGENT_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Name of this node (the token is bound to it).
     #[arg(long, env = "ORCA_AGENT_NODE_NAME")]
     pub node_name: String,
@@ -75,6 +84,9 @@ pub struct Flags {
     /// Memory bytes to report; defaults to the host's memory.
     #[arg(long, env = "ORCA_AGENT_MEMORY_BYTES")]
     pub memory_bytes: Option<i64>,
+    /// GPUs to report as capacity (simulated hosts; NVML discovery comes with the GPU issue).
+    #[arg(long, env = "ORCA_AGENT_GPUS", default_value_t = 0)]
+    pub gpus: i32,
     /// Maximum pods on this node.
     #[arg(long, env = "ORCA_AGENT_MAX_PODS", default_value_t = 110)]
     pub max_pods: i32,
@@ -120,6 +132,8 @@ pub struct Config {
     pub registry_cas: std::collections::HashMap<String, Vec<u8>>,
     /// Join/heartbeat retry pause.
     pub retry: Duration,
+    /// The cluster CA from `--ca-file`.
+    pub ca_pem: Option<String>,
 }
 
 impl Flags {
@@ -131,13 +145,25 @@ impl Flags {
                 problem: problem.to_owned(),
             })
         };
-        if !self.control_plane.starts_with("http://") && !self.control_plane.starts_with("https://")
+        if !self.control_plane.starts_with("https://")
+            || orca_proto::tls::host_port(&self.control_plane).is_err()
         {
-            return err("control-plane", "must be an http:// or https:// URL");
+            return err("control-plane", "must be an https://host:port URL");
         }
-        if self.join_token.trim().is_empty() {
-            return err("join-token", "must not be empty");
-        }
+        let ca_pem = match &self.ca_file {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                    field: "ca-file",
+                    problem: format!("{}: {e}", path.display()),
+                })?;
+                orca_proto::tls::certs("CA", &pem).map_err(|e| ConfigError {
+                    field: "ca-file",
+                    problem: e.to_string(),
+                })?;
+                Some(pem)
+            }
+        };
         if self.node_name.is_empty()
             || !self
                 .node_name
@@ -213,6 +239,7 @@ impl Flags {
             backoff_reset: Duration::from_millis(self.backoff_reset_ms),
             registry_cas,
             retry: Duration::from_millis(self.retry_ms.max(10)),
+            ca_pem,
             flags: self,
         })
     }

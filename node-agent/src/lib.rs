@@ -23,7 +23,8 @@
 //! - [`status`]: observed states and the pod phase (Kubernetes' rules).
 //! - [`logs`]: CRI log files: the logger the shim runs (with rotation), and the reader.
 //! - [`server`]: the AgentService gRPC server.
-//! - [`heartbeat`]: join and heartbeat.
+//! - [`join`]: the node's identity (join with a token, certificate renewal).
+//! - [`heartbeat`]: heartbeats over mutual TLS.
 //!
 //! Binaries: `orca-agent` (the daemon), `orca-logger` (started by containerd's
 //! shim per task; writes the CRI log files), `orca-pause` (holds a pod's IPC and
@@ -50,6 +51,7 @@
 pub mod cgroup;
 pub mod config;
 pub mod heartbeat;
+pub mod join;
 pub mod logs;
 pub mod pods;
 pub mod probes;
@@ -64,7 +66,7 @@ use std::future::Future;
 use orca_proto::agent::v1::agent_service_server::AgentServiceServer;
 use orca_proto::types::v1::Resources;
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::pods::{Layout, PodManager, Timings};
@@ -79,6 +81,9 @@ pub enum AgentError {
     /// containerd could not be reached.
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
+    /// The node has no identity and cannot join.
+    #[error(transparent)]
+    Join(#[from] join::JoinError),
     /// The gRPC server failed.
     #[error("agent server failed")]
     Serve(#[source] tonic::transport::Error),
@@ -139,20 +144,58 @@ pub async fn serve(
         info!(adopted, "adopted the pods of a previous agent process");
     }
 
-    let identity = heartbeat::Identity {
+    let spec = join::JoinSpec {
         control_plane: flags.control_plane.clone(),
+        ca_pem: config.ca_pem.clone(),
         token: flags.join_token.clone(),
         node_name: flags.node_name.clone(),
         agent_address: advertise.clone(),
         capacity: capacity(flags),
+    };
+    let identity_dir = flags.state_dir.join("identity");
+    tokio::pin!(shutdown);
+    let identity = match join::Identity::load(&identity_dir)? {
+        Some(identity) => {
+            info!(node_id = %identity.node_id, "using the identity of an earlier join");
+            identity
+        }
+        None => loop {
+            match join::Identity::join(&spec, &identity_dir).await {
+                Ok(identity) => {
+                    info!(node = %flags.node_name, node_id = %identity.node_id, "joined");
+                    break identity;
+                }
+                Err(e @ join::JoinError::Missing(_)) => return Err(e.into()),
+                Err(e) => {
+                    warn!(error = %e, control_plane = %flags.control_plane, "join failed; retrying")
+                }
+            }
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                _ = tokio::time::sleep(config.retry) => {}
+            }
+        },
+    };
+    let identity = std::sync::Arc::new(identity);
+    let server_tls = orca_proto::tls::server_config(
+        identity.slot.clone(),
+        &identity.ca_pem,
+        orca_proto::tls::ClientAuth::Required,
+    )
+    .map_err(join::JoinError::from)?;
+    let reporter = heartbeat::Reporter {
+        control_plane: flags.control_plane.clone(),
+        identity,
+        capacity: capacity(flags),
         retry: config.retry,
+        interval: std::time::Duration::from_secs(5),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     let heartbeats = tokio::spawn(heartbeat::run(
-        identity,
+        reporter,
         pods.clone(),
         stopped(stop_rx.clone()),
     ));
@@ -161,13 +204,19 @@ pub async fn serve(
     health
         .set_serving::<AgentServiceServer<server::AgentServer>>()
         .await;
-    info!(listen = %local, advertise = %advertise, node = %flags.node_name, "agent serving");
+    info!(listen = %local, advertise = %advertise, node = %flags.node_name, "agent serving (mutual TLS)");
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(orca_proto::serving::reflection_v1(SERVICES))
         .add_service(orca_proto::serving::reflection_v1alpha(SERVICES))
-        .add_service(AgentServiceServer::new(server::AgentServer::new(pods)))
-        .serve_with_incoming_shutdown(orca_proto::incoming(listener), shutdown)
+        .add_service(AgentServiceServer::with_interceptor(
+            server::AgentServer::new(pods),
+            server::control_plane_only,
+        ))
+        .serve_with_incoming_shutdown(
+            orca_proto::tls::incoming(vec![listener], server_tls),
+            shutdown,
+        )
         .await
         .map_err(AgentError::Serve);
     let _ = stop_tx.send(true);
@@ -193,7 +242,7 @@ fn capacity(flags: &config::Flags) -> Resources {
     Resources {
         cpu_millis: flags.cpu_millis.unwrap_or(cpus * 1000),
         memory_bytes: flags.memory_bytes.unwrap_or(memory),
-        gpus: 0,
+        gpus: flags.gpus.max(0),
         pods: flags.max_pods,
     }
 }

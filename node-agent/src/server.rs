@@ -197,3 +197,16 @@ impl AgentService for AgentServer {
         Err(Status::unimplemented("Telemetry comes with the GPU issue"))
     }
 }
+
+/// Admits only calls whose client certificate is the control plane's (the TLS
+/// layer has already verified it against the cluster CA).
+pub fn control_plane_only(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    let cn = orca_proto::tls::peer(&req).and_then(|p| p.common_name.as_deref());
+    if cn == Some(orca_proto::tls::CONTROL_PLANE_CN) {
+        Ok(req)
+    } else {
+        Err(tonic::Status::permission_denied(format!(
+            "only the control plane may call the agent (client certificate {cn:?})"
+        )))
+    }
+}

@@ -10,8 +10,10 @@
 //!   heartbeat) and `orca.controlplane.v1.AdminService` (users, through `orca`).
 //! - [`types::v1`]: pods and the statuses agents observe, shared by both.
 //!
-//! Architecture invariant: this crate holds generated code only. Domain types live
-//! in the crates that own them and convert at the transport edge.
+//! Besides the generated code, it holds what every ORCA process needs at the
+//! transport edge: [`serving`] (reflection, health), [`tls`] (mutual TLS),
+//! [`quantity`] (Kubernetes quantities in the PodSpec JSON) and [`process`].
+//! Domain types live in the crates that own them and convert at the edge.
 
 #![allow(
     missing_docs,
@@ -108,6 +110,9 @@ pub fn incoming(
         Ok(conn)
     })
 }
+
+pub mod quantity;
+pub mod tls;
 
 /// Process conventions shared by the ORCA daemons' thin `main`s.
 pub mod process {

@@ -14,6 +14,11 @@ use orca_proto::types::v1 as types;
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
+use crate::pki::{Issued, TestPki};
+
+/// The node name of the test agent (its certificate names it).
+pub const NODE: &str = "agent-test";
+
 use crate::cluster::DEADLINE;
 use crate::env::{self, Containerd, Daemon, Registry, workspace_bin};
 use crate::eventually::eventually;
@@ -37,6 +42,10 @@ pub struct TestAgent {
     pub namespace: String,
     /// The agent's state directory (pod logs live under `pods/`).
     pub state_dir: PathBuf,
+    /// The test CA that provisioned the agent's identity.
+    pub pki: TestPki,
+    /// The control plane's client certificate (the only one the agent accepts).
+    pub control_plane_cert: Issued,
     dir: TempDir,
 }
 
@@ -73,9 +82,13 @@ impl TestAgent {
         let addr = format!("127.0.0.1:{}", env::free_port());
         let namespace = format!("orca-agent-test-{}", std::process::id());
         let state_dir = dir.path().join("agent");
+        // The agent's identity is provisioned, as after a join; its control plane
+        // is not there, so heartbeats fail and are retried.
+        let pki = TestPki::new(&dir.path().join("pki"));
+        pki.provision_node(&state_dir, NODE, "agent-test-id");
+        let control_plane_cert = pki.control_plane();
         let mut args: Vec<String> = [
-            "--control-plane=http://127.0.0.1:1",
-            "--join-token=unused",
+            "--control-plane=https://127.0.0.1:1",
             "--node-name=agent-test",
             "--backoff-base-ms=200",
             "--backoff-max-ms=1000",
@@ -110,6 +123,8 @@ impl TestAgent {
             addr,
             namespace,
             state_dir,
+            pki,
+            control_plane_cert,
             dir,
         };
         this.spawn_agent();
@@ -154,11 +169,10 @@ impl TestAgent {
             .unwrap_or_default()
     }
 
-    /// A client of the agent.
+    /// A client of the agent, with the control plane's certificate.
     pub async fn client(&self) -> AgentServiceClient<Channel> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
-            .expect("agent URL")
-            .connect()
+        let tls = self.pki.client_config(Some(&self.control_plane_cert));
+        let channel = orca_proto::tls::connect(&self.addr, Some(NODE), tls, DEADLINE)
             .await
             .expect("connect to the agent");
         AgentServiceClient::new(channel)

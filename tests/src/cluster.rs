@@ -28,12 +28,14 @@ pub struct TestCluster {
     pub registry: Registry,
     /// Fully qualified reference of the busybox image in the registry.
     pub image: String,
-    /// AdminService / NodeService URL (`http://127.0.0.1:PORT`).
+    /// AdminService / NodeService URL (`https://127.0.0.1:PORT`).
     pub server: String,
     /// `127.0.0.1:PORT` of the control plane, for grpcurl.
     pub addr: String,
     /// containerd namespace prefix; node `n` uses `<prefix>-<n>`.
     pub prefix: String,
+    credentials: PathBuf,
+    config_path: PathBuf,
     data_dir: PathBuf,
     dir: TempDir,
 }
@@ -51,6 +53,12 @@ impl TestCluster {
 
     /// As [`TestCluster::start`], with these extra flags for every agent.
     pub fn start_with(agent_args: &[&str]) -> Self {
+        Self::start_configured(agent_args, "")
+    }
+
+    /// As [`TestCluster::start_with`], with extra top-level YAML for the control
+    /// plane's config (fields given there replace the defaults below).
+    pub fn start_configured(agent_args: &[&str], extra_yaml: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (containerd, registry, _, image) =
             env::containerd_and_registry(dir.path()).expect("containerd, registry and image");
@@ -59,29 +67,64 @@ impl TestCluster {
         let data_dir = dir.path().join("orca");
         let prefix = format!("orca-e2e-{}", std::process::id());
         let args: Vec<String> = agent_args.iter().map(|a| format!("\"{a}\"")).collect();
-        let config = format!(
-            "listen: {addr}\ndata_dir: {}\nheartbeat_interval_ms: 200\nnode_timeout_ms: 2000\n\
-             reconcile_interval_ms: 100\npending_timeout_ms: 20000\nagent_call_timeout_ms: 2000\nprovider:\n  local:\n    \
+        let defaults = [
+            ("heartbeat_interval_ms", "200"),
+            ("suspect_after_ms", "1000"),
+            ("not_ready_after_ms", "2000"),
+            ("lost_after_ms", "4000"),
+            ("reconcile_interval_ms", "100"),
+            ("pending_timeout_ms", "20000"),
+            ("agent_call_timeout_ms", "2000"),
+        ];
+        let mut config = format!("listen: {addr}\ndata_dir: {}\n", data_dir.display());
+        for (k, v) in defaults {
+            if !extra_yaml.lines().any(|l| l.starts_with(&format!("{k}:"))) {
+                config.push_str(&format!("{k}: {v}\n"));
+            }
+        }
+        config.push_str(extra_yaml);
+        config.push_str(&format!(
+            "provider:\n  local:\n    \
              agent_binary: {}\n    containerd_socket: {}\n    containerd_namespace_prefix: {prefix}\n    \
              agent_args: [{}]\n",
-            data_dir.display(),
             workspace_bin("orca-agent").display(),
             containerd.socket.display(),
             args.join(", "),
-        );
+        ));
         let config_path = dir.path().join("orca.yaml");
         std::fs::write(&config_path, config).expect("write config");
+        let mut this = Self {
+            control_plane: None,
+            containerd,
+            registry,
+            image,
+            server: format!("https://{addr}"),
+            addr,
+            prefix,
+            credentials: data_dir.join("admin.yaml"),
+            config_path,
+            data_dir,
+            dir,
+        };
+        this.start_control_plane();
+        this
+    }
+
+    /// Starts the control plane (again) and waits until `orca` gets answers.
+    pub fn start_control_plane(&mut self) {
         let mut cmd = Command::new(workspace_bin("orca-control-plane"));
         cmd.arg("--config")
-            .arg(&config_path)
+            .arg(&self.config_path)
             .env("RUST_LOG", "info,orca_control_plane=debug");
-        let log = dir.path().join("control-plane.log");
+        let log = self.dir.path().join("control-plane.log");
         let mut cp = Daemon::spawn("orca-control-plane", cmd, &log).expect("control plane starts");
-        let server = format!("http://{addr}");
         let orca = workspace_bin("orca");
+        let credentials = self.credentials.clone();
         cp.wait_ready(DEADLINE, || {
             let out = Command::new(&orca)
-                .args(["--server", &server, "node", "list"])
+                .arg("--config")
+                .arg(&credentials)
+                .args(["node", "list"])
                 .output();
             match out {
                 Ok(o) if o.status.success() => Ok(()),
@@ -90,17 +133,26 @@ impl TestCluster {
             }
         })
         .expect("control plane answers");
-        Self {
-            control_plane: Some(cp),
-            containerd,
-            registry,
-            image,
-            server,
-            addr,
-            prefix,
-            data_dir,
-            dir,
+        self.control_plane = Some(cp);
+    }
+
+    /// SIGKILLs the control plane (no draining, no flushing beyond what it
+    /// flushed before acknowledging).
+    pub fn kill_control_plane(&mut self) {
+        if let Some(cp) = self.control_plane.take() {
+            let _ = kill(Pid::from_raw(cp.pid() as i32), Signal::SIGKILL);
+            drop(cp);
         }
+    }
+
+    /// The CLI credentials file the control plane wrote.
+    pub fn credentials(&self) -> &Path {
+        &self.credentials
+    }
+
+    /// The control plane's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// The temp dir everything lives in.
@@ -116,8 +168,8 @@ impl TestCluster {
     /// Runs `orca ARGS` against this cluster.
     pub fn orca(&self, args: &[&str]) -> Output {
         Command::new(workspace_bin("orca"))
-            .arg("--server")
-            .arg(&self.server)
+            .arg("--config")
+            .arg(&self.credentials)
             .args(args)
             .output()
             .expect("run orca")
@@ -139,9 +191,7 @@ impl TestCluster {
     /// The pod as `orca get pod NAME -o json` shows it.
     pub fn pod(&self, name: &str) -> serde_json::Value {
         let out = self.orca_ok(&["get", "pod", name, "-o", "json"]);
-        let mut items: Vec<serde_json::Value> =
-            serde_json::from_str(&out).expect("orca prints JSON");
-        items.remove(0)
+        serde_json::from_str(&out).expect("orca prints JSON")
     }
 
     /// Waits until the pod's phase is `phase`; panics with the pod if it never is.

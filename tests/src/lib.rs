@@ -46,3 +46,4 @@ pub mod bench;
 pub mod cluster;
 pub mod env;
 pub mod eventually;
+pub mod pki;

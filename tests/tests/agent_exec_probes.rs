@@ -413,13 +413,24 @@ async fn probe_loop_reports_each_transition_until_stopped() {
 
 #[tokio::test]
 async fn grpc_probe_asks_the_health_service() {
-    // The agent serves grpc.health.v1 on its AgentService port.
+    // A real plaintext grpc.health.v1 server (Kubernetes' gRPC probes speak no TLS).
     let agent = TestAgent::start();
-    let port: u16 = agent
-        .addr
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok())
-        .expect("agent port");
+    let (health, service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(
+            "orca.agent.v1.AgentService",
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
     let ctrd = runtime::Containerd::connect(&agent.containerd.socket, "grpc-probe")
         .await
         .expect("connect");

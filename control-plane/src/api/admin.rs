@@ -8,6 +8,7 @@ use orca_proto::controlplane::v1::{self as pb, admin_service_server::AdminServic
 use tonic::{Request, Response, Status, Streaming};
 
 use super::status;
+use crate::cloud::Fault;
 use crate::cluster::Cluster;
 
 /// The AdminService server.
@@ -31,8 +32,66 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
+        let req = req.into_inner();
+        let node = crate::registry::NodeRequest {
+            name: req.name,
+            size: req.size.unwrap_or_default(),
+            labels: req.labels,
+            taints: req.taints,
+            external: req.external,
+        };
         self.cluster
-            .add_node(req.into_inner().name)
+            .add_node(node)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    #[tracing::instrument(skip_all, fields(node = %req.get_ref().node_name))]
+    async fn create_join_token(
+        &self,
+        req: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        self.cluster
+            .create_join_token(&req.into_inner().node_name)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    #[tracing::instrument(skip_all, fields(node = %req.get_ref().name))]
+    async fn cordon_node(
+        &self,
+        req: Request<pb::CordonNodeRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let req = req.into_inner();
+        self.cluster
+            .cordon(&req.name, req.unschedulable)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    #[tracing::instrument(skip_all, fields(node = %req.get_ref().name))]
+    async fn inject_fault(
+        &self,
+        req: Request<pb::InjectFaultRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let req = req.into_inner();
+        let fault = match pb::Fault::try_from(req.fault) {
+            Ok(pb::Fault::KillAgent) => Fault::KillAgent,
+            Ok(pb::Fault::Partition) => Fault::Partition,
+            Ok(pb::Fault::Heal) => Fault::Heal,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "fault: kill-agent, partition or heal",
+                ));
+            }
+        };
+        let duration =
+            (req.duration_ms > 0).then(|| std::time::Duration::from_millis(req.duration_ms as u64));
+        self.cluster
+            .inject_fault(&req.name, fault, duration)
             .await
             .map(Response::new)
             .map_err(status)
@@ -56,13 +115,16 @@ impl AdminService for AdminApi {
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
+    #[tracing::instrument(skip_all, fields(node = %req.get_ref().name))]
     async fn drain_node(
         &self,
-        _: Request<pb::DrainNodeRequest>,
+        req: Request<pb::DrainNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
-        Err(Status::unimplemented(
-            "DrainNode comes with the control-plane core issue",
-        ))
+        self.cluster
+            .drain(&req.into_inner().name)
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     #[tracing::instrument(skip_all, fields(node = %req.get_ref().name))]

@@ -5,7 +5,28 @@
 pub mod admin;
 pub mod node;
 
-use crate::cluster::ClusterError;
+use crate::cluster::{Cluster, ClusterError};
+
+/// Checks the admin bearer token (`authorization: Bearer <token>`) of every
+/// AdminService call.
+pub fn admin_auth(cluster: Cluster) -> impl tonic::service::Interceptor + Clone {
+    move |req: tonic::Request<()>| {
+        let token = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match token {
+            Some(t) if cluster.pki().admin_token_ok(t) => Ok(req),
+            Some(_) => Err(tonic::Status::unauthenticated(
+                "the admin token is not valid",
+            )),
+            None => Err(tonic::Status::unauthenticated(
+                "an admin token is required (authorization: Bearer <token>; the orca CLI reads it from its credentials file)",
+            )),
+        }
+    }
+}
 
 /// Maps a cluster error to a gRPC status.
 pub fn status(e: ClusterError) -> tonic::Status {
@@ -17,6 +38,8 @@ pub fn status(e: ClusterError) -> tonic::Status {
         ClusterError::AlreadyExists { .. } => tonic::Status::already_exists(msg),
         ClusterError::Invalid(_) => tonic::Status::invalid_argument(msg),
         ClusterError::JoinRefused(_) => tonic::Status::permission_denied(msg),
+        ClusterError::Unauthenticated(_) => tonic::Status::unauthenticated(msg),
+        ClusterError::PermissionDenied(_) => tonic::Status::permission_denied(msg),
         ClusterError::FailedPrecondition(_) => tonic::Status::failed_precondition(msg),
         ClusterError::Agent { node, status } => {
             let code = match status.code() {

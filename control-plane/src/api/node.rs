@@ -1,4 +1,5 @@
-//! `orca.controlplane.v1.NodeService`: agents join and heartbeat.
+//! `orca.controlplane.v1.NodeService`: agents join, heartbeat and renew their
+//! certificates; every call but Join is authenticated by the node's certificate.
 
 use orca_proto::controlplane::v1::{self as pb, node_service_server::NodeService};
 use tonic::{Request, Response, Status};
@@ -36,10 +37,28 @@ impl NodeService for NodeApi {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let peer = common_name(&req);
         self.cluster
-            .heartbeat(req.into_inner())
+            .heartbeat(req.into_inner(), peer.as_deref())
             .await
             .map(Response::new)
             .map_err(status)
     }
+
+    #[tracing::instrument(skip_all)]
+    async fn renew_certificate(
+        &self,
+        req: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
+        let peer = common_name(&req);
+        self.cluster
+            .renew_certificate(req.into_inner(), peer.as_deref())
+            .map(Response::new)
+            .map_err(status)
+    }
+}
+
+/// The verified client certificate's common name.
+fn common_name<T>(req: &Request<T>) -> Option<String> {
+    orca_proto::tls::peer(req).and_then(|p| p.common_name.clone())
 }

@@ -1,37 +1,40 @@
 //! The `orca` command line: a client of AdminService only.
 //!
+//! - [`credentials`]: the kubeconfig-like credentials file.
+//! - [`nodes`]: the `orca node` commands and `orca down`.
 //! - [`pod`]: builds a Kubernetes pod from `orca run` flags or reads one from YAML.
 //! - [`output`]: tables and ages, as kubectl prints them.
 
+pub mod credentials;
+pub mod nodes;
 pub mod output;
 pub mod pod;
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use orca_proto::agent::v1 as agent;
-use orca_proto::controlplane::v1::{
-    self as pb, NodeState, admin_service_client::AdminServiceClient,
-};
+use orca_proto::controlplane::v1::{self as pb, admin_service_client::AdminServiceClient};
 use orca_proto::types::v1::PodPhase;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-
-/// Default control plane address.
-pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7443";
 
 /// Errors of the CLI (it is a binary edge, but its logic lives here to be tested).
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// The control plane could not be reached.
-    #[error("cannot reach the control plane at {server}: {source}")]
+    #[error("cannot reach the control plane at {server}: {reason}")]
     Connect {
         /// Address.
         server: String,
-        /// Cause.
-        source: tonic::transport::Error,
+        /// Why.
+        reason: String,
     },
+    /// No usable credentials.
+    #[error("{0}")]
+    Credentials(String),
     /// The control plane refused or failed a call.
     #[error("{}", .0.message())]
     Call(#[from] tonic::Status),
@@ -46,13 +49,37 @@ pub enum CliError {
     Io(#[from] std::io::Error),
 }
 
+impl CliError {
+    /// The process exit code for this error (README lists them).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Call(s) => match s.code() {
+                tonic::Code::NotFound => 3,
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => 4,
+                tonic::Code::InvalidArgument | tonic::Code::AlreadyExists => 2,
+                tonic::Code::Unavailable => 5,
+                _ => 1,
+            },
+            CliError::Usage(_) => 2,
+            CliError::Credentials(_) => 4,
+            CliError::Connect { .. } => 5,
+            CliError::Timeout(..) => 6,
+            CliError::Io(_) => 1,
+        }
+    }
+}
+
 /// `orca`: run pods on ORCA.
 #[derive(Debug, Parser)]
 #[command(name = "orca", version, about)]
 pub struct Cli {
-    /// Control plane address.
-    #[arg(long, global = true, env = "ORCA_SERVER", default_value = DEFAULT_SERVER)]
-    pub server: String,
+    /// Credentials file (default: $XDG_CONFIG_HOME/orca/config or ~/.config/orca/config;
+    /// the control plane writes one to <data_dir>/admin.yaml).
+    #[arg(long, global = true, env = "ORCACONFIG")]
+    pub config: Option<PathBuf>,
+    /// Control plane URL, overriding the credentials file's `server`.
+    #[arg(long, global = true, env = "ORCA_SERVER")]
+    pub server: Option<String>,
     /// Namespace.
     #[arg(long, short = 'n', global = true, default_value = "default")]
     pub namespace: String,
@@ -61,12 +88,15 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Output formats of `get`.
+const FORMATS: [&str; 4] = ["table", "wide", "json", "yaml"];
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Manage nodes.
     #[command(subcommand)]
-    Node(NodeCommand),
+    Node(nodes::NodeCommand),
     /// Run a pod with one container.
     Run(pod::RunArgs),
     /// Create a pod from a Kubernetes Pod manifest (YAML or JSON).
@@ -77,14 +107,22 @@ pub enum Command {
     },
     /// List pods or nodes.
     Get {
-        /// `pods`, `pod NAME`, or `nodes`.
+        /// `pods`, `pod NAME`, `nodes` or `node NAME`.
         #[arg(value_parser = ["pods", "pod", "po", "nodes", "node", "no"])]
         kind: String,
         /// A name, for one object.
         name: Option<String>,
-        /// Output format: table (default), wide, json.
-        #[arg(long, short = 'o', default_value = "table")]
+        /// Output format: table, wide, json or yaml.
+        #[arg(long, short = 'o', default_value = "table", value_parser = FORMATS)]
         output: String,
+    },
+    /// Show a pod in detail, with its events.
+    Describe {
+        /// `pod`.
+        #[arg(value_parser = ["pod", "po"])]
+        kind: String,
+        /// Pod name.
+        name: String,
     },
     /// Print a container's log.
     Logs {
@@ -125,86 +163,67 @@ pub enum Command {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
-    /// Show events, of one pod or all.
+    /// Show events, of one pod or node, or all.
     Events {
         /// Pod or node name.
         name: Option<String>,
     },
-}
-
-/// Node commands.
-#[derive(Debug, Subcommand)]
-pub enum NodeCommand {
-    /// Launch a node (a simulated host with the local provider) and wait until it is Ready.
-    Add {
-        /// Node name; generated when left out.
-        name: Option<String>,
-        /// Return at once instead of waiting for Ready.
-        #[arg(long)]
-        no_wait: bool,
-        /// Give up waiting after this many seconds.
-        #[arg(long, default_value_t = 60)]
-        timeout: u64,
-    },
-    /// List nodes.
-    List,
-    /// Stop a node's pods, terminate it and forget it.
-    Remove {
-        /// Node name.
-        name: String,
-    },
+    /// Remove every node (its pods fail with reason NodeRemoved).
+    Down,
 }
 
 /// Polls every this long while waiting.
 const POLL: Duration = Duration::from_millis(10);
 
+/// The AdminService client `orca` uses: TLS to the control plane, the admin token on every call.
+pub type Admin = AdminServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// Connects to the control plane with the credentials `cli` points at.
+pub async fn connect(config: Option<&Path>, server: Option<&str>) -> Result<Admin, CliError> {
+    let path = match config {
+        Some(p) => p.to_owned(),
+        None => credentials::Credentials::default_path().ok_or_else(|| {
+            CliError::Credentials("no credentials file: pass --config or set ORCACONFIG".into())
+        })?,
+    };
+    let creds = credentials::Credentials::load(&path).map_err(|e| {
+        CliError::Credentials(format!(
+            "cannot read the credentials {e}\n(the control plane writes them to <data_dir>/admin.yaml; point --config or ORCACONFIG at it, or copy it to ~/.config/orca/config)"
+        ))
+    })?;
+    let server = server.unwrap_or(&creds.server).to_owned();
+    let tls = orca_proto::tls::client_config(&creds.certificate_authority_data, None)
+        .map_err(|e| CliError::Credentials(format!("{}: {e}", path.display())))?;
+    let channel = orca_proto::tls::connect(&server, None, tls, Duration::from_secs(5))
+        .await
+        .map_err(|e| CliError::Connect {
+            server: server.clone(),
+            reason: e.to_string(),
+        })?;
+    let token = format!("Bearer {}", creds.token).parse().map_err(|_| {
+        CliError::Credentials(format!("{}: the token is not ASCII", path.display()))
+    })?;
+    Ok(AdminServiceClient::with_interceptor(channel, Bearer(token)))
+}
+
 /// Runs a parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<i32, CliError> {
-    let channel = tonic::transport::Endpoint::from_shared(cli.server.clone())
-        .map_err(|e| CliError::Usage(format!("--server {}: {e}", cli.server)))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|source| CliError::Connect {
-            server: cli.server.clone(),
-            source,
-        })?;
-    let mut client = AdminServiceClient::new(channel);
+    let mut client = connect(cli.config.as_deref(), cli.server.as_deref()).await?;
     let ns = cli.namespace;
     let mut out = std::io::stdout().lock();
     match cli.command {
-        Command::Node(NodeCommand::Add {
-            name,
-            no_wait,
-            timeout,
-        }) => {
-            let node = client
-                .add_node(pb::AddNodeRequest {
-                    name: name.unwrap_or_default(),
-                })
-                .await?
-                .into_inner();
-            let node = if no_wait {
-                node
-            } else {
-                wait_node_ready(&mut client, &node.name, timeout).await?
-            };
-            writeln!(out, "node/{} {}", node.name, output::node_state(&node))?;
-        }
-        Command::Node(NodeCommand::List) => {
-            let nodes = client
-                .list_nodes(pb::ListNodesRequest {})
-                .await?
-                .into_inner()
-                .nodes;
-            output::nodes(&mut out, &nodes)?;
-        }
-        Command::Node(NodeCommand::Remove { name }) => {
-            client
-                .remove_node(pb::RemoveNodeRequest { name: name.clone() })
-                .await?;
-            writeln!(out, "node/{name} removed")?;
-        }
+        Command::Node(cmd) => return nodes::run(&mut client, cmd, &mut out).await,
         Command::Run(args) => {
             let pod = pod::from_run_args(&ns, &args)?;
             create_pod(&mut client, pod, &mut out).await?;
@@ -220,14 +239,9 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             output: format,
         } => {
             if is_nodes(&kind) {
-                let mut nodes = client
-                    .list_nodes(pb::ListNodesRequest {})
-                    .await?
-                    .into_inner()
-                    .nodes;
-                nodes.retain(|n| name.as_ref().is_none_or(|want| &n.name == want));
-                output::nodes(&mut out, &nodes)?;
+                nodes::get(&mut client, name, &format, &mut out).await?;
             } else {
+                let one = name.is_some();
                 let pods = match name {
                     Some(name) => vec![
                         client
@@ -247,16 +261,33 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
                     }
                 };
                 match format.as_str() {
-                    "json" => output::pods_json(&mut out, &pods)?,
-                    "wide" => output::pods(&mut out, &pods, true)?,
-                    "table" => output::pods(&mut out, &pods, false)?,
-                    other => {
-                        return Err(CliError::Usage(format!(
-                            "-o {other}: use table, wide or json"
-                        )));
-                    }
+                    "json" | "yaml" => output::structured(
+                        &mut out,
+                        pods.iter().map(output::pod_value).collect(),
+                        one,
+                        &format,
+                    )?,
+                    other => output::pods(&mut out, &pods, other == "wide")?,
                 }
             }
+        }
+        Command::Describe { kind: _, name } => {
+            let record = client
+                .get_pod(pb::GetPodRequest {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                })
+                .await?
+                .into_inner();
+            let events = client
+                .list_events(pb::ListEventsRequest {
+                    namespace: ns,
+                    name,
+                })
+                .await?
+                .into_inner()
+                .events;
+            output::describe_pod(&mut out, &record, &events)?;
         }
         Command::Logs {
             pod,
@@ -317,12 +348,13 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             let events = client.list_events(req).await?.into_inner().events;
             output::events(&mut out, &events)?;
         }
+        Command::Down => nodes::down(&mut client, &mut out).await?,
     }
     Ok(0)
 }
 
 async fn create_pod(
-    client: &mut AdminServiceClient<Channel>,
+    client: &mut Admin,
     pod: orca_proto::types::v1::Pod,
     out: &mut impl std::io::Write,
 ) -> Result<(), CliError> {
@@ -339,41 +371,10 @@ fn is_nodes(kind: &str) -> bool {
     matches!(kind, "nodes" | "node" | "no")
 }
 
-async fn wait_node_ready(
-    client: &mut AdminServiceClient<Channel>,
-    name: &str,
-    timeout: u64,
-) -> Result<pb::Node, CliError> {
-    let deadline = Instant::now() + Duration::from_secs(timeout);
-    loop {
-        let node = client
-            .get_node(pb::GetNodeRequest { name: name.into() })
-            .await?
-            .into_inner();
-        match NodeState::try_from(node.state).unwrap_or(NodeState::Unspecified) {
-            NodeState::Ready => return Ok(node),
-            NodeState::Failed => {
-                return Err(CliError::Usage(format!(
-                    "node {name} failed: {}",
-                    node.message
-                )));
-            }
-            _ => {}
-        }
-        if Instant::now() > deadline {
-            return Err(CliError::Timeout(
-                Duration::from_secs(timeout),
-                format!("node {name} is {}", output::node_state(&node)),
-            ));
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 /// Waits until the pod reaches `phase` (`Done`: Succeeded or Failed). Fails at
 /// once when the pod ends in another terminal phase.
 pub async fn wait_pod(
-    client: &mut AdminServiceClient<Channel>,
+    client: &mut Admin,
     namespace: &str,
     name: &str,
     phase: &str,

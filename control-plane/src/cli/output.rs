@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 
 use orca_proto::controlplane::v1::{self as pb, NodeState};
-use orca_proto::types::v1::{PodPhase, container_state::State};
+use orca_proto::types::v1::{PodPhase, Resources, container_state::State};
 
 use crate::cluster::age;
 
@@ -24,7 +24,9 @@ pub fn node_state(node: &pb::Node) -> &'static str {
         NodeState::Unspecified => "Unknown",
         NodeState::Launching => "Launching",
         NodeState::Ready => "Ready",
+        NodeState::Suspect => "Suspect",
         NodeState::NotReady => "NotReady",
+        NodeState::Lost => "Lost",
         NodeState::Terminating => "Terminating",
         NodeState::Failed => "Failed",
     }
@@ -142,60 +144,224 @@ pub fn pods(out: &mut impl Write, pods: &[pb::PodRecord], wide: bool) -> io::Res
     table(out, &rows)
 }
 
-/// Prints pods as JSON (the status as the wire carries it).
-pub fn pods_json(out: &mut impl Write, pods: &[pb::PodRecord]) -> io::Result<()> {
-    let items: Vec<serde_json::Value> = pods
+/// A pod as `-o json|yaml` shows it.
+pub fn pod_value(p: &pb::PodRecord) -> serde_json::Value {
+    let (namespace, name) = crate::pods::names(p);
+    let status = p.status.clone().unwrap_or_default();
+    let containers: Vec<serde_json::Value> = status
+        .container_statuses
         .iter()
-        .map(|p| {
-            let (namespace, name) = crate::pods::names(p);
-            let status = p.status.clone().unwrap_or_default();
-            let containers: Vec<serde_json::Value> = status
-                .container_statuses
-                .iter()
-                .map(|c| {
-                    let state = match c.state.as_ref().and_then(|s| s.state.as_ref()) {
-                        Some(State::Waiting(w)) => serde_json::json!({"waiting": {"reason": w.reason, "message": w.message}}),
-                        Some(State::Running(_)) => serde_json::json!({"running": {}}),
-                        Some(State::Terminated(t)) => {
-                            serde_json::json!({"terminated": {"exitCode": t.exit_code, "reason": t.reason}})
-                        }
-                        None => serde_json::json!({}),
-                    };
-                    serde_json::json!({"name": c.name, "state": state, "restartCount": c.restart_count, "containerID": c.container_id})
-                })
-                .collect();
-            serde_json::json!({
-                "namespace": namespace, "name": name, "uid": crate::pods::uid(p), "node": p.node_name,
-                "phase": phase_name(PodPhase::try_from(status.phase).unwrap_or(PodPhase::Unknown)),
-                "reason": status.reason, "message": status.message, "containerStatuses": containers,
-            })
+        .map(|c| {
+            let state = match c.state.as_ref().and_then(|s| s.state.as_ref()) {
+                Some(State::Waiting(w)) => {
+                    serde_json::json!({"waiting": {"reason": w.reason, "message": w.message}})
+                }
+                Some(State::Running(_)) => serde_json::json!({"running": {}}),
+                Some(State::Terminated(t)) => {
+                    serde_json::json!({"terminated": {"exitCode": t.exit_code, "reason": t.reason}})
+                }
+                None => serde_json::json!({}),
+            };
+            serde_json::json!({"name": c.name, "state": state, "restartCount": c.restart_count, "containerID": c.container_id})
         })
         .collect();
-    serde_json::to_writer_pretty(&mut *out, &items).map_err(io::Error::other)?;
-    writeln!(out)
+    let spec: serde_json::Value = p
+        .pod
+        .as_ref()
+        .and_then(|p| serde_json::from_str(&p.spec_json).ok())
+        .unwrap_or_default();
+    let pod = p.pod.clone().unwrap_or_default();
+    serde_json::json!({
+        "namespace": namespace, "name": name, "uid": crate::pods::uid(p), "node": p.node_name,
+        "labels": pod.labels, "annotations": pod.annotations,
+        "phase": phase_name(PodPhase::try_from(status.phase).unwrap_or(PodPhase::Unknown)),
+        "reason": status.reason, "message": status.message, "recreations": p.recreations,
+        "containerStatuses": containers, "spec": spec,
+    })
 }
 
-/// Prints nodes as a table.
-pub fn nodes(out: &mut impl Write, nodes: &[pb::Node]) -> io::Result<()> {
-    let mut rows = vec![
-        [
-            "NAME", "STATUS", "PODS", "PROVIDER", "INSTANCE", "ADDRESS", "AGE",
-        ]
-        .map(String::from)
-        .to_vec(),
+fn resources_value(r: Option<&Resources>) -> serde_json::Value {
+    let r = r.copied().unwrap_or_default();
+    serde_json::json!({"cpuMillis": r.cpu_millis, "memoryBytes": r.memory_bytes, "gpus": r.gpus, "pods": r.pods})
+}
+
+/// A node as `-o json|yaml` shows it.
+pub fn node_value(n: &pb::Node) -> serde_json::Value {
+    let taints: Vec<String> = n.taints.iter().map(taint).collect();
+    serde_json::json!({
+        "name": n.name, "id": n.id, "state": node_state(n), "provider": n.provider,
+        "instanceId": n.instance_id, "address": n.agent_address, "agentVersion": n.agent_version,
+        "unschedulable": n.unschedulable, "labels": n.labels, "taints": taints,
+        "capacity": resources_value(n.capacity.as_ref()),
+        "allocatable": resources_value(n.allocatable.as_ref()),
+        "requested": resources_value(n.requested.as_ref()),
+        "pods": n.pod_count, "message": n.message,
+    })
+}
+
+/// Prints values as JSON or YAML (`format`): one object when `one` was asked
+/// for by name, else a list (as kubectl does).
+pub fn structured(
+    out: &mut impl Write,
+    values: Vec<serde_json::Value>,
+    one: bool,
+    format: &str,
+) -> io::Result<()> {
+    let value = if one && values.len() == 1 {
+        values.into_iter().next().unwrap_or_default()
+    } else {
+        serde_json::Value::Array(values)
+    };
+    if format == "yaml" {
+        let text = serde_yaml::to_string(&value).map_err(io::Error::other)?;
+        out.write_all(text.as_bytes())
+    } else {
+        serde_json::to_writer_pretty(&mut *out, &value).map_err(io::Error::other)?;
+        writeln!(out)
+    }
+}
+
+/// A taint as kubectl writes it.
+pub fn taint(t: &pb::Taint) -> String {
+    if t.value.is_empty() {
+        format!("{}:{}", t.key, t.effect)
+    } else {
+        format!("{}={}:{}", t.key, t.value, t.effect)
+    }
+}
+
+fn cpu(m: i64) -> String {
+    if m % 1000 == 0 {
+        (m / 1000).to_string()
+    } else {
+        format!("{m}m")
+    }
+}
+
+fn memory(b: i64) -> String {
+    const GI: i64 = 1 << 30;
+    const MI: i64 = 1 << 20;
+    if b >= GI && b % GI == 0 {
+        format!("{}Gi", b / GI)
+    } else {
+        format!("{}Mi", b / MI)
+    }
+}
+
+/// Prints nodes as a table; `wide` adds resources, labels and taints.
+pub fn nodes(out: &mut impl Write, nodes: &[pb::Node], wide: bool) -> io::Result<()> {
+    let mut head = vec![
+        "NAME", "STATUS", "PODS", "CPU", "MEMORY", "GPUS", "PROVIDER", "ADDRESS", "AGE",
     ];
+    if wide {
+        head.extend(["INSTANCE", "LABELS", "TAINTS", "MESSAGE"]);
+    }
+    let mut rows = vec![head.into_iter().map(String::from).collect::<Vec<_>>()];
     for n in nodes {
-        rows.push(vec![
+        let (a, r) = (
+            n.allocatable.unwrap_or_default(),
+            n.requested.unwrap_or_default(),
+        );
+        let mut status = node_state(n).to_owned();
+        if n.unschedulable {
+            status.push_str(",SchedulingDisabled");
+        }
+        let mut row = vec![
             n.name.clone(),
-            node_state(n).into(),
+            status,
             n.pod_count.to_string(),
+            format!("{}/{}", cpu(r.cpu_millis), cpu(a.cpu_millis)),
+            format!("{}/{}", memory(r.memory_bytes), memory(a.memory_bytes)),
+            format!("{}/{}", r.gpus, a.gpus),
             n.provider.clone(),
-            n.instance_id.clone(),
             n.agent_address.clone(),
             human(age(n.created_at.as_ref())),
-        ]);
+        ];
+        if wide {
+            let mut labels: Vec<String> =
+                n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            labels.sort();
+            row.extend([
+                n.instance_id.clone(),
+                labels.join(","),
+                n.taints.iter().map(taint).collect::<Vec<_>>().join(","),
+                n.message.clone(),
+            ]);
+        }
+        rows.push(row);
     }
     table(out, &rows)
+}
+
+/// Prints a pod the way `kubectl describe pod` does, with its events.
+pub fn describe_pod(
+    out: &mut impl Write,
+    p: &pb::PodRecord,
+    events: &[pb::Event],
+) -> io::Result<()> {
+    let (namespace, name) = crate::pods::names(p);
+    let status = p.status.clone().unwrap_or_default();
+    let pod = p.pod.clone().unwrap_or_default();
+    let node = if p.node_name.is_empty() {
+        "<none>"
+    } else {
+        &p.node_name
+    };
+    writeln!(out, "Name:         {name}")?;
+    writeln!(out, "Namespace:    {namespace}")?;
+    writeln!(out, "UID:          {}", crate::pods::uid(p))?;
+    writeln!(out, "Node:         {node}")?;
+    writeln!(out, "Status:       {}", pod_status(p))?;
+    if !status.message.is_empty() {
+        writeln!(out, "Message:      {}", status.message)?;
+    }
+    writeln!(out, "Recreations:  {}", p.recreations)?;
+    writeln!(out, "Age:          {}", human(age(p.created_at.as_ref())))?;
+    let mut labels: Vec<String> = pod.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    labels.sort();
+    writeln!(
+        out,
+        "Labels:       {}",
+        if labels.is_empty() {
+            "<none>".into()
+        } else {
+            labels.join(",")
+        }
+    )?;
+    let spec: Option<k8s_openapi::api::core::v1::PodSpec> =
+        serde_json::from_str(&pod.spec_json).ok();
+    writeln!(out, "Containers:")?;
+    for c in spec.iter().flat_map(|s| &s.containers) {
+        writeln!(out, "  {}:", c.name)?;
+        writeln!(
+            out,
+            "    Image:     {}",
+            c.image.as_deref().unwrap_or_default()
+        )?;
+        if let Some(st) = status.container_statuses.iter().find(|s| s.name == c.name) {
+            let state = match st.state.as_ref().and_then(|s| s.state.as_ref()) {
+                Some(State::Waiting(w)) => format!("Waiting ({})", w.reason),
+                Some(State::Running(_)) => "Running".into(),
+                Some(State::Terminated(t)) => {
+                    format!("Terminated ({}, exit {})", t.reason, t.exit_code)
+                }
+                None => "Unknown".into(),
+            };
+            writeln!(out, "    State:     {state}")?;
+            writeln!(out, "    Restarts:  {}", st.restart_count)?;
+        }
+    }
+    writeln!(out, "Events:")?;
+    if events.is_empty() {
+        writeln!(out, "  <none>")?;
+        return Ok(());
+    }
+    let mut buf = Vec::new();
+    self::events(&mut buf, events)?;
+    for line in String::from_utf8_lossy(&buf).lines() {
+        writeln!(out, "  {line}")?;
+    }
+    Ok(())
 }
 
 /// Prints events.

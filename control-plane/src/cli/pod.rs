@@ -37,7 +37,8 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-fn key_value(what: &str, s: &str) -> Result<(String, String), CliError> {
+/// Splits `KEY=VALUE` (for `flag`).
+pub fn key_value(what: &str, s: &str) -> Result<(String, String), CliError> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .filter(|(k, _)| !k.is_empty())

@@ -63,6 +63,22 @@ impl LocalProvider {
             .stdout(log)
             .stderr(log2)
             .process_group(0);
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, &req.ca_pem).map_err(|e| format!("{}: {e}", ca.display()))?;
+        cmd.arg("--ca-file").arg(&ca);
+        let size = req.size;
+        if size.cpu_millis > 0 {
+            cmd.arg(format!("--cpu-millis={}", size.cpu_millis));
+        }
+        if size.memory_bytes > 0 {
+            cmd.arg(format!("--memory-bytes={}", size.memory_bytes));
+        }
+        if size.gpus > 0 {
+            cmd.arg(format!("--gpus={}", size.gpus));
+        }
+        if size.pods > 0 {
+            cmd.arg(format!("--max-pods={}", size.pods));
+        }
         if !self.config.insecure_registries.is_empty() {
             cmd.arg("--insecure-registry")
                 .arg(self.config.insecure_registries.join(","));
@@ -85,6 +101,7 @@ impl LocalProvider {
         info!(node = %req.node_name, pid, namespace = %namespace, "simulated host started");
         Ok(Instance {
             instance_id: format!("{ID_PREFIX}{pid}"),
+            note: String::new(),
         })
     }
 }

@@ -365,34 +365,7 @@ pub fn limits(container: &Container) -> Result<Limits, SpecError> {
     Ok(limits)
 }
 
-/// Parses a Kubernetes quantity. With `millis`, the result is in thousandths
-/// (`500m` → 500, `2` → 2000); otherwise in units (`1Ki` → 1024, `1k` → 1000).
-pub fn parse_quantity(text: &str, millis: bool) -> Option<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    let value: f64 = number.parse().ok()?;
-    let factor: f64 = match suffix {
-        "" => 1.0,
-        "m" => 0.001,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
-        _ => return None,
-    };
-    let scaled = value * factor * if millis { 1000.0 } else { 1.0 };
-    (scaled.is_finite() && scaled >= 0.0).then(|| scaled.ceil() as u64)
-}
+pub use orca_proto::quantity::parse as parse_quantity;
 
 /// Everything the runtime spec of one container depends on.
 #[derive(Debug, Clone)]

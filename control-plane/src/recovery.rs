@@ -1,0 +1,205 @@
+//! Recovery: the pods of Lost nodes, drains, and injected faults.
+//!
+//! A Lost node is fenced first: the provider is told to terminate it (a
+//! simulated host is killed, an EC2 instance terminated). Then each of its
+//! unfinished pods is moved: with restartPolicy Always or OnFailure it becomes
+//! a new incarnation (a new uid) that the scheduler places elsewhere; with
+//! Never it ends Failed with reason `NodeLost`. When fencing fails (the host is
+//! unreachable, like an instance whose termination fails) the pods are moved
+//! all the same, so a partition cannot stall the workload; if the host comes
+//! back, its heartbeat reports the old incarnations, which the control plane
+//! answers as orphans and the agent stops. So a pod never runs twice once the
+//! heal is processed. Both steps are redone by a restarted control plane: the
+//! fence once per process, the moves until no unfinished pod is bound to a
+//! Lost node.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::PodSpec;
+use orca_proto::controlplane::v1::{self as pb, NodeState};
+use orca_proto::types::v1::{self as types, PodPhase};
+use tracing::{info, warn};
+
+use crate::cloud::Fault;
+use crate::cluster::{Cluster, ClusterError, now};
+use crate::pods::{key, names, phase, uid};
+
+/// Reasons of the control plane's own verdicts on pods: a report from an agent
+/// about that incarnation is stale, and the agent is told to stop it.
+pub const VERDICTS: &[&str] = &["NodeLost", "NodeRemoved", "Evicted"];
+
+fn unfinished(p: &pb::PodRecord) -> bool {
+    !matches!(phase(p), PodPhase::Succeeded | PodPhase::Failed)
+}
+
+impl Cluster {
+    /// Fences Lost nodes (once per control-plane process and Lost episode) and
+    /// moves their unfinished pods.
+    pub async fn recover_lost(&self) -> Result<(), ClusterError> {
+        let lost: Vec<pb::Node> = self
+            .store()
+            .nodes
+            .scan("")?
+            .into_iter()
+            .filter(|n| n.state == NodeState::Lost as i32)
+            .collect();
+        for node in lost {
+            if self.first_time(&format!("fence:{}", node.name)) {
+                self.fence(&node).await;
+            }
+            for pod in self.store().pods.scan("")? {
+                if pod.node_name == node.name && unfinished(&pod) {
+                    let msg = format!("node {} was lost", node.name);
+                    self.relocate(&pod, "NodeLost", msg).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn fence(&self, node: &pb::Node) {
+        if node.instance_id.is_empty() {
+            let msg = "no instance to terminate (external node): pods move anyway".to_owned();
+            self.event("Node", "", &node.name, true, "FenceFailed", msg);
+            return;
+        }
+        match self.provider().terminate(&node.instance_id).await {
+            Ok(()) => {
+                info!(node = %node.name, instance = %node.instance_id, "lost node fenced");
+                let msg = format!("instance {} terminated", node.instance_id);
+                let _ = self
+                    .store()
+                    .nodes
+                    .update(&node.name, |n| n.message = msg.clone());
+                self.event("Node", "", &node.name, false, "Fenced", msg);
+            }
+            Err(e) => {
+                warn!(node = %node.name, error = %e, "lost node not fenced; its pods move anyway");
+                let msg =
+                    format!("{e}; its pods move anyway, and stale ones are stopped if it returns");
+                let _ = self
+                    .store()
+                    .nodes
+                    .update(&node.name, |n| n.message = msg.clone());
+                self.event("Node", "", &node.name, true, "FenceFailed", msg);
+            }
+        }
+    }
+
+    /// Moves a pod off its node: a new incarnation, Pending for the scheduler,
+    /// when its restartPolicy allows; otherwise Failed with `reason`.
+    pub async fn relocate(
+        &self,
+        pod: &pb::PodRecord,
+        reason: &str,
+        message: String,
+    ) -> Result<(), ClusterError> {
+        let (ns, name) = names(pod);
+        let old_uid = uid(pod);
+        let policy = pod
+            .pod
+            .as_ref()
+            .and_then(|p| serde_json::from_str::<PodSpec>(&p.spec_json).ok())
+            .and_then(|s| s.restart_policy)
+            .unwrap_or_else(|| "Always".into());
+        if policy == "Never" {
+            self.fail_pod(&ns, &name, reason, message)?;
+            self.store().flush().await?;
+            return Ok(());
+        }
+        let new_uid = uuid::Uuid::new_v4().to_string();
+        let from = pod.node_name.clone();
+        let moved = self.store().pods.update(&key(&ns, &name), |p| {
+            if uid(p) != old_uid {
+                return;
+            }
+            if let Some(r) = p.pod.as_mut().and_then(|p| p.r#ref.as_mut()) {
+                r.uid = new_uid.clone();
+            }
+            p.node_name.clear();
+            p.recreations += 1;
+            p.created_at = Some(now());
+            p.status = Some(types::PodStatus {
+                phase: PodPhase::Pending as i32,
+                reason: reason.into(),
+                message: format!("{message}; recreated"),
+                observed_at: Some(now()),
+                ..Default::default()
+            });
+        })?;
+        if moved.is_some_and(|p| uid(&p) == new_uid) {
+            self.store().flush().await?;
+            info!(pod = %key(&ns, &name), from = %from, uid = %new_uid, "pod recreated");
+            self.event(
+                "Pod",
+                &ns,
+                &name,
+                true,
+                "Recreated",
+                format!("{message}; new incarnation {new_uid} (was {old_uid} on {from})"),
+            );
+            self.wake_scheduler();
+        }
+        Ok(())
+    }
+
+    /// Cordons a node and moves its pods away (each stopped there first, within
+    /// its grace period).
+    pub async fn drain(&self, name: &str) -> Result<pb::Node, ClusterError> {
+        let node = self.cordon(name, true).await?;
+        for pod in self.store().pods.scan("")? {
+            if pod.node_name != name || !unfinished(&pod) {
+                continue;
+            }
+            if let Err(e) = self.stop_on_node(&node, &pod, None).await {
+                warn!(pod = %key(&names(&pod).0, &names(&pod).1), error = %e, "not stopped before the move");
+            }
+            self.relocate(&pod, "Evicted", format!("node {name} was drained"))
+                .await?;
+        }
+        self.event("Node", "", name, false, "Drained", String::new());
+        self.node(name)
+    }
+
+    /// Injects a fault into a node's host; a partition with a duration heals
+    /// itself after it.
+    pub async fn inject_fault(
+        &self,
+        name: &str,
+        fault: Fault,
+        duration: Option<Duration>,
+    ) -> Result<pb::Node, ClusterError> {
+        let node = self.node(name)?;
+        if node.instance_id.is_empty() {
+            return Err(ClusterError::FailedPrecondition(format!(
+                "node {name} has no instance to inject faults into"
+            )));
+        }
+        self.provider().fault(&node.instance_id, fault).await?;
+        let detail = match duration {
+            Some(d) if fault == Fault::Partition => format!("{fault:?} for {d:?}"),
+            _ => format!("{fault:?}"),
+        };
+        info!(node = %name, fault = %detail, "fault injected");
+        self.event("Node", "", name, true, "FaultInjected", detail);
+        if let (Fault::Partition, Some(d)) = (fault, duration) {
+            let this = self.clone();
+            let node = node.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(d).await;
+                match this.provider().fault(&node.instance_id, Fault::Heal).await {
+                    Ok(()) => this.event(
+                        "Node",
+                        "",
+                        &node.name,
+                        false,
+                        "FaultInjected",
+                        "Heal".into(),
+                    ),
+                    Err(e) => warn!(node = %node.name, error = %e, "partition not healed"),
+                }
+            });
+        }
+        Ok(node)
+    }
+}
