@@ -150,6 +150,38 @@ impl TestCluster {
         &self.credentials
     }
 
+    /// A NodeService client over TLS, presenting `cert` (certificate and key
+    /// PEM) when given, as an agent would.
+    pub async fn node_client(
+        &self,
+        cert: Option<(&str, &str)>,
+    ) -> orca_proto::controlplane::v1::node_service_client::NodeServiceClient<
+        tonic::transport::Channel,
+    > {
+        let ca = std::fs::read_to_string(self.data_dir.join("ca.pem")).expect("ca.pem");
+        let slot = cert.map(|(c, k)| orca_proto::tls::CertSlot::new(c, k).expect("cert"));
+        let tls = orca_proto::tls::client_config(&ca, slot).expect("tls");
+        let channel = orca_proto::tls::connect(&self.server, None, tls, DEADLINE)
+            .await
+            .expect("connect to the control plane");
+        orca_proto::controlplane::v1::node_service_client::NodeServiceClient::new(channel)
+    }
+
+    /// The identity (certificate, key) node `node`'s agent keeps.
+    pub fn node_identity(&self, node: &str) -> (String, String) {
+        let dir = self.data_dir.join("hosts").join(node).join("identity");
+        (
+            std::fs::read_to_string(dir.join("cert.pem")).expect("node cert"),
+            std::fs::read_to_string(dir.join("key.pem")).expect("node key"),
+        )
+    }
+
+    /// A node as `orca node get NAME -o json` shows it.
+    pub fn node(&self, name: &str) -> serde_json::Value {
+        let out = self.orca_ok(&["node", "get", name, "-o", "json"]);
+        serde_json::from_str(&out).expect("orca prints JSON")
+    }
+
     /// The control plane's data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir

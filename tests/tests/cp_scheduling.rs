@@ -1,0 +1,139 @@
+//! Placement by resources, nodeSelector and taints; cordon and drain;
+//! autoscaling; and a control plane killed with SIGKILL in the middle of work,
+//! against the real binaries and containerd.
+
+use orca_tests::cluster::{DEADLINE, TestCluster};
+use orca_tests::eventually::eventually_blocking;
+
+fn manifest(name: &str, image: &str, extra_spec: &str, cpu: &str, restart: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  restartPolicy: {restart}\n{extra_spec}  containers:\n  - name: c\n    image: {image}\n    command: [sleep, '600']\n    resources:\n      requests: {{cpu: {cpu}}}\n"
+    )
+}
+
+fn apply(c: &TestCluster, text: &str) {
+    let file = c.dir().join(format!("pod-{}.yaml", text.len()));
+    std::fs::write(&file, text).unwrap();
+    c.orca_ok(&["apply", "-f", file.to_str().unwrap()]);
+}
+
+#[test]
+fn pods_go_where_their_requests_fit_and_unschedulable_ones_fail_with_the_reason() {
+    let c = TestCluster::start_configured(
+        &["--retry-ms=100"],
+        "pending_timeout_ms: 3000\n",
+    );
+    c.orca_ok(&["node", "add", "a", "--cpu", "1", "--memory", "1Gi"]);
+    c.orca_ok(&[
+        "node", "add", "b", "--cpu", "1", "--memory", "1Gi", "--label", "gpu=a100", "--taint",
+        "dedicated=ml:NoSchedule",
+    ]);
+    apply(&c, &manifest("big1", &c.image, "", "600m", "Never"));
+    let first = c.wait_phase("big1", "Running");
+    assert_eq!(first["node"], "a", "b's taint is not tolerated: {first}");
+
+    // The second 600m pod does not fit beside the first on a (1 CPU) and does not
+    // tolerate b's taint: it fails Unschedulable, naming why, after the timeout.
+    apply(&c, &manifest("big2", &c.image, "", "600m", "Never"));
+    let failed = c.wait_phase("big2", "Failed");
+    assert_eq!(failed["reason"], "Unschedulable", "{failed}");
+    let message = failed["message"].as_str().unwrap();
+    assert!(message.contains("a: cpu millis: 400 free, 600 asked"), "{message}");
+    assert!(message.contains("b: taint dedicated=ml:NoSchedule"), "{message}");
+
+    // Tolerating the taint and selecting the label lands on b.
+    let tolerant = "  nodeSelector: {gpu: a100}\n  tolerations:\n  - {key: dedicated, operator: Equal, value: ml, effect: NoSchedule}\n";
+    apply(&c, &manifest("ml", &c.image, tolerant, "600m", "Never"));
+    assert_eq!(c.wait_phase("ml", "Running")["node"], "b");
+    let nodes = c.orca_ok(&["node", "list"]);
+    assert!(
+        nodes.lines().any(|l| l.starts_with("a ") && l.contains("600m/1")),
+        "requests are shown per node: {nodes}"
+    );
+}
+
+#[test]
+fn drain_moves_restartable_pods_and_evicts_the_rest_and_cordon_keeps_new_pods_off() {
+    let c = TestCluster::start();
+    c.orca_ok(&["node", "add", "a"]);
+    c.orca_ok(&["node", "add", "b"]);
+    c.orca_ok(&["node", "cordon", "b"]);
+    c.orca_ok(&["run", "svc", "--image", &c.image, "--restart", "Always", "--", "sleep", "600"]);
+    c.orca_ok(&["run", "job", "--image", &c.image, "--", "sleep", "600"]);
+    let svc = c.wait_phase("svc", "Running");
+    assert_eq!(svc["node"], "a", "b is cordoned");
+    assert_eq!(c.wait_phase("job", "Running")["node"], "a");
+    let old_uid = svc["uid"].as_str().unwrap().to_owned();
+
+    c.orca_ok(&["node", "uncordon", "b"]);
+    c.orca_ok(&["node", "drain", "a"]);
+    let moved = c.wait_phase("svc", "Running");
+    assert_eq!(moved["node"], "b", "{moved}");
+    assert_ne!(moved["uid"], old_uid.as_str(), "a new incarnation");
+    assert_eq!(moved["recreations"], 1);
+    let evicted = c.wait_phase("job", "Failed");
+    assert_eq!(evicted["reason"], "Evicted", "{evicted}");
+    eventually_blocking("nothing left running on a", DEADLINE, || {
+        let running: Vec<_> = c
+            .tasks("a")
+            .into_iter()
+            .filter(|(_, s)| s == "RUNNING")
+            .collect();
+        if running.is_empty() { Ok(()) } else { Err(running) }
+    });
+    let nodes = c.orca_ok(&["node", "list"]);
+    assert!(
+        nodes.lines().any(|l| l.starts_with("a ") && l.contains("SchedulingDisabled")),
+        "{nodes}"
+    );
+}
+
+#[test]
+fn the_autoscaler_launches_a_host_for_a_pod_that_fits_nowhere() {
+    let c = TestCluster::start_configured(
+        &["--retry-ms=100"],
+        "autoscale:\n  max_nodes: 1\n  cpu: '2'\n  memory: 1Gi\n",
+    );
+    c.orca_ok(&["run", "first", "--image", &c.image, "--", "sleep", "600"]);
+    let pod = c.wait_phase("first", "Running");
+    let node = pod["node"].as_str().unwrap().to_owned();
+    let n = c.node(&node);
+    assert_eq!(n["labels"]["orca.research/autoscaled"], "true", "{n}");
+    assert_eq!(n["allocatable"]["cpuMillis"], 2000, "{n}");
+}
+
+#[test]
+fn a_control_plane_killed_mid_work_loses_nothing_and_its_agents_reconnect() {
+    let mut c = TestCluster::start();
+    c.orca_ok(&["node", "add", "a"]);
+    c.orca_ok(&["node", "add", "b"]);
+    c.orca_ok(&["run", "long", "--image", &c.image, "--", "sleep", "600"]);
+    let long = c.wait_phase("long", "Running");
+    c.orca_ok(&["run", "quick", "--image", &c.image, "--", "sh", "-c", "echo done"]);
+    c.wait_phase("quick", "Succeeded");
+    // Acknowledged just before the kill: it must be there afterwards.
+    c.orca_ok(&["run", "late", "--image", &c.image, "--", "sleep", "600"]);
+    c.kill_control_plane();
+
+    c.start_control_plane();
+    let nodes = c.orca_ok(&["node", "list"]);
+    assert!(nodes.contains("a ") && nodes.contains("b "), "{nodes}");
+    let after = c.wait_phase("long", "Running");
+    assert_eq!(after["uid"], long["uid"], "the same incarnation, not a new one");
+    assert_eq!(after["node"], long["node"]);
+    assert_eq!(c.pod("quick")["phase"], "Succeeded");
+    c.wait_phase("late", "Running");
+    // The agents heartbeat to the new process without operator action: a new
+    // pod runs, and the nodes stay Ready past the Lost threshold.
+    c.orca_ok(&["run", "new", "--image", &c.image, "--", "sh", "-c", "echo hi"]);
+    c.wait_phase("new", "Succeeded");
+    for n in ["a", "b"] {
+        assert_eq!(c.node(n)["state"], "Ready", "{}", c.control_plane_log());
+    }
+    let running = c
+        .tasks(long["node"].as_str().unwrap())
+        .into_iter()
+        .filter(|(_, s)| s == "RUNNING")
+        .count();
+    assert!(running >= 1, "the pod never stopped");
+}

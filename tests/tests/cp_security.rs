@@ -1,0 +1,175 @@
+//! The cluster's identity rules, against the real control plane over TLS: join
+//! tokens are single use, bound to one node and expire; heartbeats need the
+//! node's own certificate; certificates renew before they expire.
+
+use orca_proto::controlplane::v1::{HeartbeatRequest, JoinRequest, RenewCertificateRequest};
+use orca_tests::cluster::{DEADLINE, TestCluster};
+use orca_tests::eventually::eventually_blocking;
+
+/// A key and a CSR for it, as an agent makes them.
+fn key_and_csr() -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    (key.serialize_pem(), csr)
+}
+
+/// Registers an external node and returns its join token.
+fn external_token(c: &TestCluster, node: &str) -> String {
+    let out = c.orca_ok(&["node", "add", node, "--external"]);
+    out.split_whitespace()
+        .find_map(|w| w.strip_prefix("ORCA_AGENT_JOIN_TOKEN="))
+        .unwrap_or_else(|| panic!("token in {out}"))
+        .to_owned()
+}
+
+fn join_request(token: &str, node: &str, csr: &str) -> JoinRequest {
+    JoinRequest {
+        token: token.into(),
+        node_name: node.into(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        agent_address: "127.0.0.1:1".into(),
+        csr_pem: csr.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_single_use_bound_to_their_node_and_heartbeats_need_the_nodes_certificate() {
+    let c = TestCluster::start();
+    c.orca_ok(&["node", "add", "n1"]);
+    let n1_id = c.node("n1")["id"].as_str().unwrap().to_owned();
+    let mut anonymous = c.node_client(None).await;
+
+    let token = external_token(&c, "ext");
+    let (key, csr) = key_and_csr();
+    let joined = anonymous
+        .join(join_request(&token, "ext", &csr))
+        .await
+        .expect("a fresh token joins")
+        .into_inner();
+    let der = orca_proto::tls::certs("node", &joined.node_cert_pem).unwrap().remove(0);
+    assert_eq!(
+        orca_proto::tls::common_name(&der).as_deref(),
+        Some("orca:node:ext"),
+        "the certificate names the node the token was for"
+    );
+
+    let reused = anonymous
+        .join(join_request(&token, "ext", &csr))
+        .await
+        .expect_err("a used token is refused");
+    assert_eq!(reused.code(), tonic::Code::PermissionDenied, "{reused:?}");
+    assert!(reused.message().contains("already used"), "{reused:?}");
+
+    let other = external_token(&c, "ext2");
+    let wrong = anonymous
+        .join(join_request(&other, "ext", &csr))
+        .await
+        .expect_err("a token is bound to its node");
+    assert!(wrong.message().contains("issued for node \"ext2\""), "{wrong:?}");
+
+    // Heartbeats: no certificate, another node's certificate, then its own.
+    let beat = |id: &str| HeartbeatRequest {
+        node_id: id.into(),
+        sequence: 1,
+        ..Default::default()
+    };
+    let e = anonymous.heartbeat(beat(&joined.node_id)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    let mut ext = c
+        .node_client(Some((&joined.node_cert_pem, &key)))
+        .await;
+    let e = ext.heartbeat(beat(&n1_id)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("cannot speak for"), "{e:?}");
+    ext.heartbeat(beat(&joined.node_id))
+        .await
+        .expect("its own certificate and id");
+    assert_eq!(c.node("ext")["state"], "Ready");
+    assert_eq!(c.node("n1")["state"], "Ready", "n1 was not touched");
+
+    // Renewal is for the node's own certificate only.
+    let (_, csr2) = key_and_csr();
+    let renewed = ext
+        .renew_certificate(RenewCertificateRequest {
+            node_id: joined.node_id.clone(),
+            csr_pem: csr2.clone(),
+        })
+        .await
+        .expect("renewed")
+        .into_inner();
+    assert_ne!(renewed.node_cert_pem, joined.node_cert_pem);
+    let e = ext
+        .renew_certificate(RenewCertificateRequest {
+            node_id: n1_id,
+            csr_pem: csr2,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+}
+
+#[tokio::test]
+async fn expired_tokens_are_refused_and_agents_renew_short_lived_certificates() {
+    let c = TestCluster::start_configured(
+        &["--retry-ms=100"],
+        "join_token_ttl_s: 1\ntls:\n  cert_lifetime_s: 3\n",
+    );
+    let out = c.orca_ok(&["node", "add", "late", "--external"]);
+    let token = out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ORCA_AGENT_JOIN_TOKEN="))
+        .unwrap()
+        .to_owned();
+    let expires_at: i64 = out
+        .split("expires at ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("expiry in {out}"));
+    eventually_blocking("the token to expire", DEADLINE, || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        if now > expires_at { Ok(()) } else { Err(now) }
+    });
+    let (_, csr) = key_and_csr();
+    let e = c
+        .node_client(None)
+        .await
+        .join(join_request(&token, "late", &csr))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("expired"), "{e:?}");
+
+    // A real agent with a 3 s certificate renews it (twice, to see it keeps
+    // doing so) and stays Ready past the first certificate's expiry.
+    c.orca_ok(&["node", "add", "n1"]);
+    let (first, _) = c.node_identity("n1");
+    let mut seen = vec![first];
+    eventually_blocking("two renewals", DEADLINE, || {
+        let (now, _) = c.node_identity("n1");
+        if !seen.contains(&now) {
+            seen.push(now);
+        }
+        if seen.len() >= 3 { Ok(()) } else { Err(seen.len()) }
+    });
+    let (_, first_expiry) = orca_proto::tls::validity(&seen[0]).unwrap();
+    eventually_blocking("past the first certificate's expiry", DEADLINE, || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        if now > first_expiry + 1 { Ok(()) } else { Err(now) }
+    });
+    assert_eq!(c.node("n1")["state"], "Ready", "{}", c.agent_log("n1"));
+    // The control plane still reaches the agent (it dials with a renewed
+    // certificate of its own, and checks the agent's renewed one).
+    c.orca_ok(&["run", "after", "--image", &c.image, "--", "true"]);
+    c.wait_phase("after", "Succeeded");
+}
