@@ -18,8 +18,9 @@
 //! - [`cli`]: the `orca` command line client of AdminService.
 //!
 //! # Current limitations
-//! Plain-text gRPC (mutual TLS comes with the control-plane core issue), one
-//! listener for agents and users, no recovery of pods from lost nodes yet (a node
+//! Plain-text gRPC (mutual TLS comes with the control-plane core issue), the
+//! same services for agents and users (on the provider's gateway too, where it
+//! has one), no recovery of pods from lost nodes yet (a node
 //! without heartbeats is only marked NotReady), no Kubernetes or EC2 yet.
 
 pub mod api;
@@ -34,6 +35,7 @@ pub mod store;
 
 use std::future::Future;
 
+use futures::StreamExt as _;
 use orca_proto::controlplane::v1::admin_service_server::AdminServiceServer;
 use orca_proto::controlplane::v1::node_service_server::NodeServiceServer;
 use tokio::net::TcpListener;
@@ -58,6 +60,18 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("server failed")]
     Serve(#[source] tonic::transport::Error),
+    /// The instance provider could not be prepared.
+    #[error(transparent)]
+    Provider(#[from] cloud::ProviderError),
+    /// The listener for hosts (on the provider's gateway address) could not be bound.
+    #[error("cannot listen on {addr} for hosts")]
+    HostListener {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The data directory could not be prepared.
     #[error("data directory {path}")]
     DataDir {
@@ -71,9 +85,14 @@ pub enum ServeError {
 
 /// Runs the control plane on an already-bound listener until `shutdown`
 /// resolves; then drains in-flight calls, stops its loops and flushes the store.
+///
+/// When the provider's hosts reach this machine at an address of their own (the
+/// `local` provider's bridge), the same services are also served on that
+/// address (same port as `listener`, or any port when the listener has port 0)
+/// and agents are given that URL instead of `advertise_url`.
 pub async fn serve(
     listener: TcpListener,
-    config: Config,
+    mut config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let data = config.data_dir.clone();
@@ -87,6 +106,28 @@ pub async fn serve(
             local.clone(),
             data.join("hosts"),
         )),
+    };
+    let local_addr = listener.local_addr().ok();
+    let host_listener = match (provider.prepare().await?, local_addr) {
+        // A listener on every address already covers the gateway.
+        (Some(gateway), Some(addr)) if !addr.ip().is_unspecified() => {
+            let at = std::net::SocketAddr::new(gateway, addr.port());
+            let host_listener = TcpListener::bind(at)
+                .await
+                .map_err(|source| ServeError::HostListener { addr: at, source })?;
+            let bound = host_listener
+                .local_addr()
+                .map_err(|source| ServeError::HostListener { addr: at, source })?;
+            config.advertise_url = format!("http://{bound}");
+            info!(listen = %bound, "serving hosts on the provider's gateway");
+            Some(host_listener)
+        }
+        (Some(gateway), Some(addr)) => {
+            config.advertise_url =
+                format!("http://{}", std::net::SocketAddr::new(gateway, addr.port()));
+            None
+        }
+        _ => None,
     };
     let cluster = Cluster::new(config, store.clone(), provider);
 
@@ -110,8 +151,12 @@ pub async fn serve(
     health
         .set_serving::<NodeServiceServer<api::node::NodeApi>>()
         .await;
-    let addr = listener.local_addr().ok();
-    info!(listen = ?addr, data_dir = %data.display(), "control plane serving");
+    info!(listen = ?local_addr, data_dir = %data.display(), "control plane serving");
+    let incoming = orca_proto::incoming(listener);
+    let incoming = match host_listener {
+        Some(hosts) => futures::stream::select(incoming, orca_proto::incoming(hosts)).left_stream(),
+        None => incoming.right_stream(),
+    };
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(orca_proto::serving::reflection_v1(SERVICES))
@@ -122,7 +167,7 @@ pub async fn serve(
         .add_service(NodeServiceServer::new(api::node::NodeApi::new(
             cluster.clone(),
         )))
-        .serve_with_incoming_shutdown(orca_proto::incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(ServeError::Serve);
     let _ = stop_tx.send(true);

@@ -81,10 +81,11 @@ impl Cluster {
         };
         match self.provider().launch(launch).await {
             Ok(instance) => {
-                let node = self
-                    .store()
-                    .nodes
-                    .update(&name, |n| n.instance_id = instance.instance_id.clone())?;
+                let note = self.provider().note().unwrap_or_default();
+                let node = self.store().nodes.update(&name, |n| {
+                    n.instance_id = instance.instance_id.clone();
+                    n.message = note.clone();
+                })?;
                 self.store().flush().await?;
                 self.event(
                     "Node",
@@ -141,7 +142,7 @@ impl Cluster {
             n.capacity = req.capacity;
             n.allocatable = req.allocatable;
             n.last_heartbeat = Some(now());
-            n.message.clear();
+            n.message = self.provider().note().unwrap_or_default();
         })?;
         if node.is_none() {
             return Err(ClusterError::JoinRefused(format!(
