@@ -183,15 +183,20 @@ async fn wait_gone(pid: Pid, within: Duration) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `pid` runs (exists and is not a zombie).
+/// Whether `pid` runs: it exists and is not a zombie whose threads have all
+/// exited (a killed multi-threaded process shows its leader as a zombie while
+/// the other threads still exit, holding its sockets open).
 fn alive(pid: Pid) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
     // The state follows the command name, which is in parentheses.
-    stat.rsplit_once(')')
+    let zombie = stat
+        .rsplit_once(')')
         .and_then(|(_, rest)| rest.trim_start().chars().next())
-        .is_some_and(|state| state != 'Z' && state != 'X')
+        .is_some_and(|state| state == 'Z' || state == 'X');
+    !zombie
+        || std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|threads| threads.count() > 1)
 }
 
 /// The first argument of `pid`'s command line.
