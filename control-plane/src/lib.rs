@@ -13,7 +13,8 @@
 //! - [`cluster`]: the shared state; [`registry`] (nodes, join, heartbeats,
 //!   health), [`pods`] (create, observe, delete, logs, events) and [`scheduler`]
 //!   (placement, dispatch) are its operations.
-//! - [`cloud`]: the `InstanceProvider` trait and the `local` provider.
+//! - [`cloud`]: the `InstanceProvider` trait and the `local` provider (simulated
+//!   hosts, each in a network namespace of its own on a bridge; faults).
 //! - [`api`]: the AdminService and NodeService gRPC servers.
 //! - [`cli`]: the `orca` command line client of AdminService.
 //!

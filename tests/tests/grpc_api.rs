@@ -50,12 +50,12 @@ fn grpcurl_lists_describes_and_calls_both_daemons() {
     }
     assert!(!cp.contains("orca.agent.v1.AgentService"), "{cp}");
 
-    let nodes = c.orca_ok(&["get", "nodes"]);
-    let agent = nodes
-        .lines()
-        .find(|l| l.starts_with("n1 "))
-        .and_then(|l| l.split_whitespace().find(|w| w.starts_with("127.0.0.1:")))
-        .unwrap_or_else(|| panic!("agent address in {nodes}"))
+    // The agent's address: its host's (or 127.0.0.1:PORT without namespaces).
+    let row = c.node_row("n1").expect("n1 listed");
+    let agent = row
+        .get(5)
+        .filter(|a| a.parse::<std::net::SocketAddr>().is_ok())
+        .unwrap_or_else(|| panic!("agent address in {row:?}"))
         .to_owned();
     let listed = grpcurl_ok(&[&agent, "list"]);
     for service in [
