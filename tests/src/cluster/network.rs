@@ -8,10 +8,18 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 use orca_control_plane::cloud::netns::{NETNS_DIR, veth_name};
 
 use crate::env::require;
+use crate::eventually::try_eventually_blocking;
+
+/// How long the processes of a cluster's hosts get to die at teardown.
+const KILL_WITHIN: Duration = Duration::from_secs(10);
 
 /// Second octets 77 to 99, each with 256 /24s.
 const SLOTS: u32 = 23 * 256;
@@ -72,20 +80,20 @@ impl ClusterNetwork {
     /// their veths and the bridge. Best effort: it runs in `Drop`.
     pub fn teardown(&self) {
         for ns in self.namespaces() {
-            for _ in 0..50 {
-                let pids = ip(&["netns", "pids", &ns]);
-                let pids: Vec<i32> = pids.lines().filter_map(|l| l.trim().parse().ok()).collect();
-                if pids.is_empty() {
-                    break;
-                }
-                for pid in pids {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
+            let _ = try_eventually_blocking(
+                &format!("no process left in {ns}"),
+                KILL_WITHIN,
+                Duration::from_millis(20),
+                || {
+                    let pids = ip(&["netns", "pids", &ns]);
+                    let pids: Vec<i32> =
+                        pids.lines().filter_map(|l| l.trim().parse().ok()).collect();
+                    for pid in &pids {
+                        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+                    }
+                    if pids.is_empty() { Ok(()) } else { Err(pids) }
+                },
+            );
             ip(&["link", "del", &veth_name(&ns)]);
             ip(&["netns", "del", &ns]);
         }
