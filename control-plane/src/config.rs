@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::cloud::cidr::Ipv4Cidr;
+use crate::cloud::netns::MAX_IFNAME;
+
 /// Default listen address of the gRPC API (NodeService and AdminService).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
 /// Default heartbeat interval sent to agents (ms).
@@ -27,6 +30,13 @@ pub const DEFAULT_PENDING_TIMEOUT_MS: u64 = 300_000;
 pub const DEFAULT_RECONCILE_INTERVAL_MS: u64 = 500;
 /// Default time allowed for one call to an agent (ms).
 pub const DEFAULT_AGENT_CALL_TIMEOUT_MS: u64 = 30_000;
+/// Default bridge of the `local` provider's simulated hosts.
+pub const DEFAULT_BRIDGE: &str = "orca0";
+/// Default network of the `local` provider's simulated hosts (the bridge takes
+/// the first address).
+pub const DEFAULT_HOSTS_CIDR: &str = "10.77.0.0/24";
+/// Default port every simulated host's agent serves AgentService on.
+pub const DEFAULT_AGENT_PORT: u16 = 7444;
 
 /// A configuration error, naming the field.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +186,35 @@ pub struct LocalFile {
     /// Extra arguments for every agent (e.g. `--backoff-base-ms=100`).
     #[serde(default)]
     pub agent_args: Vec<String>,
+    /// Port every agent serves AgentService on, at its host's address (agents
+    /// without a network namespace take a free loopback port instead).
+    #[serde(default = "d_agent_port")]
+    pub agent_port: u16,
+    /// The simulated hosts' network.
+    #[serde(default)]
+    pub network: NetworkFile,
+}
+
+/// The simulated hosts' network: a bridge on this machine and an IPv4 network;
+/// each host gets a namespace `<bridge>-<node>` with an address from it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkFile {
+    /// Bridge interface name (at most 15 characters; unique per cluster on a machine).
+    #[serde(default = "d_bridge")]
+    pub bridge: String,
+    /// IPv4 network, /16 to /28; the bridge (gateway) takes its first address.
+    #[serde(default = "d_cidr")]
+    pub cidr: String,
+}
+
+impl Default for NetworkFile {
+    fn default() -> Self {
+        Self {
+            bridge: d_bridge(),
+            cidr: d_cidr(),
+        }
+    }
 }
 
 fn default_listen() -> String {
@@ -219,6 +258,15 @@ fn d_socket() -> PathBuf {
 }
 fn d_prefix() -> String {
     "orca".into()
+}
+fn d_agent_port() -> u16 {
+    DEFAULT_AGENT_PORT
+}
+fn d_bridge() -> String {
+    DEFAULT_BRIDGE.into()
+}
+fn d_cidr() -> String {
+    DEFAULT_HOSTS_CIDR.into()
 }
 
 /// The validated configuration.
@@ -276,6 +324,19 @@ pub struct LocalProvider {
     pub insecure_registries: Vec<String>,
     /// Extra agent arguments.
     pub agent_args: Vec<String>,
+    /// Agent port on each host's address.
+    pub agent_port: u16,
+    /// The hosts' network.
+    pub network: Network,
+}
+
+/// The validated network of simulated hosts.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// Bridge name.
+    pub bridge: String,
+    /// The hosts' network; the bridge has its first address.
+    pub cidr: Ipv4Cidr,
 }
 
 impl Config {
@@ -424,6 +485,8 @@ impl File {
                     namespace_prefix: prefix,
                     insecure_registries: local.insecure_registries,
                     agent_args: local.agent_args,
+                    agent_port: local.agent_port,
+                    network: local.network.validate()?,
                 })
             }
         };
@@ -447,6 +510,33 @@ impl File {
             agent_call_timeout: ms("agent_call_timeout_ms", self.agent_call_timeout_ms)?,
             provider,
         })
+    }
+}
+
+impl NetworkFile {
+    fn validate(self) -> Result<Network, ConfigError> {
+        let bridge = self.bridge;
+        let bridge_ok = !bridge.is_empty()
+            && bridge.len() <= MAX_IFNAME
+            && bridge
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !bridge_ok {
+            return Err(ConfigError::Invalid {
+                field: "provider.local.network.bridge",
+                problem: format!(
+                    "{bridge:?} must be 1 to {MAX_IFNAME} characters of a-z, A-Z, 0-9, '-', '_'"
+                ),
+            });
+        }
+        let cidr = self
+            .cidr
+            .parse()
+            .map_err(|e: crate::cloud::cidr::CidrError| ConfigError::Invalid {
+                field: "provider.local.network.cidr",
+                problem: e.to_string(),
+            })?;
+        Ok(Network { bridge, cidr })
     }
 }
 
@@ -498,6 +588,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("`provider.local.agent_binary`"), "{e}");
+        let net = |extra: &str| {
+            parse(&format!("{base}    network:\n{extra}"))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = net("      bridge: a-bridge-name-too-long\n");
+        assert!(e.contains("`provider.local.network.bridge`"), "{e}");
+        let e = net("      bridge: 'br 0'\n");
+        assert!(e.contains("`provider.local.network.bridge`"), "{e}");
+        let e = net("      cidr: 10.77.0.0/8\n");
+        assert!(e.contains("`provider.local.network.cidr`"), "{e}");
+        let e = net("      cidr: 10.77.0.9/24\n");
+        assert!(e.contains("`provider.local.network.cidr`"), "{e}");
+        let ok = parse(&format!(
+            "{base}    agent_port: 9000\n    network:\n      bridge: ob1f\n      cidr: 10.80.3.0/24\n"
+        ))
+        .unwrap();
+        let Provider::Local(local) = ok.provider;
+        assert_eq!(local.network.bridge, "ob1f");
+        assert_eq!(local.network.cidr.to_string(), "10.80.3.0/24");
+        assert_eq!(local.agent_port, 9000);
+        let Provider::Local(default) = parse(&base).unwrap().provider;
+        assert_eq!(default.network.bridge, DEFAULT_BRIDGE);
+        assert_eq!(default.network.cidr.to_string(), DEFAULT_HOSTS_CIDR);
         let e = parse("provider:\n  local: {}\n").unwrap_err().to_string();
         assert!(e.contains("data_dir"), "{e}");
     }

@@ -13,13 +13,15 @@
 //! - [`cluster`]: the shared state; [`registry`] (nodes, join, heartbeats,
 //!   health), [`pods`] (create, observe, delete, logs, events) and [`scheduler`]
 //!   (placement, dispatch) are its operations.
-//! - [`cloud`]: the `InstanceProvider` trait and the `local` provider.
+//! - [`cloud`]: the `InstanceProvider` trait and the `local` provider (simulated
+//!   hosts, each in a network namespace of its own on a bridge; faults).
 //! - [`api`]: the AdminService and NodeService gRPC servers.
 //! - [`cli`]: the `orca` command line client of AdminService.
 //!
 //! # Current limitations
-//! Plain-text gRPC (mutual TLS comes with the control-plane core issue), one
-//! listener for agents and users, no recovery of pods from lost nodes yet (a node
+//! Plain-text gRPC (mutual TLS comes with the control-plane core issue), the
+//! same services for agents and users (on the provider's gateway too, where it
+//! has one), no recovery of pods from lost nodes yet (a node
 //! without heartbeats is only marked NotReady), no Kubernetes or EC2 yet.
 
 pub mod api;
@@ -68,6 +70,18 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("server failed")]
     Serve(#[source] tonic::transport::Error),
+    /// The instance provider could not be prepared.
+    #[error(transparent)]
+    Provider(#[from] cloud::ProviderError),
+    /// The listener for hosts (on the provider's gateway address) could not be bound.
+    #[error("cannot listen on {addr} for hosts")]
+    HostListener {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The data directory could not be prepared.
     #[error("data directory {path}")]
     DataDir {
@@ -88,6 +102,11 @@ fn data_dir_error(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Serv
 
 /// Runs the control plane on an already-bound listener until `shutdown`
 /// resolves; then drains in-flight calls, stops its loops and flushes the store.
+///
+/// When the provider's hosts reach this machine at an address of their own (the
+/// `local` provider's bridge), the same services are also served on that
+/// address (same port as `listener`, or any port when the listener has port 0)
+/// and agents are given that URL instead of `advertise_url`.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
@@ -121,20 +140,45 @@ pub async fn serve(
         .map_err(data_dir_error(&path))?;
         info!(credentials = %path.display(), "new cluster: CA and admin credentials created");
     }
-    let identity = tls_identity::ServerIdentity::new(&config, listen);
-    let slot = identity.issue(&pki)?;
-    let ca = pki.ca_pem().to_owned();
-    let agent_tls = orca_proto::tls::client_config(&ca, Some(slot.clone()))?;
-    let server_tls =
-        orca_proto::tls::server_config(slot.clone(), &ca, orca_proto::tls::ClientAuth::Optional)?;
-
     let provider: Box<dyn InstanceProvider> = match &config.provider {
         Provider::Local(local) => Box::new(cloud::local::LocalProvider::new(
             local.clone(),
             data.join("hosts"),
         )),
     };
-    let agent_url = config.advertise_url.clone();
+    let mut identity = tls_identity::ServerIdentity::new(&config, listen);
+    let mut agent_url = config.advertise_url.clone();
+    let host_listener = match provider.prepare().await? {
+        // A listener on every address already covers the gateway.
+        Some(gateway) if !listen.ip().is_unspecified() => {
+            let at = std::net::SocketAddr::new(gateway, listen.port());
+            let host_listener = TcpListener::bind(at)
+                .await
+                .map_err(|source| ServeError::HostListener { addr: at, source })?;
+            let bound = host_listener
+                .local_addr()
+                .map_err(|source| ServeError::HostListener { addr: at, source })?;
+            agent_url = format!("https://{bound}");
+            identity.add_ip(gateway);
+            info!(listen = %bound, "serving hosts on the provider's gateway");
+            Some(host_listener)
+        }
+        Some(gateway) => {
+            agent_url = format!(
+                "https://{}",
+                std::net::SocketAddr::new(gateway, listen.port())
+            );
+            identity.add_ip(gateway);
+            None
+        }
+        None => None,
+    };
+    let slot = identity.issue(&pki)?;
+    let ca = pki.ca_pem().to_owned();
+    let agent_tls = orca_proto::tls::client_config(&ca, Some(slot.clone()))?;
+    let server_tls =
+        orca_proto::tls::server_config(slot.clone(), &ca, orca_proto::tls::ClientAuth::Optional)?;
+
     let cluster = Cluster::new(config, store.clone(), provider, pki, agent_tls, agent_url);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -172,7 +216,10 @@ pub async fn serve(
             cluster.clone(),
         )))
         .serve_with_incoming_shutdown(
-            orca_proto::tls::incoming(vec![listener], server_tls),
+            orca_proto::tls::incoming(
+                std::iter::once(listener).chain(host_listener).collect(),
+                server_tls,
+            ),
             shutdown,
         )
         .await

@@ -145,13 +145,13 @@ impl Cluster {
 
     /// Cordons a node and moves its pods away (each stopped there first, within
     /// its grace period).
-    pub async fn drain(&self, name: &str) -> Result<pb::Node, ClusterError> {
+    pub async fn drain(&self, name: &str, grace: Option<i64>) -> Result<pb::Node, ClusterError> {
         let node = self.cordon(name, true).await?;
         for pod in self.store().pods.scan("")? {
             if pod.node_name != name || !unfinished(&pod) {
                 continue;
             }
-            if let Err(e) = self.stop_on_node(&node, &pod, None).await {
+            if let Err(e) = self.stop_on_node(&node, &pod, grace).await {
                 warn!(pod = %key(&names(&pod).0, &names(&pod).1), error = %e, "not stopped before the move");
             }
             self.relocate(&pod, "Evicted", format!("node {name} was drained"))

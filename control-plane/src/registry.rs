@@ -148,9 +148,10 @@ impl Cluster {
         };
         match self.provider().launch(launch).await {
             Ok(instance) => {
+                let note = self.provider().note().unwrap_or_default();
                 let node = self.store().nodes.update(&name, |n| {
                     n.instance_id = instance.instance_id.clone();
-                    n.message = instance.note.clone();
+                    n.message = note.clone();
                 })?;
                 self.store().flush().await?;
                 self.event(
@@ -239,6 +240,7 @@ impl Cluster {
             n.capacity = req.capacity;
             n.allocatable = req.allocatable;
             n.last_heartbeat = Some(now());
+            n.message = self.provider().note().unwrap_or_default();
         })?;
         let Some(node) = node else {
             return Err(ClusterError::JoinRefused(format!(

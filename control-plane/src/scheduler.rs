@@ -1,7 +1,8 @@
 //! Placement: binds pending pods to Ready, uncordoned nodes where their CPU,
 //! memory and GPU requests fit beside the pods already there, whose labels
 //! match the pod's nodeSelector and whose taints the pod tolerates; among
-//! those, the least loaded. When no node fits and autoscaling is configured,
+//! those, the least loaded (most free CPU and memory, then fewest pods).
+//! When no node fits and autoscaling is configured,
 //! it asks the provider for a host big enough (one launch at a time). A pod
 //! that finds no node within the pending timeout fails with reason
 //! Unschedulable; it is never left Pending forever.
@@ -269,7 +270,13 @@ impl Cluster {
             let choice = nodes
                 .iter_mut()
                 .filter(|(n, used)| unfit(n, used, &spec, &want).is_none())
-                .max_by_key(|(n, used)| (free_share(n, used), std::cmp::Reverse(n.name.clone())));
+                .max_by_key(|(n, used)| {
+                    (
+                        free_share(n, used),
+                        std::cmp::Reverse(used.pods),
+                        std::cmp::Reverse(n.name.clone()),
+                    )
+                });
             let Some((node, used)) = choice else {
                 if wants_host.is_none() && spec.node_selector.as_ref().is_none_or(|s| s.is_empty())
                 {

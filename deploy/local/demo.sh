@@ -2,20 +2,30 @@
 # The standalone ORCA demo on this machine: no Kubernetes, no AWS.
 #
 #   deploy/local/demo.sh        installs what is missing, builds, starts a private containerd,
-#                               a local registry with a busybox image, the control plane with
-#                               two simulated hosts, runs a pod, shows its status and logs
-#   deploy/local/demo.sh down   stops everything the demo started and removes its directory
+#                               the control plane, a local registry with a busybox image, two
+#                               simulated hosts, runs a pod, shows its status and logs
+#   deploy/local/demo.sh down   stops everything the demo started, deletes the hosts' network
+#                               namespaces and the bridge, and removes its directory
 #
 # Everything lives under $ORCA_DEMO_DIR (default /tmp/orca-demo); containerd runs on a private
-# socket there, never the system's. Ports: control plane 127.0.0.1:7443, registry 127.0.0.1:5050
-# (override with ORCA_DEMO_PORT and ORCA_DEMO_REGISTRY_PORT). Needs root (containerd, runc).
+# socket there, never the system's. Each simulated host gets a network namespace
+# ($BRIDGE-<node>) with an address in $CIDR on bridge $BRIDGE (ORCA_DEMO_BRIDGE, default
+# orcademo0; ORCA_DEMO_CIDR, default 10.76.0.0/24); the bridge's address is the gateway, where
+# hosts reach the control plane and the registry. Ports: control plane 127.0.0.1:7443 (and the
+# gateway), registry <gateway>:5050 (127.0.0.1:5050 where namespaces are unavailable; override
+# with ORCA_DEMO_PORT and ORCA_DEMO_REGISTRY_PORT). Builds release binaries (ORCA_DEMO_PROFILE=debug
+# for a quicker build; CARGO_TARGET_DIR is honoured). Needs root (containerd, runc, netns).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DEMO="${ORCA_DEMO_DIR:-/tmp/orca-demo}"
 PORT="${ORCA_DEMO_PORT:-7443}"
 REG_PORT="${ORCA_DEMO_REGISTRY_PORT:-5050}"
-BIN="$REPO/target/release"
+BRIDGE="${ORCA_DEMO_BRIDGE:-orcademo0}"
+CIDR="${ORCA_DEMO_CIDR:-10.76.0.0/24}"
+GATEWAY="$(python3 -c "import ipaddress,sys; print(ipaddress.ip_network(sys.argv[1])[1])" "$CIDR")"
+PROFILE="${ORCA_DEMO_PROFILE:-release}"   # or debug, for a quicker build
+BIN="${CARGO_TARGET_DIR:-$REPO/target}/$PROFILE"
 export ORCA_SERVER="http://127.0.0.1:$PORT"
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -47,6 +57,11 @@ down() {
     fi
     stop_pid "$DEMO/containerd.pid"
     stop_pid "$DEMO/registry.pid"
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$BRIDGE-" || true); do
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+        ip netns del "$ns" 2>/dev/null || true
+    done
+    ip link del "$BRIDGE" 2>/dev/null || true   # the veths went with their namespaces
     grep " $DEMO/" /proc/self/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
     rm -rf "$DEMO"
     echo "clean: $DEMO removed"
@@ -61,8 +76,12 @@ fi
 say "Installing what is missing (Debian packages, moto/grpcurl venv)"
 "$REPO/deploy/local/setup.sh"
 
-say "Building ORCA (release)"
-(cd "$REPO" && cargo build --release --workspace --bins)
+say "Building ORCA ($PROFILE)"
+if [ "$PROFILE" = release ]; then
+    (cd "$REPO" && cargo build --release --workspace --bins)
+else
+    (cd "$REPO" && cargo build --workspace --bins)
+fi
 
 mkdir -p "$DEMO"/{containerd/root,containerd/state,registry/data}
 say "Starting containerd on a private socket ($DEMO/containerd/containerd.sock)"
@@ -85,31 +104,6 @@ echo $! > "$DEMO/containerd.pid"
 CTR="ctr --address $DEMO/containerd/containerd.sock"
 for _ in $(seq 100); do $CTR version >/dev/null 2>&1 && break; sleep 0.1; done
 
-say "Starting a registry on 127.0.0.1:$REG_PORT with a busybox image built offline"
-cat > "$DEMO/registry/config.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: $DEMO/registry/data
-http:
-  addr: 127.0.0.1:$REG_PORT
-health:
-  storagedriver:
-    enabled: false
-EOF
-setsid docker-registry serve "$DEMO/registry/config.yml" > "$DEMO/registry.log" 2>&1 < /dev/null &
-echo $! > "$DEMO/registry.pid"
-for _ in $(seq 100); do
-    python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$REG_PORT/v2/', timeout=1)" 2>/dev/null && break
-    sleep 0.1
-done
-python3 "$REPO/tests/env/mkoci.py" "$DEMO/busybox-oci.tar" orca/busybox:demo >/dev/null
-IMAGE="127.0.0.1:$REG_PORT/orca/busybox:demo"
-skopeo copy -q --insecure-policy --dest-tls-verify=false "oci-archive:$DEMO/busybox-oci.tar" "docker://$IMAGE"
-echo "pushed $IMAGE"
-
 say "Starting the control plane on $ORCA_SERVER"
 cat > "$DEMO/orca.yaml" <<EOF
 listen: 127.0.0.1:$PORT
@@ -120,16 +114,54 @@ provider:
   local:
     containerd_socket: $DEMO/containerd/containerd.sock
     containerd_namespace_prefix: demo
+    insecure_registries: ["$GATEWAY:$REG_PORT"]
+    network:
+      bridge: $BRIDGE
+      cidr: $CIDR
 EOF
 setsid "$BIN/orca-control-plane" --config "$DEMO/orca.yaml" > "$DEMO/control-plane.log" 2>&1 < /dev/null &
 echo $! > "$DEMO/control-plane.pid"
 ORCA="$BIN/orca"
 for _ in $(seq 100); do "$ORCA" node list >/dev/null 2>&1 && break; sleep 0.1; done
 
-say "Adding two simulated hosts (each an orca-agent process with its own containerd namespace)"
+if ip link show "$BRIDGE" >/dev/null 2>&1; then
+    REG_HOST=$GATEWAY
+    echo "hosts get network namespaces on bridge $BRIDGE ($CIDR); they reach this machine at $GATEWAY"
+else
+    REG_HOST=127.0.0.1
+    echo "network namespaces unavailable: hosts run as plain processes on 127.0.0.1 (see $DEMO/control-plane.log)"
+fi
+
+say "Starting a registry on $REG_HOST:$REG_PORT with a busybox image built offline"
+cat > "$DEMO/registry/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $DEMO/registry/data
+http:
+  addr: $REG_HOST:$REG_PORT
+health:
+  storagedriver:
+    enabled: false
+EOF
+setsid docker-registry serve "$DEMO/registry/config.yml" > "$DEMO/registry.log" 2>&1 < /dev/null &
+echo $! > "$DEMO/registry.pid"
+for _ in $(seq 100); do
+    python3 -c "import urllib.request as u; u.urlopen('http://$REG_HOST:$REG_PORT/v2/', timeout=1)" 2>/dev/null && break
+    sleep 0.1
+done
+python3 "$REPO/tests/env/mkoci.py" "$DEMO/busybox-oci.tar" orca/busybox:demo >/dev/null
+IMAGE="$REG_HOST:$REG_PORT/orca/busybox:demo"
+skopeo copy -q --insecure-policy --dest-tls-verify=false "oci-archive:$DEMO/busybox-oci.tar" "docker://$IMAGE"
+echo "pushed $IMAGE"
+
+say "Adding two simulated hosts (each an orca-agent in its own network namespace, with its own containerd namespace)"
 run "$ORCA" node add host-1
 run "$ORCA" node add host-2
 run "$ORCA" get nodes
+run ip netns list
 
 say "Running a pod"
 run "$ORCA" run hello --image "$IMAGE" -- sh -c 'echo "hello from ORCA, pod $(hostname)"; for i in 1 2 3; do echo "tick $i"; sleep 1; done'
@@ -150,6 +182,7 @@ cat <<EOF
 The demo cluster keeps running. Try it yourself:
   export ORCA_SERVER=$ORCA_SERVER; alias orca=$ORCA
   orca run web --image $IMAGE -- httpd -f -p 8080 -h /www
+  curl http://<web's host address, see: orca get nodes>:8080/    # the pod is in its host's network
   orca get pods;  orca logs hello;  orca delete pod web;  orca run bad --image $IMAGE-nope
 Logs of every daemon are in $DEMO/*.log and $DEMO/orca/hosts/*/agent.log.
 Clean up: deploy/local/demo.sh down

@@ -15,8 +15,8 @@
 //!   exec processes ([`runtime::exec`]).
 //! - [`pods`]: the pod lifecycle like the kubelet's: init containers, one
 //!   supervisor per container (pull back-off, restarts with back-off, OOM kills),
-//!   probes, preStop hooks, activeDeadlineSeconds, the shared IPC/UTS namespaces
-//!   (`orca-pause`), stop, and adoption after an agent restart.
+//!   probes, preStop hooks, activeDeadlineSeconds, the shared IPC/UTS/network
+//!   namespaces (`orca-pause`), stop, and adoption after an agent restart.
 //! - [`probes`]: liveness, readiness and startup probe handlers and thresholds.
 //! - [`volumes`]: pod volumes on the host and their mounts.
 //! - [`cgroup`]: what the kernel says of a container's cgroup (OOM kills), v1 and v2.
@@ -28,7 +28,7 @@
 //!
 //! Binaries: `orca-agent` (the daemon), `orca-logger` (started by containerd's
 //! shim per task; writes the CRI log files), `orca-pause` (holds a pod's IPC and
-//! UTS namespaces).
+//! UTS namespaces, and pins the agent's network namespace for the pod).
 //!
 //! # Departures from the kubelet, on purpose
 //! - Image pulls are retried with the kubelet's back-off (ErrImagePull, then
@@ -45,8 +45,9 @@
 //! Pod specs that ask for what is not built (postStart hooks, `env.valueFrom` and
 //! `envFrom` until the control plane resolves them, tty/stdin, HTTPS probes) fail
 //! with reason `InvalidPodSpec` naming the field rather than being half-run.
-//! Containers share the host's network namespace (on a simulated host, the agent's;
-//! on EC2, the instance's: pod IP = host IP).
+//! Containers share the host's network namespace: they join the network
+//! namespace of their pod's `orca-pause` process, which is the agent's (on a
+//! simulated host, the host's namespace; on EC2, the instance's: pod IP = host IP).
 
 pub mod cgroup;
 pub mod config;

@@ -19,13 +19,19 @@ fn apply(c: &TestCluster, text: &str) {
 
 #[test]
 fn pods_go_where_their_requests_fit_and_unschedulable_ones_fail_with_the_reason() {
-    let c = TestCluster::start_configured(
-        &["--retry-ms=100"],
-        "pending_timeout_ms: 3000\n",
-    );
+    let c = TestCluster::start_configured(&["--retry-ms=100"], "pending_timeout_ms: 3000\n");
     c.orca_ok(&["node", "add", "a", "--cpu", "1", "--memory", "1Gi"]);
     c.orca_ok(&[
-        "node", "add", "b", "--cpu", "1", "--memory", "1Gi", "--label", "gpu=a100", "--taint",
+        "node",
+        "add",
+        "b",
+        "--cpu",
+        "1",
+        "--memory",
+        "1Gi",
+        "--label",
+        "gpu=a100",
+        "--taint",
         "dedicated=ml:NoSchedule",
     ]);
     apply(&c, &manifest("big1", &c.image, "", "600m", "Never"));
@@ -38,8 +44,14 @@ fn pods_go_where_their_requests_fit_and_unschedulable_ones_fail_with_the_reason(
     let failed = c.wait_phase("big2", "Failed");
     assert_eq!(failed["reason"], "Unschedulable", "{failed}");
     let message = failed["message"].as_str().unwrap();
-    assert!(message.contains("a: cpu millis: 400 free, 600 asked"), "{message}");
-    assert!(message.contains("b: taint dedicated=ml:NoSchedule"), "{message}");
+    assert!(
+        message.contains("a: cpu millis: 400 free, 600 asked"),
+        "{message}"
+    );
+    assert!(
+        message.contains("b: taint dedicated=ml:NoSchedule"),
+        "{message}"
+    );
 
     // Tolerating the taint and selecting the label lands on b.
     let tolerant = "  nodeSelector: {gpu: a100}\n  tolerations:\n  - {key: dedicated, operator: Equal, value: ml, effect: NoSchedule}\n";
@@ -47,7 +59,9 @@ fn pods_go_where_their_requests_fit_and_unschedulable_ones_fail_with_the_reason(
     assert_eq!(c.wait_phase("ml", "Running")["node"], "b");
     let nodes = c.orca_ok(&["node", "list"]);
     assert!(
-        nodes.lines().any(|l| l.starts_with("a ") && l.contains("600m/1")),
+        nodes
+            .lines()
+            .any(|l| l.starts_with("a ") && l.contains("600m/1")),
         "requests are shown per node: {nodes}"
     );
 }
@@ -58,7 +72,17 @@ fn drain_moves_restartable_pods_and_evicts_the_rest_and_cordon_keeps_new_pods_of
     c.orca_ok(&["node", "add", "a"]);
     c.orca_ok(&["node", "add", "b"]);
     c.orca_ok(&["node", "cordon", "b"]);
-    c.orca_ok(&["run", "svc", "--image", &c.image, "--restart", "Always", "--", "sleep", "600"]);
+    c.orca_ok(&[
+        "run",
+        "svc",
+        "--image",
+        &c.image,
+        "--restart",
+        "Always",
+        "--",
+        "sleep",
+        "600",
+    ]);
     c.orca_ok(&["run", "job", "--image", &c.image, "--", "sleep", "600"]);
     let svc = c.wait_phase("svc", "Running");
     assert_eq!(svc["node"], "a", "b is cordoned");
@@ -66,7 +90,7 @@ fn drain_moves_restartable_pods_and_evicts_the_rest_and_cordon_keeps_new_pods_of
     let old_uid = svc["uid"].as_str().unwrap().to_owned();
 
     c.orca_ok(&["node", "uncordon", "b"]);
-    c.orca_ok(&["node", "drain", "a"]);
+    c.orca_ok(&["node", "drain", "a", "--grace-period", "1"]);
     let moved = c.wait_phase("svc", "Running");
     assert_eq!(moved["node"], "b", "{moved}");
     assert_ne!(moved["uid"], old_uid.as_str(), "a new incarnation");
@@ -79,11 +103,17 @@ fn drain_moves_restartable_pods_and_evicts_the_rest_and_cordon_keeps_new_pods_of
             .into_iter()
             .filter(|(_, s)| s == "RUNNING")
             .collect();
-        if running.is_empty() { Ok(()) } else { Err(running) }
+        if running.is_empty() {
+            Ok(())
+        } else {
+            Err(running)
+        }
     });
     let nodes = c.orca_ok(&["node", "list"]);
     assert!(
-        nodes.lines().any(|l| l.starts_with("a ") && l.contains("SchedulingDisabled")),
+        nodes
+            .lines()
+            .any(|l| l.starts_with("a ") && l.contains("SchedulingDisabled")),
         "{nodes}"
     );
 }
@@ -109,7 +139,16 @@ fn a_control_plane_killed_mid_work_loses_nothing_and_its_agents_reconnect() {
     c.orca_ok(&["node", "add", "b"]);
     c.orca_ok(&["run", "long", "--image", &c.image, "--", "sleep", "600"]);
     let long = c.wait_phase("long", "Running");
-    c.orca_ok(&["run", "quick", "--image", &c.image, "--", "sh", "-c", "echo done"]);
+    c.orca_ok(&[
+        "run",
+        "quick",
+        "--image",
+        &c.image,
+        "--",
+        "sh",
+        "-c",
+        "echo done",
+    ]);
     c.wait_phase("quick", "Succeeded");
     // Acknowledged just before the kill: it must be there afterwards.
     c.orca_ok(&["run", "late", "--image", &c.image, "--", "sleep", "600"]);
@@ -119,13 +158,18 @@ fn a_control_plane_killed_mid_work_loses_nothing_and_its_agents_reconnect() {
     let nodes = c.orca_ok(&["node", "list"]);
     assert!(nodes.contains("a ") && nodes.contains("b "), "{nodes}");
     let after = c.wait_phase("long", "Running");
-    assert_eq!(after["uid"], long["uid"], "the same incarnation, not a new one");
+    assert_eq!(
+        after["uid"], long["uid"],
+        "the same incarnation, not a new one"
+    );
     assert_eq!(after["node"], long["node"]);
     assert_eq!(c.pod("quick")["phase"], "Succeeded");
     c.wait_phase("late", "Running");
     // The agents heartbeat to the new process without operator action: a new
     // pod runs, and the nodes stay Ready past the Lost threshold.
-    c.orca_ok(&["run", "new", "--image", &c.image, "--", "sh", "-c", "echo hi"]);
+    c.orca_ok(&[
+        "run", "new", "--image", &c.image, "--", "sh", "-c", "echo hi",
+    ]);
     c.wait_phase("new", "Succeeded");
     for n in ["a", "b"] {
         assert_eq!(c.node(n)["state"], "Ready", "{}", c.control_plane_log());

@@ -51,7 +51,9 @@ async fn tokens_are_single_use_bound_to_their_node_and_heartbeats_need_the_nodes
         .await
         .expect("a fresh token joins")
         .into_inner();
-    let der = orca_proto::tls::certs("node", &joined.node_cert_pem).unwrap().remove(0);
+    let der = orca_proto::tls::certs("node", &joined.node_cert_pem)
+        .unwrap()
+        .remove(0);
     assert_eq!(
         orca_proto::tls::common_name(&der).as_deref(),
         Some("orca:node:ext"),
@@ -70,7 +72,10 @@ async fn tokens_are_single_use_bound_to_their_node_and_heartbeats_need_the_nodes
         .join(join_request(&other, "ext", &csr))
         .await
         .expect_err("a token is bound to its node");
-    assert!(wrong.message().contains("issued for node \"ext2\""), "{wrong:?}");
+    assert!(
+        wrong.message().contains("issued for node \"ext2\""),
+        "{wrong:?}"
+    );
 
     // Heartbeats: no certificate, another node's certificate, then its own.
     let beat = |id: &str| HeartbeatRequest {
@@ -78,11 +83,12 @@ async fn tokens_are_single_use_bound_to_their_node_and_heartbeats_need_the_nodes
         sequence: 1,
         ..Default::default()
     };
-    let e = anonymous.heartbeat(beat(&joined.node_id)).await.unwrap_err();
+    let e = anonymous
+        .heartbeat(beat(&joined.node_id))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
-    let mut ext = c
-        .node_client(Some((&joined.node_cert_pem, &key)))
-        .await;
+    let mut ext = c.node_client(Some((&joined.node_cert_pem, &key))).await;
     let e = ext.heartbeat(beat(&n1_id)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("cannot speak for"), "{e:?}");
@@ -157,7 +163,11 @@ async fn expired_tokens_are_refused_and_agents_renew_short_lived_certificates() 
         if !seen.contains(&now) {
             seen.push(now);
         }
-        if seen.len() >= 3 { Ok(()) } else { Err(seen.len()) }
+        if seen.len() >= 3 {
+            Ok(())
+        } else {
+            Err(seen.len())
+        }
     });
     let (_, first_expiry) = orca_proto::tls::validity(&seen[0]).unwrap();
     eventually_blocking("past the first certificate's expiry", DEADLINE, || {
@@ -165,7 +175,11 @@ async fn expired_tokens_are_refused_and_agents_renew_short_lived_certificates() 
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs() as i64;
-        if now > first_expiry + 1 { Ok(()) } else { Err(now) }
+        if now > first_expiry + 1 {
+            Ok(())
+        } else {
+            Err(now)
+        }
     });
     assert_eq!(c.node("n1")["state"], "Ready", "{}", c.agent_log("n1"));
     // The control plane still reaches the agent (it dials with a renewed

@@ -120,8 +120,10 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::DrainNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
+        let req = req.into_inner();
+        let grace = (req.grace_period_seconds >= 0).then_some(req.grace_period_seconds);
         self.cluster
-            .drain(&req.into_inner().name)
+            .drain(&req.name, grace)
             .await
             .map(Response::new)
             .map_err(status)

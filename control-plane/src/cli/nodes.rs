@@ -41,6 +41,9 @@ pub enum NodeCommand {
     Drain {
         /// Node name.
         name: String,
+        /// Seconds each pod gets between SIGTERM and SIGKILL (default: its own).
+        #[arg(long)]
+        grace_period: Option<i64>,
     },
     /// Inject a failure into a simulated host (exactly one of the flags).
     Fault(FaultArgs),
@@ -202,9 +205,12 @@ pub async fn run(
         } => get(client, Some(name), &format, out).await?,
         NodeCommand::Cordon { name } => cordon(client, name, true, out).await?,
         NodeCommand::Uncordon { name } => cordon(client, name, false, out).await?,
-        NodeCommand::Drain { name } => {
+        NodeCommand::Drain { name, grace_period } => {
             let node = client
-                .drain_node(pb::DrainNodeRequest { name: name.clone() })
+                .drain_node(pb::DrainNodeRequest {
+                    name: name.clone(),
+                    grace_period_seconds: grace_period.unwrap_or(-1),
+                })
                 .await?
                 .into_inner();
             writeln!(out, "node/{name} drained ({} pods left)", node.pod_count)?;

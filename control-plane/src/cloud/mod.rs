@@ -1,13 +1,19 @@
 //! Instance providers: where nodes come from.
 //!
 //! [`InstanceProvider`] lists only what the control plane asks of a cloud:
-//! launch an instance that will join with a given token, and terminate it.
-//! [`local::LocalProvider`] runs every node as an `orca-agent` process on this
-//! machine (a simulated host); the EC2 provider comes with its own issue.
+//! prepare its network, launch an instance that will join with a given token,
+//! terminate it, and (for tests and drills) inject faults into it.
+//! [`local::LocalProvider`] runs every node as a simulated host on this machine:
+//! an `orca-agent` process in its own network namespace with its own address on
+//! a bridge ([`netns`], [`cidr`]), or a plain process where namespaces are not
+//! available. The EC2 provider comes with its own issue.
 
+pub mod cidr;
 pub mod local;
+pub mod netns;
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 
 /// Errors of instance providers.
@@ -21,22 +27,6 @@ pub enum ProviderError {
         /// Why.
         reason: String,
     },
-    /// The provider cannot do this.
-    #[error("the {provider} provider cannot {what}")]
-    Unsupported {
-        /// Provider name.
-        provider: &'static str,
-        /// What was asked.
-        what: &'static str,
-    },
-    /// The fault could not be injected.
-    #[error("cannot inject the fault into {instance_id}: {reason}")]
-    Fault {
-        /// Instance id.
-        instance_id: String,
-        /// Why.
-        reason: String,
-    },
     /// The instance could not be terminated.
     #[error("cannot terminate instance {instance_id}: {reason}")]
     Terminate {
@@ -45,6 +35,42 @@ pub enum ProviderError {
         /// Why.
         reason: String,
     },
+    /// The provider's network could not be prepared.
+    #[error("cannot prepare the provider's network: {reason}")]
+    Prepare {
+        /// Why.
+        reason: String,
+    },
+    /// A fault could not be injected.
+    #[error("cannot inject {fault:?} into instance {instance_id}: {reason}")]
+    Fault {
+        /// Instance id.
+        instance_id: String,
+        /// The fault.
+        fault: Fault,
+        /// Why.
+        reason: String,
+    },
+    /// The provider does not offer this operation.
+    #[error("the {provider} provider does not support {what}")]
+    Unsupported {
+        /// Provider name.
+        provider: &'static str,
+        /// The operation.
+        what: &'static str,
+    },
+}
+
+/// A fault injected into an instance, as the world does to real ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The agent dies (SIGKILL); the instance and its containers keep running.
+    KillAgent,
+    /// The instance loses its network: nothing reaches it, it reaches nothing,
+    /// and it cannot be terminated until healed.
+    Partition,
+    /// Ends a partition.
+    Heal,
 }
 
 /// What a new instance needs to join the cluster.
@@ -62,33 +88,32 @@ pub struct LaunchRequest {
     pub size: orca_proto::types::v1::Resources,
 }
 
-/// A failure injected into a host, to rehearse recovery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// Kill the host's agent; its containers keep running.
-    KillAgent,
-    /// Cut the host's network; the provider cannot fence it meanwhile.
-    Partition,
-    /// Undo a partition.
-    Heal,
-}
-
 /// A launched instance.
 #[derive(Debug, Clone)]
 pub struct Instance {
     /// Provider's id for it.
     pub instance_id: String,
-    /// Anything the operator should know about it (empty when nothing).
-    pub note: String,
 }
 
 /// A boxed future, for object-safe async trait methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Launches and terminates the instances nodes run on.
+/// Launches and terminates the instances nodes run on. Optional operations
+/// (faults) default to [`ProviderError::Unsupported`].
 pub trait InstanceProvider: Send + Sync {
     /// The provider's name (`local`, `ec2`).
     fn name(&self) -> &'static str;
+    /// Prepares what instances need before any is launched (the local provider's
+    /// bridge) and returns the address instances reach this machine at, where
+    /// that is not the control plane's own listen address; `None` otherwise.
+    fn prepare(&self) -> BoxFuture<'_, Result<Option<IpAddr>, ProviderError>> {
+        Box::pin(async { Ok(None) })
+    }
+    /// A remark that holds for every instance this provider launches (e.g. that
+    /// simulated hosts share the machine's network), shown as the node's message.
+    fn note(&self) -> Option<String> {
+        None
+    }
     /// Launches an instance whose agent will join with the request's token.
     fn launch(&self, req: LaunchRequest) -> BoxFuture<'_, Result<Instance, ProviderError>>;
     /// Terminates an instance; an instance that is already gone is not an error.
@@ -101,7 +126,7 @@ pub trait InstanceProvider: Send + Sync {
         Box::pin(async move {
             Err(ProviderError::Unsupported {
                 provider,
-                what: "inject faults",
+                what: "fault injection",
             })
         })
     }

@@ -1,7 +1,8 @@
 //! `orca-pause HOSTNAME`: holds a pod's shared IPC and UTS namespaces, as the
 //! kubelet's pause container does. It enters new IPC and UTS namespaces, sets the
 //! pod's hostname, prints `ready`, and sleeps until it is killed; the pod's
-//! containers join `/proc/<its pid>/ns/{ipc,uts}`.
+//! containers join `/proc/<its pid>/ns/{ipc,uts,net}` (the network namespace is
+//! the agent's, inherited, not a new one).
 
 use std::io::Write as _;
 

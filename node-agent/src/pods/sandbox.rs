@@ -2,6 +2,12 @@
 //! UTS namespaces its containers join (the kubelet's pause container, without a
 //! container), and a directory is every container's `/dev/shm`. The holder runs
 //! in its own process group, so it outlives an agent restart.
+//!
+//! Containers also join the holder's network namespace, which is the agent's
+//! own (the holder does not unshare it): on a simulated host that is the host's
+//! namespace with its address on the bridge, on an instance it is the instance's
+//! network. containerd's shim, which would otherwise lend its namespace, runs in
+//! the machine's, not the host's.
 
 use std::io::{BufRead as _, BufReader};
 use std::os::unix::process::CommandExt as _;
@@ -78,6 +84,7 @@ impl PodManager {
         let shared = PodNamespaces {
             ipc: Some(format!("/proc/{pid}/ns/ipc")),
             uts: Some(format!("/proc/{pid}/ns/uts")),
+            net: Some(format!("/proc/{pid}/ns/net")),
             shm: Some(shm.display().to_string()),
         };
         self.update(uid, |p| p.shared = Some(shared.clone()));

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteTaskRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest, WaitRequest,
-    containers_client::ContainersClient, snapshots, tasks_client::TasksClient,
+    DeleteTaskRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest,
+    UpdateContainerRequest, WaitRequest, containers_client::ContainersClient, snapshots,
+    tasks_client::TasksClient,
 };
 use containerd_client::types::Mount;
 use containerd_client::types::v1::Status;
@@ -110,23 +111,34 @@ impl Containerd {
             snapshot_key: id.to_owned(),
             ..Default::default()
         };
-        ContainersClient::new(self.channel())
+        let mut containers = ContainersClient::new(self.channel());
+        match containers
             .create(self.request(
                 CreateContainerRequest {
-                    container: Some(container),
+                    container: Some(container.clone()),
                 },
                 Some(lease),
             ))
             .await
-            .or_else(|s| {
-                // The same pod's container from before an agent restart: reuse it.
-                if s.code() == tonic::Code::AlreadyExists {
-                    Ok(tonic::Response::new(Default::default()))
-                } else {
-                    Err(s)
-                }
-            })
-            .map_err(op("Containers.Create"))?;
+        {
+            Ok(_) => {}
+            // The same container from before (an agent restart, or a fenced host's
+            // leftover record): reuse it with this spec, whose namespace paths
+            // name the pod's current orca-pause, not one that is gone.
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                let update = UpdateContainerRequest {
+                    container: Some(container),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["spec".into(), "labels".into()],
+                    }),
+                };
+                containers
+                    .update(self.request(update, Some(lease)))
+                    .await
+                    .map_err(op("Containers.Update"))?;
+            }
+            Err(s) => return Err(op("Containers.Create")(s)),
+        }
         Ok(())
     }
 

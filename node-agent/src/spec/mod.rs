@@ -393,13 +393,18 @@ pub struct SpecInput<'a> {
 }
 
 /// Namespaces and `/dev/shm` that a pod's containers share, as Kubernetes pods
-/// share IPC and UTS (and, here, the host's network).
+/// share IPC, UTS and network.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodNamespaces {
     /// `/proc/<pid>/ns/ipc` of the pod's namespace holder.
     pub ipc: Option<String>,
     /// `/proc/<pid>/ns/uts` of the pod's namespace holder.
     pub uts: Option<String>,
+    /// `/proc/<pid>/ns/net` of the pod's namespace holder: the network namespace
+    /// the agent runs in (a simulated host's, or an instance's own), so the pod
+    /// has its host's address. Without it, containers get the network namespace
+    /// of containerd's shim, which is the machine's.
+    pub net: Option<String>,
     /// Host directory bind-mounted at `/dev/shm` in every container.
     pub shm: Option<String>,
 }
@@ -469,12 +474,16 @@ pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Value, SpecError> {
         Some(p) => json!({ "type": kind, "path": p }),
         None => json!({ "type": kind }),
     };
-    let namespaces = json!([
-        { "type": "pid" },
+    let mut namespaces = vec![
+        json!({ "type": "pid" }),
         ns("ipc", &input.shared.ipc),
         ns("uts", &input.shared.uts),
-        { "type": "mount" },
-    ]);
+        json!({ "type": "mount" }),
+    ];
+    // A network entry without a path would be a fresh, unconnected namespace.
+    if input.shared.net.is_some() {
+        namespaces.push(ns("network", &input.shared.net));
+    }
     let mut mounts = default_mounts(privileged, input.shared.shm.as_deref());
     mounts.extend(input.mounts.iter().cloned());
     let devices: Vec<Value> = if privileged {
@@ -504,7 +513,8 @@ pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Value, SpecError> {
         "linux": {
             "resources": resources,
             "cgroupsPath": format!("/{}/{}", input.namespace, input.container_id),
-            // Network: the host's (the simulated host's namespace, or the instance's).
+            // Network: the pod holder's, which is the host's (a simulated host's
+            // namespace, or the instance's own network).
             "namespaces": namespaces,
             "devices": devices,
             "maskedPaths": if privileged { json!([]) } else { json!(MASKED_PATHS) },
@@ -755,6 +765,58 @@ mod tests {
         assert_eq!(spec["linux"]["resources"]["cpu"]["shares"], 512);
         assert_eq!(spec["linux"]["cgroupsPath"], "/orca/abc-main");
         assert_eq!(spec["hostname"], "web");
+    }
+
+    #[test]
+    fn containers_join_the_pod_holders_namespaces() {
+        let c = container("main");
+        let pod = PodSpec {
+            containers: vec![c.clone()],
+            ..Default::default()
+        };
+        let img = image();
+        let shared = PodNamespaces {
+            ipc: Some("/proc/42/ns/ipc".into()),
+            uts: Some("/proc/42/ns/uts".into()),
+            net: Some("/proc/42/ns/net".into()),
+            shm: Some("/state/pods/x/shm".into()),
+        };
+        let spec_with = |shared: &PodNamespaces| {
+            runtime_spec(&SpecInput {
+                container: &c,
+                pod: &pod,
+                image: &img,
+                hostname: "web",
+                namespace: "orca",
+                container_id: "abc-main",
+                shared,
+                mounts: &[],
+                host_devices: &[],
+                host_capabilities: &[],
+            })
+            .unwrap()
+        };
+        let spec = spec_with(&shared);
+        let namespaces = spec["linux"]["namespaces"].as_array().unwrap();
+        let path_of = |kind: &str| {
+            namespaces
+                .iter()
+                .find(|n| n["type"] == kind)
+                .map(|n| n["path"].clone())
+        };
+        assert_eq!(path_of("network"), Some(json!("/proc/42/ns/net")));
+        assert_eq!(path_of("ipc"), Some(json!("/proc/42/ns/ipc")));
+        assert_eq!(path_of("uts"), Some(json!("/proc/42/ns/uts")));
+        assert_eq!(
+            path_of("pid"),
+            Some(Value::Null),
+            "a pid namespace of its own"
+        );
+        // Without a holder, no network entry: a pathless one would be a fresh,
+        // unconnected namespace.
+        let spec = spec_with(&PodNamespaces::default());
+        let namespaces = spec["linux"]["namespaces"].as_array().unwrap();
+        assert!(namespaces.iter().all(|n| n["type"] != "network"));
     }
 
     #[test]

@@ -20,8 +20,18 @@ const BUSYBOX: &str = "/bin/busybox";
 pub fn containerd_and_registry(
     dir: &Path,
 ) -> Result<(super::Containerd, super::Registry, PathBuf, String)> {
+    containerd_and_registry_on(dir, std::net::Ipv4Addr::LOCALHOST.into())
+}
+
+/// As [`containerd_and_registry`], with the registry listening on `host`
+/// (`0.0.0.0` for simulated hosts in network namespaces, which reach it at
+/// their gateway; the returned reference is the loopback one).
+pub fn containerd_and_registry_on(
+    dir: &Path,
+    host: std::net::IpAddr,
+) -> Result<(super::Containerd, super::Registry, PathBuf, String)> {
     let containerd = super::Containerd::start(dir)?;
-    let registry = super::Registry::start(dir)?;
+    let registry = super::Registry::start_on(dir, host)?;
     let archive = busybox_image(dir)?;
     let image = registry.push_oci_archive(&archive, "orca/busybox:test")?;
     Ok((containerd, registry, archive, image))

@@ -31,7 +31,7 @@ pub use containerd::Containerd;
 pub use daemon::{Daemon, STOP_GRACE};
 pub use error::{EnvError, Result};
 pub use http::{HttpResponse, http_request};
-pub use image::{BUSYBOX_REF, busybox_image, containerd_and_registry};
+pub use image::{BUSYBOX_REF, busybox_image, containerd_and_registry, containerd_and_registry_on};
 pub use moto::Moto;
 pub use registry::{Registry, Secured};
 pub use tools::{

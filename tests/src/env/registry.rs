@@ -50,16 +50,23 @@ impl Registry {
     }
 
     /// Starts a registry on `host` (e.g. a bridge address that network namespaces
-    /// reach) and a free port under `<dir>/registry`.
+    /// reach, or `0.0.0.0` for every address) and a free port under `<dir>/registry`.
+    /// Listening on every address, its [`Registry::addr`] is the loopback one.
     pub fn start_on(dir: &Path, host: IpAddr) -> Result<Registry> {
         let program = try_require("docker-registry")?;
         let base = dir.join("registry");
         let data = base.join("data");
         std::fs::create_dir_all(&data).map_err(io_err(format!("creating {}", data.display())))?;
         with_port_retry(|| {
-            let addr = std::net::SocketAddr::new(host, free_port()).to_string();
+            let listen = std::net::SocketAddr::new(host, free_port());
+            let addr = if host.is_unspecified() {
+                std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port())
+            } else {
+                listen
+            }
+            .to_string();
             let config = base.join("config.yml");
-            std::fs::write(&config, config_yml(&data, &addr))
+            std::fs::write(&config, config_yml(&data, &listen.to_string()))
                 .map_err(io_err(format!("writing {}", config.display())))?;
             let mut cmd = Command::new(&program);
             cmd.arg("serve").arg(&config);
@@ -191,6 +198,14 @@ impl Registry {
                 daemon,
             })
         })
+    }
+
+    /// The registry's port.
+    pub fn port(&self) -> u16 {
+        self.addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or_default()
     }
 
     /// The registry's PID.

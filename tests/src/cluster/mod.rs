@@ -2,9 +2,18 @@
 //! a private containerd, a registry serving the busybox image, and the real
 //! `orca-control-plane` binary with the `local` provider, driven through the
 //! real `orca` CLI. Everything lives in one temp dir and is torn down on drop:
-//! simulated hosts (agents) first, then the control plane, containerd's tasks,
-//! containerd, the registry.
+//! simulated hosts (agents) first, then the control plane, the hosts' network
+//! namespaces (every process left in them), veths and bridge, containerd's
+//! tasks, containerd, the registry.
+//!
+//! Each cluster has its own bridge and /24 ([`network`]); its hosts live in
+//! network namespaces on it and pull the image through the bridge address (the
+//! registry listens on every address). Where namespaces are unavailable the
+//! provider falls back to plain processes and the image is the loopback one.
 
+pub mod network;
+
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output};
 use std::time::Duration;
@@ -13,8 +22,13 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
+use orca_control_plane::cloud::local::LocalProvider;
+use orca_control_plane::cloud::netns::HostNetwork;
+use orca_control_plane::config::{Config, Provider};
+
 use crate::env::{self, Containerd, Daemon, Registry, workspace_bin};
 use crate::eventually::eventually_blocking;
+pub use network::ClusterNetwork;
 
 /// Generous deadline for anything the tests wait on (the machine has 2 noisy cores).
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -24,10 +38,16 @@ pub struct TestCluster {
     control_plane: Option<Daemon>,
     /// The private containerd.
     pub containerd: Containerd,
-    /// The registry serving [`TestCluster::image`].
+    /// The registry serving [`TestCluster::image`]; its `addr` is the one hosts
+    /// reach (the gateway's, when they have namespaces).
     pub registry: Registry,
-    /// Fully qualified reference of the busybox image in the registry.
+    /// Fully qualified reference of the busybox image in the registry, as hosts reach it.
     pub image: String,
+    /// The hosts' bridge and network.
+    pub network: ClusterNetwork,
+    /// Whether hosts have network namespaces (false: the provider fell back to
+    /// plain processes on 127.0.0.1).
+    pub namespaced: bool,
     /// AdminService / NodeService URL (`https://127.0.0.1:PORT`).
     pub server: String,
     /// `127.0.0.1:PORT` of the control plane, for grpcurl.
@@ -60,8 +80,12 @@ impl TestCluster {
     /// plane's config (fields given there replace the defaults below).
     pub fn start_configured(agent_args: &[&str], extra_yaml: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        let network = ClusterNetwork::pick();
+        // On every address: hosts in namespaces pull through the gateway.
         let (containerd, registry, _, image) =
-            env::containerd_and_registry(dir.path()).expect("containerd, registry and image");
+            env::containerd_and_registry_on(dir.path(), Ipv4Addr::UNSPECIFIED.into())
+                .expect("containerd, registry and image");
+        let via_gateway = format!("{}:{}", network.gateway, registry.port());
         let port = env::free_port();
         let addr = format!("127.0.0.1:{port}");
         let data_dir = dir.path().join("orca");
@@ -86,10 +110,13 @@ impl TestCluster {
         config.push_str(&format!(
             "provider:\n  local:\n    \
              agent_binary: {}\n    containerd_socket: {}\n    containerd_namespace_prefix: {prefix}\n    \
-             agent_args: [{}]\n",
+             agent_args: [{}]\n    insecure_registries: [\"{via_gateway}\"]\n    \
+             network:\n      bridge: {}\n      cidr: {}\n",
             workspace_bin("orca-agent").display(),
             containerd.socket.display(),
             args.join(", "),
+            network.bridge,
+            network.cidr,
         ));
         let config_path = dir.path().join("orca.yaml");
         std::fs::write(&config_path, config).expect("write config");
@@ -98,6 +125,8 @@ impl TestCluster {
             containerd,
             registry,
             image,
+            network,
+            namespaced: false,
             server: format!("https://{addr}"),
             addr,
             prefix,
@@ -107,6 +136,14 @@ impl TestCluster {
             dir,
         };
         this.start_control_plane();
+        // The provider made the bridge before serving, unless it fell back.
+        this.namespaced = Path::new("/sys/class/net")
+            .join(&this.network.bridge)
+            .exists();
+        if this.namespaced {
+            this.image = this.image.replacen(&this.registry.addr, &via_gateway, 1);
+            this.registry.addr = via_gateway;
+        }
         this
     }
 
@@ -185,6 +222,24 @@ impl TestCluster {
     /// The control plane's data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// A `local` provider over this cluster's hosts (same config and data
+    /// directory as the control plane's), to inject faults or terminate hosts.
+    pub fn provider(&self) -> LocalProvider {
+        let config = Config::load(&self.config_path).expect("the cluster's config loads");
+        let Provider::Local(local) = config.provider;
+        LocalProvider::new(local, self.data_dir.join("hosts"))
+    }
+
+    /// The network of node `node`'s host (namespace, veth, address), once launched.
+    pub fn host_network(&self, node: &str) -> Option<HostNetwork> {
+        self.provider().host_network(node)
+    }
+
+    /// The instance id of node `node`.
+    pub fn instance_id(node: &str) -> String {
+        LocalProvider::instance_id(node)
     }
 
     /// The temp dir everything lives in.
@@ -322,5 +377,6 @@ impl Drop for TestCluster {
         }
         self.control_plane.take();
         crate::env::kill_pid_files(&self.data_dir, "pause.pid");
+        self.network.teardown();
     }
 }
