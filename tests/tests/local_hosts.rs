@@ -52,21 +52,8 @@ fn reachable(addr: SocketAddr) -> bool {
 /// The pid of the pod's container task, as containerd reports it.
 fn task_pid(c: &TestCluster, node: &str, pod: &str) -> u32 {
     let pod = c.wait_phase(pod, "Running");
-    let id = pod["containerStatuses"][0]["containerID"]
-        .as_str()
-        .expect("container id")
-        .trim_start_matches("containerd://")
-        .to_owned();
-    let out = c
-        .containerd
-        .ctr(&c.namespace(node), &["tasks", "ls"])
-        .expect("ctr tasks ls");
-    out.lines()
-        .skip(1)
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|cols| cols.first() == Some(&id.as_str()))
-        .and_then(|cols| cols.get(1)?.parse().ok())
-        .unwrap_or_else(|| panic!("no task {id} in {out}"))
+    c.container_pid(node, &pod)
+        .unwrap_or_else(|| panic!("no task for {pod} on {node}"))
 }
 
 /// Whether process `pid` lives in the host's network namespace.

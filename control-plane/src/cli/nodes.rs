@@ -95,18 +95,22 @@ pub struct AddArgs {
 
 /// `orca node fault`.
 #[derive(Debug, clap::Args)]
-#[group(id = "fault", required = true, multiple = false)]
+#[command(group(
+    clap::ArgGroup::new("fault")
+        .required(true)
+        .args(["kill_agent", "partition", "heal"])
+))]
 pub struct FaultArgs {
     /// Node name.
     pub name: String,
     /// Kill the host's agent (its containers keep running).
-    #[arg(long, group = "fault")]
+    #[arg(long)]
     pub kill_agent: bool,
     /// Cut the host's network (the provider cannot fence it meanwhile).
-    #[arg(long, group = "fault")]
+    #[arg(long)]
     pub partition: bool,
     /// Restore the host's network.
-    #[arg(long, group = "fault")]
+    #[arg(long)]
     pub heal: bool,
     /// With --partition: heal after this long (e.g. 30s, 2m, 500ms).
     #[arg(long = "for", requires = "partition")]

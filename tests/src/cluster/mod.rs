@@ -308,6 +308,24 @@ impl TestCluster {
             .collect()
     }
 
+    /// PID of the (first) container of `pod` (as `orca get pod -o json` showed
+    /// it) in node `node`'s containerd namespace, if its task is there.
+    pub fn container_pid(&self, node: &str, pod: &serde_json::Value) -> Option<u32> {
+        let id = pod["containerStatuses"][0]["containerID"]
+            .as_str()?
+            .trim_start_matches("containerd://")
+            .to_owned();
+        let out = self
+            .containerd
+            .ctr(&self.namespace(node), &["tasks", "ls"])
+            .ok()?;
+        out.lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|cols| cols.first() == Some(&id.as_str()))
+            .and_then(|cols| cols.get(1)?.parse().ok())
+    }
+
     /// Container ids of a node's containerd namespace.
     pub fn containers(&self, node: &str) -> Vec<String> {
         let out = self

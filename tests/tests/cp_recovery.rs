@@ -1,0 +1,158 @@
+//! Failure detection and recovery with real simulated hosts: a node whose
+//! agent dies goes Suspect → NotReady → Lost, is fenced, and its pods run again
+//! elsewhere (or fail NodeLost); a partitioned node that cannot be fenced keeps
+//! its stale container until the heal, which stops it, so the pod never runs
+//! twice once the heal is processed.
+
+use orca_tests::cluster::{DEADLINE, TestCluster};
+use orca_tests::env::process_running;
+use orca_tests::eventually::eventually_blocking;
+
+/// Reasons of a node's events, in order.
+fn node_events(c: &TestCluster, node: &str) -> Vec<String> {
+    c.orca_ok(&["events", node])
+        .lines()
+        .skip(1)
+        .filter(|l| l.contains(&format!("node/{node}")))
+        .filter_map(|l| l.split_whitespace().nth(2).map(str::to_owned))
+        .collect()
+}
+
+/// Starts two hosts and a pod of each restart policy on `a` (b is cordoned
+/// while they are placed).
+fn two_hosts_with_pods_on_a(c: &TestCluster) -> (serde_json::Value, serde_json::Value) {
+    c.orca_ok(&["node", "add", "a"]);
+    c.orca_ok(&["node", "add", "b"]);
+    c.orca_ok(&["node", "cordon", "b"]);
+    c.orca_ok(&[
+        "run",
+        "svc",
+        "--image",
+        &c.image,
+        "--restart",
+        "Always",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    c.orca_ok(&["run", "job", "--image", &c.image, "--", "sleep", "3600"]);
+    let svc = c.wait_phase("svc", "Running");
+    let job = c.wait_phase("job", "Running");
+    assert_eq!(
+        (svc["node"].as_str(), job["node"].as_str()),
+        (Some("a"), Some("a"))
+    );
+    c.orca_ok(&["node", "uncordon", "b"]);
+    (svc, job)
+}
+
+#[test]
+fn a_dead_agents_node_goes_lost_is_fenced_and_its_pods_move() {
+    let c = TestCluster::start();
+    let (svc, _) = two_hosts_with_pods_on_a(&c);
+    let old_pid = c.container_pid("a", &svc).expect("svc's container");
+    assert!(c.namespaced, "hosts need network namespaces here");
+
+    c.orca_ok(&["node", "fault", "a", "--kill-agent"]);
+    let mut states = Vec::new();
+    eventually_blocking("a to be Lost", DEADLINE, || {
+        let state = c.node("a")["state"].as_str().unwrap_or_default().to_owned();
+        if states.last() != Some(&state) {
+            states.push(state.clone());
+        }
+        if state == "Lost" {
+            Ok(())
+        } else {
+            Err(states.clone())
+        }
+    });
+    let events = node_events(&c, "a");
+    let order: Vec<&str> = events
+        .iter()
+        .map(String::as_str)
+        .filter(|r| ["NodeSuspect", "NodeNotReady", "NodeLost", "Fenced"].contains(r))
+        .collect();
+    assert_eq!(
+        order,
+        ["NodeSuspect", "NodeNotReady", "NodeLost", "Fenced"],
+        "events: {events:?}; polled states: {states:?}"
+    );
+
+    let moved = c.wait_phase("svc", "Running");
+    assert_eq!(moved["node"], "b", "{moved}");
+    assert_ne!(moved["uid"], svc["uid"]);
+    let job = c.wait_phase("job", "Failed");
+    assert_eq!(job["reason"], "NodeLost", "restartPolicy Never: {job}");
+    assert!(
+        !process_running(old_pid),
+        "the fenced host's container is gone"
+    );
+    let describe = c.orca_ok(&["describe", "pod", "svc"]);
+    assert!(
+        describe.contains("Recreated") && describe.contains("Recreations:  1"),
+        "{describe}"
+    );
+}
+
+#[test]
+fn an_unfenceable_partitioned_node_keeps_its_stale_pod_until_the_heal_stops_it() {
+    let c = TestCluster::start();
+    let (svc, job) = two_hosts_with_pods_on_a(&c);
+    let stale = c.container_pid("a", &svc).expect("svc's container");
+    let stale_job = c.container_pid("a", &job).expect("job's container");
+
+    c.orca_ok(&["node", "fault", "a", "--partition"]);
+    eventually_blocking("a to be Lost", DEADLINE, || {
+        let n = c.node("a");
+        if n["state"] == "Lost" { Ok(()) } else { Err(n) }
+    });
+    let moved = c.wait_phase("svc", "Running");
+    assert_eq!(moved["node"], "b");
+    assert!(
+        node_events(&c, "a").iter().any(|e| e == "FenceFailed"),
+        "{:?}",
+        node_events(&c, "a")
+    );
+    // During the partition the stale incarnation still runs (nothing could stop it).
+    assert!(
+        process_running(stale),
+        "the stale container runs during the partition"
+    );
+    assert!(process_running(stale_job));
+    assert_eq!(c.pod("job")["reason"], "NodeLost");
+
+    c.orca_ok(&["node", "fault", "a", "--heal"]);
+    eventually_blocking("a to be Ready again", DEADLINE, || {
+        let n = c.node("a");
+        if n["state"] == "Ready" {
+            Ok(())
+        } else {
+            Err(n)
+        }
+    });
+    eventually_blocking("the stale containers to be stopped", DEADLINE, || {
+        if process_running(stale) || process_running(stale_job) {
+            Err((process_running(stale), process_running(stale_job)))
+        } else {
+            Ok(())
+        }
+    });
+    // Once the heal is processed the pod runs exactly once: on b, as recorded.
+    let now = c.pod("svc");
+    assert_eq!(
+        (now["node"].as_str(), now["phase"].as_str()),
+        (Some("b"), Some("Running"))
+    );
+    assert_eq!(now["uid"], moved["uid"]);
+    let running_on_a: Vec<_> = c
+        .tasks("a")
+        .into_iter()
+        .filter(|(_, s)| s == "RUNNING")
+        .collect();
+    assert!(running_on_a.is_empty(), "{running_on_a:?}");
+    assert_eq!(
+        c.pod("job")["reason"],
+        "NodeLost",
+        "a verdict is not undone by the heal"
+    );
+}
