@@ -269,6 +269,17 @@ fn d_cidr() -> String {
     DEFAULT_HOSTS_CIDR.into()
 }
 
+/// Command-line flags that replace fields of the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `listen`.
+    pub listen: Option<String>,
+    /// `data_dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `advertise_url`.
+    pub advertise_url: Option<String>,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -342,20 +353,38 @@ pub struct Network {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(path, &Overrides::default())
+    }
+
+    /// Reads a config file, applies command-line overrides, validates.
+    pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, path)
+        let mut file = Self::parse_file(&text, path)?;
+        if let Some(listen) = &overrides.listen {
+            file.listen = listen.clone();
+        }
+        if let Some(dir) = &overrides.data_dir {
+            file.data_dir = dir.clone();
+        }
+        if let Some(url) = &overrides.advertise_url {
+            file.advertise_url = Some(url.clone());
+        }
+        file.validate()
+    }
+
+    fn parse_file(text: &str, path: &Path) -> Result<File, ConfigError> {
+        serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
     }
 
     /// Parses and validates YAML text (`path` is for messages).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let file: File = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-        file.validate()
+        Self::parse_file(text, path)?.validate()
     }
 }
 

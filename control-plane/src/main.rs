@@ -1,5 +1,5 @@
-//! `orca-control-plane`: parse flags, load config, set up logging, bind, serve
-//! until SIGINT/SIGTERM.
+//! `orca-control-plane`: parse flags, load config (flags replace the file's
+//! fields), set up logging, bind, serve until SIGINT/SIGTERM.
 
 use std::path::PathBuf;
 
@@ -13,13 +13,27 @@ struct Flags {
     /// Config file (YAML).
     #[arg(long, short, env = "ORCA_CONFIG")]
     config: PathBuf,
+    /// Replaces the file's `listen`.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Replaces the file's `data_dir`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Replaces the file's `advertise_url`.
+    #[arg(long)]
+    advertise_url: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     orca_proto::process::init_tracing();
     let flags = Flags::parse();
-    let config = orca_control_plane::config::Config::load(&flags.config)?;
+    let overrides = orca_control_plane::config::Overrides {
+        listen: flags.listen,
+        data_dir: flags.data_dir,
+        advertise_url: flags.advertise_url,
+    };
+    let config = orca_control_plane::config::Config::load_with(&flags.config, &overrides)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -10,6 +10,17 @@ use tracing::info;
 
 use crate::cluster::{Cluster, ClusterError, now};
 
+/// What became of an agent's report about a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// No such incarnation is bound to that node: the agent must stop it.
+    Orphan,
+    /// Nothing new.
+    Unchanged,
+    /// The kept status changed (it must be flushed).
+    Changed,
+}
+
 /// Namespace used when none is given.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
@@ -178,18 +189,18 @@ impl Cluster {
         Ok(self.store().pods.scan(&prefix)?)
     }
 
-    /// Applies a status that an agent observed, if it is newer than the one kept.
-    /// Returns false when no such pod is bound to `node` (the agent should drop it).
-    pub fn apply_report(&self, node: &str, report: types::PodReport) -> Result<bool, ClusterError> {
+    /// Applies a status that an agent observed, if it is newer than the one kept
+    /// and differs from it (a heartbeat that repeats what is known writes nothing).
+    pub fn apply_report(&self, node: &str, report: types::PodReport) -> Result<Applied, ClusterError> {
         let (Some(r), Some(status)) = (report.r#ref, report.status) else {
-            return Ok(true);
+            return Ok(Applied::Unchanged);
         };
         let k = key(&r.namespace, &r.name);
         let Some(old) = self.store().pods.get(&k)? else {
-            return Ok(false);
+            return Ok(Applied::Orphan);
         };
         if uid(&old) != r.uid || old.node_name != node {
-            return Ok(false);
+            return Ok(Applied::Orphan);
         }
         // The control plane gave up on this incarnation (its node was lost or
         // removed, or it was evicted): whatever still runs of it must stop.
@@ -199,7 +210,15 @@ impl Cluster {
                 .as_ref()
                 .is_some_and(|s| crate::recovery::VERDICTS.contains(&s.reason.as_str()))
         {
-            return Ok(false);
+            return Ok(Applied::Orphan);
+        }
+        let unchanged = old.status.as_ref().is_some_and(|kept| {
+            let mut kept = kept.clone();
+            kept.observed_at = status.observed_at;
+            kept == status
+        });
+        if unchanged {
+            return Ok(Applied::Unchanged);
         }
         // Agent observations are ordered by the agent's clock. A status the control
         // plane made itself (Pending, no container statuses yet) never blocks one:
@@ -215,7 +234,7 @@ impl Cluster {
             !from_agent || t(Some(&status)) >= t(old.status.as_ref())
         };
         if !newer(&old) {
-            return Ok(true);
+            return Ok(Applied::Unchanged);
         }
         self.store().pods.update(&k, |p| {
             if newer(p) && uid(p) == r.uid {
@@ -259,7 +278,7 @@ impl Cluster {
                 _ => {}
             }
         }
-        Ok(true)
+        Ok(Applied::Changed)
     }
 
     /// Marks a pod Failed with a reason of the control plane's own (it never reached

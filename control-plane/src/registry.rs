@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use crate::cloud::LaunchRequest;
 use crate::cluster::{Cluster, ClusterError, now};
 use crate::pki;
+use crate::pods::Applied;
 use crate::store::JoinToken;
 
 /// The control plane's version; agents must share its major version and be at
@@ -320,12 +321,17 @@ impl Cluster {
         let node = self.authenticated_node(&req.node_id, peer)?;
         self.touch(&node.name, req.sequence);
         let mut orphans = Vec::new();
+        let mut changed = false;
         for report in req.pods {
-            if !self.apply_report(&node.name, report.clone())?
-                && let Some(r) = report.r#ref
-            {
-                orphans.push(r.uid);
+            let uid = report.r#ref.as_ref().map(|r| r.uid.clone());
+            match self.apply_report(&node.name, report)? {
+                Applied::Orphan => orphans.extend(uid),
+                Applied::Changed => changed = true,
+                Applied::Unchanged => {}
             }
+        }
+        if changed {
+            self.store().flush().await?;
         }
         let healthy = matches!(
             NodeState::try_from(node.state),

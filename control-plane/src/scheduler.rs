@@ -25,7 +25,7 @@ use orca_proto::types::v1::{PodPhase, Resources};
 use tracing::{info, warn};
 
 use crate::cluster::{Cluster, ClusterError, age};
-use crate::pods::{key, names, phase, uid};
+use crate::pods::{Applied, key, names, phase, uid};
 use crate::registry::NodeRequest;
 
 /// The extended resource name of NVIDIA GPUs.
@@ -373,8 +373,14 @@ impl Cluster {
                         r#ref: record.pod.and_then(|p| p.r#ref),
                         status: Some(status),
                     };
-                    if let Err(e) = self.apply_report(&node.name, report) {
-                        warn!(pod = %name, error = %e, "status not recorded");
+                    match self.apply_report(&node.name, report) {
+                        Ok(Applied::Changed) => {
+                            if let Err(e) = self.store().flush().await {
+                                warn!(pod = %name, error = %e, "status not flushed");
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => warn!(pod = %name, error = %e, "status not recorded"),
                     }
                 }
             }

@@ -170,6 +170,12 @@ pub enum Command {
     },
     /// Remove every node (its pods fail with reason NodeRemoved).
     Down,
+    /// Copy a credentials file (e.g. the control plane's <data_dir>/admin.yaml)
+    /// to where `orca` looks by default, readable by you only.
+    Login {
+        /// The credentials file to import.
+        file: PathBuf,
+    },
 }
 
 /// Polls every this long while waiting.
@@ -219,6 +225,9 @@ pub async fn connect(config: Option<&Path>, server: Option<&str>) -> Result<Admi
 
 /// Runs a parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<i32, CliError> {
+    if let Command::Login { file } = &cli.command {
+        return login(file, cli.config.as_deref());
+    }
     let mut client = connect(cli.config.as_deref(), cli.server.as_deref()).await?;
     let ns = cli.namespace;
     let mut out = std::io::stdout().lock();
@@ -349,7 +358,23 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             output::events(&mut out, &events)?;
         }
         Command::Down => nodes::down(&mut client, &mut out).await?,
+        Command::Login { .. } => unreachable!("handled before connecting"),
     }
+    Ok(0)
+}
+
+/// Checks a credentials file and installs it at `to` (or the default path).
+fn login(file: &Path, to: Option<&Path>) -> Result<i32, CliError> {
+    let creds = credentials::Credentials::load(file).map_err(CliError::Credentials)?;
+    orca_proto::tls::certs("certificate-authority-data", &creds.certificate_authority_data)
+        .map_err(|e| CliError::Credentials(format!("{}: {e}", file.display())))?;
+    let target = match to {
+        Some(p) => p.to_owned(),
+        None => credentials::Credentials::default_path()
+            .ok_or_else(|| CliError::Credentials("no HOME to keep credentials in".into()))?,
+    };
+    creds.write(&target)?;
+    println!("credentials for {} saved to {}", creds.server, target.display());
     Ok(0)
 }
 

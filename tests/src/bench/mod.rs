@@ -3,13 +3,16 @@
 //! are measured side by side, in the same run, against the anchor named in the
 //! metric (`..._vs_ctr`).
 
+pub mod fleet;
+pub mod heartbeats;
 pub mod pod_start;
+pub mod recovery;
 
 use std::time::Duration;
 
 /// Prints one metric line.
 pub fn metric(name: &str, value: f64, unit: &str) {
-    println!("metric: {name} {value:.2} {unit}");
+    println!("metric: {name} {value:.3} {unit}");
 }
 
 /// The median of samples (the mean of the middle two for an even count).

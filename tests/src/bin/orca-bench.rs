@@ -1,6 +1,8 @@
 //! `orca-bench SCENARIO`: runs a benchmark scenario against real parts and
 //! prints `metric: NAME VALUE UNIT` lines. Build with `--release`.
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
 
 /// ORCA's benchmark harness.
@@ -13,16 +15,61 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Scenario {
-    /// `orca run` → Running, against `ctr run -d` → task running (image present).
+    /// `orca run` → Running, against `ctr run -d` → task running (image present);
+    /// with --pods, that many pods at once spread over --hosts hosts.
     PodStart {
         /// Samples of each side.
         #[arg(long, default_value_t = 20)]
         runs: usize,
+        /// Create this many pods at once (the fleet scenario) instead.
+        #[arg(long)]
+        pods: Option<usize>,
+        /// Hosts for the fleet scenario.
+        #[arg(long, default_value_t = 10)]
+        hosts: usize,
+    },
+    /// The control plane's CPU with N nodes heartbeating over mutual TLS.
+    Heartbeats {
+        /// Simulated nodes, each with its own certificate and TLS connection.
+        #[arg(long, default_value_t = 10_000)]
+        nodes: usize,
+        /// Heartbeat interval, ms.
+        #[arg(long, default_value_t = 10_000)]
+        interval_ms: u64,
+        /// Measurement window, s.
+        #[arg(long, default_value_t = 30)]
+        window_s: u64,
+    },
+    /// Time to notice a dead host (in heartbeat intervals) and run its pod elsewhere.
+    Recovery {
+        /// Rounds.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Heartbeat interval, ms.
+        #[arg(long, default_value_t = 500)]
+        interval_ms: u64,
     },
 }
 
 fn main() {
     match Cli::parse().scenario {
-        Scenario::PodStart { runs } => orca_tests::bench::pod_start::run(runs),
+        Scenario::PodStart {
+            pods: Some(pods),
+            hosts,
+            ..
+        } => orca_tests::bench::fleet::fleet(pods, hosts),
+        Scenario::PodStart { runs, .. } => orca_tests::bench::pod_start::run(runs),
+        Scenario::Heartbeats {
+            nodes,
+            interval_ms,
+            window_s,
+        } => orca_tests::bench::heartbeats::run(
+            nodes,
+            Duration::from_millis(interval_ms),
+            Duration::from_secs(window_s),
+        ),
+        Scenario::Recovery { runs, interval_ms } => {
+            orca_tests::bench::recovery::run(runs, Duration::from_millis(interval_ms))
+        }
     }
 }

@@ -182,6 +182,11 @@ impl TestCluster {
         }
     }
 
+    /// The control plane's PID.
+    pub fn control_plane_pid(&self) -> Option<u32> {
+        self.control_plane.as_ref().map(Daemon::pid)
+    }
+
     /// The CLI credentials file the control plane wrote.
     pub fn credentials(&self) -> &Path {
         &self.credentials

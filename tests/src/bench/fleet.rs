@@ -1,0 +1,113 @@
+//! `pod-start --pods N --hosts M`: N pods created at once through AdminService
+//! on a cluster of M simulated hosts (each its own network namespace, agent
+//! and containerd namespace, the image already present on each), timing each
+//! pod from its RunPod call until the control plane reports it Running (as
+//! observed by its agent). The tail (p99) shows how placement, dispatch and
+//! status reporting hold up under a burst.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use orca_proto::controlplane::v1 as pb;
+use orca_proto::types::v1::PodPhase;
+
+use crate::bench::{median, metric, ms, percentile};
+use crate::cluster::{DEADLINE, TestCluster};
+
+fn manifest(name: &str, image: &str, selector: Option<&str>) -> String {
+    let selector = selector
+        .map(|h| format!("  nodeSelector: {{host: {h}}}\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n{selector}  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: {image}\n    command: [sleep, '600']\n"
+    )
+}
+
+/// Runs the scenario.
+pub fn fleet(pods: usize, hosts: usize) {
+    let yaml = "heartbeat_interval_ms: 1000\nsuspect_after_ms: 5000\nnot_ready_after_ms: 10000\nlost_after_ms: 30000\npending_timeout_ms: 300000\nagent_call_timeout_ms: 30000\n";
+    let c = TestCluster::start_configured(&["--retry-ms=100"], yaml);
+    for h in 0..hosts {
+        let name = format!("h{h}");
+        c.orca_ok(&["node", "add", &name, "--label", &format!("host={name}")]);
+    }
+    // The image is pulled once per host (each has its own containerd namespace).
+    for h in 0..hosts {
+        let name = format!("warm{h}");
+        let file = c.dir().join(format!("{name}.yaml"));
+        std::fs::write(&file, manifest(&name, &c.image, Some(&format!("h{h}")))).unwrap();
+        c.orca_ok(&["apply", "-f", file.to_str().unwrap()]);
+    }
+    for h in 0..hosts {
+        c.wait_phase(&format!("warm{h}"), "Running");
+        c.orca_ok(&["delete", "pod", &format!("warm{h}"), "--grace-period", "0"]);
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let samples = rt.block_on(async {
+        let admin = orca_control_plane::cli::connect(Some(c.credentials()), None)
+            .await
+            .expect("admin client");
+        let started = Instant::now();
+        let mut sent = HashMap::new();
+        let mut calls = Vec::new();
+        for i in 0..pods {
+            let name = format!("p{i:03}");
+            let pod = orca_control_plane::cli::pod::from_manifest(
+                "default",
+                &manifest(&name, &c.image, None),
+            )
+            .expect("manifest");
+            let mut admin = admin.clone();
+            sent.insert(name, Instant::now());
+            calls.push(tokio::spawn(async move {
+                admin
+                    .run_pod(pb::RunPodRequest { pod: Some(pod) })
+                    .await
+                    .expect("RunPod")
+            }));
+        }
+        let mut running: HashMap<String, Duration> = HashMap::new();
+        let deadline = Instant::now() + DEADLINE * 3;
+        let mut poller = admin.clone();
+        while running.len() < pods {
+            assert!(Instant::now() < deadline, "only {} of {pods} Running", running.len());
+            let list = poller
+                .list_pods(pb::ListPodsRequest::default())
+                .await
+                .expect("ListPods")
+                .into_inner()
+                .pods;
+            for p in list {
+                let (_, name) = orca_control_plane::pods::names(&p);
+                let phase = orca_control_plane::pods::phase(&p);
+                assert!(
+                    phase != PodPhase::Failed,
+                    "{name} failed: {:?}",
+                    p.status
+                );
+                if phase == PodPhase::Running
+                    && let Some(t0) = sent.get(&name)
+                {
+                    running.entry(name).or_insert_with(|| t0.elapsed());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for call in calls {
+            call.await.expect("RunPod task");
+        }
+        eprintln!(
+            "{pods} pods on {hosts} hosts all Running after {:.2}s",
+            started.elapsed().as_secs_f64()
+        );
+        metric("fleet_all_running_s", started.elapsed().as_secs_f64(), "s");
+        running.into_values().collect::<Vec<_>>()
+    });
+    metric("pod_start_ms_p50", ms(median(&samples)), "ms");
+    metric("pod_start_ms_p99", ms(percentile(&samples, 99)), "ms");
+    rt.shutdown_background();
+}
