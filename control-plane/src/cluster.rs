@@ -83,7 +83,6 @@ struct Inner {
     agents: Mutex<HashMap<String, Channel>>,
     liveness: Mutex<HashMap<String, Liveness>>,
     done: Mutex<HashSet<String>>,
-    started: Instant,
     wake_scheduler: Notify,
 }
 
@@ -109,6 +108,22 @@ impl Cluster {
         agent_tls: Arc<rustls::ClientConfig>,
         agent_url: String,
     ) -> Self {
+        let started = Instant::now();
+        // Every known node starts silent from now: one full grace period each.
+        let liveness = store
+            .nodes
+            .scan("")
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| !n.id.is_empty())
+            .map(|n| {
+                let l = Liveness {
+                    last_seen: started,
+                    sequence: 0,
+                };
+                (n.name, l)
+            })
+            .collect();
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -118,9 +133,9 @@ impl Cluster {
                 agent_tls,
                 agent_url,
                 agents: Mutex::new(HashMap::new()),
-                liveness: Mutex::new(HashMap::new()),
+                liveness: Mutex::new(liveness),
                 done: Mutex::new(HashSet::new()),
-                started: Instant::now(),
+
                 wake_scheduler: Notify::new(),
             }),
         }
@@ -152,17 +167,20 @@ impl Cluster {
         );
     }
 
-    /// How long since `node` was last heard from (since the control plane started
-    /// when it has not been heard from in this process).
-    pub fn silence(&self, node: &str) -> std::time::Duration {
+    /// Joined nodes silent for longer than `threshold`, with their silence.
+    pub fn silent_nodes(
+        &self,
+        threshold: std::time::Duration,
+    ) -> Vec<(String, std::time::Duration)> {
         let live = self
             .inner
             .liveness
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        live.get(node)
-            .map_or(self.inner.started, |l| l.last_seen)
-            .elapsed()
+        live.iter()
+            .map(|(name, l)| (name.clone(), l.last_seen.elapsed()))
+            .filter(|(_, silence)| *silence > threshold)
+            .collect()
     }
 
     /// Forgets a node's liveness and agent connection.

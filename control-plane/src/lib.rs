@@ -2,27 +2,34 @@
 //!
 //! It keeps the cluster's desired and observed state in an embedded sled store,
 //! launches nodes through an instance provider, admits their agents with
-//! single-use join tokens, places pods on nodes and hands them to the nodes'
-//! agents, and records what the agents observe. It never reports a pod state no
-//! agent observed: until an agent reports, a pod is Pending; if no node takes it
-//! within the pending timeout, it fails with reason Unschedulable.
+//! single-use join tokens (signing their CSRs with the cluster CA), places pods
+//! on nodes and hands them to the nodes' agents over mutual TLS, and records
+//! what the agents observe. It never reports a pod state no agent observed:
+//! until an agent reports, a pod is Pending; if no node takes it within the
+//! pending timeout, it fails with reason Unschedulable. Nodes that stop
+//! heartbeating go Suspect, NotReady, then Lost; a Lost node is fenced and its
+//! pods recreated elsewhere or failed with reason NodeLost.
 //!
 //! # Layout
-//! - [`config`]: the YAML config, validated with errors naming the field.
+//! - [`config`]: the YAML config (plus flag overrides), validated with errors
+//!   naming the field.
 //! - [`store`]: sled tables of protobuf records; flushed before acknowledging.
-//! - [`cluster`]: the shared state; [`registry`] (nodes, join, heartbeats,
-//!   health), [`pods`] (create, observe, delete, logs, events) and [`scheduler`]
-//!   (placement, dispatch) are its operations.
+//! - [`pki`]: the cluster CA, node certificates, the admin token;
+//!   [`tls_identity`]: the control plane's own certificate and its rotation.
+//! - [`cluster`]: the shared state (with in-memory liveness); [`registry`]
+//!   (nodes, join, heartbeats, health states, cordon), [`pods`] (create,
+//!   observe, delete, logs, events), [`scheduler`] (placement by resources,
+//!   selectors and taints, autoscaling, dispatch) and [`recovery`] (fencing,
+//!   new incarnations, drain, faults) are its operations.
 //! - [`cloud`]: the `InstanceProvider` trait and the `local` provider (simulated
 //!   hosts, each in a network namespace of its own on a bridge; faults).
-//! - [`api`]: the AdminService and NodeService gRPC servers.
+//! - [`api`]: the AdminService (bearer token) and NodeService (node
+//!   certificates) gRPC servers.
 //! - [`cli`]: the `orca` command line client of AdminService.
 //!
 //! # Current limitations
-//! Plain-text gRPC (mutual TLS comes with the control-plane core issue), the
-//! same services for agents and users (on the provider's gateway too, where it
-//! has one), no recovery of pods from lost nodes yet (a node
-//! without heartbeats is only marked NotReady), no Kubernetes or EC2 yet.
+//! The same services for agents and users (on the provider's gateway too, where
+//! it has one); no Kubernetes or EC2 yet.
 
 pub mod api;
 pub mod cli;

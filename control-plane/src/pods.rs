@@ -191,7 +191,11 @@ impl Cluster {
 
     /// Applies a status that an agent observed, if it is newer than the one kept
     /// and differs from it (a heartbeat that repeats what is known writes nothing).
-    pub fn apply_report(&self, node: &str, report: types::PodReport) -> Result<Applied, ClusterError> {
+    pub fn apply_report(
+        &self,
+        node: &str,
+        report: types::PodReport,
+    ) -> Result<Applied, ClusterError> {
         let (Some(r), Some(status)) = (report.r#ref, report.status) else {
             return Ok(Applied::Unchanged);
         };

@@ -9,9 +9,9 @@
 //! all the same, so a partition cannot stall the workload; if the host comes
 //! back, its heartbeat reports the old incarnations, which the control plane
 //! answers as orphans and the agent stops. So a pod never runs twice once the
-//! heal is processed. Both steps are redone by a restarted control plane: the
-//! fence once per process, the moves until no unfinished pod is bound to a
-//! Lost node.
+//! heal is processed. Both steps are redone by a restarted control plane (once
+//! the node has been silent for `lost_after` since the restart): the fence once
+//! per process, the moves until no unfinished pod is bound to a Lost node.
 
 use std::time::Duration;
 
@@ -36,13 +36,14 @@ impl Cluster {
     /// Fences Lost nodes (once per control-plane process and Lost episode) and
     /// moves their unfinished pods.
     pub async fn recover_lost(&self) -> Result<(), ClusterError> {
-        let lost: Vec<pb::Node> = self
-            .store()
-            .nodes
-            .scan("")?
-            .into_iter()
-            .filter(|n| n.state == NodeState::Lost as i32)
-            .collect();
+        let mut lost = Vec::new();
+        for (name, _) in self.silent_nodes(self.config().lost_after) {
+            if let Some(node) = self.store().nodes.get(&name)?
+                && node.state == NodeState::Lost as i32
+            {
+                lost.push(node);
+            }
+        }
         for node in lost {
             if self.first_time(&format!("fence:{}", node.name)) {
                 self.fence(&node).await;

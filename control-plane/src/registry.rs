@@ -376,7 +376,12 @@ impl Cluster {
     /// (flushing each change).
     pub async fn check_health(&self) -> Result<(), ClusterError> {
         let c = self.config();
-        for node in self.store().nodes.scan("")? {
+        // Only silent nodes are read from the store: with thousands of nodes a
+        // pass costs a walk over the in-memory liveness map.
+        for (name, silence) in self.silent_nodes(c.suspect_after) {
+            let Some(node) = self.store().nodes.get(&name)? else {
+                continue;
+            };
             let Ok(state) = NodeState::try_from(node.state) else {
                 continue;
             };
@@ -386,7 +391,6 @@ impl Cluster {
             ) {
                 continue;
             }
-            let silence = self.silence(&node.name);
             let due = if silence > c.lost_after {
                 NodeState::Lost
             } else if silence > c.not_ready_after {

@@ -212,6 +212,10 @@ impl Cluster {
     /// One placement pass.
     pub async fn schedule_once(&self) -> Result<(), ClusterError> {
         let pods = self.store().pods.scan("")?;
+        // Nothing to place or hand over: no need to read every node.
+        if !pods.iter().any(|p| phase(p) == PodPhase::Pending) {
+            return Ok(());
+        }
         let all_nodes = self.store().nodes.scan("")?;
         let mut nodes: Vec<(pb::Node, Resources)> = all_nodes
             .iter()

@@ -26,7 +26,8 @@ CIDR="${ORCA_DEMO_CIDR:-10.76.0.0/24}"
 GATEWAY="$(python3 -c "import ipaddress,sys; print(ipaddress.ip_network(sys.argv[1])[1])" "$CIDR")"
 PROFILE="${ORCA_DEMO_PROFILE:-release}"   # or debug, for a quicker build
 BIN="${CARGO_TARGET_DIR:-$REPO/target}/$PROFILE"
-export ORCA_SERVER="http://127.0.0.1:$PORT"
+# The CLI reads the credentials (server, cluster CA, admin token) the control plane writes.
+export ORCACONFIG="$DEMO/orca/admin.yaml"
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
@@ -104,12 +105,14 @@ echo $! > "$DEMO/containerd.pid"
 CTR="ctr --address $DEMO/containerd/containerd.sock"
 for _ in $(seq 100); do $CTR version >/dev/null 2>&1 && break; sleep 0.1; done
 
-say "Starting the control plane on $ORCA_SERVER"
+say "Starting the control plane on https://127.0.0.1:$PORT (mutual TLS with its agents; a cluster CA is created)"
 cat > "$DEMO/orca.yaml" <<EOF
 listen: 127.0.0.1:$PORT
 data_dir: $DEMO/orca
 heartbeat_interval_ms: 1000
-node_timeout_ms: 5000
+suspect_after_ms: 3000
+not_ready_after_ms: 6000
+lost_after_ms: 15000
 provider:
   local:
     containerd_socket: $DEMO/containerd/containerd.sock
@@ -122,7 +125,7 @@ EOF
 setsid "$BIN/orca-control-plane" --config "$DEMO/orca.yaml" > "$DEMO/control-plane.log" 2>&1 < /dev/null &
 echo $! > "$DEMO/control-plane.pid"
 ORCA="$BIN/orca"
-for _ in $(seq 100); do "$ORCA" node list >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 100); do [ -f "$ORCACONFIG" ] && "$ORCA" node list >/dev/null 2>&1 && break; sleep 0.1; done
 
 if ip link show "$BRIDGE" >/dev/null 2>&1; then
     REG_HOST=$GATEWAY
@@ -167,7 +170,7 @@ say "Running a pod"
 run "$ORCA" run hello --image "$IMAGE" -- sh -c 'echo "hello from ORCA, pod $(hostname)"; for i in 1 2 3; do echo "tick $i"; sleep 1; done'
 run "$ORCA" wait hello --for Running
 run "$ORCA" get pods
-NODE=$("$ORCA" get pod hello -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["node"])')
+NODE=$("$ORCA" get pod hello -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["node"])')
 echo "containerd itself, in $NODE's namespace:"
 run $CTR -n "demo-$NODE" tasks ls
 run "$ORCA" wait hello --for Done
@@ -180,10 +183,11 @@ run "$ORCA" events hello
 cat <<EOF
 
 The demo cluster keeps running. Try it yourself:
-  export ORCA_SERVER=$ORCA_SERVER; alias orca=$ORCA
-  orca run web --image $IMAGE -- httpd -f -p 8080 -h /www
+  export ORCACONFIG=$ORCACONFIG; alias orca=$ORCA     # or: orca login $ORCACONFIG (copies it to ~/.config/orca/config)
+  orca run web --image $IMAGE --restart Always -- httpd -f -p 8080 -h /www
   curl http://<web's host address, see: orca get nodes>:8080/    # the pod is in its host's network
-  orca get pods;  orca logs hello;  orca delete pod web;  orca run bad --image $IMAGE-nope
+  orca node fault <web's node> --kill-agent    # watch: orca get nodes; orca get pods -o wide; orca events
+  orca get pods;  orca logs hello;  orca describe pod web;  orca run bad --image $IMAGE-nope
 Logs of every daemon are in $DEMO/*.log and $DEMO/orca/hosts/*/agent.log.
 Clean up: deploy/local/demo.sh down
 EOF

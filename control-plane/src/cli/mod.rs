@@ -366,15 +366,22 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
 /// Checks a credentials file and installs it at `to` (or the default path).
 fn login(file: &Path, to: Option<&Path>) -> Result<i32, CliError> {
     let creds = credentials::Credentials::load(file).map_err(CliError::Credentials)?;
-    orca_proto::tls::certs("certificate-authority-data", &creds.certificate_authority_data)
-        .map_err(|e| CliError::Credentials(format!("{}: {e}", file.display())))?;
+    orca_proto::tls::certs(
+        "certificate-authority-data",
+        &creds.certificate_authority_data,
+    )
+    .map_err(|e| CliError::Credentials(format!("{}: {e}", file.display())))?;
     let target = match to {
         Some(p) => p.to_owned(),
         None => credentials::Credentials::default_path()
             .ok_or_else(|| CliError::Credentials("no HOME to keep credentials in".into()))?,
     };
     creds.write(&target)?;
-    println!("credentials for {} saved to {}", creds.server, target.display());
+    println!(
+        "credentials for {} saved to {}",
+        creds.server,
+        target.display()
+    );
     Ok(0)
 }
 

@@ -74,7 +74,11 @@ pub fn fleet(pods: usize, hosts: usize) {
         let deadline = Instant::now() + DEADLINE * 3;
         let mut poller = admin.clone();
         while running.len() < pods {
-            assert!(Instant::now() < deadline, "only {} of {pods} Running", running.len());
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {pods} Running",
+                running.len()
+            );
             let list = poller
                 .list_pods(pb::ListPodsRequest::default())
                 .await
@@ -84,11 +88,7 @@ pub fn fleet(pods: usize, hosts: usize) {
             for p in list {
                 let (_, name) = orca_control_plane::pods::names(&p);
                 let phase = orca_control_plane::pods::phase(&p);
-                assert!(
-                    phase != PodPhase::Failed,
-                    "{name} failed: {:?}",
-                    p.status
-                );
+                assert!(phase != PodPhase::Failed, "{name} failed: {:?}", p.status);
                 if phase == PodPhase::Running
                     && let Some(t0) = sent.get(&name)
                 {

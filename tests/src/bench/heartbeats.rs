@@ -191,7 +191,11 @@ pub fn run(nodes: usize, interval: Duration, window: Duration) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         tokio::time::sleep(interval).await;
-        let (cpu0, sent0, t0) = (cpu_seconds(pid), sent.load(Ordering::Relaxed), Instant::now());
+        let (cpu0, sent0, t0) = (
+            cpu_seconds(pid),
+            sent.load(Ordering::Relaxed),
+            Instant::now(),
+        );
         tokio::time::sleep(window).await;
         let (cpu1, sent1, elapsed) = (cpu_seconds(pid), sent.load(Ordering::Relaxed), t0.elapsed());
         let share = (cpu1 - cpu0) / elapsed.as_secs_f64();
@@ -202,8 +206,16 @@ pub fn run(nodes: usize, interval: Duration, window: Duration) {
             elapsed.as_secs_f64(),
             failed.load(Ordering::Relaxed)
         );
-        metric("heartbeats_per_s", (sent1 - sent0) as f64 / elapsed.as_secs_f64(), "1/s");
-        metric("heartbeat_failures", failed.load(Ordering::Relaxed) as f64, "count");
+        metric(
+            "heartbeats_per_s",
+            (sent1 - sent0) as f64 / elapsed.as_secs_f64(),
+            "1/s",
+        );
+        metric(
+            "heartbeat_failures",
+            failed.load(Ordering::Relaxed) as f64,
+            "count",
+        );
         metric("cp_rss_mib", rss_mib(pid), "MiB");
         let name = if nodes == 10_000 && interval == Duration::from_secs(10) {
             "cp_core_share_10k_nodes".to_owned()

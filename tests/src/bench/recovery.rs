@@ -40,13 +40,25 @@ pub fn run(runs: usize, interval: Duration) {
         c.orca_ok(&["node", "add", &a]);
         c.orca_ok(&["node", "add", &b]);
         c.orca_ok(&["node", "cordon", &b]);
-        c.orca_ok(&["run", &pod, "--image", &c.image, "--restart", "Always", "--", "sleep", "3600"]);
+        c.orca_ok(&[
+            "run",
+            &pod,
+            "--image",
+            &c.image,
+            "--restart",
+            "Always",
+            "--",
+            "sleep",
+            "3600",
+        ]);
         let before = c.wait_phase(&pod, "Running");
         assert_eq!(before["node"], a.as_str());
         c.orca_ok(&["node", "uncordon", &b]);
         let killed = Instant::now();
         c.orca_ok(&["node", "fault", &a, "--kill-agent"]);
-        let lost = wait("Lost", || (c.node(&a)["state"] == "Lost").then(|| killed.elapsed()));
+        let lost = wait("Lost", || {
+            (c.node(&a)["state"] == "Lost").then(|| killed.elapsed())
+        });
         let running = wait("the pod on the other host", || {
             let p = c.pod(&pod);
             (p["phase"] == "Running" && p["node"] == b.as_str()).then(|| killed.elapsed())
@@ -67,5 +79,9 @@ pub fn run(runs: usize, interval: Duration) {
         median(&detect).as_secs_f64() / interval.as_secs_f64(),
         "intervals",
     );
-    metric("recovered_pod_running_s", median(&recovered).as_secs_f64(), "s");
+    metric(
+        "recovered_pod_running_s",
+        median(&recovered).as_secs_f64(),
+        "s",
+    );
 }
