@@ -9,6 +9,8 @@
 
 use std::marker::PhantomData;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use orca_proto::controlplane::v1 as pb;
 use prost::Message;
@@ -147,10 +149,19 @@ pub struct JoinToken {
     pub expires_at: i64,
 }
 
+/// Flush tickets, for group commit.
+#[derive(Default)]
+struct Flushes {
+    requested: AtomicU64,
+    done: AtomicU64,
+    turn: tokio::sync::Mutex<()>,
+}
+
 /// The control plane's database.
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    flushes: Arc<Flushes>,
     /// Nodes by name.
     pub nodes: Table<pb::Node>,
     /// Pods by `namespace/name`.
@@ -174,6 +185,7 @@ impl Store {
             tokens: Table::open(&db, "tokens")?,
             pki: Table::open(&db, "pki")?,
             db,
+            flushes: Arc::default(),
         })
     }
 
@@ -183,11 +195,23 @@ impl Store {
         self.events.put(&format!("{id:020}"), event)
     }
 
-    /// Makes every write so far durable. sled's own `flush_async` deadlocks
-    /// when awaited concurrently (sled issues #1241, #1308: futures never woken;
-    /// seen here with 32 joins at once), so the blocking flush runs on tokio's
-    /// blocking pool instead.
+    /// Makes every write so far durable.
+    ///
+    /// Concurrent callers share flushes (group commit): each takes a ticket,
+    /// and a flush that starts after a ticket was taken covers that caller's
+    /// writes, so a burst of N callers costs about two fsyncs instead of N
+    /// (100 pods at once waited 5 s for 200 serial fsyncs before). sled's own
+    /// `flush_async` deadlocks when awaited concurrently (sled issues #1241,
+    /// #1308: futures never woken), so the blocking flush runs on tokio's
+    /// blocking pool.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        let ticket = self.flushes.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let _turn = self.flushes.turn.lock().await;
+        if self.flushes.done.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        // Every ticket up to here was taken after its caller's writes.
+        let covers = self.flushes.requested.load(Ordering::SeqCst);
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.flush())
             .await
@@ -196,6 +220,7 @@ impl Store {
                 source: sled::Error::ReportableBug(format!("flush task failed: {e}")),
             })?
             .map_err(sled("flush"))?;
+        self.flushes.done.fetch_max(covers, Ordering::SeqCst);
         Ok(())
     }
 }

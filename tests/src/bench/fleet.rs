@@ -3,7 +3,8 @@
 //! and containerd namespace, the image already present on each), timing each
 //! pod from its RunPod call until the control plane reports it Running (as
 //! observed by its agent). The tail (p99) shows how placement, dispatch and
-//! status reporting hold up under a burst.
+//! status reporting hold up under a burst. The anchor, measured right after
+//! in the same run: as many `ctr run -d` at once on the same containerd.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -47,7 +48,7 @@ pub fn fleet(pods: usize, hosts: usize) {
         .enable_all()
         .build()
         .expect("runtime");
-    let samples = rt.block_on(async {
+    let (samples, orca_all) = rt.block_on(async {
         let admin = orca_control_plane::cli::connect(Some(c.credentials()), None)
             .await
             .expect("admin client");
@@ -104,10 +105,58 @@ pub fn fleet(pods: usize, hosts: usize) {
             "{pods} pods on {hosts} hosts all Running after {:.2}s",
             started.elapsed().as_secs_f64()
         );
-        metric("fleet_all_running_s", started.elapsed().as_secs_f64(), "s");
-        running.into_values().collect::<Vec<_>>()
+        let all = started.elapsed().as_secs_f64();
+        metric("fleet_all_running_s", all, "s");
+        (running.into_values().collect::<Vec<_>>(), all)
     });
     metric("pod_start_ms_p50", ms(median(&samples)), "ms");
     metric("pod_start_ms_p99", ms(percentile(&samples, 99)), "ms");
     rt.shutdown_background();
+    for i in 0..pods {
+        let _ = c.orca(&["delete", "pod", &format!("p{i:03}"), "--grace-period", "0"]);
+    }
+
+    // The anchor, on the same machine right after: the same number of `ctr run -d`
+    // at once on the same containerd (one namespace, image present), until every
+    // task is RUNNING.
+    let ns = "bench-fleet-ctr";
+    c.containerd
+        .ctr(ns, &["images", "pull", "--plain-http", &c.image])
+        .expect("ctr pulls the image");
+    let started = Instant::now();
+    let runs: Vec<_> = (0..pods)
+        .map(|i| {
+            let mut cmd = c.containerd.ctr_command(ns);
+            cmd.args(["run", "-d", &c.image, &format!("k{i:03}"), "sleep", "600"]);
+            cmd.spawn().expect("ctr run -d")
+        })
+        .collect();
+    for mut run in runs {
+        let _ = run.wait();
+    }
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let out = c.containerd.ctr(ns, &["tasks", "ls"]).unwrap_or_default();
+        let running = out.lines().filter(|l| l.contains("RUNNING")).count();
+        if running >= pods {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {running} ctr tasks running"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let ctr_s = started.elapsed().as_secs_f64();
+    eprintln!("{pods} `ctr run -d` at once all RUNNING after {ctr_s:.2}s");
+    metric("ctr_fleet_all_running_s", ctr_s, "s");
+    metric("fleet_ratio_vs_ctr", orca_all / ctr_s, "x");
+    for i in 0..pods {
+        let id = format!("k{i:03}");
+        let _ = c
+            .containerd
+            .ctr(ns, &["tasks", "kill", "-s", "SIGKILL", &id]);
+        let _ = c.containerd.ctr(ns, &["tasks", "delete", "-f", &id]);
+        let _ = c.containerd.ctr(ns, &["containers", "delete", &id]);
+    }
 }
