@@ -66,7 +66,14 @@ fn a_dead_agents_node_goes_lost_is_fenced_and_its_pods_move() {
             Err(states.clone())
         }
     });
-    let events = node_events(&c, "a");
+    let events = eventually_blocking("a to be fenced", DEADLINE, || {
+        let events = node_events(&c, "a");
+        if events.iter().any(|e| e == "Fenced") {
+            Ok(events)
+        } else {
+            Err(events)
+        }
+    });
     let order: Vec<&str> = events
         .iter()
         .map(String::as_str)
@@ -155,4 +162,47 @@ fn an_unfenceable_partitioned_node_keeps_its_stale_pod_until_the_heal_stops_it()
         "NodeLost",
         "a verdict is not undone by the heal"
     );
+}
+
+#[test]
+fn a_partition_for_a_while_heals_itself_and_the_node_comes_back_before_it_is_lost() {
+    let c = TestCluster::start_configured(&["--retry-ms=100"], "lost_after_ms: 600000\n");
+    c.orca_ok(&["node", "add", "a"]);
+    c.orca_ok(&["node", "fault", "a", "--partition", "--for", "3s"]);
+    eventually_blocking("a to fall silent (Suspect)", DEADLINE, || {
+        let n = c.node("a");
+        if n["state"] == "Suspect" || n["state"] == "NotReady" {
+            Ok(())
+        } else {
+            Err(n)
+        }
+    });
+    eventually_blocking(
+        "the partition to heal by itself and a to be Ready",
+        DEADLINE,
+        || {
+            let n = c.node("a");
+            if n["state"] == "Ready" {
+                Ok(())
+            } else {
+                Err(n)
+            }
+        },
+    );
+    let events = node_events(&c, "a");
+    let faults: Vec<&str> = c
+        .orca_ok(&["events", "a"])
+        .lines()
+        .filter(|l| l.contains("FaultInjected"))
+        .map(|l| {
+            if l.contains("Heal") {
+                "Heal"
+            } else {
+                "Partition"
+            }
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(faults, ["Partition", "Heal"], "{events:?}");
+    c.orca_ok(&["run", "after", "--image", &c.image, "--", "true"]);
+    c.wait_phase("after", "Succeeded");
 }

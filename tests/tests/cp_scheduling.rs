@@ -181,3 +181,56 @@ fn a_control_plane_killed_mid_work_loses_nothing_and_its_agents_reconnect() {
         .count();
     assert!(running >= 1, "the pod never stopped");
 }
+
+#[test]
+fn cli_errors_have_exit_codes_and_down_removes_every_node() {
+    let c = TestCluster::start();
+    let code = |args: &[&str]| c.orca(args).status.code();
+    assert_eq!(code(&["get", "pod", "nope"]), Some(3), "not found");
+    assert_eq!(
+        code(&["node", "add", "Bad_Name", "--no-wait"]),
+        Some(2),
+        "bad input"
+    );
+    assert_eq!(
+        code(&["node", "fault", "x"]),
+        Some(2),
+        "usage: a fault flag is required"
+    );
+    let out = std::process::Command::new(orca_tests::env::workspace_bin("orca"))
+        .args(["--config", "/nonexistent/orca.yaml", "get", "pods"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(orca_tests::env::workspace_bin("orca"))
+        .arg("--config")
+        .arg(c.credentials())
+        .args(["--server", "https://127.0.0.1:1", "get", "pods"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    c.orca_ok(&["node", "add", "a"]);
+    c.orca_ok(&["node", "add", "b"]);
+    c.orca_ok(&["run", "job", "--image", &c.image, "--", "sleep", "600"]);
+    c.wait_phase("job", "Running");
+    let down = c.orca_ok(&["down"]);
+    assert!(
+        down.contains("node/a removed") && down.contains("node/b removed"),
+        "{down}"
+    );
+    let nodes = c.orca_ok(&["node", "list"]);
+    assert_eq!(nodes.lines().count(), 1, "only the header is left: {nodes}");
+    assert_eq!(c.pod("job")["reason"], "NodeRemoved");
+    assert!(c.agent_pids().is_empty(), "no simulated host left");
+}
