@@ -271,6 +271,17 @@ impl Cluster {
         req
     }
 
+    /// Flushes the store without waiting for it (for writes an agent would
+    /// repeat after a crash anyway: observed pod statuses).
+    pub fn flush_in_background(&self) {
+        let store = self.inner.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.flush().await {
+                tracing::warn!(error = %e, "store flush failed");
+            }
+        });
+    }
+
     /// Records an event.
     pub fn event(
         &self,

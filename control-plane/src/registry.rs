@@ -331,7 +331,11 @@ impl Cluster {
             }
         }
         if changed {
-            self.store().flush().await?;
+            // Flushed promptly but not awaited: the agent re-reports every pod's
+            // full status in every heartbeat, so an observation lost in a crash
+            // comes back with the next one, and the acknowledgement (hence the
+            // agent's next report) does not wait for an fsync.
+            self.flush_in_background();
         }
         let healthy = matches!(
             NodeState::try_from(node.state),

@@ -378,11 +378,7 @@ impl Cluster {
                         status: Some(status),
                     };
                     match self.apply_report(&node.name, report) {
-                        Ok(Applied::Changed) => {
-                            if let Err(e) = self.store().flush().await {
-                                warn!(pod = %name, error = %e, "status not flushed");
-                            }
-                        }
+                        Ok(Applied::Changed) => self.flush_in_background(),
                         Ok(_) => {}
                         Err(e) => warn!(pod = %name, error = %e, "status not recorded"),
                     }

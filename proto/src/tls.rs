@@ -72,9 +72,11 @@ pub enum TlsError {
     Address(String),
 }
 
-/// The crypto provider every ORCA TLS configuration uses.
+/// The crypto provider every ORCA TLS configuration uses: *ring*. aws-lc-rs
+/// seeds its random generator from CPU jitter when a process first uses it,
+/// about 50 ms of CPU, which every `orca` invocation would pay.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Certificates of a PEM bundle.
