@@ -206,3 +206,38 @@ fn a_partition_for_a_while_heals_itself_and_the_node_comes_back_before_it_is_los
     c.orca_ok(&["run", "after", "--image", &c.image, "--", "true"]);
     c.wait_phase("after", "Succeeded");
 }
+
+#[test]
+fn after_a_restart_a_silent_node_gets_a_full_grace_period_before_it_is_lost() {
+    let mut c = TestCluster::start();
+    c.orca_ok(&["node", "add", "a"]);
+    c.orca_ok(&["node", "fault", "a", "--kill-agent"]);
+    c.kill_control_plane();
+    // Silent for longer than lost_after (4 s) while no control plane watched.
+    let killed = std::time::Instant::now();
+    eventually_blocking(
+        "lost_after to pass while the control plane is down",
+        DEADLINE,
+        || {
+            if killed.elapsed() > std::time::Duration::from_secs(5) {
+                Ok(())
+            } else {
+                Err(())
+            }
+        },
+    );
+    c.start_control_plane();
+    let first = c.node("a");
+    assert_ne!(
+        first["state"], "Lost",
+        "declared Lost without a grace period: {first}"
+    );
+    eventually_blocking(
+        "a to be Lost once the grace period has passed",
+        DEADLINE,
+        || {
+            let n = c.node("a");
+            if n["state"] == "Lost" { Ok(()) } else { Err(n) }
+        },
+    );
+}

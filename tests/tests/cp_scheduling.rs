@@ -64,6 +64,13 @@ fn pods_go_where_their_requests_fit_and_unschedulable_ones_fail_with_the_reason(
             .any(|l| l.starts_with("a ") && l.contains("600m/1")),
         "requests are shown per node: {nodes}"
     );
+
+    // GPUs given at `node add` are capacity for placement.
+    c.orca_ok(&["node", "add", "g", "--gpus", "2"]);
+    let gpu = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: train\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: IMAGE\n    command: [sleep, '600']\n    resources:\n      limits: {nvidia.com/gpu: 2}\n";
+    apply(&c, &gpu.replace("IMAGE", &c.image));
+    assert_eq!(c.wait_phase("train", "Running")["node"], "g");
+    assert_eq!(c.node("g")["requested"]["gpus"], 2);
 }
 
 #[test]
