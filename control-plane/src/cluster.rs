@@ -282,6 +282,11 @@ impl Cluster {
         });
     }
 
+    /// Records an event about a node.
+    pub fn node_event(&self, node: &str, warning: bool, reason: &str, message: String) {
+        self.event("Node", "", node, warning, reason, message);
+    }
+
     /// Records an event.
     pub fn event(
         &self,

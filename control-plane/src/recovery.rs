@@ -61,7 +61,7 @@ impl Cluster {
     async fn fence(&self, node: &pb::Node) {
         if node.instance_id.is_empty() {
             let msg = "no instance to terminate (external node): pods move anyway".to_owned();
-            self.event("Node", "", &node.name, true, "FenceFailed", msg);
+            self.node_event(&node.name, true, "FenceFailed", msg);
             return;
         }
         match self.provider().terminate(&node.instance_id).await {
@@ -72,7 +72,7 @@ impl Cluster {
                     .store()
                     .nodes
                     .update(&node.name, |n| n.message = msg.clone());
-                self.event("Node", "", &node.name, false, "Fenced", msg);
+                self.node_event(&node.name, false, "Fenced", msg);
             }
             Err(e) => {
                 warn!(node = %node.name, error = %e, "lost node not fenced; its pods move anyway");
@@ -82,7 +82,7 @@ impl Cluster {
                     .store()
                     .nodes
                     .update(&node.name, |n| n.message = msg.clone());
-                self.event("Node", "", &node.name, true, "FenceFailed", msg);
+                self.node_event(&node.name, true, "FenceFailed", msg);
             }
         }
     }
@@ -158,7 +158,7 @@ impl Cluster {
             self.relocate(&pod, "Evicted", format!("node {name} was drained"))
                 .await?;
         }
-        self.event("Node", "", name, false, "Drained", String::new());
+        self.node_event(name, false, "Drained", String::new());
         self.node(name)
     }
 
@@ -182,21 +182,14 @@ impl Cluster {
             _ => format!("{fault:?}"),
         };
         info!(node = %name, fault = %detail, "fault injected");
-        self.event("Node", "", name, true, "FaultInjected", detail);
+        self.node_event(name, true, "FaultInjected", detail);
         if let (Fault::Partition, Some(d)) = (fault, duration) {
             let this = self.clone();
             let node = node.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(d).await;
                 match this.provider().fault(&node.instance_id, Fault::Heal).await {
-                    Ok(()) => this.event(
-                        "Node",
-                        "",
-                        &node.name,
-                        false,
-                        "FaultInjected",
-                        "Heal".into(),
-                    ),
+                    Ok(()) => this.node_event(&node.name, false, "FaultInjected", "Heal".into()),
                     Err(e) => warn!(node = %node.name, error = %e, "partition not healed"),
                 }
             });

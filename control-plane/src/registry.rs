@@ -128,9 +128,7 @@ impl Cluster {
         }
         if req.external {
             self.store().flush().await?;
-            self.event(
-                "Node",
-                "",
+            self.node_event(
                 &name,
                 false,
                 "Registered",
@@ -155,9 +153,7 @@ impl Cluster {
                     n.message = note.clone();
                 })?;
                 self.store().flush().await?;
-                self.event(
-                    "Node",
-                    "",
+                self.node_event(
                     &name,
                     false,
                     "Launched",
@@ -172,7 +168,7 @@ impl Cluster {
                     n.message = e.to_string();
                 })?;
                 self.store().flush().await?;
-                self.event("Node", "", &name, true, "LaunchFailed", e.to_string());
+                self.node_event(&name, true, "LaunchFailed", e.to_string());
                 Err(e.into())
             }
         }
@@ -253,9 +249,7 @@ impl Cluster {
         self.forget(&node);
         self.touch(&node.name, 0);
         info!(node = %req.node_name, address = %req.agent_address, "node joined");
-        self.event(
-            "Node",
-            "",
+        self.node_event(
             &req.node_name,
             false,
             "NodeReady",
@@ -358,9 +352,7 @@ impl Cluster {
             if !healthy {
                 self.again(&format!("fence:{}", node.name));
                 info!(node = %node.name, from = ?was, "node is back");
-                self.event(
-                    "Node",
-                    "",
+                self.node_event(
                     &node.name,
                     false,
                     "NodeReady",
@@ -419,12 +411,17 @@ impl Cluster {
             self.store().flush().await?;
             let msg = format!("no heartbeat for {}", crate::cli::output::human(silence));
             warn!(node = %node.name, state = ?due, silence_ms = silence.as_millis() as u64, "node health");
-            let reason = match due {
-                NodeState::Suspect => "NodeSuspect",
-                NodeState::NotReady => "NodeNotReady",
-                _ => "NodeLost",
-            };
-            self.event("Node", "", &node.name, true, reason, msg);
+            // A pass that came late (a busy machine) may jump states; the events
+            // still tell the whole sequence.
+            for (step, reason) in [
+                (NodeState::Suspect, "NodeSuspect"),
+                (NodeState::NotReady, "NodeNotReady"),
+                (NodeState::Lost, "NodeLost"),
+            ] {
+                if rank(step) > rank(state) && rank(step) <= rank(due) {
+                    self.node_event(&node.name, true, reason, msg.clone());
+                }
+            }
         }
         Ok(())
     }
@@ -445,7 +442,7 @@ impl Cluster {
         } else {
             "Uncordoned"
         };
-        self.event("Node", "", name, false, reason, String::new());
+        self.node_event(name, false, reason, String::new());
         self.wake_scheduler();
         Ok(node)
     }
@@ -515,9 +512,7 @@ impl Cluster {
         self.store().nodes.remove(name)?;
         self.store().flush().await?;
         self.forget(&node);
-        self.event(
-            "Node",
-            "",
+        self.node_event(
             name,
             false,
             "Removed",

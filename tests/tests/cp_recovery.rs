@@ -18,32 +18,11 @@ fn node_events(c: &TestCluster, node: &str) -> Vec<String> {
         .collect()
 }
 
-/// Starts two hosts and a pod of each restart policy on `a` (b is cordoned
-/// while they are placed).
+/// Two hosts and a pod of each restart policy on `a`.
 fn two_hosts_with_pods_on_a(c: &TestCluster) -> (serde_json::Value, serde_json::Value) {
-    c.orca_ok(&["node", "add", "a"]);
-    c.orca_ok(&["node", "add", "b"]);
-    c.orca_ok(&["node", "cordon", "b"]);
-    c.orca_ok(&[
-        "run",
-        "svc",
-        "--image",
-        &c.image,
-        "--restart",
-        "Always",
-        "--",
-        "sleep",
-        "3600",
-    ]);
-    c.orca_ok(&["run", "job", "--image", &c.image, "--", "sleep", "3600"]);
-    let svc = c.wait_phase("svc", "Running");
-    let job = c.wait_phase("job", "Running");
-    assert_eq!(
-        (svc["node"].as_str(), job["node"].as_str()),
-        (Some("a"), Some("a"))
-    );
-    c.orca_ok(&["node", "uncordon", "b"]);
-    (svc, job)
+    let mut pods = c.pods_on_first_of_two("a", "b", &[("svc", "Always"), ("job", "Never")]);
+    let job = pods.pop().expect("job");
+    (pods.pop().expect("svc"), job)
 }
 
 #[test]

@@ -76,27 +76,11 @@ fn pods_go_where_their_requests_fit_and_unschedulable_ones_fail_with_the_reason(
 #[test]
 fn drain_moves_restartable_pods_and_evicts_the_rest_and_cordon_keeps_new_pods_off() {
     let c = TestCluster::start();
-    c.orca_ok(&["node", "add", "a"]);
-    c.orca_ok(&["node", "add", "b"]);
-    c.orca_ok(&["node", "cordon", "b"]);
-    c.orca_ok(&[
-        "run",
-        "svc",
-        "--image",
-        &c.image,
-        "--restart",
-        "Always",
-        "--",
-        "sleep",
-        "600",
-    ]);
-    c.orca_ok(&["run", "job", "--image", &c.image, "--", "sleep", "600"]);
-    let svc = c.wait_phase("svc", "Running");
-    assert_eq!(svc["node"], "a", "b is cordoned");
-    assert_eq!(c.wait_phase("job", "Running")["node"], "a");
+    let mut pods = c.pods_on_first_of_two("a", "b", &[("svc", "Always"), ("job", "Never")]);
+    pods.pop();
+    let svc = pods.pop().expect("svc");
     let old_uid = svc["uid"].as_str().unwrap().to_owned();
 
-    c.orca_ok(&["node", "uncordon", "b"]);
     c.orca_ok(&["node", "drain", "a", "--grace-period", "1"]);
     let moved = c.wait_phase("svc", "Running");
     assert_eq!(moved["node"], "b", "{moved}");
@@ -179,7 +163,7 @@ fn a_control_plane_killed_mid_work_loses_nothing_and_its_agents_reconnect() {
     ]);
     c.wait_phase("new", "Succeeded");
     for n in ["a", "b"] {
-        assert_eq!(c.node(n)["state"], "Ready", "{}", c.control_plane_log());
+        c.wait_node_ready(n);
     }
     let running = c
         .tasks(long["node"].as_str().unwrap())

@@ -95,8 +95,13 @@ async fn tokens_are_single_use_bound_to_their_node_and_heartbeats_need_the_nodes
     ext.heartbeat(beat(&joined.node_id))
         .await
         .expect("its own certificate and id");
-    assert_eq!(c.node("ext")["state"], "Ready");
-    assert_eq!(c.node("n1")["state"], "Ready", "n1 was not touched");
+    // ext heartbeats only once here: Ready, or Suspect if the machine was slow since.
+    let ext_state = c.node("ext")["state"].clone();
+    assert!(
+        ext_state == "Ready" || ext_state == "Suspect",
+        "{ext_state}"
+    );
+    c.wait_node_ready("n1");
 
     // Renewal is for the node's own certificate only.
     let (_, csr2) = key_and_csr();
@@ -181,7 +186,7 @@ async fn expired_tokens_are_refused_and_agents_renew_short_lived_certificates() 
             Err(now)
         }
     });
-    assert_eq!(c.node("n1")["state"], "Ready", "{}", c.agent_log("n1"));
+    c.wait_node_ready("n1");
     // The control plane still reaches the agent (it dials with a renewed
     // certificate of its own, and checks the agent's renewed one).
     c.orca_ok(&["run", "after", "--image", &c.image, "--", "true"]);

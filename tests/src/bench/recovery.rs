@@ -37,23 +37,7 @@ pub fn run(runs: usize, interval: Duration) {
     for round in 0..runs {
         let (a, b) = (format!("a{round}"), format!("b{round}"));
         let pod = format!("svc{round}");
-        c.orca_ok(&["node", "add", &a]);
-        c.orca_ok(&["node", "add", &b]);
-        c.orca_ok(&["node", "cordon", &b]);
-        c.orca_ok(&[
-            "run",
-            &pod,
-            "--image",
-            &c.image,
-            "--restart",
-            "Always",
-            "--",
-            "sleep",
-            "3600",
-        ]);
-        let before = c.wait_phase(&pod, "Running");
-        assert_eq!(before["node"], a.as_str());
-        c.orca_ok(&["node", "uncordon", &b]);
+        c.pods_on_first_of_two(&a, &b, &[(&pod, "Always")]);
         let killed = Instant::now();
         c.orca_ok(&["node", "fault", &a, "--kill-agent"]);
         let lost = wait("Lost", || {

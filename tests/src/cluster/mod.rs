@@ -209,13 +209,27 @@ impl TestCluster {
         orca_proto::controlplane::v1::node_service_client::NodeServiceClient::new(channel)
     }
 
-    /// The identity (certificate, key) node `node`'s agent keeps.
+    /// The identity (certificate, key) node `node`'s agent keeps (waiting for
+    /// it: the agent writes it once Join has answered, which is also when the
+    /// node turns Ready).
     pub fn node_identity(&self, node: &str) -> (String, String) {
         let dir = self.data_dir.join("hosts").join(node).join("identity");
-        (
-            std::fs::read_to_string(dir.join("cert.pem")).expect("node cert"),
-            std::fs::read_to_string(dir.join("key.pem")).expect("node key"),
-        )
+        eventually_blocking(&format!("node {node}'s identity files"), DEADLINE, || {
+            let read = |f: &str| std::fs::read_to_string(dir.join(f));
+            match (read("cert.pem"), read("key.pem")) {
+                (Ok(cert), Ok(key)) => Ok((cert, key)),
+                (cert, key) => Err(format!("{:?} {:?}", cert.err(), key.err())),
+            }
+        })
+    }
+
+    /// Waits until node `name` is Ready (a busy machine may delay a heartbeat
+    /// past `suspect_after` for a moment; Ready is where a healthy node returns).
+    pub fn wait_node_ready(&self, name: &str) -> serde_json::Value {
+        eventually_blocking(&format!("node {name} to be Ready"), DEADLINE, || {
+            let n = self.node(name);
+            if n["state"] == "Ready" { Ok(n) } else { Err(n) }
+        })
     }
 
     /// A node as `orca node get NAME -o json` shows it.
@@ -311,6 +325,42 @@ impl TestCluster {
                 Some((cols.first()?.to_string(), cols.get(2)?.to_string()))
             })
             .collect()
+    }
+
+    /// Adds hosts `a` and `b` and runs each `(pod, restartPolicy)` (`sleep 3600`)
+    /// on `a`, keeping `b` cordoned while they are placed; `b` is schedulable
+    /// again afterwards. Returns the pods as `orca get pod -o json` shows them.
+    pub fn pods_on_first_of_two(
+        &self,
+        a: &str,
+        b: &str,
+        pods: &[(&str, &str)],
+    ) -> Vec<serde_json::Value> {
+        self.orca_ok(&["node", "add", a]);
+        self.orca_ok(&["node", "add", b]);
+        self.orca_ok(&["node", "cordon", b]);
+        for (pod, restart) in pods {
+            self.orca_ok(&[
+                "run",
+                pod,
+                "--image",
+                &self.image,
+                "--restart",
+                restart,
+                "--",
+                "sleep",
+                "3600",
+            ]);
+        }
+        let running: Vec<serde_json::Value> = pods
+            .iter()
+            .map(|(pod, _)| self.wait_phase(pod, "Running"))
+            .collect();
+        for pod in &running {
+            assert_eq!(pod["node"], a, "{b} is cordoned: {pod}");
+        }
+        self.orca_ok(&["node", "uncordon", b]);
+        running
     }
 
     /// PID of the (first) container of `pod` (as `orca get pod -o json` showed
