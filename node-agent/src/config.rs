@@ -108,6 +108,13 @@ pub struct Flags {
     /// Log files kept per container run, the current one included (the kubelet's 5).
     #[arg(long, env = "ORCA_AGENT_LOG_MAX_FILES", default_value_t = 5)]
     pub log_max_files: u32,
+    /// Longest wait between two looks at a followed log when inotify reports nothing, ms.
+    #[arg(long, env = "ORCA_AGENT_LOG_FOLLOW_POLL_MS", default_value_t = 250)]
+    pub log_follow_poll_ms: u64,
+    /// How long a followed log must stay quiet after its container ended before
+    /// following ends, ms (the logger may still be writing its last lines).
+    #[arg(long, env = "ORCA_AGENT_LOG_FOLLOW_SETTLE_MS", default_value_t = 300)]
+    pub log_follow_settle_ms: u64,
     /// Pause between failed attempts to reach the control plane, in milliseconds.
     #[arg(long, env = "ORCA_AGENT_RETRY_MS", default_value_t = 1_000)]
     pub retry_ms: u64,
@@ -134,6 +141,8 @@ pub struct Config {
     pub retry: Duration,
     /// The cluster CA from `--ca-file`.
     pub ca_pem: Option<String>,
+    /// How logs are followed.
+    pub follow: crate::streams::FollowTimings,
 }
 
 impl Flags {
@@ -240,6 +249,10 @@ impl Flags {
             registry_cas,
             retry: Duration::from_millis(self.retry_ms.max(10)),
             ca_pem,
+            follow: crate::streams::FollowTimings {
+                poll: Duration::from_millis(self.log_follow_poll_ms.max(1)),
+                settle: Duration::from_millis(self.log_follow_settle_ms),
+            },
             flags: self,
         })
     }

@@ -23,6 +23,7 @@
 //! - [`status`]: observed states and the pod phase (Kubernetes' rules).
 //! - [`logs`]: CRI log files: the logger the shim runs (with rotation), and the reader.
 //! - [`server`]: the AgentService gRPC server.
+//! - [`streams`]: logs (read and followed), exec and attach sessions.
 //! - [`join`]: the node's identity (join with a token, certificate renewal).
 //! - [`heartbeat`]: heartbeats over mutual TLS.
 //!
@@ -60,6 +61,7 @@ pub mod runtime;
 pub mod server;
 pub mod spec;
 pub mod status;
+pub mod streams;
 pub mod volumes;
 
 use std::future::Future;
@@ -211,7 +213,7 @@ pub async fn serve(
         .add_service(orca_proto::serving::reflection_v1(SERVICES))
         .add_service(orca_proto::serving::reflection_v1alpha(SERVICES))
         .add_service(AgentServiceServer::with_interceptor(
-            server::AgentServer::new(pods),
+            server::AgentServer::new(pods, config.follow),
             server::control_plane_only,
         ))
         .serve_with_incoming_shutdown(

@@ -1,33 +1,36 @@
 //! The AgentService gRPC server: validates and converts requests, calls the pod
-//! manager, converts back. Errors map to gRPC codes in one `match`.
+//! manager (and [`crate::streams`] for logs, exec and attach), converts back.
+//! Errors map to gRPC codes in one `match`.
 
-use std::pin::Pin;
 use std::time::Duration;
 
-use futures::Stream;
 use orca_proto::agent::v1::{self as pb, agent_service_server::AgentService};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::logs::{self, ReadOptions};
 use crate::pods::{PodError, PodKey, PodManager, RunInputs};
 use crate::runtime::RuntimeError;
 use crate::runtime::pull::Credential;
+use crate::streams::{FollowTimings, Responses, Streams};
 
 /// Implements `orca.agent.v1.AgentService` over a [`PodManager`].
 pub struct AgentServer {
     pods: PodManager,
+    streams: Streams,
 }
 
 impl AgentServer {
-    /// A server for `pods`.
-    pub fn new(pods: PodManager) -> Self {
-        Self { pods }
+    /// A server for `pods`, following logs with `follow`.
+    pub fn new(pods: PodManager, follow: FollowTimings) -> Self {
+        let streams = Streams::new(pods.clone(), follow);
+        Self { pods, streams }
     }
 }
 
-fn status(e: PodError) -> Status {
+/// The gRPC status of a pod manager error.
+pub(crate) fn status(e: PodError) -> Status {
     match e {
         PodError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+        PodError::NotRunning(_) => Status::failed_precondition(e.to_string()),
         PodError::NotFound { .. } | PodError::NoContainer { .. } => {
             Status::not_found(e.to_string())
         }
@@ -44,8 +47,6 @@ fn status(e: PodError) -> Status {
         },
     }
 }
-
-type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl AgentService for AgentServer {
@@ -126,68 +127,32 @@ impl AgentService for AgentServer {
         }))
     }
 
-    type LogsStream = Stream_<pb::LogChunk>;
+    type LogsStream = Responses<pb::LogChunk>;
 
     async fn logs(
         &self,
         req: Request<pb::LogsRequest>,
     ) -> Result<Response<Self::LogsStream>, Status> {
-        let req = req.into_inner();
-        if req.follow {
-            return Err(Status::unimplemented(
-                "logs --follow comes with the logs/exec issue; read without follow",
-            ));
-        }
-        let path = self
-            .pods
-            .log_file(&req.uid, &req.container, req.previous)
-            .map_err(status)?;
-        let since = match (req.since_seconds, req.since_time) {
-            (s, _) if s > 0 => Some(jiff::Timestamp::now() - jiff::SignedDuration::from_secs(s)),
-            (_, Some(t)) => jiff::Timestamp::new(t.seconds, t.nanos).ok(),
-            _ => None,
-        };
-        let opts = ReadOptions {
-            tail_lines: (req.tail_lines >= 0).then_some(req.tail_lines as usize),
-            since,
-            timestamps: req.timestamps,
-            limit_bytes: (req.limit_bytes > 0).then_some(req.limit_bytes as usize),
-        };
-        let lines = tokio::task::spawn_blocking(move || logs::read(&path, &opts))
-            .await
-            .map_err(|e| Status::internal(format!("log reader failed: {e}")))?
-            .map_err(|e| Status::internal(format!("cannot read log: {e}")))?;
-        let chunks = lines.into_iter().map(|(stream, data)| {
-            let stream = match stream {
-                logs::Stream::Stdout => pb::OutputStream::Stdout,
-                logs::Stream::Stderr => pb::OutputStream::Stderr,
-            };
-            Ok(pb::LogChunk {
-                stream: stream as i32,
-                data,
-            })
-        });
-        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+        let stream = self.streams.logs(req.into_inner()).map_err(status)?;
+        Ok(Response::new(stream))
     }
 
-    type ExecStream = Stream_<pb::ExecOutput>;
+    type ExecStream = Responses<pb::ExecOutput>;
 
     async fn exec(
         &self,
-        _: Request<Streaming<pb::ExecInput>>,
+        req: Request<Streaming<pb::ExecInput>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
-        Err(Status::unimplemented("Exec comes with the logs/exec issue"))
+        Ok(Response::new(self.streams.exec(req.into_inner()).await?))
     }
 
-    type AttachStream = Stream_<pb::ExecOutput>;
+    type AttachStream = Responses<pb::ExecOutput>;
 
     async fn attach(
         &self,
-        _: Request<Streaming<pb::AttachInput>>,
+        req: Request<Streaming<pb::AttachInput>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
-        Err(Status::unimplemented(
-            "Attach comes with the logs/exec issue",
-        ))
+        Ok(Response::new(self.streams.attach(req.into_inner()).await?))
     }
 
     async fn telemetry(

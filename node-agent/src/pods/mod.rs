@@ -12,7 +12,8 @@
 //!
 //! Layout: `start` (accepting and the pod task), `supervise` (one container),
 //! `sandbox` (the namespaces a pod's containers share), `stop` (stopping and removal),
-//! `adopt` (saving pods and adopting them after an agent restart).
+//! `adopt` (saving pods and adopting them after an agent restart), `target` (the
+//! container run that logs, exec and attach address).
 
 mod adopt;
 mod probing;
@@ -20,6 +21,9 @@ mod sandbox;
 mod start;
 mod stop;
 mod supervise;
+mod target;
+
+pub use target::RunTarget;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -117,6 +121,10 @@ pub enum PodError {
         /// Container asked for.
         container: String,
     },
+    /// The container is not in a state that allows the operation (exec into a
+    /// stopped container, logs of one still waiting to start, no previous run).
+    #[error("{0}")]
+    NotRunning(String),
     /// containerd failed.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -409,6 +417,11 @@ impl PodManager {
         }
     }
 
+    /// The containerd connection.
+    pub fn containerd(&self) -> &Containerd {
+        &self.inner.ctrd
+    }
+
     /// Resolves when some pod's observed state changed.
     pub async fn changed(&self) {
         self.inner.changed.notified().await
@@ -547,37 +560,6 @@ impl PodManager {
             .get(uid)
             .map(|p| p.report(&self.inner.layout.host_ip))
             .ok_or_else(|| PodError::NotFound { uid: uid.into() })
-    }
-
-    /// The log file of a container's current run (or the previous one).
-    pub fn log_file(
-        &self,
-        uid: &str,
-        container: &str,
-        previous: bool,
-    ) -> Result<PathBuf, PodError> {
-        let pods = self.pods();
-        let p = pods
-            .get(uid)
-            .ok_or_else(|| PodError::NotFound { uid: uid.into() })?;
-        let apps: Vec<&ContainerEntry> = p.containers.iter().filter(|c| !c.init).collect();
-        let c = if container.is_empty() && apps.len() == 1 {
-            apps[0]
-        } else {
-            p.containers
-                .iter()
-                .find(|c| c.name == container)
-                .ok_or_else(|| PodError::NoContainer {
-                    uid: uid.into(),
-                    container: container.into(),
-                })?
-        };
-        let run = if previous {
-            c.restart_count.saturating_sub(1)
-        } else {
-            c.restart_count
-        };
-        Ok(self.log_path(&p.key, &c.name, run))
     }
 }
 

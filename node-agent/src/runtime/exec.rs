@@ -2,10 +2,18 @@
 //!
 //! Done as containerd's Go client does it (`task.Exec` with `cio`): the exec
 //! process is the container's own OCI process (user, env, cwd, capabilities,
-//! rlimits, from the container's spec) with other args; its stdout and stderr are
-//! FIFOs that the agent makes in a private directory and reads, and whose write
+//! rlimits, from the container's spec) with other args; its stdin, stdout and
+//! stderr are FIFOs that the agent makes in a private directory, and whose other
 //! ends the runc shim opens when the process starts. Then `Tasks.Start`,
 //! `Tasks.Wait`, output read to EOF, `Tasks.DeleteProcess`.
+//!
+//! [`Containerd::start_exec`] starts one and hands back an [`ExecProcess`]
+//! (wait, resize its terminal, close its stdin, finish) and its [`ExecIo`]; the
+//! interactive `Exec` API and probes' [`Containerd::exec`] are built on it. With a
+//! terminal, the shim puts the process on a pseudo-terminal and copies it to the
+//! stdout FIFO (there is no separate stderr). Closing stdin is two steps, as in
+//! `ctr`: the agent closes its write end, then `Tasks.CloseIO` makes the shim
+//! close its own, so the process reads what was written and then EOF.
 //!
 //! The shim keeps a read end of each FIFO open itself, so a reader that stops
 //! reading does not break the process's pipe; it fills up and blocks the process.
@@ -15,8 +23,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use containerd_client::services::v1::{
-    DeleteProcessRequest, ExecProcessRequest, GetContainerRequest, KillRequest, StartRequest,
-    WaitRequest, containers_client::ContainersClient, tasks_client::TasksClient,
+    CloseIoRequest, DeleteProcessRequest, ExecProcessRequest, GetContainerRequest, KillRequest,
+    ResizePtyRequest, StartRequest, WaitRequest, containers_client::ContainersClient,
+    tasks_client::TasksClient,
 };
 use futures::FutureExt;
 use futures::future::FusedFuture;
@@ -81,7 +90,54 @@ impl Containerd {
                 "exec needs a command",
             )));
         }
-        let process = self.exec_process_spec(container_id, args).await?;
+        let (process, io) = self.start_exec(container_id, args, false, false).await?;
+        let ExecIo { stdout, stderr, .. } = io;
+        let stderr = stderr.expect("an exec without a terminal has stderr");
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let (exited, timed_out) = {
+            let io = async {
+                tokio::join!(
+                    drain(stdout, &mut out, max_output),
+                    drain(stderr, &mut err, max_output)
+                );
+            };
+            let mut io = std::pin::pin!(io.fuse());
+            let (exited, timed_out) = self
+                .wait_exec(container_id, &process.guard.exec_id, timeout, &mut io)
+                .await;
+            process.finish(&mut io).await;
+            (exited, timed_out)
+        };
+        let exit_status = exited?;
+        Ok(ExecResult {
+            exit_code: i32::try_from(exit_status).unwrap_or(i32::MAX),
+            stdout: out,
+            stderr: err,
+            timed_out,
+        })
+    }
+
+    /// Starts `args` in the running container `container_id` as the container's
+    /// own process (user, env, cwd), on a pseudo-terminal when `tty`, with a
+    /// stdin FIFO when `stdin`.
+    ///
+    /// Errors: the containerd error of the failing call, e.g. `Tasks.Exec` NotFound
+    /// when the container has no task, or `Tasks.Start` when runc cannot start the
+    /// process (such as a missing executable).
+    pub async fn start_exec(
+        &self,
+        container_id: &str,
+        args: &[String],
+        tty: bool,
+        stdin: bool,
+    ) -> Result<(ExecProcess, ExecIo), RuntimeError> {
+        if args.is_empty() {
+            return Err(op("Tasks.Exec")(tonic::Status::invalid_argument(
+                "exec needs a command",
+            )));
+        }
+        let process = self.exec_process_spec(container_id, args, tty).await?;
         let uuid = uuid::Uuid::new_v4().simple().to_string();
         let exec_id = format!("exec-{}", &uuid[..12]);
         let mut guard = ExecGuard {
@@ -92,15 +148,26 @@ impl Containerd {
             created: false,
         };
         let (stdout_path, stdout) = guard.fifo("stdout")?;
-        let (stderr_path, stderr) = guard.fifo("stderr")?;
+        let (stderr_path, stderr) = if tty {
+            (String::new(), None)
+        } else {
+            let (path, rx) = guard.fifo("stderr")?;
+            (path, Some(rx))
+        };
+        let (stdin_path, stdin) = if stdin {
+            let (path, tx) = guard.stdin_fifo()?;
+            (path, Some(tx))
+        } else {
+            (String::new(), None)
+        };
 
         let mut tasks = TasksClient::new(self.channel());
         let req = ExecProcessRequest {
             container_id: container_id.to_owned(),
-            stdin: String::new(),
+            stdin: stdin_path,
             stdout: stdout_path,
             stderr: stderr_path,
-            terminal: false,
+            terminal: tty,
             spec: Some(Any {
                 type_url: PROCESS_TYPE_URL.to_owned(),
                 value: process.to_string().into_bytes(),
@@ -120,55 +187,22 @@ impl Containerd {
             guard.created = !self.delete_process(container_id, &exec_id).await;
             return Err(op("Tasks.Start")(s));
         }
-
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        let (exited, timed_out, deleted) = {
-            let io = async {
-                tokio::join!(
-                    drain(stdout, &mut out, max_output),
-                    drain(stderr, &mut err, max_output)
-                );
-            };
-            let mut io = std::pin::pin!(io.fuse());
-            let (exited, timed_out) = self
-                .wait_exec(container_id, &exec_id, timeout, &mut io)
-                .await;
-            // Deleting the process makes the shim close its write ends of the FIFOs
-            // (after waiting up to 2 s for a child that inherited them): EOF.
-            let drained = async {
-                if !io.is_terminated()
-                    && tokio::time::timeout(DRAIN_AFTER_EXIT, &mut io)
-                        .await
-                        .is_err()
-                {
-                    debug!(
-                        container = container_id,
-                        exec = %exec_id,
-                        "exec output still open after exit; not waiting for it"
-                    );
-                }
-            };
-            let (deleted, ()) = tokio::join!(self.delete_process(container_id, &exec_id), drained);
-            (exited, timed_out, deleted)
-        };
-        // Left undeleted (still running after a failed wait or kill), the guard
-        // kills and deletes it in the background.
-        guard.created = !deleted;
-        let exit_status = exited?;
-        Ok(ExecResult {
-            exit_code: i32::try_from(exit_status).unwrap_or(i32::MAX),
-            stdout: out,
-            stderr: err,
-            timed_out,
-        })
+        Ok((
+            ExecProcess { guard },
+            ExecIo {
+                stdin,
+                stdout,
+                stderr,
+            },
+        ))
     }
 
-    /// The container's OCI process with `args`, without a terminal.
+    /// The container's OCI process with `args`, on a terminal or not.
     async fn exec_process_spec(
         &self,
         container_id: &str,
         args: &[String],
+        tty: bool,
     ) -> Result<serde_json::Value, RuntimeError> {
         let req = GetContainerRequest {
             id: container_id.to_owned(),
@@ -194,7 +228,7 @@ impl Containerd {
             )));
         };
         fields.insert("args".to_owned(), serde_json::json!(args));
-        fields.insert("terminal".to_owned(), serde_json::Value::Bool(false));
+        fields.insert("terminal".to_owned(), serde_json::Value::Bool(tty));
         fields.remove("consoleSize");
         Ok(process)
     }
@@ -280,6 +314,92 @@ impl Containerd {
     }
 }
 
+/// The stdio of an exec process.
+pub struct ExecIo {
+    /// The write end of its stdin, when it was asked for.
+    pub stdin: Option<pipe::Sender>,
+    /// Its stdout (the terminal's output, with a terminal).
+    pub stdout: pipe::Receiver,
+    /// Its stderr; `None` with a terminal.
+    pub stderr: Option<pipe::Receiver>,
+}
+
+/// A started exec process. Dropped before [`ExecProcess::finish`] (its caller
+/// gave up), it is SIGKILLed and deleted in the background.
+pub struct ExecProcess {
+    guard: ExecGuard,
+}
+
+impl ExecProcess {
+    /// Its exec id.
+    pub fn id(&self) -> &str {
+        &self.guard.exec_id
+    }
+
+    /// Waits for it to exit; its exit status (128 + signal when killed).
+    pub async fn wait(&self) -> Result<u32, RuntimeError> {
+        let g = &self.guard;
+        g.ctrd.wait_process(&g.container_id, &g.exec_id).await
+    }
+
+    /// Sets its terminal's size.
+    pub async fn resize(&self, width: u32, height: u32) -> Result<(), RuntimeError> {
+        let g = &self.guard;
+        let req = ResizePtyRequest {
+            container_id: g.container_id.clone(),
+            exec_id: g.exec_id.clone(),
+            width,
+            height,
+        };
+        TasksClient::new(g.ctrd.channel())
+            .resize_pty(g.ctrd.request(req, None))
+            .await
+            .map_err(op("Tasks.ResizePty"))?;
+        Ok(())
+    }
+
+    /// Makes the shim close its end of stdin: once the agent has closed its own
+    /// (dropped [`ExecIo::stdin`]), the process reads what is left, then EOF.
+    pub async fn close_stdin(&self) -> Result<(), RuntimeError> {
+        let g = &self.guard;
+        let req = CloseIoRequest {
+            container_id: g.container_id.clone(),
+            exec_id: g.exec_id.clone(),
+            stdin: true,
+        };
+        TasksClient::new(g.ctrd.channel())
+            .close_io(g.ctrd.request(req, None))
+            .await
+            .map_err(op("Tasks.CloseIO"))?;
+        Ok(())
+    }
+
+    /// After it exited: deletes it, which makes the shim close its ends of the
+    /// output FIFOs (after waiting up to 2 s for a child that inherited them),
+    /// while `io` reads them to EOF, for at most [`DRAIN_AFTER_EXIT`].
+    pub async fn finish<F: FusedFuture + Unpin>(mut self, io: &mut F) {
+        let g = &self.guard;
+        let drained = async {
+            if !io.is_terminated()
+                && tokio::time::timeout(DRAIN_AFTER_EXIT, &mut *io)
+                    .await
+                    .is_err()
+            {
+                debug!(
+                    container = %g.container_id,
+                    exec = %g.exec_id,
+                    "exec output still open after exit; not waiting for it"
+                );
+            }
+        };
+        let (deleted, ()) =
+            tokio::join!(g.ctrd.delete_process(&g.container_id, &g.exec_id), drained);
+        // Left undeleted (still running after a failed wait or kill), the guard
+        // kills and deletes it in the background.
+        self.guard.created = !deleted;
+    }
+}
+
 /// Reads `rx` to EOF, keeping the first `max` bytes in `buf`.
 async fn drain(mut rx: pipe::Receiver, buf: &mut Vec<u8>, max: usize) {
     let mut chunk = vec![0; READ_CHUNK];
@@ -313,14 +433,30 @@ impl ExecGuard {
     /// Makes the FIFO `name` (the directory on first use) and opens its read end,
     /// which does not block and does not see EOF before a writer has come and gone.
     fn fifo(&self, name: &str) -> Result<(String, pipe::Receiver), RuntimeError> {
+        self.make_fifo(name, |path| pipe::OpenOptions::new().open_receiver(path))
+    }
+
+    /// Makes the stdin FIFO and opens its write end. Opened read-write, it never
+    /// blocks for want of a reader (Linux allows this on FIFOs).
+    fn stdin_fifo(&self) -> Result<(String, pipe::Sender), RuntimeError> {
+        self.make_fifo("stdin", |path| {
+            pipe::OpenOptions::new().read_write(true).open_sender(path)
+        })
+    }
+
+    fn make_fifo<T>(
+        &self,
+        name: &str,
+        open: impl FnOnce(&Path) -> std::io::Result<T>,
+    ) -> Result<(String, T), RuntimeError> {
         let path = self.dir.join(name);
         let made = create_private_dir(&self.dir)
             .and_then(|()| {
                 nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).map_err(Into::into)
             })
-            .and_then(|()| pipe::OpenOptions::new().open_receiver(&path));
+            .and_then(|()| open(&path));
         match made {
-            Ok(rx) => Ok((path.display().to_string(), rx)),
+            Ok(end) => Ok((path.display().to_string(), end)),
             Err(e) => Err(op("Tasks.Exec")(tonic::Status::internal(format!(
                 "cannot make the stdio FIFO {}: {e}",
                 path.display()
