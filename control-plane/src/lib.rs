@@ -18,9 +18,10 @@
 //!   [`tls_identity`]: the control plane's own certificate and its rotation.
 //! - [`cluster`]: the shared state (with in-memory liveness); [`registry`]
 //!   (nodes, join, heartbeats, health states, cordon), [`pods`] (create,
-//!   observe, delete, logs, events), [`scheduler`] (placement by resources,
-//!   selectors and taints, autoscaling, dispatch) and [`recovery`] (fencing,
-//!   new incarnations, drain, faults) are its operations.
+//!   observe, delete, events), [`scheduler`] (placement by resources,
+//!   selectors and taints, autoscaling, dispatch), [`recovery`] (fencing,
+//!   new incarnations, drain, faults) and [`streams`] (logs, exec and attach
+//!   relayed from the pod's agent) are its operations.
 //! - [`cloud`]: the `InstanceProvider` trait and the `local` provider (simulated
 //!   hosts, each in a network namespace of its own on a bridge; faults).
 //! - [`api`]: the AdminService (bearer token) and NodeService (node
@@ -42,6 +43,7 @@ pub mod recovery;
 pub mod registry;
 pub mod scheduler;
 pub mod store;
+pub mod streams;
 pub mod tls_identity;
 
 use std::future::Future;

@@ -374,31 +374,6 @@ impl Cluster {
         Ok(record)
     }
 
-    /// A container log stream from the pod's node.
-    pub async fn logs(
-        &self,
-        namespace: &str,
-        name: &str,
-        mut options: agent::LogsRequest,
-    ) -> Result<tonic::Streaming<agent::LogChunk>, ClusterError> {
-        let record = self.pod(namespace, name)?;
-        if record.node_name.is_empty() {
-            return Err(ClusterError::FailedPrecondition(format!(
-                "pod {name} is not on a node yet"
-            )));
-        }
-        let node = self.node(&record.node_name)?;
-        options.uid = uid(&record);
-        self.agent(&node)?
-            .logs(self.timed(options, std::time::Duration::ZERO))
-            .await
-            .map(|r| r.into_inner())
-            .map_err(|status| ClusterError::Agent {
-                node: node.name.clone(),
-                status,
-            })
-    }
-
     /// Events of one object, or all, oldest first.
     pub fn events(&self, namespace: &str, name: &str) -> Result<Vec<pb::Event>, ClusterError> {
         Ok(self

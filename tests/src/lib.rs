@@ -32,6 +32,7 @@
 //!   ([`env::busybox_image`], built by `tests/env/mkoci.py`).
 //! - [`eventually`]: polling with a deadline, async and blocking.
 //! - [`cluster`]: a whole standalone ORCA (containerd, registry, control plane, CLI) per test.
+//! - [`session`]: exec sessions through AdminService, message by message.
 //!
 //! # Limitations
 //!
@@ -47,3 +48,4 @@ pub mod cluster;
 pub mod env;
 pub mod eventually;
 pub mod pki;
+pub mod session;

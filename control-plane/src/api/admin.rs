@@ -218,20 +218,56 @@ impl AdminService for AdminApi {
 
     async fn exec(
         &self,
-        _: Request<Streaming<pb::ExecInput>>,
+        req: Request<Streaming<pb::ExecInput>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
-        Err(Status::unimplemented("Exec comes with the logs/exec issue"))
+        use agent::exec_input::Input;
+        let mut input = req.into_inner();
+        let (namespace, name, start) = match input.message().await? {
+            Some(pb::ExecInput {
+                namespace,
+                name,
+                input:
+                    Some(agent::ExecInput {
+                        input: Some(Input::Start(start)),
+                    }),
+            }) => (namespace, name, start),
+            _ => return Err(first_message_error()),
+        };
+        let rest = tokio_stream::StreamExt::map_while(input, |m| m.ok().and_then(|m| m.input));
+        let output = self
+            .cluster
+            .exec(&namespace, &name, start, rest)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(output.boxed()))
     }
 
     type AttachStream = Stream_<agent::ExecOutput>;
 
     async fn attach(
         &self,
-        _: Request<Streaming<pb::AttachInput>>,
+        req: Request<Streaming<pb::AttachInput>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
-        Err(Status::unimplemented(
-            "Attach comes with the logs/exec issue",
-        ))
+        use agent::attach_input::Input;
+        let mut input = req.into_inner();
+        let (namespace, name, start) = match input.message().await? {
+            Some(pb::AttachInput {
+                namespace,
+                name,
+                input:
+                    Some(agent::AttachInput {
+                        input: Some(Input::Start(start)),
+                    }),
+            }) => (namespace, name, start),
+            _ => return Err(first_message_error()),
+        };
+        let rest = tokio_stream::StreamExt::map_while(input, |m| m.ok().and_then(|m| m.input));
+        let output = self
+            .cluster
+            .attach(&namespace, &name, start, rest)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(output.boxed()))
     }
 
     async fn list_events(
@@ -245,4 +281,10 @@ impl AdminService for AdminApi {
             .map_err(status)?;
         Ok(Response::new(pb::ListEventsResponse { events }))
     }
+}
+
+fn first_message_error() -> Status {
+    Status::invalid_argument(
+        "the first message must name the pod (namespace, name) and carry `input.start`",
+    )
 }

@@ -4,18 +4,21 @@
 //! - [`nodes`]: the `orca node` commands and `orca down`.
 //! - [`pod`]: builds a Kubernetes pod from `orca run` flags or reads one from YAML.
 //! - [`output`]: tables and ages, as kubectl prints them.
+//! - [`streams`]: `orca logs`, `orca exec` and `orca attach`; [`terminal`]: raw
+//!   mode and window size for `exec -t`.
 
 pub mod credentials;
 pub mod nodes;
 pub mod output;
 pub mod pod;
+pub mod streams;
+pub mod terminal;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use orca_proto::agent::v1 as agent;
 use orca_proto::controlplane::v1::{self as pb, admin_service_client::AdminServiceClient};
 use orca_proto::types::v1::PodPhase;
 use tonic::service::interceptor::InterceptedService;
@@ -124,23 +127,19 @@ pub enum Command {
         /// Pod name.
         name: String,
     },
-    /// Print a container's log.
-    Logs {
-        /// Pod name.
-        pod: String,
-        /// Container; may be left out when the pod has one.
-        #[arg(long, short = 'c', default_value = "")]
-        container: String,
-        /// Only the last N lines.
-        #[arg(long)]
-        tail: Option<i64>,
-        /// Prefix lines with their timestamps.
-        #[arg(long)]
-        timestamps: bool,
-        /// The previous run of a restarted container.
-        #[arg(long, short = 'p')]
-        previous: bool,
+    /// Print a container's log (-f to follow it).
+    Logs(streams::LogsArgs),
+    /// Run a command in a container: `orca exec [-i] [-t] POD [-c CONTAINER] -- CMD...`.
+    Exec {
+        /// The pod, container and stdin/terminal flags.
+        #[command(flatten)]
+        session: streams::SessionArgs,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
     },
+    /// Attach to a container's main process: its output from now on, then its exit code.
+    Attach(streams::SessionArgs),
     /// Stop a pod's containers and delete it.
     Delete {
         /// `pod`.
@@ -298,31 +297,11 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
                 .events;
             output::describe_pod(&mut out, &record, &events)?;
         }
-        Command::Logs {
-            pod,
-            container,
-            tail,
-            timestamps,
-            previous,
-        } => {
-            let options = agent::LogsRequest {
-                container,
-                tail_lines: tail.unwrap_or(-1),
-                timestamps,
-                previous,
-                ..Default::default()
-            };
-            let req = pb::LogsRequest {
-                namespace: ns,
-                name: pod,
-                options: Some(options),
-            };
-            let mut stream = client.logs(req).await?.into_inner();
-            while let Some(chunk) = stream.message().await? {
-                out.write_all(&chunk.data)?;
-            }
-            out.flush()?;
+        Command::Logs(args) => streams::logs(&mut client, ns, args).await?,
+        Command::Exec { session, command } => {
+            return streams::exec(&mut client, ns, session, command).await;
         }
+        Command::Attach(session) => return streams::attach(&mut client, ns, session).await,
         Command::Delete {
             kind: _,
             name,

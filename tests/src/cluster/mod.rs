@@ -192,6 +192,13 @@ impl TestCluster {
         &self.credentials
     }
 
+    /// An AdminService client with the cluster's credentials, as `orca` uses.
+    pub async fn admin(&self) -> orca_control_plane::cli::Admin {
+        orca_control_plane::cli::connect(Some(&self.credentials), None)
+            .await
+            .expect("admin client")
+    }
+
     /// A NodeService client over TLS, presenting `cert` (certificate and key
     /// PEM) when given, as an agent would.
     pub async fn node_client(

@@ -1,0 +1,317 @@
+//! `orca logs`, `orca exec` and `orca attach`: the streams of AdminService on
+//! the local terminal, with kubectl's flags and behaviour.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use clap::Args;
+use orca_proto::agent::v1::{self as agent, exec_output::Output};
+use orca_proto::controlplane::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::terminal::{self, RawMode};
+use super::{Admin, CliError};
+
+/// Flags of `orca logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Pod name.
+    pub pod: String,
+    /// Container; may be left out when the pod has one.
+    #[arg(long, short = 'c', default_value = "")]
+    pub container: String,
+    /// Keep printing new lines until the container ends.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only the last N lines (-1: all).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub tail: i64,
+    /// Only lines newer than this (e.g. 30s, 5m, 1h30m).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "since_time")]
+    pub since: Option<Duration>,
+    /// Only lines at or after this RFC 3339 time.
+    #[arg(long)]
+    pub since_time: Option<jiff::Timestamp>,
+    /// Prefix lines with their RFC 3339 timestamps.
+    #[arg(long)]
+    pub timestamps: bool,
+    /// The previous run of a restarted container.
+    #[arg(long, short = 'p')]
+    pub previous: bool,
+    /// Stop after this many bytes.
+    #[arg(long)]
+    pub limit_bytes: Option<u64>,
+}
+
+/// Flags of `orca exec` and `orca attach`.
+#[derive(Debug, Args)]
+pub struct SessionArgs {
+    /// Pod name.
+    pub pod: String,
+    /// Container; may be left out when the pod has one.
+    #[arg(long, short = 'c', default_value = "")]
+    pub container: String,
+    /// Pass standard input to the process.
+    #[arg(long, short = 'i')]
+    pub stdin: bool,
+    /// Give the process a terminal (this one, in raw mode, with its size).
+    #[arg(long, short = 't')]
+    pub tty: bool,
+}
+
+/// Parses a Go-style duration: `90s`, `5m`, `1h30m`, `250ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration like 30s, 5m or 1h30m");
+    let mut total = Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            _ => return Err(bad()),
+        };
+        total += unit;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// `orca logs`.
+pub async fn logs(client: &mut Admin, namespace: String, args: LogsArgs) -> Result<(), CliError> {
+    let options = agent::LogsRequest {
+        container: args.container,
+        follow: args.follow,
+        tail_lines: args.tail,
+        since_seconds: args.since.map_or(0, |d| d.as_secs().max(1) as i64),
+        since_time: args.since_time.map(|t| prost_types::Timestamp {
+            seconds: t.as_second(),
+            nanos: t.subsec_nanosecond(),
+        }),
+        timestamps: args.timestamps,
+        previous: args.previous,
+        limit_bytes: args.limit_bytes.map_or(0, |n| n as i64),
+        ..Default::default()
+    };
+    let req = pb::LogsRequest {
+        namespace,
+        name: args.pod,
+        options: Some(options),
+    };
+    let mut stream = client.logs(req).await?.into_inner();
+    let mut stdout = std::io::stdout().lock();
+    while let Some(chunk) = stream.message().await? {
+        stdout.write_all(&chunk.data)?;
+        stdout.flush()?;
+    }
+    Ok(())
+}
+
+/// `orca exec`: runs `command` in the container; the remote exit code is returned.
+pub async fn exec(
+    client: &mut Admin,
+    namespace: String,
+    args: SessionArgs,
+    command: Vec<String>,
+) -> Result<i32, CliError> {
+    let tty = usable_tty(&args);
+    let start = agent::ExecStart {
+        container: args.container,
+        command,
+        tty,
+        stdin: args.stdin,
+        ..Default::default()
+    };
+    let first = pb::ExecInput {
+        namespace,
+        name: args.pod,
+        input: Some(agent::ExecInput {
+            input: Some(agent::exec_input::Input::Start(start)),
+        }),
+    };
+    let wrap = |input| pb::ExecInput {
+        input: Some(agent::ExecInput { input: Some(input) }),
+        ..Default::default()
+    };
+    use agent::exec_input::Input;
+    let inputs = Inputs {
+        stdin: move |b| wrap(Input::Stdin(b)),
+        resize: move |s| wrap(Input::Resize(s)),
+        close: move || wrap(Input::CloseStdin(true)),
+    };
+    let (requests, _raw) = inputs.open(first, args.stdin, tty)?;
+    let output = client.exec(requests).await?.into_inner();
+    print_session(output).await
+}
+
+/// `orca attach`: the main process's output from now on, and its exit code.
+pub async fn attach(
+    client: &mut Admin,
+    namespace: String,
+    args: SessionArgs,
+) -> Result<i32, CliError> {
+    let tty = usable_tty(&args);
+    let start = agent::AttachStart {
+        container: args.container,
+        stdin: args.stdin,
+        tty,
+        ..Default::default()
+    };
+    let first = pb::AttachInput {
+        namespace,
+        name: args.pod,
+        input: Some(agent::AttachInput {
+            input: Some(agent::attach_input::Input::Start(start)),
+        }),
+    };
+    let wrap = |input| pb::AttachInput {
+        input: Some(agent::AttachInput { input: Some(input) }),
+        ..Default::default()
+    };
+    use agent::attach_input::Input;
+    let inputs = Inputs {
+        stdin: move |b| wrap(Input::Stdin(b)),
+        resize: move |s| wrap(Input::Resize(s)),
+        close: move || wrap(Input::CloseStdin(true)),
+    };
+    let (requests, _raw) = inputs.open(first, args.stdin, tty)?;
+    let output = client.attach(requests).await?.into_inner();
+    print_session(output).await
+}
+
+/// `-t` needs a terminal on stdin; without one, kubectl goes on without a TTY.
+fn usable_tty(args: &SessionArgs) -> bool {
+    if args.tty && !(args.stdin && terminal::stdin_is_terminal()) {
+        eprintln!("Unable to use a TTY - input is not a terminal or the right kind of file");
+        return false;
+    }
+    args.tty
+}
+
+/// How to wrap local input in a session's messages.
+struct Inputs<S, R, C> {
+    stdin: S,
+    resize: R,
+    close: C,
+}
+
+impl<T, S, R, C> Inputs<S, R, C>
+where
+    T: Send + 'static,
+    S: Fn(Vec<u8>) -> T + Send + 'static,
+    R: Fn(agent::TerminalSize) -> T + Send + 'static,
+    C: Fn() -> T + Send + 'static,
+{
+    /// The session's requests: `first`, then standard input (read on a thread of
+    /// its own, so a read that never returns cannot hold up `orca`'s exit; EOF
+    /// becomes a stdin close) and, with a terminal, its size now and after every
+    /// SIGWINCH. With a terminal, also the raw mode guard.
+    fn open(
+        self,
+        first: T,
+        stdin: bool,
+        tty: bool,
+    ) -> Result<(ReceiverStream<T>, Option<RawMode>), CliError> {
+        let (tx, rx) = mpsc::channel(16);
+        tx.try_send(first)
+            .map_err(|_| CliError::Usage("session channel full".into()))?;
+        let raw = if tty { Some(RawMode::enable()?) } else { None };
+        if tty {
+            let tx = tx.clone();
+            let resize = self.resize;
+            let mut winch =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
+            tokio::spawn(async move {
+                loop {
+                    if let Some((width, height)) = terminal::size()
+                        && tx
+                            .send(resize(agent::TerminalSize { width, height }))
+                            .await
+                            .is_err()
+                    {
+                        return;
+                    }
+                    if winch.recv().await.is_none() {
+                        return;
+                    }
+                }
+            });
+        }
+        if stdin {
+            let (wrap, close) = (self.stdin, self.close);
+            std::thread::spawn(move || {
+                let mut stdin = std::io::stdin().lock();
+                let mut buf = vec![0; 32 * 1024];
+                loop {
+                    match std::io::Read::read(&mut stdin, &mut buf) {
+                        Ok(0) | Err(_) => {
+                            let _ = tx.blocking_send(close());
+                            return;
+                        }
+                        Ok(n) => {
+                            if tx.blocking_send(wrap(buf[..n].to_vec())).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        Ok((ReceiverStream::new(rx), raw))
+    }
+}
+
+/// Prints a session's output as it comes; returns the remote exit code.
+async fn print_session(mut output: tonic::Streaming<agent::ExecOutput>) -> Result<i32, CliError> {
+    let mut stdout = std::io::stdout().lock();
+    while let Some(message) = output.message().await? {
+        match message.output {
+            Some(Output::Stdout(b)) => {
+                stdout.write_all(&b)?;
+                stdout.flush()?;
+            }
+            Some(Output::Stderr(b)) => {
+                let mut stderr = std::io::stderr().lock();
+                stderr.write_all(&b)?;
+                stderr.flush()?;
+            }
+            Some(Output::Exit(status)) => {
+                if !status.reason.is_empty() {
+                    eprintln!("{}", status.reason);
+                }
+                return Ok(status.code);
+            }
+            None => {}
+        }
+    }
+    Err(CliError::Call(tonic::Status::unavailable(
+        "the session ended without an exit status",
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_as_go_writes_them() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["", "5", "m", "5x", "-5s", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Logs, exec and attach of a pod's containers, relayed from the agent of the
+//! pod's node over mutual TLS. These are the stream plumbing in one place: the
+//! AdminService exposes them to `orca`, and the kubelet API of the Kubernetes
+//! mode is to sit on them too.
+//!
+//! The control plane does not buffer: each relayed stream is an HTTP/2 stream
+//! to the agent, so flow control carries a slow client's back-pressure to the
+//! agent's reader. A client that goes away drops the agent stream, which ends
+//! the agent's session (an exec'd process is killed). Streams have no
+//! deadline; dialling the agent has the connect timeout.
+
+use futures::{Stream, StreamExt as _};
+use orca_proto::agent::v1 as agent;
+use orca_proto::agent::v1::agent_service_client::AgentServiceClient;
+use orca_proto::controlplane::v1 as pb;
+use tonic::Streaming;
+use tonic::transport::Channel;
+
+use crate::cluster::{Cluster, ClusterError};
+use crate::pods::uid;
+
+/// Where a pod's containers run.
+struct Placement {
+    node: String,
+    uid: String,
+    agent: AgentServiceClient<Channel>,
+}
+
+impl Cluster {
+    /// The agent that runs pod `namespace/name`, if it can be reached.
+    fn placement(&self, namespace: &str, name: &str) -> Result<Placement, ClusterError> {
+        let record = self.pod(namespace, name)?;
+        if record.node_name.is_empty() {
+            return Err(ClusterError::FailedPrecondition(format!(
+                "pod {name} is not on a node yet"
+            )));
+        }
+        let node = self.node(&record.node_name)?;
+        let state = pb::NodeState::try_from(node.state).unwrap_or_default();
+        if matches!(
+            state,
+            pb::NodeState::NotReady
+                | pb::NodeState::Lost
+                | pb::NodeState::Failed
+                | pb::NodeState::Terminating
+        ) {
+            return Err(ClusterError::Agent {
+                node: node.name.clone(),
+                status: tonic::Status::unavailable(format!(
+                    "the node is {}: its agent cannot be reached",
+                    state.as_str_name().trim_start_matches("NODE_STATE_")
+                )),
+            });
+        }
+        Ok(Placement {
+            agent: self.agent(&node)?,
+            node: node.name,
+            uid: uid(&record),
+        })
+    }
+
+    /// A container's log from the pod's node; `options.uid` is filled in.
+    pub async fn logs(
+        &self,
+        namespace: &str,
+        name: &str,
+        mut options: agent::LogsRequest,
+    ) -> Result<Streaming<agent::LogChunk>, ClusterError> {
+        let mut at = self.placement(namespace, name)?;
+        options.uid = at.uid;
+        at.agent
+            .logs(options)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(agent_error(at.node))
+    }
+
+    /// An exec session in a container of the pod: `start` (its uid is filled
+    /// in), then `input` (stdin, resizes, stdin close) relayed to the agent.
+    pub async fn exec(
+        &self,
+        namespace: &str,
+        name: &str,
+        mut start: agent::ExecStart,
+        input: impl Stream<Item = agent::ExecInput> + Send + 'static,
+    ) -> Result<Streaming<agent::ExecOutput>, ClusterError> {
+        let mut at = self.placement(namespace, name)?;
+        start.uid = at.uid;
+        let first = agent::ExecInput {
+            input: Some(agent::exec_input::Input::Start(start)),
+        };
+        at.agent
+            .exec(futures::stream::iter([first]).chain(input))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(agent_error(at.node))
+    }
+
+    /// An attach session to a container's main process, as [`Cluster::exec`].
+    pub async fn attach(
+        &self,
+        namespace: &str,
+        name: &str,
+        mut start: agent::AttachStart,
+        input: impl Stream<Item = agent::AttachInput> + Send + 'static,
+    ) -> Result<Streaming<agent::ExecOutput>, ClusterError> {
+        let mut at = self.placement(namespace, name)?;
+        start.uid = at.uid;
+        let first = agent::AttachInput {
+            input: Some(agent::attach_input::Input::Start(start)),
+        };
+        at.agent
+            .attach(futures::stream::iter([first]).chain(input))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(agent_error(at.node))
+    }
+}
+
+fn agent_error(node: String) -> impl FnOnce(tonic::Status) -> ClusterError {
+    move |status| ClusterError::Agent { node, status }
+}

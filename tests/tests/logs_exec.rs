@@ -1,0 +1,452 @@
+//! Logs, exec and attach end to end on real parts: `orca` or an AdminService
+//! client → the control plane → the agent over mutual TLS → containerd's exec
+//! API and the CRI log files the shim's logger writes.
+//!
+//! Containers write on cue: `exec` of `echo … > /proc/1/fd/1` writes into the
+//! main process's stdout pipe, so a log line appears exactly when a test asks
+//! for it, without sleeping.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use orca_tests::cluster::{DEADLINE, TestCluster};
+use orca_tests::env::workspace_bin;
+use orca_tests::eventually::eventually_blocking;
+use orca_tests::session::{ExecSession, ExecSpec};
+
+/// Agents with small log files (rotation after 4 KiB, 5 kept) and quick follow timings.
+fn cluster() -> TestCluster {
+    let c = TestCluster::start_with(&[
+        "--backoff-base-ms=200",
+        "--backoff-max-ms=1000",
+        "--retry-ms=100",
+        "--log-max-bytes=4096",
+        "--log-max-files=5",
+        "--log-follow-poll-ms=50",
+        "--log-follow-settle-ms=200",
+    ]);
+    c.orca_ok(&["node", "add", "n1"]);
+    c
+}
+
+/// Makes pod `pod`'s main process write `text` to its stdout.
+fn say(c: &TestCluster, pod: &str, text: &str) {
+    say_to(c, pod, 1, text)
+}
+
+/// Makes pod `pod`'s main process write `text` to its fd 1 (stdout) or 2 (stderr).
+fn say_to(c: &TestCluster, pod: &str, fd: u8, text: &str) {
+    c.orca_ok(&[
+        "exec",
+        pod,
+        "--",
+        "sh",
+        "-c",
+        &format!("printf '%s\\n' \"{text}\" > /proc/1/fd/{fd}"),
+    ]);
+}
+
+/// Waits until `orca logs ARGS` prints exactly `want`.
+fn logs_become(c: &TestCluster, args: &[&str], want: &str) {
+    eventually_blocking(
+        &format!("orca logs {args:?} to print {want:?}"),
+        DEADLINE,
+        || {
+            let mut all = vec!["logs"];
+            all.extend_from_slice(args);
+            let out = c.orca(&all);
+            let got = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() && got == want {
+                Ok(())
+            } else {
+                Err((got, String::from_utf8_lossy(&out.stderr).into_owned()))
+            }
+        },
+    );
+}
+
+#[test]
+fn logs_select_tail_since_limit_previous_and_follow_across_rotations() {
+    let c = cluster();
+    // The main process writes five lines, then waits for /stop. (Its stdout and
+    // stderr are two pipes: only lines cued one after the other have an order.)
+    c.orca_ok(&[
+        "run",
+        "talker",
+        "--image",
+        &c.image,
+        "--",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5; do echo out-$i; done; \
+         while [ ! -f /stop ]; do sleep 0.05; done; echo bye",
+    ]);
+    c.wait_phase("talker", "Running");
+    logs_become(&c, &["talker"], "out-1\nout-2\nout-3\nout-4\nout-5\n");
+    say_to(&c, "talker", 2, "err-1");
+    let first = "out-1\nout-2\nout-3\nout-4\nout-5\nerr-1\n";
+    logs_become(&c, &["talker"], first);
+
+    assert_eq!(
+        c.orca_ok(&["logs", "talker", "--tail", "2"]),
+        "out-5\nerr-1\n"
+    );
+    assert_eq!(c.orca_ok(&["logs", "talker", "--tail", "0"]), "");
+    assert_eq!(
+        c.orca_ok(&["logs", "talker", "--limit-bytes", "8"]),
+        "out-1\nou"
+    );
+    let stamped = c.orca_ok(&["logs", "talker", "--timestamps", "--tail", "1"]);
+    let (time, line) = stamped.split_once(' ').expect("a timestamp, a space");
+    assert_eq!(line, "err-1\n");
+    assert!(
+        time.parse::<jiff::Timestamp>().is_ok(),
+        "RFC 3339 timestamp: {stamped:?}"
+    );
+    assert_eq!(c.orca_ok(&["logs", "talker", "--since", "1h"]), first);
+    // Only what was written after a moment between two lines.
+    let between = jiff::Timestamp::now().to_string();
+    say(&c, "talker", "late-1");
+    logs_become(&c, &["talker", "--since-time", &between], "late-1\n");
+    let out = c.orca(&["logs", "talker", "--previous"]);
+    assert_eq!(out.status.code(), Some(1), "no previous run");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("previous terminated container"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Follow: the lines so far, then lines written after it started, across
+    // rotations (4 KiB files), then the end of the container ends it.
+    let mut follow = Command::new(workspace_bin("orca"))
+        .arg("--config")
+        .arg(c.credentials())
+        .args(["logs", "-f", "talker"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("orca logs -f");
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let next = || rx.recv_timeout(DEADLINE).expect("a followed line");
+    for want in [
+        "out-1", "out-2", "out-3", "out-4", "out-5", "err-1", "late-1",
+    ] {
+        assert_eq!(next(), want);
+    }
+    say(&c, "talker", "after-follow");
+    assert_eq!(next(), "after-follow");
+    c.orca_ok(&[
+        "exec",
+        "talker",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 150 ]; do echo rot-$i-padding-padding-padding-padding; i=$((i+1)); done > /proc/1/fd/1",
+    ]);
+    for i in 0..150 {
+        assert_eq!(next(), format!("rot-{i}-padding-padding-padding-padding"));
+    }
+    let rotated = find_files(&c.data_dir().join("hosts/n1"), "0.log.1");
+    assert!(!rotated.is_empty(), "the log was rotated while followed");
+    c.orca_ok(&["exec", "talker", "--", "touch", "/stop"]);
+    assert_eq!(next(), "bye");
+    let status = eventually_blocking("orca logs -f to end with the container", DEADLINE, || {
+        follow.try_wait().unwrap().ok_or("still following")
+    });
+    assert!(status.success(), "{status:?}");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(100)).is_err(),
+        "nothing after the end"
+    );
+}
+
+fn find_files(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            found.extend(find_files(&path, name));
+        } else if path.file_name().is_some_and(|n| n == name) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[test]
+fn previous_shows_the_run_before_a_restart() {
+    let c = cluster();
+    // Each run counts itself in the container's own filesystem (kept across restarts);
+    // the first run fails, the second stays up.
+    c.orca_ok(&[
+        "run",
+        "crasher",
+        "--image",
+        &c.image,
+        "--restart",
+        "Always",
+        "--",
+        "sh",
+        "-c",
+        "n=$(cat /n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /n; echo run-$n; \
+         [ $n -ge 2 ] && exec sleep 1000; exit 1",
+    ]);
+    logs_become(&c, &["crasher"], "run-2\n");
+    assert_eq!(c.orca_ok(&["logs", "crasher", "--previous"]), "run-1\n");
+    assert_eq!(
+        c.orca_ok(&["logs", "crasher", "-p", "--tail", "1"]),
+        "run-1\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_separates_streams_feeds_stdin_resizes_the_terminal_and_reports_exit_codes() {
+    let c = cluster();
+    c.orca_ok(&["run", "box", "--image", &c.image, "--", "sleep", "1000"]);
+    c.wait_phase("box", "Running");
+    let mut admin = c.admin().await;
+    let spec = |command: &'static [&'static str], stdin, tty| ExecSpec {
+        pod: "box",
+        container: "",
+        command,
+        stdin,
+        tty,
+    };
+
+    // stdout, stderr and the exit code, each apart.
+    let mut s = ExecSession::open(
+        &mut admin,
+        spec(
+            &["sh", "-c", "echo out; echo err >&2; exit 3"],
+            false,
+            false,
+        ),
+    )
+    .await
+    .expect("exec");
+    assert_eq!(s.finish().await.expect("exit"), 3);
+    assert_eq!(s.stdout, b"out\n");
+    assert_eq!(s.stderr, b"err\n");
+
+    // stdin reaches cat while it runs, and closing it ends cat.
+    let mut s = ExecSession::open(&mut admin, spec(&["cat"], true, false))
+        .await
+        .expect("exec cat");
+    s.stdin(b"hello\n").await;
+    s.until_stdout("hello\n").await;
+    s.stdin(b"world\n").await;
+    s.until_stdout("world\n").await;
+    s.close_stdin().await;
+    assert_eq!(s.finish().await.expect("cat exits at EOF"), 0);
+    assert_eq!(s.stdout, b"hello\nworld\n");
+
+    // A terminal whose size follows resizes.
+    let mut s = ExecSession::open(&mut admin, spec(&["sh"], true, true))
+        .await
+        .expect("exec with a tty");
+    s.resize(123, 45).await;
+    s.stdin(b"stty size\n").await;
+    s.until_stdout("45 123").await;
+    s.resize(80, 24).await;
+    s.stdin(b"stty size; exit 7\n").await;
+    s.until_stdout("24 80").await;
+    assert_eq!(s.finish().await.expect("exit"), 7);
+    assert!(s.stderr.is_empty(), "a terminal has no separate stderr");
+
+    // A client that goes away kills its process.
+    let s = ExecSession::open(
+        &mut admin,
+        spec(&["sh", "-c", "exec sleep 777"], false, false),
+    )
+    .await
+    .expect("exec sleep");
+    let sleeping = || has_process_with_args("sleep777");
+    eventually_blocking("the exec'd process to run", DEADLINE, || {
+        if sleeping() { Ok(()) } else { Err("not yet") }
+    });
+    drop(s);
+    eventually_blocking("the abandoned exec to be killed", DEADLINE, || {
+        if sleeping() {
+            Err("still running")
+        } else {
+            Ok(())
+        }
+    });
+
+    // The CLI: the remote exit code is orca's; stdin through a pipe, EOF ends it.
+    let out = c.orca(&[
+        "exec",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        "echo to-out; echo to-err >&2; exit 4",
+    ]);
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(out.stdout, b"to-out\n");
+    assert_eq!(out.stderr, b"to-err\n");
+    let mut cat = Command::new(workspace_bin("orca"))
+        .arg("--config")
+        .arg(c.credentials())
+        .args(["exec", "-i", "box", "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("orca exec -i");
+    cat.stdin.take().unwrap().write_all(b"piped\n").unwrap();
+    let out = cat.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"piped\n");
+    // -t without a terminal: kubectl's warning, then it runs without one.
+    let out = c.orca(&["exec", "-it", "box", "--", "echo", "no-tty"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"no-tty\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unable to use a TTY"));
+}
+
+/// Whether a process runs whose command line, without separators, is `joined`.
+fn has_process_with_args(joined: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| {
+                c.iter().filter(|b| **b != 0).copied().collect::<Vec<u8>>() == joined.as_bytes()
+            })
+            .unwrap_or(false)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_and_logs_fail_clearly() {
+    let c = cluster();
+    c.orca_ok(&["run", "done", "--image", &c.image, "--", "echo", "finished"]);
+    c.wait_phase("done", "Succeeded");
+    c.orca_ok(&["run", "box", "--image", &c.image, "--", "sleep", "1000"]);
+    c.wait_phase("box", "Running");
+    let mut admin = c.admin().await;
+    let open = |pod, container, command| ExecSpec {
+        pod,
+        container,
+        command,
+        stdin: false,
+        tty: false,
+    };
+
+    let e = ExecSession::open(&mut admin, open("done", "", &["true"]))
+        .await
+        .err()
+        .expect("exec into a stopped container fails");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("not running"), "{e:?}");
+    assert!(e.message().contains("Completed"), "{e:?}");
+
+    let e = ExecSession::open(&mut admin, open("box", "nope", &["true"]))
+        .await
+        .err()
+        .expect("no such container");
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+
+    let e = ExecSession::open(&mut admin, open("ghost", "", &["true"]))
+        .await
+        .err()
+        .expect("no such pod");
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(e.message().contains("ghost"), "{e:?}");
+
+    let e = ExecSession::open(&mut admin, open("box", "", &["no-such-binary"]))
+        .await
+        .err()
+        .expect("a missing executable");
+    assert!(e.message().contains("no-such-binary"), "{e:?}");
+
+    // The logs of a finished container are still there; attach to it is refused.
+    assert_eq!(c.orca_ok(&["logs", "done"]), "finished\n");
+    let out = c.orca(&["attach", "done"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
+
+    // An unreachable agent: a clear UNAVAILABLE naming the node (exit code 5).
+    c.orca_ok(&["node", "fault", "n1", "--kill-agent"]);
+    let out = eventually_blocking("orca logs to find the agent gone", DEADLINE, || {
+        let out = c.orca(&["logs", "box"]);
+        if out.status.success() {
+            Err(out)
+        } else {
+            Ok(out)
+        }
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("node n1"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_streams_the_main_process_output_and_its_exit_code() {
+    let c = cluster();
+    c.orca_ok(&[
+        "run",
+        "main",
+        "--image",
+        &c.image,
+        "--",
+        "sh",
+        "-c",
+        "echo before-attach; while [ ! -f /stop ]; do sleep 0.05; done; echo leaving >&2; exit 9",
+    ]);
+    c.wait_phase("main", "Running");
+    logs_become(&c, &["main"], "before-attach\n");
+    let mut attach = Command::new(workspace_bin("orca"))
+        .arg("--config")
+        .arg(c.credentials())
+        .args(["attach", "main"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("orca attach");
+    // Attach shows output from now on; cue lines until one arrives (attaching takes a moment).
+    let stdout = attach.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let first = eventually_blocking("attach to show a cued line", DEADLINE, || {
+        say(&c, "main", "cue");
+        rx.recv_timeout(Duration::from_millis(300))
+            .map_err(|e| e.to_string())
+    });
+    assert_eq!(first, "cue", "earlier output is not replayed");
+    say(&c, "main", "while-attached");
+    loop {
+        let line = rx.recv_timeout(DEADLINE).expect("attached output");
+        if line == "while-attached" {
+            break;
+        }
+        assert_eq!(line, "cue");
+    }
+    c.orca_ok(&["exec", "main", "--", "touch", "/stop"]);
+    let out = attach.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(9),
+        "the container's exit code: {out:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("leaving"),
+        "{out:?}"
+    );
+}
