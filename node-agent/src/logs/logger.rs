@@ -246,7 +246,7 @@ mod tests {
                 let content = std::fs::read(f).unwrap();
                 content
                     .split(|b| *b == b'\n')
-                    .filter_map(|l| super::super::parse_record(l))
+                    .filter_map(super::super::parse_record)
                     .map(|r| String::from_utf8(r.content).unwrap())
                     .collect::<Vec<_>>()
             })
