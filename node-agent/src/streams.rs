@@ -35,7 +35,7 @@ use crate::runtime::exec::{ExecIo, ExecProcess};
 pub type Responses<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Chunks of log in flight between the reader thread and gRPC.
-const LOG_CHANNEL: usize = 4;
+const LOG_CHANNEL: usize = 2;
 
 /// Messages of exec output in flight between the session and gRPC.
 const EXEC_CHANNEL: usize = 16;
@@ -71,7 +71,7 @@ pub struct Streams {
 
 /// A client's input to an exec or attach session, whatever the RPC.
 enum Control {
-    Stdin(Vec<u8>),
+    Stdin(bytes::Bytes),
     Resize(pb::TerminalSize),
     CloseStdin,
 }
@@ -109,7 +109,7 @@ impl Streams {
         let chunks = self.read_log(target, opts, follow).map(|c| {
             c.map(|c| pb::LogChunk {
                 stream: output_stream(c.stream) as i32,
-                data: c.data,
+                data: c.data.into(),
             })
         });
         Ok(Box::pin(chunks))
@@ -231,8 +231,8 @@ impl Streams {
             .map(|c| {
                 c.map(|c| pb::ExecOutput {
                     output: Some(match c.stream {
-                        LogStream::Stdout => Output::Stdout(c.data),
-                        LogStream::Stderr => Output::Stderr(c.data),
+                        LogStream::Stdout => Output::Stdout(c.data.into()),
+                        LogStream::Stderr => Output::Stderr(c.data.into()),
                     }),
                 })
             })
@@ -353,7 +353,7 @@ async fn close_stdin(process: &ExecProcess, stdin: &mut Option<pipe::Sender>) {
 /// Relays one output FIFO to the client until EOF or until the client is gone.
 async fn pump(
     mut rx: pipe::Receiver,
-    wrap: fn(Vec<u8>) -> Output,
+    wrap: fn(bytes::Bytes) -> Output,
     tx: &mpsc::Sender<Result<pb::ExecOutput, Status>>,
 ) {
     let mut buf = vec![0; EXEC_READ];
@@ -362,7 +362,7 @@ async fn pump(
             Ok(0) => return,
             Ok(n) => {
                 let message = pb::ExecOutput {
-                    output: Some(wrap(buf[..n].to_vec())),
+                    output: Some(wrap(bytes::Bytes::copy_from_slice(&buf[..n]))),
                 };
                 if tx.send(Ok(message)).await.is_err() {
                     return;

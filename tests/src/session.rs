@@ -79,7 +79,7 @@ impl ExecSession {
 
     /// Sends bytes to the process's stdin.
     pub async fn stdin(&self, bytes: &[u8]) {
-        self.send(Input::Stdin(bytes.to_vec())).await
+        self.send(Input::Stdin(bytes.to_vec().into())).await
     }
 
     /// Resizes the terminal.

@@ -11,8 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use orca_tests::cluster::{DEADLINE, TestCluster};
-use orca_tests::env::workspace_bin;
+use orca_tests::cluster::{DEADLINE, TestCluster, files_named};
 use orca_tests::eventually::eventually_blocking;
 use orca_tests::session::{ExecSession, ExecSpec};
 
@@ -120,10 +119,8 @@ fn logs_select_tail_since_limit_previous_and_follow_across_rotations() {
 
     // Follow: the lines so far, then lines written after it started, across
     // rotations (4 KiB files), then the end of the container ends it.
-    let mut follow = Command::new(workspace_bin("orca"))
-        .arg("--config")
-        .arg(c.credentials())
-        .args(["logs", "-f", "talker"])
+    let mut follow = c
+        .orca_command(&["logs", "-f", "talker"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("orca logs -f");
@@ -155,7 +152,7 @@ fn logs_select_tail_since_limit_previous_and_follow_across_rotations() {
     for i in 0..150 {
         assert_eq!(next(), format!("rot-{i}-padding-padding-padding-padding"));
     }
-    let rotated = find_files(&c.data_dir().join("hosts/n1"), "0.log.1");
+    let rotated = files_named(&c.data_dir().join("hosts/n1"), "0.log.1");
     assert!(!rotated.is_empty(), "the log was rotated while followed");
     c.orca_ok(&["exec", "talker", "--", "touch", "/stop"]);
     assert_eq!(next(), "bye");
@@ -167,22 +164,6 @@ fn logs_select_tail_since_limit_previous_and_follow_across_rotations() {
         rx.recv_timeout(Duration::from_millis(100)).is_err(),
         "nothing after the end"
     );
-}
-
-fn find_files(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return found;
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        if path.is_dir() {
-            found.extend(find_files(&path, name));
-        } else if path.file_name().is_some_and(|n| n == name) {
-            found.push(path);
-        }
-    }
-    found
 }
 
 #[test]
@@ -297,10 +278,8 @@ async fn exec_separates_streams_feeds_stdin_resizes_the_terminal_and_reports_exi
     assert_eq!(out.status.code(), Some(4));
     assert_eq!(out.stdout, b"to-out\n");
     assert_eq!(out.stderr, b"to-err\n");
-    let mut cat = Command::new(workspace_bin("orca"))
-        .arg("--config")
-        .arg(c.credentials())
-        .args(["exec", "-i", "box", "--", "cat"])
+    let mut cat = c
+        .orca_command(&["exec", "-i", "box", "--", "cat"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -406,10 +385,8 @@ async fn attach_streams_the_main_process_output_and_its_exit_code() {
     ]);
     c.wait_phase("main", "Running");
     logs_become(&c, &["main"], "before-attach\n");
-    let mut attach = Command::new(workspace_bin("orca"))
-        .arg("--config")
-        .arg(c.credentials())
-        .args(["attach", "main"])
+    let mut attach = c
+        .orca_command(&["attach", "main"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

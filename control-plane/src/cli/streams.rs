@@ -146,7 +146,7 @@ pub async fn exec(
     };
     use agent::exec_input::Input;
     let inputs = Inputs {
-        stdin: move |b| wrap(Input::Stdin(b)),
+        stdin: move |b: Vec<u8>| wrap(Input::Stdin(b.into())),
         resize: move |s| wrap(Input::Resize(s)),
         close: move || wrap(Input::CloseStdin(true)),
     };
@@ -181,7 +181,7 @@ pub async fn attach(
     };
     use agent::attach_input::Input;
     let inputs = Inputs {
-        stdin: move |b| wrap(Input::Stdin(b)),
+        stdin: move |b: Vec<u8>| wrap(Input::Stdin(b.into())),
         resize: move |s| wrap(Input::Resize(s)),
         close: move || wrap(Input::CloseStdin(true)),
     };

@@ -97,23 +97,23 @@ impl RawRecord<'_> {
 
 /// Splits one CRI log line (without its newline); `None` when malformed.
 pub fn split_record(line: &[u8]) -> Option<RawRecord<'_>> {
-    let mut parts = line.splitn(4, |b| *b == b' ');
-    let time = parts.next()?;
-    let stream = match parts.next()? {
-        b"stdout" => Stream::Stdout,
-        b"stderr" => Stream::Stderr,
+    let at = memchr::memchr(b' ', line)?;
+    let (time, rest) = (&line[..at], &line[at + 1..]);
+    let stream = match rest.get(..7)? {
+        b"stdout " => Stream::Stdout,
+        b"stderr " => Stream::Stderr,
         _ => return None,
     };
-    let partial = match parts.next()? {
-        b"P" => true,
-        b"F" => false,
+    let partial = match rest.get(7..9).or_else(|| rest.get(7..8))? {
+        b"P " | b"P" => true,
+        b"F " | b"F" => false,
         _ => return None,
     };
     Some(RawRecord {
         time,
         stream,
         partial,
-        content: parts.next().unwrap_or_default(),
+        content: rest.get(9..).unwrap_or_default(),
     })
 }
 

@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use super::{RawRecord, Stream, files_of, split_record};
 
 /// Largest chunk of output sent at once.
-pub const CHUNK: usize = 128 * 1024;
+pub const CHUNK: usize = 512 * 1024;
 
 /// Read buffer of a log file.
 const READ_BUFFER: usize = 256 * 1024;
@@ -85,22 +85,25 @@ pub fn stream(
     let mut out = Output::new(opts, tx);
     let mut waiter: Option<Waiter> = None;
     let mut ended_at: Option<Instant> = None;
-    let mut line = Vec::with_capacity(1024);
     loop {
-        if files.read_record(&mut line)? {
-            if let Some(record) = split_record(&line)
+        let mut wanted = true;
+        let mut any = false;
+        files.read_records(&mut |line| {
+            any = true;
+            if let Some(record) = split_record(line)
                 && opts
                     .since
                     .is_none_or(|since| record.timestamp().is_none_or(|t| t >= since))
-                && !out.push(&record)
             {
-                return Ok(());
+                wanted = out.push(&record);
             }
-            line.clear();
-            if ended_at.is_some() {
-                ended_at = Some(Instant::now());
-            }
-            continue;
+            wanted
+        })?;
+        if !wanted {
+            return Ok(());
+        }
+        if any && ended_at.is_some() {
+            ended_at = Some(Instant::now());
         }
         // At the end of what has been written so far.
         if !out.flush() {
@@ -148,6 +151,8 @@ impl Open {
 struct Files {
     path: PathBuf,
     current: Option<Open>,
+    /// The start of a record whose end has not been read yet.
+    partial: Vec<u8>,
 }
 
 impl Files {
@@ -161,52 +166,101 @@ impl Files {
         Ok(Self {
             path: path.to_owned(),
             current: current.map(|(f, pos)| Open::new(f, pos)).transpose()?,
+            partial: Vec::new(),
         })
     }
 
-    /// Reads the next whole record into `line` (without its newline). `false` at
-    /// the end of what is written: `line` may then hold the start of a record the
-    /// logger is still writing, which the next call completes.
-    fn read_record(&mut self, line: &mut Vec<u8>) -> io::Result<bool> {
+    /// Calls `each` with every whole record (without its newline) up to the end of
+    /// what is written, or until it returns false. Records are handed over where
+    /// they lie in the read buffer; only one that straddles two reads is copied.
+    /// The start of a record the logger is still writing waits for the next call.
+    fn read_records(&mut self, each: &mut dyn FnMut(&[u8]) -> bool) -> io::Result<()> {
         loop {
             let Some(cur) = &mut self.current else {
                 // Nothing written yet: the file may appear later.
                 match first_existing(&self.path)? {
                     Some(f) => self.current = Some(Open::new(f, 0)?),
-                    None => return Ok(false),
+                    None => return Ok(()),
                 }
                 continue;
             };
-            let n = cur.file.read_until(b'\n', line)?;
-            cur.pos += n as u64;
-            if line.last() == Some(&b'\n') {
-                line.pop();
-                return Ok(true);
+            let buf = cur.file.fill_buf()?;
+            if buf.is_empty() {
+                if self.at_end_of_file()? {
+                    return Ok(());
+                }
+                continue;
             }
-            match std::fs::metadata(&self.path) {
-                Ok(live) if live.ino() == cur.ino => {
-                    if live.len() < cur.pos {
-                        // Truncated in place (rotation that keeps one file): start over.
-                        cur.file.seek(SeekFrom::Start(0))?;
-                        cur.pos = 0;
-                        line.clear();
-                        continue;
+            let mut used = 0;
+            let mut wanted = true;
+            if !self.partial.is_empty() {
+                match memchr::memchr(b'\n', buf) {
+                    Some(i) => {
+                        self.partial.extend_from_slice(&buf[..i]);
+                        used = i + 1;
+                        wanted = each(&self.partial);
+                        self.partial.clear();
                     }
+                    None => {
+                        self.partial.extend_from_slice(buf);
+                        used = buf.len();
+                    }
+                }
+            }
+            if wanted && self.partial.is_empty() {
+                let rest = &buf[used..];
+                let mut start = 0;
+                for end in memchr::memchr_iter(b'\n', rest) {
+                    wanted = each(&rest[start..end]);
+                    start = end + 1;
+                    if !wanted {
+                        break;
+                    }
+                }
+                if wanted {
+                    self.partial.extend_from_slice(&rest[start..]);
+                    start = rest.len();
+                }
+                used += start;
+            }
+            cur.file.consume(used);
+            cur.pos += used as u64;
+            if !wanted {
+                return Ok(());
+            }
+        }
+    }
+
+    /// At the end of the current file: `true` when it is the live file (the end
+    /// of what is written); otherwise moves on to the next file and says `false`.
+    fn at_end_of_file(&mut self) -> io::Result<bool> {
+        let Some(cur) = &mut self.current else {
+            return Ok(true);
+        };
+        match std::fs::metadata(&self.path) {
+            Ok(live) if live.ino() == cur.ino => {
+                if live.len() < cur.pos {
+                    // Truncated in place (rotation that keeps one file): start over.
+                    cur.file.seek(SeekFrom::Start(0))?;
+                    cur.pos = 0;
+                    self.partial.clear();
                     return Ok(false);
                 }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+                return Ok(true);
             }
-            // This file is finished (rotated away, or an older one): go on with the
-            // next. The logger writes whole records, so nothing of it continues there.
-            let ino = cur.ino;
-            let Some(next) = self.next_after(ino)? else {
-                return Ok(false);
-            };
-            line.clear();
-            self.current = Some(Open::new(next, 0)?);
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
+        // This file is finished (rotated away, or an older one): go on with the
+        // next. The logger writes whole records, so nothing of it continues there.
+        let ino = cur.ino;
+        let Some(next) = self.next_after(ino)? else {
+            return Ok(true);
+        };
+        self.partial.clear();
+        self.current = Some(Open::new(next, 0)?);
+        Ok(false)
     }
 
     /// The file that follows the one with inode `ino`; the oldest one when that

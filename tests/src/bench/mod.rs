@@ -3,8 +3,10 @@
 //! are measured side by side, in the same run, against the anchor named in the
 //! metric (`..._vs_ctr`).
 
+pub mod exec;
 pub mod fleet;
 pub mod heartbeats;
+pub mod logs;
 pub mod pod_start;
 pub mod recovery;
 

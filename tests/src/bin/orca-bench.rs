@@ -40,6 +40,27 @@ enum Scenario {
         #[arg(long, default_value_t = 30)]
         window_s: u64,
     },
+    /// `orca logs` throughput against `cat` of the CRI file, and `orca logs -f` latency.
+    Logs {
+        /// Size of the container's log, MB of output.
+        #[arg(long, default_value_t = 200)]
+        megabytes: usize,
+        /// Reads of each side.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Follow-latency samples.
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
+    },
+    /// `orca exec` against `ctr task exec`, and one byte through `orca exec -i -- cat`.
+    Exec {
+        /// Execs of each side.
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+        /// Byte round trips.
+        #[arg(long, default_value_t = 500)]
+        samples: usize,
+    },
     /// Time to notice a dead host (in heartbeat intervals) and run its pod elsewhere.
     Recovery {
         /// Rounds.
@@ -68,6 +89,12 @@ fn main() {
             Duration::from_millis(interval_ms),
             Duration::from_secs(window_s),
         ),
+        Scenario::Logs {
+            megabytes,
+            runs,
+            samples,
+        } => orca_tests::bench::logs::run(megabytes, runs, samples),
+        Scenario::Exec { runs, samples } => orca_tests::bench::exec::run(runs, samples),
         Scenario::Recovery { runs, interval_ms } => {
             orca_tests::bench::recovery::run(runs, Duration::from_millis(interval_ms))
         }

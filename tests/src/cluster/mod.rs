@@ -278,14 +278,16 @@ impl TestCluster {
         format!("{}-{node}", self.prefix)
     }
 
+    /// `orca ARGS` against this cluster, to spawn or run.
+    pub fn orca_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(workspace_bin("orca"));
+        cmd.arg("--config").arg(&self.credentials).args(args);
+        cmd
+    }
+
     /// Runs `orca ARGS` against this cluster.
     pub fn orca(&self, args: &[&str]) -> Output {
-        Command::new(workspace_bin("orca"))
-            .arg("--config")
-            .arg(&self.credentials)
-            .args(args)
-            .output()
-            .expect("run orca")
+        self.orca_command(args).output().expect("run orca")
     }
 
     /// Runs `orca ARGS`, asserts it succeeded, returns its stdout.
@@ -446,6 +448,23 @@ impl TestCluster {
     pub fn stop_control_plane(&mut self) -> Option<ExitStatus> {
         self.control_plane.as_mut()?.terminate(DEADLINE)
     }
+}
+
+/// Every file called `name` under `dir`, at any depth.
+pub fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            found.extend(files_named(&path, name));
+        } else if path.file_name().is_some_and(|n| n == name) {
+            found.push(path);
+        }
+    }
+    found
 }
 
 impl Drop for TestCluster {
