@@ -577,9 +577,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0.log");
         let long = "x".repeat(1000);
-        let lines: Vec<(i64, Stream, &str)> = (0..400)
-            .map(|_| (0, Stream::Stdout, long.as_str()))
-            .collect();
+        let n = 3 * CHUNK / 1001 + 1;
+        let lines: Vec<(i64, Stream, &str)> =
+            (0..n).map(|_| (0, Stream::Stdout, long.as_str())).collect();
         write(&path, &lines);
         write(&path, &[(0, Stream::Stderr, "e")]);
         let chunks = read(&path, &ReadOptions::default());
@@ -591,7 +591,7 @@ mod tests {
             .filter(|(s, _)| *s == Stream::Stdout)
             .map(|(_, c)| c.len())
             .sum();
-        assert_eq!(stdout, 400 * 1001);
+        assert_eq!(stdout, n * 1001);
     }
 
     #[test]
