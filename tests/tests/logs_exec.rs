@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use orca_tests::cluster::{DEADLINE, TestCluster, files_named};
-use orca_tests::eventually::eventually_blocking;
+use orca_tests::eventually::{eventually_blocking, eventually_every};
 use orca_tests::session::{ExecSession, ExecSpec};
 
 /// Agents with small log files (rotation after 4 KiB, 5 kept) and quick follow timings.
@@ -426,4 +426,95 @@ async fn attach_streams_the_main_process_output_and_its_exit_code() {
         String::from_utf8_lossy(&out.stderr).contains("leaving"),
         "{out:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_log_reader_holds_the_agent_to_a_bounded_read_ahead() {
+    let c = TestCluster::start_with(&["--retry-ms=100", "--log-max-bytes=1073741824"]);
+    c.orca_ok(&["node", "add", "n1"]);
+    // 48 MB of output in 100-byte lines: a CRI file of about 67 MB.
+    c.orca_ok(&[
+        "run",
+        "hog",
+        "--image",
+        &c.image,
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "yes {} | head -c 48000000; echo done; exec sleep 1000",
+            "x".repeat(99)
+        ),
+    ]);
+    logs_become(&c, &["hog", "--tail", "1"], "done\n");
+    let mut admin = c.admin().await;
+    let req = orca_proto::controlplane::v1::LogsRequest {
+        namespace: "default".into(),
+        name: "hog".into(),
+        options: Some(orca_proto::agent::v1::LogsRequest {
+            tail_lines: -1,
+            ..Default::default()
+        }),
+    };
+    let mut stream = admin.logs(req).await.expect("logs").into_inner();
+    let first = stream.message().await.expect("a chunk").expect("a chunk");
+    assert!(!first.data.is_empty());
+
+    // The agent's reader stops once the bounded channel and HTTP/2's windows are full.
+    let agent = c.agent_pids()[0];
+    let position = || log_read_position(agent, "/hog/0.log");
+    // Stopped: the same position at five looks 100 ms apart.
+    let last = std::sync::Mutex::new((0u64, 0u32));
+    let stalled = eventually_every(
+        "the agent's reader to stop advancing",
+        DEADLINE,
+        Duration::from_millis(100),
+        || async {
+            let now = position().ok_or(0u64)?;
+            let mut last = last.lock().unwrap();
+            *last = if now == last.0 {
+                (now, last.1 + 1)
+            } else {
+                (now, 0)
+            };
+            if last.1 >= 5 { Ok(now) } else { Err(now) }
+        },
+    )
+    .await;
+    let size = files_named(&c.data_dir().join("hosts/n1"), "0.log")
+        .into_iter()
+        .find(|f| f.to_string_lossy().contains("/hog/"))
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .expect("the log file");
+    eprintln!("a stalled client: the agent read {stalled} of {size} bytes and stopped");
+    assert!(
+        stalled < 24 * 1024 * 1024 && stalled < size / 2,
+        "a stalled client let the agent read {stalled} of {size} bytes"
+    );
+
+    // Reading on gets every byte.
+    let mut total = first.data.len();
+    while let Some(chunk) = stream.message().await.expect("chunks") {
+        total += chunk.data.len();
+    }
+    assert_eq!(total, 48_000_000 + "done\n".len());
+}
+
+/// The offset of the agent's open file whose path ends in `suffix`.
+fn log_read_position(pid: u32, suffix: &str) -> Option<u64> {
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        let target = std::fs::read_link(fd.path()).ok()?;
+        if target.to_string_lossy().ends_with(suffix) {
+            let info = std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .ok()?;
+            return info
+                .lines()
+                .find_map(|l| l.strip_prefix("pos:"))
+                .and_then(|p| p.trim().parse().ok());
+        }
+    }
+    None
 }
