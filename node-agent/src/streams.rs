@@ -171,10 +171,14 @@ impl Streams {
             .target(&start.uid, &start.container, false)
             .map_err(crate::server::status)?;
         target.require_running().map_err(crate::server::status)?;
+        let tty = start.tty.then(|| {
+            let size = start.terminal_size.unwrap_or_default();
+            (size.width, size.height)
+        });
         let (process, io) = self
             .pods
             .containerd()
-            .start_exec(&target.id, &start.command, start.tty, start.stdin)
+            .start_exec(&target.id, &start.command, tty, start.stdin)
             .await
             .map_err(|e| crate::server::status(e.into()))?;
         let controls = input.filter_map(|m| async move {

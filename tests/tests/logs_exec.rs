@@ -7,7 +7,7 @@
 //! for it, without sleeping.
 
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -517,4 +517,87 @@ fn log_read_position(pid: u32, suffix: &str) -> Option<u64> {
         }
     }
     None
+}
+
+#[test]
+fn exec_with_a_terminal_gives_the_process_this_terminal_and_follows_its_size() {
+    let c = cluster();
+    c.orca_ok(&["run", "box", "--image", &c.image, "--", "sleep", "1000"]);
+    c.wait_phase("box", "Running");
+    // `script` runs orca on a real pseudo-terminal, sized 33x77 first: orca puts it
+    // in raw mode and starts the process on a terminal of that size; each line
+    // typed makes the remote shell print its terminal's size.
+    let orca = format!(
+        "tty; stty rows 33 cols 77; {} --config {} exec -it box -- sh -c 'tty; while read l; do stty size; [ \"$l\" = q ] && exit 5; done'",
+        orca_tests::env::workspace_bin("orca").display(),
+        c.credentials().display()
+    );
+    let mut script = std::process::Command::new("script")
+        .args(["-qec", &orca, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    let mut stdin = script.stdin.take().unwrap();
+    let mut stdout = script.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+                if n == 0 {
+                    return;
+                }
+                seen.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let text = || seen.lock().unwrap().clone();
+    let mut type_line = |line: &str| {
+        stdin.write_all(format!("{line}\r").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    };
+    eventually_blocking("the terminal's size from the start", DEADLINE, || {
+        type_line("");
+        if text().contains("33 77") {
+            Ok(())
+        } else {
+            Err(text())
+        }
+    });
+    let local = text()
+        .lines()
+        .find(|l| l.starts_with("/dev/pts/"))
+        .map(|l| l.trim().to_owned())
+        .expect("script's terminal");
+    // Resizing the local terminal (SIGWINCH to orca) resizes the remote one.
+    let resized = Command::new("stty")
+        .args(["-F", &local, "rows", "20", "cols", "60"])
+        .status()
+        .unwrap();
+    assert!(resized.success());
+    eventually_blocking("the remote terminal to follow a resize", DEADLINE, || {
+        type_line("");
+        if text().contains("20 60") {
+            Ok(())
+        } else {
+            Err(text())
+        }
+    });
+    type_line("q");
+    let status = script.wait().unwrap();
+    reader.join().unwrap();
+    let text = text();
+    assert!(
+        text.matches("/dev/pts/").count() >= 2,
+        "the remote process has a terminal too: {text:?}"
+    );
+    assert_eq!(
+        status.code(),
+        Some(5),
+        "orca's exit code is the remote one: {text:?}"
+    );
 }

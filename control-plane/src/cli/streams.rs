@@ -131,6 +131,10 @@ pub async fn exec(
         command,
         tty,
         stdin: args.stdin,
+        terminal_size: tty
+            .then(terminal::size)
+            .flatten()
+            .map(|(width, height)| agent::TerminalSize { width, height }),
         ..Default::default()
     };
     let first = pb::ExecInput {

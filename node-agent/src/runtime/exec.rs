@@ -90,7 +90,7 @@ impl Containerd {
                 "exec needs a command",
             )));
         }
-        let (process, io) = self.start_exec(container_id, args, false, false).await?;
+        let (process, io) = self.start_exec(container_id, args, None, false).await?;
         let ExecIo { stdout, stderr, .. } = io;
         let stderr = stderr.expect("an exec without a terminal has stderr");
         let mut out = Vec::new();
@@ -119,8 +119,8 @@ impl Containerd {
     }
 
     /// Starts `args` in the running container `container_id` as the container's
-    /// own process (user, env, cwd), on a pseudo-terminal when `tty`, with a
-    /// stdin FIFO when `stdin`.
+    /// own process (user, env, cwd), on a pseudo-terminal of `tty` = (columns,
+    /// rows) when given (0x0: size unknown), with a stdin FIFO when `stdin`.
     ///
     /// Errors: the containerd error of the failing call, e.g. `Tasks.Exec` NotFound
     /// when the container has no task, or `Tasks.Start` when runc cannot start the
@@ -129,7 +129,7 @@ impl Containerd {
         &self,
         container_id: &str,
         args: &[String],
-        tty: bool,
+        tty: Option<(u32, u32)>,
         stdin: bool,
     ) -> Result<(ExecProcess, ExecIo), RuntimeError> {
         if args.is_empty() {
@@ -148,7 +148,7 @@ impl Containerd {
             created: false,
         };
         let (stdout_path, stdout) = guard.fifo("stdout")?;
-        let (stderr_path, stderr) = if tty {
+        let (stderr_path, stderr) = if tty.is_some() {
             (String::new(), None)
         } else {
             let (path, rx) = guard.fifo("stderr")?;
@@ -167,7 +167,7 @@ impl Containerd {
             stdin: stdin_path,
             stdout: stdout_path,
             stderr: stderr_path,
-            terminal: tty,
+            terminal: tty.is_some(),
             spec: Some(Any {
                 type_url: PROCESS_TYPE_URL.to_owned(),
                 value: process.to_string().into_bytes(),
@@ -197,12 +197,13 @@ impl Containerd {
         ))
     }
 
-    /// The container's OCI process with `args`, on a terminal or not.
+    /// The container's OCI process with `args`, on a terminal of `tty` = (columns,
+    /// rows) or not.
     async fn exec_process_spec(
         &self,
         container_id: &str,
         args: &[String],
-        tty: bool,
+        tty: Option<(u32, u32)>,
     ) -> Result<serde_json::Value, RuntimeError> {
         let req = GetContainerRequest {
             id: container_id.to_owned(),
@@ -228,8 +229,17 @@ impl Containerd {
             )));
         };
         fields.insert("args".to_owned(), serde_json::json!(args));
-        fields.insert("terminal".to_owned(), serde_json::Value::Bool(tty));
+        fields.insert(
+            "terminal".to_owned(),
+            serde_json::Value::Bool(tty.is_some()),
+        );
         fields.remove("consoleSize");
+        if let Some((width, height)) = tty.filter(|(w, h)| *w > 0 && *h > 0) {
+            fields.insert(
+                "consoleSize".to_owned(),
+                serde_json::json!({ "height": height, "width": width }),
+            );
+        }
         Ok(process)
     }
 
