@@ -100,7 +100,7 @@ impl Streams {
             _ => None,
         };
         let opts = ReadOptions {
-            tail_lines: usize::try_from(req.tail_lines).ok(),
+            tail_lines: req.tail_lines.and_then(|n| usize::try_from(n).ok()),
             since,
             timestamps: req.timestamps,
             limit_bytes: usize::try_from(req.limit_bytes).ok().filter(|n| *n > 0),

@@ -301,7 +301,6 @@ impl TestAgent {
         let req = pb::LogsRequest {
             uid: uid.into(),
             container: container.into(),
-            tail_lines: -1,
             previous,
             ..Default::default()
         };

@@ -452,7 +452,6 @@ async fn a_stalled_log_reader_holds_the_agent_to_a_bounded_read_ahead() {
         namespace: "default".into(),
         name: "hog".into(),
         options: Some(orca_proto::agent::v1::LogsRequest {
-            tail_lines: -1,
             ..Default::default()
         }),
     };

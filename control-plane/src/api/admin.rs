@@ -202,10 +202,7 @@ impl AdminService for AdminApi {
         req: Request<pb::LogsRequest>,
     ) -> Result<Response<Self::LogsStream>, Status> {
         let req = req.into_inner();
-        let options = req.options.unwrap_or(agent::LogsRequest {
-            tail_lines: -1,
-            ..Default::default()
-        });
+        let options = req.options.unwrap_or_default();
         let stream = self
             .cluster
             .logs(&req.namespace, &req.name, options)

@@ -93,7 +93,7 @@ pub async fn logs(client: &mut Admin, namespace: String, args: LogsArgs) -> Resu
     let options = agent::LogsRequest {
         container: args.container,
         follow: args.follow,
-        tail_lines: args.tail,
+        tail_lines: Some(args.tail),
         since_seconds: args.since.map_or(0, |d| d.as_secs().max(1) as i64),
         since_time: args.since_time.map(|t| prost_types::Timestamp {
             seconds: t.as_second(),
