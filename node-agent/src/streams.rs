@@ -150,27 +150,26 @@ impl Streams {
         ReceiverStream::new(rx).map(Ok).chain(failure)
     }
 
+    /// The current run of a container, which must be running.
+    fn running(&self, uid: &str, container: &str) -> Result<RunTarget, Status> {
+        let target = self
+            .pods
+            .target(uid, container, false)
+            .map_err(crate::server::status)?;
+        target.require_running().map_err(crate::server::status)?;
+        Ok(target)
+    }
+
     /// Runs an exec session whose first message is `ExecStart`.
     pub async fn exec(
         &self,
         mut input: tonic::Streaming<pb::ExecInput>,
     ) -> Result<Responses<pb::ExecOutput>, Status> {
         use pb::exec_input::Input;
-        let start = match input.message().await? {
-            Some(pb::ExecInput {
-                input: Some(Input::Start(start)),
-            }) => start,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "the first message must be `start`",
-                ));
-            }
+        let Some(Input::Start(start)) = input.message().await?.and_then(|m| m.input) else {
+            return Err(not_started());
         };
-        let target = self
-            .pods
-            .target(&start.uid, &start.container, false)
-            .map_err(crate::server::status)?;
-        target.require_running().map_err(crate::server::status)?;
+        let target = self.running(&start.uid, &start.container)?;
         let tty = start.tty.then(|| {
             let size = start.terminal_size.unwrap_or_default();
             (size.width, size.height)
@@ -200,21 +199,10 @@ impl Streams {
         mut input: tonic::Streaming<pb::AttachInput>,
     ) -> Result<Responses<pb::ExecOutput>, Status> {
         use pb::attach_input::Input;
-        let start = match input.message().await? {
-            Some(pb::AttachInput {
-                input: Some(Input::Start(start)),
-            }) => start,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "the first message must be `start`",
-                ));
-            }
+        let Some(Input::Start(start)) = input.message().await?.and_then(|m| m.input) else {
+            return Err(not_started());
         };
-        let target = self
-            .pods
-            .target(&start.uid, &start.container, false)
-            .map_err(crate::server::status)?;
-        target.require_running().map_err(crate::server::status)?;
+        let target = self.running(&start.uid, &start.container)?;
         if start.stdin || start.tty {
             return Err(Status::failed_precondition(format!(
                 "container {:?} in pod {} has no {}: ORCA starts containers without stdin and without a terminal; attach without -i/-t, or use exec",
@@ -257,6 +245,10 @@ impl Streams {
         tokio::spawn(async move { while input.next().await.is_some() {} });
         Ok(Box::pin(output))
     }
+}
+
+fn not_started() -> Status {
+    Status::invalid_argument("the first message must be `start`")
 }
 
 fn output_stream(s: LogStream) -> pb::OutputStream {

@@ -219,17 +219,11 @@ impl AdminService for AdminApi {
     ) -> Result<Response<Self::ExecStream>, Status> {
         use agent::exec_input::Input;
         let mut input = req.into_inner();
-        let (namespace, name, start) = match input.message().await? {
-            Some(pb::ExecInput {
-                namespace,
-                name,
-                input:
-                    Some(agent::ExecInput {
-                        input: Some(Input::Start(start)),
-                    }),
-            }) => (namespace, name, start),
-            _ => return Err(first_message_error()),
+        let first = input.message().await?.ok_or_else(first_message_error)?;
+        let Some(Input::Start(start)) = first.input.and_then(|i| i.input) else {
+            return Err(first_message_error());
         };
+        let (namespace, name) = (first.namespace, first.name);
         let rest = tokio_stream::StreamExt::map_while(input, |m| m.ok().and_then(|m| m.input));
         let output = self
             .cluster
@@ -247,17 +241,11 @@ impl AdminService for AdminApi {
     ) -> Result<Response<Self::AttachStream>, Status> {
         use agent::attach_input::Input;
         let mut input = req.into_inner();
-        let (namespace, name, start) = match input.message().await? {
-            Some(pb::AttachInput {
-                namespace,
-                name,
-                input:
-                    Some(agent::AttachInput {
-                        input: Some(Input::Start(start)),
-                    }),
-            }) => (namespace, name, start),
-            _ => return Err(first_message_error()),
+        let first = input.message().await?.ok_or_else(first_message_error)?;
+        let Some(Input::Start(start)) = first.input.and_then(|i| i.input) else {
+            return Err(first_message_error());
         };
+        let (namespace, name) = (first.namespace, first.name);
         let rest = tokio_stream::StreamExt::map_while(input, |m| m.ok().and_then(|m| m.input));
         let output = self
             .cluster

@@ -144,17 +144,7 @@ pub async fn exec(
             input: Some(agent::exec_input::Input::Start(start)),
         }),
     };
-    let wrap = |input| pb::ExecInput {
-        input: Some(agent::ExecInput { input: Some(input) }),
-        ..Default::default()
-    };
-    use agent::exec_input::Input;
-    let inputs = Inputs {
-        stdin: move |b: Vec<u8>| wrap(Input::Stdin(b.into())),
-        resize: move |s| wrap(Input::Resize(s)),
-        close: move || wrap(Input::CloseStdin(true)),
-    };
-    let (requests, _raw) = inputs.open(first, args.stdin, tty)?;
+    let (requests, _raw) = open(first, args.stdin, tty)?;
     let output = client.exec(requests).await?.into_inner();
     print_session(output).await
 }
@@ -179,17 +169,7 @@ pub async fn attach(
             input: Some(agent::attach_input::Input::Start(start)),
         }),
     };
-    let wrap = |input| pb::AttachInput {
-        input: Some(agent::AttachInput { input: Some(input) }),
-        ..Default::default()
-    };
-    use agent::attach_input::Input;
-    let inputs = Inputs {
-        stdin: move |b: Vec<u8>| wrap(Input::Stdin(b.into())),
-        resize: move |s| wrap(Input::Resize(s)),
-        close: move || wrap(Input::CloseStdin(true)),
-    };
-    let (requests, _raw) = inputs.open(first, args.stdin, tty)?;
+    let (requests, _raw) = open(first, args.stdin, tty)?;
     let output = client.attach(requests).await?.into_inner();
     print_session(output).await
 }
@@ -203,77 +183,91 @@ fn usable_tty(args: &SessionArgs) -> bool {
     args.tty
 }
 
-/// How to wrap local input in a session's messages.
-struct Inputs<S, R, C> {
-    stdin: S,
-    resize: R,
-    close: C,
+/// Local input to a session.
+enum Local {
+    Stdin(Vec<u8>),
+    Resize(agent::TerminalSize),
+    CloseStdin,
 }
 
-impl<T, S, R, C> Inputs<S, R, C>
-where
-    T: Send + 'static,
-    S: Fn(Vec<u8>) -> T + Send + 'static,
-    R: Fn(agent::TerminalSize) -> T + Send + 'static,
-    C: Fn() -> T + Send + 'static,
-{
-    /// The session's requests: `first`, then standard input (read on a thread of
-    /// its own, so a read that never returns cannot hold up `orca`'s exit; EOF
-    /// becomes a stdin close) and, with a terminal, its size now and after every
-    /// SIGWINCH. With a terminal, also the raw mode guard.
-    fn open(
-        self,
-        first: T,
-        stdin: bool,
-        tty: bool,
-    ) -> Result<(ReceiverStream<T>, Option<RawMode>), CliError> {
-        let (tx, rx) = mpsc::channel(16);
-        tx.try_send(first)
-            .map_err(|_| CliError::Usage("session channel full".into()))?;
-        let raw = if tty { Some(RawMode::enable()?) } else { None };
-        if tty {
-            let tx = tx.clone();
-            let resize = self.resize;
-            let mut winch =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
-            tokio::spawn(async move {
-                loop {
-                    if let Some((width, height)) = terminal::size()
-                        && tx
-                            .send(resize(agent::TerminalSize { width, height }))
-                            .await
-                            .is_err()
-                    {
-                        return;
-                    }
-                    if winch.recv().await.is_none() {
+/// A session's request message: exec and attach wrap the same inputs.
+trait Request: Send + 'static {
+    fn wrap(local: Local) -> Self;
+}
+
+macro_rules! session_request {
+    ($outer:ty, $inner:ident, $input:ident) => {
+        impl Request for $outer {
+            fn wrap(local: Local) -> Self {
+                use agent::$input::Input;
+                let input = match local {
+                    Local::Stdin(b) => Input::Stdin(b.into()),
+                    Local::Resize(s) => Input::Resize(s),
+                    Local::CloseStdin => Input::CloseStdin(true),
+                };
+                Self {
+                    input: Some(agent::$inner { input: Some(input) }),
+                    ..Default::default()
+                }
+            }
+        }
+    };
+}
+
+session_request!(pb::ExecInput, ExecInput, exec_input);
+session_request!(pb::AttachInput, AttachInput, attach_input);
+
+/// The session's requests: `first`, then standard input (read on a thread of its
+/// own, so a read that never returns cannot hold up `orca`'s exit; EOF becomes a
+/// stdin close) and, with a terminal, its size after every SIGWINCH (the size at
+/// the start travels in `first`). With a terminal, also the raw mode guard.
+fn open<T: Request>(
+    first: T,
+    stdin: bool,
+    tty: bool,
+) -> Result<(ReceiverStream<T>, Option<RawMode>), CliError> {
+    let (tx, rx) = mpsc::channel(16);
+    tx.try_send(first)
+        .map_err(|_| CliError::Usage("session channel full".into()))?;
+    let raw = if tty { Some(RawMode::enable()?) } else { None };
+    if tty {
+        let tx = tx.clone();
+        let mut winch =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
+        tokio::spawn(async move {
+            while winch.recv().await.is_some() {
+                if let Some((width, height)) = terminal::size() {
+                    let size = agent::TerminalSize { width, height };
+                    if tx.send(T::wrap(Local::Resize(size))).await.is_err() {
                         return;
                     }
                 }
-            });
-        }
-        if stdin {
-            let (wrap, close) = (self.stdin, self.close);
-            std::thread::spawn(move || {
-                let mut stdin = std::io::stdin().lock();
-                let mut buf = vec![0; 32 * 1024];
-                loop {
-                    match std::io::Read::read(&mut stdin, &mut buf) {
-                        Ok(0) | Err(_) => {
-                            let _ = tx.blocking_send(close());
+            }
+        });
+    }
+    if stdin {
+        std::thread::spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = vec![0; 32 * 1024];
+            loop {
+                match std::io::Read::read(&mut stdin, &mut buf) {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.blocking_send(T::wrap(Local::CloseStdin));
+                        return;
+                    }
+                    Ok(n) => {
+                        if tx
+                            .blocking_send(T::wrap(Local::Stdin(buf[..n].to_vec())))
+                            .is_err()
+                        {
                             return;
                         }
-                        Ok(n) => {
-                            if tx.blocking_send(wrap(buf[..n].to_vec())).is_err() {
-                                return;
-                            }
-                        }
                     }
                 }
-            });
-        }
-        Ok((ReceiverStream::new(rx), raw))
+            }
+        });
     }
+    Ok((ReceiverStream::new(rx), raw))
 }
 
 /// Prints a session's output as it comes; returns the remote exit code.

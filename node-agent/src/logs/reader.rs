@@ -477,6 +477,17 @@ mod tests {
         out
     }
 
+    /// The last `n` records' text.
+    fn tail(path: &Path, n: usize) -> String {
+        text(&read(
+            path,
+            &ReadOptions {
+                tail_lines: Some(n),
+                ..Default::default()
+            },
+        ))
+    }
+
     fn text(chunks: &[(Stream, String)]) -> String {
         chunks.iter().map(|(_, s)| s.as_str()).collect()
     }
@@ -502,15 +513,7 @@ mod tests {
                 (Stream::Stdout, "c\n".into())
             ]
         );
-        let tail = |n| {
-            text(&read(
-                &path,
-                &ReadOptions {
-                    tail_lines: Some(n),
-                    ..Default::default()
-                },
-            ))
-        };
+        let tail = |n| tail(&path, n);
         assert_eq!(tail(0), "");
         assert_eq!(tail(1), "c\n");
         assert_eq!(tail(2), "b\nc\n");
@@ -556,15 +559,7 @@ mod tests {
             .open(&path)
             .unwrap();
         f.write_all(b"2027-01-15T08:00:05Z stdout F half").unwrap();
-        let tail = |n| {
-            text(&read(
-                &path,
-                &ReadOptions {
-                    tail_lines: Some(n),
-                    ..Default::default()
-                },
-            ))
-        };
+        let tail = |n| tail(&path, n);
         assert_eq!(tail(1), "4\n");
         assert_eq!(tail(3), "2\n3\n4\n");
         assert_eq!(tail(4), "1\n2\n3\n4\n");
