@@ -22,6 +22,9 @@
 //!   selectors and taints, autoscaling, dispatch), [`recovery`] (fencing,
 //!   new incarnations, drain, faults) and [`streams`] (logs, exec and attach
 //!   relayed from the pod's agent) are its operations.
+//! - [`selection`]: which EC2 instance types a pod gets (explicit, template,
+//!   auto, chain; allowed/denied lists; the pod annotations that steer it),
+//!   for the EC2 provider.
 //! - [`cloud`]: the `InstanceProvider` trait and the `local` provider (simulated
 //!   hosts, each in a network namespace of its own on a bridge; faults).
 //! - [`api`]: the AdminService (bearer token) and NodeService (node
@@ -42,6 +45,7 @@ pub mod pods;
 pub mod recovery;
 pub mod registry;
 pub mod scheduler;
+pub mod selection;
 pub mod store;
 pub mod streams;
 pub mod tls_identity;

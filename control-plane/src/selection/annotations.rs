@@ -1,0 +1,357 @@
+//! The pod annotations that steer instance selection and launch, parsed and
+//! checked: an unknown `orca.research/` annotation or a malformed value is an
+//! error naming it, never silently ignored.
+
+use std::collections::BTreeMap;
+
+/// `orca.research/instance-type`: the instance type to launch (`explicit`).
+pub const INSTANCE_TYPE: &str = "orca.research/instance-type";
+/// `orca.research/workload-template`: a template named in the config (`template`).
+pub const WORKLOAD_TEMPLATE: &str = "orca.research/workload-template";
+/// `orca.research/selection`: `explicit`, `template`, `auto` or `chain` (the default).
+pub const SELECTION: &str = "orca.research/selection";
+/// `orca.research/gpu-model`: the GPU model the pod needs (`A100`).
+pub const GPU_MODEL: &str = "orca.research/gpu-model";
+/// `orca.research/capacity-type`: `on-demand` (the default) or `spot`.
+pub const CAPACITY_TYPE: &str = "orca.research/capacity-type";
+/// `orca.research/max-spot-price`: the most to pay for spot, USD per hour.
+pub const MAX_SPOT_PRICE: &str = "orca.research/max-spot-price";
+/// `orca.research/capacity-reservation-id`: launch into this Capacity Reservation.
+pub const CAPACITY_RESERVATION_ID: &str = "orca.research/capacity-reservation-id";
+/// `orca.research/capacity-reservation-preference`: `open` or `none`.
+pub const CAPACITY_RESERVATION_PREFERENCE: &str = "orca.research/capacity-reservation-preference";
+/// `orca.research/ami`: the AMI to launch instead of the configured one.
+pub const AMI: &str = "orca.research/ami";
+
+/// Every annotation the selection and launch understand.
+pub const KNOWN: [&str; 9] = [
+    INSTANCE_TYPE,
+    WORKLOAD_TEMPLATE,
+    SELECTION,
+    GPU_MODEL,
+    CAPACITY_TYPE,
+    MAX_SPOT_PRICE,
+    CAPACITY_RESERVATION_ID,
+    CAPACITY_RESERVATION_PREFERENCE,
+    AMI,
+];
+
+/// The prefix of ORCA's annotations.
+pub const PREFIX: &str = "orca.research/";
+
+/// How the instance type is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// The type named by [`INSTANCE_TYPE`].
+    Explicit,
+    /// The first allowed type of the template named by [`WORKLOAD_TEMPLATE`] that fits.
+    Template,
+    /// The cheapest allowed type that fits the pod's requests.
+    Auto,
+    /// Explicit when the pod names a type, else template when it names one, else auto.
+    #[default]
+    Chain,
+}
+
+/// On-demand or spot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CapacityType {
+    /// On-demand.
+    #[default]
+    OnDemand,
+    /// Spot.
+    Spot,
+}
+
+/// Whether an instance may use an open Capacity Reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservationPreference {
+    /// Any open reservation that matches.
+    Open,
+    /// None.
+    None,
+}
+
+/// What a pod's annotations ask for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LaunchAnnotations {
+    /// How to choose.
+    pub mode: Mode,
+    /// The instance type named.
+    pub instance_type: Option<String>,
+    /// The template named.
+    pub template: Option<String>,
+    /// The GPU model needed.
+    pub gpu_model: Option<String>,
+    /// On-demand or spot.
+    pub capacity_type: CapacityType,
+    /// The spot price cap, USD per hour.
+    pub max_spot_price: Option<f64>,
+    /// The Capacity Reservation to launch into.
+    pub capacity_reservation_id: Option<String>,
+    /// Open reservations or none.
+    pub reservation_preference: Option<ReservationPreference>,
+    /// The AMI.
+    pub ami: Option<String>,
+}
+
+/// A pod annotation that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("annotation {key}: {problem}")]
+pub struct AnnotationError {
+    /// The annotation.
+    pub key: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// Parses the `orca.research/` annotations among `annotations`.
+pub fn parse(annotations: &BTreeMap<String, String>) -> Result<LaunchAnnotations, AnnotationError> {
+    let mut out = LaunchAnnotations::default();
+    for (key, value) in annotations.iter().filter(|(k, _)| k.starts_with(PREFIX)) {
+        let bad = |problem: String| AnnotationError {
+            key: key.clone(),
+            problem,
+        };
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(bad("is empty".into()));
+        }
+        match key.as_str() {
+            INSTANCE_TYPE => {
+                if !is_instance_type_name(value) {
+                    return Err(bad(format!(
+                        "{value:?} is not an instance type name (family.size, e.g. g5.xlarge)"
+                    )));
+                }
+                out.instance_type = Some(value.into());
+            }
+            WORKLOAD_TEMPLATE => out.template = Some(value.into()),
+            SELECTION => {
+                out.mode = match value {
+                    "explicit" => Mode::Explicit,
+                    "template" => Mode::Template,
+                    "auto" => Mode::Auto,
+                    "chain" => Mode::Chain,
+                    other => {
+                        return Err(bad(format!(
+                            "{other:?}: use explicit, template, auto or chain"
+                        )));
+                    }
+                }
+            }
+            GPU_MODEL => out.gpu_model = Some(value.into()),
+            CAPACITY_TYPE => {
+                out.capacity_type = match value {
+                    "on-demand" => CapacityType::OnDemand,
+                    "spot" => CapacityType::Spot,
+                    other => return Err(bad(format!("{other:?}: use on-demand or spot"))),
+                }
+            }
+            MAX_SPOT_PRICE => {
+                let price: f64 = value.parse().map_err(|_| {
+                    bad(format!(
+                        "{value:?} is not a price in USD per hour (e.g. 0.45)"
+                    ))
+                })?;
+                if !(price.is_finite() && price > 0.0) {
+                    return Err(bad(format!("{value:?} must be a positive price")));
+                }
+                out.max_spot_price = Some(price);
+            }
+            CAPACITY_RESERVATION_ID => {
+                if !is_aws_id(value, "cr-") {
+                    return Err(bad(format!(
+                        "{value:?} is not a Capacity Reservation id (cr-…)"
+                    )));
+                }
+                out.capacity_reservation_id = Some(value.into());
+            }
+            CAPACITY_RESERVATION_PREFERENCE => {
+                out.reservation_preference = Some(match value {
+                    "open" => ReservationPreference::Open,
+                    "none" => ReservationPreference::None,
+                    other => return Err(bad(format!("{other:?}: use open or none"))),
+                })
+            }
+            AMI => {
+                if !is_aws_id(value, "ami-") {
+                    return Err(bad(format!("{value:?} is not an AMI id (ami-…)")));
+                }
+                out.ami = Some(value.into());
+            }
+            _ => {
+                return Err(bad(format!(
+                    "unknown ORCA annotation; known: {}",
+                    KNOWN.join(", ")
+                )));
+            }
+        }
+    }
+    check_combinations(&out)?;
+    Ok(out)
+}
+
+/// Annotations that contradict each other.
+fn check_combinations(a: &LaunchAnnotations) -> Result<(), AnnotationError> {
+    let bad = |key: &str, problem: &str| {
+        Err(AnnotationError {
+            key: key.into(),
+            problem: problem.into(),
+        })
+    };
+    if a.max_spot_price.is_some() && a.capacity_type != CapacityType::Spot {
+        return bad(MAX_SPOT_PRICE, "needs orca.research/capacity-type: spot");
+    }
+    if a.capacity_reservation_id.is_some() {
+        if a.capacity_type == CapacityType::Spot {
+            return bad(
+                CAPACITY_RESERVATION_ID,
+                "Capacity Reservations are on-demand capacity; drop capacity-type: spot",
+            );
+        }
+        if a.reservation_preference.is_some() {
+            return bad(
+                CAPACITY_RESERVATION_PREFERENCE,
+                "give either a reservation id (targeted) or a preference, not both",
+            );
+        }
+    }
+    if a.mode == Mode::Explicit && a.instance_type.is_none() {
+        return bad(
+            SELECTION,
+            "explicit selection needs orca.research/instance-type",
+        );
+    }
+    if a.mode == Mode::Template && a.template.is_none() {
+        return bad(
+            SELECTION,
+            "template selection needs orca.research/workload-template",
+        );
+    }
+    Ok(())
+}
+
+/// `family.size`: lower-case letters, digits and dashes, one dot.
+fn is_instance_type_name(s: &str) -> bool {
+    let ok = |p: &str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    matches!(s.split_once('.'), Some((family, size)) if ok(family) && ok(size))
+}
+
+/// `<prefix><hex>`, as EC2 resource ids are.
+fn is_aws_id(s: &str, prefix: &str) -> bool {
+    s.strip_prefix(prefix)
+        .is_some_and(|rest| !rest.is_empty() && rest.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_pairs(pairs: &[(&str, &str)]) -> Result<LaunchAnnotations, AnnotationError> {
+        parse(
+            &pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn every_annotation_parses() {
+        let a = parse_pairs(&[
+            (INSTANCE_TYPE, "g5.xlarge"),
+            (SELECTION, "explicit"),
+            (GPU_MODEL, "A10G"),
+            (CAPACITY_TYPE, "spot"),
+            (MAX_SPOT_PRICE, "0.5"),
+            (AMI, "ami-0abc123"),
+            ("unrelated.io/x", "kept out"),
+        ])
+        .unwrap();
+        assert_eq!(a.mode, Mode::Explicit);
+        assert_eq!(a.instance_type.as_deref(), Some("g5.xlarge"));
+        assert_eq!(a.capacity_type, CapacityType::Spot);
+        assert_eq!(a.max_spot_price, Some(0.5));
+        assert_eq!(a.ami.as_deref(), Some("ami-0abc123"));
+        let r = parse_pairs(&[(CAPACITY_RESERVATION_ID, "cr-0123456789abcdef0")]).unwrap();
+        assert_eq!(
+            r.capacity_reservation_id.as_deref(),
+            Some("cr-0123456789abcdef0")
+        );
+        assert_eq!(parse_pairs(&[]).unwrap(), LaunchAnnotations::default());
+    }
+
+    #[test]
+    fn bad_annotations_name_the_key_and_the_problem() {
+        let err = |pairs: &[(&str, &str)]| parse_pairs(pairs).unwrap_err();
+        let e = err(&[("orca.research/instance-typo", "g5.xlarge")]);
+        assert_eq!(e.key, "orca.research/instance-typo");
+        assert!(e.problem.contains("unknown") && e.problem.contains(INSTANCE_TYPE));
+        assert_eq!(err(&[(INSTANCE_TYPE, "G5 xlarge")]).key, INSTANCE_TYPE);
+        assert_eq!(err(&[(INSTANCE_TYPE, " ")]).problem, "is empty");
+        assert!(
+            err(&[(SELECTION, "cheapest")])
+                .problem
+                .contains("explicit, template, auto or chain")
+        );
+        assert!(
+            err(&[(CAPACITY_TYPE, "reserved")])
+                .problem
+                .contains("on-demand or spot")
+        );
+        assert!(
+            err(&[(CAPACITY_TYPE, "spot"), (MAX_SPOT_PRICE, "cheap")])
+                .problem
+                .contains("USD")
+        );
+        assert!(
+            err(&[(CAPACITY_TYPE, "spot"), (MAX_SPOT_PRICE, "-1")])
+                .problem
+                .contains("positive")
+        );
+        assert!(
+            err(&[(MAX_SPOT_PRICE, "0.4")])
+                .problem
+                .contains("capacity-type: spot")
+        );
+        assert!(
+            err(&[(CAPACITY_RESERVATION_ID, "reservation-1")])
+                .problem
+                .contains("cr-")
+        );
+        assert!(
+            err(&[(CAPACITY_RESERVATION_ID, "cr-0a"), (CAPACITY_TYPE, "spot")])
+                .problem
+                .contains("on-demand")
+        );
+        assert_eq!(
+            err(&[
+                (CAPACITY_RESERVATION_ID, "cr-0a"),
+                (CAPACITY_RESERVATION_PREFERENCE, "open")
+            ])
+            .key,
+            CAPACITY_RESERVATION_PREFERENCE
+        );
+        assert!(
+            err(&[(CAPACITY_RESERVATION_PREFERENCE, "maybe")])
+                .problem
+                .contains("open or none")
+        );
+        assert!(err(&[(AMI, "debian-12")]).problem.contains("ami-"));
+        assert!(
+            err(&[(SELECTION, "explicit")])
+                .problem
+                .contains(INSTANCE_TYPE)
+        );
+        assert!(
+            err(&[(SELECTION, "template")])
+                .problem
+                .contains(WORKLOAD_TEMPLATE)
+        );
+    }
+}
