@@ -95,7 +95,9 @@ fn exits(status: &types::PodStatus) -> String {
 
 impl Cluster {
     /// Creates a pod. A spec that is not a Kubernetes PodSpec is refused; one that
-    /// decodes but cannot run is stored as Failed with reason InvalidPodSpec.
+    /// decodes but cannot run is stored as Failed with reason InvalidPodSpec, and
+    /// one with an unknown or malformed `orca.research/` annotation as Failed with
+    /// reason InvalidAnnotation naming it.
     pub async fn create_pod(&self, mut pod: types::Pod) -> Result<pb::PodRecord, ClusterError> {
         let r = pod.r#ref.get_or_insert_default();
         if r.namespace.is_empty() {
@@ -114,18 +116,26 @@ impl Cluster {
             ClusterError::Invalid(format!("spec_json is not a Kubernetes PodSpec: {e}"))
         })?;
         let problem = if spec.containers.is_empty() {
-            Some("pod spec has no containers".to_owned())
+            Some(("InvalidPodSpec", "pod spec has no containers".to_owned()))
+        } else if let Some(c) = spec
+            .containers
+            .iter()
+            .find(|c| c.image.as_deref().unwrap_or_default().trim().is_empty())
+        {
+            Some((
+                "InvalidPodSpec",
+                format!("container {:?} has no image", c.name),
+            ))
         } else {
-            spec.containers
-                .iter()
-                .find(|c| c.image.as_deref().unwrap_or_default().trim().is_empty())
-                .map(|c| format!("container {:?} has no image", c.name))
+            crate::selection::annotations::parse(&pod.annotations)
+                .err()
+                .map(|e| ("InvalidAnnotation", e.to_string()))
         };
         let status = match &problem {
-            Some(p) => types::PodStatus {
+            Some((reason, message)) => types::PodStatus {
                 phase: PodPhase::Failed as i32,
-                reason: "InvalidPodSpec".into(),
-                message: p.clone(),
+                reason: (*reason).into(),
+                message: message.clone(),
                 observed_at: Some(now()),
                 ..Default::default()
             },
@@ -146,7 +156,7 @@ impl Cluster {
         }
         self.store().flush().await?;
         match problem {
-            Some(p) => self.event("Pod", &ns, &name, true, "InvalidPodSpec", p),
+            Some((reason, message)) => self.event("Pod", &ns, &name, true, reason, message),
             None => {
                 self.event(
                     "Pod",

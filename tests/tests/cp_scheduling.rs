@@ -211,6 +211,42 @@ fn cli_errors_have_exit_codes_and_down_removes_every_node() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // A misspelt or malformed ORCA annotation fails the pod, naming it; never ignored.
+    c.orca_ok(&[
+        "run",
+        "typo",
+        "--image",
+        &c.image,
+        "--annotation",
+        "orca.research/instance-typo=g5.xlarge",
+    ]);
+    let typo = c.pod("typo");
+    assert_eq!(typo["phase"], "Failed", "{typo}");
+    assert_eq!(typo["reason"], "InvalidAnnotation", "{typo}");
+    assert!(
+        typo["message"]
+            .as_str()
+            .unwrap()
+            .contains("orca.research/instance-typo: unknown ORCA annotation"),
+        "{typo}"
+    );
+    let events = c.orca_ok(&["events", "typo"]);
+    assert!(events.contains("InvalidAnnotation"), "{events}");
+    c.orca_ok(&[
+        "run",
+        "cheap",
+        "--image",
+        &c.image,
+        "--annotation",
+        "orca.research/max-spot-price=0.5",
+    ]);
+    assert!(
+        c.pod("cheap")["message"]
+            .as_str()
+            .unwrap()
+            .contains("needs orca.research/capacity-type: spot")
+    );
+
     c.orca_ok(&["node", "add", "a"]);
     c.orca_ok(&["node", "add", "b"]);
     c.orca_ok(&["run", "job", "--image", &c.image, "--", "sleep", "600"]);

@@ -105,10 +105,17 @@ pub struct AnnotationError {
     pub problem: String,
 }
 
-/// Parses the `orca.research/` annotations among `annotations`.
-pub fn parse(annotations: &BTreeMap<String, String>) -> Result<LaunchAnnotations, AnnotationError> {
+/// Parses the `orca.research/` annotations among `annotations` (checked in key
+/// order, so the first error is always the same).
+pub fn parse<'a>(
+    annotations: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Result<LaunchAnnotations, AnnotationError> {
+    let ours: BTreeMap<&String, &String> = annotations
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(PREFIX))
+        .collect();
     let mut out = LaunchAnnotations::default();
-    for (key, value) in annotations.iter().filter(|(k, _)| k.starts_with(PREFIX)) {
+    for (key, value) in ours {
         let bad = |problem: String| AnnotationError {
             key: key.clone(),
             problem,
@@ -253,12 +260,11 @@ mod tests {
     use super::*;
 
     fn parse_pairs(pairs: &[(&str, &str)]) -> Result<LaunchAnnotations, AnnotationError> {
-        parse(
-            &pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse(&map)
     }
 
     #[test]
