@@ -6,9 +6,11 @@
 //! [`local::LocalProvider`] runs every node as a simulated host on this machine:
 //! an `orca-agent` process in its own network namespace with its own address on
 //! a bridge ([`netns`], [`cidr`]), or a plain process where namespaces are not
-//! available. The EC2 provider comes with its own issue.
+//! available. [`ec2`] holds the EC2 provider's seam to AWS as far as it is built
+//! (the client and the instance-type catalogue); the provider itself is issue 7.
 
 pub mod cidr;
+pub mod ec2;
 pub mod local;
 pub mod netns;
 

@@ -1,0 +1,65 @@
+//! The EC2 provider's seam to AWS, through aws-sdk-ec2: the client (the default
+//! credential chain and region in production; an endpoint override and static
+//! credentials for `moto_server` in tests) and the instance-type
+//! [`catalogue`]. Launching, the offering cache and reconciliation come next
+//! (issue 7); until then the control plane does not use EC2.
+
+pub mod catalogue;
+
+use aws_config::BehaviorVersion;
+
+/// How to reach EC2.
+#[derive(Debug, Clone, Default)]
+pub struct ClientSettings {
+    /// Region; the default chain's (`AWS_REGION`, the profile, IMDS) when `None`.
+    pub region: Option<String>,
+    /// An endpoint URL instead of EC2's (`moto_server` in tests).
+    pub endpoint: Option<String>,
+    /// Static credentials (access key, secret) instead of the default chain.
+    pub static_credentials: Option<(String, String)>,
+}
+
+/// An EC2 call that failed, with the SDK's whole error chain.
+#[derive(Debug, thiserror::Error)]
+#[error("EC2 {op} failed: {message}")]
+pub struct Ec2Error {
+    /// The API action.
+    pub op: &'static str,
+    /// What EC2 (or the transport) said.
+    pub message: String,
+}
+
+impl Ec2Error {
+    /// Wraps an SDK error of action `op`.
+    pub fn of<E, R>(op: &'static str) -> impl FnOnce(aws_sdk_ec2::error::SdkError<E, R>) -> Self
+    where
+        E: std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        move |e| Self {
+            op,
+            message: aws_sdk_ec2::error::DisplayErrorContext(&e).to_string(),
+        }
+    }
+}
+
+/// An EC2 client as `settings` say.
+pub async fn client(settings: &ClientSettings) -> aws_sdk_ec2::Client {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(region) = &settings.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(endpoint) = &settings.endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    if let Some((key, secret)) = &settings.static_credentials {
+        loader = loader.credentials_provider(aws_sdk_ec2::config::Credentials::new(
+            key.clone(),
+            secret.clone(),
+            None,
+            None,
+            "orca-static",
+        ));
+    }
+    aws_sdk_ec2::Client::new(&loader.load().await)
+}
