@@ -22,6 +22,9 @@
 //! - [`cgroup`]: what the kernel says of a container's cgroup (OOM kills), v1 and v2.
 //! - [`status`]: observed states and the pod phase (Kubernetes' rules).
 //! - [`logs`]: CRI log files: the logger the shim runs (with rotation), and the reader.
+//! - [`imds`]: IMDSv2 (session token, then user data and instance id) and ORCA's
+//!   boot data in the user data; for agents on EC2 (their boot wiring comes with
+//!   the EC2 provider).
 //! - [`server`]: the AgentService gRPC server.
 //! - [`streams`]: logs (read and followed), exec and attach sessions.
 //! - [`join`]: the node's identity (join with a token, certificate renewal).
@@ -53,6 +56,7 @@
 pub mod cgroup;
 pub mod config;
 pub mod heartbeat;
+pub mod imds;
 pub mod join;
 pub mod logs;
 pub mod pods;

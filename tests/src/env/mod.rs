@@ -23,6 +23,7 @@ mod daemon;
 mod error;
 mod http;
 mod image;
+mod imds;
 mod moto;
 mod registry;
 mod tools;
@@ -32,6 +33,7 @@ pub use daemon::{Daemon, STOP_GRACE};
 pub use error::{EnvError, Result};
 pub use http::{HttpResponse, http_request};
 pub use image::{BUSYBOX_REF, busybox_image, containerd_and_registry, containerd_and_registry_on};
+pub use imds::ImdsServer;
 pub use moto::Moto;
 pub use registry::{Registry, Secured};
 pub use tools::{

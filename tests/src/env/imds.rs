@@ -1,0 +1,114 @@
+//! A small IMDSv2 server playing an EC2 instance's metadata service on a
+//! loopback port: a session token from `PUT /latest/api/token` (which needs the
+//! TTL header), then `GET /latest/user-data` and `/latest/meta-data/instance-id`
+//! only with that token, as EC2 answers with `HttpTokens: required`. Tests point
+//! agents at it; nothing is ever sent to 169.254.169.254.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+
+/// A running metadata server; it stops with the test process.
+#[derive(Debug, Clone)]
+pub struct ImdsServer {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    user_data: String,
+    instance_id: String,
+    tokens: Vec<String>,
+    /// Requests seen: `METHOD PATH STATUS`.
+    log: Vec<String>,
+}
+
+impl ImdsServer {
+    /// Serves `user_data` and `instance_id`.
+    pub fn start(user_data: &str, instance_id: &str) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        let state = Arc::new(Mutex::new(State {
+            user_data: user_data.into(),
+            instance_id: instance_id.into(),
+            ..Default::default()
+        }));
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let state = shared.clone();
+                std::thread::spawn(move || serve(stream, &state));
+            }
+        });
+        Ok(Self { endpoint, state })
+    }
+
+    /// The requests seen so far, `METHOD PATH STATUS` each.
+    pub fn log(&self) -> Vec<String> {
+        self.state.lock().unwrap().log.clone()
+    }
+}
+
+fn serve(stream: TcpStream, state: &Mutex<State>) {
+    let mut reader = BufReader::new(match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    });
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, path) = (
+        parts.next().unwrap_or_default().to_owned(),
+        parts.next().unwrap_or_default().to_owned(),
+    );
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+    }
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let mut st = state.lock().unwrap();
+    let (status, body) = match (method.as_str(), path.as_str()) {
+        ("PUT", "/latest/api/token") => match header("x-aws-ec2-metadata-token-ttl-seconds") {
+            Some(_) => {
+                let token = format!("token-{}", st.tokens.len() + 1);
+                st.tokens.push(token.clone());
+                (200, token)
+            }
+            None => (400, "missing x-aws-ec2-metadata-token-ttl-seconds".into()),
+        },
+        ("GET", p) => {
+            let authorised =
+                header("x-aws-ec2-metadata-token").is_some_and(|t| st.tokens.contains(&t));
+            match (authorised, p) {
+                (false, _) => (401, String::new()),
+                (true, "/latest/user-data") => (200, st.user_data.clone()),
+                (true, "/latest/meta-data/instance-id") => (200, st.instance_id.clone()),
+                (true, _) => (404, String::new()),
+            }
+        }
+        _ => (405, String::new()),
+    };
+    st.log.push(format!("{method} {path} {status}"));
+    drop(st);
+    let mut out = stream;
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
