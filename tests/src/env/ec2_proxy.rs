@@ -1,0 +1,251 @@
+//! A small EC2 proxy in front of `moto_server`, for what moto cannot do
+//! (TESTENV §4): it forwards every call and, as a test directs, answers with
+//! EC2's documented error responses instead, or lets a call through and loses
+//! its answer. It enforces RunInstances' `ClientToken` idempotency as EC2 does
+//! (the same token answers with the same instances; moto ignores tokens), and
+//! logs every call it sees, so tests can check what the control plane asked.
+//!
+//! It speaks just enough HTTP/1.1 for aws-sdk-ec2's query protocol: one
+//! form-encoded POST per connection, answered with `connection: close`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the proxy does to a matching call instead of forwarding it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answers with this EC2 error (`InsufficientInstanceCapacity`, ...) and HTTP status.
+    Error {
+        /// The error code.
+        code: String,
+        /// Its message.
+        message: String,
+        /// HTTP status (EC2 uses 400 for client errors, 500/503 for capacity and throttling).
+        status: u16,
+    },
+    /// Forwards the call (it takes effect) and closes the connection without an answer.
+    DropResponse,
+}
+
+impl Fault {
+    /// An EC2 error answer.
+    pub fn error(code: &str, message: &str, status: u16) -> Self {
+        Self::Error {
+            code: code.into(),
+            message: message.into(),
+            status,
+        }
+    }
+}
+
+/// One call the proxy saw.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The `Action` parameter.
+    pub action: String,
+    /// Every form parameter.
+    pub params: BTreeMap<String, String>,
+    /// What the client got: an HTTP status, or 0 when the answer was dropped.
+    pub status: u16,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// (action, times left, fault).
+    faults: Vec<(String, usize, Fault)>,
+    /// RunInstances answers by ClientToken.
+    tokens: HashMap<String, (u16, String)>,
+    calls: Vec<Call>,
+}
+
+/// A running proxy; it stops when the test's runtime ends.
+#[derive(Debug, Clone)]
+pub struct Ec2Proxy {
+    /// `http://127.0.0.1:PORT`, the endpoint override for clients.
+    pub endpoint: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl Ec2Proxy {
+    /// Starts a proxy forwarding to `upstream` (moto's endpoint). Call it inside
+    /// a tokio runtime.
+    pub async fn start(upstream: &str) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        let upstream = upstream.trim_end_matches('/').to_owned();
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("http client");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (state, upstream, http) = (shared.clone(), upstream.clone(), http.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = serve(stream, &state, &upstream, &http).await {
+                        tracing::debug!(error = %e, "ec2 proxy connection failed");
+                    }
+                });
+            }
+        });
+        Ok(Self { endpoint, state })
+    }
+
+    /// The next `times` calls of `action` meet `fault`.
+    pub fn fail(&self, action: &str, times: usize, fault: Fault) {
+        self.state
+            .lock()
+            .unwrap()
+            .faults
+            .push((action.into(), times, fault));
+    }
+
+    /// Forgets the faults not yet used up.
+    pub fn clear_faults(&self) {
+        self.state.lock().unwrap().faults.clear();
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    /// The calls of one action so far.
+    pub fn calls_of(&self, action: &str) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.action == action)
+            .collect()
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    state: &Mutex<State>,
+    upstream: &str,
+    http: &reqwest::Client,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).await?;
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .to_owned();
+    let mut headers = Vec::new();
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            let (k, v) = (k.trim().to_owned(), v.trim().to_owned());
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.parse().unwrap_or(0);
+            }
+            headers.push((k, v));
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).await?;
+    let params: BTreeMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    let action = params.get("Action").cloned().unwrap_or_default();
+
+    let fault = {
+        let mut st = state.lock().unwrap();
+        let hit = st
+            .faults
+            .iter_mut()
+            .find(|(a, left, _)| *a == action && *left > 0);
+        hit.map(|(_, left, fault)| {
+            *left -= 1;
+            fault.clone()
+        })
+    };
+    let token = (action == "RunInstances")
+        .then(|| params.get("ClientToken").cloned())
+        .flatten();
+    let cached = token
+        .as_ref()
+        .and_then(|t| state.lock().unwrap().tokens.get(t).cloned());
+
+    let answer = match (&fault, cached) {
+        (
+            Some(Fault::Error {
+                code,
+                message,
+                status,
+            }),
+            _,
+        ) => Some((*status, error_xml(code, message))),
+        (_, Some(answer)) => Some(answer),
+        (_, None) => {
+            let forwarded = forward(http, upstream, &path, &headers, body).await;
+            if let (Some(t), (200, _)) = (&token, &forwarded) {
+                state
+                    .lock()
+                    .unwrap()
+                    .tokens
+                    .insert(t.clone(), forwarded.clone());
+            }
+            (fault != Some(Fault::DropResponse)).then_some(forwarded)
+        }
+    };
+    let status = answer.as_ref().map_or(0, |(s, _)| *s);
+    state.lock().unwrap().calls.push(Call {
+        action,
+        params,
+        status,
+    });
+    let mut stream = reader.into_inner();
+    if let Some((status, body)) = answer {
+        let head = format!(
+            "HTTP/1.1 {status} {}\r\ncontent-type: text/xml;charset=UTF-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            if status == 200 { "OK" } else { "Error" },
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+    }
+    stream.shutdown().await
+}
+
+async fn forward(
+    http: &reqwest::Client,
+    upstream: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: Vec<u8>,
+) -> (u16, String) {
+    let mut req = http.post(format!("{upstream}{path}")).body(body);
+    for (k, v) in headers {
+        if !matches!(
+            k.to_ascii_lowercase().as_str(),
+            "host" | "content-length" | "connection"
+        ) {
+            req = req.header(k, v);
+        }
+    }
+    match req.send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap_or_default())
+        }
+        Err(e) => (502, error_xml("ProxyUpstreamError", &e.to_string())),
+    }
+}
+
+/// EC2's error document.
+fn error_xml(code: &str, message: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>orca-ec2-proxy</RequestID></Response>"
+    )
+}
