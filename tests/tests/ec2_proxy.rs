@@ -69,10 +69,7 @@ async fn the_proxy_keeps_client_tokens_idempotent_and_injects_ec2_errors() {
     let first = launch(&client, "token-a").await.expect("launch");
     let again = launch(&client, "token-a").await.expect("launch again");
     assert_eq!(first, again);
-    assert_eq!(
-        instances_with_token(&client, "token-a").await,
-        [first.clone()]
-    );
+    assert_eq!(instances_with_token(&client, "token-a").await, vec![first]);
     assert_eq!(proxy.calls_of("RunInstances").len(), 2);
     assert_eq!(
         proxy.calls_of("RunInstances")[0]
