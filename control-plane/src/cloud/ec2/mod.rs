@@ -1,10 +1,13 @@
 //! The EC2 provider's seam to AWS, through aws-sdk-ec2: the client (the default
 //! credential chain and region in production; an endpoint override and static
 //! credentials for `moto_server` in tests) and the instance-type
-//! [`catalogue`]. Launching, the offering cache and reconciliation come next
-//! (issue 7); until then the control plane does not use EC2.
+//! [`catalogue`]; one RunInstances and the meaning of its errors ([`launch`]).
+//! The provider around them (the offering cache, fallback, boot timeout,
+//! reconciliation) comes next (issue 7); until then the control plane does not
+//! use EC2.
 
 pub mod catalogue;
+pub mod launch;
 
 use aws_config::BehaviorVersion;
 
