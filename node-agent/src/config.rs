@@ -28,9 +28,14 @@ pub struct ConfigError {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "orca-agent", version, about)]
 pub struct Flags {
-    /// Control plane NodeService URL, e.g. https://10.0.0.1:7443.
-    #[arg(long, env = "ORCA_AGENT_CONTROL_PLANE")]
+    /// Control plane NodeService URL, e.g. https://10.0.0.1:7443 (or from --imds-endpoint).
+    #[arg(long, env = "ORCA_AGENT_CONTROL_PLANE", default_value = "")]
     pub control_plane: String,
+    /// Read what is not given here (control plane URL, CA, node name, join token,
+    /// advertised address) from the instance metadata service at this URL,
+    /// IMDSv2: http://169.254.169.254 on EC2.
+    #[arg(long, env = "ORCA_AGENT_IMDS_ENDPOINT")]
+    pub imds_endpoint: Option<String>,
     /// Single-use join token (not needed once the node has joined: its identity
     /// is kept under <state-dir>/identity).
     #[arg(
@@ -43,8 +48,8 @@ pub struct Flags {
     /// PEM file of the cluster CA, to verify the control plane at the first join.
     #[arg(long, env = "ORCA_AGENT_CA_FILE")]
     pub ca_file: Option<PathBuf>,
-    /// Name of this node (the token is bound to it).
-    #[arg(long, env = "ORCA_AGENT_NODE_NAME")]
+    /// Name of this node (the token is bound to it; or from --imds-endpoint).
+    #[arg(long, env = "ORCA_AGENT_NODE_NAME", default_value = "")]
     pub node_name: String,
     /// Address to serve AgentService on.
     #[arg(long, env = "ORCA_AGENT_LISTEN", default_value = "0.0.0.0:7444")]
@@ -157,7 +162,10 @@ impl Flags {
         if !self.control_plane.starts_with("https://")
             || orca_proto::tls::host_port(&self.control_plane).is_err()
         {
-            return err("control-plane", "must be an https://host:port URL");
+            return err(
+                "control-plane",
+                "must be an https://host:port URL (or come from --imds-endpoint)",
+            );
         }
         let ca_pem = match &self.ca_file {
             None => None,

@@ -124,6 +124,35 @@ impl Imds {
     }
 }
 
+/// Fills what `flags` leave out from the instance's metadata at `endpoint`: the
+/// control plane URL, node name and join token from the user data, the
+/// advertised address from `local-ipv4` and the listen port. Returns the CA from
+/// the user data, checked to be PEM certificates.
+pub async fn boot(
+    flags: &mut crate::config::Flags,
+    endpoint: &str,
+    timeout: Duration,
+) -> Result<String, ImdsError> {
+    let imds = Imds::new(endpoint, timeout);
+    let data = imds.boot_data().await?;
+    orca_proto::tls::certs("CA", &data.ca_pem)
+        .map_err(|e| ImdsError::BadUserData(format!("ca_pem: {e}")))?;
+    if flags.control_plane.is_empty() {
+        flags.control_plane = data.control_plane;
+    }
+    if flags.node_name.is_empty() {
+        flags.node_name = data.node_name;
+    }
+    if flags.join_token.is_empty() {
+        flags.join_token = data.join_token;
+    }
+    if flags.advertise.is_none() {
+        let ip = imds.get("private address", "meta-data/local-ipv4").await?;
+        flags.advertise = Some(format!("{}:{}", ip.trim(), flags.listen.port()));
+    }
+    Ok(data.ca_pem)
+}
+
 /// Parses ORCA's user data, checking that every field is there.
 pub fn parse_boot_data(text: &str) -> Result<BootData, ImdsError> {
     let data: BootData =

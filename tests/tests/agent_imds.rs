@@ -14,7 +14,11 @@ async fn boot_data_and_instance_id_come_through_imdsv2_sessions() {
         node_name: "i-0abc".into(),
         join_token: "single-use".into(),
     };
-    let server = ImdsServer::start(&serde_json::to_string(&boot).unwrap(), "i-0abc123").unwrap();
+    let server = ImdsServer::start(
+        &serde_json::to_string(&boot).unwrap(),
+        &[("instance-id", "i-0abc123")],
+    )
+    .unwrap();
     let imds = Imds::new(&server.endpoint, Duration::from_secs(5));
     assert_eq!(imds.boot_data().await.expect("boot data"), boot);
     assert_eq!(imds.instance_id().await.expect("instance id"), "i-0abc123");
@@ -36,7 +40,7 @@ async fn boot_data_and_instance_id_come_through_imdsv2_sessions() {
     assert_eq!(plain.status().as_u16(), 401);
 
     // User data that is not ORCA's, and an endpoint that does not answer: clear errors.
-    let other = ImdsServer::start("#!/bin/sh\necho hello\n", "i-1").unwrap();
+    let other = ImdsServer::start("#!/bin/sh\necho hello\n", &[]).unwrap();
     let e = Imds::new(&other.endpoint, Duration::from_secs(5))
         .boot_data()
         .await

@@ -192,3 +192,72 @@ async fn expired_tokens_are_refused_and_agents_renew_short_lived_certificates() 
     c.orca_ok(&["run", "after", "--image", &c.image, "--", "true"]);
     c.wait_phase("after", "Succeeded");
 }
+
+/// An agent started with nothing but `--imds-endpoint` (and its local
+/// containerd settings) reads its control plane, CA, node name and join token
+/// from the instance's user data over IMDSv2, joins, and runs a pod; the token
+/// is single use, so user data read again later is worthless.
+#[test]
+fn an_agent_boots_from_imds_user_data_and_its_token_is_consumed() {
+    let c = TestCluster::start();
+    let token = external_token(&c, "imds-node");
+    let ca = std::fs::read_to_string(c.data_dir().join("ca.pem")).unwrap();
+    let boot = orca_agent::imds::BootData {
+        control_plane: c.server.clone(),
+        ca_pem: ca,
+        node_name: "imds-node".into(),
+        join_token: token,
+    };
+    let user_data = serde_json::to_string(&boot).unwrap();
+    let imds = orca_tests::env::ImdsServer::start(
+        &user_data,
+        &[("instance-id", "i-0imds"), ("local-ipv4", "127.0.0.1")],
+    )
+    .unwrap();
+    // Under the data dir, so the cluster's teardown finds its pods' orca-pause.
+    let agent_dir = c.data_dir().join("imds-agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let start_agent = |state: &str| {
+        let port = orca_tests::env::free_port();
+        let mut cmd = std::process::Command::new(orca_tests::env::workspace_bin("orca-agent"));
+        cmd.args(["--imds-endpoint", &imds.endpoint])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--containerd-socket")
+            .arg(&c.containerd.socket)
+            .args(["--containerd-namespace", &c.namespace("imds-node")])
+            .arg("--state-dir")
+            .arg(agent_dir.join(state))
+            .args(["--insecure-registry", &c.registry.addr, "--retry-ms", "100"]);
+        orca_tests::env::Daemon::spawn("orca-agent", cmd, &agent_dir.join(format!("{state}.log")))
+            .expect("agent starts")
+    };
+    let _agent = start_agent("first");
+    let node = c.wait_node_ready("imds-node");
+    assert!(
+        node["address"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "the address from local-ipv4: {node}"
+    );
+    assert!(
+        imds.log()
+            .first()
+            .is_some_and(|l| l == "PUT /latest/api/token 200"),
+        "a session token first: {:?}",
+        imds.log()
+    );
+    c.orca_ok(&["run", "on-imds", "--image", &c.image, "--", "sleep", "300"]);
+    let pod = c.wait_phase("on-imds", "Running");
+    assert_eq!(pod["node"], "imds-node", "{pod}");
+
+    // Another host reading the same user data cannot join with it.
+    let mut second = start_agent("second");
+    let log = eventually_blocking("the second join to be refused", DEADLINE, || {
+        let log = std::fs::read_to_string(agent_dir.join("second.log")).unwrap_or_default();
+        if log.contains("join failed") {
+            Ok(log)
+        } else {
+            Err(log)
+        }
+    });
+    assert!(log.contains("join refused"), "{log}");
+    second.terminate(DEADLINE);
+}

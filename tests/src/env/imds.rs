@@ -1,7 +1,7 @@
 //! A small IMDSv2 server playing an EC2 instance's metadata service on a
 //! loopback port: a session token from `PUT /latest/api/token` (which needs the
-//! TTL header), then `GET /latest/user-data` and `/latest/meta-data/instance-id`
-//! only with that token, as EC2 answers with `HttpTokens: required`. Tests point
+//! TTL header), then `GET /latest/user-data` and `/latest/meta-data/<key>` only
+//! with that token, as EC2 answers with `HttpTokens: required`. Tests point
 //! agents at it; nothing is ever sent to 169.254.169.254.
 
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -19,20 +19,25 @@ pub struct ImdsServer {
 #[derive(Debug, Default)]
 struct State {
     user_data: String,
-    instance_id: String,
+    /// `meta-data/<key>` → value.
+    meta: Vec<(String, String)>,
     tokens: Vec<String>,
     /// Requests seen: `METHOD PATH STATUS`.
     log: Vec<String>,
 }
 
 impl ImdsServer {
-    /// Serves `user_data` and `instance_id`.
-    pub fn start(user_data: &str, instance_id: &str) -> std::io::Result<Self> {
+    /// Serves `user_data` and the `meta-data/<key>` values of `meta`
+    /// (`instance-id`, `local-ipv4`, ...).
+    pub fn start(user_data: &str, meta: &[(&str, &str)]) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let endpoint = format!("http://{}", listener.local_addr()?);
         let state = Arc::new(Mutex::new(State {
             user_data: user_data.into(),
-            instance_id: instance_id.into(),
+            meta: meta
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..Default::default()
         }));
         let shared = state.clone();
@@ -97,8 +102,13 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
             match (authorised, p) {
                 (false, _) => (401, String::new()),
                 (true, "/latest/user-data") => (200, st.user_data.clone()),
-                (true, "/latest/meta-data/instance-id") => (200, st.instance_id.clone()),
-                (true, _) => (404, String::new()),
+                (true, p) => match p
+                    .strip_prefix("/latest/meta-data/")
+                    .and_then(|k| st.meta.iter().find(|(key, _)| key == k))
+                {
+                    Some((_, v)) => (200, v.clone()),
+                    None => (404, String::new()),
+                },
             }
         }
         _ => (405, String::new()),
