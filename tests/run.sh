@@ -6,5 +6,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 deploy/local/setup.sh
-cargo build --workspace --bins
+# One build of every target: the binaries with the same features as the tests, so
+# nextest compiles nothing again (a --bins build without dev-dependencies' features
+# would be rebuilt for the tests, aws-sdk-ec2 included: five minutes).
+cargo build --workspace --all-targets
 cargo nextest run --workspace --no-fail-fast "$@"

@@ -79,34 +79,34 @@ impl Imds {
 
     /// A session token (IMDSv2's PUT).
     async fn token(&self) -> Result<String, ImdsError> {
-        let fail = self.failed("token");
-        let resp = self
+        let req = self
             .http
             .put(format!("{}/latest/api/token", self.endpoint))
             .header(
                 "X-aws-ec2-metadata-token-ttl-seconds",
                 TOKEN_TTL_S.to_string(),
-            )
-            .send()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(fail(format!("HTTP {}", resp.status())));
-        }
-        resp.text().await.map_err(|e| fail(e.to_string()))
+            );
+        self.text("token", req).await
     }
 
     /// `GET /latest/<path>` with a fresh session token.
     pub async fn get(&self, what: &'static str, path: &str) -> Result<String, ImdsError> {
         let token = self.token().await?;
-        let fail = self.failed(what);
-        let resp = self
+        let req = self
             .http
             .get(format!("{}/latest/{path}", self.endpoint))
-            .header("X-aws-ec2-metadata-token", token)
-            .send()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+            .header("X-aws-ec2-metadata-token", token);
+        self.text(what, req).await
+    }
+
+    /// Sends `req`; the body of a successful answer.
+    async fn text(
+        &self,
+        what: &'static str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<String, ImdsError> {
+        let fail = self.failed(what);
+        let resp = req.send().await.map_err(|e| fail(e.to_string()))?;
         if !resp.status().is_success() {
             return Err(fail(format!("HTTP {}", resp.status())));
         }

@@ -3,22 +3,17 @@
 
 use std::collections::BTreeMap;
 
-use orca_control_plane::cloud::ec2::{self, ClientSettings, catalogue};
+use orca_control_plane::cloud::ec2::catalogue;
 use orca_control_plane::selection::{
     self, Arch, CapacityType, LaunchAnnotations, Needs, Policy, SelectionError,
 };
-use orca_tests::env::Moto;
+use orca_tests::env::{Moto, ec2_client};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_catalogue_comes_from_describe_instance_types_and_selection_runs_on_it() {
     let dir = tempfile::tempdir().unwrap();
     let moto = Moto::start(dir.path()).expect("moto_server starts");
-    let client = ec2::client(&ClientSettings {
-        region: Some("us-east-1".into()),
-        endpoint: Some(moto.endpoint.clone()),
-        static_credentials: Some(("testing".into(), "testing".into())),
-    })
-    .await;
+    let client = ec2_client(&moto.endpoint).await;
     let prices = BTreeMap::from([
         ("g5.xlarge".to_owned(), 1.006),
         ("g4dn.xlarge".to_owned(), 0.526),

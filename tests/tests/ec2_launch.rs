@@ -8,9 +8,8 @@ use base64::Engine as _;
 use orca_control_plane::cloud::ec2::launch::{
     self, LaunchError, LaunchSpec, PodRef, Reservation, TAG_POD_UID,
 };
-use orca_control_plane::cloud::ec2::{self, ClientSettings};
 use orca_control_plane::selection::CapacityType;
-use orca_tests::env::{Ec2Proxy, Fault, Moto};
+use orca_tests::env::{Ec2Proxy, Fault, Moto, ec2_client};
 
 fn spec(uid: &str) -> LaunchSpec {
     LaunchSpec {
@@ -58,12 +57,7 @@ async fn run_instance_asks_for_what_the_pod_needs_and_classifies_ec2_errors() {
     let dir = tempfile::tempdir().unwrap();
     let moto = Moto::start(dir.path()).expect("moto_server starts");
     let proxy = Ec2Proxy::start(&moto.endpoint).await.expect("proxy");
-    let client = ec2::client(&ClientSettings {
-        region: Some("us-east-1".into()),
-        endpoint: Some(proxy.endpoint.clone()),
-        static_credentials: Some(("testing".into(), "testing".into())),
-    })
-    .await;
+    let client = ec2_client(&proxy.endpoint).await;
 
     // Spot with a cap, into a reservation target: every field reaches EC2.
     let spot = LaunchSpec {

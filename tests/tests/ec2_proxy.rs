@@ -3,8 +3,7 @@
 //! EC2's, and a lost answer whose retry finds the instance already made.
 
 use aws_sdk_ec2::types::{Filter, InstanceType, ResourceType, Tag, TagSpecification};
-use orca_control_plane::cloud::ec2::{self, ClientSettings};
-use orca_tests::env::{Ec2Proxy, Fault, Moto};
+use orca_tests::env::{Ec2Proxy, Fault, Moto, ec2_client};
 
 /// An AMI moto accepts.
 const AMI: &str = "ami-12c6146b";
@@ -58,12 +57,7 @@ async fn the_proxy_keeps_client_tokens_idempotent_and_injects_ec2_errors() {
     let dir = tempfile::tempdir().unwrap();
     let moto = Moto::start(dir.path()).expect("moto_server starts");
     let proxy = Ec2Proxy::start(&moto.endpoint).await.expect("proxy");
-    let client = ec2::client(&ClientSettings {
-        region: Some("us-east-1".into()),
-        endpoint: Some(proxy.endpoint.clone()),
-        static_credentials: Some(("testing".into(), "testing".into())),
-    })
-    .await;
+    let client = ec2_client(&proxy.endpoint).await;
 
     // The same ClientToken twice: one instance, the same answer.
     let first = launch(&client, "token-a").await.expect("launch");

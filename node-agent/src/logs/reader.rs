@@ -252,6 +252,12 @@ impl Files {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
+        // Rotated away: what the logger wrote to it between the read that found
+        // its end and the rename is still to be read. It no longer grows, so once
+        // the position reaches its length it is finished.
+        if cur.file.get_ref().metadata()?.len() > cur.pos {
+            return Ok(false);
+        }
         // This file is finished (rotated away, or an older one): go on with the
         // next. The logger writes whole records, so nothing of it continues there.
         let ino = cur.ino;

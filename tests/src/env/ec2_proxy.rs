@@ -14,6 +14,17 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+/// An EC2 client of `endpoint` (moto or the proxy) in moto's region, with its
+/// static credentials.
+pub async fn ec2_client(endpoint: &str) -> aws_sdk_ec2::Client {
+    orca_control_plane::cloud::ec2::client(&orca_control_plane::cloud::ec2::ClientSettings {
+        region: Some("us-east-1".into()),
+        endpoint: Some(endpoint.into()),
+        static_credentials: Some(("testing".into(), "testing".into())),
+    })
+    .await
+}
+
 /// What the proxy does to a matching call instead of forwarding it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {

@@ -31,7 +31,7 @@ mod tools;
 
 pub use containerd::Containerd;
 pub use daemon::{Daemon, STOP_GRACE};
-pub use ec2_proxy::{Call, Ec2Proxy, Fault};
+pub use ec2_proxy::{Call, Ec2Proxy, Fault, ec2_client};
 pub use error::{EnvError, Result};
 pub use http::{HttpResponse, http_request};
 pub use image::{BUSYBOX_REF, busybox_image, containerd_and_registry, containerd_and_registry_on};
