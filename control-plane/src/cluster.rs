@@ -84,6 +84,7 @@ struct Inner {
     liveness: Mutex<HashMap<String, Liveness>>,
     done: Mutex<HashSet<String>>,
     wake_scheduler: Notify,
+    provisioning: crate::provisioning::Memory,
 }
 
 /// What the control plane remembers of a node's heartbeats, in memory only (a
@@ -135,6 +136,7 @@ impl Cluster {
                 agents: Mutex::new(HashMap::new()),
                 liveness: Mutex::new(liveness),
                 done: Mutex::new(HashSet::new()),
+                provisioning: Default::default(),
 
                 wake_scheduler: Notify::new(),
             }),
@@ -207,6 +209,11 @@ impl Cluster {
     pub fn again(&self, what: &str) {
         let mut set = self.inner.done.lock().unwrap_or_else(|p| p.into_inner());
         set.remove(what);
+    }
+
+    /// What provisioning remembers in memory.
+    pub(crate) fn provisioning(&self) -> &crate::provisioning::Memory {
+        &self.inner.provisioning
     }
 
     /// The configuration.

@@ -25,15 +25,19 @@
 //! - [`selection`]: which EC2 instance types a pod gets (explicit, template,
 //!   auto, chain; allowed/denied lists; the pod annotations that steer it),
 //!   for the EC2 provider.
-//! - [`cloud`]: the `InstanceProvider` trait and the `local` provider (simulated
-//!   hosts, each in a network namespace of its own on a bridge; faults).
+//! - [`provisioning`]: an instance per pod (EC2): launch with fallback over
+//!   offerings, avoidance, back-off, caps, boot timeout, reaping, and the sweep
+//!   that adopts or collects tagged instances.
+//! - [`cloud`]: the `InstanceProvider` trait, the `local` provider (simulated
+//!   hosts, each in a network namespace of its own on a bridge; faults) and the
+//!   `ec2` provider.
 //! - [`api`]: the AdminService (bearer token) and NodeService (node
 //!   certificates) gRPC servers.
 //! - [`cli`]: the `orca` command line client of AdminService.
 //!
 //! # Current limitations
 //! The same services for agents and users (on the provider's gateway too, where
-//! it has one); no Kubernetes or EC2 yet.
+//! it has one); no Kubernetes yet.
 
 pub mod api;
 pub mod cli;
@@ -42,6 +46,7 @@ pub mod cluster;
 pub mod config;
 pub mod pki;
 pub mod pods;
+pub mod provisioning;
 pub mod recovery;
 pub mod registry;
 pub mod scheduler;
@@ -158,6 +163,7 @@ pub async fn serve(
             local.clone(),
             data.join("hosts"),
         )),
+        Provider::Ec2(ec2) => Box::new(cloud::ec2::Ec2Provider::new(ec2.clone())),
     };
     let mut identity = tls_identity::ServerIdentity::new(&config, listen);
     let mut agent_url = config.advertise_url.clone();

@@ -147,6 +147,7 @@ impl Cluster {
             status: Some(status),
             created_at: Some(now()),
             recreations: 0,
+            launch_attempts: 0,
         };
         if !self.store().pods.create(&key(&ns, &name), &record)? {
             return Err(ClusterError::AlreadyExists {

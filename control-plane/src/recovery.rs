@@ -45,8 +45,14 @@ impl Cluster {
             }
         }
         for node in lost {
-            if self.first_time(&format!("fence:{}", node.name)) {
-                self.fence(&node).await;
+            if self.first_time(&format!("fence:{}", node.name))
+                && !self.fence(&node).await
+                && self.provider().pods_wait_for_fence()
+            {
+                // The instance may still run them: they stay until it is gone.
+                self.again(&format!("fence:{}", node.name));
+                self.wait_for_fence(&node)?;
+                continue;
             }
             for pod in self.store().pods.scan("")? {
                 if pod.node_name == node.name && unfinished(&pod) {
@@ -58,11 +64,36 @@ impl Cluster {
         Ok(())
     }
 
-    async fn fence(&self, node: &pb::Node) {
+    /// Says on each unfinished pod of a Lost node whose termination is not
+    /// confirmed why it has not moved yet.
+    fn wait_for_fence(&self, node: &pb::Node) -> Result<(), ClusterError> {
+        let msg = format!(
+            "node {} was lost; waiting until its instance {} is confirmed terminated before the pod moves",
+            node.name, node.instance_id
+        );
+        for pod in self.store().pods.scan("")? {
+            if pod.node_name == node.name && unfinished(&pod) {
+                let (ns, name) = names(&pod);
+                self.store().pods.update(&key(&ns, &name), |p| {
+                    if let Some(s) = p.status.as_mut() {
+                        s.reason = "NodeLost".into();
+                        s.message = msg.clone();
+                    }
+                })?;
+                if self.first_time(&format!("fence-wait:{}", uid(&pod))) {
+                    self.event("Pod", &ns, &name, true, "FenceWaiting", msg.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Terminates a Lost node's instance; true when that is done (or there is none to).
+    async fn fence(&self, node: &pb::Node) -> bool {
         if node.instance_id.is_empty() {
             let msg = "no instance to terminate (external node): pods move anyway".to_owned();
             self.node_event(&node.name, true, "FenceFailed", msg);
-            return;
+            return true;
         }
         match self.provider().terminate(&node.instance_id).await {
             Ok(()) => {
@@ -73,6 +104,7 @@ impl Cluster {
                     .nodes
                     .update(&node.name, |n| n.message = msg.clone());
                 self.node_event(&node.name, false, "Fenced", msg);
+                true
             }
             Err(e) => {
                 warn!(node = %node.name, error = %e, "lost node not fenced; its pods move anyway");
@@ -83,6 +115,7 @@ impl Cluster {
                     .nodes
                     .update(&node.name, |n| n.message = msg.clone());
                 self.node_event(&node.name, true, "FenceFailed", msg);
+                false
             }
         }
     }
@@ -119,6 +152,7 @@ impl Cluster {
             }
             p.node_name.clear();
             p.recreations += 1;
+            p.launch_attempts = 0;
             p.created_at = Some(now());
             p.status = Some(types::PodStatus {
                 phase: PodPhase::Pending as i32,

@@ -65,7 +65,7 @@ fn ip_of(address: &str) -> Option<IpAddr> {
 }
 
 impl Cluster {
-    fn new_token(&self, node: &str) -> Result<(String, i64), ClusterError> {
+    pub(crate) fn new_token(&self, node: &str) -> Result<(String, i64), ClusterError> {
         let token = format!(
             "{}{}",
             uuid::Uuid::new_v4().simple(),
@@ -144,6 +144,7 @@ impl Cluster {
             control_plane_url: self.agent_url(),
             ca_pem: self.pki().ca_pem().to_owned(),
             size: req.size,
+            pod: None,
         };
         match self.provider().launch(launch).await {
             Ok(instance) => {

@@ -201,6 +201,9 @@ impl Cluster {
             if let Err(e) = self.schedule_once().await {
                 warn!(error = %e, "scheduling pass failed");
             }
+            if let Err(e) = self.tend_instances().await {
+                warn!(error = %e, "instance pass failed");
+            }
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = self.scheduler_woken() => {}
@@ -242,6 +245,9 @@ impl Cluster {
                 let node = node.clone();
                 tokio::spawn(async move { this.dispatch(ns, name, node).await });
             }
+        }
+        if self.provider().dedicated() {
+            return self.provision_pending(&pods, &all_nodes);
         }
         let mut wants_host: Option<Resources> = None;
         for pod in pods
@@ -313,6 +319,46 @@ impl Cluster {
         }
         if let Some(want) = wants_host {
             self.scale_up(&all_nodes, want).await;
+        }
+        Ok(())
+    }
+
+    /// With an instance per pod: starts a provisioning task for each Pending pod
+    /// that needs one. A pod that never got a launch attempt (the caps held it
+    /// back, or the cloud did not answer) fails Unschedulable after the pending
+    /// timeout; one that did is bounded by its launch attempts instead.
+    fn provision_pending(
+        &self,
+        pods: &[pb::PodRecord],
+        nodes: &[pb::Node],
+    ) -> Result<(), ClusterError> {
+        for pod in pods.iter().filter(|p| phase(p) == PodPhase::Pending) {
+            let (ns, name) = names(pod);
+            if pod.node_name.is_empty()
+                && pod.launch_attempts == 0
+                && age(pod.created_at.as_ref()) > self.config().pending_timeout
+            {
+                let why = pod
+                    .status
+                    .as_ref()
+                    .map(|s| s.message.clone())
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or_else(|| "no launch was attempted".into());
+                let msg = format!(
+                    "no instance launched within {:?}: {why}",
+                    self.config().pending_timeout
+                );
+                self.fail_pod(&ns, &name, "Unschedulable", msg)?;
+                continue;
+            }
+            let pod_uid = uid(pod);
+            if !pod_uid.is_empty()
+                && self.needs_provisioning(pod, nodes)
+                && self.first_time(&format!("provision:{pod_uid}"))
+            {
+                let this = self.clone();
+                tokio::spawn(async move { this.provision(ns, name, pod_uid).await });
+            }
         }
         Ok(())
     }

@@ -126,6 +126,20 @@ impl<M: Message + Default> Table<M> {
         new.map(|v| Self::decode(key.as_bytes(), &v)).transpose()
     }
 
+    /// Every record with a key starting with `prefix`, with its key, in key order.
+    pub fn entries(&self, prefix: &str) -> Result<Vec<(String, M)>, StoreError> {
+        self.tree
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv.map_err(sled("scan"))?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    Self::decode(&k, &v)?,
+                ))
+            })
+            .collect()
+    }
+
     /// Every record with a key starting with `prefix`, in key order.
     pub fn scan(&self, prefix: &str) -> Result<Vec<M>, StoreError> {
         self.tree

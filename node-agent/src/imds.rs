@@ -17,18 +17,7 @@ pub const EC2_ENDPOINT: &str = "http://169.254.169.254";
 /// Lifetime asked for a session token, seconds.
 const TOKEN_TTL_S: u32 = 300;
 
-/// What the control plane puts in an instance's user data.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct BootData {
-    /// `https://HOST:PORT` of the control plane.
-    pub control_plane: String,
-    /// PEM of the cluster CA.
-    pub ca_pem: String,
-    /// The node name the token is bound to.
-    pub node_name: String,
-    /// The single-use join token.
-    pub join_token: String,
-}
+pub use orca_proto::boot::BootData;
 
 /// Why the metadata could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,8 @@
 //!
 //! Besides the generated code, it holds what every ORCA process needs at the
 //! transport edge: [`serving`] (reflection, health), [`tls`] (mutual TLS),
-//! [`quantity`] (Kubernetes quantities in the PodSpec JSON) and [`process`].
+//! [`quantity`] (Kubernetes quantities in the PodSpec JSON), [`boot`] (the
+//! user data an instance boots from) and [`process`].
 //! Domain types live in the crates that own them and convert at the edge.
 
 #![allow(
@@ -111,6 +112,7 @@ pub fn incoming(
     })
 }
 
+pub mod boot;
 pub mod quantity;
 pub mod tls;
 

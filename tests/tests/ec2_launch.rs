@@ -24,6 +24,7 @@ fn spec(uid: &str) -> LaunchSpec {
         instance_type: "g5.xlarge".into(),
         ami: "ami-12c6146b".into(),
         subnet_id: None,
+        security_groups: Vec::new(),
         capacity_type: CapacityType::OnDemand,
         max_spot_price: None,
         reservation: None,

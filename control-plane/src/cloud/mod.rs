@@ -6,17 +6,27 @@
 //! [`local::LocalProvider`] runs every node as a simulated host on this machine:
 //! an `orca-agent` process in its own network namespace with its own address on
 //! a bridge ([`netns`], [`cidr`]), or a plain process where namespaces are not
-//! available. [`ec2`] holds the EC2 provider's seam to AWS as far as it is built
-//! (the client and the instance-type catalogue); the provider itself is issue 7.
+//! available. [`ec2::Ec2Provider`] launches one EC2 instance per pod
+//! ([`InstanceProvider::dedicated`]): it plans the offerings a pod may get
+//! ([`InstanceProvider::plan`]), makes one RunInstances per [`launch`], confirms
+//! terminations, and lists the cluster's tagged instances for the sweep. What to
+//! do between calls (fallback, avoidance, back-off, caps, boot timeout,
+//! adoption) is the control plane's [`crate::provisioning`].
+//!
+//! [`launch`]: InstanceProvider::launch
 
 pub mod cidr;
 pub mod ec2;
 pub mod local;
 pub mod netns;
 
+use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+
+pub use crate::selection::CapacityType;
+use crate::selection::{LaunchAnnotations, Needs};
 
 /// Errors of instance providers.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +38,20 @@ pub enum ProviderError {
         node: String,
         /// Why.
         reason: String,
+        /// What it means for the next try.
+        failure: LaunchFailure,
     },
+    /// No offering can run the pod (its annotations, its needs, the config).
+    #[error("{reason}")]
+    Unplaceable {
+        /// Machine-readable reason (`InvalidAnnotation`, `NoInstanceType`).
+        code: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The cloud could not be asked.
+    #[error("{0}")]
+    Api(String),
     /// The instance could not be terminated.
     #[error("cannot terminate instance {instance_id}: {reason}")]
     Terminate {
@@ -75,6 +98,99 @@ pub enum Fault {
     Heal,
 }
 
+/// What a failed launch means for the next try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaunchFailure {
+    /// No capacity for this offering now: try the next, avoid this one a while.
+    Capacity,
+    /// An account limit: other offerings may still go.
+    Limit,
+    /// Throttled: the same call again after a back-off.
+    Throttled,
+    /// No answer: the same call again (the same idempotency token).
+    Transient,
+    /// Anything else: this pod cannot be launched this way.
+    Fatal,
+}
+
+/// Where and how one instance is launched: an instance type in a subnet (hence
+/// an availability zone) with a capacity type. An offering that met a capacity
+/// error is avoided for a while.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Offering {
+    /// Instance type.
+    pub instance_type: String,
+    /// Subnet; the default one when `None`.
+    pub subnet: Option<String>,
+    /// On-demand or spot.
+    pub capacity: CapacityType,
+}
+
+impl fmt::Display for Offering {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let capacity = match self.capacity {
+            CapacityType::OnDemand => "on-demand",
+            CapacityType::Spot => "spot",
+        };
+        match &self.subnet {
+            Some(s) => write!(f, "{} {capacity} in {s}", self.instance_type),
+            None => write!(f, "{} {capacity}", self.instance_type),
+        }
+    }
+}
+
+/// An offering a pod may get, with what it costs and holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedOffering {
+    /// The offering.
+    pub offering: Offering,
+    /// USD per hour, when known.
+    pub usd_per_hour: Option<f64>,
+    /// Its size: vCPUs (as millis), memory, GPUs.
+    pub size: orca_proto::types::v1::Resources,
+}
+
+/// What a pod may get, best first, and why (for its Event).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Offerings, best first.
+    pub offerings: Vec<PlannedOffering>,
+    /// How they were chosen.
+    pub reason: String,
+}
+
+/// The pod a dedicated instance is launched for.
+#[derive(Debug, Clone)]
+pub struct PodLaunch {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Uid of this incarnation.
+    pub uid: String,
+    /// The launch attempt (with the uid, the idempotency token).
+    pub attempt: u32,
+    /// Where and how.
+    pub offering: Offering,
+    /// The pod's launch annotations (spot cap, reservation, AMI).
+    pub annotations: LaunchAnnotations,
+}
+
+/// An instance of this cluster as the cloud lists it, with its tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaggedInstance {
+    /// Instance id.
+    pub instance_id: String,
+    /// The node it was launched as.
+    pub node: String,
+    /// The pod uid it was launched for.
+    pub pod_uid: String,
+    /// The launch attempt.
+    pub attempt: u32,
+    /// Its state (`pending`, `running`, ...).
+    pub state: String,
+}
+
 /// What a new instance needs to join the cluster.
 #[derive(Debug, Clone)]
 pub struct LaunchRequest {
@@ -88,6 +204,8 @@ pub struct LaunchRequest {
     pub ca_pem: String,
     /// Size asked for (zero fields: the provider's default).
     pub size: orca_proto::types::v1::Resources,
+    /// The pod, for providers with an instance per pod.
+    pub pod: Option<PodLaunch>,
 }
 
 /// A launched instance.
@@ -115,6 +233,41 @@ pub trait InstanceProvider: Send + Sync {
     /// simulated hosts share the machine's network), shown as the node's message.
     fn note(&self) -> Option<String> {
         None
+    }
+    /// Whether every pod gets an instance of its own (planned, launched and
+    /// terminated with it) rather than a place on a shared node.
+    fn dedicated(&self) -> bool {
+        false
+    }
+    /// The offerings a pod with `needs` and `annotations` may get, best first.
+    fn plan<'a>(
+        &'a self,
+        needs: &'a Needs,
+        annotations: &'a LaunchAnnotations,
+    ) -> BoxFuture<'a, Result<Plan, ProviderError>> {
+        let _ = (needs, annotations);
+        let provider = self.name();
+        Box::pin(async move {
+            Err(ProviderError::Unsupported {
+                provider,
+                what: "planning",
+            })
+        })
+    }
+    /// The cluster's instances as the cloud lists them (not yet terminated).
+    fn instances(&self) -> BoxFuture<'_, Result<Vec<TaggedInstance>, ProviderError>> {
+        let provider = self.name();
+        Box::pin(async move {
+            Err(ProviderError::Unsupported {
+                provider,
+                what: "listing instances",
+            })
+        })
+    }
+    /// Whether a Lost node's pods must wait until its termination is confirmed
+    /// (a cloud instance may still run them); otherwise they move at once.
+    fn pods_wait_for_fence(&self) -> bool {
+        false
     }
     /// Launches an instance whose agent will join with the request's token.
     fn launch(&self, req: LaunchRequest) -> BoxFuture<'_, Result<Instance, ProviderError>>;

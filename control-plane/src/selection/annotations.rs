@@ -54,7 +54,7 @@ pub enum Mode {
 }
 
 /// On-demand or spot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub enum CapacityType {
     /// On-demand.
     #[default]

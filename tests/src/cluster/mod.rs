@@ -79,6 +79,19 @@ impl TestCluster {
     /// As [`TestCluster::start_with`], with extra top-level YAML for the control
     /// plane's config (fields given there replace the defaults below).
     pub fn start_configured(agent_args: &[&str], extra_yaml: &str) -> Self {
+        Self::start_inner(agent_args, extra_yaml, None)
+    }
+
+    /// A cluster whose provider section is `provider_yaml` (indented under
+    /// `provider:`, e.g. `  ec2:\n    ami: ...\n`) instead of the local one;
+    /// `extra_yaml` as for [`TestCluster::start_configured`]. Its hosts, if any,
+    /// are started by the test (e.g. an `InstancePlayer`) with this cluster's
+    /// containerd and registry (reached at 127.0.0.1).
+    pub fn start_with_provider(extra_yaml: &str, provider_yaml: &str) -> Self {
+        Self::start_inner(&[], extra_yaml, Some(provider_yaml))
+    }
+
+    fn start_inner(agent_args: &[&str], extra_yaml: &str, provider_yaml: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let network = ClusterNetwork::pick();
         // On every address: hosts in namespaces pull through the gateway.
@@ -107,7 +120,11 @@ impl TestCluster {
             }
         }
         config.push_str(extra_yaml);
-        config.push_str(&format!(
+        if let Some(provider) = provider_yaml {
+            config.push_str("provider:\n");
+            config.push_str(provider);
+        } else {
+            config.push_str(&format!(
             "provider:\n  local:\n    \
              agent_binary: {}\n    containerd_socket: {}\n    containerd_namespace_prefix: {prefix}\n    \
              agent_args: [{}]\n    insecure_registries: [\"{via_gateway}\"]\n    \
@@ -115,9 +132,10 @@ impl TestCluster {
             workspace_bin("orca-agent").display(),
             containerd.socket.display(),
             args.join(", "),
-            network.bridge,
-            network.cidr,
-        ));
+                network.bridge,
+                network.cidr,
+            ));
+        }
         let config_path = dir.path().join("orca.yaml");
         std::fs::write(&config_path, config).expect("write config");
         let mut this = Self {
@@ -254,7 +272,9 @@ impl TestCluster {
     /// directory as the control plane's), to inject faults or terminate hosts.
     pub fn provider(&self) -> LocalProvider {
         let config = Config::load(&self.config_path).expect("the cluster's config loads");
-        let Provider::Local(local) = config.provider;
+        let Provider::Local(local) = config.provider else {
+            panic!("the cluster's provider is local")
+        };
         LocalProvider::new(local, self.data_dir.join("hosts"))
     }
 

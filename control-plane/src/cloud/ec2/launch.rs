@@ -71,6 +71,8 @@ pub struct LaunchSpec {
     pub ami: String,
     /// The subnet; EC2's default subnet when `None`.
     pub subnet_id: Option<String>,
+    /// Security groups; the subnet's default when empty.
+    pub security_groups: Vec<String>,
     /// On-demand or spot.
     pub capacity_type: CapacityType,
     /// The spot price cap, USD per hour (spot only).
@@ -198,7 +200,10 @@ pub async fn run_instance(
         .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
         .tag_specifications(tag_spec(ResourceType::Instance))
         .tag_specifications(tag_spec(ResourceType::Volume))
-        .set_subnet_id(spec.subnet_id.clone());
+        .set_subnet_id(spec.subnet_id.clone())
+        .set_security_group_ids(
+            (!spec.security_groups.is_empty()).then(|| spec.security_groups.clone()),
+        );
     if spec.capacity_type == CapacityType::Spot {
         let mut spot = SpotMarketOptions::builder()
             .spot_instance_type(SpotInstanceType::OneTime)

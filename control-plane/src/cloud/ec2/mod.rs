@@ -1,13 +1,16 @@
-//! The EC2 provider's seam to AWS, through aws-sdk-ec2: the client (the default
-//! credential chain and region in production; an endpoint override and static
-//! credentials for `moto_server` in tests) and the instance-type
-//! [`catalogue`]; one RunInstances and the meaning of its errors ([`launch`]).
-//! The provider around them (the offering cache, fallback, boot timeout,
-//! reconciliation) comes next (issue 7); until then the control plane does not
-//! use EC2.
+//! The EC2 provider, through aws-sdk-ec2: the client (the default credential
+//! chain and region in production; an endpoint override and static credentials
+//! for `moto_server` in tests), the instance-type [`catalogue`], one
+//! RunInstances and the meaning of its errors ([`launch`]), confirmed
+//! termination and the list of the cluster's instances ([`instances`]), and
+//! [`Ec2Provider`] over them ([`provider`]).
 
 pub mod catalogue;
+pub mod instances;
 pub mod launch;
+pub mod provider;
+
+pub use provider::Ec2Provider;
 
 use aws_config::BehaviorVersion;
 

@@ -269,6 +269,7 @@ impl InstanceProvider for LocalProvider {
                     Err(ProviderError::Launch {
                         node: req.node_name.clone(),
                         reason,
+                        failure: super::LaunchFailure::Fatal,
                     })
                 }
             }

@@ -1,5 +1,8 @@
 //! The control plane's configuration: one YAML file, validated once into
-//! [`Config`] with errors that name the field.
+//! [`Config`] with errors that name the field. The `ec2` provider's section is
+//! [`ec2`].
+
+pub mod ec2;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -165,6 +168,9 @@ pub struct ProviderFile {
     /// Simulated hosts on this machine.
     #[serde(default)]
     pub local: Option<LocalFile>,
+    /// EC2 instances, one per pod.
+    #[serde(default)]
+    pub ec2: Option<ec2::Ec2File>,
 }
 
 /// The `local` provider: every node is an `orca-agent` process on this machine.
@@ -320,6 +326,8 @@ pub struct Config {
 pub enum Provider {
     /// Simulated hosts.
     Local(LocalProvider),
+    /// EC2 instances.
+    Ec2(ec2::Ec2Provider),
 }
 
 /// The validated `local` provider configuration.
@@ -474,14 +482,15 @@ impl File {
                 })
             }
         };
-        let provider = match self.provider.local {
-            None => {
+        let provider = match (self.provider.local, self.provider.ec2) {
+            (None, None) | (Some(_), Some(_)) => {
                 return Err(invalid(
                     "provider",
-                    "set exactly one provider: `local`".into(),
+                    "set exactly one provider: `local` or `ec2`".into(),
                 ));
             }
-            Some(local) => {
+            (None, Some(ec2)) => Provider::Ec2(ec2.validate()?),
+            (Some(local), None) => {
                 let agent_binary = match local.agent_binary {
                     Some(p) => p,
                     None => std::env::current_exe()
@@ -634,11 +643,15 @@ mod tests {
             "{base}    agent_port: 9000\n    network:\n      bridge: ob1f\n      cidr: 10.80.3.0/24\n"
         ))
         .unwrap();
-        let Provider::Local(local) = ok.provider;
+        let Provider::Local(local) = ok.provider else {
+            panic!("local")
+        };
         assert_eq!(local.network.bridge, "ob1f");
         assert_eq!(local.network.cidr.to_string(), "10.80.3.0/24");
         assert_eq!(local.agent_port, 9000);
-        let Provider::Local(default) = parse(&base).unwrap().provider;
+        let Provider::Local(default) = parse(&base).unwrap().provider else {
+            panic!("local")
+        };
         assert_eq!(default.network.bridge, DEFAULT_BRIDGE);
         assert_eq!(default.network.cidr.to_string(), DEFAULT_HOSTS_CIDR);
         let e = parse("provider:\n  local: {}\n").unwrap_err().to_string();

@@ -1,0 +1,282 @@
+//! [`Ec2Provider`]: the `ec2` provider behind [`InstanceProvider`]. Each pod
+//! gets an instance of its own. [`InstanceProvider::plan`] runs selection over
+//! the catalogue (loaded at start, refreshed when older than the configured
+//! period; a failed refresh keeps the old one) and spreads each chosen type over
+//! the configured subnets. Every type must run the AMI's architecture (from
+//! DescribeImages), so an x86_64 AMI never lands on an arm64 type, and a pod
+//! that asks for another architecture (nodeSelector `kubernetes.io/arch`)
+//! fails with a reason. [`InstanceProvider::launch`] is one RunInstances;
+//! [`InstanceProvider::terminate`] waits for EC2 to confirm.
+
+use std::time::Instant;
+
+use tokio::sync::{Mutex, OnceCell};
+use tracing::{info, warn};
+
+use super::launch::{self, LaunchError, LaunchSpec, PodRef, Reservation};
+use super::{Ec2Error, catalogue, instances};
+use crate::cloud::{
+    BoxFuture, Instance, InstanceProvider, LaunchFailure, LaunchRequest, Plan, PlannedOffering,
+    ProviderError, TaggedInstance,
+};
+use crate::config::ec2::Ec2Provider as Settings;
+use crate::selection::annotations::ReservationPreference;
+use crate::selection::{self, Arch, Catalogue, LaunchAnnotations, Needs};
+
+/// EC2 instances, one per pod.
+pub struct Ec2Provider {
+    settings: Settings,
+    client: OnceCell<aws_sdk_ec2::Client>,
+    /// The AMI's architecture, learnt at prepare.
+    ami_arch: OnceCell<Arch>,
+    catalogue: Mutex<Option<(Catalogue, Instant)>>,
+}
+
+fn api(e: Ec2Error) -> ProviderError {
+    ProviderError::Api(e.to_string())
+}
+
+impl Ec2Provider {
+    /// A provider with these settings; nothing is called before [`InstanceProvider::prepare`].
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            client: OnceCell::new(),
+            ami_arch: OnceCell::new(),
+            catalogue: Mutex::new(None),
+        }
+    }
+
+    async fn client(&self) -> &aws_sdk_ec2::Client {
+        self.client
+            .get_or_init(|| super::client(&self.settings.client))
+            .await
+    }
+
+    async fn ami_arch(&self) -> Result<Arch, ProviderError> {
+        let client = self.client().await;
+        self.ami_arch
+            .get_or_try_init(|| async {
+                let out = client
+                    .describe_images()
+                    .image_ids(&self.settings.ami)
+                    .send()
+                    .await
+                    .map_err(Ec2Error::of("DescribeImages"))
+                    .map_err(api)?;
+                let image = out.images().first().ok_or_else(|| ProviderError::Prepare {
+                    reason: format!(
+                        "AMI {} (provider.ec2.ami) does not exist in this region",
+                        self.settings.ami
+                    ),
+                })?;
+                let arch = image.architecture().map(|a| a.as_str()).unwrap_or_default();
+                Arch::parse(arch).ok_or_else(|| ProviderError::Prepare {
+                    reason: format!(
+                        "AMI {} has architecture {arch:?}, which ORCA does not run",
+                        self.settings.ami
+                    ),
+                })
+            })
+            .await
+            .copied()
+    }
+
+    /// The catalogue, loaded or refreshed when due.
+    async fn catalogue(&self) -> Result<Catalogue, ProviderError> {
+        let mut cached = self.catalogue.lock().await;
+        let fresh = cached
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() < self.settings.catalogue_refresh);
+        if !fresh {
+            match catalogue::load(self.client().await, &self.settings.on_demand_prices).await {
+                Ok(c) => {
+                    info!(types = c.len(), "instance-type catalogue loaded");
+                    *cached = Some((c, Instant::now()));
+                }
+                Err(e) if cached.is_some() => {
+                    warn!(error = %e, "catalogue refresh failed; keeping the previous one");
+                }
+                Err(e) => return Err(api(e)),
+            }
+        }
+        Ok(cached.as_ref().map(|(c, _)| c.clone()).unwrap_or_default())
+    }
+
+    fn spec(&self, req: &LaunchRequest) -> Result<LaunchSpec, ProviderError> {
+        let pod = req.pod.as_ref().ok_or_else(|| ProviderError::Launch {
+            node: req.node_name.clone(),
+            reason: "the ec2 provider launches instances for pods only".into(),
+            failure: LaunchFailure::Fatal,
+        })?;
+        let a = &pod.annotations;
+        let reservation = match (&a.capacity_reservation_id, a.reservation_preference) {
+            (Some(id), _) => Some(Reservation::Target(id.clone())),
+            (None, Some(ReservationPreference::Open)) => Some(Reservation::Open),
+            (None, Some(ReservationPreference::None)) => Some(Reservation::None),
+            (None, None) => None,
+        };
+        let boot = orca_proto::boot::BootData {
+            control_plane: req.control_plane_url.clone(),
+            ca_pem: req.ca_pem.clone(),
+            node_name: req.node_name.clone(),
+            join_token: req.join_token.clone(),
+        };
+        Ok(LaunchSpec {
+            cluster: self.settings.cluster.clone(),
+            node_name: req.node_name.clone(),
+            pod: PodRef {
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+                uid: pod.uid.clone(),
+            },
+            attempt: pod.attempt,
+            instance_type: pod.offering.instance_type.clone(),
+            ami: a.ami.clone().unwrap_or_else(|| self.settings.ami.clone()),
+            subnet_id: pod.offering.subnet.clone(),
+            security_groups: self.settings.security_groups.clone(),
+            capacity_type: pod.offering.capacity,
+            max_spot_price: a.max_spot_price,
+            reservation,
+            user_data: boot.to_user_data(),
+        })
+    }
+}
+
+impl InstanceProvider for Ec2Provider {
+    fn name(&self) -> &'static str {
+        "ec2"
+    }
+
+    fn prepare(&self) -> BoxFuture<'_, Result<Option<std::net::IpAddr>, ProviderError>> {
+        Box::pin(async move {
+            let arch = self.ami_arch().await?;
+            self.catalogue().await?;
+            info!(ami = %self.settings.ami, %arch, cluster = %self.settings.cluster, "ec2 provider ready");
+            Ok(None)
+        })
+    }
+
+    fn dedicated(&self) -> bool {
+        true
+    }
+
+    fn pods_wait_for_fence(&self) -> bool {
+        true
+    }
+
+    fn plan<'a>(
+        &'a self,
+        needs: &'a Needs,
+        annotations: &'a LaunchAnnotations,
+    ) -> BoxFuture<'a, Result<Plan, ProviderError>> {
+        Box::pin(async move {
+            let ami_arch = self.ami_arch().await?;
+            if !needs.architectures.is_empty() && !needs.architectures.contains(&ami_arch) {
+                return Err(ProviderError::Unplaceable {
+                    code: "NoInstanceType",
+                    reason: format!(
+                        "the pod runs on {:?} but the AMI is {ami_arch}",
+                        needs.architectures
+                    ),
+                });
+            }
+            let needs = Needs {
+                architectures: vec![ami_arch],
+                ..needs.clone()
+            };
+            let catalogue = self.catalogue().await?;
+            let decision =
+                selection::select(annotations, &needs, &catalogue, &self.settings.policy).map_err(
+                    |e| ProviderError::Unplaceable {
+                        code: match e {
+                            selection::SelectionError::Annotation(_) => "InvalidAnnotation",
+                            _ => "NoInstanceType",
+                        },
+                        reason: e.to_string(),
+                    },
+                )?;
+            let subnets: Vec<Option<String>> = if self.settings.subnets.is_empty() {
+                vec![None]
+            } else {
+                self.settings.subnets.iter().cloned().map(Some).collect()
+            };
+            let mut offerings = Vec::new();
+            for c in &decision.candidates {
+                let size =
+                    catalogue
+                        .get(&c.instance_type)
+                        .map(|t| orca_proto::types::v1::Resources {
+                            cpu_millis: i64::from(t.vcpus) * 1000,
+                            memory_bytes: (t.memory_mib as i64) << 20,
+                            gpus: t.gpus as i32,
+                            pods: 0,
+                        });
+                for subnet in &subnets {
+                    offerings.push(PlannedOffering {
+                        offering: crate::cloud::Offering {
+                            instance_type: c.instance_type.clone(),
+                            subnet: subnet.clone(),
+                            capacity: annotations.capacity_type,
+                        },
+                        usd_per_hour: c.usd_per_hour,
+                        size: size.unwrap_or_default(),
+                    });
+                }
+            }
+            Ok(Plan {
+                offerings,
+                reason: format!("{:?}: {}", decision.mode, decision.reason).to_lowercase(),
+            })
+        })
+    }
+
+    fn launch(&self, req: LaunchRequest) -> BoxFuture<'_, Result<Instance, ProviderError>> {
+        Box::pin(async move {
+            let spec = self.spec(&req)?;
+            let launched = launch::run_instance(self.client().await, &spec)
+                .await
+                .map_err(|e| {
+                    let failure = match &e {
+                        LaunchError::Capacity { .. } => LaunchFailure::Capacity,
+                        LaunchError::Limit { .. } => LaunchFailure::Limit,
+                        LaunchError::Throttled(_) => LaunchFailure::Throttled,
+                        LaunchError::Transient(_) => LaunchFailure::Transient,
+                        LaunchError::Failed { .. } => LaunchFailure::Fatal,
+                    };
+                    ProviderError::Launch {
+                        node: req.node_name.clone(),
+                        reason: e.to_string(),
+                        failure,
+                    }
+                })?;
+            Ok(Instance {
+                instance_id: launched.instance_id,
+            })
+        })
+    }
+
+    fn terminate(&self, instance_id: &str) -> BoxFuture<'_, Result<(), ProviderError>> {
+        let instance_id = instance_id.to_owned();
+        Box::pin(async move {
+            instances::terminate(
+                self.client().await,
+                &instance_id,
+                self.settings.terminate_confirm,
+            )
+            .await
+            .map_err(|e| ProviderError::Terminate {
+                instance_id: instance_id.clone(),
+                reason: e.message,
+            })
+        })
+    }
+
+    fn instances(&self) -> BoxFuture<'_, Result<Vec<TaggedInstance>, ProviderError>> {
+        Box::pin(async move {
+            instances::tagged(self.client().await, &self.settings.cluster)
+                .await
+                .map_err(api)
+        })
+    }
+}

@@ -1,0 +1,372 @@
+//! The `ec2` provider's section: where to launch (region, endpoint, AMI,
+//! subnets), what may be launched (templates, allowed/denied types, caps), the
+//! prices EC2 has no API for, and every timing of the launch path.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::ConfigError;
+use crate::selection::{Policy, Template};
+
+/// Default time an offering that met InsufficientInstanceCapacity is avoided
+/// (Karpenter's: 3 min).
+pub const DEFAULT_OFFERING_AVOID_MS: u64 = 180_000;
+/// Default time an instance's agent has to join before the instance is replaced.
+pub const DEFAULT_BOOT_TIMEOUT_MS: u64 = 600_000;
+/// Default number of RunInstances attempts (new offerings or relaunches) per pod incarnation.
+pub const DEFAULT_MAX_LAUNCH_ATTEMPTS: u32 = 8;
+/// Default period of the sweep over the cluster's tagged instances.
+pub const DEFAULT_SWEEP_INTERVAL_MS: u64 = 60_000;
+/// Default refresh period of the instance-type catalogue.
+pub const DEFAULT_CATALOGUE_REFRESH_MS: u64 = 3_600_000;
+
+/// The `ec2` provider, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ec2File {
+    /// The cluster's name, tagged on every instance (`orca.research/cluster`).
+    #[serde(default = "d_cluster")]
+    pub cluster: String,
+    /// Region; the default chain's when unset.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// An EC2 endpoint URL instead of AWS's (tests: `moto_server`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Static credentials instead of the default chain (tests only).
+    #[serde(default)]
+    pub static_credentials: Option<StaticCredentials>,
+    /// The baked AMI.
+    pub ami: String,
+    /// Subnets to launch into, in order of preference; EC2's default subnet when empty.
+    #[serde(default)]
+    pub subnets: Vec<String>,
+    /// Security groups for every instance; the subnet's default when empty.
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    /// On-demand prices, USD per hour, by instance type (EC2 has no price API).
+    #[serde(default)]
+    pub on_demand_prices: BTreeMap<String, f64>,
+    /// Named templates: instance types, best first.
+    #[serde(default)]
+    pub templates: BTreeMap<String, Vec<String>>,
+    /// Type name patterns (`g5.*`) that may be launched; every type when empty.
+    #[serde(default)]
+    pub allowed_instance_types: Vec<String>,
+    /// Type name patterns that may not.
+    #[serde(default)]
+    pub denied_instance_types: Vec<String>,
+    /// How many instance types a pod's selection keeps (the choice and its fallbacks).
+    #[serde(default = "d_candidates")]
+    pub max_candidates: usize,
+    /// Most instances at once (0: no cap).
+    #[serde(default)]
+    pub max_instances: u32,
+    /// Most GPUs over all instances at once (0: no cap).
+    #[serde(default)]
+    pub max_gpus: u32,
+    /// Time an offering that met a capacity error is avoided (ms).
+    #[serde(default = "d_avoid")]
+    pub offering_avoid_ms: u64,
+    /// Time an instance's agent has to join (ms).
+    #[serde(default = "d_boot")]
+    pub boot_timeout_ms: u64,
+    /// RunInstances attempts per pod incarnation before it fails.
+    #[serde(default = "d_attempts")]
+    pub max_launch_attempts: u32,
+    /// First back-off after throttling or no answer (ms); doubles, with jitter.
+    #[serde(default = "d_backoff_base")]
+    pub backoff_base_ms: u64,
+    /// Longest back-off (ms).
+    #[serde(default = "d_backoff_max")]
+    pub backoff_max_ms: u64,
+    /// Retries of one call that was throttled or got no answer.
+    #[serde(default = "d_call_retries")]
+    pub max_call_retries: u32,
+    /// Period of the sweep over tagged instances (adopt, collect unknown ones) (ms).
+    #[serde(default = "d_sweep")]
+    pub sweep_interval_ms: u64,
+    /// Time TerminateInstances has to be confirmed (shutting-down or terminated) (ms).
+    #[serde(default = "d_confirm")]
+    pub terminate_confirm_ms: u64,
+    /// Refresh period of the instance-type catalogue (ms).
+    #[serde(default = "d_refresh")]
+    pub catalogue_refresh_ms: u64,
+}
+
+/// Static credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticCredentials {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+}
+
+fn d_cluster() -> String {
+    "orca".into()
+}
+fn d_candidates() -> usize {
+    Policy::default().max_candidates
+}
+fn d_avoid() -> u64 {
+    DEFAULT_OFFERING_AVOID_MS
+}
+fn d_boot() -> u64 {
+    DEFAULT_BOOT_TIMEOUT_MS
+}
+fn d_attempts() -> u32 {
+    DEFAULT_MAX_LAUNCH_ATTEMPTS
+}
+fn d_backoff_base() -> u64 {
+    500
+}
+fn d_backoff_max() -> u64 {
+    20_000
+}
+fn d_call_retries() -> u32 {
+    6
+}
+fn d_sweep() -> u64 {
+    DEFAULT_SWEEP_INTERVAL_MS
+}
+fn d_confirm() -> u64 {
+    60_000
+}
+fn d_refresh() -> u64 {
+    DEFAULT_CATALOGUE_REFRESH_MS
+}
+
+/// The validated `ec2` provider.
+#[derive(Debug, Clone)]
+pub struct Ec2Provider {
+    /// Cluster tag value.
+    pub cluster: String,
+    /// How to reach EC2.
+    pub client: crate::cloud::ec2::ClientSettings,
+    /// AMI.
+    pub ami: String,
+    /// Subnets, best first (empty: EC2's default).
+    pub subnets: Vec<String>,
+    /// Security groups (empty: the subnet's default).
+    pub security_groups: Vec<String>,
+    /// On-demand prices.
+    pub on_demand_prices: BTreeMap<String, f64>,
+    /// Selection policy (templates, allowed, denied, candidates).
+    pub policy: Policy,
+    /// Instance cap (0: none).
+    pub max_instances: u32,
+    /// GPU cap (0: none).
+    pub max_gpus: u32,
+    /// Offering avoidance after a capacity error.
+    pub offering_avoid: Duration,
+    /// Boot timeout.
+    pub boot_timeout: Duration,
+    /// RunInstances attempts per pod incarnation.
+    pub max_launch_attempts: u32,
+    /// Back-off base.
+    pub backoff_base: Duration,
+    /// Back-off cap.
+    pub backoff_max: Duration,
+    /// Retries of one throttled or unanswered call.
+    pub max_call_retries: u32,
+    /// Sweep period.
+    pub sweep_interval: Duration,
+    /// Termination confirmation time.
+    pub terminate_confirm: Duration,
+    /// Catalogue refresh period.
+    pub catalogue_refresh: Duration,
+}
+
+fn is_label_value(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl Ec2File {
+    /// Validates the section, naming the first bad field.
+    pub fn validate(self) -> Result<Ec2Provider, ConfigError> {
+        let invalid = |field, problem: String| ConfigError::Invalid { field, problem };
+        if !is_label_value(&self.cluster) {
+            return Err(invalid(
+                "provider.ec2.cluster",
+                format!(
+                    "{:?} must be 1 to 63 characters of a-z, A-Z, 0-9, '-', '_', '.'",
+                    self.cluster
+                ),
+            ));
+        }
+        if !self.ami.starts_with("ami-") {
+            return Err(invalid(
+                "provider.ec2.ami",
+                format!("{:?} is not an AMI id (ami-...)", self.ami),
+            ));
+        }
+        if let Some(s) = self.subnets.iter().find(|s| !s.starts_with("subnet-")) {
+            return Err(invalid(
+                "provider.ec2.subnets",
+                format!("{s:?} is not a subnet id (subnet-...)"),
+            ));
+        }
+        if let Some(s) = self.security_groups.iter().find(|s| !s.starts_with("sg-")) {
+            return Err(invalid(
+                "provider.ec2.security_groups",
+                format!("{s:?} is not a security group id (sg-...)"),
+            ));
+        }
+        if let Some(e) = &self.endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err(invalid(
+                "provider.ec2.endpoint",
+                format!("{e:?} must be an http:// or https:// URL"),
+            ));
+        }
+        if let Some((t, p)) = self
+            .on_demand_prices
+            .iter()
+            .find(|(_, p)| !p.is_finite() || **p <= 0.0)
+        {
+            return Err(invalid(
+                "provider.ec2.on_demand_prices",
+                format!("{t}: {p} is not a positive price"),
+            ));
+        }
+        if let Some((name, _)) = self.templates.iter().find(|(_, t)| t.is_empty()) {
+            return Err(invalid(
+                "provider.ec2.templates",
+                format!("template {name:?} lists no instance types"),
+            ));
+        }
+        let positive = |field, v: u64| {
+            if v == 0 {
+                Err(invalid(field, "must be positive".into()))
+            } else {
+                Ok(Duration::from_millis(v))
+            }
+        };
+        if self.max_candidates == 0 {
+            return Err(invalid(
+                "provider.ec2.max_candidates",
+                "must be positive".into(),
+            ));
+        }
+        if self.max_launch_attempts == 0 {
+            return Err(invalid(
+                "provider.ec2.max_launch_attempts",
+                "must be positive".into(),
+            ));
+        }
+        let backoff_base = positive("provider.ec2.backoff_base_ms", self.backoff_base_ms)?;
+        let backoff_max = positive("provider.ec2.backoff_max_ms", self.backoff_max_ms)?;
+        if backoff_max < backoff_base {
+            return Err(invalid(
+                "provider.ec2.backoff_max_ms",
+                "must not be shorter than backoff_base_ms".into(),
+            ));
+        }
+        Ok(Ec2Provider {
+            cluster: self.cluster,
+            client: crate::cloud::ec2::ClientSettings {
+                region: self.region,
+                endpoint: self.endpoint,
+                static_credentials: self
+                    .static_credentials
+                    .map(|c| (c.access_key_id, c.secret_access_key)),
+            },
+            ami: self.ami,
+            subnets: self.subnets,
+            security_groups: self.security_groups,
+            on_demand_prices: self.on_demand_prices,
+            policy: Policy {
+                templates: self
+                    .templates
+                    .into_iter()
+                    .map(|(name, instance_types)| (name, Template { instance_types }))
+                    .collect(),
+                allowed: self.allowed_instance_types,
+                denied: self.denied_instance_types,
+                max_candidates: self.max_candidates,
+            },
+            max_instances: self.max_instances,
+            max_gpus: self.max_gpus,
+            offering_avoid: positive("provider.ec2.offering_avoid_ms", self.offering_avoid_ms)?,
+            boot_timeout: positive("provider.ec2.boot_timeout_ms", self.boot_timeout_ms)?,
+            max_launch_attempts: self.max_launch_attempts,
+            backoff_base,
+            backoff_max,
+            max_call_retries: self.max_call_retries,
+            sweep_interval: positive("provider.ec2.sweep_interval_ms", self.sweep_interval_ms)?,
+            terminate_confirm: positive(
+                "provider.ec2.terminate_confirm_ms",
+                self.terminate_confirm_ms,
+            )?,
+            catalogue_refresh: positive(
+                "provider.ec2.catalogue_refresh_ms",
+                self.catalogue_refresh_ms,
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Ec2Provider, ConfigError> {
+        serde_yaml::from_str::<Ec2File>(yaml)
+            .map_err(|e| ConfigError::Parse {
+                path: "t".into(),
+                message: e.to_string(),
+            })?
+            .validate()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let ok = parse("ami: ami-1\ntemplates: {train: [p4d.24xlarge, p3.16xlarge]}\n").unwrap();
+        assert_eq!(ok.cluster, "orca");
+        assert_eq!(ok.offering_avoid, Duration::from_secs(180));
+        assert_eq!(
+            ok.policy.templates["train"].instance_types,
+            ["p4d.24xlarge", "p3.16xlarge"]
+        );
+        for (yaml, field) in [
+            ("ami: x\n", "provider.ec2.ami"),
+            ("ami: ami-1\ncluster: 'a b'\n", "provider.ec2.cluster"),
+            ("ami: ami-1\nsubnets: [s1]\n", "provider.ec2.subnets"),
+            (
+                "ami: ami-1\nsecurity_groups: [g]\n",
+                "provider.ec2.security_groups",
+            ),
+            ("ami: ami-1\nendpoint: localhost\n", "provider.ec2.endpoint"),
+            (
+                "ami: ami-1\non_demand_prices: {g5.xlarge: -1}\n",
+                "provider.ec2.on_demand_prices",
+            ),
+            ("ami: ami-1\ntemplates: {t: []}\n", "provider.ec2.templates"),
+            (
+                "ami: ami-1\nboot_timeout_ms: 0\n",
+                "provider.ec2.boot_timeout_ms",
+            ),
+            (
+                "ami: ami-1\nbackoff_base_ms: 10\nbackoff_max_ms: 5\n",
+                "provider.ec2.backoff_max_ms",
+            ),
+            (
+                "ami: ami-1\nmax_launch_attempts: 0\n",
+                "provider.ec2.max_launch_attempts",
+            ),
+        ] {
+            let e = parse(yaml).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{field}`")), "{yaml}: {e}");
+        }
+        let e = parse("ami: ami-1\nbogus: 1\n").unwrap_err().to_string();
+        assert!(e.contains("unknown field `bogus`"), "{e}");
+    }
+}
