@@ -32,6 +32,8 @@
 //!   ([`env::busybox_image`], built by `tests/env/mkoci.py`).
 //! - [`eventually`]: polling with a deadline, async and blocking.
 //! - [`cluster`]: a whole standalone ORCA (containerd, registry, control plane, CLI) per test.
+//! - [`ec2_cluster`]: the same on the `ec2` provider: moto behind the EC2 proxy,
+//!   and an instance player booting an agent for every instance launched.
 //! - [`session`]: exec sessions through AdminService, message by message.
 //!
 //! # Limitations
@@ -45,6 +47,7 @@
 pub mod agent;
 pub mod bench;
 pub mod cluster;
+pub mod ec2_cluster;
 pub mod env;
 pub mod eventually;
 pub mod pki;

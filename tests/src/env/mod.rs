@@ -20,6 +20,7 @@
 
 mod containerd;
 mod daemon;
+mod ec2_hosts;
 mod ec2_proxy;
 mod error;
 mod http;
@@ -31,7 +32,8 @@ mod tools;
 
 pub use containerd::Containerd;
 pub use daemon::{Daemon, STOP_GRACE};
-pub use ec2_proxy::{Call, Ec2Proxy, Fault, ec2_client};
+pub use ec2_hosts::{InstanceInfo, InstancePlayer, Played, PlayerSettings};
+pub use ec2_proxy::{Call, Ec2Proxy, Fault, ReservationView, ec2_client};
 pub use error::{EnvError, Result};
 pub use http::{HttpResponse, http_request};
 pub use image::{BUSYBOX_REF, busybox_image, containerd_and_registry, containerd_and_registry_on};

@@ -4,6 +4,9 @@
 //! its answer. It enforces RunInstances' `ClientToken` idempotency as EC2 does
 //! (the same token answers with the same instances; moto ignores tokens), and
 //! logs every call it sees, so tests can check what the control plane asked.
+//! It emulates On-Demand Capacity Reservations, which moto lacks
+//! ([`reservations`]: create, describe, cancel, targeted launches and their
+//! errors, the targeting echoed in instances).
 //!
 //! It speaks just enough HTTP/1.1 for aws-sdk-ec2's query protocol: one
 //! form-encoded POST per connection, answered with `connection: close`.
@@ -13,6 +16,12 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+
+mod reservations;
+mod xml;
+
+pub use reservations::ReservationView;
+use reservations::Reservations;
 
 /// An EC2 client of `endpoint` (moto or the proxy) in moto's region, with its
 /// static credentials.
@@ -70,6 +79,7 @@ struct State {
     /// RunInstances answers by ClientToken.
     tokens: HashMap<String, (u16, String)>,
     calls: Vec<Call>,
+    reservations: Reservations,
 }
 
 /// A running proxy; it stops when the test's runtime ends.
@@ -123,6 +133,40 @@ impl Ec2Proxy {
     /// Every call so far.
     pub fn calls(&self) -> Vec<Call> {
         self.state.lock().unwrap().calls.clone()
+    }
+
+    /// Capacity reservation `id` as it stands now (made through
+    /// `CreateCapacityReservation`).
+    pub fn reservation(&self, id: &str) -> Option<ReservationView> {
+        self.state.lock().unwrap().reservations.view(id)
+    }
+
+    /// Makes an active, `open`, Linux/UNIX capacity reservation of `count`
+    /// `instance_type` in `availability_zone`, as `CreateCapacityReservation` would
+    /// (without a call in the log); its id.
+    pub fn create_reservation(
+        &self,
+        instance_type: &str,
+        availability_zone: &str,
+        count: u32,
+    ) -> String {
+        let params = BTreeMap::from([
+            ("InstanceType".to_owned(), instance_type.to_owned()),
+            ("InstancePlatform".to_owned(), "Linux/UNIX".to_owned()),
+            ("AvailabilityZone".to_owned(), availability_zone.to_owned()),
+            ("InstanceCount".to_owned(), count.to_string()),
+        ]);
+        self.state
+            .lock()
+            .unwrap()
+            .reservations
+            .insert(&params)
+            .unwrap_or_else(|(_, body)| panic!("creating a capacity reservation: {body}"))
+    }
+
+    /// Every capacity reservation, by id.
+    pub fn reservations(&self) -> Vec<ReservationView> {
+        self.state.lock().unwrap().reservations.views()
     }
 
     /// The calls of one action so far.
@@ -196,18 +240,23 @@ async fn serve(
                 status,
             }),
             _,
-        ) => Some((*status, error_xml(code, message))),
+        ) => Some((*status, xml::error(code, message))),
         (_, Some(answer)) => Some(answer),
         (_, None) => {
-            let forwarded = forward(http, upstream, &path, &headers, body).await;
-            if let (Some(t), (200, _)) = (&token, &forwarded) {
+            let moto = Upstream {
+                http,
+                url: format!("{upstream}{path}"),
+                headers: &headers,
+            };
+            let answered = answer(state, &moto, &action, &params, body).await;
+            if let (Some(t), (200, _)) = (&token, &answered) {
                 state
                     .lock()
                     .unwrap()
                     .tokens
-                    .insert(t.clone(), forwarded.clone());
+                    .insert(t.clone(), answered.clone());
             }
-            (fault != Some(Fault::DropResponse)).then_some(forwarded)
+            (fault != Some(Fault::DropResponse)).then_some(answered)
         }
     };
     let status = answer.as_ref().map_or(0, |(s, _)| *s);
@@ -229,34 +278,85 @@ async fn serve(
     stream.shutdown().await
 }
 
-async fn forward(
-    http: &reqwest::Client,
-    upstream: &str,
-    path: &str,
-    headers: &[(String, String)],
+/// The answer to a call that no fault or cached answer takes: the proxy's own for
+/// capacity reservations, else moto's, with the reservation bookkeeping around it.
+async fn answer(
+    state: &Mutex<State>,
+    moto: &Upstream<'_>,
+    action: &str,
+    params: &BTreeMap<String, String>,
     body: Vec<u8>,
 ) -> (u16, String) {
-    let mut req = http.post(format!("{upstream}{path}")).body(body);
-    for (k, v) in headers {
-        if !matches!(
-            k.to_ascii_lowercase().as_str(),
-            "host" | "content-length" | "connection"
-        ) {
-            req = req.header(k, v);
-        }
+    if Reservations::answers(action) {
+        return state.lock().unwrap().reservations.answer(action, params);
     }
-    match req.send().await {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            (status, resp.text().await.unwrap_or_default())
+    match action {
+        "RunInstances" => {
+            let admitted = state.lock().unwrap().reservations.admit(params);
+            let admission = match admitted {
+                Ok(admission) => admission,
+                Err(refusal) => return refusal,
+            };
+            let body = if admission.params == *params {
+                body
+            } else {
+                form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(&admission.params)
+                    .finish()
+                    .into_bytes()
+            };
+            let (status, text) = moto.forward(body).await;
+            let text = state
+                .lock()
+                .unwrap()
+                .reservations
+                .launched(admission, status, text);
+            (status, text)
         }
-        Err(e) => (502, error_xml("ProxyUpstreamError", &e.to_string())),
+        "TerminateInstances" => {
+            let (status, text) = moto.forward(body).await;
+            if status == 200 {
+                state.lock().unwrap().reservations.terminated(&text);
+            }
+            (status, text)
+        }
+        "DescribeInstances" => {
+            let (status, text) = moto.forward(body).await;
+            if status == 200 {
+                let text = state.lock().unwrap().reservations.echo(&text);
+                return (status, text);
+            }
+            (status, text)
+        }
+        _ => moto.forward(body).await,
     }
 }
 
-/// EC2's error document.
-fn error_xml(code: &str, message: &str) -> String {
-    format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>orca-ec2-proxy</RequestID></Response>"
-    )
+/// Where a call goes on: moto's URL, with the client's headers.
+struct Upstream<'a> {
+    http: &'a reqwest::Client,
+    url: String,
+    headers: &'a [(String, String)],
+}
+
+impl Upstream<'_> {
+    /// Sends `body` to moto; a failure to reach it is answered 502.
+    async fn forward(&self, body: Vec<u8>) -> (u16, String) {
+        let mut req = self.http.post(&self.url).body(body);
+        for (k, v) in self.headers {
+            if !matches!(
+                k.to_ascii_lowercase().as_str(),
+                "host" | "content-length" | "connection"
+            ) {
+                req = req.header(k, v);
+            }
+        }
+        match req.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                (status, resp.text().await.unwrap_or_default())
+            }
+            Err(e) => (502, xml::error("ProxyUpstreamError", &e.to_string())),
+        }
+    }
 }

@@ -1,0 +1,283 @@
+//! A whole ORCA on the `ec2` provider: `moto_server` as EC2, the [`Ec2Proxy`]
+//! in front of it (the control plane's endpoint, so tests can fail calls and
+//! read the call log), a control plane launching instances there, and an
+//! [`InstancePlayer`] that boots an agent for every tagged instance moto runs,
+//! from its user data over IMDSv2. Nothing is sent to moto's fake instance IPs
+//! or to 169.254.169.254.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::cluster::{DEADLINE, TestCluster};
+use crate::env::{Ec2Proxy, InstancePlayer, Moto, PlayerSettings, ec2_client};
+use crate::eventually::eventually_blocking;
+
+/// The AMI (moto knows it, x86_64).
+pub const AMI: &str = "ami-12c6146b";
+
+/// The instance types tests launch, with the on-demand prices the config gives them.
+pub const PRICES: &str = "{t3.micro: 0.0104, t3.small: 0.0208, t3.medium: 0.0416, t3.large: 0.0832, \
+     g5.xlarge: 1.006, g5.2xlarge: 1.212, g5.12xlarge: 5.672, p4d.24xlarge: 32.77, g5g.xlarge: 0.42}";
+
+/// A standalone ORCA launching EC2 instances in moto, played by real agents.
+pub struct Ec2Cluster {
+    /// The player (declared first: hosts power off before the cluster goes).
+    pub player: InstancePlayer,
+    /// The cluster (control plane, containerd, registry).
+    pub cluster: TestCluster,
+    /// The proxy the control plane calls.
+    pub proxy: Ec2Proxy,
+    /// moto.
+    pub moto: Moto,
+    /// The `orca.research/cluster` tag value.
+    pub name: String,
+    /// Two of moto's default subnets (us-east-1a, us-east-1b), which `$SUBNETS`
+    /// in the test's YAML stands for.
+    pub subnets: Vec<String>,
+    /// A runtime for the proxy and for SDK calls from blocking tests.
+    pub rt: tokio::runtime::Runtime,
+    _dir: TempDir,
+}
+
+impl Ec2Cluster {
+    /// Starts everything; `ec2_yaml` adds fields to the `ec2` provider section
+    /// (each line indented four spaces, e.g. `"    boot_timeout_ms: 5000\n"`);
+    /// `$SUBNETS` in it becomes the list of [`Ec2Cluster::subnets`].
+    pub fn start(ec2_yaml: &str) -> Self {
+        Self::start_with(ec2_yaml, "")
+    }
+
+    /// As [`Ec2Cluster::start`], with top-level control-plane config too.
+    pub fn start_with(ec2_yaml: &str, extra_yaml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let moto = Moto::start(dir.path()).expect("moto_server starts");
+        let proxy = rt
+            .block_on(Ec2Proxy::start(&moto.endpoint))
+            .expect("EC2 proxy starts");
+        let subnets = rt.block_on(async {
+            let out = ec2_client(&moto.endpoint)
+                .await
+                .describe_subnets()
+                .send()
+                .await
+                .expect("DescribeSubnets");
+            let mut s: Vec<(String, String)> = out
+                .subnets()
+                .iter()
+                .map(|s| {
+                    (
+                        s.availability_zone().unwrap_or_default().to_owned(),
+                        s.subnet_id().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect();
+            s.sort();
+            s.into_iter().take(2).map(|(_, id)| id).collect::<Vec<_>>()
+        });
+        let ec2_yaml = ec2_yaml.replace("$SUBNETS", &format!("[{}]", subnets.join(", ")));
+        let name = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let mut provider = format!(
+            "  ec2:\n    cluster: {name}\n    region: us-east-1\n    endpoint: {}\n    \
+             static_credentials: {{access_key_id: testing, secret_access_key: testing}}\n    \
+             ami: {AMI}\n    on_demand_prices: {PRICES}\n    \
+             allowed_instance_types: ['t3.*', 'g5.*', 'g5g.*', 'p4d.*']\n    \
+             backoff_base_ms: 20\n    backoff_max_ms: 200\n    sweep_interval_ms: 500\n    \
+             terminate_confirm_ms: 10000\n",
+            proxy.endpoint
+        );
+        for line in ec2_yaml.lines() {
+            let key = line.trim_start().split(':').next().unwrap_or_default();
+            // A field given by the test replaces the default above.
+            provider = provider
+                .lines()
+                .filter(|l| l.trim_start().split(':').next() != Some(key))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            provider.push_str(line);
+            provider.push('\n');
+        }
+        let cluster = TestCluster::start_with_provider(extra_yaml, &provider);
+        let player = InstancePlayer::start(PlayerSettings {
+            ec2_endpoint: moto.endpoint.clone(),
+            cluster: name.clone(),
+            containerd_socket: cluster.containerd.socket.clone(),
+            namespace_prefix: cluster.prefix.clone(),
+            registry: cluster.registry.addr.clone(),
+            dir: cluster.data_dir().join("instances"),
+            agent_args: vec!["--retry-ms=100".into()],
+            poll: Duration::from_millis(100),
+        })
+        .expect("instance player starts");
+        Self {
+            player,
+            cluster,
+            proxy,
+            moto,
+            name,
+            subnets,
+            rt,
+            _dir: dir,
+        }
+    }
+
+    /// An SDK client straight to moto (bypassing the proxy and its log).
+    pub fn moto_client(&self) -> aws_sdk_ec2::Client {
+        self.rt.block_on(ec2_client(&self.moto.endpoint))
+    }
+
+    /// The cluster's instances in moto that are not terminated: (id, type, state, tags).
+    pub fn instances(&self) -> Vec<MotoInstance> {
+        let client = self.moto_client();
+        let name = self.name.clone();
+        self.rt.block_on(async move {
+            let out = client
+                .describe_instances()
+                .filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name("tag:orca.research/cluster")
+                        .values(name)
+                        .build(),
+                )
+                .send()
+                .await
+                .expect("DescribeInstances");
+            out.reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .map(|i| MotoInstance {
+                    id: i.instance_id().unwrap_or_default().into(),
+                    instance_type: i
+                        .instance_type()
+                        .map(|t| t.as_str().to_owned())
+                        .unwrap_or_default(),
+                    state: i
+                        .state()
+                        .and_then(|s| s.name())
+                        .map(|s| s.as_str().to_owned())
+                        .unwrap_or_default(),
+                    tag: i
+                        .tags()
+                        .iter()
+                        .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
+                        .collect(),
+                    spot: i
+                        .instance_lifecycle()
+                        .map(|l| l.as_str() == "spot")
+                        .unwrap_or(false),
+                    subnet: i.subnet_id().unwrap_or_default().into(),
+                })
+                .collect()
+        })
+    }
+
+    /// The live (pending or running) instances of the cluster.
+    pub fn live_instances(&self) -> Vec<MotoInstance> {
+        self.instances()
+            .into_iter()
+            .filter(|i| matches!(i.state.as_str(), "pending" | "running"))
+            .collect()
+    }
+
+    /// Waits until the pod has the phase and returns it.
+    pub fn wait_phase(&self, pod: &str, phase: &str) -> serde_json::Value {
+        self.cluster.wait_phase(pod, phase)
+    }
+
+    /// The events of a pod or node: (reason, message), oldest first.
+    pub fn events(&self, name: &str) -> Vec<(String, String)> {
+        self.rt.block_on(async {
+            let mut admin = self.cluster.admin().await;
+            let req = orca_proto::controlplane::v1::ListEventsRequest {
+                namespace: String::new(),
+                name: name.into(),
+            };
+            admin
+                .list_events(req)
+                .await
+                .expect("ListEvents")
+                .into_inner()
+                .events
+                .into_iter()
+                .map(|e| (e.reason, e.message))
+                .collect()
+        })
+    }
+
+    /// Waits until the pod has an event with this reason, and returns its message.
+    pub fn wait_event(&self, pod: &str, reason: &str) -> String {
+        eventually_blocking(&format!("event {reason} on {pod}"), DEADLINE, || {
+            let events = self.events(pod);
+            events
+                .iter()
+                .find(|(r, _)| r == reason)
+                .map(|(_, m)| m.clone())
+                .ok_or(events)
+        })
+    }
+
+    /// Creates a pod from a manifest.
+    pub fn apply(&self, manifest: &str) {
+        let file = self
+            .cluster
+            .data_dir()
+            .join(format!("pod-{}.yaml", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&file, manifest).expect("write manifest");
+        self.cluster
+            .orca_ok(&["apply", "-f", file.to_str().expect("utf-8 path")]);
+    }
+
+    /// A pod manifest: one busybox container sleeping, with these annotations
+    /// and requests (empty: none).
+    pub fn pod(&self, name: &str, annotations: &[(&str, &str)], cpu: &str, memory: &str) -> String {
+        let mut m = format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n");
+        if !annotations.is_empty() {
+            m.push_str("  annotations:\n");
+            for (k, v) in annotations {
+                m.push_str(&format!("    {k}: \"{v}\"\n"));
+            }
+        }
+        m.push_str(&format!(
+            "spec:\n  containers:\n  - name: main\n    image: {}\n    command: [sleep, '600']\n",
+            self.cluster.image
+        ));
+        if !cpu.is_empty() || !memory.is_empty() {
+            m.push_str("    resources:\n      requests:\n");
+            if !cpu.is_empty() {
+                m.push_str(&format!("        cpu: \"{cpu}\"\n"));
+            }
+            if !memory.is_empty() {
+                m.push_str(&format!("        memory: {memory}\n"));
+            }
+        }
+        m
+    }
+
+    /// Where the player keeps its hosts.
+    pub fn hosts_dir(&self) -> PathBuf {
+        self.cluster.data_dir().join("instances")
+    }
+}
+
+/// An instance as moto reports it.
+#[derive(Debug, Clone)]
+pub struct MotoInstance {
+    /// Id.
+    pub id: String,
+    /// Type.
+    pub instance_type: String,
+    /// State name.
+    pub state: String,
+    /// Tags.
+    pub tag: std::collections::BTreeMap<String, String>,
+    /// Whether it is a spot instance.
+    pub spot: bool,
+    /// Subnet.
+    pub subnet: String,
+}
