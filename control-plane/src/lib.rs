@@ -163,7 +163,7 @@ pub async fn serve(
             local.clone(),
             data.join("hosts"),
         )),
-        Provider::Ec2(ec2) => Box::new(cloud::ec2::Ec2Provider::new(ec2.clone())),
+        Provider::Ec2(ec2) => Box::new(cloud::ec2::Ec2Provider::new((**ec2).clone())),
     };
     let mut identity = tls_identity::ServerIdentity::new(&config, listen);
     let mut agent_url = config.advertise_url.clone();

@@ -137,7 +137,7 @@ fn backoff(s: &Settings, n: u32) -> Duration {
         .saturating_mul(1u32 << n.saturating_sub(1).min(16))
         .min(s.backoff_max);
     let half = exp / 2;
-    let spread = half.as_millis().max(1) as u128;
+    let spread = half.as_millis().max(1);
     let jitter = uuid::Uuid::new_v4().as_u128() % spread;
     half + Duration::from_millis(jitter as u64)
 }

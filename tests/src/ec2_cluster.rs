@@ -281,3 +281,12 @@ pub struct MotoInstance {
     /// Subnet.
     pub subnet: String,
 }
+
+/// A pod record's uid.
+pub fn uid_of(p: &orca_proto::controlplane::v1::PodRecord) -> String {
+    p.pod
+        .as_ref()
+        .and_then(|p| p.r#ref.as_ref())
+        .map(|r| r.uid.clone())
+        .unwrap_or_default()
+}

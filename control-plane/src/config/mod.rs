@@ -327,7 +327,7 @@ pub enum Provider {
     /// Simulated hosts.
     Local(LocalProvider),
     /// EC2 instances.
-    Ec2(ec2::Ec2Provider),
+    Ec2(Box<ec2::Ec2Provider>),
 }
 
 /// The validated `local` provider configuration.
@@ -489,7 +489,7 @@ impl File {
                     "set exactly one provider: `local` or `ec2`".into(),
                 ));
             }
-            (None, Some(ec2)) => Provider::Ec2(ec2.validate()?),
+            (None, Some(ec2)) => Provider::Ec2(Box::new(ec2.validate()?)),
             (Some(local), None) => {
                 let agent_binary = match local.agent_binary {
                     Some(p) => p,

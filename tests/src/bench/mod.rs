@@ -3,6 +3,7 @@
 //! are measured side by side, in the same run, against the anchor named in the
 //! metric (`..._vs_ctr`).
 
+pub mod ec2;
 pub mod exec;
 pub mod fleet;
 pub mod heartbeats;

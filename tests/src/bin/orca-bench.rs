@@ -70,6 +70,25 @@ enum Scenario {
         #[arg(long, default_value_t = 500)]
         interval_ms: u64,
     },
+    /// The EC2 provider's own time per launch: pod recorded → RunInstances sent (moto).
+    Ec2Launch {
+        /// Pods created at once.
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+    },
+    /// Pods launch on EC2 (moto) while the control plane is SIGKILLed and
+    /// restarted; leaked and duplicate instances, summed over runs.
+    Ec2Crash {
+        /// Runs.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Pods per run.
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+        /// Kills per run, at random moments.
+        #[arg(long, default_value_t = 3)]
+        kills: usize,
+    },
 }
 
 fn main() {
@@ -95,6 +114,10 @@ fn main() {
             samples,
         } => orca_tests::bench::logs::run(megabytes, runs, samples),
         Scenario::Exec { runs, samples } => orca_tests::bench::exec::run(runs, samples),
+        Scenario::Ec2Launch { pods } => orca_tests::bench::ec2::launch(pods),
+        Scenario::Ec2Crash { runs, pods, kills } => {
+            orca_tests::bench::ec2::crash(pods, runs, kills)
+        }
         Scenario::Recovery { runs, interval_ms } => {
             orca_tests::bench::recovery::run(runs, Duration::from_millis(interval_ms))
         }

@@ -70,6 +70,8 @@ pub struct Call {
     pub params: BTreeMap<String, String>,
     /// What the client got: an HTTP status, or 0 when the answer was dropped.
     pub status: u16,
+    /// When the whole request had arrived.
+    pub at: std::time::SystemTime,
 }
 
 #[derive(Debug, Default)]
@@ -211,6 +213,7 @@ async fn serve(
     }
     let mut body = vec![0; length];
     reader.read_exact(&mut body).await?;
+    let received = std::time::SystemTime::now();
     let params: BTreeMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
     let action = params.get("Action").cloned().unwrap_or_default();
 
@@ -264,6 +267,7 @@ async fn serve(
         action,
         params,
         status,
+        at: received,
     });
     let mut stream = reader.into_inner();
     if let Some((status, body)) = answer {
