@@ -58,13 +58,14 @@ async fn run_instance_asks_for_what_the_pod_needs_and_classifies_ec2_errors() {
     let dir = tempfile::tempdir().unwrap();
     let moto = Moto::start(dir.path()).expect("moto_server starts");
     let proxy = Ec2Proxy::start(&moto.endpoint).await.expect("proxy");
+    let cr = proxy.create_reservation("g5.xlarge", "us-east-1a", 1);
     let client = ec2_client(&proxy.endpoint).await;
 
     // Spot with a cap, into a reservation target: every field reaches EC2.
     let spot = LaunchSpec {
         capacity_type: CapacityType::Spot,
         max_spot_price: Some(0.5),
-        reservation: Some(Reservation::Target("cr-0123456789abcdef0".into())),
+        reservation: Some(Reservation::Target(cr.clone())),
         ..spec("uid-spot")
     };
     let launched = launch::run_instance(&client, &spot).await.expect("launch");
@@ -77,7 +78,7 @@ async fn run_instance_asks_for_what_the_pod_needs_and_classifies_ec2_errors() {
     assert_eq!(p("InstanceMarketOptions.SpotOptions.MaxPrice"), "0.5");
     assert_eq!(
         p("CapacityReservationSpecification.CapacityReservationTarget.CapacityReservationId"),
-        "cr-0123456789abcdef0"
+        cr
     );
     assert_eq!(p("InstanceInitiatedShutdownBehavior"), "terminate");
     let user_data = base64::engine::general_purpose::STANDARD
