@@ -8,6 +8,7 @@
 //! fails with a reason. [`InstanceProvider::launch`] is one RunInstances;
 //! [`InstanceProvider::terminate`] waits for EC2 to confirm.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{Mutex, OnceCell};
@@ -29,7 +30,7 @@ pub struct Ec2Provider {
     client: OnceCell<aws_sdk_ec2::Client>,
     /// The AMI's architecture, learnt at prepare.
     ami_arch: OnceCell<Arch>,
-    catalogue: Mutex<Option<(Catalogue, Instant)>>,
+    catalogue: Mutex<Option<(Arc<Catalogue>, Instant)>>,
 }
 
 fn api(e: Ec2Error) -> ProviderError {
@@ -82,8 +83,8 @@ impl Ec2Provider {
             .copied()
     }
 
-    /// The catalogue, loaded or refreshed when due.
-    async fn catalogue(&self) -> Result<Catalogue, ProviderError> {
+    /// The catalogue, loaded or refreshed when due (shared, not copied, per pod).
+    async fn catalogue(&self) -> Result<Arc<Catalogue>, ProviderError> {
         let mut cached = self.catalogue.lock().await;
         let fresh = cached
             .as_ref()
@@ -92,7 +93,7 @@ impl Ec2Provider {
             match catalogue::load(self.client().await, &self.settings.on_demand_prices).await {
                 Ok(c) => {
                     info!(types = c.len(), "instance-type catalogue loaded");
-                    *cached = Some((c, Instant::now()));
+                    *cached = Some((Arc::new(c), Instant::now()));
                 }
                 Err(e) if cached.is_some() => {
                     warn!(error = %e, "catalogue refresh failed; keeping the previous one");
@@ -100,7 +101,7 @@ impl Ec2Provider {
                 Err(e) => return Err(api(e)),
             }
         }
-        Ok(cached.as_ref().map(|(c, _)| c.clone()).unwrap_or_default())
+        Ok(cached.as_ref().map(|(c, _)| Arc::clone(c)).unwrap_or_default())
     }
 
     fn spec(&self, req: &LaunchRequest) -> Result<LaunchSpec, ProviderError> {
