@@ -435,6 +435,15 @@ impl Cluster {
             {
                 let _ = self.fail_pod(&ns, &name, "InvalidPodSpec", status.message().to_owned());
             }
+            Err(e) if self.provider().dedicated() => {
+                // The node is the pod's own instance: hand it over again on the
+                // next pass rather than launch another.
+                warn!(pod = %name, node = %node.name, error = %e, "dispatch failed; will retry");
+                self.event("Pod", &ns, &name, true, "FailedDispatch", e.to_string());
+                if let Ok(p) = self.pod(&ns, &name) {
+                    self.again(&format!("dispatch:{}", uid(&p)));
+                }
+            }
             Err(e) => {
                 warn!(pod = %name, node = %node.name, error = %e, "dispatch failed; will reschedule");
                 self.event("Pod", &ns, &name, true, "FailedDispatch", e.to_string());

@@ -504,3 +504,32 @@ fn capacity_reservations_are_targeted_and_a_full_one_fails_the_pod() {
     );
     assert_eq!(e.live_instances().len(), 2);
 }
+
+/// A RunInstances that takes effect but is never answered, however often it is
+/// repeated: each call times out (`call_timeout_ms`), and the sweep adopts the
+/// instance its tags name (the node record had no instance id yet). One
+/// instance, and the pod runs on it.
+#[test]
+fn an_unanswered_launch_is_adopted_by_the_sweep() {
+    let e = Ec2Cluster::start("    call_timeout_ms: 5000\n    max_call_retries: 1\n");
+    e.proxy.fail("RunInstances", 1000, Fault::Hang);
+    e.apply(&e.pod("adopted", &[(TYPE, "t3.small")], "", ""));
+    let pod = e.wait_phase("adopted", "Running");
+    let node = pod["node"].as_str().unwrap();
+    let events = e.events(node);
+    assert!(events.iter().any(|(r, _)| r == "Adopted"), "{events:?}");
+    let calls = run_calls(&e, pod["uid"].as_str().unwrap());
+    assert!(
+        calls
+            .iter()
+            .all(|c| c["ClientToken"] == calls[0]["ClientToken"]),
+        "only the same request repeated: {calls:?}"
+    );
+    assert!(
+        e.proxy
+            .calls_of("RunInstances")
+            .iter()
+            .all(|c| c.status == 0)
+    );
+    assert_eq!(e.live_instances().len(), 1, "exactly one instance");
+}

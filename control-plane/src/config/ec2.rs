@@ -85,6 +85,10 @@ pub struct Ec2File {
     /// Retries of one call that was throttled or got no answer.
     #[serde(default = "d_call_retries")]
     pub max_call_retries: u32,
+    /// The longest one EC2 call may wait for its answer (ms); then it counts as
+    /// unanswered and is repeated with the same token.
+    #[serde(default = "d_call_timeout")]
+    pub call_timeout_ms: u64,
     /// Period of the sweep over tagged instances (adopt, collect unknown ones) (ms).
     #[serde(default = "d_sweep")]
     pub sweep_interval_ms: u64,
@@ -129,6 +133,9 @@ fn d_backoff_max() -> u64 {
 }
 fn d_call_retries() -> u32 {
     6
+}
+fn d_call_timeout() -> u64 {
+    30_000
 }
 fn d_sweep() -> u64 {
     DEFAULT_SWEEP_INTERVAL_MS
@@ -278,6 +285,10 @@ impl Ec2File {
                 static_credentials: self
                     .static_credentials
                     .map(|c| (c.access_key_id, c.secret_access_key)),
+                call_timeout: Some(positive(
+                    "provider.ec2.call_timeout_ms",
+                    self.call_timeout_ms,
+                )?),
             },
             ami: self.ami,
             subnets: self.subnets,

@@ -23,6 +23,9 @@ pub struct ClientSettings {
     pub endpoint: Option<String>,
     /// Static credentials (access key, secret) instead of the default chain.
     pub static_credentials: Option<(String, String)>,
+    /// The longest one call may take, retries included (none: the SDK's default,
+    /// which never gives up on a call that is never answered).
+    pub call_timeout: Option<std::time::Duration>,
 }
 
 /// An EC2 call that failed, with the SDK's whole error chain.
@@ -54,6 +57,13 @@ pub async fn client(settings: &ClientSettings) -> aws_sdk_ec2::Client {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(region) = &settings.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(timeout) = settings.call_timeout {
+        loader = loader.timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_timeout(timeout)
+                .build(),
+        );
     }
     if let Some(endpoint) = &settings.endpoint {
         loader = loader.endpoint_url(endpoint);

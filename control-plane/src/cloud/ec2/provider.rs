@@ -101,7 +101,10 @@ impl Ec2Provider {
                 Err(e) => return Err(api(e)),
             }
         }
-        Ok(cached.as_ref().map(|(c, _)| Arc::clone(c)).unwrap_or_default())
+        Ok(cached
+            .as_ref()
+            .map(|(c, _)| Arc::clone(c))
+            .unwrap_or_default())
     }
 
     fn spec(&self, req: &LaunchRequest) -> Result<LaunchSpec, ProviderError> {

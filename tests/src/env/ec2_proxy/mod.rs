@@ -30,6 +30,7 @@ pub async fn ec2_client(endpoint: &str) -> aws_sdk_ec2::Client {
         region: Some("us-east-1".into()),
         endpoint: Some(endpoint.into()),
         static_credentials: Some(("testing".into(), "testing".into())),
+        call_timeout: None,
     })
     .await
 }
@@ -48,6 +49,9 @@ pub enum Fault {
     },
     /// Forwards the call (it takes effect) and closes the connection without an answer.
     DropResponse,
+    /// Lets the call take effect (forwarded, or the cached answer for a known
+    /// ClientToken) and never answers: the client must give up on its own.
+    Hang,
 }
 
 impl Fault {
@@ -244,6 +248,7 @@ async fn serve(
             }),
             _,
         ) => Some((*status, xml::error(code, message))),
+        (Some(Fault::Hang), Some(_)) => None,
         (_, Some(answer)) => Some(answer),
         (_, None) => {
             let moto = Upstream {
@@ -259,7 +264,7 @@ async fn serve(
                     .tokens
                     .insert(t.clone(), answered.clone());
             }
-            (fault != Some(Fault::DropResponse)).then_some(answered)
+            (!matches!(fault, Some(Fault::DropResponse | Fault::Hang))).then_some(answered)
         }
     };
     let status = answer.as_ref().map_or(0, |(s, _)| *s);
@@ -270,6 +275,12 @@ async fn serve(
         at: received,
     });
     let mut stream = reader.into_inner();
+    if fault == Some(Fault::Hang) {
+        // Hold the connection open until the client closes it.
+        let mut sink = [0u8; 64];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        return Ok(());
+    }
     if let Some((status, body)) = answer {
         let head = format!(
             "HTTP/1.1 {status} {}\r\ncontent-type: text/xml;charset=UTF-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
