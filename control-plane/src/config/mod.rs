@@ -528,6 +528,19 @@ impl File {
                 })
             }
         };
+        let join_token_ttl =
+            Duration::from_secs(positive("join_token_ttl_s", self.join_token_ttl_s)?);
+        if let Provider::Ec2(ec2) = &provider
+            && join_token_ttl < ec2.boot_timeout
+        {
+            return Err(invalid(
+                "join_token_ttl_s",
+                format!(
+                    "must be at least provider.ec2.boot_timeout_ms ({:?}): an instance still booting must be able to join",
+                    ec2.boot_timeout
+                ),
+            ));
+        }
         Ok(Config {
             listen,
             advertise_url: advertise_url.trim_end_matches('/').to_owned(),
@@ -539,10 +552,7 @@ impl File {
             server_names: self.tls.server_names,
             cert_lifetime,
             autoscale,
-            join_token_ttl: Duration::from_secs(positive(
-                "join_token_ttl_s",
-                self.join_token_ttl_s,
-            )?),
+            join_token_ttl,
             pending_timeout: ms("pending_timeout_ms", self.pending_timeout_ms)?,
             reconcile_interval: ms("reconcile_interval_ms", self.reconcile_interval_ms)?,
             agent_call_timeout: ms("agent_call_timeout_ms", self.agent_call_timeout_ms)?,
@@ -654,6 +664,15 @@ mod tests {
         };
         assert_eq!(default.network.bridge, DEFAULT_BRIDGE);
         assert_eq!(default.network.cidr.to_string(), DEFAULT_HOSTS_CIDR);
+        let ec2 =
+            "data_dir: /tmp/x\nprovider:\n  ec2:\n    ami: ami-1\n    boot_timeout_ms: 900000\n";
+        let e = parse(ec2).unwrap_err().to_string();
+        assert!(e.contains("`join_token_ttl_s`"), "{e}");
+        assert!(parse(&format!("join_token_ttl_s: 900\n{ec2}")).is_ok());
+        let e = parse(&format!("{base}  ec2:\n    ami: ami-1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`provider`"), "both providers: {e}");
         let e = parse("provider:\n  local: {}\n").unwrap_err().to_string();
         assert!(e.contains("data_dir"), "{e}");
     }
