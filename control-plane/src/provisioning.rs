@@ -547,8 +547,11 @@ impl Cluster {
         let Some(s) = self.ec2_settings() else {
             return Ok(());
         };
+        // Nodes before pods: a pod is bound before its node record is made, so a
+        // node seen here has its binding in the pods read after.
+        let nodes = self.store().nodes.scan("")?;
         let pods = self.store().pods.scan("")?;
-        for node in self.store().nodes.scan("")? {
+        for node in nodes {
             let Some(pod_uid) = node.labels.get(LABEL_POD_UID) else {
                 continue;
             };
@@ -590,6 +593,19 @@ impl Cluster {
 
     /// Terminates the instance of a node whose pod is gone and removes the node.
     async fn reap(&self, node: pb::Node) {
+        let pod_uid = node.labels.get(LABEL_POD_UID).cloned().unwrap_or_default();
+        let bound = self.store().pods.scan("").map(|pods| {
+            pods.iter().any(|p| {
+                uid(p) == pod_uid
+                    && p.node_name == node.name
+                    && !matches!(phase(p), PodPhase::Succeeded | PodPhase::Failed)
+            })
+        });
+        if !matches!(bound, Ok(false)) {
+            // Bound meanwhile (or unreadable): not this pass.
+            self.again(&format!("reap:{}", node.name));
+            return;
+        }
         match self.remove_node(&node.name).await {
             Ok(_) => {
                 info!(node = %node.name, instance = %node.instance_id, "instance of a finished pod terminated")

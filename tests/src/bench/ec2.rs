@@ -170,7 +170,7 @@ pub fn crash_run(pods_n: usize, kills: usize, seed: u64) -> CrashOutcome {
         missed.extend(create_pods(&e, &names[pods_n / 2..]));
     }
     assert!(missed.is_empty(), "pods not created: {missed:?}");
-    let settle = Duration::from_secs(60 + pods_n as u64 * 3);
+    let settle = Duration::from_secs(120 + pods_n as u64 * 3);
     let settled = try_eventually_blocking("every pod Running or Failed", settle, POLL, || {
         let all = pods(&e);
         let open: Vec<String> = all
