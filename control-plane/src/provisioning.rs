@@ -228,11 +228,15 @@ impl Cluster {
                     return Ok(());
                 }
             };
-            if !pod.node_name.is_empty() {
+            let (node, offering, attempt) = if pod.node_name.is_empty() {
+                match self.new_launch(settings, &pod, &meta, &annotations).await? {
+                    Some(launch) => launch,
+                    None => return Ok(()),
+                }
+            } else {
                 // A launch this process did not finish (a restart, or a call that
                 // got no answer): resume it with the same attempt.
-                let node = self.store().nodes.get(&pod.node_name)?;
-                match node {
+                match self.store().nodes.get(&pod.node_name)? {
                     None => {
                         self.unbind(ns, name, pod_uid, &pod.node_name)?;
                         continue;
@@ -244,135 +248,11 @@ impl Cluster {
                         let Some((offering, attempt)) = offering_of(&node) else {
                             return Ok(());
                         };
-                        let launch = PodLaunch {
-                            namespace: ns.into(),
-                            name: name.into(),
-                            uid: pod_uid.into(),
-                            attempt,
-                            offering,
-                            annotations,
-                        };
-                        match self.launch_attempt(settings, &node, launch).await? {
-                            Outcome::Done => return Ok(()),
-                            Outcome::Next => continue,
-                        }
+                        (node, offering, attempt)
                     }
                     Some(_) => return Ok(()),
                 }
-            }
-            let last = lock(&self.provisioning().last_error)
-                .get(pod_uid)
-                .cloned()
-                .unwrap_or_else(|| "none".into());
-            if pod.launch_attempts >= settings.max_launch_attempts {
-                let msg = format!(
-                    "no instance after {} launch attempts (provider.ec2.max_launch_attempts); last error: {last}",
-                    pod.launch_attempts
-                );
-                self.fail_launch(ns, name, "LaunchFailed", msg);
-                return Ok(());
-            }
-            let Some(spec) = serde_json::from_str::<PodSpec>(&meta.spec_json).ok() else {
-                return Ok(());
             };
-            let plan = match self.provider().plan(&needs_of(&spec), &annotations).await {
-                Ok(plan) => plan,
-                Err(ProviderError::Unplaceable { code, reason }) => {
-                    self.fail_launch(ns, name, code, reason);
-                    return Ok(());
-                }
-                Err(e) => {
-                    // The cloud did not answer: the next pass asks again, and
-                    // the pending timeout bounds how long.
-                    self.launch_note(ns, name, pod_uid, "Selecting", e.to_string());
-                    return Ok(());
-                }
-            };
-            if self.first_time(&format!("selected:{pod_uid}")) {
-                let list: Vec<String> = plan
-                    .offerings
-                    .iter()
-                    .map(|o| o.offering.to_string())
-                    .collect();
-                self.event(
-                    "Pod",
-                    ns,
-                    name,
-                    false,
-                    "InstanceSelected",
-                    format!("{}; offerings in order: {}", plan.reason, list.join(", ")),
-                );
-            }
-            let avoided: HashMap<Offering, String> = {
-                let mut a = lock(&self.provisioning().avoided);
-                a.retain(|_, (until, _)| *until > Instant::now());
-                a.iter()
-                    .map(|(o, (_, why))| (o.clone(), why.clone()))
-                    .collect()
-            };
-            let Some(choice) = plan
-                .offerings
-                .iter()
-                .find(|o| !avoided.contains_key(&o.offering))
-            else {
-                let msg = format!(
-                    "every offering the pod may get met a capacity error within {:?} (provider.ec2.offering_avoid_ms); last error: {last}",
-                    settings.offering_avoid
-                );
-                self.fail_launch(ns, name, "InsufficientCapacity", msg);
-                return Ok(());
-            };
-            if let Some(why) = self.over_cap(settings, &choice.size)? {
-                if self.first_time(&format!("capped:{pod_uid}")) {
-                    self.event("Pod", ns, name, true, "LaunchBlocked", why.clone());
-                }
-                self.launch_note(ns, name, pod_uid, "LaunchBlocked", why);
-                return Ok(());
-            }
-            // The intent is durable before the call: the attempt is counted, the
-            // pod bound, then the node recorded (a node record always has its pod).
-            let attempt = pod.launch_attempts + 1;
-            let node_name = dedicated_node_name(pod_uid, attempt);
-            let offering = choice.offering.clone();
-            let message = format!("launching {offering} (attempt {attempt})");
-            let bound = self.store().pods.update(&key(ns, name), |p| {
-                if uid(p) == pod_uid && p.node_name.is_empty() && phase(p) == PodPhase::Pending {
-                    p.node_name = node_name.clone();
-                    p.launch_attempts = attempt;
-                }
-            })?;
-            if bound.is_none_or(|p| p.node_name != node_name) {
-                return Ok(());
-            }
-            let mut labels = HashMap::from([
-                (LABEL_POD_UID.to_owned(), pod_uid.to_owned()),
-                (LABEL_ATTEMPT.to_owned(), attempt.to_string()),
-                (
-                    LABEL_INSTANCE_TYPE.to_owned(),
-                    offering.instance_type.clone(),
-                ),
-                (
-                    LABEL_CAPACITY_TYPE.to_owned(),
-                    capacity_label(offering.capacity).to_owned(),
-                ),
-            ]);
-            if let Some(subnet) = &offering.subnet {
-                labels.insert(LABEL_SUBNET.to_owned(), subnet.clone());
-            }
-            let node = pb::Node {
-                name: node_name.clone(),
-                state: NodeState::Launching as i32,
-                provider: self.provider().name().into(),
-                created_at: Some(now()),
-                labels,
-                size: Some(choice.size),
-                message: message.clone(),
-                ..Default::default()
-            };
-            self.store().nodes.put(&node_name, &node)?;
-            self.launch_note(ns, name, pod_uid, "Launching", message.clone());
-            self.store().flush().await?;
-            self.event("Pod", ns, name, false, "Launching", message);
             let launch = PodLaunch {
                 namespace: ns.into(),
                 name: name.into(),
@@ -386,6 +266,135 @@ impl Cluster {
                 Outcome::Next => continue,
             }
         }
+    }
+
+    /// Plans a pod's next launch and makes its intent durable (attempt counted,
+    /// pod bound, node recorded); `None` when there is nothing to launch now
+    /// (the pod failed, or waits on a cap, or changed meanwhile).
+    async fn new_launch(
+        &self,
+        settings: &Settings,
+        pod: &pb::PodRecord,
+        meta: &types::Pod,
+        annotations: &selection::LaunchAnnotations,
+    ) -> Result<Option<(pb::Node, Offering, u32)>, ClusterError> {
+        let (ns, name) = names(pod);
+        let (ns, name, pod_uid) = (ns.as_str(), name.as_str(), uid(pod));
+        let pod_uid = pod_uid.as_str();
+        let last = lock(&self.provisioning().last_error)
+            .get(pod_uid)
+            .cloned()
+            .unwrap_or_else(|| "none".into());
+        if pod.launch_attempts >= settings.max_launch_attempts {
+            let msg = format!(
+                "no instance after {} launch attempts (provider.ec2.max_launch_attempts); last error: {last}",
+                pod.launch_attempts
+            );
+            self.fail_launch(ns, name, "LaunchFailed", msg);
+            return Ok(None);
+        }
+        let Some(spec) = serde_json::from_str::<PodSpec>(&meta.spec_json).ok() else {
+            return Ok(None);
+        };
+        let plan = match self.provider().plan(&needs_of(&spec), annotations).await {
+            Ok(plan) => plan,
+            Err(ProviderError::Unplaceable { code, reason }) => {
+                self.fail_launch(ns, name, code, reason);
+                return Ok(None);
+            }
+            Err(e) => {
+                // The cloud did not answer: the next pass asks again, and
+                // the pending timeout bounds how long.
+                self.launch_note(ns, name, pod_uid, "Selecting", e.to_string());
+                return Ok(None);
+            }
+        };
+        if self.first_time(&format!("selected:{pod_uid}")) {
+            let list: Vec<String> = plan
+                .offerings
+                .iter()
+                .map(|o| o.offering.to_string())
+                .collect();
+            self.event(
+                "Pod",
+                ns,
+                name,
+                false,
+                "InstanceSelected",
+                format!("{}; offerings in order: {}", plan.reason, list.join(", ")),
+            );
+        }
+        let avoided: HashMap<Offering, String> = {
+            let mut a = lock(&self.provisioning().avoided);
+            a.retain(|_, (until, _)| *until > Instant::now());
+            a.iter()
+                .map(|(o, (_, why))| (o.clone(), why.clone()))
+                .collect()
+        };
+        let Some(choice) = plan
+            .offerings
+            .iter()
+            .find(|o| !avoided.contains_key(&o.offering))
+        else {
+            let msg = format!(
+                "every offering the pod may get met a capacity error within {:?} (provider.ec2.offering_avoid_ms); last error: {last}",
+                settings.offering_avoid
+            );
+            self.fail_launch(ns, name, "InsufficientCapacity", msg);
+            return Ok(None);
+        };
+        if let Some(why) = self.over_cap(settings, &choice.size)? {
+            if self.first_time(&format!("capped:{pod_uid}")) {
+                self.event("Pod", ns, name, true, "LaunchBlocked", why.clone());
+            }
+            self.launch_note(ns, name, pod_uid, "LaunchBlocked", why);
+            return Ok(None);
+        }
+        // The intent is durable before the call: the attempt is counted, the
+        // pod bound, then the node recorded (a node record always has its pod).
+        let attempt = pod.launch_attempts + 1;
+        let node_name = dedicated_node_name(pod_uid, attempt);
+        let offering = choice.offering.clone();
+        let message = format!("launching {offering} (attempt {attempt})");
+        let bound = self.store().pods.update(&key(ns, name), |p| {
+            if uid(p) == pod_uid && p.node_name.is_empty() && phase(p) == PodPhase::Pending {
+                p.node_name = node_name.clone();
+                p.launch_attempts = attempt;
+            }
+        })?;
+        if bound.is_none_or(|p| p.node_name != node_name) {
+            return Ok(None);
+        }
+        let mut labels = HashMap::from([
+            (LABEL_POD_UID.to_owned(), pod_uid.to_owned()),
+            (LABEL_ATTEMPT.to_owned(), attempt.to_string()),
+            (
+                LABEL_INSTANCE_TYPE.to_owned(),
+                offering.instance_type.clone(),
+            ),
+            (
+                LABEL_CAPACITY_TYPE.to_owned(),
+                capacity_label(offering.capacity).to_owned(),
+            ),
+        ]);
+        if let Some(subnet) = &offering.subnet {
+            labels.insert(LABEL_SUBNET.to_owned(), subnet.clone());
+        }
+        let node = pb::Node {
+            name: node_name.clone(),
+            state: NodeState::Launching as i32,
+            provider: self.provider().name().into(),
+            created_at: Some(now()),
+            labels,
+            size: Some(choice.size),
+            message: message.clone(),
+            ..Default::default()
+        };
+        self.store().nodes.put(&node_name, &node)?;
+        self.launch_note(ns, name, pod_uid, "Launching", message.clone());
+        self.store().flush().await?;
+        self.event("Pod", ns, name, false, "Launching", message);
+        Ok(Some((node, offering, attempt)))
     }
 
     /// Why launching an instance of `size` would pass a cluster cap, if it would.

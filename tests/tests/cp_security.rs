@@ -17,15 +17,6 @@ fn key_and_csr() -> (String, String) {
     (key.serialize_pem(), csr)
 }
 
-/// Registers an external node and returns its join token.
-fn external_token(c: &TestCluster, node: &str) -> String {
-    let out = c.orca_ok(&["node", "add", node, "--external"]);
-    out.split_whitespace()
-        .find_map(|w| w.strip_prefix("ORCA_AGENT_JOIN_TOKEN="))
-        .unwrap_or_else(|| panic!("token in {out}"))
-        .to_owned()
-}
-
 fn join_request(token: &str, node: &str, csr: &str) -> JoinRequest {
     JoinRequest {
         token: token.into(),
@@ -44,7 +35,7 @@ async fn tokens_are_single_use_bound_to_their_node_and_heartbeats_need_the_nodes
     let n1_id = c.node("n1")["id"].as_str().unwrap().to_owned();
     let mut anonymous = c.node_client(None).await;
 
-    let token = external_token(&c, "ext");
+    let token = c.external_token("ext");
     let (key, csr) = key_and_csr();
     let joined = anonymous
         .join(join_request(&token, "ext", &csr))
@@ -67,7 +58,7 @@ async fn tokens_are_single_use_bound_to_their_node_and_heartbeats_need_the_nodes
     assert_eq!(reused.code(), tonic::Code::PermissionDenied, "{reused:?}");
     assert!(reused.message().contains("already used"), "{reused:?}");
 
-    let other = external_token(&c, "ext2");
+    let other = c.external_token("ext2");
     let wrong = anonymous
         .join(join_request(&other, "ext", &csr))
         .await
@@ -200,7 +191,7 @@ async fn expired_tokens_are_refused_and_agents_renew_short_lived_certificates() 
 #[test]
 fn an_agent_boots_from_imds_user_data_and_its_token_is_consumed() {
     let c = TestCluster::start();
-    let token = external_token(&c, "imds-node");
+    let token = c.external_token("imds-node");
     let ca = std::fs::read_to_string(c.data_dir().join("ca.pem")).unwrap();
     let boot = orca_agent::imds::BootData {
         control_plane: c.server.clone(),

@@ -15,15 +15,6 @@ use orca_tests::cluster::{DEADLINE, TestCluster};
 use orca_tests::env::{InstancePlayer, Moto, PlayerSettings, ec2_client, process_running};
 use orca_tests::eventually::eventually_blocking;
 
-/// Registers an external node and returns its join token.
-fn external_token(c: &TestCluster, node: &str) -> String {
-    let out = c.orca_ok(&["node", "add", node, "--external"]);
-    out.split_whitespace()
-        .find_map(|w| w.strip_prefix("ORCA_AGENT_JOIN_TOKEN="))
-        .unwrap_or_else(|| panic!("token in {out}"))
-        .to_owned()
-}
-
 /// A player of `cluster`'s instances in moto, whose agents join `c`.
 fn player(c: &TestCluster, moto: &Moto, cluster: &str) -> InstancePlayer {
     InstancePlayer::start(PlayerSettings {
@@ -60,7 +51,7 @@ fn run_instance(
         control_plane: c.server.clone(),
         ca_pem: std::fs::read_to_string(c.data_dir().join("ca.pem")).unwrap(),
         node_name: node.into(),
-        join_token: external_token(c, node),
+        join_token: c.external_token(node),
     };
     let tags = [
         ("Name", node.to_owned()),

@@ -248,6 +248,15 @@ impl TestCluster {
         })
     }
 
+    /// Registers an external node and returns its join token.
+    pub fn external_token(&self, node: &str) -> String {
+        let out = self.orca_ok(&["node", "add", node, "--external"]);
+        out.split_whitespace()
+            .find_map(|w| w.strip_prefix("ORCA_AGENT_JOIN_TOKEN="))
+            .unwrap_or_else(|| panic!("token in {out}"))
+            .to_owned()
+    }
+
     /// Waits until node `name` is Ready (a busy machine may delay a heartbeat
     /// past `suspect_after` for a moment; Ready is where a healthy node returns).
     pub fn wait_node_ready(&self, name: &str) -> serde_json::Value {
