@@ -182,6 +182,15 @@ impl Pki {
         Ok((cert.pem(), key.serialize_pem()))
     }
 
+    /// The SHA-256 of a CSR's public key: what binds a retried join to the key of
+    /// the first one.
+    pub fn csr_key_sha256(csr_pem: &str) -> Result<Vec<u8>, PkiError> {
+        use rcgen::PublicKeyData as _;
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::Csr(e.to_string()))?;
+        Ok(sha2::Sha256::digest(csr.public_key.der_bytes()).to_vec())
+    }
+
     /// Signs a node's CSR. Only the CSR's public key is used: the subject, names
     /// and lifetime are the control plane's choice.
     pub fn sign_node(

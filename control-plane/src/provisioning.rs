@@ -441,7 +441,11 @@ impl Cluster {
             .tokens
             .entries("")?
             .into_iter()
-            .find(|(_, t)| t.node_name == node && t.expires_at > today);
+            .find(|(key, t)| {
+                !key.starts_with(crate::registry::USED_PREFIX)
+                    && t.node_name == node
+                    && t.expires_at > today
+            });
         Ok(match stored {
             Some((token, _)) => token,
             None => self.new_token(node)?.0,

@@ -16,6 +16,9 @@ use crate::pki;
 use crate::pods::Applied;
 use crate::store::JoinToken;
 
+/// Key prefix of used join tokens in the tokens table.
+pub const USED_PREFIX: &str = "used:";
+
 /// The control plane's version; agents must share its major version and be at
 /// most one minor version older.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -78,6 +81,7 @@ impl Cluster {
             &JoinToken {
                 node_name: node.to_owned(),
                 expires_at,
+                used_by_key: Vec::new(),
             },
         )?;
         Ok((token, expires_at))
@@ -198,11 +202,37 @@ impl Cluster {
 
     /// Admits an agent: consumes its token, signs its CSR and marks its node Ready.
     pub async fn join(&self, req: pb::JoinRequest) -> Result<pb::JoinResponse, ClusterError> {
-        let token = self
-            .store()
-            .tokens
-            .remove(&req.token)?
-            .ok_or_else(|| ClusterError::JoinRefused("unknown or already used token".into()))?;
+        let key = pki::Pki::csr_key_sha256(&req.csr_pem)
+            .map_err(|e| ClusterError::Invalid(e.to_string()))?;
+        let used_key = format!("{USED_PREFIX}{}", req.token);
+        let mut repeated = false;
+        let token = match self.store().tokens.remove(&req.token)? {
+            Some(token) => {
+                // Kept as used, bound to this key, until the token would have expired.
+                let used = JoinToken {
+                    used_by_key: key.clone(),
+                    ..token.clone()
+                };
+                self.store().tokens.put(&used_key, &used)?;
+                token
+            }
+            None => {
+                // The same agent again (same key) after an answer it never got.
+                let again = self
+                    .store()
+                    .tokens
+                    .get(&used_key)?
+                    .filter(|u| u.used_by_key == key && u.node_name == req.node_name);
+                let Some(token) = again else {
+                    return Err(ClusterError::JoinRefused(
+                        "unknown or already used token".into(),
+                    ));
+                };
+                info!(node = %req.node_name, "join repeated by the key that used the token");
+                repeated = true;
+                token
+            }
+        };
         self.store().flush().await?;
         if token.expires_at < jiff::Timestamp::now().as_second() {
             return Err(ClusterError::JoinRefused("token expired".into()));
@@ -231,7 +261,10 @@ impl Cluster {
             .map_err(|e| ClusterError::Invalid(e.to_string()))?;
         let id = uuid::Uuid::new_v4().to_string();
         let node = self.store().nodes.update(&req.node_name, |n| {
-            n.id = id.clone();
+            // A repeated join keeps the id the first one was given.
+            if !(repeated && !n.id.is_empty()) {
+                n.id = id.clone();
+            }
             n.state = NodeState::Ready as i32;
             n.agent_address = req.agent_address.clone();
             n.agent_version = req.agent_version.clone();
@@ -258,7 +291,7 @@ impl Cluster {
         );
         self.wake_scheduler();
         Ok(pb::JoinResponse {
-            node_id: id,
+            node_id: node.id.clone(),
             heartbeat_interval: prost_types::Duration::try_from(self.config().heartbeat_interval)
                 .ok(),
             ca_cert_pem: self.pki().ca_pem().to_owned(),

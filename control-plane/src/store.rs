@@ -161,6 +161,10 @@ pub struct JoinToken {
     /// Expiry, seconds since the Unix epoch.
     #[prost(int64, tag = "2")]
     pub expires_at: i64,
+    /// Once used: the SHA-256 of the public key that used it (a join whose answer
+    /// was lost may be repeated with that key, and only with it).
+    #[prost(bytes = "vec", tag = "3")]
+    pub used_by_key: Vec<u8>,
 }
 
 /// Flush tickets, for group commit.

@@ -112,9 +112,16 @@ fn write(dir: &Path, name: &str, text: &str, mode: u32) -> Result<(), JoinError>
     std::fs::rename(&tmp, &path).map_err(io)
 }
 
+/// The key of a join not yet answered, kept for its retries.
+const PENDING_KEY: &str = "pending-key.pem";
+
 /// A new key and a CSR for it, PEM.
 fn key_and_csr() -> Result<(String, String), JoinError> {
-    let key = rcgen::KeyPair::generate()?;
+    key_and_csr_for(rcgen::KeyPair::generate()?)
+}
+
+/// A CSR for `key`, with the key's PEM.
+fn key_and_csr_for(key: rcgen::KeyPair) -> Result<(String, String), JoinError> {
     let csr = rcgen::CertificateParams::default()
         .serialize_request(&key)?
         .pem()?;
@@ -156,7 +163,18 @@ impl Identity {
         let channel =
             orca_proto::tls::connect(&spec.control_plane, None, tls, Duration::from_secs(5))
                 .await?;
-        let (key, csr) = key_and_csr()?;
+        // The key is kept before the first try: a join whose answer is lost (the
+        // control plane died after consuming the token) may be repeated, and the
+        // control plane accepts the used token again only with the same key.
+        let pending = dir.join(PENDING_KEY);
+        let (key, csr) = match std::fs::read_to_string(&pending) {
+            Ok(pem) => key_and_csr_for(rcgen::KeyPair::from_pem(&pem)?)?,
+            Err(_) => {
+                let (key, csr) = key_and_csr()?;
+                write(dir, PENDING_KEY, &key, 0o600)?;
+                (key, csr)
+            }
+        };
         let resp = NodeServiceClient::new(channel)
             .join(JoinRequest {
                 token: spec.token.clone(),
@@ -173,6 +191,7 @@ impl Identity {
         write(dir, "cert.pem", &resp.node_cert_pem, 0o644)?;
         write(dir, "ca.pem", &resp.ca_cert_pem, 0o644)?;
         write(dir, "node-id", &resp.node_id, 0o644)?;
+        let _ = std::fs::remove_file(&pending);
         Ok(Self {
             node_id: resp.node_id,
             ca_pem: resp.ca_cert_pem,
