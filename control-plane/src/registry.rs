@@ -262,7 +262,7 @@ impl Cluster {
         let id = uuid::Uuid::new_v4().to_string();
         let node = self.store().nodes.update(&req.node_name, |n| {
             // A repeated join keeps the id the first one was given.
-            if !(repeated && !n.id.is_empty()) {
+            if !repeated || n.id.is_empty() {
                 n.id = id.clone();
             }
             n.state = NodeState::Ready as i32;
