@@ -11,7 +11,9 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use crate::cluster::{DEADLINE, TestCluster};
-use crate::env::{Ec2Proxy, InstancePlayer, Moto, PlayerSettings, ec2_client};
+use crate::env::{
+    Ec2Proxy, InstanceInfo, InstancePlayer, Moto, PlayerSettings, cluster_instances, ec2_client,
+};
 use crate::eventually::eventually_blocking;
 
 /// The AMI (moto knows it, x86_64).
@@ -132,53 +134,16 @@ impl Ec2Cluster {
         self.rt.block_on(ec2_client(&self.moto.endpoint))
     }
 
-    /// The cluster's instances in moto that are not terminated: (id, type, state, tags).
-    pub fn instances(&self) -> Vec<MotoInstance> {
+    /// The cluster's instances in moto (straight from moto, every page).
+    pub fn instances(&self) -> Vec<InstanceInfo> {
         let client = self.moto_client();
-        let name = self.name.clone();
-        self.rt.block_on(async move {
-            let out = client
-                .describe_instances()
-                .filters(
-                    aws_sdk_ec2::types::Filter::builder()
-                        .name("tag:orca.research/cluster")
-                        .values(name)
-                        .build(),
-                )
-                .send()
-                .await
-                .expect("DescribeInstances");
-            out.reservations()
-                .iter()
-                .flat_map(|r| r.instances())
-                .map(|i| MotoInstance {
-                    id: i.instance_id().unwrap_or_default().into(),
-                    instance_type: i
-                        .instance_type()
-                        .map(|t| t.as_str().to_owned())
-                        .unwrap_or_default(),
-                    state: i
-                        .state()
-                        .and_then(|s| s.name())
-                        .map(|s| s.as_str().to_owned())
-                        .unwrap_or_default(),
-                    tag: i
-                        .tags()
-                        .iter()
-                        .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
-                        .collect(),
-                    spot: i
-                        .instance_lifecycle()
-                        .map(|l| l.as_str() == "spot")
-                        .unwrap_or(false),
-                    subnet: i.subnet_id().unwrap_or_default().into(),
-                })
-                .collect()
-        })
+        self.rt
+            .block_on(cluster_instances(&client, &self.name))
+            .expect("DescribeInstances")
     }
 
     /// The live (pending or running) instances of the cluster.
-    pub fn live_instances(&self) -> Vec<MotoInstance> {
+    pub fn live_instances(&self) -> Vec<InstanceInfo> {
         self.instances()
             .into_iter()
             .filter(|i| matches!(i.state.as_str(), "pending" | "running"))
@@ -263,23 +228,6 @@ impl Ec2Cluster {
     pub fn hosts_dir(&self) -> PathBuf {
         self.cluster.data_dir().join("instances")
     }
-}
-
-/// An instance as moto reports it.
-#[derive(Debug, Clone)]
-pub struct MotoInstance {
-    /// Id.
-    pub id: String,
-    /// Type.
-    pub instance_type: String,
-    /// State name.
-    pub state: String,
-    /// Tags.
-    pub tag: std::collections::BTreeMap<String, String>,
-    /// Whether it is a spot instance.
-    pub spot: bool,
-    /// Subnet.
-    pub subnet: String,
 }
 
 /// A pod record's uid.

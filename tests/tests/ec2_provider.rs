@@ -30,7 +30,11 @@ fn run_calls(e: &Ec2Cluster, uid: &str) -> Vec<std::collections::BTreeMap<String
 
 fn wait_gone(e: &Ec2Cluster, instance: &str) {
     eventually_blocking(&format!("instance {instance} terminated"), DEADLINE, || {
-        let live: Vec<_> = e.live_instances().into_iter().map(|i| i.id).collect();
+        let live: Vec<_> = e
+            .live_instances()
+            .into_iter()
+            .map(|i| i.instance_id)
+            .collect();
         if live.contains(&instance.to_owned()) {
             Err(live)
         } else {
@@ -58,11 +62,11 @@ fn auto_selection_launches_the_cheapest_fit_and_the_pod_runs_there() {
     let instance = &live[0];
     assert_eq!(instance.instance_type, "t3.medium");
     let uid = pod["uid"].as_str().unwrap();
-    assert_eq!(instance.tag["orca.research/pod-uid"], uid);
-    assert_eq!(instance.tag["orca.research/pod"], "default/auto");
-    assert_eq!(instance.tag["orca.research/attempt"], "1");
+    assert_eq!(instance.tags["orca.research/pod-uid"], uid);
+    assert_eq!(instance.tags["orca.research/pod"], "default/auto");
+    assert_eq!(instance.tags["orca.research/attempt"], "1");
     let node = e.cluster.node(pod["node"].as_str().unwrap());
-    assert_eq!(node["instanceId"], instance.id.as_str(), "{node}");
+    assert_eq!(node["instanceId"], instance.instance_id.as_str(), "{node}");
     assert_eq!(
         node["labels"]["node.kubernetes.io/instance-type"],
         "t3.medium"
@@ -71,7 +75,7 @@ fn auto_selection_launches_the_cheapest_fit_and_the_pod_runs_there() {
     assert_eq!(calls.len(), 1, "one RunInstances: {calls:?}");
     assert!(calls[0]["ClientToken"].ends_with("-1"), "{calls:?}");
     assert_eq!(calls[0]["InstanceInitiatedShutdownBehavior"], "terminate");
-    let imds = e.player.imds_log(&instance.id);
+    let imds = e.player.imds_log(&instance.instance_id);
     assert_eq!(
         imds.first().map(String::as_str),
         Some("PUT /latest/api/token 200"),
@@ -91,7 +95,7 @@ fn auto_selection_launches_the_cheapest_fit_and_the_pod_runs_there() {
     // Deleting the first pod terminates its instance; then the second launches.
     e.cluster
         .orca_ok(&["delete", "pod", "auto", "--grace-period", "0"]);
-    wait_gone(&e, &instance.id);
+    wait_gone(&e, &instance.instance_id);
     e.wait_phase("capped", "Running");
 }
 
@@ -116,7 +120,7 @@ fn explicit_template_and_spot_launches_and_unplaceable_pods_fail() {
     let by_uid = |p: &serde_json::Value| {
         e.live_instances()
             .into_iter()
-            .find(|i| i.tag["orca.research/pod-uid"] == p["uid"].as_str().unwrap())
+            .find(|i| i.tags["orca.research/pod-uid"] == p["uid"].as_str().unwrap())
             .expect("the pod's instance")
     };
     assert_eq!(by_uid(&explicit).instance_type, "g5.xlarge");
@@ -260,7 +264,7 @@ fn an_instance_that_never_boots_is_replaced_after_the_boot_timeout() {
     e.apply(&e.pod("slow", &[(TYPE, "t3.small")], "", ""));
     let first = eventually_blocking("the first instance", DEADLINE, || {
         let live = e.live_instances();
-        live.first().map(|i| i.id.clone()).ok_or(live)
+        live.first().map(|i| i.instance_id.clone()).ok_or(live)
     });
     let timeout = e.wait_event("slow", "BootTimeout");
     assert!(timeout.contains(&first), "{timeout}");
@@ -280,7 +284,7 @@ fn a_lost_nodes_instance_is_terminated_before_its_pod_moves() {
     let e = Ec2Cluster::start("");
     e.apply(&e.pod("survivor", &[(TYPE, "t3.small")], "", ""));
     let before = e.wait_phase("survivor", "Running");
-    let old = e.live_instances()[0].id.clone();
+    let old = e.live_instances()[0].instance_id.clone();
     e.proxy.fail(
         "TerminateInstances",
         1000,

@@ -18,7 +18,8 @@ use orca_proto::controlplane::v1 as pb;
 use orca_proto::types::v1 as types;
 
 use crate::bench::{metric, ms, percentile};
-use crate::ec2_cluster::{Ec2Cluster, MotoInstance};
+use crate::ec2_cluster::Ec2Cluster;
+use crate::env::InstanceInfo;
 use crate::eventually::try_eventually_blocking;
 
 /// Timings for many pods on few cores: heartbeats every second, Lost after 40 s.
@@ -123,7 +124,7 @@ pub struct CrashOutcome {
 
 /// Counts leaked and duplicate instances against the pods.
 fn audit(
-    live: &[MotoInstance],
+    live: &[InstanceInfo],
     pods: &[(String, String, String, String, String)],
 ) -> (usize, usize, Vec<String>) {
     let owners: HashMap<&str, &str> = pods
@@ -135,14 +136,14 @@ fn audit(
     let mut strays = Vec::new();
     for i in live {
         let uid = i
-            .tag
+            .tags
             .get("orca.research/pod-uid")
             .map_or("", String::as_str);
-        let node = i.tag.get("orca.research/node").map_or("", String::as_str);
+        let node = i.tags.get("orca.research/node").map_or("", String::as_str);
         match owners.get(uid) {
             Some(bound) if *bound == node => *per_pod.entry(uid).or_default() += 1,
             Some(_) => *per_pod.entry(uid).or_default() += 1,
-            None => strays.push(format!("{} ({node}, uid {uid})", i.id)),
+            None => strays.push(format!("{} ({node}, uid {uid})", i.instance_id)),
         }
     }
     let duplicates = per_pod.values().map(|n| n.saturating_sub(1)).sum();

@@ -374,7 +374,7 @@ fn run(shared: &Shared, stopped: &mpsc::Receiver<()>) {
 }
 
 fn poll_once(shared: &Shared, rt: &tokio::runtime::Runtime, client: &aws_sdk_ec2::Client) {
-    let instances = match rt.block_on(describe(client, &shared.settings.cluster)) {
+    let instances = match rt.block_on(cluster_instances(client, &shared.settings.cluster)) {
         Ok(instances) => instances,
         Err(e) => {
             shared.state().problem(format!("DescribeInstances: {e}"));
@@ -434,8 +434,9 @@ fn poll_once(shared: &Shared, rt: &tokio::runtime::Runtime, client: &aws_sdk_ec2
     }
 }
 
-/// The cluster's instances, every page.
-async fn describe(
+/// The instances tagged for `cluster` as EC2 (moto) lists them, every page,
+/// terminated ones included.
+pub async fn cluster_instances(
     client: &aws_sdk_ec2::Client,
     cluster: &str,
 ) -> std::result::Result<Vec<InstanceInfo>, String> {

@@ -32,7 +32,7 @@ mod tools;
 
 pub use containerd::Containerd;
 pub use daemon::{Daemon, STOP_GRACE};
-pub use ec2_hosts::{InstanceInfo, InstancePlayer, Played, PlayerSettings};
+pub use ec2_hosts::{InstanceInfo, InstancePlayer, Played, PlayerSettings, cluster_instances};
 pub use ec2_proxy::{Call, Ec2Proxy, Fault, ReservationView, ec2_client};
 pub use error::{EnvError, Result};
 pub use http::{HttpResponse, http_request};
