@@ -57,6 +57,9 @@ pub enum ClusterError {
     /// The object is in a state that does not allow the operation.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// What a pod refers to (a ConfigMap, Secret, token) could not be resolved.
+    #[error("{0}")]
+    Unresolved(String),
     /// A node's agent could not be reached or failed.
     #[error("node {node}: {status}")]
     Agent {
@@ -85,6 +88,33 @@ struct Inner {
     done: Mutex<HashSet<String>>,
     wake_scheduler: Notify,
     provisioning: crate::provisioning::Memory,
+    resolver: std::sync::OnceLock<Arc<dyn PodResolver>>,
+    events: tokio::sync::broadcast::Sender<pb::Event>,
+}
+
+/// What a pod's agent gets besides the pod: content the agent cannot read
+/// itself (Kubernetes mode: ConfigMaps, Secrets, the service account token,
+/// registry credentials).
+#[derive(Debug, Default)]
+pub struct Resolved {
+    /// Credentials from the pod's imagePullSecrets.
+    pub registry_credentials: Vec<orca_proto::types::v1::RegistryCredential>,
+    /// ConfigMaps, Secrets and the token the pod refers to.
+    pub volume_data: Option<orca_proto::types::v1::VolumeData>,
+    /// The spec with every `env[].valueFrom` and `envFrom` turned into values,
+    /// when it had any.
+    pub spec_json: Option<String>,
+}
+
+/// Resolves what a pod refers to, just before it is handed to its agent.
+pub trait PodResolver: Send + Sync {
+    /// The content `record` refers to; an error names what is missing, and
+    /// fails the pod with reason CreateContainerConfigError.
+    fn resolve<'a>(
+        &'a self,
+        record: &'a pb::PodRecord,
+        node: &'a pb::Node,
+    ) -> futures::future::BoxFuture<'a, Result<Resolved, String>>;
 }
 
 /// What the control plane remembers of a node's heartbeats, in memory only (a
@@ -137,10 +167,29 @@ impl Cluster {
                 liveness: Mutex::new(liveness),
                 done: Mutex::new(HashSet::new()),
                 provisioning: Default::default(),
-
+                resolver: Default::default(),
+                events: tokio::sync::broadcast::channel(1024).0,
                 wake_scheduler: Notify::new(),
             }),
         }
+    }
+
+    /// Installs the resolver of pods' references (once; the Kubernetes mode).
+    pub fn set_resolver(&self, resolver: Arc<dyn PodResolver>) {
+        let _ = self.inner.resolver.set(resolver);
+    }
+
+    /// What the pod refers to, from the resolver if there is one.
+    pub async fn resolve(&self, record: &pb::PodRecord, node: &pb::Node) -> Result<Resolved, String> {
+        match self.inner.resolver.get() {
+            Some(r) => r.resolve(record, node).await,
+            None => Ok(Resolved::default()),
+        }
+    }
+
+    /// Every event recorded from now on (a lagging receiver loses the oldest).
+    pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<pb::Event> {
+        self.inner.events.subscribe()
     }
 
     /// The URL agents dial (given to launched hosts and in join tokens).
@@ -316,6 +365,7 @@ impl Cluster {
         if let Err(e) = self.inner.store.add_event(&event) {
             tracing::warn!(error = %e, reason, "event not recorded");
         }
+        let _ = self.inner.events.send(event);
     }
 }
 

@@ -33,11 +33,13 @@
 //!   `ec2` provider.
 //! - [`api`]: the AdminService (bearer token) and NodeService (node
 //!   certificates) gRPC servers.
+//! - [`vk`]: the Kubernetes mode: a Virtual Kubelet Node, its pods, and the
+//!   kubelet API.
 //! - [`cli`]: the `orca` command line client of AdminService.
 //!
 //! # Current limitations
 //! The same services for agents and users (on the provider's gateway too, where
-//! it has one); no Kubernetes yet.
+//! it has one).
 
 pub mod api;
 pub mod cli;
@@ -54,6 +56,7 @@ pub mod selection;
 pub mod store;
 pub mod streams;
 pub mod tls_identity;
+pub mod vk;
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt as _;
@@ -100,6 +103,9 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The Kubernetes mode could not start.
+    #[error(transparent)]
+    Kubernetes(#[from] vk::kube::KubeError),
     /// The data directory could not be prepared.
     #[error("data directory {path}")]
     DataDir {
@@ -209,6 +215,10 @@ pub async fn serve(
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move { cluster.run_scheduler(stop).await })
     };
+    let kubernetes = match &cluster.config().kubernetes {
+        Some(k) => vk::start(&cluster, k, stop_rx.clone()).await?,
+        None => Vec::new(),
+    };
     let rotation = {
         let cluster = cluster.clone();
         let stop = stopped(stop_rx.clone());
@@ -246,6 +256,9 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     let _ = scheduler.await;
     let _ = rotation.await;
+    for task in kubernetes {
+        let _ = task.await;
+    }
     store.flush().await?;
     info!("control plane stopped; state flushed");
     result

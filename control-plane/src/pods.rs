@@ -58,7 +58,8 @@ pub fn phase(record: &pb::PodRecord) -> PodPhase {
         .unwrap_or(PodPhase::Unspecified)
 }
 
-fn valid_name(name: &str) -> bool {
+/// Whether `name` is a lowercase DNS subdomain (pod, namespace and node names).
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
         && name

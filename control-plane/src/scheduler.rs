@@ -401,10 +401,18 @@ impl Cluster {
         let result = async {
             self.store().flush().await?;
             let record = self.pod(&ns, &name)?;
+            let resolved = self
+                .resolve(&record, &node)
+                .await
+                .map_err(ClusterError::Unresolved)?;
+            let mut pod = record.pod.clone();
+            if let (Some(pod), Some(spec)) = (pod.as_mut(), resolved.spec_json) {
+                pod.spec_json = spec;
+            }
             let req = agent::RunPodRequest {
-                pod: record.pod.clone(),
-                registry_credentials: Vec::new(),
-                volume_data: None,
+                pod,
+                registry_credentials: resolved.registry_credentials,
+                volume_data: resolved.volume_data,
             };
             self.agent(&node)?
                 .run_pod(self.timed(req, std::time::Duration::ZERO))
@@ -429,6 +437,9 @@ impl Cluster {
                         Err(e) => warn!(pod = %name, error = %e, "status not recorded"),
                     }
                 }
+            }
+            Err(ClusterError::Unresolved(message)) => {
+                let _ = self.fail_pod(&ns, &name, "CreateContainerConfigError", message);
             }
             Err(ClusterError::Agent { status, .. })
                 if status.code() == tonic::Code::InvalidArgument =>

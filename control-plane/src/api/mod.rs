@@ -40,7 +40,9 @@ pub fn status(e: ClusterError) -> tonic::Status {
         ClusterError::JoinRefused(_) => tonic::Status::permission_denied(msg),
         ClusterError::Unauthenticated(_) => tonic::Status::unauthenticated(msg),
         ClusterError::PermissionDenied(_) => tonic::Status::permission_denied(msg),
-        ClusterError::FailedPrecondition(_) => tonic::Status::failed_precondition(msg),
+        ClusterError::FailedPrecondition(_) | ClusterError::Unresolved(_) => {
+            tonic::Status::failed_precondition(msg)
+        }
         ClusterError::Agent { node, status } => {
             let code = match status.code() {
                 tonic::Code::NotFound

@@ -1,8 +1,9 @@
 //! The control plane's configuration: one YAML file, validated once into
 //! [`Config`] with errors that name the field. The `ec2` provider's section is
-//! [`ec2`].
+//! [`ec2`]; the Kubernetes mode's is [`kubernetes`].
 
 pub mod ec2;
+pub mod kubernetes;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -116,6 +117,10 @@ pub struct File {
     pub autoscale: Option<AutoscaleFile>,
     /// The instance provider.
     pub provider: ProviderFile,
+    /// Kubernetes mode: serve a cluster as a Virtual Kubelet node (standalone
+    /// when absent).
+    #[serde(default)]
+    pub kubernetes: Option<kubernetes::KubernetesFile>,
 }
 
 /// Autoscaling: hosts launched when no node fits a pending pod.
@@ -319,6 +324,8 @@ pub struct Config {
     pub agent_call_timeout: Duration,
     /// Provider.
     pub provider: Provider,
+    /// Kubernetes mode, when on.
+    pub kubernetes: Option<kubernetes::Kubernetes>,
 }
 
 /// The validated provider configuration.
@@ -557,6 +564,7 @@ impl File {
             reconcile_interval: ms("reconcile_interval_ms", self.reconcile_interval_ms)?,
             agent_call_timeout: ms("agent_call_timeout_ms", self.agent_call_timeout_ms)?,
             provider,
+            kubernetes: self.kubernetes.map(|k| k.validate()).transpose()?,
         })
     }
 }
@@ -675,5 +683,48 @@ mod tests {
         assert!(e.contains("`provider`"), "both providers: {e}");
         let e = parse("provider:\n  local: {}\n").unwrap_err().to_string();
         assert!(e.contains("data_dir"), "{e}");
+    }
+
+    #[test]
+    fn kubernetes_section_errors_name_the_field() {
+        let agent = std::env::current_exe().unwrap();
+        let base = format!(
+            "data_dir: /tmp/x\nprovider:\n  local:\n    agent_binary: {}\nkubernetes:\n",
+            agent.display()
+        );
+        let k = |extra: &str| parse(&format!("{base}{extra}"));
+        let ok = k("  kubelet:\n    address: 10.0.0.5\n    client_ca: /ca.pem\n").unwrap();
+        let kube = ok.kubernetes.expect("kubernetes on");
+        assert_eq!(kube.node_name, kubernetes::DEFAULT_NODE_NAME);
+        assert_eq!(kube.kubelet.address.to_string(), "10.0.0.5");
+        assert_eq!(kube.kubelet.authorization, kubernetes::Authorization::AlwaysAllow);
+        let cases = [
+            ("  kubelet:\n    client_ca: /ca.pem\n", "`kubernetes.kubelet.address`"),
+            ("  kubelet:\n    address: 10.0.0.5\n", "client_ca"),
+            (
+                "  node_name: Bad_Name\n  kubelet:\n    address: 10.0.0.5\n    client_ca: /c\n",
+                "`kubernetes.node_name`",
+            ),
+            (
+                "  kubelet:\n    address: 10.0.0.5\n    client_ca: /c\n    authorization: rbac\n",
+                "`kubernetes.kubelet.authorization`",
+            ),
+            (
+                "  kubelet:\n    address: 10.0.0.5\n    client_ca: /c\n    serving_cert: /x\n",
+                "`kubernetes.kubelet.serving_cert`",
+            ),
+            (
+                "  lease_renew_ms: 50000\n  kubelet:\n    address: 10.0.0.5\n    client_ca: /c\n",
+                "`kubernetes.lease_duration_s`",
+            ),
+            (
+                "  capacity: {cpu: '0', memory: 1Gi, pods: 3}\n  kubelet:\n    address: 10.0.0.5\n    client_ca: /c\n",
+                "`kubernetes.capacity.cpu`",
+            ),
+        ];
+        for (extra, field) in cases {
+            let e = k(extra).unwrap_err().to_string();
+            assert!(e.contains(field), "{extra}: {e}");
+        }
     }
 }

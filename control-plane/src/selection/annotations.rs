@@ -23,6 +23,10 @@ pub const CAPACITY_RESERVATION_PREFERENCE: &str = "orca.research/capacity-reserv
 /// `orca.research/ami`: the AMI to launch instead of the configured one.
 pub const AMI: &str = "orca.research/ami";
 
+/// `orca.research/node`: written by ORCA in Kubernetes mode, the ORCA node (the
+/// instance) the pod was placed on; read by nothing, accepted as input.
+pub const NODE: &str = "orca.research/node";
+
 /// Every annotation the selection and launch understand.
 pub const KNOWN: [&str; 9] = [
     INSTANCE_TYPE,
@@ -187,6 +191,7 @@ pub fn parse<'a>(
                 }
                 out.ami = Some(value.into());
             }
+            NODE => {}
             _ => {
                 return Err(bad(format!(
                     "unknown ORCA annotation; known: {}",
