@@ -22,6 +22,10 @@ struct Flags {
     /// Replaces the file's `advertise_url`.
     #[arg(long)]
     advertise_url: Option<String>,
+    /// Replaces the file's `kubernetes.kubelet.address` (in a Deployment, the
+    /// pod's IP from the downward API).
+    #[arg(long, env = "ORCA_KUBELET_ADDRESS")]
+    kubelet_address: Option<String>,
 }
 
 #[tokio::main]
@@ -32,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
         listen: flags.listen,
         data_dir: flags.data_dir,
         advertise_url: flags.advertise_url,
+        kubelet_address: flags.kubelet_address,
     };
     let config = orca_control_plane::config::Config::load_with(&flags.config, &overrides)?;
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -231,6 +231,18 @@ pub fn common_name(der: &[u8]) -> Option<String> {
     cn.as_str().ok().map(str::to_owned)
 }
 
+/// Organisations of a DER certificate's subject (Kubernetes reads them as the
+/// client's groups).
+pub fn organizations(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    cert.subject()
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_owned))
+        .collect()
+}
+
 /// Validity of the first certificate of a PEM bundle: (not before, not after),
 /// seconds since the Unix epoch.
 pub fn validity(cert_pem: &str) -> Result<(i64, i64), TlsError> {

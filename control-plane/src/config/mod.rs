@@ -289,6 +289,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `advertise_url`.
     pub advertise_url: Option<String>,
+    /// `kubernetes.kubelet.address`.
+    pub kubelet_address: Option<String>,
 }
 
 /// The validated configuration.
@@ -386,6 +388,9 @@ impl Config {
         }
         if let Some(url) = &overrides.advertise_url {
             file.advertise_url = Some(url.clone());
+        }
+        if let (Some(address), Some(k)) = (&overrides.kubelet_address, file.kubernetes.as_mut()) {
+            k.kubelet.address = Some(address.clone());
         }
         file.validate()
     }
