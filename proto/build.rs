@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".orca.agent.v1.ExecOutput.stderr")
         .bytes(".orca.agent.v1.ExecInput.stdin")
         .bytes(".orca.agent.v1.AttachInput.stdin")
+        .bytes(".orca.agent.v1.PortForwardInput.data")
+        .bytes(".orca.agent.v1.PortForwardOutput.data")
         .compile_protos(PROTOS, &["."])
         .map_err(|e| {
             format!("{e}\nhint: protoc is required: apt-get install -y protobuf-compiler").into()

@@ -180,7 +180,11 @@ impl Cluster {
     }
 
     /// What the pod refers to, from the resolver if there is one.
-    pub async fn resolve(&self, record: &pb::PodRecord, node: &pb::Node) -> Result<Resolved, String> {
+    pub async fn resolve(
+        &self,
+        record: &pb::PodRecord,
+        node: &pb::Node,
+    ) -> Result<Resolved, String> {
         match self.inner.resolver.get() {
             Some(r) => r.resolve(record, node).await,
             None => Ok(Resolved::default()),

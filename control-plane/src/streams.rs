@@ -1,13 +1,14 @@
-//! Logs, exec and attach of a pod's containers, relayed from the agent of the
-//! pod's node over mutual TLS. These are the stream plumbing in one place: the
-//! AdminService exposes them to `orca`, and the kubelet API of the Kubernetes
-//! mode is to sit on them too.
+//! Logs, exec, attach and port-forward of a pod's containers, relayed from the
+//! agent of the pod's node over mutual TLS, and a node's usage statistics.
+//! These are the agent plumbing in one place: the AdminService exposes some to
+//! `orca`, and the kubelet API of the Kubernetes mode sits on them too.
 //!
 //! The control plane does not buffer: each relayed stream is an HTTP/2 stream
 //! to the agent, so flow control carries a slow client's back-pressure to the
 //! agent's reader. A client that goes away drops the agent stream, which ends
-//! the agent's session (an exec'd process is killed). Streams have no
-//! deadline; dialling the agent has the connect timeout.
+//! the agent's session (an exec'd process is killed, a forwarded connection
+//! closed). Streams have no deadline; dialling the agent has the connect
+//! timeout. `Stats` is a unary call with the agent call timeout.
 
 use futures::{Stream, StreamExt as _};
 use orca_proto::agent::v1 as agent;
@@ -36,6 +37,19 @@ impl Cluster {
             )));
         }
         let node = self.node(&record.node_name)?;
+        Ok(Placement {
+            agent: self.reachable_agent(&node)?,
+            node: node.name,
+            uid: uid(&record),
+        })
+    }
+
+    /// A client for `node`'s agent, unless the node's state says it cannot be
+    /// reached.
+    fn reachable_agent(
+        &self,
+        node: &pb::Node,
+    ) -> Result<AgentServiceClient<Channel>, ClusterError> {
         let state = pb::NodeState::try_from(node.state).unwrap_or_default();
         if matches!(
             state,
@@ -52,11 +66,7 @@ impl Cluster {
                 )),
             });
         }
-        Ok(Placement {
-            agent: self.agent(&node)?,
-            node: node.name,
-            uid: uid(&record),
-        })
+        self.agent(node)
     }
 
     /// A container's log from the pod's node; `options.uid` is filled in.
@@ -114,6 +124,48 @@ impl Cluster {
             .await
             .map(|r| r.into_inner())
             .map_err(agent_error(at.node))
+    }
+
+    /// A TCP connection to `port` of the pod (on its host's network), relayed
+    /// through the pod's agent: `input` carries the client's data and its
+    /// `close_write`; the output ends once both sides have closed. The agent
+    /// answers NOT_FOUND, FAILED_PRECONDITION (no container runs) or
+    /// UNAVAILABLE (`pod web: port 8080: connection refused`) as
+    /// [`ClusterError::Agent`].
+    pub async fn port_forward(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: u16,
+        input: impl Stream<Item = agent::PortForwardInput> + Send + 'static,
+    ) -> Result<Streaming<agent::PortForwardOutput>, ClusterError> {
+        let mut at = self.placement(namespace, name)?;
+        let first = agent::PortForwardInput {
+            input: Some(agent::port_forward_input::Input::Start(
+                agent::PortForwardStart {
+                    uid: at.uid,
+                    port: u32::from(port),
+                },
+            )),
+        };
+        at.agent
+            .port_forward(futures::stream::iter([first]).chain(input))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(agent_error(at.node))
+    }
+
+    /// CPU and memory usage of node `node` and of its running containers, from
+    /// its agent (within the agent call timeout).
+    pub async fn pod_stats(&self, node: &str) -> Result<agent::StatsResponse, ClusterError> {
+        let node = self.node(node)?;
+        let mut agent = self.reachable_agent(&node)?;
+        let req = self.timed(agent::StatsRequest {}, std::time::Duration::ZERO);
+        agent
+            .stats(req)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(agent_error(node.name))
     }
 }
 

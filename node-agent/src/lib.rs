@@ -19,7 +19,8 @@
 //!   namespaces (`orca-pause`), stop, and adoption after an agent restart.
 //! - [`probes`]: liveness, readiness and startup probe handlers and thresholds.
 //! - [`volumes`]: pod volumes on the host and their mounts.
-//! - [`cgroup`]: what the kernel says of a container's cgroup (OOM kills), v1 and v2.
+//! - [`cgroup`]: what the kernel says of a container's cgroup (OOM kills, CPU
+//!   and memory usage), v1 and v2.
 //! - [`status`]: observed states and the pod phase (Kubernetes' rules).
 //! - [`logs`]: CRI log files: the logger the shim runs (with rotation), and the reader.
 //! - [`imds`]: IMDSv2 (session token, then user data and instance id) and ORCA's
@@ -27,6 +28,10 @@
 //!   the EC2 provider).
 //! - [`server`]: the AgentService gRPC server.
 //! - [`streams`]: logs (read and followed), exec and attach sessions.
+//! - [`portforward`]: a TCP connection to a pod's port (on the agent's loopback,
+//!   which is the pod's) relayed over a gRPC stream, half-closes included.
+//! - [`stats`]: CPU and memory usage of the node (`/proc`) and of each running
+//!   container (its cgroup), for the kubelet API's stats and metrics.
 //! - [`join`]: the node's identity (join with a token, certificate renewal).
 //! - [`heartbeat`]: heartbeats over mutual TLS.
 //!
@@ -60,10 +65,12 @@ pub mod imds;
 pub mod join;
 pub mod logs;
 pub mod pods;
+pub mod portforward;
 pub mod probes;
 pub mod runtime;
 pub mod server;
 pub mod spec;
+pub mod stats;
 pub mod status;
 pub mod streams;
 pub mod volumes;

@@ -1,6 +1,7 @@
 //! The AgentService gRPC server: validates and converts requests, calls the pod
-//! manager (and [`crate::streams`] for logs, exec and attach), converts back.
-//! Errors map to gRPC codes in one `match`.
+//! manager (and [`crate::streams`] for logs, exec and attach,
+//! [`crate::portforward`] and [`crate::stats`]), converts back. Errors map to
+//! gRPC codes in one `match`.
 
 use std::time::Duration;
 
@@ -153,6 +154,28 @@ impl AgentService for AgentServer {
         req: Request<Streaming<pb::AttachInput>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         Ok(Response::new(self.streams.attach(req.into_inner()).await?))
+    }
+
+    type PortForwardStream = Responses<pb::PortForwardOutput>;
+
+    async fn port_forward(
+        &self,
+        req: Request<Streaming<pb::PortForwardInput>>,
+    ) -> Result<Response<Self::PortForwardStream>, Status> {
+        let stream = crate::portforward::port_forward(&self.pods, req.into_inner()).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn stats(
+        &self,
+        _: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        let live = self.pods.live();
+        let namespace = self.pods.containerd().namespace().to_owned();
+        let stats = tokio::task::spawn_blocking(move || crate::stats::collect(&live, &namespace))
+            .await
+            .map_err(|e| Status::internal(format!("stats reader failed: {e}")))?;
+        Ok(Response::new(stats))
     }
 
     async fn telemetry(

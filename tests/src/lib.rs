@@ -34,6 +34,9 @@
 //! - [`cluster`]: a whole standalone ORCA (containerd, registry, control plane, CLI) per test.
 //! - [`ec2_cluster`]: the same on the `ec2` provider: moto behind the EC2 proxy,
 //!   and an instance player booting an agent for every instance launched.
+//! - [`kube_cluster`]: ORCA in Kubernetes mode: the Kubernetes API emulator
+//!   (kmock, extended in `tests/kapi/`), the cluster as its Virtual Kubelet
+//!   node, real kubectl.
 //! - [`session`]: exec sessions through AdminService, message by message.
 //!
 //! # Limitations
@@ -50,5 +53,6 @@ pub mod cluster;
 pub mod ec2_cluster;
 pub mod env;
 pub mod eventually;
+pub mod kube_cluster;
 pub mod pki;
 pub mod session;

@@ -702,9 +702,15 @@ mod tests {
         let kube = ok.kubernetes.expect("kubernetes on");
         assert_eq!(kube.node_name, kubernetes::DEFAULT_NODE_NAME);
         assert_eq!(kube.kubelet.address.to_string(), "10.0.0.5");
-        assert_eq!(kube.kubelet.authorization, kubernetes::Authorization::AlwaysAllow);
+        assert_eq!(
+            kube.kubelet.authorization,
+            kubernetes::Authorization::AlwaysAllow
+        );
         let cases = [
-            ("  kubelet:\n    client_ca: /ca.pem\n", "`kubernetes.kubelet.address`"),
+            (
+                "  kubelet:\n    client_ca: /ca.pem\n",
+                "`kubernetes.kubelet.address`",
+            ),
             ("  kubelet:\n    address: 10.0.0.5\n", "client_ca"),
             (
                 "  node_name: Bad_Name\n  kubelet:\n    address: 10.0.0.5\n    client_ca: /c\n",

@@ -30,7 +30,9 @@ pub async fn run(
         match event {
             Ok(e) if e.kind == "Pod" => forward(&cluster, kube.as_ref(), &node_name, e).await,
             Ok(_) => {}
-            Err(RecvError::Lagged(n)) => warn!(lost = n, "events came faster than Kubernetes took them"),
+            Err(RecvError::Lagged(n)) => {
+                warn!(lost = n, "events came faster than Kubernetes took them")
+            }
             Err(RecvError::Closed) => return,
         }
     }
@@ -39,10 +41,18 @@ pub async fn run(
 async fn forward(cluster: &Cluster, kube: &dyn KubeApi, node_name: &str, e: pb::Event) {
     // Only pods that came from Kubernetes (a deleted one's last events too,
     // while its object still exists: the uid comes from the store or not at all).
-    let Ok(Some(record)) = cluster.store().pods.get(&crate::pods::key(&e.namespace, &e.name)) else {
+    let Ok(Some(record)) = cluster
+        .store()
+        .pods
+        .get(&crate::pods::key(&e.namespace, &e.name))
+    else {
         return;
     };
-    let Some(pod) = record.pod.as_ref().filter(|p| p.annotations.contains_key(super::pods::KUBERNETES_UID)) else {
+    let Some(pod) = record
+        .pod
+        .as_ref()
+        .filter(|p| p.annotations.contains_key(super::pods::KUBERNETES_UID))
+    else {
         return;
     };
     let at = e

@@ -8,11 +8,14 @@ use std::path::Path;
 
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt as _};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec, BoundObjectReference};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::authorization::v1::{SubjectAccessReview, SubjectAccessReviewStatus};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Secret, ServiceAccount};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, WatchEvent,
+    WatchParams,
+};
 use serde_json::Value;
 
 /// The namespace of node Leases.
@@ -158,7 +161,8 @@ impl KubeClient {
                 .await
                 .map_err(|e| KubeError::Config(e.to_string()))?,
         };
-        let client = kube::Client::try_from(config).map_err(|e| KubeError::Config(e.to_string()))?;
+        let client =
+            kube::Client::try_from(config).map_err(|e| KubeError::Config(e.to_string()))?;
         Ok(Self { client })
     }
 
@@ -219,7 +223,10 @@ impl KubeApi for KubeClient {
     fn replace_lease(&self, lease: Lease) -> BoxFuture<'_, KubeResult<Lease>> {
         Box::pin(async move {
             let name = lease.metadata.name.clone().unwrap_or_default();
-            Ok(self.leases().replace(&name, &PostParams::default(), &lease).await?)
+            Ok(self
+                .leases()
+                .replace(&name, &PostParams::default(), &lease)
+                .await?)
         })
     }
 
@@ -227,7 +234,9 @@ impl KubeApi for KubeClient {
         let node = node.to_owned();
         Box::pin(async move {
             let api: Api<Pod> = Api::all(self.client.clone());
-            let list = api.list(&ListParams::default().fields(&on_node(&node))).await?;
+            let list = api
+                .list(&ListParams::default().fields(&on_node(&node)))
+                .await?;
             let version = list.metadata.resource_version.clone().unwrap_or_default();
             // The field selector is the server's; the node is checked here too.
             let pods = list
@@ -387,9 +396,9 @@ impl KubeApi for KubeClient {
         Box::pin(async move {
             let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
             let answer = api.create(&PostParams::default(), &review).await?;
-            answer
-                .status
-                .ok_or_else(|| KubeError::Transport("SubjectAccessReview answered without a status".into()))
+            answer.status.ok_or_else(|| {
+                KubeError::Transport("SubjectAccessReview answered without a status".into())
+            })
         })
     }
 }

@@ -13,6 +13,7 @@
 
 pub mod events;
 pub mod kube;
+pub mod kubelet;
 pub mod node;
 pub mod pods;
 pub mod resolve;
@@ -22,12 +23,15 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
+use self::kube::{KubeApi, KubeClient, KubeError};
 use crate::cluster::Cluster;
 use crate::config::kubernetes::Kubernetes;
-use self::kube::{KubeApi, KubeClient, KubeError};
+
+/// Lifetime of the kubelet API's serving certificate when ORCA issues it.
+const KUBELET_CERT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
 
 /// Starts the Virtual Kubelet's loops (Node and Lease, pod watch, status sync,
-/// events) for `cluster`; they end when `stop` turns true.
+/// events) and the kubelet API for `cluster`; they end when `stop` turns true.
 pub async fn start(
     cluster: &Cluster,
     config: &Kubernetes,
@@ -59,8 +63,29 @@ pub async fn start(
             node.run(stop).await;
         }));
     }
-    tasks.push(tokio::spawn(pods.clone().run_watch(config.resync, stop.clone())));
-    tasks.push(tokio::spawn(pods.run_status(config.status_sync, stop.clone())));
+    let (tls, _serving) = kubelet::tls::server_config(config, cluster.pki(), KUBELET_CERT_LIFETIME)
+        .map_err(|e| KubeError::Config(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(config.kubelet.listen)
+        .await
+        .map_err(|e| {
+            KubeError::Config(format!(
+                "kubernetes.kubelet.listen {}: {e}",
+                config.kubelet.listen
+            ))
+        })?;
+    let api = kubelet::server::Kubelet::new(cluster.clone(), kube.clone(), config.clone());
+    tasks.push(tokio::spawn(kubelet::server::serve(
+        api,
+        listener,
+        tls,
+        stop.clone(),
+    )));
+    tasks.push(tokio::spawn(
+        pods.clone().run_watch(config.resync, stop.clone()),
+    ));
+    tasks.push(tokio::spawn(
+        pods.run_status(config.status_sync, stop.clone()),
+    ));
     tasks.push(tokio::spawn(events::run(
         cluster.clone(),
         kube,

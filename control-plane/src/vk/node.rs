@@ -77,7 +77,10 @@ impl NodeSync {
         }
         let mut total = Resources::default();
         let nodes = self.cluster.store().nodes.scan("").unwrap_or_default();
-        for n in nodes.iter().filter(|n| n.state == pb::NodeState::Ready as i32) {
+        for n in nodes
+            .iter()
+            .filter(|n| n.state == pb::NodeState::Ready as i32)
+        {
             let a = n.allocatable.unwrap_or_default();
             total.cpu_millis += a.cpu_millis;
             total.memory_bytes += a.memory_bytes;
@@ -94,11 +97,19 @@ impl NodeSync {
         }
         if let Provider::Ec2(ec2) = &config.provider {
             // One pod per instance; the largest types offer hundreds of vCPUs.
-            let instances = if ec2.max_instances > 0 { ec2.max_instances } else { 1000 };
+            let instances = if ec2.max_instances > 0 {
+                ec2.max_instances
+            } else {
+                1000
+            };
             total.pods = total.pods.max(instances as i32);
             total.cpu_millis = total.cpu_millis.max(i64::from(instances) * 192_000);
             total.memory_bytes = total.memory_bytes.max(i64::from(instances) * (2 << 40));
-            total.gpus = total.gpus.max(if ec2.max_gpus > 0 { ec2.max_gpus as i32 } else { 8 * instances as i32 });
+            total.gpus = total.gpus.max(if ec2.max_gpus > 0 {
+                ec2.max_gpus as i32
+            } else {
+                8 * instances as i32
+            });
         }
         total
     }
@@ -111,9 +122,17 @@ impl NodeSync {
         let mut labels = BTreeMap::from([
             ("type".to_owned(), "virtual-kubelet".to_owned()),
             ("kubernetes.io/role".to_owned(), "agent".to_owned()),
-            ("kubernetes.io/hostname".to_owned(), self.config.node_name.clone()),
+            (
+                "kubernetes.io/hostname".to_owned(),
+                self.config.node_name.clone(),
+            ),
             ("kubernetes.io/os".to_owned(), "linux".to_owned()),
-            ("kubernetes.io/arch".to_owned(), std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64")),
+            (
+                "kubernetes.io/arch".to_owned(),
+                std::env::consts::ARCH
+                    .replace("x86_64", "amd64")
+                    .replace("aarch64", "arm64"),
+            ),
             ("orca.research/provider".to_owned(), provider.to_owned()),
             (
                 "node.kubernetes.io/exclude-from-external-load-balancers".to_owned(),
@@ -127,9 +146,7 @@ impl NodeSync {
     /// The Node's status as Kubernetes shows it; `ready` false on shutdown.
     pub fn status(&self, ready: bool) -> Value {
         let capacity = resources_json(&self.capacity());
-        let condition = |t: &str, ok: bool, reason: &str, message: &str| {
-            json!({"type": t, "status": if ok { "True" } else { "False" }, "reason": reason, "message": message})
-        };
+        let condition = |t: &str, ok: bool, reason: &str, message: &str| json!({"type": t, "status": if ok { "True" } else { "False" }, "reason": reason, "message": message});
         json!({
             "capacity": capacity,
             "allocatable": capacity,
@@ -179,12 +196,17 @@ impl NodeSync {
             }
             Some(_) => {
                 self.kube
-                    .patch_node(name, json!({"metadata": {"labels": self.labels()}, "spec": {"taints": taints}}))
+                    .patch_node(
+                        name,
+                        json!({"metadata": {"labels": self.labels()}, "spec": {"taints": taints}}),
+                    )
                     .await?;
                 info!(node = %name, "Node exists; labels and taints updated");
             }
         }
-        self.kube.patch_node_status(name, json!({"status": self.status(true)})).await?;
+        self.kube
+            .patch_node_status(name, json!({"status": self.status(true)}))
+            .await?;
         Ok(())
     }
 
@@ -222,7 +244,10 @@ impl NodeSync {
         }
         match self
             .kube
-            .patch_node_status(&self.config.node_name, json!({"status": self.status(false)}))
+            .patch_node_status(
+                &self.config.node_name,
+                json!({"status": self.status(false)}),
+            )
             .await
         {
             Ok(_) => info!("Node marked NotReady"),

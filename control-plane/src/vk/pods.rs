@@ -89,7 +89,11 @@ impl PodSync {
     }
 
     /// Lists and watches pods bound to the node until `stop`.
-    pub async fn run_watch(self: Arc<Self>, resync: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run_watch(
+        self: Arc<Self>,
+        resync: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         loop {
             tokio::select! {
                 _ = self.list_and_watch(resync) => {}
@@ -121,7 +125,7 @@ impl PodSync {
             loop {
                 let next = tokio::time::timeout_at(until, stream.next()).await;
                 match next {
-                    Err(_) => return, // resync
+                    Err(_) => return,  // resync
                     Ok(None) => break, // the server ended the watch: resume it
                     Ok(Some(Err(e))) => {
                         if !e.is_gone() {
@@ -232,7 +236,13 @@ impl PodSync {
                 uid: uid.into(),
             }),
             spec_json: spec,
-            labels: pod.metadata.labels.clone().unwrap_or_default().into_iter().collect(),
+            labels: pod
+                .metadata
+                .labels
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
             annotations,
         };
         match self.cluster.create_pod(orca_pod).await {
@@ -266,7 +276,10 @@ impl PodSync {
                         if let Some(status) = &record.status {
                             let mut status = super::status::pod_status(status);
                             status["phase"] = json!(final_phase(&status));
-                            let _ = this.kube.patch_pod_status(&ns, &name, json!({"status": status})).await;
+                            let _ = this
+                                .kube
+                                .patch_pod_status(&ns, &name, json!({"status": status}))
+                                .await;
                         }
                         true
                     }
@@ -281,7 +294,9 @@ impl PodSync {
                 match this.kube.delete_pod(&ns, &name, &uid).await {
                     Ok(()) => info!(pod = %k, "containers stopped; pod object removed"),
                     Err(e) if e.is_not_found() || e.is_conflict() => {}
-                    Err(e) => warn!(pod = %k, error = %e, "removing the pod object failed; will retry"),
+                    Err(e) => {
+                        warn!(pod = %k, error = %e, "removing the pod object failed; will retry")
+                    }
                 }
             }
             this.patched.lock().expect("poisoned").remove(&k);
@@ -308,13 +323,20 @@ impl PodSync {
                 Ok(_) => info!(pod = %key(&ns, &name), "pod removed from Kubernetes; stopped"),
                 Err(e) => debug!(pod = %key(&ns, &name), error = %e, "stopping a removed pod"),
             }
-            this.patched.lock().expect("poisoned").remove(&key(&ns, &name));
+            this.patched
+                .lock()
+                .expect("poisoned")
+                .remove(&key(&ns, &name));
         });
     }
 
     /// Patches every pod whose status or placement changed since the last patch,
     /// every `period` until `stop`.
-    pub async fn run_status(self: Arc<Self>, period: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run_status(
+        self: Arc<Self>,
+        period: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -348,7 +370,11 @@ impl PodSync {
                 if status["phase"] == "Pending" {
                     status["conditions"] = scheduled(&status["conditions"]);
                 }
-                if let Err(e) = self.kube.patch_pod_status(&ns, &name, json!({"status": status})).await {
+                if let Err(e) = self
+                    .kube
+                    .patch_pod_status(&ns, &name, json!({"status": status}))
+                    .await
+                {
                     debug!(pod = %k, error = %e, "status not patched; will retry");
                     continue;
                 }
@@ -374,8 +400,8 @@ fn scheduled(conditions: &Value) -> Value {
 /// The phase a deleted pod ends in: Succeeded if every container exited 0,
 /// else Failed (the kubelet's rule for a pod stopped by deletion).
 fn final_phase(status: &Value) -> &'static str {
-    let all_zero = status["containerStatuses"]
-        .as_array()
-        .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c["state"]["terminated"]["exitCode"] == 0));
+    let all_zero = status["containerStatuses"].as_array().is_some_and(|cs| {
+        !cs.is_empty() && cs.iter().all(|c| c["state"]["terminated"]["exitCode"] == 0)
+    });
     if all_zero { "Succeeded" } else { "Failed" }
 }

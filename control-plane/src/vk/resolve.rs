@@ -64,7 +64,12 @@ impl KubeResolver {
                 .into_iter()
                 .map(|(k, v)| (k, v.into_bytes()))
                 .collect();
-            data.extend(cm.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
+            data.extend(
+                cm.binary_data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0)),
+            );
             data
         });
         fetched.config_maps.insert(name.to_owned(), data.clone());
@@ -104,7 +109,11 @@ impl KubeResolver {
         Ok(data)
     }
 
-    async fn resolve_pod(&self, record: &pb::PodRecord, node: &pb::Node) -> Result<Resolved, String> {
+    async fn resolve_pod(
+        &self,
+        record: &pb::PodRecord,
+        node: &pb::Node,
+    ) -> Result<Resolved, String> {
         let pod = record.pod.as_ref().ok_or("pod record without a pod")?;
         let r = pod.r#ref.clone().unwrap_or_default();
         let ns = r.namespace.as_str();
@@ -155,10 +164,19 @@ impl KubeResolver {
             }
         }
         if let Some((audiences, expiration)) = token_wanted {
-            let sa = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
+            let sa = spec
+                .service_account_name
+                .clone()
+                .unwrap_or_else(|| "default".into());
             volume_data.service_account_token = self
                 .kube
-                .create_token(ns, &sa, (&r.name, &kubernetes_uid(pod)), audiences, expiration)
+                .create_token(
+                    ns,
+                    &sa,
+                    (&r.name, &kubernetes_uid(pod)),
+                    audiences,
+                    expiration,
+                )
                 .await
                 .map_err(|e| format!("service account token of {ns}/{sa}: {e}"))?;
         }
@@ -178,7 +196,10 @@ impl KubeResolver {
             pod,
             node_name: &self.node_name,
             host_ip: node_ip(node),
-            service_account: spec.service_account_name.clone().unwrap_or_else(|| "default".into()),
+            service_account: spec
+                .service_account_name
+                .clone()
+                .unwrap_or_else(|| "default".into()),
         };
         let mut changed = false;
         let mut containers: Vec<&mut Container> = spec.containers.iter_mut().collect();
@@ -224,7 +245,12 @@ impl KubeResolver {
             let prefix = source.prefix.clone().unwrap_or_default();
             let (kind, name, optional, data) = if let Some(cm) = &source.config_map_ref {
                 let data = self.config_map(ns, &cm.name, fetched).await?;
-                ("configmap", cm.name.clone(), cm.optional.unwrap_or(false), data)
+                (
+                    "configmap",
+                    cm.name.clone(),
+                    cm.optional.unwrap_or(false),
+                    data,
+                )
             } else if let Some(s) = &source.secret_ref {
                 let data = self.secret(ns, &s.name, fetched).await?;
                 ("secret", s.name.clone(), s.optional.unwrap_or(false), data)
@@ -234,16 +260,29 @@ impl KubeResolver {
             match data {
                 Some(data) => {
                     for (k, v) in data {
-                        set(format!("{prefix}{k}"), String::from_utf8_lossy(&v).into_owned(), &mut env);
+                        set(
+                            format!("{prefix}{k}"),
+                            String::from_utf8_lossy(&v).into_owned(),
+                            &mut env,
+                        );
                     }
                 }
                 None if optional => {}
-                None => return Err(format!("{kind} {ns}/{name} (envFrom of container {:?}) not found", c.name)),
+                None => {
+                    return Err(format!(
+                        "{kind} {ns}/{name} (envFrom of container {:?}) not found",
+                        c.name
+                    ));
+                }
             }
         }
         for var in c.env.take().unwrap_or_default() {
             let Some(from) = &var.value_from else {
-                set(var.name.clone(), var.value.clone().unwrap_or_default(), &mut env);
+                set(
+                    var.name.clone(),
+                    var.value.clone().unwrap_or_default(),
+                    &mut env,
+                );
                 continue;
             };
             let value = if let Some(k) = &from.config_map_key_ref {
@@ -251,22 +290,38 @@ impl KubeResolver {
                 match data.as_ref().and_then(|d| d.get(&k.key)) {
                     Some(v) => Some(String::from_utf8_lossy(v).into_owned()),
                     None if k.optional.unwrap_or(false) => None,
-                    None => return Err(format!("key {:?} of configmap {ns}/{} (env {} of container {:?}) not found", k.key, k.name, var.name, c.name)),
+                    None => {
+                        return Err(format!(
+                            "key {:?} of configmap {ns}/{} (env {} of container {:?}) not found",
+                            k.key, k.name, var.name, c.name
+                        ));
+                    }
                 }
             } else if let Some(k) = &from.secret_key_ref {
                 let data = self.secret(ns, &k.name, fetched).await?;
                 match data.as_ref().and_then(|d| d.get(&k.key)) {
                     Some(v) => Some(String::from_utf8_lossy(v).into_owned()),
                     None if k.optional.unwrap_or(false) => None,
-                    None => return Err(format!("key {:?} of secret {ns}/{} (env {} of container {:?}) not found", k.key, k.name, var.name, c.name)),
+                    None => {
+                        return Err(format!(
+                            "key {:?} of secret {ns}/{} (env {} of container {:?}) not found",
+                            k.key, k.name, var.name, c.name
+                        ));
+                    }
                 }
             } else if let Some(f) = &from.field_ref {
                 Some(context.field(&f.field_path).ok_or_else(|| {
-                    format!("env {} of container {:?}: unsupported fieldRef {:?}", var.name, c.name, f.field_path)
+                    format!(
+                        "env {} of container {:?}: unsupported fieldRef {:?}",
+                        var.name, c.name, f.field_path
+                    )
                 })?)
             } else if let Some(r) = &from.resource_field_ref {
                 Some(resource_field(c, r).ok_or_else(|| {
-                    format!("env {} of container {:?}: unsupported resourceFieldRef {:?}", var.name, c.name, r.resource)
+                    format!(
+                        "env {} of container {:?}: unsupported resourceFieldRef {:?}",
+                        var.name, c.name, r.resource
+                    )
                 })?)
             } else {
                 None
@@ -299,7 +354,11 @@ pub fn kubernetes_uid(pod: &types::Pod) -> String {
         .unwrap_or_default()
 }
 
-fn insert(into: &mut HashMap<String, types::KeyValues>, name: &str, data: BTreeMap<String, Vec<u8>>) {
+fn insert(
+    into: &mut HashMap<String, types::KeyValues>,
+    name: &str,
+    data: BTreeMap<String, Vec<u8>>,
+) {
     into.insert(
         name.to_owned(),
         types::KeyValues {
@@ -354,7 +413,10 @@ impl FieldContext<'_> {
 
 /// A container's resource as `resourceFieldRef` reads it: CPU rounded up to
 /// the divisor (default 1 core), memory in divisor units (default bytes).
-fn resource_field(c: &Container, r: &k8s_openapi::api::core::v1::ResourceFieldSelector) -> Option<String> {
+fn resource_field(
+    c: &Container,
+    r: &k8s_openapi::api::core::v1::ResourceFieldSelector,
+) -> Option<String> {
     let (kind, resource) = r.resource.split_once('.')?;
     let res = c.resources.as_ref();
     let table = match kind {
@@ -388,7 +450,10 @@ fn docker_config(data: &BTreeMap<String, Vec<u8>>) -> Vec<types::RegistryCredent
         .get(".dockerconfigjson")
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
         .and_then(|v| v.get("auths").cloned())
-        .or_else(|| data.get(".dockercfg").and_then(|b| serde_json::from_slice(b).ok()));
+        .or_else(|| {
+            data.get(".dockercfg")
+                .and_then(|b| serde_json::from_slice(b).ok())
+        });
     let Some(serde_json::Value::Object(auths)) = parsed else {
         return Vec::new();
     };
@@ -400,7 +465,9 @@ fn docker_config(data: &BTreeMap<String, Vec<u8>>) -> Vec<types::RegistryCredent
                 (Some(u), Some(p)) => (u, p),
                 _ => {
                     let auth = field("auth")?;
-                    let decoded = base64::engine::general_purpose::STANDARD.decode(auth).ok()?;
+                    let decoded = base64::engine::general_purpose::STANDARD
+                        .decode(auth)
+                        .ok()?;
                     let text = String::from_utf8(decoded).ok()?;
                     let (u, p) = text.split_once(':')?;
                     (u.to_owned(), p.to_owned())
@@ -430,12 +497,18 @@ mod tests {
             "https://reg.example:5000/": {"auth": base64::engine::general_purpose::STANDARD.encode("u1:p:1")},
             "other.example": {"username": "u2", "password": "p2"},
         }});
-        let data = BTreeMap::from([(".dockerconfigjson".to_owned(), json.to_string().into_bytes())]);
+        let data = BTreeMap::from([(
+            ".dockerconfigjson".to_owned(),
+            json.to_string().into_bytes(),
+        )]);
         let mut creds = docker_config(&data);
         creds.sort_by(|a, b| a.registry.cmp(&b.registry));
         assert_eq!(creds.len(), 2);
         assert_eq!(creds[1].registry, "reg.example:5000");
-        assert_eq!((creds[1].username.as_str(), creds[1].password.as_str()), ("u1", "p:1"));
+        assert_eq!(
+            (creds[1].username.as_str(), creds[1].password.as_str()),
+            ("u1", "p:1")
+        );
         assert_eq!(creds[0].registry, "other.example");
     }
 
@@ -452,8 +525,14 @@ mod tests {
             container_name: None,
         };
         assert_eq!(resource_field(&c, &sel("limits.cpu", None)).unwrap(), "2");
-        assert_eq!(resource_field(&c, &sel("requests.cpu", Some("1m"))).unwrap(), "250");
-        assert_eq!(resource_field(&c, &sel("limits.memory", Some("1Mi"))).unwrap(), "64");
+        assert_eq!(
+            resource_field(&c, &sel("requests.cpu", Some("1m"))).unwrap(),
+            "250"
+        );
+        assert_eq!(
+            resource_field(&c, &sel("limits.memory", Some("1Mi"))).unwrap(),
+            "64"
+        );
         assert!(resource_field(&c, &sel("limits.gpu", None)).is_none());
     }
 }

@@ -184,7 +184,7 @@ mod tests {
         assert_eq!(v["conditions"][0]["type"], "Ready");
         // What the API server will store decodes as a Kubernetes PodStatus.
         let typed: k8s_openapi::api::core::v1::PodStatus = serde_json::from_value(v).unwrap();
-        assert_eq!(typed.container_statuses.unwrap()[0].ready, true);
+        assert!(typed.container_statuses.unwrap()[0].ready);
     }
 
     #[test]

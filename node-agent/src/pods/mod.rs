@@ -13,7 +13,8 @@
 //! Layout: `start` (accepting and the pod task), `supervise` (one container),
 //! `sandbox` (the namespaces a pod's containers share), `stop` (stopping and removal),
 //! `adopt` (saving pods and adopting them after an agent restart), `target` (the
-//! container run that logs, exec and attach address).
+//! container run that logs, exec and attach address, and the live runs that
+//! port-forward and stats work on).
 
 mod adopt;
 mod probing;
@@ -23,7 +24,7 @@ mod stop;
 mod supervise;
 mod target;
 
-pub use target::RunTarget;
+pub use target::{LivePod, LiveRun, RunTarget};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,9 +1,10 @@
 //! The container run that `Logs`, `Exec` and `Attach` address, chosen as the
-//! kubelet chooses it, and whether that run is over.
+//! kubelet chooses it, and whether that run is over; and the runs live now
+//! (what `PortForward` and `Stats` work on).
 
 use std::path::PathBuf;
 
-use super::{ContainerEntry, PodError, PodManager};
+use super::{ContainerEntry, PodEntry, PodError, PodKey, PodManager};
 use crate::status::ContainerState;
 
 /// One run of a container: what logs, exec and attach work on.
@@ -37,6 +38,45 @@ impl RunTarget {
                 describe(other)
             ))),
         }
+    }
+}
+
+/// A container whose task was last observed running.
+#[derive(Debug, Clone)]
+pub struct LiveRun {
+    /// Container name.
+    pub container: String,
+    /// containerd container id (its cgroup is `/<namespace>/<id>`).
+    pub id: String,
+    /// When the run's task started.
+    pub started_at: jiff::Timestamp,
+}
+
+/// A pod with its running containers.
+#[derive(Debug, Clone)]
+pub struct LivePod {
+    /// The pod.
+    pub key: PodKey,
+    /// Its containers whose tasks run (init containers included), in spec order.
+    pub running: Vec<LiveRun>,
+}
+
+fn live(p: &PodEntry) -> LivePod {
+    let running = p
+        .containers
+        .iter()
+        .filter_map(|c| match c.state {
+            ContainerState::Running { started_at } => Some(LiveRun {
+                container: c.name.clone(),
+                id: c.id.clone(),
+                started_at,
+            }),
+            _ => None,
+        })
+        .collect();
+    LivePod {
+        key: p.key.clone(),
+        running,
     }
 }
 
@@ -110,6 +150,27 @@ impl PodManager {
             log: self.log_path(&p.key, &c.name, run),
             state,
         })
+    }
+
+    /// Every pod with its running containers (possibly none).
+    pub fn live(&self) -> Vec<LivePod> {
+        self.pods().values().map(live).collect()
+    }
+
+    /// Pod `uid` with its running containers; fails when no container of it runs.
+    pub fn live_pod(&self, uid: &str) -> Result<LivePod, PodError> {
+        let pod = self
+            .pods()
+            .get(uid)
+            .map(live)
+            .ok_or_else(|| PodError::NotFound { uid: uid.into() })?;
+        if pod.running.is_empty() {
+            return Err(PodError::NotRunning(format!(
+                "pod {} has no running container",
+                pod.key.name
+            )));
+        }
+        Ok(pod)
     }
 
     /// Whether `target`'s run is over: the pod is gone, the container has started

@@ -26,6 +26,7 @@ mod error;
 mod http;
 mod image;
 mod imds;
+mod kapi;
 mod moto;
 mod registry;
 mod tools;
@@ -38,6 +39,10 @@ pub use error::{EnvError, Result};
 pub use http::{HttpResponse, http_request};
 pub use image::{BUSYBOX_REF, busybox_image, containerd_and_registry, containerd_and_registry_on};
 pub use imds::ImdsServer;
+pub use kapi::{
+    KubeApi, KubeApiOptions, RecordedRequest, TOKEN as KUBE_API_TOKEN, emulator_python,
+    kubectl_binary,
+};
 pub use moto::Moto;
 pub use registry::{Registry, Secured};
 pub use tools::{
