@@ -146,16 +146,20 @@ fn pod_runs_with_configmap_and_secret_content_and_is_deleted_gracefully() {
     ] {
         assert!(logs.contains(line), "{line} missing from:\n{logs}");
     }
-    let events = k.kubectl_ok(&[
-        "get",
-        "events",
-        "--field-selector",
-        "involvedObject.name=web",
-    ]);
-    assert!(
-        events.contains("Created") || events.contains("Scheduled"),
-        "{events}"
-    );
+    // ORCA's decisions as Kubernetes Events on the pod.
+    let events = k
+        .kubectl_json(&["get", "events", "--field-selector", "involvedObject.name=web"])
+        .unwrap();
+    let reasons: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["involvedObject"]["uid"] == pod["metadata"]["uid"])
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    for reason in ["Created", "Scheduled", "Started"] {
+        assert!(reasons.contains(&reason), "{reason} missing: {reasons:?}");
+    }
 
     // Graceful deletion: the object stays (with a deletionTimestamp) while the
     // container handles SIGTERM, then is removed.

@@ -149,6 +149,8 @@ impl KubeClient {
     /// A client from `kubeconfig`, or inferred (in-cluster, then `$KUBECONFIG`
     /// and `~/.kube/config`).
     pub async fn new(kubeconfig: Option<&Path>) -> KubeResult<Self> {
+        // kube-rs builds its TLS with the process default provider: ORCA's (*ring*).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let config = match kubeconfig {
             Some(path) => {
                 let file = kube::config::Kubeconfig::read_from(path)
