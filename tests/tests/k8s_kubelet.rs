@@ -347,6 +347,17 @@ fn metrics_resource_parses_as_prometheus_text_and_clients_from_another_ca_are_re
     let summary: serde_json::Value =
         serde_json::from_str(&fetch(&ours, &format!("{base}/stats/summary")).unwrap().1).unwrap();
     assert_eq!(summary["node"]["nodeName"], NODE);
+    let pods: serde_json::Value =
+        serde_json::from_str(&fetch(&ours, &format!("{base}/pods")).unwrap().1).unwrap();
+    assert_eq!(pods["kind"], "PodList");
+    assert!(
+        pods["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["metadata"]["name"] == "busy"),
+        "{pods}"
+    );
     assert!(
         summary["pods"]
             .as_array()

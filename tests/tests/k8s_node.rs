@@ -39,20 +39,23 @@ fn node_is_registered_with_capacity_labels_taint_and_a_renewed_lease() {
         .find(|c| c["type"] == "Ready")
         .expect("Ready condition");
     assert_eq!(ready["status"], "True");
-    // Capacity: the one simulated host's allocatable.
+    // Capacity: the one simulated host's allocatable (patched when it changes).
     let host = k.cluster.node("n1");
     let host_pods = host["allocatable"]["pods"].as_i64().unwrap_or(0);
     assert!(host_pods > 0, "{host}");
-    let pods: i64 = status["capacity"]["pods"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(
-        pods, host_pods,
-        "capacity sums the hosts: {}",
-        status["capacity"]
-    );
+    let node = eventually_blocking("capacity summed over the hosts", DEADLINE, || {
+        let node = k.kubectl_json(&["get", "node", NODE])?;
+        let pods: i64 = node["status"]["capacity"]["pods"]
+            .as_str()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        if pods == host_pods {
+            Ok(node)
+        } else {
+            Err(node["status"]["capacity"].to_string())
+        }
+    });
+    let status = &node["status"];
     assert!(status["capacity"]["cpu"].is_string() && status["capacity"]["memory"].is_string());
 
     // The Lease is renewed: two different renewTimes.
@@ -97,6 +100,7 @@ fn pod_runs_with_configmap_and_secret_content_and_is_deleted_gracefully() {
     // moment before exiting, so the deletion is observably graceful.
     let script = "echo GREETING=$GREETING; echo PASSWORD=$PASSWORD; echo MODE=$APP_mode; \
                   echo NAME=$POD_NAME; echo FILE=$(cat /etc/settings/greeting); \
+                  echo TOKEN=$(cat /var/run/secrets/orca/token); \
                   trap 'echo stopping; sleep 2; exit 0' TERM; while true; do sleep 0.2; done";
     let containers = format!(
         "  - name: main\n    image: {{image}}\n    command: [sh, -c, \"{script}\"]\n    env:\n    \
@@ -104,9 +108,11 @@ fn pod_runs_with_configmap_and_secret_content_and_is_deleted_gracefully() {
          - name: PASSWORD\n      valueFrom:\n        secretKeyRef: {{name: creds, key: password}}\n    \
          - name: POD_NAME\n      valueFrom:\n        fieldRef: {{fieldPath: metadata.name}}\n    \
          envFrom:\n    - prefix: APP_\n      configMapRef: {{name: settings}}\n    \
-         volumeMounts:\n    - {{name: settings, mountPath: /etc/settings}}\n"
+         volumeMounts:\n    - {{name: settings, mountPath: /etc/settings}}\n    \
+         - {{name: token, mountPath: /var/run/secrets/orca}}\n"
     );
-    let extra = "  terminationGracePeriodSeconds: 20\n  volumes:\n  - name: settings\n    configMap: {name: settings}\n";
+    let extra = "  terminationGracePeriodSeconds: 20\n  volumes:\n  - name: settings\n    configMap: {name: settings}\n  \
+                 - name: token\n    projected:\n      sources:\n      - serviceAccountToken: {path: token, audience: research-store, expirationSeconds: 3600}\n";
     k.create(&k.pod_yaml("web", extra, &containers));
 
     let pod = k.wait_running("web");
@@ -137,6 +143,31 @@ fn pod_runs_with_configmap_and_secret_content_and_is_deleted_gracefully() {
             Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
         }
     });
+    // The service account token, from the TokenRequest API, bound to this pod.
+    let token = logs
+        .lines()
+        .find_map(|l| l.strip_prefix("TOKEN="))
+        .expect("a token line");
+    let payload = token.split('.').nth(1).expect("a JWT");
+    use base64::Engine as _;
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        claims["sub"], "system:serviceaccount:default:default",
+        "{claims}"
+    );
+    assert!(
+        claims["aud"].to_string().contains("research-store"),
+        "{claims}"
+    );
+    assert_eq!(
+        claims["kubernetes.io"]["pod"]["uid"], pod["metadata"]["uid"],
+        "{claims}"
+    );
     for line in [
         "GREETING=hello-from-configmap",
         "PASSWORD=s3cret-value",
@@ -211,6 +242,29 @@ fn missing_configmap_fails_the_pod_with_a_reason() {
 }
 
 #[test]
+fn a_stopped_control_plane_marks_the_node_not_ready_and_ready_again_on_start() {
+    let mut k = KubeCluster::start();
+    let ready = |k: &KubeCluster| {
+        k.kubectl_json(&["get", "node", NODE]).unwrap()["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .map(|c| c["status"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(ready(&k), "True");
+    let status = k.cluster.stop_control_plane().expect("stopped");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(ready(&k), "False", "marked on SIGTERM, before exiting");
+    k.cluster.start_control_plane();
+    eventually_blocking("Ready again", DEADLINE, || {
+        let r = ready(&k);
+        if r == "True" { Ok(()) } else { Err(r) }
+    });
+}
+
+#[test]
 fn restarted_control_plane_adopts_running_pods_without_restarting_them() {
     let mut k = KubeCluster::start();
     let containers = "  - name: main\n    image: {image}\n    command: [sh, -c, 'while true; do sleep 0.2; done']\n";
@@ -247,4 +301,46 @@ fn restarted_control_plane_adopts_running_pods_without_restarting_them() {
     );
     assert_eq!(main["restartCount"], 0);
     assert_eq!(k.cluster.tasks("n1").len(), 1, "exactly one task");
+}
+
+#[test]
+fn on_ec2_the_node_advertises_the_families_and_gpu_models_it_may_launch() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = orca_tests::pki::TestPki::new(&dir.path().join("pki"));
+    let kapi = orca_tests::env::KubeApi::start(dir.path(), Default::default()).expect("emulator");
+    let kube_yaml = format!(
+        "kubernetes:\n  kubeconfig: {}\n  node_name: {NODE}\n  lease_renew_ms: 300\n  lease_duration_s: 5\n  \
+         kubelet:\n    listen: 127.0.0.1:{}\n    client_ca: {}\n",
+        kapi.kubeconfig.display(),
+        orca_tests::env::free_port(),
+        pki.ca_file().display()
+    );
+    let _ec2 = orca_tests::ec2_cluster::Ec2Cluster::start_with(
+        "    allowed_instance_types: ['g5.*', 'p4d.*', 'm5.large']\n",
+        &kube_yaml,
+    );
+    let labels = eventually_blocking("the Node's labels", DEADLINE, || {
+        let out = kapi.kubectl(&["get", "node", NODE, "-o", "json"]).unwrap();
+        let node: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        let labels = node["metadata"]["labels"].clone();
+        if labels.get("family.orca.research/g5").is_some() {
+            Ok(labels)
+        } else {
+            Err(labels.to_string())
+        }
+    });
+    assert_eq!(labels["orca.research/provider"], "aws");
+    for key in [
+        "family.orca.research/g5",
+        "family.orca.research/p4d",
+        "family.orca.research/m5",
+        "gpu.orca.research/A10G",
+        "gpu.orca.research/A100",
+    ] {
+        assert_eq!(labels[key], "true", "{key} in {labels}");
+    }
+    assert!(
+        labels.get("family.orca.research/c5").is_none(),
+        "not allowed: {labels}"
+    );
 }

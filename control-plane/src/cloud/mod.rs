@@ -218,6 +218,15 @@ pub struct Instance {
 /// A boxed future, for object-safe async trait methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What a provider may launch, as a Node advertises it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Offered {
+    /// Instance families (`g5`, `p4d`).
+    pub families: std::collections::BTreeSet<String>,
+    /// GPU models (`A10G`, `A100`).
+    pub gpu_models: std::collections::BTreeSet<String>,
+}
+
 /// Launches and terminates the instances nodes run on. Optional operations
 /// (faults) default to [`ProviderError::Unsupported`].
 pub trait InstanceProvider: Send + Sync {
@@ -268,6 +277,12 @@ pub trait InstanceProvider: Send + Sync {
     /// (a cloud instance may still run them); otherwise they move at once.
     fn pods_wait_for_fence(&self) -> bool {
         false
+    }
+    /// The instance families and GPU models this provider may launch (what a
+    /// Kubernetes Node standing for it advertises as labels); empty when it
+    /// launches no typed instances.
+    fn offered(&self) -> BoxFuture<'_, Offered> {
+        Box::pin(async { Offered::default() })
     }
     /// Launches an instance whose agent will join with the request's token.
     fn launch(&self, req: LaunchRequest) -> BoxFuture<'_, Result<Instance, ProviderError>>;

@@ -35,6 +35,40 @@ pub fn kubelet_version() -> String {
     format!("v1.32.0-orca-{}", env!("CARGO_PKG_VERSION"))
 }
 
+/// Label key prefix of the instance families the Node may launch
+/// (`family.orca.research/g5: "true"`).
+pub const FAMILY_LABEL: &str = "family.orca.research/";
+/// Label key prefix of the GPU models the Node may launch
+/// (`gpu.orca.research/A100: "true"`).
+pub const GPU_LABEL: &str = "gpu.orca.research/";
+
+/// The labels naming what a provider may launch; names that are not valid
+/// label names are made so (other characters become `-`).
+pub fn offered_labels(offered: &crate::cloud::Offered) -> BTreeMap<String, String> {
+    let clean = |s: &str| -> String {
+        let name: String = s
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(63)
+            .collect();
+        name.trim_matches(|c: char| !c.is_ascii_alphanumeric())
+            .to_owned()
+    };
+    let families = offered.families.iter().map(|f| (FAMILY_LABEL, f));
+    let models = offered.gpu_models.iter().map(|m| (GPU_LABEL, m));
+    families
+        .chain(models)
+        .map(|(prefix, name)| (format!("{prefix}{}", clean(name)), "true".to_owned()))
+        .filter(|(k, _)| !k.ends_with('/'))
+        .collect()
+}
+
 /// The Node half of the Virtual Kubelet.
 pub struct NodeSync {
     cluster: Cluster,
@@ -114,12 +148,19 @@ impl NodeSync {
         total
     }
 
-    fn labels(&self) -> BTreeMap<String, String> {
+    async fn labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.base_labels();
+        labels.extend(offered_labels(&self.cluster.provider().offered().await));
+        labels.extend(self.config.labels.clone());
+        labels
+    }
+
+    fn base_labels(&self) -> BTreeMap<String, String> {
         let provider = match self.cluster.config().provider {
             Provider::Ec2(_) => "aws",
             Provider::Local(_) => "local",
         };
-        let mut labels = BTreeMap::from([
+        BTreeMap::from([
             ("type".to_owned(), "virtual-kubelet".to_owned()),
             ("kubernetes.io/role".to_owned(), "agent".to_owned()),
             (
@@ -138,9 +179,7 @@ impl NodeSync {
                 "node.kubernetes.io/exclude-from-external-load-balancers".to_owned(),
                 "true".to_owned(),
             ),
-        ]);
-        labels.extend(self.config.labels.clone());
-        labels
+        ])
     }
 
     /// The Node's status as Kubernetes shows it; `ready` false on shutdown.
@@ -187,7 +226,7 @@ impl NodeSync {
                 let node: Node = serde_json::from_value(json!({
                     "apiVersion": "v1",
                     "kind": "Node",
-                    "metadata": {"name": name, "labels": self.labels()},
+                    "metadata": {"name": name, "labels": self.labels().await},
                     "spec": {"taints": taints},
                 }))
                 .map_err(|e| KubeError::Transport(e.to_string()))?;
@@ -198,7 +237,7 @@ impl NodeSync {
                 self.kube
                     .patch_node(
                         name,
-                        json!({"metadata": {"labels": self.labels()}, "spec": {"taints": taints}}),
+                        json!({"metadata": {"labels": self.labels().await}, "spec": {"taints": taints}}),
                     )
                     .await?;
                 info!(node = %name, "Node exists; labels and taints updated");
@@ -282,5 +321,30 @@ impl NodeSync {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offered_families_and_gpu_models_become_label_names() {
+        let offered = crate::cloud::Offered {
+            families: ["g5".to_owned(), "p4d".to_owned()].into(),
+            gpu_models: ["A100".to_owned(), "RTX 6000 Ada".to_owned()].into(),
+        };
+        let labels = offered_labels(&offered);
+        let keys: Vec<&str> = labels.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "family.orca.research/g5",
+                "family.orca.research/p4d",
+                "gpu.orca.research/A100",
+                "gpu.orca.research/RTX-6000-Ada",
+            ]
+        );
+        assert!(labels.values().all(|v| v == "true"));
     }
 }

@@ -169,6 +169,27 @@ impl InstanceProvider for Ec2Provider {
         true
     }
 
+    fn offered(&self) -> BoxFuture<'_, crate::cloud::Offered> {
+        Box::pin(async move {
+            let mut offered = crate::cloud::Offered::default();
+            let Ok(catalogue) = self.catalogue().await else {
+                return offered;
+            };
+            for t in catalogue.iter() {
+                if self.settings.policy.keeps_out(&t.name).is_some() {
+                    continue;
+                }
+                if let Some((family, _)) = t.name.split_once('.') {
+                    offered.families.insert(family.to_owned());
+                }
+                if t.gpus > 0 && !t.gpu_model.is_empty() {
+                    offered.gpu_models.insert(t.gpu_model.clone());
+                }
+            }
+            offered
+        })
+    }
+
     fn plan<'a>(
         &'a self,
         needs: &'a Needs,
