@@ -191,14 +191,7 @@ impl KubernetesFile {
         let capacity = match self.capacity {
             None => None,
             Some(c) => {
-                let q = |field, text: &str, millis| {
-                    orca_proto::quantity::parse(text, millis)
-                        .filter(|v| *v > 0)
-                        .map(|v| v as i64)
-                        .ok_or_else(|| {
-                            invalid(field, format!("{text:?} is not a positive quantity"))
-                        })
-                };
+                let q = super::positive_quantity;
                 Some(orca_proto::types::v1::Resources {
                     cpu_millis: q("kubernetes.capacity.cpu", &c.cpu, true)?,
                     memory_bytes: q("kubernetes.capacity.memory", &c.memory, false)?,

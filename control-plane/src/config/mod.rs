@@ -475,14 +475,7 @@ impl File {
         let autoscale = match self.autoscale {
             None => None,
             Some(a) => {
-                let q = |field, text: &str, millis| {
-                    orca_proto::quantity::parse(text, millis)
-                        .filter(|v| *v > 0)
-                        .map(|v| v as i64)
-                        .ok_or_else(|| {
-                            invalid(field, format!("{text:?} is not a positive quantity"))
-                        })
-                };
+                let q = positive_quantity;
                 Some(Autoscale {
                     max_nodes: a.max_nodes,
                     size: orca_proto::types::v1::Resources {
@@ -572,6 +565,21 @@ impl File {
             kubernetes: self.kubernetes.map(|k| k.validate()).transpose()?,
         })
     }
+}
+
+/// A positive Kubernetes quantity (`2`, `500m`, `4Gi`) of config field `field`.
+pub(crate) fn positive_quantity(
+    field: &'static str,
+    text: &str,
+    millis: bool,
+) -> Result<i64, ConfigError> {
+    orca_proto::quantity::parse(text, millis)
+        .filter(|v| *v > 0)
+        .map(|v| v as i64)
+        .ok_or_else(|| ConfigError::Invalid {
+            field,
+            problem: format!("{text:?} is not a positive quantity"),
+        })
 }
 
 impl NetworkFile {
