@@ -122,38 +122,33 @@ impl KubeResolver {
         let mut volume_data = types::VolumeData::default();
         let mut token_wanted: Option<(Vec<String>, i64)> = None;
 
-        // Volumes.
+        // Volumes: every ConfigMap and Secret named (directly or projected),
+        // and the token if a projected source asks for one.
+        let mut wanted: Vec<(bool, String, bool, &str)> = Vec::new(); // (secret?, name, optional, volume)
         for v in spec.volumes.iter().flatten() {
             if let Some(cm) = &v.config_map {
-                let optional = cm.optional.unwrap_or(false);
-                match self.config_map(ns, &cm.name, &mut fetched).await? {
-                    Some(data) => insert(&mut volume_data.config_maps, &cm.name, data),
-                    None if optional => {}
-                    None => return Err(missing("configmap", ns, &cm.name, &v.name)),
-                }
+                wanted.push((
+                    false,
+                    cm.name.clone(),
+                    cm.optional.unwrap_or(false),
+                    &v.name,
+                ));
             }
             if let Some(s) = &v.secret {
                 let name = s.secret_name.clone().unwrap_or_default();
-                match self.secret(ns, &name, &mut fetched).await? {
-                    Some(data) => insert(&mut volume_data.secrets, &name, data),
-                    None if s.optional.unwrap_or(false) => {}
-                    None => return Err(missing("secret", ns, &name, &v.name)),
-                }
+                wanted.push((true, name, s.optional.unwrap_or(false), &v.name));
             }
             for source in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
                 if let Some(cm) = &source.config_map {
-                    match self.config_map(ns, &cm.name, &mut fetched).await? {
-                        Some(data) => insert(&mut volume_data.config_maps, &cm.name, data),
-                        None if cm.optional.unwrap_or(false) => {}
-                        None => return Err(missing("configmap", ns, &cm.name, &v.name)),
-                    }
+                    wanted.push((
+                        false,
+                        cm.name.clone(),
+                        cm.optional.unwrap_or(false),
+                        &v.name,
+                    ));
                 }
                 if let Some(s) = &source.secret {
-                    match self.secret(ns, &s.name, &mut fetched).await? {
-                        Some(data) => insert(&mut volume_data.secrets, &s.name, data),
-                        None if s.optional.unwrap_or(false) => {}
-                        None => return Err(missing("secret", ns, &s.name, &v.name)),
-                    }
+                    wanted.push((true, s.name.clone(), s.optional.unwrap_or(false), &v.name));
                 }
                 if let Some(t) = &source.service_account_token {
                     token_wanted.get_or_insert((
@@ -161,6 +156,20 @@ impl KubeResolver {
                         t.expiration_seconds.unwrap_or(DEFAULT_TOKEN_EXPIRATION_S),
                     ));
                 }
+            }
+        }
+        for (secret, name, optional, volume) in wanted {
+            let (data, table, kind) = if secret {
+                let data = self.secret(ns, &name, &mut fetched).await?;
+                (data, &mut volume_data.secrets, "secret")
+            } else {
+                let data = self.config_map(ns, &name, &mut fetched).await?;
+                (data, &mut volume_data.config_maps, "configmap")
+            };
+            match data {
+                Some(data) => insert(table, &name, data),
+                None if optional => {}
+                None => return Err(missing(kind, ns, &name, volume)),
             }
         }
         if let Some((audiences, expiration)) = token_wanted {
