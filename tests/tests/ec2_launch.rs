@@ -81,6 +81,9 @@ async fn run_instance_asks_for_what_the_pod_needs_and_classifies_ec2_errors() {
         cr
     );
     assert_eq!(p("InstanceInitiatedShutdownBehavior"), "terminate");
+    assert_eq!(p("MetadataOptions.HttpTokens"), "required");
+    assert_eq!(p("MetadataOptions.HttpPutResponseHopLimit"), "1");
+    assert_eq!(p("MetadataOptions.HttpEndpoint"), "enabled");
     let user_data = base64::engine::general_purpose::STANDARD
         .decode(p("UserData"))
         .expect("base64 user data");
@@ -92,6 +95,9 @@ async fn run_instance_asks_for_what_the_pod_needs_and_classifies_ec2_errors() {
         found[0].instance_lifecycle().map(|l| l.as_str()),
         Some("spot")
     );
+    let imds = found[0].metadata_options().expect("MetadataOptions");
+    assert_eq!(imds.http_tokens().map(|t| t.as_str()), Some("required"));
+    assert_eq!(imds.http_put_response_hop_limit(), Some(1));
     let tags: Vec<(&str, &str)> = found[0]
         .tags()
         .iter()

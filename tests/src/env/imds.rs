@@ -2,11 +2,14 @@
 //! loopback port: a session token from `PUT /latest/api/token` (which needs the
 //! TTL header), then `GET /latest/user-data` and `/latest/meta-data/<key>` only
 //! with that token, as EC2 answers with `HttpTokens: required`. Tests point
-//! agents at it; nothing is ever sent to 169.254.169.254.
+//! agents at it; nothing is ever sent to 169.254.169.254 on the machine's own
+//! network (a server on that address lives only inside a test's namespace).
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
+
+use orca_control_plane::cloud::netns::NETNS_DIR;
 
 /// A running metadata server; it stops with the test process.
 #[derive(Debug, Clone)]
@@ -28,9 +31,57 @@ struct State {
 
 impl ImdsServer {
     /// Serves `user_data` and the `meta-data/<key>` values of `meta`
-    /// (`instance-id`, `local-ipv4`, ...).
+    /// (`instance-id`, `local-ipv4`, ...) on a loopback port.
     pub fn start(user_data: &str, meta: &[(&str, &str)]) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        Self::serve_on(TcpListener::bind("127.0.0.1:0")?, user_data, meta)
+    }
+
+    /// As [`ImdsServer::start`], on EC2's own address and port
+    /// (`169.254.169.254:80`) inside network namespace `netns`, so that an agent
+    /// there reads its metadata at the default endpoint, as on EC2. The address
+    /// is added to the namespace's `lo`; nothing outside the namespace sees it.
+    pub fn start_in_netns(
+        netns: &str,
+        user_data: &str,
+        meta: &[(&str, &str)],
+    ) -> std::io::Result<Self> {
+        let ip = super::require("ip");
+        let out = std::process::Command::new(ip)
+            .args([
+                "-n",
+                netns,
+                "addr",
+                "add",
+                "169.254.169.254/32",
+                "dev",
+                "lo",
+            ])
+            .output()?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(format!(
+                "adding 169.254.169.254 to lo in {netns}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let path = std::path::Path::new(NETNS_DIR).join(netns);
+        // setns(2) moves only the calling thread: a thread of its own binds the
+        // socket there, and the socket stays in that namespace.
+        let listener = std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path)?;
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            TcpListener::bind("169.254.169.254:80")
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("the netns binding thread panicked"))??;
+        Self::serve_on(listener, user_data, meta)
+    }
+
+    fn serve_on(
+        listener: TcpListener,
+        user_data: &str,
+        meta: &[(&str, &str)],
+    ) -> std::io::Result<Self> {
         let endpoint = format!("http://{}", listener.local_addr()?);
         let state = Arc::new(Mutex::new(State {
             user_data: user_data.into(),

@@ -14,7 +14,8 @@ use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::error::ProvideErrorMetadata as _;
 use aws_sdk_ec2::types::{
     CapacityReservationPreference, CapacityReservationSpecification, CapacityReservationTarget,
-    InstanceInterruptionBehavior, InstanceMarketOptionsRequest, MarketType, ResourceType,
+    HttpTokensState, InstanceInterruptionBehavior, InstanceMarketOptionsRequest,
+    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, MarketType, ResourceType,
     ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
 };
 use base64::Engine as _;
@@ -198,6 +199,15 @@ pub async fn run_instance(
         .user_data(base64::engine::general_purpose::STANDARD.encode(&spec.user_data))
         // An instance that powers itself off is gone, never a stopped leftover.
         .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
+        // IMDSv2 only (a session token first), and its answers never cross a
+        // second hop (a NATed container), so an SSRF-style GET reads nothing.
+        .metadata_options(
+            InstanceMetadataOptionsRequest::builder()
+                .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                .http_tokens(HttpTokensState::Required)
+                .http_put_response_hop_limit(1)
+                .build(),
+        )
         .tag_specifications(tag_spec(ResourceType::Instance))
         .tag_specifications(tag_spec(ResourceType::Volume))
         .set_subnet_id(spec.subnet_id.clone())
