@@ -38,6 +38,8 @@
 //!   (kmock, extended in `tests/kapi/`), the cluster as its Virtual Kubelet
 //!   node, real kubectl.
 //! - [`session`]: exec sessions through AdminService, message by message.
+//! - [`recordings`]: the control plane's Kubernetes requests and EC2 calls, recorded
+//!   over a test run and compared exactly with the deployment's RBAC and IAM policy.
 //!
 //! # Limitations
 //!
@@ -56,4 +58,5 @@ pub mod env;
 pub mod eventually;
 pub mod kube_cluster;
 pub mod pki;
+pub mod recordings;
 pub mod session;

@@ -7,6 +7,11 @@
 //! to the pod's node's kubelet over TLS with a client certificate, as the API server
 //! does. Every request is appended to a JSON-lines log ([`KubeApi::requests`]). See
 //! `tests/kapi/kapi/__init__.py` for what each module does and what it leaves out.
+//!
+//! When dropped, the emulator adds the requests that bore [`TOKEN`] — the control
+//! plane's, which alone uses the kubeconfig's credentials over `http://` — to the
+//! run's recordings ([`crate::recordings`]), for the exact check of the ClusterRole;
+//! a test whose own client presents the token says [`KubeApi::unrecorded`].
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -118,6 +123,8 @@ pub struct KubeApi {
     pub log: PathBuf,
     /// Its directory: `<dir>/kapi`, with the emulator's own output in `kapi.log`.
     pub dir: PathBuf,
+    /// The test's name for the recordings; `None`: not recorded.
+    record_as: Option<String>,
     daemon: Daemon,
 }
 
@@ -224,9 +231,18 @@ impl KubeApi {
                 kubeconfig: kubeconfig.clone(),
                 log: log.clone(),
                 dir: base.clone(),
+                record_as: Some(crate::recordings::source()),
                 daemon,
             })
         })
+    }
+
+    /// Keeps this emulator's requests out of the recordings: for tests whose own
+    /// client presents [`TOKEN`], so that only the control plane's requests are
+    /// compared with the ClusterRole.
+    pub fn unrecorded(mut self) -> Self {
+        self.record_as = None;
+        self
     }
 
     /// The emulator's PID.
@@ -296,5 +312,34 @@ impl KubeApi {
                 String::from_utf8_lossy(&out.stdout)
             )
         })
+    }
+}
+
+impl Drop for KubeApi {
+    /// Appends the requests that bore [`TOKEN`] to the recordings (see the module docs).
+    fn drop(&mut self) {
+        let Some(source) = self.record_as.take() else {
+            return;
+        };
+        let lines: Vec<_> = self
+            .requests()
+            .into_iter()
+            .filter(|r| r.token.as_deref() == Some(TOKEN))
+            .map(|r| crate::recordings::KubeRequestLine {
+                source: source.clone(),
+                path: (!r.is_resource()).then(|| r.path.clone()),
+                verb: r.verb,
+                api_group: r.api_group,
+                resource: r.resource,
+                subresource: r.subresource,
+            })
+            .collect();
+        let recorder = crate::recordings::Recorder::new(crate::recordings::KUBE_REQUESTS);
+        if let Err(e) = recorder.append(&lines) {
+            eprintln!(
+                "warning: cannot record Kubernetes requests in {}: {e}",
+                recorder.path().display()
+            );
+        }
     }
 }

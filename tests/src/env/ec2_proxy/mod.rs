@@ -8,6 +8,11 @@
 //! ([`reservations`]: create, describe, cancel, targeted launches and their
 //! errors, the targeting echoed in instances).
 //!
+//! Every call not signed with the test harness's own key ([`HARNESS_ACCESS_KEY`],
+//! which [`ec2_client`] uses) is the control plane's: it is also appended to a
+//! file under [`crate::recordings::dir`] as it arrives, for the exact check of
+//! `deploy/kubernetes/iam-policy.json` (`check-recordings`).
+//!
 //! It speaks just enough HTTP/1.1 for aws-sdk-ec2's query protocol: one
 //! form-encoded POST per connection, answered with `connection: close`.
 
@@ -23,13 +28,18 @@ mod xml;
 pub use reservations::ReservationView;
 use reservations::Reservations;
 
-/// An EC2 client of `endpoint` (moto or the proxy) in moto's region, with its
-/// static credentials.
+/// The access key id of the tests' own EC2 clients ([`ec2_client`]). The
+/// control plane signs with another (`testing`), so the proxy tells its calls
+/// from the tests' own; moto takes any key and puts both in its default account.
+pub const HARNESS_ACCESS_KEY: &str = "orca-test-harness";
+
+/// An EC2 client of `endpoint` (moto or the proxy) in moto's region, with
+/// static credentials ([`HARNESS_ACCESS_KEY`]).
 pub async fn ec2_client(endpoint: &str) -> aws_sdk_ec2::Client {
     orca_control_plane::cloud::ec2::client(&orca_control_plane::cloud::ec2::ClientSettings {
         region: Some("us-east-1".into()),
         endpoint: Some(endpoint.into()),
-        static_credentials: Some(("testing".into(), "testing".into())),
+        static_credentials: Some((HARNESS_ACCESS_KEY.into(), "testing".into())),
         call_timeout: None,
     })
     .await
@@ -86,6 +96,9 @@ struct State {
     tokens: HashMap<String, (u16, String)>,
     calls: Vec<Call>,
     reservations: Reservations,
+    /// Where the control plane's calls are recorded, and the test's name
+    /// (taken when the proxy starts, on the test's thread).
+    recorder: Option<(crate::recordings::Recorder, String)>,
 }
 
 /// A running proxy; it stops when the test's runtime ends.
@@ -102,7 +115,13 @@ impl Ec2Proxy {
     pub async fn start(upstream: &str) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State {
+            recorder: Some((
+                crate::recordings::Recorder::new(crate::recordings::EC2_CALLS),
+                crate::recordings::source(),
+            )),
+            ..State::default()
+        }));
         let shared = state.clone();
         let upstream = upstream.trim_end_matches('/').to_owned();
         let http = reqwest::Client::builder()
@@ -268,6 +287,9 @@ async fn serve(
         }
     };
     let status = answer.as_ref().map_or(0, |(s, _)| *s);
+    if !signed_by_harness(&headers) {
+        record(state, &params);
+    }
     state.lock().unwrap().calls.push(Call {
         action,
         params,
@@ -291,6 +313,32 @@ async fn serve(
         stream.write_all(body.as_bytes()).await?;
     }
     stream.shutdown().await
+}
+
+/// Whether the `authorization` header names [`HARNESS_ACCESS_KEY`]
+/// (`AWS4-HMAC-SHA256 Credential=KEY/date/region/ec2/aws4_request, ...`).
+fn signed_by_harness(headers: &[(String, String)]) -> bool {
+    headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("authorization")
+            && v.contains(&format!("Credential={HARNESS_ACCESS_KEY}/"))
+    })
+}
+
+/// Appends the control plane's call to the recordings.
+fn record(state: &Mutex<State>, params: &BTreeMap<String, String>) {
+    let Some((recorder, source)) = state.lock().unwrap().recorder.clone() else {
+        return;
+    };
+    let line = crate::recordings::Ec2CallLine::of(
+        source,
+        params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    if let Err(e) = recorder.append(&[line]) {
+        eprintln!(
+            "warning: cannot record an EC2 call in {}: {e}",
+            recorder.path().display()
+        );
+    }
 }
 
 /// The answer to a call that no fault or cached answer takes: the proxy's own for
