@@ -364,6 +364,9 @@ impl Drop for TestAgent {
         // Pods' namespace holders live in their own process groups, as they must
         // to outlive an agent restart: end them with the test.
         env::kill_pid_files(&self.state_dir, "pause.pid");
+        // tmpfs volumes of pods the test left running: the agent unmounts them
+        // only when it stops a pod, and the temporary directory cannot go with them.
+        env::unmount_under(&self.state_dir);
     }
 }
 

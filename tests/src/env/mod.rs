@@ -32,6 +32,7 @@ mod registry;
 mod tools;
 
 pub use containerd::Containerd;
+pub(crate) use containerd::unmount_under;
 pub use daemon::{Daemon, STOP_GRACE};
 pub use ec2_hosts::{InstanceInfo, InstancePlayer, Played, PlayerSettings, cluster_instances};
 pub use ec2_proxy::{Call, Ec2Proxy, Fault, HARNESS_ACCESS_KEY, ReservationView, ec2_client};
