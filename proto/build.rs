@@ -25,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".orca.agent.v1.AttachInput.stdin")
         .bytes(".orca.agent.v1.PortForwardInput.data")
         .bytes(".orca.agent.v1.PortForwardOutput.data")
+        .bytes(".orca.controlplane.v1.BackupChunk.data")
         .compile_protos(PROTOS, &["."])
         .map_err(|e| {
             format!("{e}\nhint: protoc is required: apt-get install -y protobuf-compiler").into()

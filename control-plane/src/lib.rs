@@ -36,12 +36,16 @@
 //! - [`vk`]: the Kubernetes mode: a Virtual Kubelet Node, its pods, and the
 //!   kubelet API.
 //! - [`cli`]: the `orca` command line client of AdminService.
+//! - [`backup`]: backups of the CA and the store while the control plane runs
+//!   (AdminService `Backup`, `orca backup`), restored offline
+//!   (`orca-control-plane restore`).
 //!
 //! # Current limitations
 //! The same services for agents and users (on the provider's gateway too, where
 //! it has one).
 
 pub mod api;
+pub mod backup;
 pub mod cli;
 pub mod cloud;
 pub mod cluster;

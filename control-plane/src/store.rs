@@ -6,11 +6,19 @@
 //! from old records). Read-modify-write goes through [`Table::update`], which is
 //! atomic per key. Whatever must survive a crash is followed by
 //! [`Store::flush`] before it is acknowledged.
+//!
+//! [`Store::snapshot`] copies every tree at one instant, for backups: every
+//! write goes through a [`Table`] method, which holds a shared gate for the
+//! length of its one sled call, and the snapshot holds that gate alone while it
+//! copies. sled itself has no snapshot reads (its iterators see concurrent
+//! writes key by key, and its transactions cannot scan), so without the gate a
+//! copy could hold a later write and miss an earlier one. [`Store::import`]
+//! writes a snapshot into a new store.
 
 use std::marker::PhantomData;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use orca_proto::controlplane::v1 as pb;
 use prost::Message;
@@ -42,19 +50,30 @@ fn sled(op: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
     move |source| StoreError::Sled { op, source }
 }
 
+/// Shared by every write (for the length of one sled call), taken alone by
+/// [`Store::snapshot`].
+type Gate = Arc<RwLock<()>>;
+
 /// One keyspace of protobuf records.
 #[derive(Clone)]
 pub struct Table<M> {
     tree: sled::Tree,
+    gate: Gate,
     _record: PhantomData<fn() -> M>,
 }
 
 impl<M: Message + Default> Table<M> {
-    fn open(db: &sled::Db, name: &str) -> Result<Self, StoreError> {
+    fn open(db: &sled::Db, gate: &Gate, name: &str) -> Result<Self, StoreError> {
         Ok(Self {
             tree: db.open_tree(name).map_err(sled("open_tree"))?,
+            gate: gate.clone(),
             _record: PhantomData,
         })
+    }
+
+    /// Held while writing: no snapshot is copied meanwhile.
+    fn writing(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn decode(key: &[u8], bytes: &[u8]) -> Result<M, StoreError> {
@@ -74,6 +93,7 @@ impl<M: Message + Default> Table<M> {
 
     /// Writes the record at `key`.
     pub fn put(&self, key: &str, record: &M) -> Result<(), StoreError> {
+        let _writing = self.writing();
         self.tree
             .insert(key, record.encode_to_vec())
             .map_err(sled("insert"))?;
@@ -82,6 +102,7 @@ impl<M: Message + Default> Table<M> {
 
     /// Writes the record only if `key` is free; false when it was taken.
     pub fn create(&self, key: &str, record: &M) -> Result<bool, StoreError> {
+        let _writing = self.writing();
         let swapped = self
             .tree
             .compare_and_swap(key, None as Option<&[u8]>, Some(record.encode_to_vec()))
@@ -91,7 +112,11 @@ impl<M: Message + Default> Table<M> {
 
     /// Removes and returns the record at `key`.
     pub fn remove(&self, key: &str) -> Result<Option<M>, StoreError> {
-        match self.tree.remove(key).map_err(sled("remove"))? {
+        let removed = {
+            let _writing = self.writing();
+            self.tree.remove(key).map_err(sled("remove"))?
+        };
+        match removed {
             Some(v) => Ok(Some(Self::decode(key.as_bytes(), &v)?)),
             None => Ok(None),
         }
@@ -101,6 +126,7 @@ impl<M: Message + Default> Table<M> {
     /// `f` may run more than once under contention; it must be pure.
     pub fn update(&self, key: &str, mut f: impl FnMut(&mut M)) -> Result<Option<M>, StoreError> {
         let mut corrupt = None;
+        let writing = self.writing();
         let new = self
             .tree
             .update_and_fetch(key, |old| {
@@ -117,6 +143,7 @@ impl<M: Message + Default> Table<M> {
                 }
             })
             .map_err(sled("update"))?;
+        drop(writing);
         if let Some(source) = corrupt {
             return Err(StoreError::Corrupt {
                 key: key.into(),
@@ -175,11 +202,33 @@ struct Flushes {
     turn: tokio::sync::Mutex<()>,
 }
 
+/// The store's content at one instant ([`Store::snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// Every tree, by name.
+    pub trees: Vec<TreeSnapshot>,
+}
+
+/// One tree of a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TreeSnapshot {
+    /// The tree's name (ORCA's are ASCII; sled's own default tree is
+    /// `__sled__default`).
+    pub name: String,
+    /// Its keys and values, in key order.
+    pub entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
 /// The control plane's database.
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    gate: Gate,
     flushes: Arc<Flushes>,
+    /// Event ids handed out from here on are at least this: above every
+    /// stored event's, also in a store rebuilt by [`Store::import`], whose sled
+    /// id generator starts again at zero.
+    next_event: Arc<AtomicU64>,
     /// Nodes by name.
     pub nodes: Table<pb::Node>,
     /// Pods by `namespace/name`.
@@ -196,21 +245,93 @@ impl Store {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::open(dir).map_err(sled("open"))?;
-        Ok(Self {
-            nodes: Table::open(&db, "nodes")?,
-            pods: Table::open(&db, "pods")?,
-            events: Table::open(&db, "events")?,
-            tokens: Table::open(&db, "tokens")?,
-            pki: Table::open(&db, "pki")?,
+        let gate = Gate::default();
+        let store = Self {
+            nodes: Table::open(&db, &gate, "nodes")?,
+            pods: Table::open(&db, &gate, "pods")?,
+            events: Table::open(&db, &gate, "events")?,
+            tokens: Table::open(&db, &gate, "tokens")?,
+            pki: Table::open(&db, &gate, "pki")?,
             db,
+            gate,
             flushes: Arc::default(),
-        })
+            next_event: Arc::default(),
+        };
+        store.raise_event_floor()?;
+        Ok(store)
+    }
+
+    /// Makes the next event ids follow the last stored one.
+    fn raise_event_floor(&self) -> Result<(), StoreError> {
+        let last = self.events.tree.last().map_err(sled("last"))?;
+        let next = last
+            .and_then(|(k, _)| std::str::from_utf8(&k).ok()?.parse::<u64>().ok())
+            .map_or(0, |id| id + 1);
+        self.next_event.fetch_max(next, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Appends an event.
     pub fn add_event(&self, event: &pb::Event) -> Result<(), StoreError> {
-        let id = self.db.generate_id().map_err(sled("generate_id"))?;
+        let generated = self.db.generate_id().map_err(sled("generate_id"))?;
+        // The larger of sled's id and the floor; the floor moves past it.
+        let floor = self
+            .next_event
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |floor| {
+                Some(floor.max(generated) + 1)
+            })
+            .unwrap_or_else(|floor| floor);
+        let id = floor.max(generated);
         self.events.put(&format!("{id:020}"), event)
+    }
+
+    /// Every tree (sled's default one included), copied at one instant
+    /// between writes: each write is wholly in it or not at all, every write
+    /// that returned before the copy began is in it, and no later write is in
+    /// it while an earlier one is missing. Writers wait while it copies (the
+    /// whole store is held in memory; a few milliseconds for thousands of
+    /// records).
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let _alone = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+        let mut names = self.db.tree_names();
+        names.sort();
+        let trees = names
+            .into_iter()
+            .map(|name| {
+                let tree = self.db.open_tree(&name).map_err(sled("open_tree"))?;
+                let entries = tree
+                    .iter()
+                    .map(|kv| {
+                        let (k, v) = kv.map_err(sled("scan"))?;
+                        Ok((k.to_vec(), v.to_vec()))
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                Ok(TreeSnapshot {
+                    name: String::from_utf8_lossy(&name).into_owned(),
+                    entries,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Snapshot { trees })
+    }
+
+    /// Writes every tree of `snapshot` into this store (meant for a new, empty
+    /// one: existing keys are overwritten, others kept) and makes it durable.
+    /// Blocks on the flush: for offline use (restore), not on a runtime thread.
+    pub fn import(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        {
+            let _alone = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+            for tree in &snapshot.trees {
+                let target = self.db.open_tree(&tree.name).map_err(sled("open_tree"))?;
+                let mut batch = sled::Batch::default();
+                for (k, v) in &tree.entries {
+                    batch.insert(k.as_slice(), v.as_slice());
+                }
+                target.apply_batch(batch).map_err(sled("apply_batch"))?;
+            }
+        }
+        self.db.flush().map_err(sled("flush"))?;
+        self.raise_event_floor()
     }
 
     /// Makes every write so far durable.
@@ -323,5 +444,100 @@ mod tests {
         assert_eq!(reasons, ["first", "second"]);
         assert_eq!(store.nodes.remove("a").unwrap().unwrap().name, "a");
         assert!(store.nodes.get("a").unwrap().is_none());
+    }
+
+    fn event(reason: &str) -> pb::Event {
+        pb::Event {
+            reason: reason.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_snapshot_imports_into_a_new_store_whose_events_follow_the_old_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("a")).unwrap();
+        store
+            .nodes
+            .put(
+                "n1",
+                &pb::Node {
+                    name: "n1".into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        for reason in ["one", "two"] {
+            store.add_event(&event(reason)).unwrap();
+        }
+        let snapshot = store.snapshot().unwrap();
+        let names: Vec<&str> = snapshot.trees.iter().map(|t| t.name.as_str()).collect();
+        for name in ["events", "nodes", "pki", "pods", "tokens"] {
+            assert!(names.contains(&name), "{name} in {names:?}");
+        }
+
+        let copy = Store::open(&dir.path().join("b")).unwrap();
+        copy.import(&snapshot).unwrap();
+        assert_eq!(copy.snapshot().unwrap(), snapshot);
+        assert_eq!(copy.nodes.get("n1").unwrap().unwrap().name, "n1");
+        // The new store's sled id generator starts again at zero: an event
+        // added now must neither overwrite nor sort before the restored ones.
+        copy.add_event(&event("three")).unwrap();
+        drop(copy);
+        let reopened = Store::open(&dir.path().join("b")).unwrap();
+        reopened.add_event(&event("four")).unwrap();
+        let reasons: Vec<String> = reopened
+            .events
+            .scan("")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.reason)
+            .collect();
+        assert_eq!(reasons, ["one", "two", "three", "four"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_snapshot_taken_during_writes_holds_a_prefix_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // One writer puts 0, 1, 2, ... in order into two trees alternately; a
+        // snapshot that holds key i in one tree holds every earlier write.
+        let writer = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || {
+                for i in 0..2000u32 {
+                    let key = format!("{i:05}");
+                    if i % 2 == 0 {
+                        store.nodes.put(&key, &pb::Node::default()).unwrap();
+                    } else {
+                        store.events.put(&key, &pb::Event::default()).unwrap();
+                    }
+                }
+            })
+        };
+        let mut snapshots = Vec::new();
+        while !writer.is_finished() {
+            snapshots.push(store.snapshot().unwrap());
+            tokio::task::yield_now().await;
+        }
+        writer.await.unwrap();
+        snapshots.push(store.snapshot().unwrap());
+        for snapshot in snapshots {
+            let mut written: Vec<u32> = snapshot
+                .trees
+                .iter()
+                .filter(|t| t.name == "nodes" || t.name == "events")
+                .flat_map(|t| &t.entries)
+                .map(|(k, _)| std::str::from_utf8(k).unwrap().parse().unwrap())
+                .collect();
+            written.sort();
+            let gap = written.iter().enumerate().find(|(i, k)| *i as u32 != **k);
+            assert_eq!(
+                gap,
+                None,
+                "a prefix of the writes: {} keys, the first out of place shown",
+                written.len()
+            );
+        }
     }
 }

@@ -7,7 +7,7 @@ use orca_proto::agent::v1 as agent;
 use orca_proto::controlplane::v1::{self as pb, admin_service_server::AdminService};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::status;
+use super::{backup_status, status};
 use crate::cloud::Fault;
 use crate::cluster::Cluster;
 
@@ -265,6 +265,29 @@ impl AdminService for AdminApi {
             .events(&req.namespace, &req.name)
             .map_err(status)?;
         Ok(Response::new(pb::ListEventsResponse { events }))
+    }
+
+    type BackupStream = Stream_<pb::BackupChunk>;
+
+    #[tracing::instrument(skip_all)]
+    async fn backup(
+        &self,
+        _: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let store = self.cluster.store().clone();
+        let data_dir = self.cluster.config().data_dir.clone();
+        // Copying the store and compressing it block: off the runtime's threads.
+        let (archive, manifest) =
+            tokio::task::spawn_blocking(move || crate::backup::create(&store, &data_dir))
+                .await
+                .map_err(|e| Status::internal(format!("backup task failed: {e}")))?
+                .map_err(|e| {
+                    tracing::error!(error = %e, "backup failed");
+                    backup_status(e)
+                })?;
+        tracing::info!(bytes = archive.len(), trees = %manifest.summary(), "backup taken");
+        let chunks = crate::backup::chunks(archive).map(|data| Ok(pb::BackupChunk { data }));
+        Ok(Response::new(futures::stream::iter(chunks).boxed()))
     }
 }
 

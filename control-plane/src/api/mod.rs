@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod node;
 
+use crate::backup::BackupError;
 use crate::cluster::{Cluster, ClusterError};
 
 /// Checks the admin bearer token (`authorization: Bearer <token>`) of every
@@ -52,6 +53,16 @@ pub fn status(e: ClusterError) -> tonic::Status {
                 _ => tonic::Code::Unavailable,
             };
             tonic::Status::new(code, format!("node {node}: {}", status.message()))
+        }
+    }
+}
+
+/// Maps a backup error to a gRPC status: each is the server's own failure.
+pub fn backup_status(e: BackupError) -> tonic::Status {
+    let msg = e.to_string();
+    match e {
+        BackupError::Store(_) | BackupError::ReadFile { .. } | BackupError::Archive(_) => {
+            tonic::Status::internal(msg)
         }
     }
 }

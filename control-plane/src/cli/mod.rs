@@ -1,5 +1,6 @@
 //! The `orca` command line: a client of AdminService only.
 //!
+//! - [`backup`]: `orca backup`.
 //! - [`credentials`]: the kubeconfig-like credentials file.
 //! - [`nodes`]: the `orca node` commands and `orca down`.
 //! - [`pod`]: builds a Kubernetes pod from `orca run` flags or reads one from YAML.
@@ -7,6 +8,7 @@
 //! - [`streams`]: `orca logs`, `orca exec` and `orca attach`; [`terminal`]: raw
 //!   mode and window size for `exec -t`.
 
+pub mod backup;
 pub mod credentials;
 pub mod nodes;
 pub mod output;
@@ -50,6 +52,9 @@ pub enum CliError {
     /// Output failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// The backup the control plane sent does not verify.
+    #[error("the control plane's backup does not verify: {0}")]
+    Backup(crate::backup::ArchiveError),
 }
 
 impl CliError {
@@ -67,7 +72,7 @@ impl CliError {
             CliError::Credentials(_) => 4,
             CliError::Connect { .. } => 5,
             CliError::Timeout(..) => 6,
-            CliError::Io(_) => 1,
+            CliError::Io(_) | CliError::Backup(_) => 1,
         }
     }
 }
@@ -169,6 +174,14 @@ pub enum Command {
     },
     /// Remove every node (its pods fail with reason NodeRemoved).
     Down,
+    /// Write a backup of the control plane (its CA, admin credentials and
+    /// store, taken at one instant while it runs) as a gzip'd tar; restore it
+    /// with `orca-control-plane restore --from FILE --data-dir DIR`. It holds
+    /// the CA's private key: keep it secret.
+    Backup {
+        /// Where to write it (`-`: standard output); written with mode 0600.
+        file: PathBuf,
+    },
     /// Copy a credentials file (e.g. the control plane's <data_dir>/admin.yaml)
     /// to where `orca` looks by default, readable by you only.
     Login {
@@ -337,6 +350,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             output::events(&mut out, &events)?;
         }
         Command::Down => nodes::down(&mut client, &mut out).await?,
+        Command::Backup { file } => backup::backup(&mut client, &file, &mut out).await?,
         Command::Login { .. } => unreachable!("handled before connecting"),
     }
     Ok(0)

@@ -277,6 +277,24 @@ impl TestCluster {
         &self.data_dir
     }
 
+    /// Points the control plane at the data directory `dir` from its next
+    /// start on (one a backup was restored into). The simulated hosts' state is
+    /// their disks, not the control plane's: it stays where it is, and `dir`
+    /// gets a `hosts` link to it. `orca` keeps using the credentials file it
+    /// was given at the start.
+    pub fn use_data_dir(&mut self, dir: &Path) {
+        let config = std::fs::read_to_string(&self.config_path).expect("read config");
+        let line = |d: &Path| format!("data_dir: {}\n", d.display());
+        assert!(config.contains(&line(&self.data_dir)), "{config}");
+        let config = config.replacen(&line(&self.data_dir), &line(dir), 1);
+        std::fs::write(&self.config_path, config).expect("write config");
+        let (hosts, link) = (self.data_dir.join("hosts"), dir.join("hosts"));
+        if hosts.exists() && !link.exists() {
+            std::os::unix::fs::symlink(&hosts, &link).expect("link the hosts' state");
+        }
+        self.data_dir = dir.to_owned();
+    }
+
     /// A `local` provider over this cluster's hosts (same config and data
     /// directory as the control plane's), to inject faults or terminate hosts.
     pub fn provider(&self) -> LocalProvider {
