@@ -434,16 +434,20 @@ mod tests {
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.nodes.get("a").unwrap().unwrap().pod_count, 2);
-        let reasons: Vec<String> = store
+        assert_eq!(reasons(&store), ["first", "second"]);
+        assert_eq!(store.nodes.remove("a").unwrap().unwrap().name, "a");
+        assert!(store.nodes.get("a").unwrap().is_none());
+    }
+
+    /// The reasons of the store's events, in order.
+    fn reasons(store: &Store) -> Vec<String> {
+        store
             .events
             .scan("")
             .unwrap()
             .into_iter()
             .map(|e| e.reason)
-            .collect();
-        assert_eq!(reasons, ["first", "second"]);
-        assert_eq!(store.nodes.remove("a").unwrap().unwrap().name, "a");
-        assert!(store.nodes.get("a").unwrap().is_none());
+            .collect()
     }
 
     fn event(reason: &str) -> pb::Event {
@@ -486,14 +490,7 @@ mod tests {
         drop(copy);
         let reopened = Store::open(&dir.path().join("b")).unwrap();
         reopened.add_event(&event("four")).unwrap();
-        let reasons: Vec<String> = reopened
-            .events
-            .scan("")
-            .unwrap()
-            .into_iter()
-            .map(|e| e.reason)
-            .collect();
-        assert_eq!(reasons, ["one", "two", "three", "four"]);
+        assert_eq!(reasons(&reopened), ["one", "two", "three", "four"]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
