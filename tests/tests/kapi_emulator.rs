@@ -338,22 +338,23 @@ fn a_bound_pod_is_deleted_gracefully_then_for_good() {
     assert!(fails(&kapi, &["get", "pod", "bound"]).contains("NotFound"));
 }
 
+/// A watch event as (type, name, resourceVersion).
+fn event_of(e: &Value) -> (String, String, u64) {
+    (
+        e["type"].as_str().unwrap_or_default().to_owned(),
+        e["object"]["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        rv(&e["object"]),
+    )
+}
+
 /// Events of a watch body (one JSON object per line): (type, name, resourceVersion).
 fn events(body: &str) -> Vec<(String, String, u64)> {
     body.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let e: Value = serde_json::from_str(l).unwrap_or_else(|err| panic!("{err}: {l}"));
-            let name = e["object"]["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            (
-                e["type"].as_str().unwrap_or_default().to_owned(),
-                name,
-                rv(&e["object"]),
-            )
-        })
+        .map(|l| event_of(&serde_json::from_str(l).unwrap_or_else(|err| panic!("{err}: {l}"))))
         .collect()
 }
 
@@ -414,22 +415,7 @@ fn watches_stream_and_replay_events_in_order() {
     let expected = ["ADDED", "MODIFIED", "MODIFIED", "DELETED"];
 
     let live = eventually_blocking("kubectl's watch saw the pod deleted", WITHIN, || {
-        let got: Vec<(String, String, u64)> = seen
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                let name = e["object"]["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                (
-                    e["type"].as_str().unwrap_or_default().to_owned(),
-                    name,
-                    rv(&e["object"]),
-                )
-            })
-            .collect();
+        let got: Vec<(String, String, u64)> = seen.lock().unwrap().iter().map(event_of).collect();
         if got.len() >= expected.len() {
             Ok(got)
         } else {

@@ -35,6 +35,22 @@ fn spdy_negotiated(version: &'static str) -> Negotiated {
     upgrade::negotiate(Kind::RemoteCommand, &h).expect("negotiate")
 }
 
+/// A SPDY session being accepted on one end of a pipe (protocol `version`,
+/// the kubelet query `query`, streams awaited for `wait`), and a client on the other.
+fn spdy_session(
+    version: &'static str,
+    query: &str,
+    wait: Duration,
+) -> (
+    tokio::task::JoinHandle<Result<RemoteSession, ProtocolError>>,
+    Client<DuplexStream>,
+) {
+    let (server, client) = tokio::io::duplex(64 * 1024);
+    let options = StreamOptions::from_query(query);
+    let accepting = tokio::spawn(accept(server, spdy_negotiated(version), options, wait));
+    (accepting, Client::new(client))
+}
+
 fn ws_negotiated(protocol: &'static str) -> Negotiated {
     let mut h = HeaderMap::new();
     h.insert("connection", HeaderValue::from_static("Upgrade"));
@@ -106,15 +122,11 @@ fn options_from_the_kubelet_query() {
 
 #[tokio::test]
 async fn spdy_v4_tty_session_stdin_resize_stdout_and_exit_code() {
-    let (server, client) = tokio::io::duplex(64 * 1024);
-    let options = StreamOptions::from_query("stdin=1&stdout=1&stderr=1&tty=1");
-    let accepting = tokio::spawn(accept(
-        server,
-        spdy_negotiated("v4.channel.k8s.io"),
-        options,
+    let (accepting, mut c) = spdy_session(
+        "v4.channel.k8s.io",
+        "stdin=1&stdout=1&stderr=1&tty=1",
         DEADLINE,
-    ));
-    let mut c = Client::new(client);
+    );
     // client-go's order: error first, then stdin, stdout, resize.
     let error = c.open(&[("streamType", "error")]).await;
     let stdin = c.open(&[("streamType", "stdin")]).await;
@@ -174,15 +186,7 @@ async fn spdy_v4_tty_session_stdin_resize_stdout_and_exit_code() {
 
 #[tokio::test]
 async fn spdy_v5_stdout_and_stderr_then_success() {
-    let (server, client) = tokio::io::duplex(64 * 1024);
-    let options = StreamOptions::from_query("stdout=1&stderr=1");
-    let accepting = tokio::spawn(accept(
-        server,
-        spdy_negotiated("v5.channel.k8s.io"),
-        options,
-        DEADLINE,
-    ));
-    let mut c = Client::new(client);
+    let (accepting, mut c) = spdy_session("v5.channel.k8s.io", "stdout=1&stderr=1", DEADLINE);
     let error = c.open(&[("streamType", "error")]).await;
     let stdout = c.open(&[("streamType", "stdout")]).await;
     let stderr = c.open(&[("streamType", "stderr")]).await;
@@ -211,15 +215,7 @@ async fn spdy_v5_stdout_and_stderr_then_success() {
 
 #[tokio::test]
 async fn spdy_v2_has_no_resize_and_reports_in_text() {
-    let (server, client) = tokio::io::duplex(64 * 1024);
-    let options = StreamOptions::from_query("stdout=1&tty=1");
-    let accepting = tokio::spawn(accept(
-        server,
-        spdy_negotiated("v2.channel.k8s.io"),
-        options,
-        DEADLINE,
-    ));
-    let mut c = Client::new(client);
+    let (accepting, mut c) = spdy_session("v2.channel.k8s.io", "stdout=1&tty=1", DEADLINE);
     let error = c.open(&[("streamType", "error")]).await;
     let _stdout = c.open(&[("streamType", "stdout")]).await;
     // No resize stream before v3: the session is complete without one.
@@ -235,14 +231,7 @@ async fn spdy_v2_has_no_resize_and_reports_in_text() {
         "{text}"
     );
 
-    let (server, client) = tokio::io::duplex(64 * 1024);
-    let accepting = tokio::spawn(accept(
-        server,
-        spdy_negotiated("v2.channel.k8s.io"),
-        options,
-        DEADLINE,
-    ));
-    let mut c = Client::new(client);
+    let (accepting, mut c) = spdy_session("v2.channel.k8s.io", "stdout=1&tty=1", DEADLINE);
     let error = c.open(&[("streamType", "error")]).await;
     let _stdout = c.open(&[("streamType", "stdout")]).await;
     let session = within(accepting).await.expect("task").expect("accept");
@@ -257,16 +246,8 @@ async fn spdy_v2_has_no_resize_and_reports_in_text() {
 
 #[tokio::test]
 async fn spdy_streams_missing_after_the_timeout() {
-    let (server, client) = tokio::io::duplex(64 * 1024);
-    let options = StreamOptions::from_query("stdin=1&stdout=1");
     let wait = Duration::from_millis(200);
-    let accepting = tokio::spawn(accept(
-        server,
-        spdy_negotiated("v4.channel.k8s.io"),
-        options,
-        wait,
-    ));
-    let mut c = Client::new(client);
+    let (accepting, mut c) = spdy_session("v4.channel.k8s.io", "stdin=1&stdout=1", wait);
     let _error = c.open(&[("streamType", "error")]).await;
     let _stdin = c.open(&[("streamType", "stdin")]).await;
     match within(accepting).await.expect("task") {
