@@ -35,6 +35,18 @@ fn spdy_negotiated(version: &'static str) -> Negotiated {
     upgrade::negotiate(Kind::RemoteCommand, &h).expect("negotiate")
 }
 
+/// The process writes `out` on stdout, then `err` on stderr.
+async fn write_out_and_err(session: &RemoteSession) {
+    for (stream, bytes) in [(&session.stdout, "out"), (&session.stderr, "err")] {
+        stream
+            .as_ref()
+            .expect("stream requested")
+            .send(Bytes::from_static(bytes.as_bytes()))
+            .await
+            .expect("send");
+    }
+}
+
 /// A SPDY session being accepted on one end of a pipe (protocol `version`,
 /// the kubelet query `query`, streams awaited for `wait`), and a client on the other.
 fn spdy_session(
@@ -192,20 +204,7 @@ async fn spdy_v5_stdout_and_stderr_then_success() {
     let stderr = c.open(&[("streamType", "stderr")]).await;
     let session = within(accepting).await.expect("task").expect("accept");
     assert!(session.stdin.is_none());
-    session
-        .stdout
-        .as_ref()
-        .expect("stdout")
-        .send(Bytes::from_static(b"out"))
-        .await
-        .expect("stdout");
-    session
-        .stderr
-        .as_ref()
-        .expect("stderr")
-        .send(Bytes::from_static(b"err"))
-        .await
-        .expect("stderr");
+    write_out_and_err(&session).await;
     session.finish.finish(Outcome::Exited(0)).await;
     let t = read_to_eof(&mut c).await;
     assert_eq!(t.data[&stdout], b"out");
@@ -317,20 +316,7 @@ async fn websocket_v5_session_with_close_signal() {
             height: 30
         })
     );
-    session
-        .stdout
-        .as_ref()
-        .expect("stdout")
-        .send(Bytes::from_static(b"out"))
-        .await
-        .expect("stdout");
-    session
-        .stderr
-        .as_ref()
-        .expect("stderr")
-        .send(Bytes::from_static(b"err"))
-        .await
-        .expect("stderr");
+    write_out_and_err(&session).await;
     session.finish.finish(Outcome::Exited(3)).await;
     let messages = ws_read_to_close(&mut ws).await;
     assert_eq!(
