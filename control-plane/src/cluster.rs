@@ -90,6 +90,8 @@ struct Inner {
     provisioning: crate::provisioning::Memory,
     resolver: std::sync::OnceLock<Arc<dyn PodResolver>>,
     events: tokio::sync::broadcast::Sender<pb::Event>,
+    telemetry: crate::telemetry::TelemetryStore,
+    launches: crate::metrics::LaunchCounters,
 }
 
 /// What a pod's agent gets besides the pod: content the agent cannot read
@@ -127,6 +129,9 @@ pub struct Liveness {
     /// The sequence number of the last heartbeat.
     pub sequence: u64,
 }
+
+/// GPU samples of history kept per GPU.
+const GPU_HISTORY: usize = 120;
 
 impl Cluster {
     /// Assembles the cluster; `agent_tls` is the client configuration for calls
@@ -170,6 +175,8 @@ impl Cluster {
                 resolver: Default::default(),
                 events: tokio::sync::broadcast::channel(1024).0,
                 wake_scheduler: Notify::new(),
+                telemetry: crate::telemetry::TelemetryStore::new(GPU_HISTORY),
+                launches: Default::default(),
             }),
         }
     }
@@ -238,8 +245,9 @@ impl Cluster {
             .collect()
     }
 
-    /// Forgets a node's liveness and agent connection.
+    /// Forgets a node's liveness, telemetry and agent connection.
     pub fn forget(&self, node: &pb::Node) {
+        self.inner.telemetry.forget(&node.name);
         let mut live = self
             .inner
             .liveness
@@ -272,6 +280,16 @@ impl Cluster {
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// GPU telemetry from the heartbeats.
+    pub fn telemetry(&self) -> &crate::telemetry::TelemetryStore {
+        &self.inner.telemetry
+    }
+
+    /// Counts of the instance launches the cluster asked for (the metrics).
+    pub fn launch_counters(&self) -> &crate::metrics::LaunchCounters {
+        &self.inner.launches
     }
 
     /// The store.

@@ -39,6 +39,10 @@
 //! - [`backup`]: backups of the CA and the store while the control plane runs
 //!   (AdminService `Backup`, `orca backup`), restored offline
 //!   (`orca-control-plane restore`).
+//! - [`metrics`]: Prometheus metrics on a plain-HTTP listener of their own
+//!   (`metrics_listen`, bound address in `<data_dir>/metrics.addr`): the GPUs
+//!   under dcgm-exporter's names and labels, and the control plane's `orca_`
+//!   series.
 //!
 //! # Current limitations
 //! The same services for agents and users (on the provider's gateway too, where
@@ -50,6 +54,7 @@ pub mod cli;
 pub mod cloud;
 pub mod cluster;
 pub mod config;
+pub mod metrics;
 pub mod pki;
 pub mod pods;
 pub mod provisioning;
@@ -59,6 +64,7 @@ pub mod scheduler;
 pub mod selection;
 pub mod store;
 pub mod streams;
+pub mod telemetry;
 pub mod tls_identity;
 pub mod vk;
 
@@ -101,6 +107,15 @@ pub enum ServeError {
     /// The listener for hosts (on the provider's gateway address) could not be bound.
     #[error("cannot listen on {addr} for hosts")]
     HostListener {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics listener could not be bound (or its address recorded).
+    #[error("cannot serve metrics on {addr}")]
+    MetricsListener {
         /// Address.
         addr: std::net::SocketAddr,
         /// Cause.
@@ -208,6 +223,22 @@ pub async fn serve(
     let server_tls =
         orca_proto::tls::server_config(slot.clone(), &ca, orca_proto::tls::ClientAuth::Optional)?;
 
+    // Bound before anything starts, so a taken port fails the start cleanly.
+    metrics::remove_addr(&data);
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::MetricsListener { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .and_then(|bound| metrics::write_addr(&data, bound).map(|()| bound))
+                .map_err(|source| ServeError::MetricsListener { addr, source })?;
+            info!(listen = %bound, addr_file = %data.join(metrics::ADDR_FILE).display(), "metrics serving (HTTP)");
+            Some(listener)
+        }
+        None => None,
+    };
     let cluster = Cluster::new(config, store.clone(), provider, pki, agent_tls, agent_url);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -228,6 +259,10 @@ pub async fn serve(
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move { identity.rotate(&cluster, slot, stop).await })
     };
+    let metrics = metrics_listener.map(|listener| {
+        let exporter = metrics::Exporter::new(cluster.clone());
+        tokio::spawn(metrics::serve(exporter, listener, stop_rx.clone()))
+    });
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -260,6 +295,10 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     let _ = scheduler.await;
     let _ = rotation.await;
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+        metrics::remove_addr(&data);
+    }
     for task in kubernetes {
         let _ = task.await;
     }

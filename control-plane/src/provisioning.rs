@@ -110,15 +110,20 @@ fn offering_of(node: &pb::Node) -> Option<(Offering, u32)> {
     Some((offering, node.labels.get(LABEL_ATTEMPT)?.parse().ok()?))
 }
 
-/// What a pod needs from an instance: its requests, and the architecture its
-/// nodeSelector names.
+/// What a pod needs from an instance: its requests, and the architecture and
+/// GPU model its nodeSelector names (the `orca.research/gpu-model` annotation
+/// is read with the other launch annotations).
 fn needs_of(spec: &PodSpec) -> Needs {
     let want = crate::scheduler::requests(spec);
     Needs {
         cpu_millis: want.cpu_millis.max(0) as u64,
         memory_bytes: want.memory_bytes.max(0) as u64,
         gpus: want.gpus.max(0) as u32,
-        gpu_model: None,
+        gpu_model: spec
+            .node_selector
+            .as_ref()
+            .and_then(|s| s.get(crate::telemetry::GPU_MODEL_LABEL))
+            .cloned(),
         architectures: spec
             .node_selector
             .as_ref()
@@ -478,7 +483,10 @@ impl Cluster {
         };
         let mut retries = 0;
         loop {
-            let err = match self.provider().launch(req.clone()).await {
+            let launched = self.provider().launch(req.clone()).await;
+            self.launch_counters()
+                .count(self.provider().name(), &launched);
+            let err = match launched {
                 Ok(instance) => {
                     let id = instance.instance_id;
                     let msg = format!(
@@ -760,6 +768,19 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn needs_take_gpus_model_and_arch_from_the_spec() {
+        let spec: PodSpec = serde_json::from_value(serde_json::json!({
+            "nodeSelector": {"orca.research/gpu-model": "A10G", "kubernetes.io/arch": "arm64"},
+            "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": "4"}}}],
+        }))
+        .unwrap();
+        let needs = needs_of(&spec);
+        assert_eq!(needs.gpus, 4);
+        assert_eq!(needs.gpu_model.as_deref(), Some("A10G"));
+        assert_eq!(needs.architectures, [Arch::parse("arm64").unwrap()]);
+    }
 
     #[test]
     fn node_names_are_dns_labels_per_attempt() {

@@ -150,7 +150,10 @@ impl Cluster {
             size: req.size,
             pod: None,
         };
-        match self.provider().launch(launch).await {
+        let launched = self.provider().launch(launch).await;
+        self.launch_counters()
+            .count(self.provider().name(), &launched);
+        match launched {
             Ok(instance) => {
                 let note = self.provider().note().unwrap_or_default();
                 let node = self.store().nodes.update(&name, |n| {
@@ -348,6 +351,10 @@ impl Cluster {
     ) -> Result<pb::HeartbeatResponse, ClusterError> {
         let node = self.authenticated_node(&req.node_id, peer)?;
         self.touch(&node.name, req.sequence);
+        let gpu_labels = self.record_gpus(&node.name, &req);
+        let labels_stale = crate::telemetry::GPU_LABELS
+            .iter()
+            .any(|k| node.labels.get(*k) != gpu_labels.get(*k));
         let mut orphans = Vec::new();
         let mut changed = false;
         for report in req.pods {
@@ -369,11 +376,19 @@ impl Cluster {
             NodeState::try_from(node.state),
             Ok(NodeState::Ready | NodeState::Terminating)
         );
-        if !healthy || node.capacity != req.capacity || node.allocatable != req.allocatable {
+        if !healthy
+            || node.capacity != req.capacity
+            || node.allocatable != req.allocatable
+            || labels_stale
+        {
             let was = NodeState::try_from(node.state).unwrap_or(NodeState::Unspecified);
             self.store().nodes.update(&node.name, |n| {
                 n.capacity = req.capacity;
                 n.allocatable = req.allocatable;
+                for key in crate::telemetry::GPU_LABELS {
+                    n.labels.remove(key);
+                }
+                n.labels.extend(gpu_labels.clone());
                 n.last_heartbeat = Some(now());
                 if matches!(
                     NodeState::try_from(n.state),
@@ -400,6 +415,44 @@ impl Cluster {
                 .ok(),
             orphan_pod_uids: orphans,
         })
+    }
+
+    /// Keeps a heartbeat's GPU telemetry, with a Warning event for each GPU
+    /// that just turned unhealthy; returns the node labels the GPUs give.
+    fn record_gpus(
+        &self,
+        node: &str,
+        req: &pb::HeartbeatRequest,
+    ) -> std::collections::BTreeMap<String, String> {
+        let before = self.telemetry().latest(node).unwrap_or_default();
+        for gpu in req.gpus.iter().filter(|g| !g.healthy) {
+            let was_healthy = before
+                .gpus
+                .iter()
+                .find(|b| b.uuid == gpu.uuid)
+                .is_none_or(|b| b.healthy);
+            if was_healthy {
+                warn!(node, gpu = gpu.index, uuid = %gpu.uuid, reason = %gpu.health_reason, "GPU unhealthy");
+                self.node_event(
+                    node,
+                    true,
+                    "GPUUnhealthy",
+                    format!(
+                        "GPU {} ({}) is unhealthy: {}; no new pod is given it",
+                        gpu.index, gpu.uuid, gpu.health_reason
+                    ),
+                );
+            }
+        }
+        let report = crate::telemetry::Report {
+            source: req.gpu_source.clone(),
+            note: req.gpu_note.clone(),
+            driver_version: req.gpu_driver_version.clone(),
+            gpus: req.gpus.clone(),
+        };
+        let labels = crate::telemetry::gpu_labels(&report);
+        self.telemetry().record(node, report);
+        labels
     }
 
     /// Moves nodes along Ready → Suspect → NotReady → Lost as their silence grows

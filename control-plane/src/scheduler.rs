@@ -151,6 +151,21 @@ pub fn unfit(
     None
 }
 
+/// Why a node's GPUs are not the model a pod asks for with
+/// `orca.research/gpu-model`, or None (also when it asks for none).
+pub fn wrong_gpu_model(node: &pb::Node, record: &pb::PodRecord) -> Option<String> {
+    let want = record
+        .pod
+        .as_ref()?
+        .annotations
+        .get(crate::selection::annotations::GPU_MODEL)?;
+    match node.labels.get(crate::telemetry::GPU_MODEL_LABEL) {
+        Some(have) if crate::telemetry::same_model(have, want) => None,
+        Some(have) => Some(format!("GPU model {have}, {want} asked")),
+        None => Some(format!("no {want} GPUs")),
+    }
+}
+
 /// Kubernetes' toleration matching.
 pub fn tolerates(t: &Toleration, taint: &pb::Taint) -> bool {
     let effect_ok = t
@@ -261,7 +276,9 @@ impl Cluster {
                 let why = nodes
                     .iter()
                     .filter_map(|(n, used)| {
-                        unfit(n, used, &spec, &want).map(|w| format!("{}: {w}", n.name))
+                        unfit(n, used, &spec, &want)
+                            .or_else(|| wrong_gpu_model(n, pod))
+                            .map(|w| format!("{}: {w}", n.name))
                     })
                     .collect::<Vec<_>>()
                     .join("; ");
@@ -279,7 +296,9 @@ impl Cluster {
             }
             let choice = nodes
                 .iter_mut()
-                .filter(|(n, used)| unfit(n, used, &spec, &want).is_none())
+                .filter(|(n, used)| {
+                    unfit(n, used, &spec, &want).is_none() && wrong_gpu_model(n, pod).is_none()
+                })
                 .max_by_key(|(n, used)| {
                     (
                         free_share(n, used),

@@ -89,9 +89,36 @@ pub struct Flags {
     /// Memory bytes to report; defaults to the host's memory.
     #[arg(long, env = "ORCA_AGENT_MEMORY_BYTES")]
     pub memory_bytes: Option<i64>,
-    /// GPUs to report as capacity (simulated hosts; NVML discovery comes with the GPU issue).
+    /// Where GPU telemetry comes from: `nvml` (the NVIDIA driver's library,
+    /// loaded at run time), `fake` (replays --gpu-replay, or the bundled
+    /// recording resized to --gpus devices: simulated hosts), `none`, or `auto`:
+    /// `fake` when --gpus or --gpu-replay is given, else `nvml`.
+    #[arg(long, env = "ORCA_AGENT_GPU_SOURCE", default_value = "auto")]
+    pub gpu_source: String,
+    /// A GPU recording (JSON lines, as `orca-gpu-probe` prints) for the fake source;
+    /// read again when it changes.
+    #[arg(long, env = "ORCA_AGENT_GPU_REPLAY")]
+    pub gpu_replay: Option<PathBuf>,
+    /// Simulated GPUs (fake source without --gpu-replay): how many devices the
+    /// bundled recording is resized to.
     #[arg(long, env = "ORCA_AGENT_GPUS", default_value_t = 0)]
     pub gpus: i32,
+    /// GPU sampling interval in milliseconds.
+    #[arg(long, env = "ORCA_AGENT_GPU_SAMPLE_MS", default_value_t = 5_000)]
+    pub gpu_sample_ms: u64,
+    /// How long a GPU pod waits for enough healthy, free GPUs before it fails
+    /// with reason GPUUnavailable, in milliseconds.
+    #[arg(long, env = "ORCA_AGENT_GPU_WAIT_MS", default_value_t = 120_000)]
+    pub gpu_wait_ms: u64,
+    /// Directories of CDI specs (`nvidia-ctk cdi generate`), later ones taking
+    /// precedence. Repeatable.
+    #[arg(
+        long = "cdi-dir",
+        env = "ORCA_AGENT_CDI_DIRS",
+        value_delimiter = ',',
+        default_value = "/etc/cdi,/var/run/cdi"
+    )]
+    pub cdi_dirs: Vec<PathBuf>,
     /// Maximum pods on this node.
     #[arg(long, env = "ORCA_AGENT_MAX_PODS", default_value_t = 110)]
     pub max_pods: i32,
@@ -148,6 +175,25 @@ pub struct Config {
     pub ca_pem: Option<String>,
     /// How logs are followed.
     pub follow: crate::streams::FollowTimings,
+}
+
+impl Config {
+    /// The GPU source the flags ask for.
+    pub fn gpu_source(&self) -> crate::gpu::SourceChoice {
+        use crate::gpu::SourceChoice;
+        let f = &self.flags;
+        let fake = f.gpu_source == "fake"
+            || f.gpu_source == "auto" && (f.gpus > 0 || f.gpu_replay.is_some());
+        match (&f.gpu_replay, f.gpu_source.as_str()) {
+            (Some(path), _) if fake => SourceChoice::Replay(path.clone()),
+            (None, _) if fake => SourceChoice::Simulated {
+                node: f.node_name.clone(),
+                count: f.gpus as usize,
+            },
+            (_, "none") => SourceChoice::None,
+            _ => SourceChoice::Nvml,
+        }
+    }
 }
 
 impl Flags {
@@ -211,6 +257,18 @@ impl Flags {
         }
         if self.log_max_files == 0 {
             return err("log-max-files", "must be at least 1");
+        }
+        if !["auto", "nvml", "fake", "none"].contains(&self.gpu_source.as_str()) {
+            return err("gpu-source", "must be auto, nvml, fake or none");
+        }
+        if self.gpus < 0 {
+            return err("gpus", "must not be negative");
+        }
+        if self.gpu_source == "fake" && self.gpu_replay.is_none() && self.gpus == 0 {
+            return err("gpu-source", "fake needs --gpu-replay FILE or --gpus N");
+        }
+        if self.gpu_sample_ms == 0 {
+            return err("gpu-sample-ms", "must be at least 1");
         }
         if self.image_pull_attempts == 0 {
             return err("image-pull-attempts", "must be at least 1");

@@ -28,8 +28,10 @@ pub struct Reporter {
     pub control_plane: String,
     /// The node's identity (certificate, id).
     pub identity: Arc<Identity>,
-    /// Node resources.
+    /// Node resources, GPUs aside.
     pub capacity: Resources,
+    /// The GPUs and their telemetry.
+    pub gpus: crate::gpu::monitor::Monitor,
     /// Pause between failed attempts to reach the control plane.
     pub retry: Duration,
     /// Heartbeat interval until the control plane says otherwise.
@@ -63,12 +65,26 @@ pub async fn run(r: Reporter, pods: PodManager, shutdown: impl std::future::Futu
     loop {
         pods.refresh().await;
         sequence += 1;
+        let telemetry = r.gpus.latest();
+        // GPUs count only once the source answers; unhealthy ones are not allocatable.
+        let capacity = Resources {
+            gpus: telemetry.gpus.len() as i32,
+            ..r.capacity
+        };
+        let allocatable = Resources {
+            gpus: telemetry.healthy().len() as i32,
+            ..r.capacity
+        };
         let req = HeartbeatRequest {
             node_id: r.identity.node_id.clone(),
             sequence,
-            capacity: Some(r.capacity),
-            allocatable: Some(r.capacity),
+            capacity: Some(capacity),
+            allocatable: Some(allocatable),
             pods: pods.reports(),
+            gpus: pods.attribute(&telemetry),
+            gpu_source: telemetry.source.to_owned(),
+            gpu_note: telemetry.note.clone(),
+            gpu_driver_version: telemetry.driver_version.clone(),
             ..Default::default()
         };
         let mut client = client.clone();
@@ -101,6 +117,7 @@ pub async fn run(r: Reporter, pods: PodManager, shutdown: impl std::future::Futu
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(pause) => {}
             _ = pods.changed() => {}
+            _ = r.gpus.changed() => {}
         }
     }
 }

@@ -34,6 +34,8 @@
 //!   container (its cgroup), for the kubelet API's stats and metrics.
 //! - [`join`]: the node's identity (join with a token, certificate renewal).
 //! - [`heartbeat`]: heartbeats over mutual TLS.
+//! - [`gpu`]: GPU telemetry sources (NVML, a replaying fake, none), device
+//!   health from XID errors, allocation, and CDI device injection.
 //!
 //! Binaries: `orca-agent` (the daemon), `orca-logger` (started by containerd's
 //! shim per task; writes the CRI log files), `orca-pause` (holds a pod's IPC and
@@ -50,7 +52,6 @@
 //!   timer restarts from the adoption.
 //!
 //! # Current limitations
-//! Mutual TLS, exec/attach and log follow, GPU telemetry come with later issues.
 //! Pod specs that ask for what is not built (postStart hooks, `env.valueFrom` and
 //! `envFrom` until the control plane resolves them, tty/stdin, HTTPS probes) fail
 //! with reason `InvalidPodSpec` naming the field rather than being half-run.
@@ -60,6 +61,7 @@
 
 pub mod cgroup;
 pub mod config;
+pub mod gpu;
 pub mod heartbeat;
 pub mod imds;
 pub mod join;
@@ -141,6 +143,8 @@ pub async fn serve(
         node_cpu_millis: capacity(flags).cpu_millis.max(0) as u64,
         node_memory_bytes: capacity(flags).memory_bytes.max(0) as u64,
         host_ip,
+        cdi_dirs: flags.cdi_dirs.clone(),
+        gpu_wait: std::time::Duration::from_millis(flags.gpu_wait_ms),
     };
     let timings = Timings {
         backoff_base: config.backoff_base,
@@ -152,7 +156,11 @@ pub async fn serve(
         insecure: flags.insecure_registries.clone(),
         ca_pems: config.registry_cas.clone(),
     };
-    let pods = PodManager::new(ctrd, registries, layout, timings);
+    let gpus = gpu::monitor::Monitor::spawn(
+        gpu::open(&config.gpu_source()),
+        std::time::Duration::from_millis(flags.gpu_sample_ms),
+    );
+    let pods = PodManager::new(ctrd, registries, layout, timings, gpus.clone());
     let adopted = pods.adopt().await;
     if adopted > 0 {
         info!(adopted, "adopted the pods of a previous agent process");
@@ -201,6 +209,7 @@ pub async fn serve(
         control_plane: flags.control_plane.clone(),
         identity,
         capacity: capacity(flags),
+        gpus,
         retry: config.retry,
         interval: std::time::Duration::from_secs(5),
     };
@@ -256,7 +265,8 @@ fn capacity(flags: &config::Flags) -> Resources {
     Resources {
         cpu_millis: flags.cpu_millis.unwrap_or(cpus * 1000),
         memory_bytes: flags.memory_bytes.unwrap_or(memory),
-        gpus: flags.gpus.max(0),
+        // GPUs count once the GPU source answers: see the heartbeat.
+        gpus: 0,
         pods: flags.max_pods,
     }
 }

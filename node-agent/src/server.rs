@@ -182,7 +182,14 @@ impl AgentService for AgentServer {
         &self,
         _: Request<pb::TelemetryRequest>,
     ) -> Result<Response<pb::TelemetryResponse>, Status> {
-        Err(Status::unimplemented("Telemetry comes with the GPU issue"))
+        let t = self.pods.gpus().latest();
+        Ok(Response::new(pb::TelemetryResponse {
+            gpus: self.pods.attribute(&t),
+            gpu_source_note: t.note.clone(),
+            sampled_at: t.sampled_at.map(crate::status::to_pb_time),
+            gpu_source: t.source.to_owned(),
+            driver_version: t.driver_version.clone(),
+        }))
     }
 }
 

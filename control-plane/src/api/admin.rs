@@ -267,6 +267,32 @@ impl AdminService for AdminApi {
         Ok(Response::new(pb::ListEventsResponse { events }))
     }
 
+    #[tracing::instrument(skip_all)]
+    async fn telemetry(
+        &self,
+        req: Request<pb::TelemetryRequest>,
+    ) -> Result<Response<pb::TelemetryResponse>, Status> {
+        let req = req.into_inner();
+        if !req.node.is_empty() {
+            self.cluster.node(&req.node).map_err(status)?;
+        }
+        let nodes = self
+            .cluster
+            .telemetry()
+            .snapshot(&req.node, req.history as usize);
+        let pods = self
+            .cluster
+            .store()
+            .pods
+            .scan("")
+            .map_err(|e| status(e.into()))?;
+        let mut usage = crate::telemetry::pod_usage(&nodes, &pods);
+        if !req.node.is_empty() {
+            usage.retain(|u| u.node == req.node);
+        }
+        Ok(Response::new(pb::TelemetryResponse { nodes, pods: usage }))
+    }
+
     type BackupStream = Stream_<pb::BackupChunk>;
 
     #[tracing::instrument(skip_all)]

@@ -5,6 +5,7 @@
 //! - [`nodes`]: the `orca node` commands and `orca down`.
 //! - [`pod`]: builds a Kubernetes pod from `orca run` flags or reads one from YAML.
 //! - [`output`]: tables and ages, as kubectl prints them.
+//! - [`top`]: `orca top nodes|pods`, GPU telemetry.
 //! - [`streams`]: `orca logs`, `orca exec` and `orca attach`; [`terminal`]: raw
 //!   mode and window size for `exec -t`.
 
@@ -15,6 +16,7 @@ pub mod output;
 pub mod pod;
 pub mod streams;
 pub mod terminal;
+pub mod top;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -167,6 +169,17 @@ pub enum Command {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
+    /// Show GPU telemetry: per GPU of each node (`nodes`), or per pod (`pods`).
+    Top {
+        /// `nodes` or `pods`.
+        #[arg(value_parser = ["nodes", "node", "no", "pods", "pod", "po"])]
+        kind: String,
+        /// Only this node (for `nodes`).
+        name: Option<String>,
+        /// Output format: table or json.
+        #[arg(long, short = 'o', default_value = "table", value_parser = ["table", "json"])]
+        output: String,
+    },
     /// Show events, of one pod or node, or all.
     Events {
         /// Pod or node name.
@@ -311,6 +324,32 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             output::describe_pod(&mut out, &record, &events)?;
         }
         Command::Logs(args) => streams::logs(&mut client, ns, args).await?,
+        Command::Top { kind, name, output } => {
+            let nodes = is_nodes(&kind);
+            let mut t = client
+                .telemetry(pb::TelemetryRequest {
+                    node: name.filter(|_| nodes).unwrap_or_default(),
+                    history: 0,
+                })
+                .await?
+                .into_inner();
+            if !nodes && ns != "default" {
+                t.pods
+                    .retain(|u| u.pod.as_ref().is_some_and(|p| p.namespace == ns));
+            }
+            match (output.as_str(), nodes) {
+                ("json", _) => {
+                    let value = top::json(&t, nodes);
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::to_string_pretty(&value).unwrap_or_default()
+                    )?;
+                }
+                (_, true) => top::nodes(&mut out, &t)?,
+                (_, false) => top::pods(&mut out, &t)?,
+            }
+        }
         Command::Exec { session, command } => {
             return streams::exec(&mut client, ns, session, command).await;
         }

@@ -85,7 +85,7 @@ fn exit_codes(record: &pb::PodRecord) -> String {
     }
 }
 
-fn table(out: &mut impl Write, rows: &[Vec<String>]) -> io::Result<()> {
+pub(super) fn table(out: &mut impl Write, rows: &[Vec<String>]) -> io::Result<()> {
     let widths: Vec<usize> = (0..rows[0].len())
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
@@ -176,7 +176,7 @@ pub fn pod_value(p: &pb::PodRecord) -> serde_json::Value {
         "labels": pod.labels, "annotations": pod.annotations,
         "phase": phase_name(PodPhase::try_from(status.phase).unwrap_or(PodPhase::Unknown)),
         "reason": status.reason, "message": status.message, "recreations": p.recreations,
-        "containerStatuses": containers, "spec": spec,
+        "containerStatuses": containers, "gpuUUIDs": status.gpu_uuids, "spec": spec,
     })
 }
 
@@ -316,6 +316,9 @@ pub fn describe_pod(
         writeln!(out, "Message:      {}", status.message)?;
     }
     writeln!(out, "Recreations:  {}", p.recreations)?;
+    if !status.gpu_uuids.is_empty() {
+        writeln!(out, "GPUs:         {}", status.gpu_uuids.join(","))?;
+    }
     writeln!(out, "Age:          {}", human(age(p.created_at.as_ref())))?;
     let mut labels: Vec<String> = pod.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     labels.sort();

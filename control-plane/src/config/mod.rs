@@ -16,6 +16,10 @@ use crate::cloud::netns::MAX_IFNAME;
 
 /// Default listen address of the gRPC API (NodeService and AdminService).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
+/// Default listen address of the Prometheus metrics endpoint (plain HTTP
+/// `/metrics` and `/healthz`): dcgm-exporter's port, so scrape configs and
+/// dashboards made for it find the GPU series where they expect them.
+pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9400";
 /// Default heartbeat interval sent to agents (ms).
 pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 2_000;
 /// Default time without heartbeats before a node is Suspect (ms).
@@ -82,6 +86,11 @@ pub struct File {
     /// URL agents dial to reach NodeService; defaults to `https://<listen>`.
     #[serde(default)]
     pub advertise_url: Option<String>,
+    /// Address (host:port) of the Prometheus metrics endpoint, plain HTTP;
+    /// port 0 takes any free port. The empty string turns it off. The bound
+    /// address is logged and written to `<data_dir>/metrics.addr`.
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: String,
     /// Directory of the sled store and simulated hosts' state.
     pub data_dir: PathBuf,
     /// Heartbeat interval the agents are told to use (ms).
@@ -231,6 +240,9 @@ impl Default for NetworkFile {
 fn default_listen() -> String {
     DEFAULT_LISTEN.into()
 }
+fn default_metrics_listen() -> String {
+    DEFAULT_METRICS_LISTEN.into()
+}
 fn d_heartbeat() -> u64 {
     DEFAULT_HEARTBEAT_INTERVAL_MS
 }
@@ -300,6 +312,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// URL agents dial (without a trailing slash).
     pub advertise_url: String,
+    /// Address of the metrics endpoint; `None` when it is off.
+    pub metrics_listen: Option<SocketAddr>,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Heartbeat interval for agents.
@@ -426,6 +440,26 @@ impl File {
                 format!("{advertise_url:?} must start with https:// (agents speak mutual TLS)"),
             ));
         }
+        let metrics_listen = match self.metrics_listen.as_str() {
+            "" => None,
+            text => {
+                let addr: SocketAddr = text.parse().map_err(|e| {
+                    invalid(
+                        "metrics_listen",
+                        format!("{text:?} is not host:port (or \"\" for off): {e}"),
+                    )
+                })?;
+                if addr == listen && addr.port() != 0 {
+                    return Err(invalid(
+                        "metrics_listen",
+                        format!(
+                            "{addr} is also `listen`: give the metrics endpoint a port of its own"
+                        ),
+                    ));
+                }
+                Some(addr)
+            }
+        };
         let positive = |field, v: u64| {
             if v == 0 {
                 Err(invalid(field, "must be positive".into()))
@@ -549,6 +583,7 @@ impl File {
         Ok(Config {
             listen,
             advertise_url: advertise_url.trim_end_matches('/').to_owned(),
+            metrics_listen,
             data_dir: self.data_dir,
             heartbeat_interval,
             suspect_after,
@@ -653,6 +688,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("`advertise_url`"), "{e}");
+        for bad in ["nope", "9400", "'[::1]'", "127.0.0.1:7443"] {
+            let e = parse(&format!("{base}metrics_listen: {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("`metrics_listen`"), "{bad}: {e}");
+        }
+        let metrics = |extra: &str| parse(&format!("{base}{extra}")).unwrap().metrics_listen;
+        assert_eq!(
+            metrics(""),
+            Some(DEFAULT_METRICS_LISTEN.parse().unwrap()),
+            "on by default"
+        );
+        assert_eq!(
+            metrics("metrics_listen: ''\n"),
+            None,
+            "the empty string turns it off"
+        );
+        assert_eq!(
+            metrics("metrics_listen: 127.0.0.1:0\n"),
+            Some("127.0.0.1:0".parse().unwrap())
+        );
         let e = parse("data_dir: /tmp/x\nprovider:\n  local:\n    agent_binary: /nonexistent\n")
             .unwrap_err()
             .to_string();

@@ -35,6 +35,9 @@ struct Runs {
     containers: BTreeMap<String, (u32, Option<jiff::Timestamp>)>,
     #[serde(default)]
     failure: Option<(String, String)>,
+    /// The GPUs allocated to the pod.
+    #[serde(default)]
+    gpus: Vec<crate::gpu::alloc::Gpu>,
 }
 
 fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -90,6 +93,7 @@ impl PodManager {
                 Runs {
                     containers: runs,
                     failure,
+                    gpus: p.gpus.clone(),
                 },
             )
         }) else {
@@ -150,6 +154,7 @@ impl PodManager {
         );
         // A pod that had failed stays failed: nothing of it is started again.
         entry.stopping = entry.failure.is_some();
+        entry.gpus = runs.gpus.clone();
         let deadline = entry.spec.active_deadline_seconds;
         let mut found = Vec::new();
         for c in &mut entry.containers {

@@ -17,6 +17,7 @@
 //! port-forward and stats work on).
 
 mod adopt;
+mod gpus;
 mod probing;
 mod sandbox;
 mod start;
@@ -181,6 +182,8 @@ struct PodEntry {
     /// Which acceptance of this uid the entry is: a supervisor of an earlier one
     /// (the pod was removed and sent again) stops instead of running on.
     incarnation: u64,
+    /// The GPUs allocated to the pod, once allocated.
+    gpus: Vec<crate::gpu::alloc::Gpu>,
 }
 
 /// Source of [`PodEntry::incarnation`].
@@ -235,6 +238,7 @@ impl PodEntry {
             conditions: BTreeMap::new(),
             lifecycle: Arc::default(),
             incarnation: INCARNATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            gpus: Vec::new(),
         };
         entry.refresh_conditions();
         entry
@@ -254,6 +258,16 @@ impl PodEntry {
             .iter()
             .filter(|c| c.init)
             .all(|c| matches!(c.state, ContainerState::Terminated { exit_code: 0, .. }))
+    }
+
+    /// Whether the pod still holds its GPUs: until it ends (Succeeded or
+    /// Failed with every container stopped).
+    fn holds_gpus(&self) -> bool {
+        !self.gpus.is_empty()
+            && !matches!(
+                self.report("").status.map(|s| s.phase),
+                Some(p) if p == pb::PodPhase::Succeeded as i32 || p == pb::PodPhase::Failed as i32
+            )
     }
 
     fn containers_ready(&self) -> bool {
@@ -347,6 +361,7 @@ impl PodEntry {
                 host_ip: host_ip.to_owned(),
                 start_time: Some(status::to_pb_time(self.accepted_at)),
                 observed_at: Some(status::to_pb_time(jiff::Timestamp::now())),
+                gpu_uuids: self.gpus.iter().map(|g| g.uuid.clone()).collect(),
             }),
         }
     }
@@ -371,6 +386,10 @@ pub struct Layout {
     pub node_memory_bytes: u64,
     /// The node's IP, reported as hostIP and podIP (pods share the host network).
     pub host_ip: String,
+    /// CDI spec directories, later ones taking precedence.
+    pub cdi_dirs: Vec<PathBuf>,
+    /// How long a GPU pod waits for healthy, free GPUs.
+    pub gpu_wait: Duration,
 }
 
 /// Runs pods on containerd.
@@ -386,6 +405,7 @@ struct Inner {
     timings: Timings,
     pods: Mutex<BTreeMap<String, PodEntry>>,
     changed: Notify,
+    gpus: crate::gpu::monitor::Monitor,
 }
 
 /// What a pod's supervisors need besides the pod itself.
@@ -404,6 +424,7 @@ impl PodManager {
         registries: crate::runtime::pull::RegistryAccess,
         layout: Layout,
         timings: Timings,
+        gpus: crate::gpu::monitor::Monitor,
     ) -> Self {
         let puller = Puller::new(ctrd.clone(), registries);
         Self {
@@ -414,6 +435,7 @@ impl PodManager {
                 timings,
                 pods: Mutex::new(BTreeMap::new()),
                 changed: Notify::new(),
+                gpus,
             }),
         }
     }

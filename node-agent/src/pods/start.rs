@@ -100,6 +100,12 @@ impl PodManager {
                 return;
             }
         }
+        if let Err(failure) = self.allocate_gpus(&uid).await {
+            warn!(pod = %entry.key.name, reason = %failure.reason, message = %failure.message, "GPUs not allocated");
+            self.update(&uid, |p| p.failure = Some(failure));
+            self.save_runs(&uid);
+            return;
+        }
         let inits = entry.containers.iter().filter(|c| c.init).count();
         for index in 0..inits {
             match self.supervise(&uid, index, &inputs, false).await {
@@ -155,6 +161,9 @@ fn accept_check(spec: &PodSpec, inputs: &RunInputs) -> Option<PodFailure> {
     };
     if let Err(e) = spec::validate(spec) {
         return invalid(e.to_string());
+    }
+    if let Err(e) = crate::gpu::alloc::pod_gpus(spec) {
+        return invalid(e);
     }
     for c in spec
         .init_containers

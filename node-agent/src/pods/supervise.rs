@@ -345,7 +345,7 @@ impl PodManager {
         } else {
             (Vec::new(), Vec::new())
         };
-        let spec = crate::spec::runtime_spec(&SpecInput {
+        let mut spec = crate::spec::runtime_spec(&SpecInput {
             container: &container,
             pod: &entry.spec,
             image: &image.config,
@@ -360,6 +360,8 @@ impl PodManager {
         .map_err(|e| super::PodError::Invalid {
             reason: e.to_string(),
         })?;
+        self.give_gpus(&entry.spec, &entry.gpus, index, &mut spec)
+            .map_err(|reason| super::PodError::Invalid { reason })?;
         let labels = std::collections::HashMap::from([
             (super::LABEL_POD_UID.to_owned(), entry.key.uid.clone()),
             (

@@ -6,6 +6,7 @@
 pub mod ec2;
 pub mod exec;
 pub mod fleet;
+pub mod gpu;
 pub mod heartbeats;
 pub mod logs;
 pub mod pod_start;

@@ -76,6 +76,13 @@ enum Scenario {
         #[arg(long, default_value_t = 100)]
         pods: usize,
     },
+    /// The agent's cost of one GPU sample (fake source, 8 devices) and its
+    /// size in a heartbeat.
+    GpuSample {
+        /// Timed samples.
+        #[arg(long, default_value_t = 2000)]
+        iterations: usize,
+    },
     /// Pods launch on EC2 (moto) while the control plane is SIGKILLed and
     /// restarted; leaked and duplicate instances, summed over runs.
     Ec2Crash {
@@ -118,6 +125,7 @@ fn main() {
         Scenario::Ec2Crash { runs, pods, kills } => {
             orca_tests::bench::ec2::crash(pods, runs, kills)
         }
+        Scenario::GpuSample { iterations } => orca_tests::bench::gpu::run(iterations),
         Scenario::Recovery { runs, interval_ms } => {
             orca_tests::bench::recovery::run(runs, Duration::from_millis(interval_ms))
         }

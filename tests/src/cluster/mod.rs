@@ -112,6 +112,8 @@ impl TestCluster {
             ("reconcile_interval_ms", "100"),
             ("pending_timeout_ms", "20000"),
             ("agent_call_timeout_ms", "2000"),
+            // Any free port: tests run in parallel. metrics_url() finds it.
+            ("metrics_listen", "127.0.0.1:0"),
         ];
         let mut config = format!("listen: {addr}\ndata_dir: {}\n", data_dir.display());
         for (k, v) in defaults {
@@ -270,6 +272,28 @@ impl TestCluster {
     pub fn node(&self, name: &str) -> serde_json::Value {
         let out = self.orca_ok(&["node", "get", name, "-o", "json"]);
         serde_json::from_str(&out).expect("orca prints JSON")
+    }
+
+    /// `http://ADDR` of the control plane's metrics endpoint (`/metrics`,
+    /// `/healthz`), from the `metrics.addr` it writes in its data directory
+    /// once bound (before it serves gRPC, so as soon as it has started).
+    pub fn metrics_url(&self) -> String {
+        let path = self.data_dir.join(orca_control_plane::metrics::ADDR_FILE);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (is metrics_listen off?)\n--- control plane log ---\n{}",
+                path.display(),
+                self.control_plane_log()
+            )
+        });
+        let mut addr: std::net::SocketAddr = text
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: {text:?}: {e}", path.display()));
+        if addr.ip().is_unspecified() {
+            addr.set_ip(Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}")
     }
 
     /// The control plane's data directory.

@@ -23,6 +23,7 @@
 //! does to real hosts ([`fence`]). Instance ids are `local-<node>`.
 
 mod fence;
+mod gpus;
 mod host;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -192,6 +193,11 @@ impl LocalProvider {
         std::fs::write(&ca, &req.ca_pem).map_err(|e| format!("{}: {e}", ca.display()))?;
         cmd.arg("--ca-file").arg(&ca);
         let size = req.size;
+        if size.gpus > 0 {
+            let cdi = gpus::write_cdi_spec(dir.path(), size.gpus as u32)
+                .map_err(|e| format!("CDI spec: {e}"))?;
+            cmd.arg("--cdi-dir").arg(cdi);
+        }
         for (flag, value) in [
             ("cpu-millis", size.cpu_millis),
             ("memory-bytes", size.memory_bytes),
