@@ -376,6 +376,9 @@ fn the_config_map_passes_the_control_planes_parser_and_matches_the_deployment() 
         "data_dir on the volume"
     );
     assert_eq!(config.listen.port(), m.port("grpc") as u16);
+    let metrics = config.metrics_listen.expect("metrics on");
+    assert_eq!(metrics.port(), m.port("metrics") as u16);
+    assert!(metrics.ip().is_unspecified(), "scrapable from the cluster");
     assert!(
         config.listen.ip().is_unspecified(),
         "reachable from outside the pod"
@@ -416,12 +419,14 @@ fn services_select_the_deployments_pods_and_name_its_ports() {
             exposed.insert((spec.type_.clone().unwrap_or_default(), target.clone()));
         }
     }
-    // Agents on EC2 dial the gRPC port through a load balancer; the kubelet API stays inside.
+    // Agents on EC2 dial the gRPC port through a load balancer; the kubelet API and
+    // the metrics stay inside.
     assert_eq!(
         exposed,
         BTreeSet::from([
             ("LoadBalancer".to_owned(), "grpc".to_owned()),
             ("ClusterIP".to_owned(), "kubelet".to_owned()),
+            ("ClusterIP".to_owned(), "metrics".to_owned()),
         ])
     );
 }
