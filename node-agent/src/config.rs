@@ -103,6 +103,10 @@ pub struct Flags {
     /// bundled recording is resized to.
     #[arg(long, env = "ORCA_AGENT_GPUS", default_value_t = 0)]
     pub gpus: i32,
+    /// Product name of the simulated GPUs (`NVIDIA A10G`); default: the bundled
+    /// recording's.
+    #[arg(long, env = "ORCA_AGENT_GPU_MODEL")]
+    pub gpu_model: Option<String>,
     /// GPU sampling interval in milliseconds.
     #[arg(long, env = "ORCA_AGENT_GPU_SAMPLE_MS", default_value_t = 5_000)]
     pub gpu_sample_ms: u64,
@@ -189,6 +193,7 @@ impl Config {
             (None, _) if fake => SourceChoice::Simulated {
                 node: f.node_name.clone(),
                 count: f.gpus as usize,
+                model: f.gpu_model.clone(),
             },
             (_, "none") => SourceChoice::None,
             _ => SourceChoice::Nvml,

@@ -71,12 +71,13 @@ impl FakeSource {
     /// The bundled recording with `count` devices (the recorded ones repeated
     /// as needed), whose UUIDs and bus ids are derived from `node` so that no two
     /// simulated hosts share a GPU. Recorded processes are dropped: their PIDs
-    /// were another machine's.
-    pub fn simulated(node: &str, count: usize) -> Self {
+    /// were another machine's. `model` renames the devices (an instance type's
+    /// GPU, for a simulated EC2 host).
+    pub fn simulated(node: &str, count: usize, model: Option<&str>) -> Self {
         let frames = Frame::parse_recording(BUNDLED)
             .unwrap_or_default()
             .into_iter()
-            .map(|f| resize(f, node, count))
+            .map(|f| resize(f, node, count, model))
             .collect::<Vec<_>>();
         Self::from_frames(frames).unwrap_or(Self {
             frames: vec![Frame::default()],
@@ -99,7 +100,7 @@ pub fn derived_uuid(node: &str, index: usize) -> String {
     )
 }
 
-fn resize(mut frame: Frame, node: &str, count: usize) -> Frame {
+fn resize(mut frame: Frame, node: &str, count: usize, model: Option<&str>) -> Frame {
     let recorded = std::mem::take(&mut frame.gpus);
     if recorded.is_empty() {
         return frame;
@@ -111,6 +112,9 @@ fn resize(mut frame: Frame, node: &str, count: usize) -> Frame {
             d.uuid = derived_uuid(node, i);
             d.pci_bus_id = format!("00000000:{:02X}:00.0", 0x18 + i);
             d.processes.clear();
+            if let Some(model) = model {
+                d.model = model.to_owned();
+            }
             d
         })
         .collect();
@@ -147,12 +151,14 @@ mod tests {
         let frames = Frame::parse_recording(BUNDLED).unwrap();
         assert!(frames.len() > 1);
         assert_eq!(frames[0].gpus.len(), 2);
-        let mut a = FakeSource::simulated("a", 3);
+        let mut a = FakeSource::simulated("a", 3, None);
         let f = a.sample().unwrap();
         assert_eq!(f.gpus.len(), 3);
         assert_eq!(f.gpus[2].index, 2);
-        let mut b = FakeSource::simulated("b", 3);
-        assert_ne!(f.gpus[0].uuid, b.sample().unwrap().gpus[0].uuid);
+        let mut b = FakeSource::simulated("b", 3, Some("NVIDIA A10G"));
+        let g = b.sample().unwrap();
+        assert_ne!(f.gpus[0].uuid, g.gpus[0].uuid);
+        assert_eq!(g.gpus[2].model, "NVIDIA A10G");
         assert!(f.gpus[0].uuid.starts_with("GPU-") && f.gpus[0].uuid.len() == 40);
     }
 

@@ -79,6 +79,8 @@ pub enum SourceChoice {
         node: String,
         /// Devices.
         count: usize,
+        /// Their product name, when not the recording's.
+        model: Option<String>,
     },
     /// No GPUs.
     None,
@@ -110,9 +112,9 @@ pub fn open(choice: &SourceChoice) -> Box<dyn GpuSource> {
             Ok(s) => Box::new(s),
             Err(e) => Box::new(Unopened("fake", e)),
         },
-        SourceChoice::Simulated { node, count } => {
-            Box::new(fake::FakeSource::simulated(node, *count))
-        }
+        SourceChoice::Simulated { node, count, model } => Box::new(
+            fake::FakeSource::simulated(node, *count, model.as_deref()),
+        ),
         SourceChoice::None => Box::new(NoGpus),
     }
 }

@@ -247,7 +247,7 @@ mod tests {
             self.0 += 1;
             match self.0 {
                 1 => Err(GpuError::Unavailable("NVML: driver not loaded".into())),
-                2 => Ok(FakeSource::simulated("n", 2).sample()?),
+                2 => Ok(FakeSource::simulated("n", 2, None).sample()?),
                 _ => Err(GpuError::Sample("GPU is lost".into())),
             }
         }

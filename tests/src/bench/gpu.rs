@@ -25,7 +25,7 @@ const WARM_UP: usize = 200;
 
 /// Runs the scenario with `iterations` timed samples.
 pub fn run(iterations: usize) {
-    let mut sampler = Sampler::new(Box::new(FakeSource::simulated("bench", DEVICES)));
+    let mut sampler = Sampler::new(Box::new(FakeSource::simulated("bench", DEVICES, None)));
     for _ in 0..WARM_UP {
         std::hint::black_box(sampler.sample_once());
     }

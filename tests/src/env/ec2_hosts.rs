@@ -154,6 +154,8 @@ struct Host {
     starts: u32,
     /// Length of the agent log when the current agent started.
     log_offset: u64,
+    /// The instance type's GPUs (count, product name), which the host simulates.
+    gpus: Option<(u32, String)>,
 }
 
 #[derive(Default)]
@@ -422,12 +424,21 @@ fn poll_once(shared: &Shared, rt: &tokio::runtime::Runtime, client: &aws_sdk_ec2
                 continue;
             }
         };
+        let gpus = match rt.block_on(gpus_of(client, &instance.instance_type)) {
+            Ok(g) => g,
+            Err(e) => {
+                shared
+                    .state()
+                    .problem(format!("{}: instance type: {e}", instance.instance_id));
+                continue;
+            }
+        };
         let mut state = shared.state();
         // Held or booted since the snapshot above: leave it.
         if state.held.contains(&instance.instance_type) || state.playing(&instance.instance_id) {
             continue;
         }
-        match boot(shared, &instance, &user_data) {
+        match boot(shared, &instance, &user_data, gpus) {
             Ok(host) => state.hosts.push(host),
             Err(e) => state.problem(format!("{}: boot: {e}", instance.instance_id)),
         }
@@ -483,6 +494,31 @@ pub async fn cluster_instances(
     }
 }
 
+/// The GPUs of an instance type as EC2 (moto) describes them: their count and
+/// NVML-style product name (`NVIDIA A10G`), or None for a type without GPUs.
+async fn gpus_of(
+    client: &aws_sdk_ec2::Client,
+    instance_type: &str,
+) -> std::result::Result<Option<(u32, String)>, String> {
+    let out = client
+        .describe_instance_types()
+        .instance_types(instance_type.into())
+        .send()
+        .await
+        .map_err(|e| format!("{}", aws_sdk_ec2::error::DisplayErrorContext(e)))?;
+    let gpus = out
+        .instance_types()
+        .first()
+        .and_then(|t| t.gpu_info())
+        .map(|g| g.gpus().to_vec())
+        .unwrap_or_default();
+    let count: i32 = gpus.iter().filter_map(|g| g.count()).sum();
+    Ok(gpus.first().filter(|_| count > 0).map(|g| {
+        let maker = g.manufacturer().unwrap_or("NVIDIA");
+        (count as u32, format!("{maker} {}", g.name().unwrap_or_default()))
+    }))
+}
+
 /// The instance's user data, decoded (empty when it has none).
 async fn user_data(
     client: &aws_sdk_ec2::Client,
@@ -503,7 +539,12 @@ async fn user_data(
 }
 
 /// Starts the instance's IMDS and agent.
-fn boot(shared: &Shared, instance: &InstanceInfo, user_data: &str) -> Result<Host> {
+fn boot(
+    shared: &Shared,
+    instance: &InstanceInfo,
+    user_data: &str,
+    gpus: Option<(u32, String)>,
+) -> Result<Host> {
     let id = &instance.instance_id;
     let node = instance.node.clone().unwrap_or_else(|| id.clone());
     let dir = shared.settings.dir.join(id);
@@ -531,6 +572,7 @@ fn boot(shared: &Shared, instance: &InstanceInfo, user_data: &str) -> Result<Hos
         dir,
         starts: 0,
         log_offset: 0,
+        gpus,
     };
     start_agent(shared, &mut host)?;
     tracing::info!(instance = %id, node = %host.played.node, pid = host.played.agent_pid, "instance booted");
@@ -551,6 +593,15 @@ fn start_agent(shared: &Shared, host: &mut Host) -> Result<()> {
         .arg(host.dir.join("state"))
         .args(["--insecure-registry", &s.registry])
         .args(&s.agent_args);
+    // The instance type's GPUs, simulated as the local provider does.
+    if let Some((count, model)) = &host.gpus {
+        let cdi = orca_control_plane::cloud::local::write_cdi_spec(&host.dir, *count)
+            .map_err(io_err(format!("CDI spec in {}", host.dir.display())))?;
+        cmd.arg(format!("--gpus={count}"))
+            .arg(format!("--gpu-model={model}"))
+            .arg("--cdi-dir")
+            .arg(cdi);
+    }
     host.log_offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     let agent = Daemon::spawn("orca-agent", cmd, &log)?;
     host.starts += 1;

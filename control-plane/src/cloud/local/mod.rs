@@ -26,6 +26,8 @@ mod fence;
 mod gpus;
 mod host;
 
+pub use gpus::write_cdi_spec;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
