@@ -35,14 +35,24 @@ fn a_gpu_pod_gets_an_instance_of_its_gpu_model_and_runs_on_its_gpu() {
             Err(node)
         }
     });
-    assert_eq!(node["labels"]["nvidia.com/gpu.product"], "NVIDIA-A10G", "{node}");
+    assert_eq!(
+        node["labels"]["nvidia.com/gpu.product"], "NVIDIA-A10G",
+        "{node}"
+    );
     let log = eventually_blocking("the pod's output", DEADLINE, || {
         let log = e.cluster.orca_ok(&["logs", "infer"]);
-        if log.contains("VISIBLE=") { Ok(log) } else { Err(log) }
+        if log.contains("VISIBLE=") {
+            Ok(log)
+        } else {
+            Err(log)
+        }
     });
     assert!(log.lines().any(|l| l == "/dev/nvidia0"), "{log}");
     assert!(
-        log.contains(&format!("VISIBLE={}", uuids[0].as_str().unwrap_or_default())),
+        log.contains(&format!(
+            "VISIBLE={}",
+            uuids[0].as_str().unwrap_or_default()
+        )),
         "{log}"
     );
 }

@@ -112,9 +112,9 @@ pub fn open(choice: &SourceChoice) -> Box<dyn GpuSource> {
             Ok(s) => Box::new(s),
             Err(e) => Box::new(Unopened("fake", e)),
         },
-        SourceChoice::Simulated { node, count, model } => Box::new(
-            fake::FakeSource::simulated(node, *count, model.as_deref()),
-        ),
+        SourceChoice::Simulated { node, count, model } => {
+            Box::new(fake::FakeSource::simulated(node, *count, model.as_deref()))
+        }
         SourceChoice::None => Box::new(NoGpus),
     }
 }

@@ -515,7 +515,10 @@ async fn gpus_of(
     let count: i32 = gpus.iter().filter_map(|g| g.count()).sum();
     Ok(gpus.first().filter(|_| count > 0).map(|g| {
         let maker = g.manufacturer().unwrap_or("NVIDIA");
-        (count as u32, format!("{maker} {}", g.name().unwrap_or_default()))
+        (
+            count as u32,
+            format!("{maker} {}", g.name().unwrap_or_default()),
+        )
     }))
 }
 
