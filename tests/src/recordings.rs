@@ -23,8 +23,13 @@
 //! as much a finding as a request no right covers: the manifests say exactly
 //! what the code does. The comparison only means something after a full run.
 //!
+//! The proxy also passes the control plane's IAM calls (the same query
+//! protocol, on moto's same port); each line names the service its signature
+//! was for, so `GetInstanceProfile` is `iam:GetInstanceProfile`.
+//!
 //! Some rights are not calls: EC2 authorises the tags of `RunInstances`'
-//! `TagSpecification` as `ec2:CreateTags` (tag on create). [`iam_actions`]
+//! `TagSpecification` as `ec2:CreateTags` (tag on create), and the role of an
+//! instance profile a `RunInstances` names as `iam:PassRole`. [`iam_actions`]
 //! derives those from the recorded parameters, documented there.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -138,11 +143,15 @@ pub struct KubeRequestLine {
     pub path: Option<String>,
 }
 
-/// One recorded EC2 call of the control plane.
+/// One recorded EC2 (or IAM) call of the control plane.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ec2CallLine {
     /// The test it came from ([`source`]).
     pub source: String,
+    /// The service the call was signed for: `ec2` or `iam` (`ec2` in lines
+    /// written before the field was).
+    #[serde(default = "ec2_service")]
+    pub service: String,
     /// The query API's `Action`, e.g. `RunInstances`.
     pub action: String,
     /// The top-level parameter names (before the first `.`), e.g.
@@ -150,9 +159,18 @@ pub struct Ec2CallLine {
     pub params: BTreeSet<String>,
 }
 
+fn ec2_service() -> String {
+    "ec2".to_owned()
+}
+
 impl Ec2CallLine {
-    /// A line for a call with form parameters `params` (the `Action` among them).
-    pub fn of<'a>(source: String, params: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+    /// A line for a call to `service` with form parameters `params` (the
+    /// `Action` among them).
+    pub fn of<'a>(
+        source: String,
+        service: &str,
+        params: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Self {
         let mut action = String::new();
         let mut names = BTreeSet::new();
         for (k, v) in params {
@@ -164,6 +182,7 @@ impl Ec2CallLine {
         }
         Self {
             source,
+            service: service.to_owned(),
             action,
             params: names,
         }
@@ -234,15 +253,23 @@ impl KubeRequestLine {
     }
 }
 
-/// The IAM actions one EC2 call needs: `ec2:<Action>`, and `ec2:CreateTags`
-/// for a `RunInstances` or `CreateFleet` with `TagSpecification` (EC2
-/// authorises tags applied on create as that action, with
-/// `ec2:CreateAction` naming the call).
+/// The IAM actions one call needs: `<service>:<Action>`; for a `RunInstances`
+/// or `CreateFleet` with `TagSpecification`, `ec2:CreateTags` (EC2 authorises
+/// tags applied on create as that action, with `ec2:CreateAction` naming the
+/// call); and for a `RunInstances` with `IamInstanceProfile`, `iam:PassRole`
+/// (EC2 checks that the caller may pass the profile's role to
+/// `ec2.amazonaws.com`; moto checks no permission, so this is from the AWS
+/// documentation, "Using an IAM role to grant permissions to applications
+/// running on Amazon EC2 instances").
 pub fn iam_actions(call: &Ec2CallLine) -> Vec<String> {
-    let mut actions = vec![format!("ec2:{}", call.action)];
+    let mut actions = vec![format!("{}:{}", call.service, call.action)];
+    let ec2 = call.service == "ec2";
     let tags_on_create = matches!(call.action.as_str(), "RunInstances" | "CreateFleet");
-    if tags_on_create && call.params.contains("TagSpecification") {
+    if ec2 && tags_on_create && call.params.contains("TagSpecification") {
         actions.push("ec2:CreateTags".to_owned());
+    }
+    if ec2 && call.action == "RunInstances" && call.params.contains("IamInstanceProfile") {
+        actions.push("iam:PassRole".to_owned());
     }
     actions
 }
@@ -788,15 +815,38 @@ mod tests {
             ("TagSpecification.1.ResourceType", "instance"),
             ("TagSpecification.1.Tag.1.Key", "k"),
         ];
-        let call = Ec2CallLine::of("t".into(), params);
+        let call = Ec2CallLine::of("t".into(), "ec2", params);
         assert_eq!(call.action, "RunInstances");
         assert_eq!(
             call.params.iter().map(String::as_str).collect::<Vec<_>>(),
             ["ImageId", "TagSpecification"]
         );
         assert_eq!(iam_actions(&call), ["ec2:RunInstances", "ec2:CreateTags"]);
-        let plain = Ec2CallLine::of("t".into(), [("Action", "RunInstances")]);
+        let plain = Ec2CallLine::of("t".into(), "ec2", [("Action", "RunInstances")]);
         assert_eq!(iam_actions(&plain), ["ec2:RunInstances"]);
+    }
+
+    #[test]
+    fn an_instance_profile_needs_pass_role_and_iam_calls_are_iams() {
+        let params = [
+            ("Action", "RunInstances"),
+            ("IamInstanceProfile.Name", "train"),
+        ];
+        let call = Ec2CallLine::of("t".into(), "ec2", params);
+        assert_eq!(iam_actions(&call), ["ec2:RunInstances", "iam:PassRole"]);
+        let get = Ec2CallLine::of(
+            "t".into(),
+            "iam",
+            [
+                ("Action", "GetInstanceProfile"),
+                ("InstanceProfileName", "p"),
+            ],
+        );
+        assert_eq!(iam_actions(&get), ["iam:GetInstanceProfile"]);
+        let old: Ec2CallLine =
+            serde_json::from_str(r#"{"source": "t", "action": "DescribeImages", "params": []}"#)
+                .unwrap();
+        assert_eq!(iam_actions(&old), ["ec2:DescribeImages"]);
     }
 
     #[test]
@@ -847,12 +897,13 @@ mod tests {
         ec2.append(&[
             Ec2CallLine::of(
                 "t".into(),
+                "ec2",
                 [
                     ("Action", "RunInstances"),
                     ("TagSpecification.1.ResourceType", "instance"),
                 ],
             ),
-            Ec2CallLine::of("u".into(), [("Action", "TerminateInstances")]),
+            Ec2CallLine::of("u".into(), "ec2", [("Action", "TerminateInstances")]),
         ])
         .unwrap();
         assert!(kube.path().starts_with(dir.path().join(KUBE_REQUESTS)));
@@ -909,8 +960,12 @@ mod tests {
     fn a_malformed_line_names_its_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         let ec2 = Recorder::in_dir(dir.path(), EC2_CALLS);
-        ec2.append(&[Ec2CallLine::of("t".into(), [("Action", "RunInstances")])])
-            .unwrap();
+        ec2.append(&[Ec2CallLine::of(
+            "t".into(),
+            "ec2",
+            [("Action", "RunInstances")],
+        )])
+        .unwrap();
         let kube = dir.path().join(KUBE_REQUESTS);
         std::fs::create_dir_all(&kube).unwrap();
         std::fs::write(kube.join("x.jsonl"), "{\"verb\": 1}\n").unwrap();

@@ -447,6 +447,34 @@ fn the_iam_policy_is_well_formed_and_scoped_to_the_clusters_tag() {
                 .and_then(|keys| keys.get(key))
                 .map(|v| v.to_vec())
         };
+        // Instance profiles: read to check a pod's, and their roles passed to EC2
+        // only, each scoped to ARNs (the operator narrows account and path).
+        if actions == ["iam:PassRole"] {
+            assert_eq!(
+                condition("StringEquals", "iam:PassedToService"),
+                Some(vec!["ec2.amazonaws.com".to_owned()]),
+                "{:?}: roles go to EC2 only",
+                s.sid
+            );
+            assert!(
+                resources
+                    .iter()
+                    .all(|r| r.starts_with("arn:aws:iam::") && r.contains(":role/")),
+                "{:?}: {resources:?}",
+                s.sid
+            );
+            continue;
+        }
+        if actions == ["iam:GetInstanceProfile"] {
+            assert!(
+                resources
+                    .iter()
+                    .all(|r| r.starts_with("arn:aws:iam::") && r.contains(":instance-profile/")),
+                "{:?}: {resources:?}",
+                s.sid
+            );
+            continue;
+        }
         let describe = actions.iter().all(|a| a.starts_with("ec2:Describe"));
         if describe {
             // Describe* has no resource-level permissions.
@@ -492,7 +520,12 @@ fn the_iam_policy_is_well_formed_and_scoped_to_the_clusters_tag() {
             }
         }
     }
-    // No instance profile is passed to instances, so no iam:PassRole.
+    // Beyond EC2, only what a pod's instance profile needs.
     let actions = orca_tests::recordings::allowed_actions(&policy);
-    assert!(actions.iter().all(|a| a.starts_with("ec2:")), "{actions:?}");
+    let other: Vec<&String> = actions.iter().filter(|a| !a.starts_with("ec2:")).collect();
+    assert_eq!(
+        other,
+        ["iam:GetInstanceProfile", "iam:PassRole"],
+        "{actions:?}"
+    );
 }

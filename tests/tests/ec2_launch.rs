@@ -25,6 +25,7 @@ fn spec(uid: &str) -> LaunchSpec {
         ami: "ami-12c6146b".into(),
         subnet_id: None,
         security_groups: Vec::new(),
+        iam_instance_profile: None,
         capacity_type: CapacityType::OnDemand,
         max_spot_price: None,
         reservation: None,

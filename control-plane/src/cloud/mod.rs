@@ -44,7 +44,8 @@ pub enum ProviderError {
     /// No offering can run the pod (its annotations, its needs, the config).
     #[error("{reason}")]
     Unplaceable {
-        /// Machine-readable reason (`InvalidAnnotation`, `NoInstanceType`).
+        /// Machine-readable reason (`InvalidAnnotation`, `NoInstanceType`,
+        /// `InvalidLaunchResource`).
         code: &'static str,
         /// Why.
         reason: String,

@@ -1,6 +1,7 @@
-//! The `ec2` provider's section: where to launch (region, endpoint, AMI,
-//! subnets), what may be launched (templates, allowed/denied types, caps), the
-//! prices EC2 has no API for, and every timing of the launch path.
+//! The `ec2` provider's section: where to launch (region, endpoints, AMI,
+//! subnets, security groups), what may be launched (templates, allowed/denied
+//! types, caps), the instance profiles IAM roles map to, the prices EC2 has no
+//! API for, and every timing of the launch path.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::ConfigError;
+use crate::selection::annotations::InstanceProfile;
 use crate::selection::{Policy, Template};
 
 /// Default time an offering that met InsufficientInstanceCapacity is avoided
@@ -35,6 +37,10 @@ pub struct Ec2File {
     /// An EC2 endpoint URL instead of AWS's (tests: `moto_server`).
     #[serde(default)]
     pub endpoint: Option<String>,
+    /// An IAM endpoint URL instead of AWS's; `endpoint` when that is set and this
+    /// is not (`moto_server` serves IAM on the same port).
+    #[serde(default)]
+    pub iam_endpoint: Option<String>,
     /// Static credentials instead of the default chain (tests only).
     #[serde(default)]
     pub static_credentials: Option<StaticCredentials>,
@@ -46,6 +52,11 @@ pub struct Ec2File {
     /// Security groups for every instance; the subnet's default when empty.
     #[serde(default)]
     pub security_groups: Vec<String>,
+    /// IRSA-style identities: an IAM role ARN (a ServiceAccount's
+    /// `eks.amazonaws.com/role-arn`) → the instance profile (name or ARN) that
+    /// holds it, launched with the pod's instance.
+    #[serde(default)]
+    pub instance_profiles_by_role: BTreeMap<String, String>,
     /// On-demand prices, USD per hour, by instance type (EC2 has no price API).
     #[serde(default)]
     pub on_demand_prices: BTreeMap<String, f64>,
@@ -160,6 +171,8 @@ pub struct Ec2Provider {
     pub subnets: Vec<String>,
     /// Security groups (empty: the subnet's default).
     pub security_groups: Vec<String>,
+    /// IAM role ARN → the instance profile that holds the role.
+    pub instance_profiles_by_role: BTreeMap<String, InstanceProfile>,
     /// On-demand prices.
     pub on_demand_prices: BTreeMap<String, f64>,
     /// Selection policy (templates, allowed, denied, candidates).
@@ -186,6 +199,16 @@ pub struct Ec2Provider {
     pub terminate_confirm: Duration,
     /// Catalogue refresh period.
     pub catalogue_refresh: Duration,
+}
+
+/// `arn:<partition>:iam::<12 digits>:role/<path/>name`.
+fn is_role_arn(s: &str) -> bool {
+    let parts: Vec<&str> = s.splitn(6, ':').collect();
+    matches!(parts.as_slice(), ["arn", partition, "iam", "", account, resource]
+        if !partition.is_empty()
+            && account.len() == 12
+            && account.bytes().all(|b| b.is_ascii_digit())
+            && resource.strip_prefix("role/").is_some_and(|r| !r.is_empty() && !r.ends_with('/')))
 }
 
 fn is_label_value(s: &str) -> bool {
@@ -226,13 +249,35 @@ impl Ec2File {
                 format!("{s:?} is not a security group id (sg-...)"),
             ));
         }
-        if let Some(e) = &self.endpoint
-            && !(e.starts_with("http://") || e.starts_with("https://"))
-        {
-            return Err(invalid(
-                "provider.ec2.endpoint",
-                format!("{e:?} must be an http:// or https:// URL"),
-            ));
+        for (field, endpoint) in [
+            ("provider.ec2.endpoint", &self.endpoint),
+            ("provider.ec2.iam_endpoint", &self.iam_endpoint),
+        ] {
+            if let Some(e) = endpoint
+                && !(e.starts_with("http://") || e.starts_with("https://"))
+            {
+                return Err(invalid(
+                    field,
+                    format!("{e:?} must be an http:// or https:// URL"),
+                ));
+            }
+        }
+        let mut instance_profiles_by_role = BTreeMap::new();
+        for (role, profile) in &self.instance_profiles_by_role {
+            let field = "provider.ec2.instance_profiles_by_role";
+            if !is_role_arn(role) {
+                return Err(invalid(
+                    field,
+                    format!("{role:?} is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)"),
+                ));
+            }
+            let profile = InstanceProfile::parse(profile).ok_or_else(|| {
+                invalid(
+                    field,
+                    format!("{role}: {profile:?} is neither an instance profile name nor its ARN"),
+                )
+            })?;
+            instance_profiles_by_role.insert(role.clone(), profile);
         }
         if let Some((t, p)) = self
             .on_demand_prices
@@ -281,6 +326,7 @@ impl Ec2File {
             cluster: self.cluster,
             client: crate::cloud::ec2::ClientSettings {
                 region: self.region,
+                iam_endpoint: self.iam_endpoint.or_else(|| self.endpoint.clone()),
                 endpoint: self.endpoint,
                 static_credentials: self
                     .static_credentials
@@ -293,6 +339,7 @@ impl Ec2File {
             ami: self.ami,
             subnets: self.subnets,
             security_groups: self.security_groups,
+            instance_profiles_by_role,
             on_demand_prices: self.on_demand_prices,
             policy: Policy {
                 templates: self
@@ -357,6 +404,18 @@ mod tests {
             ),
             ("ami: ami-1\nendpoint: localhost\n", "provider.ec2.endpoint"),
             (
+                "ami: ami-1\niam_endpoint: localhost\n",
+                "provider.ec2.iam_endpoint",
+            ),
+            (
+                "ami: ami-1\ninstance_profiles_by_role: {'arn:aws:iam::123456789012:user/u': p}\n",
+                "provider.ec2.instance_profiles_by_role",
+            ),
+            (
+                "ami: ami-1\ninstance_profiles_by_role: {'arn:aws:iam::123456789012:role/r': 'a b'}\n",
+                "provider.ec2.instance_profiles_by_role",
+            ),
+            (
                 "ami: ami-1\non_demand_prices: {g5.xlarge: -1}\n",
                 "provider.ec2.on_demand_prices",
             ),
@@ -379,5 +438,46 @@ mod tests {
         }
         let e = parse("ami: ami-1\nbogus: 1\n").unwrap_err().to_string();
         assert!(e.contains("unknown field `bogus`"), "{e}");
+    }
+
+    #[test]
+    fn iam_follows_the_ec2_endpoint_and_roles_map_to_profiles() {
+        let s = parse("ami: ami-1\nendpoint: http://127.0.0.1:5000\n").unwrap();
+        assert_eq!(
+            s.client.iam_endpoint.as_deref(),
+            Some("http://127.0.0.1:5000")
+        );
+        let s = parse(
+            "ami: ami-1\nendpoint: http://127.0.0.1:5000\niam_endpoint: http://127.0.0.1:6000\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s.client.iam_endpoint.as_deref(),
+            Some("http://127.0.0.1:6000")
+        );
+        assert_eq!(parse("ami: ami-1\n").unwrap().client.iam_endpoint, None);
+        let s = parse(
+            "ami: ami-1\ninstance_profiles_by_role:\n  \
+             'arn:aws:iam::123456789012:role/research/train': train-profile\n  \
+             'arn:aws:iam::123456789012:role/eval': 'arn:aws:iam::123456789012:instance-profile/eval'\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s.instance_profiles_by_role["arn:aws:iam::123456789012:role/research/train"],
+            InstanceProfile::Name("train-profile".into())
+        );
+        assert_eq!(
+            s.instance_profiles_by_role["arn:aws:iam::123456789012:role/eval"].name(),
+            "eval"
+        );
+        let e = parse(
+            "ami: ami-1\ninstance_profiles_by_role: {'arn:aws:iam::123456789012:role/': p}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("role/") && e.contains("not an IAM role ARN"),
+            "{e}"
+        );
     }
 }

@@ -22,13 +22,22 @@ pub const CAPACITY_RESERVATION_ID: &str = "orca.research/capacity-reservation-id
 pub const CAPACITY_RESERVATION_PREFERENCE: &str = "orca.research/capacity-reservation-preference";
 /// `orca.research/ami`: the AMI to launch instead of the configured one.
 pub const AMI: &str = "orca.research/ami";
+/// `orca.research/iam-instance-profile`: the instance profile (a name or an ARN)
+/// the pod's instance is launched with.
+pub const IAM_INSTANCE_PROFILE: &str = "orca.research/iam-instance-profile";
+/// `orca.research/security-groups`: comma-separated security group ids
+/// (`sg-…`) instead of the configured ones.
+pub const SECURITY_GROUPS: &str = "orca.research/security-groups";
+/// `orca.research/subnet`: the subnet (`subnet-…`) to launch into instead of
+/// the configured ones.
+pub const SUBNET: &str = "orca.research/subnet";
 
 /// `orca.research/node`: written by ORCA in Kubernetes mode, the ORCA node (the
 /// instance) the pod was placed on; read by nothing, accepted as input.
 pub const NODE: &str = "orca.research/node";
 
 /// Every annotation the selection and launch understand.
-pub const KNOWN: [&str; 9] = [
+pub const KNOWN: [&str; 12] = [
     INSTANCE_TYPE,
     WORKLOAD_TEMPLATE,
     SELECTION,
@@ -38,6 +47,9 @@ pub const KNOWN: [&str; 9] = [
     CAPACITY_RESERVATION_ID,
     CAPACITY_RESERVATION_PREFERENCE,
     AMI,
+    IAM_INSTANCE_PROFILE,
+    SECURITY_GROUPS,
+    SUBNET,
 ];
 
 /// The prefix of ORCA's annotations.
@@ -76,6 +88,53 @@ pub enum ReservationPreference {
     None,
 }
 
+/// An IAM instance profile, as a pod names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceProfile {
+    /// By name (`train-data-reader`).
+    Name(String),
+    /// By ARN (`arn:aws:iam::123456789012:instance-profile/path/name`).
+    Arn(String),
+}
+
+impl InstanceProfile {
+    /// Parses a name or an ARN; `None` when it is neither.
+    pub fn parse(value: &str) -> Option<Self> {
+        if value.starts_with("arn:") {
+            // arn:<partition>:iam::<account>:instance-profile/<path/>name
+            let parts: Vec<&str> = value.splitn(6, ':').collect();
+            let [_, partition, "iam", "", account, resource] = parts.as_slice() else {
+                return None;
+            };
+            let ok = !partition.is_empty()
+                && account.len() == 12
+                && account.bytes().all(|b| b.is_ascii_digit())
+                && resource
+                    .strip_prefix("instance-profile/")
+                    .and_then(|r| r.rsplit('/').next())
+                    .is_some_and(is_iam_name);
+            return ok.then(|| Self::Arn(value.to_owned()));
+        }
+        is_iam_name(value).then(|| Self::Name(value.to_owned()))
+    }
+
+    /// The profile's name (an ARN's last path segment), as `iam:GetInstanceProfile` takes it.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Name(n) => n,
+            Self::Arn(a) => a.rsplit('/').next().unwrap_or(a),
+        }
+    }
+}
+
+impl std::fmt::Display for InstanceProfile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Name(s) | Self::Arn(s) => f.write_str(s),
+        }
+    }
+}
+
 /// What a pod's annotations ask for.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LaunchAnnotations {
@@ -97,6 +156,17 @@ pub struct LaunchAnnotations {
     pub reservation_preference: Option<ReservationPreference>,
     /// The AMI.
     pub ami: Option<String>,
+    /// The instance profile.
+    pub iam_instance_profile: Option<InstanceProfile>,
+    /// Security group ids, in the order given (empty: the configured ones).
+    pub security_groups: Vec<String>,
+    /// The subnet (none: the configured ones).
+    pub subnet: Option<String>,
+    /// Not an annotation: the IAM role ARN of the pod's ServiceAccount
+    /// (`eks.amazonaws.com/role-arn`), which the provider maps to an instance
+    /// profile by its config. [`parse`] never sets it; it is for whoever reads
+    /// the ServiceAccount (Kubernetes mode) to fill in.
+    pub service_account_role_arn: Option<String>,
 }
 
 /// A pod annotation that cannot be used.
@@ -191,6 +261,33 @@ pub fn parse<'a>(
                 }
                 out.ami = Some(value.into());
             }
+            IAM_INSTANCE_PROFILE => {
+                out.iam_instance_profile = Some(InstanceProfile::parse(value).ok_or_else(|| {
+                    bad(format!(
+                        "{value:?} is neither an instance profile name (1 to 128 of a-z, A-Z, 0-9, +=,.@_-) \
+                         nor an instance profile ARN (arn:aws:iam::<account>:instance-profile/<name>)"
+                    ))
+                })?);
+            }
+            SECURITY_GROUPS => {
+                for group in value.split(',').map(str::trim) {
+                    if !is_aws_id(group, "sg-") {
+                        return Err(bad(format!(
+                            "{group:?} is not a security group id (sg-…; a comma-separated list)"
+                        )));
+                    }
+                    if out.security_groups.iter().any(|g| g == group) {
+                        return Err(bad(format!("{group} is listed twice")));
+                    }
+                    out.security_groups.push(group.into());
+                }
+            }
+            SUBNET => {
+                if !is_aws_id(value, "subnet-") {
+                    return Err(bad(format!("{value:?} is not a subnet id (subnet-…)")));
+                }
+                out.subnet = Some(value.into());
+            }
             NODE => {}
             _ => {
                 return Err(bad(format!(
@@ -254,6 +351,13 @@ fn is_instance_type_name(s: &str) -> bool {
     matches!(s.split_once('.'), Some((family, size)) if ok(family) && ok(size))
 }
 
+/// An IAM name (roles, instance profiles): 1 to 128 of `[A-Za-z0-9+=,.@_-]`.
+fn is_iam_name(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
+}
+
 /// `<prefix><hex>`, as EC2 resource ids are.
 fn is_aws_id(s: &str, prefix: &str) -> bool {
     s.strip_prefix(prefix)
@@ -295,6 +399,75 @@ mod tests {
             Some("cr-0123456789abcdef0")
         );
         assert_eq!(parse_pairs(&[]).unwrap(), LaunchAnnotations::default());
+    }
+
+    #[test]
+    fn identity_and_network_annotations_parse() {
+        let a = parse_pairs(&[
+            (IAM_INSTANCE_PROFILE, "train-data-reader"),
+            (SECURITY_GROUPS, "sg-0123abcd, sg-0f00"),
+            (SUBNET, "subnet-0a1b2c"),
+        ])
+        .unwrap();
+        assert_eq!(
+            a.iam_instance_profile,
+            Some(InstanceProfile::Name("train-data-reader".into()))
+        );
+        assert_eq!(a.security_groups, ["sg-0123abcd", "sg-0f00"], "order kept");
+        assert_eq!(a.subnet.as_deref(), Some("subnet-0a1b2c"));
+        assert_eq!(a.service_account_role_arn, None, "never from annotations");
+        let arn = "arn:aws:iam::123456789012:instance-profile/research/train@v2";
+        let p = parse_pairs(&[(IAM_INSTANCE_PROFILE, arn)])
+            .unwrap()
+            .iam_instance_profile
+            .unwrap();
+        assert_eq!(p, InstanceProfile::Arn(arn.into()));
+        assert_eq!(p.name(), "train@v2");
+        assert_eq!(p.to_string(), arn);
+        let china = "arn:aws-cn:iam::123456789012:instance-profile/p";
+        assert!(InstanceProfile::parse(china).is_some());
+        assert_eq!(InstanceProfile::Name("p".into()).name(), "p");
+    }
+
+    #[test]
+    fn bad_identity_and_network_annotations_name_the_value() {
+        let err = |k: &str, v: &str| parse_pairs(&[(k, v)]).unwrap_err();
+        for bad in [
+            "has space",
+            "a/b",
+            &"x".repeat(129),
+            "arn:aws:iam::123456789012:role/not-a-profile",
+            "arn:aws:iam::1234:instance-profile/short-account",
+            "arn:aws:ec2::123456789012:instance-profile/p",
+            "arn:aws:iam::123456789012:instance-profile/",
+        ] {
+            let e = err(IAM_INSTANCE_PROFILE, bad);
+            assert_eq!(e.key, IAM_INSTANCE_PROFILE);
+            assert!(e.problem.contains("instance profile"), "{bad}: {e}");
+        }
+        let e = err(SECURITY_GROUPS, "sg-01,default");
+        assert_eq!(e.key, SECURITY_GROUPS);
+        assert!(
+            e.problem.contains("\"default\"") && e.problem.contains("sg-"),
+            "{e}"
+        );
+        assert!(err(SECURITY_GROUPS, "sg-01,").problem.contains("\"\""));
+        assert!(
+            err(SECURITY_GROUPS, "sg-01,sg-01")
+                .problem
+                .contains("twice")
+        );
+        let e = err(SUBNET, "sn-01");
+        assert_eq!(e.key, SUBNET);
+        assert!(
+            e.problem.contains("sn-01") && e.problem.contains("subnet-"),
+            "{e}"
+        );
+        assert!(
+            err(SUBNET, "subnet-0a,subnet-0b")
+                .problem
+                .contains("subnet id")
+        );
     }
 
     #[test]

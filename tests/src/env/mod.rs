@@ -35,7 +35,9 @@ pub use containerd::Containerd;
 pub(crate) use containerd::unmount_under;
 pub use daemon::{Daemon, STOP_GRACE};
 pub use ec2_hosts::{InstanceInfo, InstancePlayer, Played, PlayerSettings, cluster_instances};
-pub use ec2_proxy::{Call, Ec2Proxy, Fault, HARNESS_ACCESS_KEY, ReservationView, ec2_client};
+pub use ec2_proxy::{
+    Call, Ec2Proxy, Fault, HARNESS_ACCESS_KEY, ReservationView, ec2_client, iam_client,
+};
 pub use error::{EnvError, Result};
 pub use http::{HttpResponse, http_request};
 pub use image::{BUSYBOX_REF, busybox_image, containerd_and_registry, containerd_and_registry_on};

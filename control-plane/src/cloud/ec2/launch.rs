@@ -1,6 +1,6 @@
-//! RunInstances for one node: the request (instance type, AMI, subnet, capacity
-//! type and spot cap, Capacity Reservation, tags, user data, ClientToken) and
-//! what EC2's answer means for the caller.
+//! RunInstances for one node: the request (instance type, AMI, subnet, security
+//! groups, instance profile, capacity type and spot cap, Capacity Reservation,
+//! tags, user data, ClientToken) and what EC2's answer means for the caller.
 //!
 //! The ClientToken is derived from the pod uid and a launch attempt number the
 //! caller persists: a retried call (a lost answer, a restart) carries the same
@@ -14,13 +14,15 @@ use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::error::ProvideErrorMetadata as _;
 use aws_sdk_ec2::types::{
     CapacityReservationPreference, CapacityReservationSpecification, CapacityReservationTarget,
-    HttpTokensState, InstanceInterruptionBehavior, InstanceMarketOptionsRequest,
-    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, MarketType, ResourceType,
-    ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
+    HttpTokensState, IamInstanceProfileSpecification, InstanceInterruptionBehavior,
+    InstanceMarketOptionsRequest, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
+    MarketType, ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag,
+    TagSpecification,
 };
 use base64::Engine as _;
 
 use crate::selection::CapacityType;
+use crate::selection::annotations::InstanceProfile;
 
 /// Tag on every instance: the cluster it belongs to.
 pub const TAG_CLUSTER: &str = "orca.research/cluster";
@@ -72,8 +74,10 @@ pub struct LaunchSpec {
     pub ami: String,
     /// The subnet; EC2's default subnet when `None`.
     pub subnet_id: Option<String>,
-    /// Security groups; the subnet's default when empty.
+    /// Security groups, in this order; the subnet's default when empty.
     pub security_groups: Vec<String>,
+    /// The instance profile (by name or ARN, as given); none when `None`.
+    pub iam_instance_profile: Option<InstanceProfile>,
     /// On-demand or spot.
     pub capacity_type: CapacityType,
     /// The spot price cap, USD per hour (spot only).
@@ -214,6 +218,16 @@ pub async fn run_instance(
         .set_security_group_ids(
             (!spec.security_groups.is_empty()).then(|| spec.security_groups.clone()),
         );
+    if let Some(profile) = &spec.iam_instance_profile {
+        let p = IamInstanceProfileSpecification::builder();
+        req = req.iam_instance_profile(
+            match profile {
+                InstanceProfile::Name(name) => p.name(name),
+                InstanceProfile::Arn(arn) => p.arn(arn),
+            }
+            .build(),
+        );
+    }
     if spec.capacity_type == CapacityType::Spot {
         let mut spot = SpotMarketOptions::builder()
             .spot_instance_type(SpotInstanceType::OneTime)

@@ -1,6 +1,8 @@
-//! The EC2 provider, through aws-sdk-ec2: the client (the default credential
-//! chain and region in production; an endpoint override and static credentials
-//! for `moto_server` in tests), the instance-type [`catalogue`], one
+//! The EC2 provider, through aws-sdk-ec2 (and aws-sdk-iam for one read): the
+//! clients (the default credential chain and region in production; endpoint
+//! overrides and static credentials for `moto_server` in tests), the
+//! instance-type [`catalogue`], the instance profile, security groups and
+//! subnets a pod names, checked before its launch ([`resources`]), one
 //! RunInstances and the meaning of its errors ([`launch`]), confirmed
 //! termination and the list of the cluster's instances ([`instances`]), and
 //! [`Ec2Provider`] over them ([`provider`]).
@@ -9,6 +11,7 @@ pub mod catalogue;
 pub mod instances;
 pub mod launch;
 pub mod provider;
+pub mod resources;
 
 pub use provider::Ec2Provider;
 
@@ -21,6 +24,8 @@ pub struct ClientSettings {
     pub region: Option<String>,
     /// An endpoint URL instead of EC2's (`moto_server` in tests).
     pub endpoint: Option<String>,
+    /// An endpoint URL instead of IAM's (`moto_server` in tests).
+    pub iam_endpoint: Option<String>,
     /// Static credentials (access key, secret) instead of the default chain.
     pub static_credentials: Option<(String, String)>,
     /// The longest one call may take, retries included (none: the SDK's default,
@@ -54,6 +59,16 @@ impl Ec2Error {
 
 /// An EC2 client as `settings` say.
 pub async fn client(settings: &ClientSettings) -> aws_sdk_ec2::Client {
+    aws_sdk_ec2::Client::new(&sdk_config(settings, settings.endpoint.as_deref()).await)
+}
+
+/// An IAM client as `settings` say (IAM is global: its endpoint, whatever the
+/// region, is `iam.amazonaws.com` in the `aws` partition).
+pub async fn iam_client(settings: &ClientSettings) -> aws_sdk_iam::Client {
+    aws_sdk_iam::Client::new(&sdk_config(settings, settings.iam_endpoint.as_deref()).await)
+}
+
+async fn sdk_config(settings: &ClientSettings, endpoint: Option<&str>) -> aws_config::SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(region) = &settings.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
@@ -65,7 +80,7 @@ pub async fn client(settings: &ClientSettings) -> aws_sdk_ec2::Client {
                 .build(),
         );
     }
-    if let Some(endpoint) = &settings.endpoint {
+    if let Some(endpoint) = endpoint {
         loader = loader.endpoint_url(endpoint);
     }
     if let Some((key, secret)) = &settings.static_credentials {
@@ -77,5 +92,5 @@ pub async fn client(settings: &ClientSettings) -> aws_sdk_ec2::Client {
             "orca-static",
         ));
     }
-    aws_sdk_ec2::Client::new(&loader.load().await)
+    loader.load().await
 }

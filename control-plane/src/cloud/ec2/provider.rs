@@ -5,8 +5,14 @@
 //! the configured subnets. Every type must run the AMI's architecture (from
 //! DescribeImages), so an x86_64 AMI never lands on an arm64 type, and a pod
 //! that asks for another architecture (nodeSelector `kubernetes.io/arch`)
-//! fails with a reason. [`InstanceProvider::launch`] is one RunInstances;
-//! [`InstanceProvider::terminate`] waits for EC2 to confirm.
+//! fails with a reason. A pod that names an instance profile, security groups
+//! or a subnet (`orca.research/iam-instance-profile`, `…/security-groups`,
+//! `…/subnet`), or whose ServiceAccount's role maps to a profile
+//! (`instance_profiles_by_role`), has them checked ([`resources`]) before its
+//! plan is made, and fails `InvalidLaunchResource` naming the value when one
+//! does not exist or does not fit the others; its subnet replaces the
+//! configured list, its groups the configured ones. [`InstanceProvider::launch`]
+//! is one RunInstances; [`InstanceProvider::terminate`] waits for EC2 to confirm.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,22 +21,38 @@ use tokio::sync::{Mutex, OnceCell};
 use tracing::{info, warn};
 
 use super::launch::{self, LaunchError, LaunchSpec, PodRef, Reservation};
+use super::resources::{self, Named, ResourceError, Wanted};
 use super::{Ec2Error, catalogue, instances};
 use crate::cloud::{
     BoxFuture, Instance, InstanceProvider, LaunchFailure, LaunchRequest, Plan, PlannedOffering,
     ProviderError, TaggedInstance,
 };
 use crate::config::ec2::Ec2Provider as Settings;
-use crate::selection::annotations::ReservationPreference;
+use crate::selection::annotations::{
+    IAM_INSTANCE_PROFILE, InstanceProfile, ReservationPreference, SECURITY_GROUPS, SUBNET,
+};
 use crate::selection::{self, Arch, Catalogue, LaunchAnnotations, Needs};
 
 /// EC2 instances, one per pod.
 pub struct Ec2Provider {
     settings: Settings,
     client: OnceCell<aws_sdk_ec2::Client>,
+    iam: OnceCell<aws_sdk_iam::Client>,
+    /// Profiles, groups and subnets found, for a while.
+    found: resources::Cache,
     /// The AMI's architecture, learnt at prepare.
     ami_arch: OnceCell<Arch>,
     catalogue: Mutex<Option<(Arc<Catalogue>, Instant)>>,
+}
+
+/// The instance profile a pod's instance gets.
+#[derive(Debug)]
+struct ChosenProfile<'a> {
+    profile: &'a InstanceProfile,
+    /// The annotation or config entry that named it.
+    from: String,
+    /// The role it must hold, when it was mapped from one.
+    role: Option<&'a str>,
 }
 
 fn api(e: Ec2Error) -> ProviderError {
@@ -43,6 +65,8 @@ impl Ec2Provider {
         Self {
             settings,
             client: OnceCell::new(),
+            iam: OnceCell::new(),
+            found: resources::Cache::default(),
             ami_arch: OnceCell::new(),
             catalogue: Mutex::new(None),
         }
@@ -52,6 +76,104 @@ impl Ec2Provider {
         self.client
             .get_or_init(|| super::client(&self.settings.client))
             .await
+    }
+
+    async fn iam(&self) -> &aws_sdk_iam::Client {
+        self.iam
+            .get_or_init(|| super::iam_client(&self.settings.client))
+            .await
+    }
+
+    /// The instance profile a pod's instance gets, where it came from, and the
+    /// role it must hold: the annotation's, else the one its ServiceAccount's
+    /// role maps to by `instance_profiles_by_role`; a role without a mapping is
+    /// an error (the pod asked for an identity ORCA cannot give it).
+    fn instance_profile<'a>(
+        &'a self,
+        a: &'a LaunchAnnotations,
+    ) -> Result<Option<ChosenProfile<'a>>, String> {
+        if let Some(p) = &a.iam_instance_profile {
+            return Ok(Some(ChosenProfile {
+                profile: p,
+                from: IAM_INSTANCE_PROFILE.to_owned(),
+                role: None,
+            }));
+        }
+        let Some(role) = a.service_account_role_arn.as_deref() else {
+            return Ok(None);
+        };
+        match self.settings.instance_profiles_by_role.get(role) {
+            Some(p) => Ok(Some(ChosenProfile {
+                profile: p,
+                from: format!("provider.ec2.instance_profiles_by_role[{role}]"),
+                role: Some(role),
+            })),
+            None => Err(format!(
+                "the pod's ServiceAccount role {role} (eks.amazonaws.com/role-arn) maps to no \
+                 instance profile (provider.ec2.instance_profiles_by_role)"
+            )),
+        }
+    }
+
+    /// The security groups a pod's instance gets, and where they came from.
+    fn security_groups<'a>(&'a self, a: &'a LaunchAnnotations) -> (&'a [String], &'static str) {
+        if a.security_groups.is_empty() {
+            (
+                &self.settings.security_groups,
+                "provider.ec2.security_groups",
+            )
+        } else {
+            (&a.security_groups, SECURITY_GROUPS)
+        }
+    }
+
+    /// The subnets a pod's instance may go to, best first, and where they came from.
+    fn subnets<'a>(&'a self, a: &'a LaunchAnnotations) -> (&'a [String], &'static str) {
+        match &a.subnet {
+            Some(s) => (std::slice::from_ref(s), SUBNET),
+            None => (&self.settings.subnets, "provider.ec2.subnets"),
+        }
+    }
+
+    /// Checks the profile, groups and subnets a pod names (its network only
+    /// when it names groups or a subnet; then against the configured rest).
+    async fn check_resources(&self, a: &LaunchAnnotations) -> Result<(), ProviderError> {
+        let unplaceable = |reason| ProviderError::Unplaceable {
+            code: "InvalidLaunchResource",
+            reason,
+        };
+        let profile = self.instance_profile(a).map_err(unplaceable)?;
+        let names_network = !a.security_groups.is_empty() || a.subnet.is_some();
+        if profile.is_none() && !names_network {
+            return Ok(());
+        }
+        let (groups, groups_from) = self.security_groups(a);
+        let (subnets, subnets_from) = self.subnets(a);
+        let wanted = Wanted {
+            profile: profile.as_ref().map(|c| {
+                (
+                    Named {
+                        value: c.profile,
+                        from: c.from.as_str(),
+                    },
+                    c.role,
+                )
+            }),
+            groups: names_network.then_some(Named {
+                value: groups,
+                from: groups_from,
+            }),
+            subnets: names_network.then_some(Named {
+                value: subnets,
+                from: subnets_from,
+            }),
+        };
+        resources::check(self.client().await, self.iam().await, &self.found, &wanted)
+            .await
+            .map_err(|e| match e {
+                ResourceError::Invalid(reason) => unplaceable(reason),
+                ResourceError::Unanswered(reason) => ProviderError::Api(reason),
+            })
     }
 
     async fn ami_arch(&self) -> Result<Arch, ProviderError> {
@@ -114,6 +236,14 @@ impl Ec2Provider {
             failure: LaunchFailure::Fatal,
         })?;
         let a = &pod.annotations;
+        let iam_instance_profile = self
+            .instance_profile(a)
+            .map_err(|reason| ProviderError::Launch {
+                node: req.node_name.clone(),
+                reason,
+                failure: LaunchFailure::Fatal,
+            })?
+            .map(|c| c.profile.clone());
         let reservation = match (&a.capacity_reservation_id, a.reservation_preference) {
             (Some(id), _) => Some(Reservation::Target(id.clone())),
             (None, Some(ReservationPreference::Open)) => Some(Reservation::Open),
@@ -138,7 +268,8 @@ impl Ec2Provider {
             instance_type: pod.offering.instance_type.clone(),
             ami: a.ami.clone().unwrap_or_else(|| self.settings.ami.clone()),
             subnet_id: pod.offering.subnet.clone(),
-            security_groups: self.settings.security_groups.clone(),
+            security_groups: self.security_groups(a).0.to_vec(),
+            iam_instance_profile,
             capacity_type: pod.offering.capacity,
             max_spot_price: a.max_spot_price,
             reservation,
@@ -221,10 +352,10 @@ impl InstanceProvider for Ec2Provider {
                         reason: e.to_string(),
                     },
                 )?;
-            let subnets: Vec<Option<String>> = if self.settings.subnets.is_empty() {
-                vec![None]
-            } else {
-                self.settings.subnets.iter().cloned().map(Some).collect()
+            self.check_resources(annotations).await?;
+            let subnets: Vec<Option<String>> = match self.subnets(annotations).0 {
+                [] => vec![None],
+                list => list.iter().cloned().map(Some).collect(),
             };
             let mut offerings = Vec::new();
             for c in &decision.candidates {
@@ -303,5 +434,104 @@ impl InstanceProvider for Ec2Provider {
                 .await
                 .map_err(api)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROLE: &str = "arn:aws:iam::123456789012:role/orca-pods/train";
+
+    fn provider(yaml: &str) -> Ec2Provider {
+        let file: crate::config::ec2::Ec2File = serde_yaml::from_str(yaml).unwrap();
+        Ec2Provider::new(file.validate().unwrap())
+    }
+
+    #[test]
+    fn a_service_account_role_maps_to_its_profile_and_the_annotation_wins() {
+        let p = provider(&format!(
+            "ami: ami-1\ninstance_profiles_by_role: {{'{ROLE}': train-profile}}\n"
+        ));
+        let mapped = LaunchAnnotations {
+            service_account_role_arn: Some(ROLE.into()),
+            ..LaunchAnnotations::default()
+        };
+        let ChosenProfile {
+            profile,
+            from,
+            role,
+        } = p.instance_profile(&mapped).unwrap().unwrap();
+        assert_eq!(*profile, InstanceProfile::Name("train-profile".into()));
+        assert!(from.contains("instance_profiles_by_role") && from.contains(ROLE));
+        assert_eq!(role, Some(ROLE), "the profile must hold the role");
+
+        let both = LaunchAnnotations {
+            iam_instance_profile: Some(InstanceProfile::Name("explicit".into())),
+            ..mapped.clone()
+        };
+        let ChosenProfile {
+            profile,
+            from,
+            role,
+        } = p.instance_profile(&both).unwrap().unwrap();
+        assert_eq!(profile.name(), "explicit");
+        assert_eq!(from, IAM_INSTANCE_PROFILE);
+        assert_eq!(role, None);
+
+        assert!(
+            p.instance_profile(&LaunchAnnotations::default())
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn an_unmapped_role_fails_before_launch_naming_it() {
+        let p = provider("ami: ami-1\n");
+        let a = LaunchAnnotations {
+            service_account_role_arn: Some(ROLE.into()),
+            ..LaunchAnnotations::default()
+        };
+        let e = p.instance_profile(&a).unwrap_err();
+        assert!(
+            e.contains(ROLE) && e.contains("instance_profiles_by_role"),
+            "{e}"
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        match rt.block_on(p.check_resources(&a)) {
+            Err(ProviderError::Unplaceable { code, reason }) => {
+                assert_eq!(code, "InvalidLaunchResource");
+                assert!(reason.contains(ROLE), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_pods_subnet_and_groups_replace_the_configured_ones() {
+        let p = provider("ami: ami-1\nsubnets: [subnet-0a, subnet-0b]\nsecurity_groups: [sg-0c]\n");
+        let none = LaunchAnnotations::default();
+        assert_eq!(
+            p.subnets(&none),
+            (
+                &["subnet-0a".to_owned(), "subnet-0b".to_owned()][..],
+                "provider.ec2.subnets"
+            )
+        );
+        assert_eq!(
+            p.security_groups(&none),
+            (&["sg-0c".to_owned()][..], "provider.ec2.security_groups")
+        );
+        let pod = LaunchAnnotations {
+            subnet: Some("subnet-0f".into()),
+            security_groups: vec!["sg-01".into(), "sg-02".into()],
+            ..LaunchAnnotations::default()
+        };
+        assert_eq!(p.subnets(&pod), (&["subnet-0f".to_owned()][..], SUBNET));
+        assert_eq!(p.security_groups(&pod).0, ["sg-01", "sg-02"]);
+        assert_eq!(p.security_groups(&pod).1, SECURITY_GROUPS);
     }
 }

@@ -8,13 +8,19 @@
 //! ([`reservations`]: create, describe, cancel, targeted launches and their
 //! errors, the targeting echoed in instances).
 //!
-//! Every call not signed with the test harness's own key ([`HARNESS_ACCESS_KEY`],
-//! which [`ec2_client`] uses) is the control plane's: it is also appended to a
-//! file under [`crate::recordings::dir`] as it arrives, for the exact check of
-//! `deploy/kubernetes/iam-policy.json` (`check-recordings`).
+//! IAM speaks the same query protocol and `moto_server` serves it on the same
+//! port, so the control plane's IAM endpoint (which defaults to its EC2 one) is
+//! this proxy too: its IAM calls (`GetInstanceProfile`) are forwarded, logged
+//! and recorded like EC2's, told apart by the service their signature names.
 //!
-//! It speaks just enough HTTP/1.1 for aws-sdk-ec2's query protocol: one
-//! form-encoded POST per connection, answered with `connection: close`.
+//! Every call not signed with the test harness's own key ([`HARNESS_ACCESS_KEY`],
+//! which [`ec2_client`] and [`iam_client`] use) is the control plane's: it is
+//! also appended to a file under [`crate::recordings::dir`] as it arrives, for
+//! the exact check of `deploy/kubernetes/iam-policy.json` (`check-recordings`).
+//!
+//! It speaks just enough HTTP/1.1 for the AWS query protocol (aws-sdk-ec2's and
+//! aws-sdk-iam's): one form-encoded POST per connection, answered with
+//! `connection: close`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -39,6 +45,20 @@ pub async fn ec2_client(endpoint: &str) -> aws_sdk_ec2::Client {
     orca_control_plane::cloud::ec2::client(&orca_control_plane::cloud::ec2::ClientSettings {
         region: Some("us-east-1".into()),
         endpoint: Some(endpoint.into()),
+        iam_endpoint: None,
+        static_credentials: Some((HARNESS_ACCESS_KEY.into(), "testing".into())),
+        call_timeout: None,
+    })
+    .await
+}
+
+/// An IAM client of `endpoint` (moto or the proxy), with static credentials
+/// ([`HARNESS_ACCESS_KEY`]).
+pub async fn iam_client(endpoint: &str) -> aws_sdk_iam::Client {
+    orca_control_plane::cloud::ec2::iam_client(&orca_control_plane::cloud::ec2::ClientSettings {
+        region: Some("us-east-1".into()),
+        endpoint: None,
+        iam_endpoint: Some(endpoint.into()),
         static_credentials: Some((HARNESS_ACCESS_KEY.into(), "testing".into())),
         call_timeout: None,
     })
@@ -288,7 +308,7 @@ async fn serve(
     };
     let status = answer.as_ref().map_or(0, |(s, _)| *s);
     if !signed_by_harness(&headers) {
-        record(state, &params);
+        record(state, signing_service(&headers), &params);
     }
     state.lock().unwrap().calls.push(Call {
         action,
@@ -324,13 +344,26 @@ fn signed_by_harness(headers: &[(String, String)]) -> bool {
     })
 }
 
+/// The service a call's signature is for, from its credential scope
+/// (`Credential=KEY/date/region/SERVICE/aws4_request`); `ec2` when unsigned.
+fn signing_service(headers: &[(String, String)]) -> &str {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        .and_then(|(_, v)| v.split("Credential=").nth(1))
+        .and_then(|scope| scope.split([',', ' ']).next())
+        .and_then(|scope| scope.split('/').nth(3))
+        .unwrap_or("ec2")
+}
+
 /// Appends the control plane's call to the recordings.
-fn record(state: &Mutex<State>, params: &BTreeMap<String, String>) {
+fn record(state: &Mutex<State>, service: &str, params: &BTreeMap<String, String>) {
     let Some((recorder, source)) = state.lock().unwrap().recorder.clone() else {
         return;
     };
     let line = crate::recordings::Ec2CallLine::of(
         source,
+        service,
         params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     );
     if let Err(e) = recorder.append(&[line]) {
