@@ -224,6 +224,22 @@ impl Ec2Cluster {
         m
     }
 
+    /// The RunInstances calls the control plane made for a pod uid, oldest
+    /// first (their ClientToken carries the uid): each call's parameters.
+    pub fn run_calls(&self, uid: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+        let compact: String = uid.chars().filter(char::is_ascii_alphanumeric).collect();
+        self.proxy
+            .calls_of("RunInstances")
+            .into_iter()
+            .filter(|c| {
+                c.params
+                    .get("ClientToken")
+                    .is_some_and(|t| t.contains(&compact[..16.min(compact.len())]))
+            })
+            .map(|c| c.params)
+            .collect()
+    }
+
     /// Where the player keeps its hosts.
     pub fn hosts_dir(&self) -> PathBuf {
         self.cluster.data_dir().join("instances")

@@ -10,8 +10,6 @@
 //! `instance_profiles_by_role`) is not reachable here: nothing reads the
 //! ServiceAccount yet (the provider's unit tests cover the mapping).
 
-use std::collections::BTreeMap;
-
 use orca_tests::ec2_cluster::Ec2Cluster;
 use orca_tests::env::{Fault, iam_client};
 
@@ -131,21 +129,6 @@ fn make(e: &Ec2Cluster) -> Made {
     })
 }
 
-/// The RunInstances calls made for a pod uid, oldest first.
-fn run_calls(e: &Ec2Cluster, uid: &str) -> Vec<BTreeMap<String, String>> {
-    let compact: String = uid.chars().filter(char::is_ascii_alphanumeric).collect();
-    e.proxy
-        .calls_of("RunInstances")
-        .into_iter()
-        .filter(|c| {
-            c.params
-                .get("ClientToken")
-                .is_some_and(|t| t.contains(&compact[..16]))
-        })
-        .map(|c| c.params)
-        .collect()
-}
-
 /// A pod with a profile, two groups and a subnet the config does not list gets
 /// an instance with exactly those, as moto's DescribeInstances shows; the
 /// call repeated after a lost answer is the same call, byte for byte. A
@@ -170,7 +153,7 @@ fn a_pods_profile_groups_and_subnet_reach_its_instance() {
     let pod = e.wait_phase("identity", "Running");
     let uid = pod["uid"].as_str().unwrap();
 
-    let calls = run_calls(&e, uid);
+    let calls = e.run_calls(uid);
     assert_eq!(
         calls.len(),
         2,
@@ -224,7 +207,7 @@ fn a_pods_profile_groups_and_subnet_reach_its_instance() {
     e.apply(&e.pod("by-arn", &[(PROFILE, &made.profile.1)], "", ""));
     e.wait_event("by-arn", "Launched");
     let uid = e.cluster.pod("by-arn")["uid"].as_str().unwrap().to_owned();
-    let calls = run_calls(&e, &uid);
+    let calls = e.run_calls(&uid);
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0]["IamInstanceProfile.Arn"], made.profile.1);
     assert!(!calls[0].contains_key("IamInstanceProfile.Name"));
@@ -288,7 +271,7 @@ fn unknown_or_mismatched_resources_fail_the_pod_before_launch() {
         let event = e.wait_event(name, "InvalidLaunchResource");
         assert_eq!(event, message, "{name}");
         let uid = pod["uid"].as_str().unwrap();
-        assert!(run_calls(&e, uid).is_empty(), "{name}: nothing launched");
+        assert!(e.run_calls(uid).is_empty(), "{name}: nothing launched");
     }
     let wrong_vpc = e.cluster.pod("wrong-vpc");
     let message = wrong_vpc["message"].as_str().unwrap();

@@ -13,21 +13,6 @@ const CAPACITY: &str = "orca.research/capacity-type";
 const MAX_SPOT: &str = "orca.research/max-spot-price";
 const RESERVATION: &str = "orca.research/capacity-reservation-id";
 
-/// The RunInstances calls the control plane made for a pod uid: (ClientToken, params).
-fn run_calls(e: &Ec2Cluster, uid: &str) -> Vec<std::collections::BTreeMap<String, String>> {
-    let compact: String = uid.chars().filter(char::is_ascii_alphanumeric).collect();
-    e.proxy
-        .calls_of("RunInstances")
-        .into_iter()
-        .filter(|c| {
-            c.params
-                .get("ClientToken")
-                .is_some_and(|t| t.contains(&compact[..16]))
-        })
-        .map(|c| c.params)
-        .collect()
-}
-
 fn wait_gone(e: &Ec2Cluster, instance: &str) {
     eventually_blocking(&format!("instance {instance} terminated"), DEADLINE, || {
         let live: Vec<_> = e
@@ -71,7 +56,7 @@ fn auto_selection_launches_the_cheapest_fit_and_the_pod_runs_there() {
         node["labels"]["node.kubernetes.io/instance-type"],
         "t3.medium"
     );
-    let calls = run_calls(&e, uid);
+    let calls = e.run_calls(uid);
     assert_eq!(calls.len(), 1, "one RunInstances: {calls:?}");
     assert!(calls[0]["ClientToken"].ends_with("-1"), "{calls:?}");
     assert_eq!(calls[0]["InstanceInitiatedShutdownBehavior"], "terminate");
@@ -129,13 +114,13 @@ fn explicit_template_and_spot_launches_and_unplaceable_pods_fail() {
         "p4d.24xlarge",
         "the template's first"
     );
-    let spot_call = &run_calls(&e, spot["uid"].as_str().unwrap())[0];
+    let spot_call = &e.run_calls(spot["uid"].as_str().unwrap())[0];
     assert_eq!(spot_call["InstanceMarketOptions.MarketType"], "spot");
     assert_eq!(
         spot_call["InstanceMarketOptions.SpotOptions.MaxPrice"],
         "9.5"
     );
-    let explicit_call = &run_calls(&e, explicit["uid"].as_str().unwrap())[0];
+    let explicit_call = &e.run_calls(explicit["uid"].as_str().unwrap())[0];
     assert!(!explicit_call.contains_key("InstanceMarketOptions.MarketType"));
     assert!(
         e.wait_event("spot", "InstanceSelected")
@@ -156,7 +141,7 @@ fn explicit_template_and_spot_launches_and_unplaceable_pods_fail() {
         "{nameless}"
     );
     for failed in [&arm, &huge, &nameless] {
-        assert!(run_calls(&e, failed["uid"].as_str().unwrap()).is_empty());
+        assert!(e.run_calls(failed["uid"].as_str().unwrap()).is_empty());
     }
     assert_eq!(e.live_instances().len(), 2);
 }
@@ -188,7 +173,7 @@ fn capacity_errors_fall_back_avoid_the_offering_and_end_failed_when_exhausted() 
         failed.contains("InsufficientInstanceCapacity") && failed.contains(&a),
         "{failed}"
     );
-    let calls = run_calls(&e, first["uid"].as_str().unwrap());
+    let calls = e.run_calls(first["uid"].as_str().unwrap());
     let subnets: Vec<&str> = calls.iter().map(|c| c["SubnetId"].as_str()).collect();
     assert_eq!(subnets, [a.as_str(), b.as_str()], "next subnet after ICE");
     assert!(
@@ -204,7 +189,7 @@ fn capacity_errors_fall_back_avoid_the_offering_and_end_failed_when_exhausted() 
     );
     e.apply(&e.pod("second", &[(TEMPLATE, "one")], "", ""));
     let second = e.wait_phase("second", "Running");
-    let calls = run_calls(&e, second["uid"].as_str().unwrap());
+    let calls = e.run_calls(second["uid"].as_str().unwrap());
     assert_eq!(calls.len(), 3, "two throttled, then through: {calls:?}");
     assert!(calls.iter().all(|c| c["SubnetId"] == b), "{calls:?}");
     assert!(
@@ -271,7 +256,7 @@ fn an_instance_that_never_boots_is_replaced_after_the_boot_timeout() {
     e.player.release("t3.small");
     wait_gone(&e, &first);
     let pod = e.wait_phase("slow", "Running");
-    let calls = run_calls(&e, pod["uid"].as_str().unwrap());
+    let calls = e.run_calls(pod["uid"].as_str().unwrap());
     assert_eq!(calls.len(), 2, "{calls:?}");
     assert!(calls[1]["ClientToken"].ends_with("-2"), "{calls:?}");
     assert_eq!(e.live_instances().len(), 1);
@@ -362,7 +347,7 @@ fn lost_answers_restarts_and_unknown_instances_never_leak_or_duplicate() {
     e.proxy.fail("RunInstances", 1, Fault::DropResponse);
     e.apply(&e.pod("once", &[(TYPE, "t3.small")], "", ""));
     let pod = e.wait_phase("once", "Running");
-    let calls = run_calls(&e, pod["uid"].as_str().unwrap());
+    let calls = e.run_calls(pod["uid"].as_str().unwrap());
     assert!(
         calls.len() >= 2,
         "the dropped answer was asked again: {calls:?}"
@@ -461,7 +446,7 @@ fn capacity_reservations_are_targeted_and_a_full_one_fails_the_pod() {
         "",
     ));
     let pod = e.wait_phase("reserved", "Running");
-    let call = &run_calls(&e, pod["uid"].as_str().unwrap())[0];
+    let call = &e.run_calls(pod["uid"].as_str().unwrap())[0];
     assert_eq!(
         call["CapacityReservationSpecification.CapacityReservationTarget.CapacityReservationId"],
         id
@@ -497,7 +482,7 @@ fn capacity_reservations_are_targeted_and_a_full_one_fails_the_pod() {
         "",
     ));
     let unreserved = e.wait_phase("unreserved", "Running");
-    let call = &run_calls(&e, unreserved["uid"].as_str().unwrap())[0];
+    let call = &e.run_calls(unreserved["uid"].as_str().unwrap())[0];
     assert_eq!(
         call["CapacityReservationSpecification.CapacityReservationPreference"],
         "none"
@@ -518,7 +503,7 @@ fn an_unanswered_launch_is_adopted_by_the_sweep() {
     let node = pod["node"].as_str().unwrap();
     let events = e.events(node);
     assert!(events.iter().any(|(r, _)| r == "Adopted"), "{events:?}");
-    let calls = run_calls(&e, pod["uid"].as_str().unwrap());
+    let calls = e.run_calls(pod["uid"].as_str().unwrap());
     assert!(
         calls
             .iter()
