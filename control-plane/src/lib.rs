@@ -46,7 +46,8 @@
 //!
 //! # Current limitations
 //! The same services for agents and users (on the provider's gateway too, where
-//! it has one).
+//! it has one). A pod's ServiceAccount role (`eks.amazonaws.com/role-arn`) is not
+//! read yet: `instance_profiles_by_role` is checked but nothing feeds it.
 
 pub mod api;
 pub mod backup;
