@@ -346,12 +346,12 @@ impl Cluster {
     /// or state only when they changed.
     pub async fn heartbeat(
         &self,
-        req: pb::HeartbeatRequest,
+        mut req: pb::HeartbeatRequest,
         peer: Option<&str>,
     ) -> Result<pb::HeartbeatResponse, ClusterError> {
         let node = self.authenticated_node(&req.node_id, peer)?;
         self.touch(&node.name, req.sequence);
-        let gpu_labels = self.record_gpus(&node.name, &req);
+        let gpu_labels = self.record_gpus(&node.name, &mut req);
         let labels_stale = crate::telemetry::GPU_LABELS
             .iter()
             .any(|k| node.labels.get(*k) != gpu_labels.get(*k));
@@ -422,36 +422,27 @@ impl Cluster {
     fn record_gpus(
         &self,
         node: &str,
-        req: &pb::HeartbeatRequest,
+        req: &mut pb::HeartbeatRequest,
     ) -> std::collections::BTreeMap<String, String> {
-        let before = self.telemetry().latest(node).unwrap_or_default();
-        for gpu in req.gpus.iter().filter(|g| !g.healthy) {
-            let was_healthy = before
-                .gpus
-                .iter()
-                .find(|b| b.uuid == gpu.uuid)
-                .is_none_or(|b| b.healthy);
-            if was_healthy {
-                warn!(node, gpu = gpu.index, uuid = %gpu.uuid, reason = %gpu.health_reason, "GPU unhealthy");
-                self.node_event(
-                    node,
-                    true,
-                    "GPUUnhealthy",
-                    format!(
-                        "GPU {} ({}) is unhealthy: {}; no new pod is given it",
-                        gpu.index, gpu.uuid, gpu.health_reason
-                    ),
-                );
-            }
-        }
         let report = crate::telemetry::Report {
-            source: req.gpu_source.clone(),
-            note: req.gpu_note.clone(),
-            driver_version: req.gpu_driver_version.clone(),
-            gpus: req.gpus.clone(),
+            source: std::mem::take(&mut req.gpu_source),
+            note: std::mem::take(&mut req.gpu_note),
+            driver_version: std::mem::take(&mut req.gpu_driver_version),
+            gpus: std::mem::take(&mut req.gpus),
         };
         let labels = crate::telemetry::gpu_labels(&report);
-        self.telemetry().record(node, report);
+        for gpu in self.telemetry().record(node, report) {
+            warn!(node, gpu = gpu.index, uuid = %gpu.uuid, reason = %gpu.health_reason, "GPU unhealthy");
+            self.node_event(
+                node,
+                true,
+                "GPUUnhealthy",
+                format!(
+                    "GPU {} ({}) is unhealthy: {}; no new pod is given it",
+                    gpu.index, gpu.uuid, gpu.health_reason
+                ),
+            );
+        }
         labels
     }
 

@@ -53,10 +53,25 @@ impl TelemetryStore {
         self.nodes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records a heartbeat's report for `node`.
-    pub fn record(&self, node: &str, report: Report) {
+    /// Records a heartbeat's report for `node`; returns the GPUs it reports
+    /// unhealthy that were healthy (or unknown) before.
+    pub fn record(&self, node: &str, report: Report) -> Vec<GpuSample> {
         let mut nodes = self.nodes();
         let entry = nodes.entry(node.to_owned()).or_default();
+        let newly_unhealthy = report
+            .gpus
+            .iter()
+            .filter(|g| !g.healthy)
+            .filter(|g| {
+                entry
+                    .latest
+                    .gpus
+                    .iter()
+                    .find(|b| b.uuid == g.uuid)
+                    .is_none_or(|b| b.healthy)
+            })
+            .cloned()
+            .collect();
         if !entry.latest.gpus.is_empty() && self.depth > 0 {
             entry
                 .history
@@ -66,16 +81,12 @@ impl TelemetryStore {
             }
         }
         entry.latest = report;
+        newly_unhealthy
     }
 
     /// Forgets a removed node.
     pub fn forget(&self, node: &str) {
         self.nodes().remove(node);
-    }
-
-    /// The latest report of `node`.
-    pub fn latest(&self, node: &str) -> Option<Report> {
-        self.nodes().get(node).map(|n| n.latest.clone())
     }
 
     /// Telemetry of one node (or all when `node` is empty), with up to
@@ -296,6 +307,24 @@ mod tests {
         assert_eq!(labels[GFD_PRODUCT_LABEL], "NVIDIA-H100-80GB-HBM3");
         assert_eq!(labels[GFD_COUNT_LABEL], "2");
         assert_eq!(labels[GFD_MEMORY_LABEL], "81559");
+    }
+
+    #[test]
+    fn a_gpu_turning_unhealthy_is_reported_once() {
+        let store = TelemetryStore::new(2);
+        let report = |healthy: bool| Report {
+            gpus: vec![GpuSample {
+                uuid: "GPU-a".into(),
+                healthy,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(store.record("n", report(true)).is_empty());
+        assert_eq!(store.record("n", report(false)).len(), 1);
+        assert!(store.record("n", report(false)).is_empty());
+        // Unknown before and unhealthy at once (a control plane that restarted).
+        assert_eq!(store.record("m", report(false)).len(), 1);
     }
 
     #[test]

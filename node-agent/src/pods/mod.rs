@@ -263,11 +263,7 @@ impl PodEntry {
     /// Whether the pod still holds its GPUs: until it ends (Succeeded or
     /// Failed with every container stopped).
     fn holds_gpus(&self) -> bool {
-        !self.gpus.is_empty()
-            && !matches!(
-                self.report("").status.map(|s| s.phase),
-                Some(p) if p == pb::PodPhase::Succeeded as i32 || p == pb::PodPhase::Failed as i32
-            )
+        !self.gpus.is_empty() && !self.ended()
     }
 
     fn containers_ready(&self) -> bool {
@@ -294,7 +290,8 @@ impl PodEntry {
         }
     }
 
-    fn report(&self, host_ip: &str) -> pb::PodReport {
+    /// The pod's phase by Kubernetes' rules.
+    fn phase(&self) -> pb::PodPhase {
         // A pod being stopped is not restarted: its phase is final once its tasks stop.
         let policy = if self.stopping {
             RestartPolicy::Never
@@ -307,7 +304,16 @@ impl PodEntry {
             .filter(|c| !c.init)
             .map(|c| &c.state)
             .collect();
-        let phase = status::phase(policy, self.failure.as_ref(), !self.initialized(), &app);
+        status::phase(policy, self.failure.as_ref(), !self.initialized(), &app)
+    }
+
+    /// Whether the pod has ended (Succeeded or Failed).
+    fn ended(&self) -> bool {
+        matches!(self.phase(), pb::PodPhase::Succeeded | pb::PodPhase::Failed)
+    }
+
+    fn report(&self, host_ip: &str) -> pb::PodReport {
+        let phase = self.phase();
         let to_pb = |c: &ContainerEntry| pb::ContainerStatus {
             name: c.name.clone(),
             state: Some(c.state.to_pb()),

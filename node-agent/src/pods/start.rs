@@ -125,9 +125,10 @@ impl PodManager {
     /// `seconds`, stopping its containers (the kubelet's activeDeadlineSeconds).
     pub(super) async fn enforce_deadline(&self, uid: String, seconds: i64) {
         tokio::time::sleep(Duration::from_secs(seconds.max(0) as u64)).await;
-        let finished = self.pods().get(&uid).is_none_or(|p| {
-            p.stopping || matches!(p.report("").status.map(|s| s.phase), Some(x) if x == pb::PodPhase::Succeeded as i32 || x == pb::PodPhase::Failed as i32)
-        });
+        let finished = self
+            .pods()
+            .get(&uid)
+            .is_none_or(|p| p.stopping || p.ended());
         if finished {
             return;
         }
