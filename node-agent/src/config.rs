@@ -123,6 +123,22 @@ pub struct Flags {
         default_value = "/etc/cdi,/var/run/cdi"
     )]
     pub cdi_dirs: Vec<PathBuf>,
+    /// Where the node's block devices are named by id: EBS volumes attached to a
+    /// Nitro instance appear as `nvme-Amazon_Elastic_Block_Store_vol<id>`.
+    #[arg(
+        long,
+        env = "ORCA_AGENT_EBS_DEVICE_DIR",
+        default_value = "/dev/disk/by-id"
+    )]
+    pub ebs_device_dir: PathBuf,
+    /// How long a pod waits for its EBS volumes to be attached before it fails
+    /// with reason FailedAttachVolume, in milliseconds.
+    #[arg(
+        long,
+        env = "ORCA_AGENT_VOLUME_ATTACH_WAIT_MS",
+        default_value_t = 300_000
+    )]
+    pub volume_attach_wait_ms: u64,
     /// Maximum pods on this node.
     #[arg(long, env = "ORCA_AGENT_MAX_PODS", default_value_t = 110)]
     pub max_pods: i32,

@@ -145,6 +145,8 @@ pub async fn serve(
         host_ip,
         cdi_dirs: flags.cdi_dirs.clone(),
         gpu_wait: std::time::Duration::from_millis(flags.gpu_wait_ms),
+        ebs_device_dir: flags.ebs_device_dir.clone(),
+        volume_attach_wait: std::time::Duration::from_millis(flags.volume_attach_wait_ms),
     };
     let timings = Timings {
         backoff_base: config.backoff_base,

@@ -175,6 +175,7 @@ async fn volumes_reach_the_containers() {
         )]
         .into(),
         service_account_token: String::new(),
+        ..Default::default()
     };
     let uid = a.run_with("vols", spec, Vec::new(), Some(data)).await;
     a.wait_phase(&uid, PodPhase::Succeeded).await;

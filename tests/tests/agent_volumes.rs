@@ -165,6 +165,7 @@ fn containers_see_prepared_volumes_with_contents_modes_and_read_only_mounts() {
         )]
         .into(),
         service_account_token: String::new(),
+        ..Default::default()
     };
     let labels: BTreeMap<String, String> = [
         ("app".to_owned(), "web".to_owned()),
@@ -184,7 +185,8 @@ fn containers_see_prepared_volumes_with_contents_modes_and_read_only_mounts() {
         node_memory_bytes: 1 << 30,
     };
 
-    let prepared: Prepared = volumes::prepare(&pod_dir, &pod, &spec, &data).expect("prepare");
+    let prepared: Prepared =
+        volumes::prepare(&pod_dir, &pod, &spec, &data, Path::new("/nonexistent")).expect("prepare");
     std::fs::write(host_dir.join("on-host"), "from the host").expect("host file");
     let writer = serde_json::from_value(writer_json).expect("container");
     let mounts = prepared.mounts_for(&writer).expect("writer mounts");
@@ -273,7 +275,8 @@ fn containers_see_prepared_volumes_with_contents_modes_and_read_only_mounts() {
 
     // The agent restarts: prepare again keeps everything; a second container
     // sees what the first wrote, through a read-only mount.
-    let again = volumes::prepare(&pod_dir, &pod, &spec, &data).expect("prepare again");
+    let again = volumes::prepare(&pod_dir, &pod, &spec, &data, Path::new("/nonexistent"))
+        .expect("prepare again");
     assert_eq!(again, prepared);
     let reader = serde_json::from_value(reader_json).expect("container");
     let out = env.run(

@@ -396,6 +396,10 @@ pub struct Layout {
     pub cdi_dirs: Vec<PathBuf>,
     /// How long a GPU pod waits for healthy, free GPUs.
     pub gpu_wait: Duration,
+    /// Where EBS volumes appear by id (`/dev/disk/by-id`).
+    pub ebs_device_dir: PathBuf,
+    /// How long a pod waits for its EBS volumes to be attached.
+    pub volume_attach_wait: Duration,
 }
 
 /// Runs pods on containerd.
@@ -530,8 +534,13 @@ impl PodManager {
             node_cpu_millis: layout.node_cpu_millis,
             node_memory_bytes: layout.node_memory_bytes,
         };
-        let prepared =
-            crate::volumes::prepare(&self.pod_dir(&entry.key), &info, &entry.spec, data)?;
+        let prepared = crate::volumes::prepare(
+            &self.pod_dir(&entry.key),
+            &info,
+            &entry.spec,
+            data,
+            &layout.ebs_device_dir,
+        )?;
         self.update(uid, |p| p.volumes = Some(Arc::new(prepared)));
         Ok(())
     }

@@ -81,6 +81,22 @@ impl PodManager {
         let Some(entry) = self.pods().get(&uid).cloned() else {
             return;
         };
+        let layout = &self.inner.layout;
+        let claims = &inputs.volume_data.claims;
+        if let Err(e) =
+            crate::volumes::wait_attached(claims, &layout.ebs_device_dir, layout.volume_attach_wait)
+                .await
+        {
+            warn!(pod = %entry.key.name, error = %e, "volume not attached");
+            self.update(&uid, |p| {
+                p.failure = Some(PodFailure {
+                    reason: "FailedAttachVolume".into(),
+                    message: e.to_string(),
+                })
+            });
+            self.save_runs(&uid);
+            return;
+        }
         {
             // Under the lifecycle lock: a removal that came first has cleaned up, and
             // one that comes later waits, so no volume (or tmpfs mount) is left behind.

@@ -268,10 +268,24 @@ mod tests {
         );
         let (l, a) = (labels(), BTreeMap::new());
         let mut data = data();
-        prepare(dir.path(), &info(&l, &a), &spec, &data).unwrap();
+        prepare(
+            dir.path(),
+            &info(&l, &a),
+            &spec,
+            &data,
+            std::path::Path::new("/nonexistent"),
+        )
+        .unwrap();
         let v = dir.volume("cfg");
         let first = fs::read_link(v.join("..data")).unwrap();
-        prepare(dir.path(), &info(&l, &a), &spec, &data).unwrap();
+        prepare(
+            dir.path(),
+            &info(&l, &a),
+            &spec,
+            &data,
+            std::path::Path::new("/nonexistent"),
+        )
+        .unwrap();
         assert_eq!(
             fs::read_link(v.join("..data")).unwrap(),
             first,
@@ -281,7 +295,14 @@ mod tests {
         let app = data.config_maps.get_mut("app").unwrap();
         app.remove("extra");
         app.insert("app.conf".into(), b"listen 8080\n".to_vec());
-        prepare(dir.path(), &info(&l, &a), &spec, &data).unwrap();
+        prepare(
+            dir.path(),
+            &info(&l, &a),
+            &spec,
+            &data,
+            std::path::Path::new("/nonexistent"),
+        )
+        .unwrap();
         let second = fs::read_link(v.join("..data")).unwrap();
         assert_ne!(second, first);
         assert_eq!(read(&v.join("app.conf")), "listen 8080\n");

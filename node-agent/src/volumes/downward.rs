@@ -255,7 +255,14 @@ mod tests {
             ("a/x".to_owned(), "é\t".to_owned()),
         ]
         .into();
-        prepare(dir.path(), &info(&l, &a), &spec, &data()).expect("prepare");
+        prepare(
+            dir.path(),
+            &info(&l, &a),
+            &spec,
+            &data(),
+            std::path::Path::new("/nonexistent"),
+        )
+        .expect("prepare");
         let v = dir.volume("info");
         let file = |p: &str| read(&v.join(p));
         assert_eq!(file("name"), "web-0");

@@ -151,6 +151,29 @@ pub enum VolumeError {
         #[source]
         source: Errno,
     },
+    /// A claim's storage cannot be used (not resolved, not formatted as asked,
+    /// not mountable).
+    #[error("volume {volume:?} (claim {claim}): {reason}")]
+    Claim {
+        /// Volume name.
+        volume: String,
+        /// The claim, `namespace/name`.
+        claim: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An EBS volume did not appear on the node in time.
+    #[error("volume {volume:?}: EBS volume {volume_id} was not attached within {waited:?} (no {})", link.display())]
+    NotAttached {
+        /// Volume name.
+        volume: String,
+        /// `vol-...`.
+        volume_id: String,
+        /// The device link looked for.
+        link: PathBuf,
+        /// How long the agent waited.
+        waited: std::time::Duration,
+    },
     /// A volume's mount could not be unmounted during cleanup.
     #[error("cannot unmount {}", path.display())]
     Unmount {

@@ -130,7 +130,13 @@ mod tests {
         let (l, a) = (labels(), BTreeMap::new());
         let check = |volume: Value| {
             let spec = one_container(json!([]), json!([volume]));
-            prepare(dir.path(), &info(&l, &a), &spec, &data())
+            prepare(
+                dir.path(),
+                &info(&l, &a),
+                &spec,
+                &data(),
+                std::path::Path::new("/nonexistent"),
+            )
         };
         let err =
             check(json!({ "name": "d", "hostPath": { "path": h("absent"), "type": "Directory" } }))

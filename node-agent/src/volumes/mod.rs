@@ -64,6 +64,7 @@
 //! - `error.rs`: [`VolumeError`].
 
 mod atomic_writer;
+mod claim;
 mod disk;
 mod downward;
 mod empty_dir;
@@ -88,6 +89,7 @@ use nix::errno::Errno;
 use nix::mount::MntFlags;
 use orca_proto::types::v1 as pb;
 
+pub use self::claim::{ClaimSource, ClaimVolume, ebs_device_link, wait_attached};
 pub use self::error::VolumeError;
 pub use self::validation::validate;
 
@@ -119,6 +121,8 @@ pub struct VolumeData {
     pub secrets: BTreeMap<String, KeyValues>,
     /// The pod's service account token; empty when there is none.
     pub service_account_token: String,
+    /// Where each persistentVolumeClaim volume's storage is, by volume name.
+    pub claims: BTreeMap<String, ClaimVolume>,
 }
 
 impl fmt::Debug for VolumeData {
@@ -139,6 +143,7 @@ impl fmt::Debug for VolumeData {
                     "<redacted>"
                 },
             )
+            .field("claims", &self.claims)
             .finish()
     }
 }
@@ -154,6 +159,11 @@ impl From<pb::VolumeData> for VolumeData {
             config_maps: map(data.config_maps),
             secrets: map(data.secrets),
             service_account_token: data.service_account_token,
+            claims: data
+                .claims
+                .into_iter()
+                .map(|(volume, c)| (volume, c.into()))
+                .collect(),
         }
     }
 }
@@ -204,6 +214,9 @@ enum Kind {
     EmptyDir,
     /// As EmptyDir, on a path of the host.
     HostPath,
+    /// A persistentVolumeClaim's storage: as EmptyDir, read-only for every
+    /// container when the volume says `readOnly`.
+    Claim { read_only: bool },
     /// configMap, secret, downwardAPI, projected: always read-only.
     Files,
 }
@@ -216,14 +229,16 @@ impl Prepared {
 }
 
 /// Materialises every volume of the pod under `pod_dir/volumes/<name>` (see the
-/// module docs for each type) after [`validate`]. Idempotent: calling it again for
-/// the same pod (after an agent restart) keeps emptyDir content and tmpfs mounts,
-/// and rewrites file volumes only when their content changed.
+/// module docs for each type) after [`validate`]; EBS volumes of claims are looked
+/// for under `ebs_device_dir`. Idempotent: calling it again for the same pod
+/// (after an agent restart) keeps emptyDir content and tmpfs and EBS mounts, and
+/// rewrites file volumes only when their content changed.
 pub fn prepare(
     pod_dir: &Path,
     pod: &PodInfo<'_>,
     spec: &PodSpec,
     data: &VolumeData,
+    ebs_device_dir: &Path,
 ) -> Result<Prepared, VolumeError> {
     validate(spec, data)?;
     let fs_group = fs_group(spec)?;
@@ -242,6 +257,11 @@ pub fn prepare(
             Source::HostPath { path, kind } => {
                 host_path::check(name, Path::new(path), kind)?;
                 (PathBuf::from(path), Kind::HostPath)
+            }
+            Source::Claim { claim, read_only } => {
+                let c = claim::check(name, claim, &data.claims)?;
+                let path = claim::prepare(name, c, &dir, ebs_device_dir, fs_group)?;
+                (path, Kind::Claim { read_only })
             }
             Source::Files {
                 projections,
@@ -358,7 +378,16 @@ mod tests {
             json!([{ "name": "s", "emptyDir": {} }, { "name": "c", "configMap": { "name": "nope" } }]),
         );
         let (l, a) = (labels(), BTreeMap::new());
-        assert!(prepare(dir.path(), &info(&l, &a), &spec, &data()).is_err());
+        assert!(
+            prepare(
+                dir.path(),
+                &info(&l, &a),
+                &spec,
+                &data(),
+                std::path::Path::new("/nonexistent")
+            )
+            .is_err()
+        );
         assert!(!dir.path().join("volumes").exists());
         cleanup(dir.path()).expect("nothing to clean");
     }
@@ -381,6 +410,7 @@ mod tests {
             )]
             .into(),
             service_account_token: "secret-token".into(),
+            ..Default::default()
         };
         let data = VolumeData::from(wire);
         assert_eq!(data.config_maps["app"]["k"], b"v");

@@ -148,7 +148,8 @@ impl Prepared {
                     reason: format!("source {} is not UTF-8", source.display()),
                 })?
                 .to_owned();
-            let read_only = m.read_only.unwrap_or(false) || volume.kind == Kind::Files;
+            let read_only = m.read_only.unwrap_or(false)
+                || matches!(volume.kind, Kind::Files | Kind::Claim { read_only: true });
             let mut options = vec![
                 "rbind".to_owned(),
                 plan.propagation.to_owned(),

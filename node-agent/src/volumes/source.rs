@@ -24,6 +24,12 @@ pub(super) enum Source<'s> {
         path: &'s str,
         kind: HostPathType,
     },
+    /// persistentVolumeClaim: storage the control plane resolved into
+    /// [`super::VolumeData::claims`].
+    Claim {
+        claim: &'s str,
+        read_only: bool,
+    },
     /// configMap, secret, downwardAPI, projected: files written by the agent.
     Files {
         projections: Vec<Projection<'s>>,
@@ -296,6 +302,17 @@ pub(super) fn classify(v: &Volume) -> Result<Source<'_>, VolumeError> {
             )?,
             default_user: user(p.default_user, at("projected.defaultUser"))?,
             tmpfs: true,
+        })
+    } else if let Some(c) = &v.persistent_volume_claim {
+        if c.claim_name.is_empty() {
+            return Err(invalid(
+                "persistentVolumeClaim.claimName",
+                "is required".into(),
+            ));
+        }
+        Ok(Source::Claim {
+            claim: &c.claim_name,
+            read_only: c.read_only.unwrap_or(false),
         })
     } else {
         Err(VolumeError::Unsupported { field: at(kind) })

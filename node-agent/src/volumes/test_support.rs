@@ -78,6 +78,7 @@ pub(super) fn data() -> VolumeData {
         )]
         .into(),
         service_account_token: "tok.en".into(),
+        claims: BTreeMap::new(),
     }
 }
 
@@ -112,5 +113,12 @@ pub(super) fn one_container(mounts: Value, volumes: Value) -> PodSpec {
 
 pub(super) fn prepare_one(dir: &PodDir, spec: &PodSpec) -> Prepared {
     let (l, a) = (labels(), BTreeMap::new());
-    prepare(dir.path(), &info(&l, &a), spec, &data()).expect("prepare")
+    prepare(
+        dir.path(),
+        &info(&l, &a),
+        spec,
+        &data(),
+        Path::new("/nonexistent"),
+    )
+    .expect("prepare")
 }

@@ -16,7 +16,7 @@ use super::disk::make_dir;
 use super::error::volume_io;
 
 /// Whether `dir` is a mount point: its device differs from its parent's.
-fn is_mount_point(dir: &Path) -> io::Result<bool> {
+pub(super) fn is_mount_point(dir: &Path) -> io::Result<bool> {
     let own = fs::metadata(dir)?.dev();
     let parent = fs::metadata(dir.join(".."))?.dev();
     Ok(own != parent)

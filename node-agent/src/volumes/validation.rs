@@ -42,20 +42,25 @@ pub fn validate(spec: &PodSpec, data: &VolumeData) -> Result<(), VolumeError> {
                 volume: v.name.clone(),
             });
         }
-        if let Source::Files {
-            projections,
-            default_mode,
-            default_user,
-            ..
-        } = classify(v)?
-        {
-            let files = Files {
-                volume: &v.name,
+        match classify(v)? {
+            Source::Files {
+                projections,
                 default_mode,
                 default_user,
-                fs_group,
-            };
-            files.collect(&projections, data, &placeholder, spec)?;
+                ..
+            } => {
+                let files = Files {
+                    volume: &v.name,
+                    default_mode,
+                    default_user,
+                    fs_group,
+                };
+                files.collect(&projections, data, &placeholder, spec)?;
+            }
+            Source::Claim { claim, .. } => {
+                super::claim::check(&v.name, claim, &data.claims)?;
+            }
+            _ => {}
         }
     }
     for (kind, c) in containers(spec) {

@@ -18,6 +18,7 @@
 //! path: they are owned by the returned value and die with it, or with the test
 //! process (see [`Daemon`]).
 
+mod block;
 mod containerd;
 mod daemon;
 mod ec2_hosts;
@@ -31,6 +32,7 @@ mod moto;
 mod registry;
 mod tools;
 
+pub use block::EbsDisk;
 pub use containerd::Containerd;
 pub(crate) use containerd::unmount_under;
 pub use daemon::{Daemon, STOP_GRACE};

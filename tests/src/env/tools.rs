@@ -31,7 +31,10 @@ pub fn install_hint(tool: &str) -> String {
         "protoc" => Some("apt-get install -y protobuf-compiler"),
         "ip" => Some("apt-get install -y iproute2"),
         "python3" => Some("apt-get install -y python3-venv"),
-        "setpriv" | "umount" | "unshare" | "nsenter" => Some("apt-get install -y util-linux"),
+        "setpriv" | "umount" | "unshare" | "nsenter" | "losetup" | "blkid" => {
+            Some("apt-get install -y util-linux")
+        }
+        "mkfs.ext4" => Some("apt-get install -y e2fsprogs"),
         "debootstrap" => Some("apt-get install -y debootstrap"),
         "packer" => Some("apt-get install -y packer"),
         "systemd-analyze" => Some("apt-get install -y systemd"),
