@@ -51,6 +51,7 @@
 
 pub mod api;
 pub mod backup;
+pub mod claims;
 pub mod cli;
 pub mod cloud;
 pub mod cluster;

@@ -36,7 +36,6 @@ use crate::cloud::{
     CapacityType, LaunchFailure, LaunchRequest, Offering, PodLaunch, ProviderError,
 };
 use crate::cluster::{Cluster, ClusterError, age, now};
-use crate::config::Provider;
 use crate::config::ec2::Ec2Provider as Settings;
 use crate::pods::{key, names, phase, uid};
 use crate::selection::{self, Arch, Needs};
@@ -150,10 +149,7 @@ fn backoff(s: &Settings, n: u32) -> Duration {
 impl Cluster {
     /// The EC2 settings, when that is the provider.
     fn ec2_settings(&self) -> Option<&Settings> {
-        match &self.config().provider {
-            Provider::Ec2(s) => Some(s),
-            Provider::Local(_) => None,
-        }
+        self.config().ec2()
     }
 
     /// Notes where a Pending pod's launch stands (reason and message), if it is

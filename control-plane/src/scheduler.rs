@@ -265,6 +265,7 @@ impl Cluster {
             return self.provision_pending(&pods, &all_nodes);
         }
         let mut wants_host: Option<Resources> = None;
+        let mut claims = self.claims("")?;
         for pod in pods
             .iter()
             .filter(|p| p.node_name.is_empty() && phase(p) == PodPhase::Pending)
@@ -278,6 +279,7 @@ impl Cluster {
                     .filter_map(|(n, used)| {
                         unfit(n, used, &spec, &want)
                             .or_else(|| wrong_gpu_model(n, pod))
+                            .or_else(|| crate::claims::misfit(&claims, &ns, &spec, &n.name))
                             .map(|w| format!("{}: {w}", n.name))
                     })
                     .collect::<Vec<_>>()
@@ -297,7 +299,9 @@ impl Cluster {
             let choice = nodes
                 .iter_mut()
                 .filter(|(n, used)| {
-                    unfit(n, used, &spec, &want).is_none() && wrong_gpu_model(n, pod).is_none()
+                    unfit(n, used, &spec, &want).is_none()
+                        && wrong_gpu_model(n, pod).is_none()
+                        && crate::claims::misfit(&claims, &ns, &spec, &n.name).is_none()
                 })
                 .max_by_key(|(n, used)| {
                     (
@@ -322,6 +326,10 @@ impl Cluster {
                 continue;
             }
             add(used, &want);
+            if !crate::claims::claims_of(&spec).is_empty() {
+                self.bind_local_claims(&ns, &spec, &node.name)?;
+                claims = self.claims("")?;
+            }
             info!(pod = %key(&ns, &name), node = %node.name, "scheduled");
             self.event(
                 "Pod",
@@ -428,10 +436,21 @@ impl Cluster {
             if let (Some(pod), Some(spec)) = (pod.as_mut(), resolved.spec_json) {
                 pod.spec_json = spec;
             }
+            let mut volume_data = resolved.volume_data;
+            if let Some(spec) = pod
+                .as_ref()
+                .and_then(|p| serde_json::from_str::<PodSpec>(&p.spec_json).ok())
+                .filter(|s| !crate::claims::claims_of(s).is_empty())
+            {
+                let claims = self
+                    .claim_volumes(&ns, &spec)
+                    .map_err(ClusterError::Unresolved)?;
+                volume_data.get_or_insert_default().claims = claims.into_iter().collect();
+            }
             let req = agent::RunPodRequest {
                 pod,
                 registry_credentials: resolved.registry_credentials,
-                volume_data: resolved.volume_data,
+                volume_data,
             };
             self.agent(&node)?
                 .run_pod(self.timed(req, std::time::Duration::ZERO))

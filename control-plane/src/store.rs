@@ -239,6 +239,8 @@ pub struct Store {
     pub tokens: Table<JoinToken>,
     /// The CA (key `ca`).
     pub pki: Table<crate::pki::CaRecord>,
+    /// PersistentVolumeClaims by `namespace/name`.
+    pub claims: Table<pb::Claim>,
 }
 
 impl Store {
@@ -252,6 +254,7 @@ impl Store {
             events: Table::open(&db, &gate, "events")?,
             tokens: Table::open(&db, &gate, "tokens")?,
             pki: Table::open(&db, &gate, "pki")?,
+            claims: Table::open(&db, &gate, "claims")?,
             db,
             gate,
             flushes: Arc::default(),

@@ -255,6 +255,42 @@ impl AdminService for AdminApi {
         Ok(Response::new(output.boxed()))
     }
 
+    #[tracing::instrument(skip_all)]
+    async fn create_claim(
+        &self,
+        req: Request<pb::CreateClaimRequest>,
+    ) -> Result<Response<pb::Claim>, Status> {
+        self.cluster
+            .create_claim(&req.into_inner().manifest_json)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn list_claims(
+        &self,
+        req: Request<pb::ListClaimsRequest>,
+    ) -> Result<Response<pb::ListClaimsResponse>, Status> {
+        let claims = self
+            .cluster
+            .claims(&req.into_inner().namespace)
+            .map_err(status)?;
+        Ok(Response::new(pb::ListClaimsResponse { claims }))
+    }
+
+    #[tracing::instrument(skip_all, fields(claim = %req.get_ref().name))]
+    async fn delete_claim(
+        &self,
+        req: Request<pb::DeleteClaimRequest>,
+    ) -> Result<Response<pb::Claim>, Status> {
+        let req = req.into_inner();
+        self.cluster
+            .delete_claim(&req.namespace, &req.name)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
     async fn list_events(
         &self,
         req: Request<pb::ListEventsRequest>,

@@ -1,6 +1,7 @@
 //! The `orca` command line: a client of AdminService only.
 //!
 //! - [`backup`]: `orca backup`.
+//! - [`claims`]: PersistentVolumeClaims (`apply -f`, `get pvc`, `delete pvc`).
 //! - [`credentials`]: the kubeconfig-like credentials file.
 //! - [`nodes`]: the `orca node` commands and `orca down`.
 //! - [`pod`]: builds a Kubernetes pod from `orca run` flags or reads one from YAML.
@@ -10,6 +11,7 @@
 //!   mode and window size for `exec -t`.
 
 pub mod backup;
+pub mod claims;
 pub mod credentials;
 pub mod nodes;
 pub mod output;
@@ -109,7 +111,7 @@ pub enum Command {
     Node(nodes::NodeCommand),
     /// Run a pod with one container.
     Run(pod::RunArgs),
-    /// Create a pod from a Kubernetes Pod manifest (YAML or JSON).
+    /// Create a pod or a PersistentVolumeClaim from a Kubernetes manifest (YAML or JSON).
     Apply {
         /// The manifest file.
         #[arg(long, short = 'f')]
@@ -117,8 +119,8 @@ pub enum Command {
     },
     /// List pods or nodes.
     Get {
-        /// `pods`, `pod NAME`, `nodes` or `node NAME`.
-        #[arg(value_parser = ["pods", "pod", "po", "nodes", "node", "no"])]
+        /// `pods`, `pod NAME`, `nodes`, `node NAME` or `pvc`.
+        #[arg(value_parser = ["pods", "pod", "po", "nodes", "node", "no", "pvc", "persistentvolumeclaims"])]
         kind: String,
         /// A name, for one object.
         name: Option<String>,
@@ -147,10 +149,10 @@ pub enum Command {
     },
     /// Attach to a container's main process: its output from now on, then its exit code.
     Attach(streams::SessionArgs),
-    /// Stop a pod's containers and delete it.
+    /// Stop a pod's containers and delete it, or delete a claim (`pvc`).
     Delete {
-        /// `pod`.
-        #[arg(value_parser = ["pod", "po"])]
+        /// `pod` or `pvc`.
+        #[arg(value_parser = ["pod", "po", "pvc", "persistentvolumeclaim"])]
         kind: String,
         /// Pod name.
         name: String,
@@ -265,7 +267,16 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Apply { file } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
-            create_pod(&mut client, pod::from_manifest(&ns, &text)?, &mut out).await?;
+            if claims::is_claim(&text) {
+                let manifest_json = claims::from_manifest(&ns, &text)?;
+                let claim = client
+                    .create_claim(pb::CreateClaimRequest { manifest_json })
+                    .await?
+                    .into_inner();
+                writeln!(out, "persistentvolumeclaim/{} created", claim.name)?;
+            } else {
+                create_pod(&mut client, pod::from_manifest(&ns, &text)?, &mut out).await?;
+            }
         }
         Command::Get {
             kind,
@@ -274,6 +285,29 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         } => {
             if is_nodes(&kind) {
                 nodes::get(&mut client, name, &format, &mut out).await?;
+            } else if is_claims(&kind) {
+                let mut list = client
+                    .list_claims(pb::ListClaimsRequest { namespace: ns })
+                    .await?
+                    .into_inner()
+                    .claims;
+                if let Some(name) = &name {
+                    list.retain(|c| &c.name == name);
+                    if list.is_empty() {
+                        return Err(CliError::Call(tonic::Status::not_found(format!(
+                            "persistentvolumeclaim {name:?} not found"
+                        ))));
+                    }
+                }
+                match format.as_str() {
+                    "json" | "yaml" => output::structured(
+                        &mut out,
+                        list.iter().map(claims::value).collect(),
+                        name.is_some(),
+                        &format,
+                    )?,
+                    _ => claims::table_of(&mut out, &list)?,
+                }
             } else {
                 let one = name.is_some();
                 let pods = match name {
@@ -354,6 +388,15 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             return streams::exec(&mut client, ns, session, command).await;
         }
         Command::Attach(session) => return streams::attach(&mut client, ns, session).await,
+        Command::Delete { kind, name, .. } if is_claims(&kind) => {
+            client
+                .delete_claim(pb::DeleteClaimRequest {
+                    namespace: ns,
+                    name: name.clone(),
+                })
+                .await?;
+            writeln!(out, "persistentvolumeclaim/{name} deleted")?;
+        }
         Command::Delete {
             kind: _,
             name,
@@ -429,6 +472,13 @@ async fn create_pod(
     let (_, name) = crate::pods::names(&record);
     writeln!(out, "pod/{name} created")?;
     Ok(())
+}
+
+fn is_claims(kind: &str) -> bool {
+    matches!(
+        kind,
+        "pvc" | "persistentvolumeclaim" | "persistentvolumeclaims"
+    )
 }
 
 fn is_nodes(kind: &str) -> bool {

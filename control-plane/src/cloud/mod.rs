@@ -228,8 +228,37 @@ pub struct Offered {
     pub gpu_models: std::collections::BTreeSet<String>,
 }
 
+/// An EBS volume as the cloud describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// `vol-...`.
+    pub volume_id: String,
+    /// Its availability zone.
+    pub zone: String,
+    /// `creating`, `available`, `in-use`, ...
+    pub state: String,
+    /// The instance it is attached to, if any.
+    pub attached_to: Option<String>,
+}
+
+/// A volume to create for a claim.
+#[derive(Debug, Clone)]
+pub struct NewVolume {
+    /// Availability zone.
+    pub zone: String,
+    /// Size in GiB.
+    pub size_gib: i32,
+    /// EBS volume type.
+    pub volume_type: String,
+    /// The claim, `namespace/name`, and its uid (tags; the uid also makes the
+    /// request idempotent).
+    pub claim: String,
+    /// The claim's uid.
+    pub claim_uid: String,
+}
+
 /// Launches and terminates the instances nodes run on. Optional operations
-/// (faults) default to [`ProviderError::Unsupported`].
+/// (faults, volumes) default to [`ProviderError::Unsupported`].
 pub trait InstanceProvider: Send + Sync {
     /// The provider's name (`local`, `ec2`).
     fn name(&self) -> &'static str;
@@ -290,6 +319,57 @@ pub trait InstanceProvider: Send + Sync {
     /// Terminates an instance; an instance that is already gone is not an error.
     /// This is also how a lost node is fenced: after Ok nothing of it runs.
     fn terminate(&self, instance_id: &str) -> BoxFuture<'_, Result<(), ProviderError>>;
+    /// The directory of `node`'s host where local persistent volumes live, for
+    /// providers whose hosts share this machine's filesystem; `None` otherwise.
+    fn local_volumes_dir(&self, node: &str) -> Option<std::path::PathBuf> {
+        let _ = node;
+        None
+    }
+    /// Describes an EBS volume.
+    fn volume<'a>(
+        &'a self,
+        volume_id: &'a str,
+    ) -> BoxFuture<'a, Result<VolumeInfo, ProviderError>> {
+        let _ = volume_id;
+        unsupported(self.name(), "volumes")
+    }
+    /// The availability zone of a subnet (`None`: EC2's default subnet).
+    fn subnet_zone<'a>(
+        &'a self,
+        subnet: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<String, ProviderError>> {
+        let _ = subnet;
+        unsupported(self.name(), "volumes")
+    }
+    /// Creates an EBS volume and waits until it is `available`.
+    fn create_volume(&self, req: NewVolume) -> BoxFuture<'_, Result<VolumeInfo, ProviderError>> {
+        let _ = req;
+        unsupported(self.name(), "volumes")
+    }
+    /// Attaches a volume to an instance (repeated while the instance is not yet
+    /// running).
+    fn attach_volume<'a>(
+        &'a self,
+        volume_id: &'a str,
+        instance_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        let _ = (volume_id, instance_id);
+        unsupported(self.name(), "volumes")
+    }
+    /// Detaches every volume ORCA attached to an instance and waits until each
+    /// is `available` (or the detach timeout passes).
+    fn detach_volumes<'a>(
+        &'a self,
+        instance_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        let _ = instance_id;
+        Box::pin(async { Ok(()) })
+    }
+    /// Deletes a volume; one already gone is not an error.
+    fn delete_volume<'a>(&'a self, volume_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
+        let _ = volume_id;
+        unsupported(self.name(), "volumes")
+    }
     /// Injects a failure (simulated hosts only).
     fn fault(&self, instance_id: &str, fault: Fault) -> BoxFuture<'_, Result<(), ProviderError>> {
         let _ = (instance_id, fault);
@@ -301,4 +381,11 @@ pub trait InstanceProvider: Send + Sync {
             })
         })
     }
+}
+
+fn unsupported<T: Send + 'static>(
+    provider: &'static str,
+    what: &'static str,
+) -> BoxFuture<'static, Result<T, ProviderError>> {
+    Box::pin(async move { Err(ProviderError::Unsupported { provider, what }) })
 }

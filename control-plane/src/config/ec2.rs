@@ -109,6 +109,44 @@ pub struct Ec2File {
     /// Refresh period of the instance-type catalogue (ms).
     #[serde(default = "d_refresh")]
     pub catalogue_refresh_ms: u64,
+    /// Storage classes ORCA owns: a claim naming one gets an EBS volume created
+    /// for it (CreateVolume) in its first pod's availability zone.
+    #[serde(default)]
+    pub storage_classes: Vec<StorageClass>,
+    /// Time a detached volume has to become `available` before the instance is
+    /// terminated anyway (ms).
+    #[serde(default = "d_detach")]
+    pub volume_detach_timeout_ms: u64,
+}
+
+/// A storage class ORCA provisions EBS volumes for.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageClass {
+    /// The name claims give as `storageClassName`.
+    pub name: String,
+    /// EBS volume type (`gp3`, `gp2`, `io2`, `st1`, ...).
+    #[serde(default = "d_volume_type")]
+    pub volume_type: String,
+    /// Filesystem the agent makes on the new volume: `ext4` or `xfs`.
+    #[serde(default = "d_fs_type")]
+    pub fs_type: String,
+    /// `Delete` (the volume goes with the claim) or `Retain`.
+    #[serde(default = "d_reclaim")]
+    pub reclaim_policy: String,
+}
+
+fn d_volume_type() -> String {
+    "gp3".into()
+}
+fn d_fs_type() -> String {
+    "ext4".into()
+}
+fn d_reclaim() -> String {
+    "Delete".into()
+}
+fn d_detach() -> u64 {
+    120_000
 }
 
 /// Static credentials.
@@ -199,6 +237,10 @@ pub struct Ec2Provider {
     pub terminate_confirm: Duration,
     /// Catalogue refresh period.
     pub catalogue_refresh: Duration,
+    /// Storage classes ORCA provisions volumes for.
+    pub storage_classes: Vec<StorageClass>,
+    /// How long a detaching volume may take before termination goes ahead.
+    pub volume_detach_timeout: Duration,
 }
 
 /// `arn:<partition>:iam::<12 digits>:role/<path/>name`.
@@ -322,7 +364,49 @@ impl Ec2File {
                 "must not be shorter than backoff_base_ms".into(),
             ));
         }
+        let mut class_names = std::collections::BTreeSet::new();
+        for c in &self.storage_classes {
+            let field = "provider.ec2.storage_classes";
+            if c.name.is_empty() || !class_names.insert(c.name.as_str()) {
+                return Err(invalid(
+                    field,
+                    format!("{:?}: names must be non-empty and unique", c.name),
+                ));
+            }
+            if !matches!(c.fs_type.as_str(), "ext4" | "xfs") {
+                return Err(invalid(
+                    field,
+                    format!("{}: fs_type {:?} is not ext4 or xfs", c.name, c.fs_type),
+                ));
+            }
+            if !matches!(c.reclaim_policy.as_str(), "Delete" | "Retain") {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{}: reclaim_policy {:?} is not Delete or Retain",
+                        c.name, c.reclaim_policy
+                    ),
+                ));
+            }
+            if !matches!(
+                c.volume_type.as_str(),
+                "gp2" | "gp3" | "io1" | "io2" | "st1" | "sc1" | "standard"
+            ) {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{}: volume_type {:?} is not an EBS volume type",
+                        c.name, c.volume_type
+                    ),
+                ));
+            }
+        }
         Ok(Ec2Provider {
+            storage_classes: self.storage_classes,
+            volume_detach_timeout: positive(
+                "provider.ec2.volume_detach_timeout_ms",
+                self.volume_detach_timeout_ms,
+            )?,
             cluster: self.cluster,
             client: crate::cloud::ec2::ClientSettings {
                 region: self.region,
@@ -420,6 +504,14 @@ mod tests {
                 "provider.ec2.on_demand_prices",
             ),
             ("ami: ami-1\ntemplates: {t: []}\n", "provider.ec2.templates"),
+            (
+                "ami: ami-1\nstorage_classes: [{name: s, fs_type: btrfs}]\n",
+                "provider.ec2.storage_classes",
+            ),
+            (
+                "ami: ami-1\nstorage_classes: [{name: s}, {name: s}]\n",
+                "provider.ec2.storage_classes",
+            ),
             (
                 "ami: ami-1\nboot_timeout_ms: 0\n",
                 "provider.ec2.boot_timeout_ms",

@@ -3,6 +3,8 @@
 //! [`ec2`]; the Kubernetes mode's is [`kubernetes`].
 
 pub mod ec2;
+
+pub use ec2::StorageClass;
 pub mod kubernetes;
 
 use std::net::SocketAddr;
@@ -382,6 +384,14 @@ pub struct Network {
 }
 
 impl Config {
+    /// The EC2 settings, when that is the provider.
+    pub fn ec2(&self) -> Option<&ec2::Ec2Provider> {
+        match &self.provider {
+            Provider::Ec2(s) => Some(s),
+            Provider::Local(_) => None,
+        }
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         Self::load_with(path, &Overrides::default())

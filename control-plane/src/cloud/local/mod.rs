@@ -300,6 +300,10 @@ impl InstanceProvider for LocalProvider {
         })
     }
 
+    fn local_volumes_dir(&self, node: &str) -> Option<std::path::PathBuf> {
+        Some(HostDir::new(&self.hosts_dir, node).path().join("claims"))
+    }
+
     fn fault(&self, instance_id: &str, fault: Fault) -> BoxFuture<'_, Result<(), ProviderError>> {
         let instance_id = instance_id.to_owned();
         Box::pin(async move {
