@@ -50,7 +50,7 @@ fn capacity(bytes: u64) -> String {
         return String::new();
     }
     for (unit, size) in UNITS {
-        if bytes % size == 0 {
+        if bytes.is_multiple_of(size) {
             return format!("{}{unit}", bytes / size);
         }
     }
