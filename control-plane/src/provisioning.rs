@@ -154,7 +154,14 @@ impl Cluster {
 
     /// Notes where a Pending pod's launch stands (reason and message), if it is
     /// still this incarnation and Pending.
-    fn launch_note(&self, ns: &str, name: &str, pod_uid: &str, reason: &str, message: String) {
+    pub(crate) fn launch_note(
+        &self,
+        ns: &str,
+        name: &str,
+        pod_uid: &str,
+        reason: &str,
+        message: String,
+    ) {
         let result = self.store().pods.update(&key(ns, name), |p| {
             if uid(p) == pod_uid && phase(p) == PodPhase::Pending {
                 let status = p.status.get_or_insert_default();
@@ -185,7 +192,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn fail_launch(&self, ns: &str, name: &str, reason: &str, message: String) {
+    pub(crate) fn fail_launch(&self, ns: &str, name: &str, reason: &str, message: String) {
         if let Err(e) = self.fail_pod(ns, name, reason, message) {
             warn!(pod = %key(ns, name), error = %e, "launch failure not recorded");
         }
@@ -309,6 +316,12 @@ impl Cluster {
                 self.launch_note(ns, name, pod_uid, "Selecting", e.to_string());
                 return Ok(None);
             }
+        };
+        let Some(plan) = self
+            .plan_for_claims((ns, name, pod_uid), &spec, annotations, plan)
+            .await?
+        else {
+            return Ok(None);
         };
         if self.first_time(&format!("selected:{pod_uid}")) {
             let list: Vec<String> = plan
@@ -506,6 +519,7 @@ impl Cluster {
                     self.store().flush().await?;
                     info!(pod = %key(&ns, &name), node = %node.name, instance = %id, "instance launched");
                     self.event("Pod", &ns, &name, false, "Launched", msg);
+                    self.attach_claims(&ns, &name, &id).await;
                     return Ok(Outcome::Done);
                 }
                 Err(e) => e,

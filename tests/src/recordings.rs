@@ -254,7 +254,7 @@ impl KubeRequestLine {
 }
 
 /// The IAM actions one call needs: `<service>:<Action>`; for a `RunInstances`
-/// or `CreateFleet` with `TagSpecification`, `ec2:CreateTags` (EC2 authorises
+/// `CreateFleet` or `CreateVolume` with `TagSpecification`, `ec2:CreateTags` (EC2 authorises
 /// tags applied on create as that action, with `ec2:CreateAction` naming the
 /// call); and for a `RunInstances` with `IamInstanceProfile`, `iam:PassRole`
 /// (EC2 checks that the caller may pass the profile's role to
@@ -264,7 +264,10 @@ impl KubeRequestLine {
 pub fn iam_actions(call: &Ec2CallLine) -> Vec<String> {
     let mut actions = vec![format!("{}:{}", call.service, call.action)];
     let ec2 = call.service == "ec2";
-    let tags_on_create = matches!(call.action.as_str(), "RunInstances" | "CreateFleet");
+    let tags_on_create = matches!(
+        call.action.as_str(),
+        "RunInstances" | "CreateFleet" | "CreateVolume"
+    );
     if ec2 && tags_on_create && call.params.contains("TagSpecification") {
         actions.push("ec2:CreateTags".to_owned());
     }

@@ -490,17 +490,23 @@ fn the_iam_policy_is_well_formed_and_scoped_to_the_clusters_tag() {
             .iter()
             .any(|r| r.ends_with(":instance/*") || r.ends_with(":volume/*"));
         match actions.as_slice() {
-            [a] if a == "ec2:RunInstances" && created => assert_eq!(
+            [a] if (a == "ec2:RunInstances" || a == "ec2:CreateVolume") && created => assert_eq!(
                 condition("StringEquals", &format!("aws:RequestTag/{tag}")),
                 Some(vec![CLUSTER.to_owned()]),
                 "{:?}",
                 s.sid
             ),
             [a] if a == "ec2:RunInstances" => {}
+            // A claim's volume may be the user's (untagged); its instance must
+            // be the cluster's (the statement with the instance resource).
+            [a, d]
+                if a == "ec2:AttachVolume"
+                    && d == "ec2:DetachVolume"
+                    && resources == ["arn:aws:ec2:*:*:volume/*"] => {}
             [a] if a == "ec2:CreateTags" => {
                 assert_eq!(
                     condition("StringEquals", "ec2:CreateAction"),
-                    Some(vec!["RunInstances".to_owned()])
+                    Some(vec!["RunInstances".to_owned(), "CreateVolume".to_owned()])
                 );
                 assert_eq!(
                     condition("StringEquals", &format!("aws:RequestTag/{tag}")),

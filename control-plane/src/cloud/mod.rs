@@ -77,6 +77,10 @@ pub enum ProviderError {
         /// Why.
         reason: String,
     },
+    /// The operation cannot be done now (a volume attached elsewhere, still
+    /// detaching); it may be later.
+    #[error("{0}")]
+    NotNow(String),
     /// The provider does not offer this operation.
     #[error("the {provider} provider does not support {what}")]
     Unsupported {
@@ -341,19 +345,30 @@ pub trait InstanceProvider: Send + Sync {
         let _ = subnet;
         unsupported(self.name(), "volumes")
     }
+    /// The plan's offerings in availability zone `zone` (a volume's): an
+    /// offering in EC2's default subnet gets that zone's default subnet.
+    fn in_zone<'a>(
+        &'a self,
+        plan: Plan,
+        zone: &'a str,
+    ) -> BoxFuture<'a, Result<Plan, ProviderError>> {
+        let _ = (plan, zone);
+        unsupported(self.name(), "volumes")
+    }
     /// Creates an EBS volume and waits until it is `available`.
     fn create_volume(&self, req: NewVolume) -> BoxFuture<'_, Result<VolumeInfo, ProviderError>> {
         let _ = req;
         unsupported(self.name(), "volumes")
     }
-    /// Attaches a volume to an instance (repeated while the instance is not yet
-    /// running).
+    /// Attaches a volume to an instance as its `index`th data volume (repeated
+    /// while the instance is not yet running).
     fn attach_volume<'a>(
         &'a self,
         volume_id: &'a str,
         instance_id: &'a str,
+        index: usize,
     ) -> BoxFuture<'a, Result<(), ProviderError>> {
-        let _ = (volume_id, instance_id);
+        let _ = (volume_id, instance_id, index);
         unsupported(self.name(), "volumes")
     }
     /// Detaches every volume ORCA attached to an instance and waits until each

@@ -71,6 +71,7 @@ pub fn failure_reason(e: &ProviderError) -> String {
         ProviderError::Prepare { .. } => "Prepare".into(),
         ProviderError::Fault { .. } => "Fault".into(),
         ProviderError::Unsupported { .. } => "Unsupported".into(),
+        ProviderError::NotNow(_) => "NotNow".into(),
     }
 }
 

@@ -29,6 +29,10 @@
 //!   state directory) are killed. [`Played::powered_off`] records when.
 //! - An agent that exits by itself because its port was taken in between is
 //!   started again on a fresh port (up to [`PORT_ATTEMPTS`] times).
+//! - EBS volumes moto says are attached to a played host appear in that host's
+//!   `--ebs-device-dir` as loop devices named as Nitro names them, and go when
+//!   moto says they are detached or the host is powered off
+//!   ([`super::ec2_volumes`]).
 //! - Dropping the player stops the thread and powers off every host it plays.
 //!
 //! What moto does with instance states (moto 5.2.5): RunInstances answers
@@ -170,6 +174,8 @@ struct State {
     polls: u64,
     /// What went wrong (the latest [`MAX_PROBLEMS`]).
     problems: Vec<String>,
+    /// EBS volumes' disks by volume id, with the instance each is attached to.
+    disks: BTreeMap<String, (super::EbsDisk, Option<String>)>,
 }
 
 impl State {
@@ -405,6 +411,24 @@ fn poll_once(shared: &Shared, rt: &tokio::runtime::Runtime, client: &aws_sdk_ec2
         for p in problems {
             state.problem(p);
         }
+        match rt.block_on(super::ec2_volumes::volumes(client)) {
+            Ok(volumes) => {
+                let images = shared.settings.dir.join("ebs");
+                let live: BTreeMap<String, PathBuf> = state
+                    .hosts
+                    .iter()
+                    .filter(|h| h.played.powered_off.is_none())
+                    .map(|h| (h.played.instance_id.clone(), h.dir.clone()))
+                    .collect();
+                let problems = super::ec2_volumes::sync(&mut state.disks, &images, &volumes, |i| {
+                    live.get(i).cloned()
+                });
+                for p in problems {
+                    state.problem(p);
+                }
+            }
+            Err(e) => state.problem(format!("DescribeVolumes: {e}")),
+        }
         instances
             .into_iter()
             .filter(|i| {
@@ -595,6 +619,8 @@ fn start_agent(shared: &Shared, host: &mut Host) -> Result<()> {
         .arg("--state-dir")
         .arg(host.dir.join("state"))
         .args(["--insecure-registry", &s.registry])
+        .arg("--ebs-device-dir")
+        .arg(super::ec2_volumes::by_id_dir(&host.dir))
         .args(&s.agent_args);
     // The instance type's GPUs, simulated as the local provider does.
     if let Some((count, model)) = &host.gpus {

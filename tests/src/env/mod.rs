@@ -23,6 +23,7 @@ mod containerd;
 mod daemon;
 mod ec2_hosts;
 mod ec2_proxy;
+mod ec2_volumes;
 mod error;
 mod http;
 mod image;

@@ -12,6 +12,7 @@ pub mod instances;
 pub mod launch;
 pub mod provider;
 pub mod resources;
+pub mod volumes;
 
 pub use provider::Ec2Provider;
 

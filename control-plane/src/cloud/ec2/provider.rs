@@ -22,10 +22,11 @@ use tracing::{info, warn};
 
 use super::launch::{self, LaunchError, LaunchSpec, PodRef, Reservation};
 use super::resources::{self, Named, ResourceError, Wanted};
+use super::volumes::{self, VolumeError};
 use super::{Ec2Error, catalogue, instances};
 use crate::cloud::{
-    BoxFuture, Instance, InstanceProvider, LaunchFailure, LaunchRequest, Plan, PlannedOffering,
-    ProviderError, TaggedInstance,
+    BoxFuture, Instance, InstanceProvider, LaunchFailure, LaunchRequest, NewVolume, Plan,
+    PlannedOffering, ProviderError, TaggedInstance, VolumeInfo,
 };
 use crate::config::ec2::Ec2Provider as Settings;
 use crate::selection::annotations::{
@@ -412,9 +413,136 @@ impl InstanceProvider for Ec2Provider {
         })
     }
 
+    fn volume<'a>(
+        &'a self,
+        volume_id: &'a str,
+    ) -> BoxFuture<'a, Result<VolumeInfo, ProviderError>> {
+        Box::pin(async move {
+            volumes::describe(self.client().await, volume_id)
+                .await
+                .map_err(volume_error)
+        })
+    }
+
+    fn subnet_zone<'a>(
+        &'a self,
+        subnet: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<String, ProviderError>> {
+        Box::pin(async move {
+            volumes::subnet_zone(self.client().await, subnet)
+                .await
+                .map_err(api)
+        })
+    }
+
+    fn in_zone<'a>(
+        &'a self,
+        plan: Plan,
+        zone: &'a str,
+    ) -> BoxFuture<'a, Result<Plan, ProviderError>> {
+        Box::pin(async move {
+            let client = self.client().await;
+            let mut zones = std::collections::BTreeMap::new();
+            let mut offerings = Vec::new();
+            for mut o in plan.offerings {
+                let subnet = match &o.offering.subnet {
+                    Some(s) => s.clone(),
+                    None => match volumes::default_subnet(client, zone).await.map_err(api)? {
+                        Some(s) => {
+                            o.offering.subnet = Some(s.clone());
+                            s
+                        }
+                        None => continue,
+                    },
+                };
+                if !zones.contains_key(&subnet) {
+                    let z = volumes::subnet_zone(client, Some(&subnet))
+                        .await
+                        .map_err(api)?;
+                    zones.insert(subnet.clone(), z);
+                }
+                if zones[&subnet] == zone {
+                    offerings.push(o);
+                }
+            }
+            Ok(Plan {
+                offerings,
+                reason: format!("{}; in {zone}, the volume's zone", plan.reason),
+            })
+        })
+    }
+
+    fn create_volume(&self, req: NewVolume) -> BoxFuture<'_, Result<VolumeInfo, ProviderError>> {
+        Box::pin(async move {
+            volumes::create(
+                self.client().await,
+                &self.settings.cluster,
+                &req,
+                self.settings.volume_detach_timeout,
+            )
+            .await
+            .map_err(volume_error)
+        })
+    }
+
+    fn attach_volume<'a>(
+        &'a self,
+        volume_id: &'a str,
+        instance_id: &'a str,
+        index: usize,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            volumes::attach(
+                self.client().await,
+                volume_id,
+                instance_id,
+                index,
+                self.settings.boot_timeout,
+            )
+            .await
+            .map_err(volume_error)
+        })
+    }
+
+    fn detach_volumes<'a>(
+        &'a self,
+        instance_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            let ids = volumes::detach_all(
+                self.client().await,
+                instance_id,
+                self.settings.volume_detach_timeout,
+            )
+            .await
+            .map_err(volume_error)?;
+            if !ids.is_empty() {
+                info!(instance = %instance_id, volumes = ?ids, "volumes detached");
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_volume<'a>(&'a self, volume_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            volumes::delete(self.client().await, volume_id)
+                .await
+                .map_err(volume_error)?;
+            info!(volume = %volume_id, "volume deleted");
+            Ok(())
+        })
+    }
+
+    /// Detaches the instance's data volumes first (waiting for `available`, as
+    /// the EBS CSI driver does before a node goes), then terminates it; a detach
+    /// that fails or times out does not hold the termination back (EC2 detaches
+    /// them when the instance terminates).
     fn terminate(&self, instance_id: &str) -> BoxFuture<'_, Result<(), ProviderError>> {
         let instance_id = instance_id.to_owned();
         Box::pin(async move {
+            if let Err(e) = self.detach_volumes(&instance_id).await {
+                warn!(instance = %instance_id, error = %e, "volumes not detached before termination");
+            }
             instances::terminate(
                 self.client().await,
                 &instance_id,
@@ -434,6 +562,17 @@ impl InstanceProvider for Ec2Provider {
                 .await
                 .map_err(api)
         })
+    }
+}
+
+fn volume_error(e: VolumeError) -> ProviderError {
+    match e {
+        VolumeError::NotFound(_) => ProviderError::Unplaceable {
+            code: "VolumeNotFound",
+            reason: e.to_string(),
+        },
+        VolumeError::NotNow(reason) => ProviderError::NotNow(reason),
+        VolumeError::Ec2(e) => api(e),
     }
 }
 

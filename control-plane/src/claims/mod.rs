@@ -32,6 +32,8 @@ use tracing::info;
 use crate::cluster::{Cluster, ClusterError, now};
 use crate::pods::{key, phase, valid_name};
 
+mod ebs;
+
 /// Annotation of a claim naming the existing EBS volume it is bound to.
 pub const EBS_VOLUME_ANNOTATION: &str = "orca.research/ebs-volume-id";
 /// The storage class of local claims on the `local` provider.
@@ -300,7 +302,13 @@ impl Cluster {
             }
         }
         if claim.kind == KIND_EBS && !claim.volume_id.is_empty() {
-            self.provider().delete_volume(&claim.volume_id).await?;
+            match self.provider().delete_volume(&claim.volume_id).await {
+                Ok(()) => {}
+                Err(crate::cloud::ProviderError::NotNow(why)) => {
+                    return Err(ClusterError::FailedPrecondition(why));
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }
