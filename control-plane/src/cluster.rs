@@ -108,8 +108,27 @@ pub struct Resolved {
     pub spec_json: Option<String>,
 }
 
+/// What a pod's launch needs from outside ORCA (Kubernetes mode): the role of
+/// its ServiceAccount, and its PersistentVolumeClaims as claims.
+#[derive(Debug, Default)]
+pub struct LaunchContext {
+    /// The ServiceAccount's `eks.amazonaws.com/role-arn`.
+    pub service_account_role_arn: Option<String>,
+    /// The pod's claims, bound to their EBS volumes.
+    pub claims: Vec<pb::Claim>,
+}
+
 /// Resolves what a pod refers to, just before it is handed to its agent.
 pub trait PodResolver: Send + Sync {
+    /// What launching an instance for `record` needs; an error says what is
+    /// missing (the pod waits, bounded by the pending timeout).
+    fn launch_context<'a>(
+        &'a self,
+        record: &'a pb::PodRecord,
+    ) -> futures::future::BoxFuture<'a, Result<LaunchContext, String>> {
+        let _ = record;
+        Box::pin(async { Ok(LaunchContext::default()) })
+    }
     /// The content `record` refers to; an error names what is missing, and
     /// fails the pod with reason CreateContainerConfigError.
     fn resolve<'a>(
@@ -196,6 +215,35 @@ impl Cluster {
             Some(r) => r.resolve(record, node).await,
             None => Ok(Resolved::default()),
         }
+    }
+
+    /// What launching an instance for `record` needs, from the resolver if
+    /// there is one; its claims are stored (mirrored) for the launch to use.
+    pub async fn launch_context(&self, record: &pb::PodRecord) -> Result<LaunchContext, String> {
+        let Some(r) = self.inner.resolver.get() else {
+            return Ok(LaunchContext::default());
+        };
+        let context = r.launch_context(record).await?;
+        for c in &context.claims {
+            let k = crate::pods::key(&c.namespace, &c.name);
+            let kept = self.store().claims.update(&k, |stored| {
+                // Keep what ORCA learnt (the zone) when the volume is the same.
+                let zone = std::mem::take(&mut stored.zone);
+                let same = stored.volume_id == c.volume_id;
+                *stored = c.clone();
+                if same {
+                    stored.zone = zone;
+                }
+            });
+            match kept {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    self.store().claims.put(&k, c).map_err(|e| e.to_string())?;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(context)
     }
 
     /// Every event recorded from now on (a lagging receiver loses the oldest).

@@ -229,13 +229,22 @@ impl Cluster {
             let Some(meta) = pod.pod.clone() else {
                 return Ok(());
             };
-            let annotations = match selection::annotations::parse(&meta.annotations) {
+            let mut annotations = match selection::annotations::parse(&meta.annotations) {
                 Ok(a) => a,
                 Err(e) => {
                     self.fail_launch(ns, name, "InvalidAnnotation", e.to_string());
                     return Ok(());
                 }
             };
+            match self.launch_context(&pod).await {
+                Ok(context) => {
+                    annotations.service_account_role_arn = context.service_account_role_arn;
+                }
+                Err(why) => {
+                    self.launch_note(ns, name, pod_uid, "WaitingForClaim", why);
+                    return Ok(());
+                }
+            }
             let (node, offering, attempt) = if pod.node_name.is_empty() {
                 match self.new_launch(settings, &pod, &meta, &annotations).await? {
                     Some(launch) => launch,

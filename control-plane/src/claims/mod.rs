@@ -361,9 +361,14 @@ impl Cluster {
                     types::claim_volume::Source::LocalPath(c.local_path)
                 }
                 KIND_EBS if !c.volume_id.is_empty() => {
+                    let fs_type = if c.fs_type.is_empty() {
+                        self.fs_type_of(&c.storage_class)
+                    } else {
+                        c.fs_type
+                    };
                     types::claim_volume::Source::Ebs(types::EbsVolume {
                         volume_id: c.volume_id,
-                        fs_type: self.fs_type_of(&c.storage_class),
+                        fs_type,
                     })
                 }
                 _ => return Err(format!("persistentvolumeclaim {k} is not bound yet")),

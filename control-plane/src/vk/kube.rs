@@ -11,7 +11,9 @@ use futures::stream::{BoxStream, StreamExt as _};
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::authorization::v1::{SubjectAccessReview, SubjectAccessReviewStatus};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Event, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret, ServiceAccount,
+};
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, WatchEvent,
     WatchParams,
@@ -122,6 +124,20 @@ pub trait KubeApi: Send + Sync {
     fn get_config_map(&self, ns: &str, name: &str) -> BoxFuture<'_, KubeResult<Option<ConfigMap>>>;
     /// A Secret, if it exists.
     fn get_secret(&self, ns: &str, name: &str) -> BoxFuture<'_, KubeResult<Option<Secret>>>;
+    /// A ServiceAccount, if it exists.
+    fn get_service_account(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> BoxFuture<'_, KubeResult<Option<ServiceAccount>>>;
+    /// A PersistentVolumeClaim, if it exists.
+    fn get_claim(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> BoxFuture<'_, KubeResult<Option<PersistentVolumeClaim>>>;
+    /// A PersistentVolume, if it exists.
+    fn get_volume(&self, name: &str) -> BoxFuture<'_, KubeResult<Option<PersistentVolume>>>;
     /// A token of ServiceAccount `sa` bound to pod `pod` (name, uid), through the
     /// TokenRequest API.
     fn create_token(
@@ -350,6 +366,38 @@ impl KubeApi for KubeClient {
         let (ns, name) = (ns.to_owned(), name.to_owned());
         Box::pin(async move {
             let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+            Ok(api.get_opt(&name).await?)
+        })
+    }
+
+    fn get_service_account(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> BoxFuture<'_, KubeResult<Option<ServiceAccount>>> {
+        let (ns, name) = (ns.to_owned(), name.to_owned());
+        Box::pin(async move {
+            let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &ns);
+            Ok(api.get_opt(&name).await?)
+        })
+    }
+
+    fn get_claim(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> BoxFuture<'_, KubeResult<Option<PersistentVolumeClaim>>> {
+        let (ns, name) = (ns.to_owned(), name.to_owned());
+        Box::pin(async move {
+            let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &ns);
+            Ok(api.get_opt(&name).await?)
+        })
+    }
+
+    fn get_volume(&self, name: &str) -> BoxFuture<'_, KubeResult<Option<PersistentVolume>>> {
+        let name = name.to_owned();
+        Box::pin(async move {
+            let api: Api<PersistentVolume> = Api::all(self.client.clone());
             Ok(api.get_opt(&name).await?)
         })
     }

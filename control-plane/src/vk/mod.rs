@@ -11,6 +11,7 @@
 //! - [`kubelet`]: the kubelet HTTPS API (logs, exec, attach, port-forward,
 //!   stats) the API server calls.
 
+pub mod claims;
 pub mod events;
 pub mod kube;
 pub mod kubelet;

@@ -33,6 +33,10 @@ impl KubeResolver {
     pub fn new(kube: Arc<dyn KubeApi>, node_name: String) -> Self {
         Self { kube, node_name }
     }
+
+    pub(super) fn kube(&self) -> &dyn KubeApi {
+        self.kube.as_ref()
+    }
 }
 
 /// The objects a pod refers to, fetched once each.
@@ -345,6 +349,13 @@ impl KubeResolver {
 }
 
 impl PodResolver for KubeResolver {
+    fn launch_context<'a>(
+        &'a self,
+        record: &'a pb::PodRecord,
+    ) -> BoxFuture<'a, Result<crate::cluster::LaunchContext, String>> {
+        Box::pin(self.launch_context_of(record))
+    }
+
     fn resolve<'a>(
         &'a self,
         record: &'a pb::PodRecord,

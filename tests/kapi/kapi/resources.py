@@ -107,6 +107,10 @@ RESOURCES: tuple[Resource, ...] = (
     Resource('', 'v1', 'serviceaccounts', 'ServiceAccount', True, ALL_VERBS, ('sa',), subresources={
         'token': Sub('TokenRequest', ('create',), 'authentication.k8s.io', 'v1'),
     }),
+    Resource('', 'v1', 'persistentvolumeclaims', 'PersistentVolumeClaim', True, ALL_VERBS, ('pvc',),
+             subresources=_status('PersistentVolumeClaim')),
+    Resource('', 'v1', 'persistentvolumes', 'PersistentVolume', False, ALL_VERBS, ('pv',),
+             subresources=_status('PersistentVolume')),
     Resource('', 'v1', 'events', 'Event', True, ALL_VERBS, ('ev',)),
     Resource('', 'v1', 'services', 'Service', True, NO_COLLECTION_DELETE, ('svc',), ('all',),
              subresources=_status('Service')),
