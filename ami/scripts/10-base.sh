@@ -8,7 +8,8 @@ STAGING="${ORCA_AMI_STAGING:-/tmp/orca-ami}"
 export DEBIAN_FRONTEND=noninteractive
 
 apt-get update
-apt-get install -y --no-install-recommends containerd runc ca-certificates iproute2
+# util-linux (blkid), e2fsprogs and xfsprogs: the agent formats and mounts EBS volumes of claims.
+apt-get install -y --no-install-recommends containerd runc ca-certificates iproute2 util-linux e2fsprogs xfsprogs
 
 install -D -m 0644 "$STAGING/files/containerd-config.toml" /etc/containerd/config.toml
 systemctl enable containerd.service

@@ -39,6 +39,9 @@
 //! - [`backup`]: backups of the CA and the store while the control plane runs
 //!   (AdminService `Backup`, `orca backup`), restored offline
 //!   (`orca-control-plane restore`).
+//! - [`claims`]: PersistentVolumeClaims: local directories of simulated hosts,
+//!   EBS volumes on EC2 (zone placement, creation, attachment; detachment is
+//!   the provider's, before termination).
 //! - [`metrics`]: Prometheus metrics on a plain-HTTP listener of their own
 //!   (`metrics_listen`, bound address in `<data_dir>/metrics.addr`): the GPUs
 //!   under dcgm-exporter's names and labels, and the control plane's `orca_`
@@ -46,8 +49,8 @@
 //!
 //! # Current limitations
 //! The same services for agents and users (on the provider's gateway too, where
-//! it has one). A pod's ServiceAccount role (`eks.amazonaws.com/role-arn`) is not
-//! read yet: `instance_profiles_by_role` is checked but nothing feeds it.
+//! it has one). Claims are not provisioned in Kubernetes mode (the EBS CSI
+//! driver's controller does it) and are never resized.
 
 pub mod api;
 pub mod backup;

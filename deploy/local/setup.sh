@@ -20,7 +20,7 @@ VENV="$REPO/.venv"
 DEB_PACKAGES=(
     containerd runc busybox-static docker-registry skopeo
     protobuf-compiler libprotobuf-dev iproute2 python3-venv ca-certificates openssl apache2-utils
-    debootstrap packer systemd shellcheck util-linux
+    debootstrap packer systemd shellcheck util-linux e2fsprogs
 )
 
 say() { printf 'setup: %s\n' "$*"; }

@@ -7,8 +7,7 @@
 //! before anything is launched, naming the value.
 //!
 //! The IRSA-style mapping (a ServiceAccount's `eks.amazonaws.com/role-arn` →
-//! `instance_profiles_by_role`) is not reachable here: nothing reads the
-//! ServiceAccount yet (the provider's unit tests cover the mapping).
+//! `instance_profiles_by_role`) needs Kubernetes mode: `k8s_ec2_claims` tests it.
 
 use orca_tests::ec2_cluster::Ec2Cluster;
 use orca_tests::env::{Fault, iam_client};
