@@ -129,6 +129,33 @@ pub trait PodResolver: Send + Sync {
         let _ = record;
         Box::pin(async { Ok(LaunchContext::default()) })
     }
+    /// ORCA created the volume of a claim that mirrors one of the resolver's
+    /// (Kubernetes: a PersistentVolume bound to the claim is made for it).
+    fn volume_provisioned<'a>(
+        &'a self,
+        claim: &'a pb::Claim,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        let _ = claim;
+        Box::pin(async { Ok(()) })
+    }
+    /// Whether the claim a mirrored claim stands for is gone (deleted, or
+    /// replaced by another of the same name); its storage is then reclaimed.
+    fn claim_gone<'a>(
+        &'a self,
+        claim: &'a pb::Claim,
+    ) -> futures::future::BoxFuture<'a, Result<bool, String>> {
+        let _ = claim;
+        Box::pin(async { Ok(false) })
+    }
+    /// The storage of a mirrored claim was reclaimed (Kubernetes: its
+    /// PersistentVolume goes).
+    fn volume_reclaimed<'a>(
+        &'a self,
+        claim: &'a pb::Claim,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        let _ = claim;
+        Box::pin(async { Ok(()) })
+    }
     /// The content `record` refers to; an error names what is missing, and
     /// fails the pod with reason CreateContainerConfigError.
     fn resolve<'a>(
@@ -227,6 +254,10 @@ impl Cluster {
         for c in &context.claims {
             let k = crate::pods::key(&c.namespace, &c.name);
             let kept = self.store().claims.update(&k, |stored| {
+                if stored.uid == c.uid && c.volume_id.is_empty() {
+                    // A claim ORCA provisions: what ORCA made for it stands.
+                    return;
+                }
                 // Keep what ORCA learnt (the zone) when the volume is the same.
                 let zone = std::mem::take(&mut stored.zone);
                 let same = stored.volume_id == c.volume_id;
@@ -244,6 +275,11 @@ impl Cluster {
             }
         }
         Ok(context)
+    }
+
+    /// The resolver, when there is one (Kubernetes mode).
+    pub(crate) fn resolver(&self) -> Option<&Arc<dyn PodResolver>> {
+        self.inner.resolver.get()
     }
 
     /// Every event recorded from now on (a lagging receiver loses the oldest).

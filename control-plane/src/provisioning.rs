@@ -627,6 +627,7 @@ impl Cluster {
         };
         if due {
             self.sweep().await?;
+            self.reclaim_mirrored().await;
         }
         Ok(())
     }

@@ -5,7 +5,8 @@
 //! (`instance_profiles_by_role`), and its PersistentVolumeClaim, bound to an
 //! EBS CSI PersistentVolume, has that volume attached to the instance (in the
 //! volume's zone), formatted and mounted; a pod whose claim is not bound waits,
-//! saying so.
+//! saying so. A claim of one of ORCA's storage classes gets its volume created
+//! and a PersistentVolume bound to it, both deleted once the claim is.
 
 use orca_tests::cluster::DEADLINE;
 use orca_tests::ec2_cluster::Ec2Cluster;
@@ -36,7 +37,10 @@ fn start(dir: &std::path::Path) -> (KubeApi, Ec2Cluster) {
         pki.ca_file().display(),
     );
     let e = Ec2Cluster::start_with(
-        &format!("    subnets: $SUBNETS\n    instance_profiles_by_role: {{'{ROLE}': {PROFILE}}}\n"),
+        &format!(
+            "    subnets: $SUBNETS\n    instance_profiles_by_role: {{'{ROLE}': {PROFILE}}}\n    \
+             storage_classes: [{{name: orca-ebs}}]\n"
+        ),
         &kube_yaml,
     );
     (kapi, e)
@@ -58,7 +62,7 @@ fn kubectl_create(kapi: &KubeApi, dir: &std::path::Path, name: &str, yaml: &str)
 fn pod_yaml(image: &str, name: &str, claim: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  nodeName: orca-vk\n  \
-         serviceAccountName: trainer\n  tolerations:\n  - key: virtual-kubelet.io/provider\n    operator: Exists\n  \
+         terminationGracePeriodSeconds: 1\n  serviceAccountName: trainer\n  tolerations:\n  - key: virtual-kubelet.io/provider\n    operator: Exists\n  \
          containers:\n  - name: main\n    image: {image}\n    command: [sh, -c, 'echo written > /data/out; cat /data/out; exec sleep 600']\n    \
          volumeMounts:\n    - {{name: data, mountPath: /data}}\n  volumes:\n  - name: data\n    persistentVolumeClaim: {{claimName: {claim}}}\n"
     )
@@ -186,4 +190,95 @@ fn a_pods_service_account_role_and_ebs_claim_reach_its_instance() {
             Err(p)
         }
     });
+}
+
+#[test]
+fn a_claim_of_an_orca_storage_class_gets_a_volume_and_a_persistent_volume_until_it_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kapi, e) = start(dir.path());
+    kubectl_create(
+        &kapi,
+        dir.path(),
+        "claim",
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: scratch\n  namespace: default\nspec:\n  \
+         accessModes: [ReadWriteOnce]\n  storageClassName: orca-ebs\n  resources:\n    requests: {storage: 2Gi}\n",
+    );
+    let claim_uid = kapi.kubectl_json(&["get", "pvc", "scratch"])["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_owned();
+    kubectl_create(
+        &kapi,
+        dir.path(),
+        "fresh",
+        &pod_yaml(&e.cluster.image, "fresh", "scratch"),
+    );
+    eventually_blocking("fresh to be Running in Kubernetes", DEADLINE, || {
+        let pod = kapi.kubectl_json(&["get", "pod", "fresh"]);
+        if pod["status"]["phase"] == "Running" {
+            Ok(())
+        } else {
+            Err(pod["status"].clone())
+        }
+    });
+    let create = e.proxy.calls_of("CreateVolume");
+    assert_eq!(create.len(), 1, "{create:?}");
+    assert_eq!(create[0].params["Size"], "2");
+    let mirror: serde_json::Value =
+        serde_json::from_str(&e.cluster.orca_ok(&["get", "pvc", "scratch", "-o", "json"])).unwrap();
+    let volume = mirror["volumeId"].as_str().expect("a volume").to_owned();
+    let pv = kapi.kubectl_json(&["get", "pv", &format!("orca-{claim_uid}")]);
+    assert_eq!(pv["spec"]["csi"]["driver"], "ebs.csi.aws.com", "{pv}");
+    assert_eq!(pv["spec"]["csi"]["volumeHandle"], volume.as_str(), "{pv}");
+    assert_eq!(pv["spec"]["claimRef"]["name"], "scratch", "{pv}");
+    assert_eq!(pv["spec"]["claimRef"]["uid"], claim_uid.as_str(), "{pv}");
+    assert_eq!(
+        pv["spec"]["persistentVolumeReclaimPolicy"], "Delete",
+        "{pv}"
+    );
+    eventually_blocking("fresh's output", DEADLINE, || {
+        let log = e.cluster.orca_ok(&["logs", "fresh"]);
+        if log.contains("written") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
+
+    for args in [
+        ["delete", "pod", "fresh", "--wait=false"],
+        ["delete", "pvc", "scratch", "--wait=false"],
+    ] {
+        let out = kapi.kubectl(&args).expect("kubectl runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    eventually_blocking(
+        "the volume and its PersistentVolume to be deleted",
+        DEADLINE,
+        || {
+            let deleted = e
+                .proxy
+                .calls_of("DeleteVolume")
+                .iter()
+                .any(|c| c.params["VolumeId"] == volume);
+            let pv_gone = !kapi
+                .kubectl(&["get", "pv", &format!("orca-{claim_uid}")])
+                .expect("kubectl runs")
+                .status
+                .success();
+            if deleted && pv_gone {
+                Ok(())
+            } else {
+                Err((deleted, pv_gone))
+            }
+        },
+    );
+    assert!(
+        !e.cluster.orca_ok(&["get", "pvc"]).contains("scratch"),
+        "the mirror is forgotten"
+    );
 }

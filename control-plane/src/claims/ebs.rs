@@ -160,6 +160,23 @@ impl Cluster {
                 return Ok(Step::Wait("CreatingVolume", e.to_string()));
             }
         }
+        // Kubernetes claims ORCA provisioned get their PersistentVolume (made
+        // again until it exists: a failure here is retried on the next pass).
+        if let Some(r) = self.resolver() {
+            for c in &claims {
+                let k = key(&c.namespace, &c.name);
+                let Some(now) = self.store().claims.get(&k)? else {
+                    continue;
+                };
+                if now.from_kubernetes
+                    && now.provisioned
+                    && !now.volume_id.is_empty()
+                    && let Err(why) = r.volume_provisioned(&now).await
+                {
+                    return Ok(Step::Wait("CreatingVolume", why));
+                }
+            }
+        }
         let plan = match self.provider().in_zone(plan, &zone).await {
             Ok(plan) => plan,
             Err(e) => return Ok(Step::Wait("Selecting", e.to_string())),

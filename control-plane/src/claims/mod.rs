@@ -313,6 +313,42 @@ impl Cluster {
         Ok(())
     }
 
+    /// Claims mirroring a resolver's (Kubernetes) claims that are gone: the
+    /// volume ORCA created is deleted (reclaim policy Delete; a volume still
+    /// attached waits for the next pass), its PersistentVolume with it, and
+    /// the mirror forgotten.
+    pub(crate) async fn reclaim_mirrored(&self) {
+        let Some(r) = self.resolver() else {
+            return;
+        };
+        let Ok(claims) = self.store().claims.scan("") else {
+            return;
+        };
+        for c in claims.into_iter().filter(|c| c.from_kubernetes) {
+            match r.claim_gone(&c).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(claim = %key(&c.namespace, &c.name), error = %e, "claim not checked");
+                    continue;
+                }
+            }
+            let k = key(&c.namespace, &c.name);
+            if c.provisioned && !c.volume_id.is_empty() && c.reclaim_policy == "Delete" {
+                if let Err(e) = self.provider().delete_volume(&c.volume_id).await {
+                    tracing::info!(claim = %k, volume = %c.volume_id, error = %e, "volume not deleted yet");
+                    continue;
+                }
+                if let Err(e) = r.volume_reclaimed(&c).await {
+                    tracing::warn!(claim = %k, error = %e, "persistent volume not deleted");
+                    continue;
+                }
+            }
+            let _ = self.store().claims.remove(&k);
+            info!(claim = %k, volume = %c.volume_id, policy = %c.reclaim_policy, "claim gone: storage reclaimed");
+        }
+    }
+
     /// Binds the pod's unbound local claims to `node` (its first consumer), so
     /// that later pods using them are placed there.
     pub(crate) fn bind_local_claims(

@@ -138,6 +138,10 @@ pub trait KubeApi: Send + Sync {
     ) -> BoxFuture<'_, KubeResult<Option<PersistentVolumeClaim>>>;
     /// A PersistentVolume, if it exists.
     fn get_volume(&self, name: &str) -> BoxFuture<'_, KubeResult<Option<PersistentVolume>>>;
+    /// Creates a PersistentVolume (one that exists already is not an error).
+    fn create_volume(&self, pv: PersistentVolume) -> BoxFuture<'_, KubeResult<()>>;
+    /// Deletes a PersistentVolume (one already gone is not an error).
+    fn delete_volume(&self, name: &str) -> BoxFuture<'_, KubeResult<()>>;
     /// A token of ServiceAccount `sa` bound to pod `pod` (name, uid), through the
     /// TokenRequest API.
     fn create_token(
@@ -399,6 +403,33 @@ impl KubeApi for KubeClient {
         Box::pin(async move {
             let api: Api<PersistentVolume> = Api::all(self.client.clone());
             Ok(api.get_opt(&name).await?)
+        })
+    }
+
+    fn create_volume(&self, pv: PersistentVolume) -> BoxFuture<'_, KubeResult<()>> {
+        Box::pin(async move {
+            let api: Api<PersistentVolume> = Api::all(self.client.clone());
+            match api.create(&PostParams::default(), &pv).await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    let e = KubeError::from(e);
+                    if e.is_conflict() { Ok(()) } else { Err(e) }
+                }
+            }
+        })
+    }
+
+    fn delete_volume(&self, name: &str) -> BoxFuture<'_, KubeResult<()>> {
+        let name = name.to_owned();
+        Box::pin(async move {
+            let api: Api<PersistentVolume> = Api::all(self.client.clone());
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    let e = KubeError::from(e);
+                    if e.is_not_found() { Ok(()) } else { Err(e) }
+                }
+            }
         })
     }
 

@@ -39,10 +39,15 @@ pub async fn start(
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, KubeError> {
     let kube: Arc<dyn KubeApi> = Arc::new(KubeClient::new(config.kubeconfig.as_deref()).await?);
-    cluster.set_resolver(Arc::new(resolve::KubeResolver::new(
-        kube.clone(),
-        config.node_name.clone(),
-    )));
+    let classes = cluster
+        .config()
+        .ec2()
+        .map(|s| s.storage_classes.clone())
+        .unwrap_or_default();
+    cluster.set_resolver(Arc::new(
+        resolve::KubeResolver::new(kube.clone(), config.node_name.clone())
+            .with_storage_classes(classes),
+    ));
     let node = node::NodeSync::new(cluster.clone(), kube.clone(), config.clone());
     let pods = pods::PodSync::new(cluster.clone(), kube.clone(), config.node_name.clone());
     let mut tasks = Vec::new();

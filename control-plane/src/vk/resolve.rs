@@ -26,16 +26,31 @@ const DEFAULT_TOKEN_EXPIRATION_S: i64 = 3600;
 pub struct KubeResolver {
     kube: Arc<dyn KubeApi>,
     node_name: String,
+    storage_classes: Vec<crate::config::StorageClass>,
 }
 
 impl KubeResolver {
     /// A resolver for pods of Node `node_name`.
     pub fn new(kube: Arc<dyn KubeApi>, node_name: String) -> Self {
-        Self { kube, node_name }
+        Self {
+            kube,
+            node_name,
+            storage_classes: Vec::new(),
+        }
+    }
+
+    /// The storage classes whose unbound claims ORCA provisions.
+    pub fn with_storage_classes(mut self, classes: Vec<crate::config::StorageClass>) -> Self {
+        self.storage_classes = classes;
+        self
     }
 
     pub(super) fn kube(&self) -> &dyn KubeApi {
         self.kube.as_ref()
+    }
+
+    pub(super) fn storage_classes(&self) -> &[crate::config::StorageClass] {
+        &self.storage_classes
     }
 }
 
@@ -354,6 +369,18 @@ impl PodResolver for KubeResolver {
         record: &'a pb::PodRecord,
     ) -> BoxFuture<'a, Result<crate::cluster::LaunchContext, String>> {
         Box::pin(self.launch_context_of(record))
+    }
+
+    fn volume_provisioned<'a>(&'a self, claim: &'a pb::Claim) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(self.make_volume(claim))
+    }
+
+    fn claim_gone<'a>(&'a self, claim: &'a pb::Claim) -> BoxFuture<'a, Result<bool, String>> {
+        Box::pin(self.is_claim_gone(claim))
+    }
+
+    fn volume_reclaimed<'a>(&'a self, claim: &'a pb::Claim) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(self.remove_volume(claim))
     }
 
     fn resolve<'a>(
