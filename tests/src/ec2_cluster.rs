@@ -240,6 +240,38 @@ impl Ec2Cluster {
             .collect()
     }
 
+    /// The availability zone of a subnet, as moto describes it.
+    pub fn zone_of_subnet(&self, subnet: &str) -> String {
+        let moto = self.moto_client();
+        self.rt.block_on(async {
+            moto.describe_subnets()
+                .subnet_ids(subnet)
+                .send()
+                .await
+                .expect("DescribeSubnets")
+                .subnets()[0]
+                .availability_zone()
+                .expect("zone")
+                .to_owned()
+        })
+    }
+
+    /// A 1 GiB volume made in moto directly (not through the proxy): its id.
+    pub fn make_volume(&self, zone: &str) -> String {
+        let moto = self.moto_client();
+        self.rt.block_on(async {
+            moto.create_volume()
+                .availability_zone(zone)
+                .size(1)
+                .send()
+                .await
+                .expect("CreateVolume")
+                .volume_id()
+                .expect("id")
+                .to_owned()
+        })
+    }
+
     /// Where the player keeps its hosts.
     pub fn hosts_dir(&self) -> PathBuf {
         self.cluster.data_dir().join("instances")

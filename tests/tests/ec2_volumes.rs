@@ -41,21 +41,6 @@ fn subnet_of(e: &Ec2Cluster, pod: &serde_json::Value) -> String {
         .expect("a RunInstances call with a subnet")
 }
 
-fn zone_of_subnet(e: &Ec2Cluster, subnet: &str) -> String {
-    let moto = e.moto_client();
-    e.rt.block_on(async {
-        moto.describe_subnets()
-            .subnet_ids(subnet)
-            .send()
-            .await
-            .expect("DescribeSubnets")
-            .subnets()[0]
-            .availability_zone()
-            .expect("zone")
-            .to_owned()
-    })
-}
-
 /// The index of the first call of `action` whose parameter `key` is `value`.
 fn call_index(e: &Ec2Cluster, action: &str, key: &str, value: &str) -> Option<usize> {
     e.proxy
@@ -84,7 +69,7 @@ fn a_claims_volume_outlives_its_pod_and_instance() {
     let volume = bound["volumeId"].as_str().expect("a volume").to_owned();
     let zone = bound["zone"].as_str().expect("a zone").to_owned();
     assert_eq!(
-        zone_of_subnet(&e, &subnet_of(&e, &writer)),
+        e.zone_of_subnet(&subnet_of(&e, &writer)),
         zone,
         "instance in the volume's zone"
     );
@@ -174,18 +159,8 @@ fn a_claims_volume_outlives_its_pod_and_instance() {
 fn an_existing_volume_pins_its_pods_zone_and_conflicts_fail_clearly() {
     let e = Ec2Cluster::start(CLASSES);
     let moto = e.moto_client();
-    let zone_b = zone_of_subnet(&e, &e.subnets[1]);
-    let volume = e.rt.block_on(async {
-        moto.create_volume()
-            .availability_zone(&zone_b)
-            .size(1)
-            .send()
-            .await
-            .expect("CreateVolume")
-            .volume_id()
-            .expect("id")
-            .to_owned()
-    });
+    let zone_b = e.zone_of_subnet(&e.subnets[1]);
+    let volume = e.make_volume(&zone_b);
     let meta = format!("  annotations:\n    orca.research/ebs-volume-id: {volume}\n");
     e.apply(&claim("dataset", &meta, ""));
     assert_eq!(claim_json(&e, "dataset")["phase"], "Bound");

@@ -72,8 +72,7 @@ fn pod_yaml(image: &str, name: &str, claim: &str) -> String {
 fn a_pods_service_account_role_and_ebs_claim_reach_its_instance() {
     let dir = tempfile::tempdir().unwrap();
     let (kapi, e) = start(dir.path());
-    let moto = e.moto_client();
-    let zone = e.rt.block_on(async {
+    e.rt.block_on(async {
         let iam = iam_client(&e.moto.endpoint).await;
         let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
         iam.create_role()
@@ -95,27 +94,9 @@ fn a_pods_service_account_role_and_ebs_claim_reach_its_instance() {
             .send()
             .await
             .expect("AddRoleToInstanceProfile");
-        moto.describe_subnets()
-            .subnet_ids(&e.subnets[1])
-            .send()
-            .await
-            .expect("DescribeSubnets")
-            .subnets()[0]
-            .availability_zone()
-            .expect("zone")
-            .to_owned()
     });
-    let volume = e.rt.block_on(async {
-        moto.create_volume()
-            .availability_zone(&zone)
-            .size(1)
-            .send()
-            .await
-            .expect("CreateVolume")
-            .volume_id()
-            .expect("id")
-            .to_owned()
-    });
+    let zone = e.zone_of_subnet(&e.subnets[1]);
+    let volume = e.make_volume(&zone);
     kubectl_create(
         &kapi,
         dir.path(),

@@ -213,7 +213,6 @@ mod tests {
 
     use serde_json::json;
 
-    use crate::volumes::prepare;
     use crate::volumes::test_support::*;
 
     #[test]
@@ -268,24 +267,10 @@ mod tests {
         );
         let (l, a) = (labels(), BTreeMap::new());
         let mut data = data();
-        prepare(
-            dir.path(),
-            &info(&l, &a),
-            &spec,
-            &data,
-            std::path::Path::new("/nonexistent"),
-        )
-        .unwrap();
+        prepare_with(dir.path(), &info(&l, &a), &spec, &data).unwrap();
         let v = dir.volume("cfg");
         let first = fs::read_link(v.join("..data")).unwrap();
-        prepare(
-            dir.path(),
-            &info(&l, &a),
-            &spec,
-            &data,
-            std::path::Path::new("/nonexistent"),
-        )
-        .unwrap();
+        prepare_with(dir.path(), &info(&l, &a), &spec, &data).unwrap();
         assert_eq!(
             fs::read_link(v.join("..data")).unwrap(),
             first,
@@ -295,14 +280,7 @@ mod tests {
         let app = data.config_maps.get_mut("app").unwrap();
         app.remove("extra");
         app.insert("app.conf".into(), b"listen 8080\n".to_vec());
-        prepare(
-            dir.path(),
-            &info(&l, &a),
-            &spec,
-            &data,
-            std::path::Path::new("/nonexistent"),
-        )
-        .unwrap();
+        prepare_with(dir.path(), &info(&l, &a), &spec, &data).unwrap();
         let second = fs::read_link(v.join("..data")).unwrap();
         assert_ne!(second, first);
         assert_eq!(read(&v.join("app.conf")), "listen 8080\n");

@@ -215,7 +215,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::volumes::prepare;
+
     use crate::volumes::test_support::*;
 
     #[test]
@@ -255,14 +255,7 @@ mod tests {
             ("a/x".to_owned(), "é\t".to_owned()),
         ]
         .into();
-        prepare(
-            dir.path(),
-            &info(&l, &a),
-            &spec,
-            &data(),
-            std::path::Path::new("/nonexistent"),
-        )
-        .expect("prepare");
+        prepare_with(dir.path(), &info(&l, &a), &spec, &data()).expect("prepare");
         let v = dir.volume("info");
         let file = |p: &str| read(&v.join(p));
         assert_eq!(file("name"), "web-0");

@@ -84,8 +84,8 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+    use crate::volumes::cleanup;
     use crate::volumes::test_support::*;
-    use crate::volumes::{cleanup, prepare};
 
     #[test]
     fn host_path_types_are_checked_and_created() {
@@ -130,13 +130,7 @@ mod tests {
         let (l, a) = (labels(), BTreeMap::new());
         let check = |volume: Value| {
             let spec = one_container(json!([]), json!([volume]));
-            prepare(
-                dir.path(),
-                &info(&l, &a),
-                &spec,
-                &data(),
-                std::path::Path::new("/nonexistent"),
-            )
+            prepare_with(dir.path(), &info(&l, &a), &spec, &data())
         };
         let err =
             check(json!({ "name": "d", "hostPath": { "path": h("absent"), "type": "Directory" } }))

@@ -378,16 +378,7 @@ mod tests {
             json!([{ "name": "s", "emptyDir": {} }, { "name": "c", "configMap": { "name": "nope" } }]),
         );
         let (l, a) = (labels(), BTreeMap::new());
-        assert!(
-            prepare(
-                dir.path(),
-                &info(&l, &a),
-                &spec,
-                &data(),
-                std::path::Path::new("/nonexistent")
-            )
-            .is_err()
-        );
+        assert!(prepare_with(dir.path(), &info(&l, &a), &spec, &data()).is_err());
         assert!(!dir.path().join("volumes").exists());
         cleanup(dir.path()).expect("nothing to clean");
     }

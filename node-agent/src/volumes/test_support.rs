@@ -111,14 +111,17 @@ pub(super) fn one_container(mounts: Value, volumes: Value) -> PodSpec {
     }))
 }
 
+/// [`prepare`] with no EBS device directory (no claims in these tests).
+pub(super) fn prepare_with(
+    dir: &Path,
+    info: &PodInfo<'_>,
+    spec: &PodSpec,
+    data: &VolumeData,
+) -> Result<Prepared, super::VolumeError> {
+    prepare(dir, info, spec, data, Path::new("/nonexistent"))
+}
+
 pub(super) fn prepare_one(dir: &PodDir, spec: &PodSpec) -> Prepared {
     let (l, a) = (labels(), BTreeMap::new());
-    prepare(
-        dir.path(),
-        &info(&l, &a),
-        spec,
-        &data(),
-        Path::new("/nonexistent"),
-    )
-    .expect("prepare")
+    prepare_with(dir.path(), &info(&l, &a), spec, &data()).expect("prepare")
 }
