@@ -425,6 +425,16 @@ impl Cluster {
     /// Hands a bound pod to its node's agent. An agent that refuses the spec fails
     /// the pod; one that cannot be reached unbinds it for another try.
     async fn dispatch(&self, ns: String, name: String, node: pb::Node) {
+        if self.provider().dedicated() && !node.instance_id.is_empty() {
+            self.attach_claims(&ns, &name, &node.instance_id).await;
+            if self
+                .pod(&ns, &name)
+                .is_ok_and(|p| phase(&p) != PodPhase::Pending)
+            {
+                // Failed meanwhile: a volume could not be attached.
+                return;
+            }
+        }
         let result = async {
             self.store().flush().await?;
             let record = self.pod(&ns, &name)?;

@@ -238,8 +238,10 @@ impl Cluster {
         Ok(())
     }
 
-    /// Attaches the pod's EBS volumes to its newly launched instance; a volume
-    /// that cannot be attached fails the pod.
+    /// Attaches the pod's EBS volumes to its instance (those not attached to it
+    /// already); a volume that cannot be attached fails the pod. Called once the
+    /// instance is launched, and again when the pod is handed to its agent (a
+    /// control plane restarted in between attaches then).
     pub(crate) async fn attach_claims(&self, ns: &str, name: &str, instance_id: &str) {
         let Ok(record) = self.pod(ns, name) else {
             return;
@@ -257,6 +259,11 @@ impl Cluster {
                 continue;
             };
             if c.kind != KIND_EBS || c.volume_id.is_empty() {
+                continue;
+            }
+            if let Ok(v) = self.provider().volume(&c.volume_id).await
+                && v.attached_to.as_deref() == Some(instance_id)
+            {
                 continue;
             }
             match self
