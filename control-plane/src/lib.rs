@@ -59,6 +59,7 @@ pub mod cli;
 pub mod cloud;
 pub mod cluster;
 pub mod config;
+pub mod lifetime;
 pub mod metrics;
 pub mod pki;
 pub mod pods;

@@ -234,6 +234,8 @@ impl Cluster {
         if !pods.iter().any(|p| phase(p) == PodPhase::Pending) {
             return Ok(());
         }
+        self.expire_pending(&pods)?;
+        let pods = self.store().pods.scan("")?;
         let all_nodes = self.store().nodes.scan("")?;
         let mut nodes: Vec<(pb::Node, Resources)> = all_nodes
             .iter()
@@ -444,6 +446,11 @@ impl Cluster {
                 .map_err(ClusterError::Unresolved)?;
             let mut pod = record.pod.clone();
             if let (Some(pod), Some(spec)) = (pod.as_mut(), resolved.spec_json) {
+                pod.spec_json = spec;
+            }
+            if let (Some(pod), Some(left)) = (pod.as_mut(), crate::lifetime::seconds_left(&record))
+                && let Some(spec) = crate::lifetime::with_deadline(&pod.spec_json, left)
+            {
                 pod.spec_json = spec;
             }
             let mut volume_data = resolved.volume_data;

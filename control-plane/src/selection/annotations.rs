@@ -36,8 +36,13 @@ pub const SUBNET: &str = "orca.research/subnet";
 /// instance) the pod was placed on; read by nothing, accepted as input.
 pub const NODE: &str = "orca.research/node";
 
+/// Annotation: the longest a pod may live, counted from its creation
+/// (`90m`, `2h30m`, `45s`): then it ends `Failed (DeadlineExceeded)` and its
+/// instance is released.
+pub const MAX_LIFETIME: &str = "orca.research/max-lifetime";
+
 /// Every annotation the selection and launch understand.
-pub const KNOWN: [&str; 12] = [
+pub const KNOWN: [&str; 13] = [
     INSTANCE_TYPE,
     WORKLOAD_TEMPLATE,
     SELECTION,
@@ -50,6 +55,7 @@ pub const KNOWN: [&str; 12] = [
     IAM_INSTANCE_PROFILE,
     SECURITY_GROUPS,
     SUBNET,
+    MAX_LIFETIME,
 ];
 
 /// The prefix of ORCA's annotations.
@@ -162,6 +168,8 @@ pub struct LaunchAnnotations {
     pub security_groups: Vec<String>,
     /// The subnet (none: the configured ones).
     pub subnet: Option<String>,
+    /// The longest the pod may live, from its creation.
+    pub max_lifetime: Option<std::time::Duration>,
     /// Not an annotation: the IAM role ARN of the pod's ServiceAccount
     /// (`eks.amazonaws.com/role-arn`), which the provider maps to an instance
     /// profile by its config. [`parse`] never sets it; it is for whoever reads
@@ -288,6 +296,13 @@ pub fn parse<'a>(
                 }
                 out.subnet = Some(value.into());
             }
+            MAX_LIFETIME => {
+                out.max_lifetime = Some(parse_duration(value).ok_or_else(|| {
+                    bad(format!(
+                        "{value:?} is not a positive duration of hours, minutes and seconds (e.g. 90m, 2h30m, 45s)"
+                    ))
+                })?);
+            }
             NODE => {}
             _ => {
                 return Err(bad(format!(
@@ -302,6 +317,31 @@ pub fn parse<'a>(
 }
 
 /// Annotations that contradict each other.
+/// A positive duration written as hours, minutes and seconds, each at most
+/// once and in that order (`2h30m`, `90m`, `45s`).
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let mut total: u64 = 0;
+    let mut rest = s;
+    let mut last_unit = 0; // h=3, m=2, s=1: each unit after a larger one
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let n: u64 = rest.get(..digits)?.parse().ok()?;
+        let (unit, seconds) = match rest.as_bytes().get(digits)? {
+            b'h' => (3, 3600),
+            b'm' => (2, 60),
+            b's' => (1, 1),
+            _ => return None,
+        };
+        if last_unit != 0 && unit >= last_unit {
+            return None;
+        }
+        last_unit = unit;
+        total = total.checked_add(n.checked_mul(seconds)?)?;
+        rest = &rest[digits + 1..];
+    }
+    (total > 0).then(|| std::time::Duration::from_secs(total))
+}
+
 fn check_combinations(a: &LaunchAnnotations) -> Result<(), AnnotationError> {
     let bad = |key: &str, problem: &str| {
         Err(AnnotationError {
@@ -367,6 +407,21 @@ fn is_aws_id(s: &str, prefix: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_lifetime_is_hours_minutes_and_seconds() {
+        let secs = |s: &str| parse_duration(s).map(|d| d.as_secs());
+        assert_eq!(secs("2h30m"), Some(9000));
+        assert_eq!(secs("90m"), Some(5400));
+        assert_eq!(secs("45s"), Some(45));
+        assert_eq!(secs("1h0m5s"), Some(3605));
+        for bad in ["", "0s", "5", "m5", "5m2h", "1.5h", "3d", "-5s", "5s5s"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+        let a: BTreeMap<String, String> = [(MAX_LIFETIME.to_owned(), "soon".to_owned())].into();
+        let e = parse(&a).unwrap_err().to_string();
+        assert!(e.contains(MAX_LIFETIME) && e.contains("soon"), "{e}");
+    }
 
     fn parse_pairs(pairs: &[(&str, &str)]) -> Result<LaunchAnnotations, AnnotationError> {
         let map: BTreeMap<String, String> = pairs
