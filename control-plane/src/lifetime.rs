@@ -34,8 +34,10 @@ pub fn with_deadline(spec_json: &str, left: i64) -> Option<String> {
 }
 
 impl Cluster {
-    /// Fails the Pending pods whose max lifetime ran out before they ran.
-    pub(crate) fn expire_pending(&self, pods: &[pb::PodRecord]) -> Result<(), ClusterError> {
+    /// Fails the Pending pods whose max lifetime ran out before they ran;
+    /// whether it failed any.
+    pub(crate) fn expire_pending(&self, pods: &[pb::PodRecord]) -> Result<bool, ClusterError> {
+        let mut expired = false;
         for pod in pods.iter().filter(|p| phase(p) == PodPhase::Pending) {
             if seconds_left(pod).is_some_and(|left| left <= 0) {
                 let (ns, name) = names(pod);
@@ -51,9 +53,10 @@ impl Cluster {
                     "DeadlineExceeded",
                     format!("its {MAX_LIFETIME} of {max} passed before it ran"),
                 )?;
+                expired = true;
             }
         }
-        Ok(())
+        Ok(expired)
     }
 }
 

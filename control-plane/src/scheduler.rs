@@ -234,8 +234,11 @@ impl Cluster {
         if !pods.iter().any(|p| phase(p) == PodPhase::Pending) {
             return Ok(());
         }
-        self.expire_pending(&pods)?;
-        let pods = self.store().pods.scan("")?;
+        let pods = if self.expire_pending(&pods)? {
+            self.store().pods.scan("")?
+        } else {
+            pods
+        };
         let all_nodes = self.store().nodes.scan("")?;
         let mut nodes: Vec<(pb::Node, Resources)> = all_nodes
             .iter()
@@ -267,7 +270,7 @@ impl Cluster {
             return self.provision_pending(&pods, &all_nodes);
         }
         let mut wants_host: Option<Resources> = None;
-        let mut claims = self.claims("")?;
+        let mut claims = self.claims_among("", &all_nodes)?;
         for pod in pods
             .iter()
             .filter(|p| p.node_name.is_empty() && phase(p) == PodPhase::Pending)
@@ -330,7 +333,7 @@ impl Cluster {
             add(used, &want);
             if !crate::claims::claims_of(&spec).is_empty() {
                 self.bind_local_claims(&ns, &spec, &node.name)?;
-                claims = self.claims("")?;
+                claims = self.claims_among("", &all_nodes)?;
             }
             info!(pod = %key(&ns, &name), node = %node.name, "scheduled");
             self.event(

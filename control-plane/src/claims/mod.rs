@@ -223,7 +223,15 @@ impl Cluster {
     /// Claims of `namespace` (all when empty); a local claim whose host is
     /// gone shows as Lost.
     pub fn claims(&self, namespace: &str) -> Result<Vec<pb::Claim>, ClusterError> {
-        let nodes = self.store().nodes.scan("")?;
+        self.claims_among(namespace, &self.store().nodes.scan("")?)
+    }
+
+    /// [`Cluster::claims`], with the nodes already read.
+    pub(crate) fn claims_among(
+        &self,
+        namespace: &str,
+        nodes: &[pb::Node],
+    ) -> Result<Vec<pb::Claim>, ClusterError> {
         let mut claims = self.store().claims.scan("")?;
         claims.retain(|c| namespace.is_empty() || c.namespace == namespace);
         for c in &mut claims {

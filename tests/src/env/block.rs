@@ -50,12 +50,10 @@ impl EbsDisk {
         })
     }
 
-    /// The link a Nitro instance would show for this volume under `by_id`.
+    /// The link a Nitro instance would show for this volume under `by_id` (the
+    /// name the agent looks for).
     pub fn link_in(&self, by_id: &Path) -> PathBuf {
-        by_id.join(format!(
-            "nvme-Amazon_Elastic_Block_Store_{}",
-            self.volume_id.replace('-', "")
-        ))
+        orca_agent::volumes::ebs_device_link(by_id, &self.volume_id)
     }
 
     /// Attaches the disk: a loop device over the image, linked under `by_id`.

@@ -389,6 +389,8 @@ fn poll_once(shared: &Shared, rt: &tokio::runtime::Runtime, client: &aws_sdk_ec2
             return;
         }
     };
+    // Asked before the state is locked: the lock is never held across a call.
+    let volumes = rt.block_on(super::ec2_volumes::volumes(client));
     // Power off what left `running`, then restart agents that lost a port race.
     let to_boot: Vec<InstanceInfo> = {
         let mut state = shared.state();
@@ -411,7 +413,7 @@ fn poll_once(shared: &Shared, rt: &tokio::runtime::Runtime, client: &aws_sdk_ec2
         for p in problems {
             state.problem(p);
         }
-        match rt.block_on(super::ec2_volumes::volumes(client)) {
+        match volumes {
             Ok(volumes) => {
                 let images = shared.settings.dir.join("ebs");
                 let live: BTreeMap<String, PathBuf> = state
