@@ -253,25 +253,21 @@ impl Cluster {
         let context = r.launch_context(record).await?;
         for c in &context.claims {
             let k = crate::pods::key(&c.namespace, &c.name);
-            let kept = self.store().claims.update(&k, |stored| {
-                if stored.uid == c.uid && c.volume_id.is_empty() {
-                    // A claim ORCA provisions: what ORCA made for it stands.
-                    return;
-                }
-                // Keep what ORCA learnt (the zone) when the volume is the same.
-                let zone = std::mem::take(&mut stored.zone);
-                let same = stored.volume_id == c.volume_id;
-                *stored = c.clone();
-                if same {
-                    stored.zone = zone;
-                }
-            });
-            match kept {
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    self.store().claims.put(&k, c).map_err(|e| e.to_string())?;
-                }
-                Err(e) => return Err(e.to_string()),
+            let stored = self.store().claims.get(&k).map_err(|e| e.to_string())?;
+            let next = match &stored {
+                // A claim ORCA provisions: what ORCA made for it stands.
+                Some(s) if s.uid == c.uid && c.volume_id.is_empty() => continue,
+                // The same volume: keep what ORCA learnt of it (its zone) and
+                // when the mirror was made.
+                Some(s) if s.volume_id == c.volume_id => pb::Claim {
+                    zone: s.zone.clone(),
+                    created_at: s.created_at,
+                    ..c.clone()
+                },
+                _ => c.clone(),
+            };
+            if stored.as_ref() != Some(&next) {
+                self.store().claims.put(&k, &next).map_err(|e| e.to_string())?;
             }
         }
         Ok(context)
