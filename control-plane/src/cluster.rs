@@ -267,7 +267,10 @@ impl Cluster {
                 _ => c.clone(),
             };
             if stored.as_ref() != Some(&next) {
-                self.store().claims.put(&k, &next).map_err(|e| e.to_string())?;
+                self.store()
+                    .claims
+                    .put(&k, &next)
+                    .map_err(|e| e.to_string())?;
             }
         }
         Ok(context)
