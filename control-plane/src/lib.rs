@@ -21,7 +21,10 @@
 //!   observe, delete, events), [`scheduler`] (placement by resources,
 //!   selectors and taints, autoscaling, dispatch), [`recovery`] (fencing,
 //!   new incarnations, drain, faults) and [`streams`] (logs, exec and attach
-//!   relayed from the pod's agent) are its operations.
+//!   relayed from the pod's agent) are its operations; [`interruptions`]
+//!   (spot, maintenance and rebalance notices from the agents: cordon, move
+//!   the pods, hand the checkpoint to the replacement) and [`lifetime`]
+//!   (`orca.research/max-lifetime`) too.
 //! - [`selection`]: which EC2 instance types a pod gets (explicit, template,
 //!   auto, chain; allowed/denied lists; the pod annotations that steer it),
 //!   for the EC2 provider.
@@ -59,6 +62,7 @@ pub mod cli;
 pub mod cloud;
 pub mod cluster;
 pub mod config;
+pub mod interruptions;
 pub mod lifetime;
 pub mod metrics;
 pub mod pki;

@@ -147,8 +147,7 @@ impl Cluster {
             node_name: String::new(),
             status: Some(status),
             created_at: Some(now()),
-            recreations: 0,
-            launch_attempts: 0,
+            ..Default::default()
         };
         if !self.store().pods.create(&key(&ns, &name), &record)? {
             return Err(ClusterError::AlreadyExists {
@@ -208,6 +207,7 @@ impl Cluster {
         node: &str,
         report: types::PodReport,
     ) -> Result<Applied, ClusterError> {
+        let checkpoint = report.checkpoint;
         let (Some(r), Some(status)) = (report.r#ref, report.status) else {
             return Ok(Applied::Unchanged);
         };
@@ -215,6 +215,16 @@ impl Cluster {
         let Some(old) = self.store().pods.get(&k)? else {
             return Ok(Applied::Orphan);
         };
+        if !old.interruptions.is_empty() {
+            let report = types::PodReport {
+                r#ref: Some(r.clone()),
+                status: Some(status.clone()),
+                checkpoint: checkpoint.clone(),
+            };
+            if let Some(applied) = self.interrupted_report(node, &report)? {
+                return Ok(applied);
+            }
+        }
         if uid(&old) != r.uid || old.node_name != node {
             return Ok(Applied::Orphan);
         }

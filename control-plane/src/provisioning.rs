@@ -599,7 +599,7 @@ impl Cluster {
             let live = pod.is_some_and(|p| {
                 p.node_name == node.name
                     && !matches!(phase(p), PodPhase::Succeeded | PodPhase::Failed)
-            });
+            }) || crate::interruptions::finishing(&pods, &node.name, pod_uid);
             if !live {
                 if self.first_time(&format!("reap:{}", node.name)) {
                     let this = self.clone();
@@ -640,7 +640,7 @@ impl Cluster {
                 uid(p) == pod_uid
                     && p.node_name == node.name
                     && !matches!(phase(p), PodPhase::Succeeded | PodPhase::Failed)
-            })
+            }) || crate::interruptions::finishing(&pods, &node.name, &pod_uid)
         });
         if !matches!(bound, Ok(false)) {
             // Bound meanwhile (or unreadable): not this pass.

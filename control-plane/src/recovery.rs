@@ -211,12 +211,32 @@ impl Cluster {
             )));
         }
         self.provider().fault(&node.instance_id, fault).await?;
-        let detail = match duration {
-            Some(d) if fault == Fault::Partition => format!("{fault:?} for {d:?}"),
+        let detail = match (fault, duration) {
+            (Fault::Partition, Some(d)) => format!("{fault:?} for {d:?}"),
+            (Fault::SpotNotice(lead), _) => format!("spot interruption notice, {lead:?} ahead"),
             _ => format!("{fault:?}"),
         };
         info!(node = %name, fault = %detail, "fault injected");
         self.node_event(name, true, "FaultInjected", detail);
+        if let Fault::SpotNotice(lead) = fault {
+            // The world's part: the instance is reclaimed at the deadline.
+            let this = self.clone();
+            let node = node.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(lead).await;
+                match this.provider().terminate(&node.instance_id).await {
+                    Ok(()) => this.node_event(
+                        &node.name,
+                        true,
+                        "InstanceReclaimed",
+                        format!("spot instance {} reclaimed", node.instance_id),
+                    ),
+                    Err(e) => {
+                        warn!(node = %node.name, error = %e, "interrupted instance not reclaimed")
+                    }
+                }
+            });
+        }
         if let (Fault::Partition, Some(d)) = (fault, duration) {
             let this = self.clone();
             let node = node.clone();

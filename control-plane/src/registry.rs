@@ -365,6 +365,9 @@ impl Cluster {
                 Applied::Unchanged => {}
             }
         }
+        if !req.notices.is_empty() {
+            self.handle_notices(&node, &req.notices).await?;
+        }
         if changed {
             // Flushed promptly but not awaited: the agent re-reports every pod's
             // full status in every heartbeat, so an observation lost in a crash

@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use crate::cluster::{Cluster, ClusterError, age};
 use crate::pods::{Applied, key, names, phase, uid};
 use crate::registry::NodeRequest;
+use crate::selection::annotations::RESUME_FROM;
 
 /// The extended resource name of NVIDIA GPUs.
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
@@ -258,6 +259,7 @@ impl Cluster {
             if let Some(node) = all_nodes
                 .iter()
                 .find(|n| n.name == pod.node_name && n.state == NodeState::Ready as i32)
+                && !self.holds_for_handoff(pod)
                 && self.first_time(&format!("dispatch:{}", uid(pod)))
             {
                 let (ns, name) = names(pod);
@@ -344,6 +346,9 @@ impl Cluster {
                 "Scheduled",
                 format!("assigned to {}", node.name),
             );
+            if self.holds_for_handoff(pod) {
+                continue;
+            }
             self.first_time(&format!("dispatch:{}", uid(pod)));
             let this = self.clone();
             let node = node.clone();
@@ -427,6 +432,26 @@ impl Cluster {
         }
     }
 
+    /// Whether a bound pod waits for its interrupted incarnation's checkpoint
+    /// before it is handed over (saying so on the pod once).
+    fn holds_for_handoff(&self, pod: &pb::PodRecord) -> bool {
+        let Some(why) = crate::interruptions::handoff_wait(pod) else {
+            return false;
+        };
+        if self.first_time(&format!("handoff-wait:{}", uid(pod))) {
+            let (ns, name) = names(pod);
+            let _ = self.store().pods.update(&key(&ns, &name), |p| {
+                if uid(p) == uid(pod)
+                    && let Some(s) = p.status.as_mut()
+                {
+                    s.message = why.clone();
+                }
+            });
+            self.event("Pod", &ns, &name, false, "WaitingForCheckpoint", why);
+        }
+        true
+    }
+
     /// Hands a bound pod to its node's agent. An agent that refuses the spec fails
     /// the pod; one that cannot be reached unbinds it for another try.
     async fn dispatch(&self, ns: String, name: String, node: pb::Node) {
@@ -449,6 +474,12 @@ impl Cluster {
                 .map_err(ClusterError::Unresolved)?;
             let mut pod = record.pod.clone();
             if let (Some(pod), Some(spec)) = (pod.as_mut(), resolved.spec_json) {
+                pod.spec_json = spec;
+            }
+            if let Some(pod) = pod.as_mut()
+                && let Some(location) = pod.annotations.get(RESUME_FROM)
+                && let Some(spec) = crate::interruptions::with_resume_env(&pod.spec_json, location)
+            {
                 pod.spec_json = spec;
             }
             if let (Some(pod), Some(left)) = (pod.as_mut(), crate::lifetime::seconds_left(&record))
@@ -488,6 +519,7 @@ impl Cluster {
                     let report = orca_proto::types::v1::PodReport {
                         r#ref: record.pod.and_then(|p| p.r#ref),
                         status: Some(status),
+                        checkpoint: String::new(),
                     };
                     match self.apply_report(&node.name, report) {
                         Ok(Applied::Changed) => self.flush_in_background(),

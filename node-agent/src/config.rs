@@ -170,6 +170,22 @@ pub struct Flags {
     /// Pause between failed attempts to reach the control plane, in milliseconds.
     #[arg(long, env = "ORCA_AGENT_RETRY_MS", default_value_t = 1_000)]
     pub retry_ms: u64,
+    /// Where to watch for interruption notices (spot interruptions, rebalance
+    /// recommendations, scheduled maintenance): an IMDSv2 endpoint. Default:
+    /// --imds-endpoint; none watched without either.
+    #[arg(long, env = "ORCA_AGENT_NOTICES_ENDPOINT")]
+    pub notices_endpoint: Option<String>,
+    /// How often the metadata service is asked for notices, ms (AWS suggests 5 s).
+    #[arg(long, env = "ORCA_AGENT_NOTICE_POLL_MS", default_value_t = 5_000)]
+    pub notice_poll_ms: u64,
+    /// After a notice is written to a pod's /run/orca/notice, how long its
+    /// containers have before SIGTERM (or before the checkpoint wait), ms.
+    #[arg(long, env = "ORCA_AGENT_NOTICE_PAUSE_MS", default_value_t = 15_000)]
+    pub notice_pause_ms: u64,
+    /// Scheduled maintenance is acted on this long before it starts, ms (the
+    /// 10 minutes Karpenter drains ahead of EC2).
+    #[arg(long, env = "ORCA_AGENT_DRAIN_LEAD_MS", default_value_t = 600_000)]
+    pub drain_lead_ms: u64,
 }
 
 /// The validated configuration.
@@ -293,6 +309,15 @@ impl Flags {
         }
         if self.image_pull_attempts == 0 {
             return err("image-pull-attempts", "must be at least 1");
+        }
+        if self.notice_poll_ms == 0 {
+            return err("notice-poll-ms", "must be at least 1");
+        }
+        if let Some(url) = &self.notices_endpoint
+            && !url.starts_with("http://")
+            && !url.starts_with("https://")
+        {
+            return err("notices-endpoint", "must be an http:// or https:// URL");
         }
         let logger = match &self.logger {
             Some(p) => p.clone(),

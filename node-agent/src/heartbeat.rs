@@ -2,7 +2,8 @@
 //! certificate ([`crate::join`]).
 //!
 //! The agent reports every interval (the control plane chooses it and may change
-//! it in any answer) and at once whenever a pod's observed state changes. Pods
+//! it in any answer) and at once whenever a pod's observed state changes or an
+//! interruption notice comes due. Pods
 //! the control plane no longer knows (orphans: removed, or recreated elsewhere
 //! while this node was unreachable) are stopped. Failures are retried with the
 //! configured retry interval; they never stop the pods.
@@ -36,6 +37,8 @@ pub struct Reporter {
     pub retry: Duration,
     /// Heartbeat interval until the control plane says otherwise.
     pub interval: Duration,
+    /// Interruption notices that are due.
+    pub notices: crate::interruption::Notices,
 }
 
 fn duration(d: Option<prost_types::Duration>, fallback: Duration) -> Duration {
@@ -85,7 +88,7 @@ pub async fn run(r: Reporter, pods: PodManager, shutdown: impl std::future::Futu
             gpu_source: telemetry.source.to_owned(),
             gpu_note: telemetry.note.clone(),
             gpu_driver_version: telemetry.driver_version.clone(),
-            ..Default::default()
+            notices: r.notices.latest(),
         };
         let mut client = client.clone();
         let pause = match client.heartbeat(req).await {
@@ -118,6 +121,7 @@ pub async fn run(r: Reporter, pods: PodManager, shutdown: impl std::future::Futu
             _ = tokio::time::sleep(pause) => {}
             _ = pods.changed() => {}
             _ = r.gpus.changed() => {}
+            _ = r.notices.changed() => {}
         }
     }
 }

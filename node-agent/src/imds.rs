@@ -88,6 +88,30 @@ impl Imds {
         self.text(what, req).await
     }
 
+    /// As [`Imds::get`], with `None` for 404 Not Found: how IMDS says that a
+    /// notice (`spot/instance-action`, `events/recommendations/rebalance`) is
+    /// not there.
+    pub async fn get_optional(
+        &self,
+        what: &'static str,
+        path: &str,
+    ) -> Result<Option<String>, ImdsError> {
+        let token = self.token().await?;
+        let fail = self.failed(what);
+        let resp = self
+            .http
+            .get(format!("{}/latest/{path}", self.endpoint))
+            .header("X-aws-ec2-metadata-token", token)
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        match resp.status() {
+            reqwest::StatusCode::NOT_FOUND => Ok(None),
+            s if !s.is_success() => Err(fail(format!("HTTP {s}"))),
+            _ => resp.text().await.map(Some).map_err(|e| fail(e.to_string())),
+        }
+    }
+
     /// Sends `req`; the body of a successful answer.
     async fn text(
         &self,

@@ -26,6 +26,9 @@
 //! - [`imds`]: IMDSv2 (session token, then user data and instance id) and ORCA's
 //!   boot data in the user data; for agents on EC2 (their boot wiring comes with
 //!   the EC2 provider).
+//! - [`interruption`]: spot interruption, rebalance and scheduled-maintenance
+//!   notices polled from IMDS, reported in heartbeats and handed to the pods
+//!   (the checkpoint handshake lives in `pods::interrupt`).
 //! - [`server`]: the AgentService gRPC server.
 //! - [`streams`]: logs (read and followed), exec and attach sessions.
 //! - [`portforward`]: a TCP connection to a pod's port (on the agent's loopback,
@@ -64,6 +67,7 @@ pub mod config;
 pub mod gpu;
 pub mod heartbeat;
 pub mod imds;
+pub mod interruption;
 pub mod join;
 pub mod logs;
 pub mod pods;
@@ -207,7 +211,29 @@ pub async fn serve(
         orca_proto::tls::ClientAuth::Required,
     )
     .map_err(join::JoinError::from)?;
+    let notices = interruption::Notices::default();
+    let notices_endpoint = flags
+        .notices_endpoint
+        .clone()
+        .or_else(|| flags.imds_endpoint.clone());
+    if let Some(endpoint) = notices_endpoint {
+        let ms = std::time::Duration::from_millis;
+        let watch = interruption::Watch {
+            every: ms(flags.notice_poll_ms),
+            drain_lead: ms(flags.drain_lead_ms),
+            pause: ms(flags.notice_pause_ms),
+        };
+        let imds = imds::Imds::new(&endpoint, std::time::Duration::from_secs(2));
+        info!(endpoint = %endpoint, "watching for interruption notices");
+        tokio::spawn(interruption::run(
+            imds,
+            watch,
+            pods.clone(),
+            notices.clone(),
+        ));
+    }
     let reporter = heartbeat::Reporter {
+        notices,
         control_plane: flags.control_plane.clone(),
         identity,
         capacity: capacity(flags),

@@ -13,7 +13,7 @@
 //! Besides the generated code, it holds what every ORCA process needs at the
 //! transport edge: [`serving`] (reflection, health), [`tls`] (mutual TLS),
 //! [`quantity`] (Kubernetes quantities in the PodSpec JSON), [`boot`] (the
-//! user data an instance boots from) and [`process`].
+//! user data an instance boots from), [`duration`] (Go-style durations) and [`process`].
 //! Domain types live in the crates that own them and convert at the edge.
 
 #![allow(
@@ -113,6 +113,7 @@ pub fn incoming(
 }
 
 pub mod boot;
+pub mod duration;
 pub mod quantity;
 pub mod tls;
 

@@ -82,9 +82,13 @@ impl AdminService for AdminApi {
             Ok(pb::Fault::KillAgent) => Fault::KillAgent,
             Ok(pb::Fault::Partition) => Fault::Partition,
             Ok(pb::Fault::Heal) => Fault::Heal,
+            Ok(pb::Fault::SpotNotice) => Fault::SpotNotice(match req.duration_ms {
+                ms if ms > 0 => std::time::Duration::from_millis(ms as u64),
+                _ => crate::interruptions::SPOT_NOTICE_LEAD,
+            }),
             _ => {
                 return Err(Status::invalid_argument(
-                    "fault: kill-agent, partition or heal",
+                    "fault: kill-agent, partition, heal or spot-notice",
                 ));
             }
         };

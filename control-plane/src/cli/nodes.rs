@@ -98,7 +98,7 @@ pub struct AddArgs {
 #[command(group(
     clap::ArgGroup::new("fault")
         .required(true)
-        .args(["kill_agent", "partition", "heal"])
+        .args(["kill_agent", "partition", "heal", "spot_notice"])
 ))]
 pub struct FaultArgs {
     /// Node name.
@@ -112,28 +112,19 @@ pub struct FaultArgs {
     /// Restore the host's network.
     #[arg(long)]
     pub heal: bool,
-    /// With --partition: heal after this long (e.g. 30s, 2m, 500ms).
-    #[arg(long = "for", requires = "partition")]
+    /// Announce a spot interruption in the host's instance metadata; the
+    /// instance is reclaimed when it comes (after --for, default 2m).
+    #[arg(long)]
+    pub spot_notice: bool,
+    /// With --partition: heal after this long; with --spot-notice: the time to
+    /// the interruption (e.g. 30s, 2m, 500ms).
+    #[arg(long = "for")]
     pub duration: Option<String>,
 }
 
 /// Parses `500ms`, `30s`, `5m`, `2h`.
 pub fn parse_duration(text: &str) -> Result<Duration, CliError> {
-    let bad = || {
-        CliError::Usage(format!(
-            "{text:?} is not a duration like 500ms, 30s, 5m or 2h"
-        ))
-    };
-    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (n, unit) = text.split_at(split);
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(bad()),
-    })
+    orca_proto::duration::parse(text).map_err(CliError::Usage)
 }
 
 fn quantity(flag: &str, text: Option<&str>, millis: bool) -> Result<i64, CliError> {
@@ -224,9 +215,16 @@ pub async fn run(
                 pb::Fault::KillAgent
             } else if args.partition {
                 pb::Fault::Partition
+            } else if args.spot_notice {
+                pb::Fault::SpotNotice
             } else {
                 pb::Fault::Heal
             };
+            if args.duration.is_some() && !(args.partition || args.spot_notice) {
+                return Err(CliError::Usage(
+                    "--for goes with --partition or --spot-notice".into(),
+                ));
+            }
             let duration_ms = match &args.duration {
                 Some(d) => parse_duration(d)?.as_millis() as i64,
                 None => 0,

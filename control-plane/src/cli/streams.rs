@@ -60,33 +60,7 @@ pub struct SessionArgs {
     pub tty: bool,
 }
 
-/// Parses a Go-style duration: `90s`, `5m`, `1h30m`, `250ms`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration like 30s, 5m or 1h30m");
-    let mut total = Duration::ZERO;
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            _ => return Err(bad()),
-        };
-        total += unit;
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
-}
+pub use orca_proto::duration::parse as parse_duration;
 
 /// `orca logs`.
 pub async fn logs(client: &mut Admin, namespace: String, args: LogsArgs) -> Result<(), CliError> {
@@ -296,20 +270,4 @@ async fn print_session(mut output: tonic::Streaming<agent::ExecOutput>) -> Resul
     Err(CliError::Call(tonic::Status::unavailable(
         "the session ended without an exit status",
     )))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_as_go_writes_them() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        for bad in ["", "5", "m", "5x", "-5s", "1.5h"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
-    }
 }

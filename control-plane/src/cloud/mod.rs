@@ -101,6 +101,9 @@ pub enum Fault {
     Partition,
     /// Ends a partition.
     Heal,
+    /// The instance's metadata announces a spot interruption this far ahead
+    /// (EC2 gives two minutes), and the instance is reclaimed then.
+    SpotNotice(std::time::Duration),
 }
 
 /// What a failed launch means for the next try.

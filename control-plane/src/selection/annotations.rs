@@ -41,8 +41,18 @@ pub const NODE: &str = "orca.research/node";
 /// instance is released.
 pub const MAX_LIFETIME: &str = "orca.research/max-lifetime";
 
+/// Annotation: after an interruption notice, wait this long at most (`5m`,
+/// `90s`) for the pod to write `/run/orca/checkpoint-done` before it is stopped
+/// (read by the agent), and start the replacement only once it did.
+pub const CHECKPOINT_WAIT: &str = "orca.research/checkpoint-wait";
+
+/// Annotation: where the pod resumes from, given to its containers as the
+/// environment variable `ORCA_RESUME_FROM`; written by ORCA on the replacement
+/// of an interrupted pod (the checkpoint it confirmed), accepted as input.
+pub const RESUME_FROM: &str = "orca.research/resume-from";
+
 /// Every annotation the selection and launch understand.
-pub const KNOWN: [&str; 13] = [
+pub const KNOWN: [&str; 15] = [
     INSTANCE_TYPE,
     WORKLOAD_TEMPLATE,
     SELECTION,
@@ -56,6 +66,8 @@ pub const KNOWN: [&str; 13] = [
     SECURITY_GROUPS,
     SUBNET,
     MAX_LIFETIME,
+    CHECKPOINT_WAIT,
+    RESUME_FROM,
 ];
 
 /// The prefix of ORCA's annotations.
@@ -303,7 +315,14 @@ pub fn parse<'a>(
                     ))
                 })?);
             }
-            NODE => {}
+            CHECKPOINT_WAIT => {
+                if parse_duration(value).is_none() {
+                    return Err(bad(format!(
+                        "{value:?} is not a positive duration of hours, minutes and seconds (e.g. 5m, 90s)"
+                    )));
+                }
+            }
+            NODE | RESUME_FROM => {}
             _ => {
                 return Err(bad(format!(
                     "unknown ORCA annotation; known: {}",

@@ -14,10 +14,12 @@
 //! `sandbox` (the namespaces a pod's containers share), `stop` (stopping and removal),
 //! `adopt` (saving pods and adopting them after an agent restart), `target` (the
 //! container run that logs, exec and attach address, and the live runs that
-//! port-forward and stats work on).
+//! port-forward and stats work on), `interrupt` (the checkpoint handshake of an
+//! interruption notice, through the `/run/orca` directory of every container).
 
 mod adopt;
 mod gpus;
+mod interrupt;
 mod probing;
 mod sandbox;
 mod start;
@@ -25,6 +27,7 @@ mod stop;
 mod supervise;
 mod target;
 
+pub use interrupt::{CHECKPOINT_WAIT, RUN_ORCA};
 pub use target::{LivePod, LiveRun, RunTarget};
 
 use std::collections::BTreeMap;
@@ -184,6 +187,10 @@ struct PodEntry {
     incarnation: u64,
     /// The GPUs allocated to the pod, once allocated.
     gpus: Vec<crate::gpu::alloc::Gpu>,
+    /// An interruption notice reached it (the handshake runs once).
+    interrupted: bool,
+    /// The checkpoint location its containers confirmed after a notice.
+    checkpoint: String,
 }
 
 /// Source of [`PodEntry::incarnation`].
@@ -239,6 +246,8 @@ impl PodEntry {
             lifecycle: Arc::default(),
             incarnation: INCARNATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             gpus: Vec::new(),
+            interrupted: false,
+            checkpoint: String::new(),
         };
         entry.refresh_conditions();
         entry
@@ -369,6 +378,7 @@ impl PodEntry {
                 observed_at: Some(status::to_pb_time(jiff::Timestamp::now())),
                 gpu_uuids: self.gpus.iter().map(|g| g.uuid.clone()).collect(),
             }),
+            checkpoint: self.checkpoint.clone(),
         }
     }
 }

@@ -337,6 +337,20 @@ impl PodManager {
             }
             None => Vec::new(),
         };
+        let mut mounts = mounts;
+        if !mounts.iter().any(|m| m["destination"] == super::RUN_ORCA) {
+            let dir = self
+                .run_orca_dir(&entry.key)
+                .map_err(|e| super::PodError::Invalid {
+                    reason: format!("{}: {e}", super::RUN_ORCA),
+                })?;
+            mounts.push(serde_json::json!({
+                "destination": super::RUN_ORCA,
+                "type": "bind",
+                "source": dir,
+                "options": ["rbind", "rprivate", "rw"],
+            }));
+        }
         let (devices, host_caps) = if crate::spec::security::privileged(&container) {
             (
                 crate::spec::security::host_devices(),

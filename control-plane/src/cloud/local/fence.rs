@@ -18,6 +18,8 @@
 //! running, as on a real host whose agent crashed. [`Fault::Partition`] takes
 //! the host side of the veth down and writes the `partitioned` marker (which
 //! survives a control-plane restart); [`Fault::Heal`] undoes both.
+//! [`Fault::SpotNotice`] writes `spot/instance-action` (`terminate` at the
+//! deadline, whole seconds, as EC2 writes it) for the host's metadata service.
 
 use std::time::Duration;
 
@@ -95,6 +97,13 @@ impl LocalProvider {
                 netns::set_link(&net, false)
                     .await
                     .map_err(|e| e.to_string())?;
+            }
+            Fault::SpotNotice(lead) => {
+                let at = jiff::Timestamp::now().as_second() + lead.as_secs().max(1) as i64;
+                let at = jiff::Timestamp::from_second(at).map_err(|e| e.to_string())?;
+                let body = serde_json::json!({ "action": "terminate", "time": at.to_string() });
+                dir.write_notice(super::imds::SPOT_NOTICE, body.to_string().as_bytes())
+                    .map_err(|e| format!("spot notice: {e}"))?;
             }
             Fault::Heal => {
                 let net = network()?;

@@ -2,7 +2,8 @@
 //! dir and log, and the provider's records of the host, which survive a
 //! control-plane restart: `agent.pid`, `network.json` (its namespace, veth and
 //! address, kept for as long as the host exists so the address is never handed
-//! out twice) and the `partitioned` marker.
+//! out twice), the `partitioned` marker and the interruption notices its
+//! metadata service shows (`notices/`).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -56,6 +57,20 @@ impl HostDir {
         let tmp = self.path.join("network.json.tmp");
         std::fs::write(&tmp, json)?;
         std::fs::rename(tmp, self.path.join(NETWORK))
+    }
+
+    /// Where the interruption notices its metadata service shows are kept.
+    pub(super) fn notices_dir(&self) -> PathBuf {
+        self.path.join("notices")
+    }
+
+    /// Writes one notice file (atomically: the metadata service never serves half).
+    pub(super) fn write_notice(&self, file: &str, body: &[u8]) -> std::io::Result<()> {
+        let dir = self.notices_dir();
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, body)?;
+        std::fs::rename(tmp, dir.join(file))
     }
 
     pub(super) fn partitioned(&self) -> bool {

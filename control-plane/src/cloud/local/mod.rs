@@ -20,11 +20,14 @@
 //! stops (as EC2 instances would) and reconnect when it returns. Each host keeps
 //! its state, logs and the provider's records under `<data_dir>/hosts/<node>/`
 //! ([`host`]). Terminating a host is a fence and faults are injected as the world
-//! does to real hosts ([`fence`]). Instance ids are `local-<node>`.
+//! does to real hosts ([`fence`]), interruption notices through a metadata
+//! service of the provider's that speaks EC2's IMDSv2 paths ([`imds`]).
+//! Instance ids are `local-<node>`.
 
 mod fence;
 mod gpus;
 mod host;
+mod imds;
 
 pub use gpus::write_cdi_spec;
 
@@ -66,6 +69,8 @@ pub struct LocalProvider {
     config: LocalConfig,
     hosts_dir: PathBuf,
     mode: OnceCell<Mode>,
+    /// The metadata service's address, once started.
+    imds: OnceCell<Result<std::net::SocketAddr, String>>,
     /// Serialises address allocation (pick a free one, record it).
     allocating: Mutex<()>,
 }
@@ -77,6 +82,7 @@ impl LocalProvider {
             config,
             hosts_dir,
             mode: OnceCell::new(),
+            imds: OnceCell::new(),
             allocating: Mutex::new(()),
         }
     }
@@ -121,6 +127,18 @@ impl LocalProvider {
                 }
             })
             .await
+    }
+
+    /// The metadata service (started at the first call), or why there is none.
+    async fn imds(&self) -> Result<std::net::SocketAddr, String> {
+        let ip = match self.mode().await {
+            Mode::Namespaced => IpAddr::V4(self.config.network.cidr.gateway()),
+            Mode::Plain { .. } => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        };
+        self.imds
+            .get_or_init(|| imds::start(&self.hosts_dir, ip))
+            .await
+            .clone()
     }
 
     /// Picks and records the host's address and creates its namespace.
@@ -191,6 +209,15 @@ impl LocalProvider {
             .stdout(log)
             .stderr(log2)
             .process_group(0);
+        match self.imds().await {
+            Ok(addr) => {
+                cmd.arg("--notices-endpoint")
+                    .arg(imds::endpoint(addr, &req.node_name));
+            }
+            Err(e) => {
+                warn!(node = %req.node_name, error = %e, "no metadata service: the host will not see interruption notices")
+            }
+        }
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, &req.ca_pem).map_err(|e| format!("{}: {e}", ca.display()))?;
         cmd.arg("--ca-file").arg(&ca);
