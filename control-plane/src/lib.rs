@@ -23,8 +23,9 @@
 //!   new incarnations, drain, faults) and [`streams`] (logs, exec and attach
 //!   relayed from the pod's agent) are its operations; [`interruptions`]
 //!   (spot, maintenance and rebalance notices from the agents: cordon, move
-//!   the pods, hand the checkpoint to the replacement) and [`lifetime`]
-//!   (`orca.research/max-lifetime`) too.
+//!   the pods, hand the checkpoint to the replacement), [`lifetime`]
+//!   (`orca.research/max-lifetime`) and [`ledger`] (where and on what each
+//!   incarnation ran, and its cost) too.
 //! - [`selection`]: which EC2 instance types a pod gets (explicit, template,
 //!   auto, chain; allowed/denied lists; the pod annotations that steer it),
 //!   for the EC2 provider.
@@ -63,6 +64,7 @@ pub mod cloud;
 pub mod cluster;
 pub mod config;
 pub mod interruptions;
+pub mod ledger;
 pub mod lifetime;
 pub mod metrics;
 pub mod pki;

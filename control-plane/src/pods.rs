@@ -200,6 +200,25 @@ impl Cluster {
         Ok(self.store().pods.scan(&prefix)?)
     }
 
+    /// What the ledger records of node `name`.
+    fn node_facts(&self, name: &str) -> Result<crate::ledger::NodeFacts, ClusterError> {
+        let node = self.store().nodes.get(name)?.unwrap_or_else(|| pb::Node {
+            name: name.to_owned(),
+            ..Default::default()
+        });
+        let gpu_driver_version = self
+            .telemetry()
+            .snapshot(name, 0)
+            .into_iter()
+            .next()
+            .map(|t| t.driver_version)
+            .unwrap_or_default();
+        Ok(crate::ledger::NodeFacts {
+            node,
+            gpu_driver_version,
+        })
+    }
+
     /// Applies a status that an agent observed, if it is newer than the one kept
     /// and differs from it (a heartbeat that repeats what is known writes nothing).
     pub fn apply_report(
@@ -262,9 +281,15 @@ impl Cluster {
         if !newer(&old) {
             return Ok(Applied::Unchanged);
         }
+        let facts = crate::ledger::affected(&old, &r.uid, &status)
+            .then(|| self.node_facts(node))
+            .transpose()?;
         self.store().pods.update(&k, |p| {
             if newer(p) && uid(p) == r.uid {
                 p.status = Some(status.clone());
+                if let Some(facts) = &facts {
+                    crate::ledger::observe(p, &r.uid, facts, &status);
+                }
             }
         })?;
         let before = phase(&old);
@@ -323,6 +348,8 @@ impl Cluster {
             status.message = message.clone();
             status.observed_at = Some(now());
             p.status = Some(status);
+            let current = uid(p);
+            crate::ledger::close(p, &current, reason);
         })?;
         self.event("Pod", namespace, name, true, reason, message);
         Ok(())

@@ -50,6 +50,12 @@ pub const LABEL_INSTANCE_TYPE: &str = "node.kubernetes.io/instance-type";
 pub const LABEL_CAPACITY_TYPE: &str = "orca.research/capacity-type";
 /// Node label: the subnet, when one was chosen.
 pub const LABEL_SUBNET: &str = "orca.research/subnet";
+/// Node label: the availability zone (Kubernetes' well-known label).
+pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
+/// Node label: the AMI the instance boots.
+pub const LABEL_AMI: &str = "orca.research/ami";
+/// Node label: the price the instance was launched at, USD per hour.
+pub const LABEL_PRICE: &str = "orca.research/usd-per-hour";
 
 /// What provisioning remembers in memory (a restart forgets it, safely: an
 /// avoided offering is tried again, an unknown instance needs two more sweeps).
@@ -403,6 +409,9 @@ impl Cluster {
         if let Some(subnet) = &offering.subnet {
             labels.insert(LABEL_SUBNET.to_owned(), subnet.clone());
         }
+        if let Some(price) = choice.usd_per_hour {
+            labels.insert(LABEL_PRICE.to_owned(), format!("{price}"));
+        }
         let node = pb::Node {
             name: node_name.clone(),
             state: NodeState::Launching as i32,
@@ -506,7 +515,7 @@ impl Cluster {
                 .count(self.provider().name(), &launched);
             let err = match launched {
                 Ok(instance) => {
-                    let id = instance.instance_id;
+                    let id = instance.instance_id.clone();
                     let msg = format!(
                         "instance {id} ({offering}) launched; waiting for its agent to join"
                     );
@@ -514,6 +523,14 @@ impl Cluster {
                         if n.instance_id.is_empty() {
                             n.instance_id = id.clone();
                             n.message = msg.clone();
+                        }
+                        for (label, value) in [
+                            (LABEL_ZONE, &instance.zone),
+                            (LABEL_AMI, &instance.image_id),
+                        ] {
+                            if let Some(v) = value {
+                                n.labels.insert(label.to_owned(), v.clone());
+                            }
                         }
                     })?;
                     if kept.is_none() {

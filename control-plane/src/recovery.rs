@@ -147,6 +147,7 @@ impl Cluster {
             if uid(p) != old_uid {
                 return;
             }
+            crate::ledger::close(p, &old_uid, reason);
             if let Some(r) = p.pod.as_mut().and_then(|p| p.r#ref.as_mut()) {
                 r.uid = new_uid.clone();
             }

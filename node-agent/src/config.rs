@@ -186,6 +186,15 @@ pub struct Flags {
     /// 10 minutes Karpenter drains ahead of EC2).
     #[arg(long, env = "ORCA_AGENT_DRAIN_LEAD_MS", default_value_t = 600_000)]
     pub drain_lead_ms: u64,
+    /// Dead-man's switch: power the host off once the control plane has not
+    /// answered for this long while no pod runs, ms; 0 turns it off.
+    #[arg(long, env = "ORCA_AGENT_DEAD_MAN_MS", default_value_t = 0)]
+    pub dead_man_ms: u64,
+    /// How the dead-man's switch powers off: `system` (systemctl poweroff: a
+    /// real instance, as the AMI's unit sets) or `exit` (the agent exits with
+    /// status 99: a simulated host, never the machine it runs on).
+    #[arg(long, env = "ORCA_AGENT_POWER_OFF", default_value = "exit")]
+    pub power_off: String,
 }
 
 /// The validated configuration.
@@ -309,6 +318,9 @@ impl Flags {
         }
         if self.image_pull_attempts == 0 {
             return err("image-pull-attempts", "must be at least 1");
+        }
+        if crate::deadman::PowerOffMode::parse(&self.power_off).is_none() {
+            return err("power-off", "must be system or exit");
         }
         if self.notice_poll_ms == 0 {
             return err("notice-poll-ms", "must be at least 1");

@@ -39,6 +39,8 @@ pub struct Reporter {
     pub interval: Duration,
     /// Interruption notices that are due.
     pub notices: crate::interruption::Notices,
+    /// When the control plane last answered (the dead-man's switch reads it).
+    pub contact: crate::deadman::Contact,
 }
 
 fn duration(d: Option<prost_types::Duration>, fallback: Duration) -> Duration {
@@ -93,6 +95,7 @@ pub async fn run(r: Reporter, pods: PodManager, shutdown: impl std::future::Futu
         let mut client = client.clone();
         let pause = match client.heartbeat(req).await {
             Ok(resp) => {
+                r.contact.touch();
                 let resp = resp.into_inner();
                 interval = duration(resp.heartbeat_interval, interval);
                 for uid in resp.orphan_pod_uids {

@@ -29,6 +29,8 @@
 //! - [`interruption`]: spot interruption, rebalance and scheduled-maintenance
 //!   notices polled from IMDS, reported in heartbeats and handed to the pods
 //!   (the checkpoint handshake lives in `pods::interrupt`).
+//! - [`deadman`]: the dead-man's switch (power off when the control plane has
+//!   been silent too long and nothing runs).
 //! - [`server`]: the AgentService gRPC server.
 //! - [`streams`]: logs (read and followed), exec and attach sessions.
 //! - [`portforward`]: a TCP connection to a pod's port (on the agent's loopback,
@@ -64,6 +66,7 @@
 
 pub mod cgroup;
 pub mod config;
+pub mod deadman;
 pub mod gpu;
 pub mod heartbeat;
 pub mod imds;
@@ -232,8 +235,20 @@ pub async fn serve(
             notices.clone(),
         ));
     }
+    let contact = deadman::Contact::default();
+    if flags.dead_man_ms > 0 {
+        let mode =
+            deadman::PowerOffMode::parse(&flags.power_off).unwrap_or(deadman::PowerOffMode::Exit);
+        tokio::spawn(deadman::run(
+            std::time::Duration::from_millis(flags.dead_man_ms),
+            contact.clone(),
+            pods.clone(),
+            deadman::power_off(mode),
+        ));
+    }
     let reporter = heartbeat::Reporter {
         notices,
+        contact,
         control_plane: flags.control_plane.clone(),
         identity,
         capacity: capacity(flags),

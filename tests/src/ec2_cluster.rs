@@ -53,6 +53,11 @@ impl Ec2Cluster {
 
     /// As [`Ec2Cluster::start`], with top-level control-plane config too.
     pub fn start_with(ec2_yaml: &str, extra_yaml: &str) -> Self {
+        Self::start_with_agents(ec2_yaml, extra_yaml, &[])
+    }
+
+    /// As [`Ec2Cluster::start_with`], every played agent getting `agent_args` too.
+    pub fn start_with_agents(ec2_yaml: &str, extra_yaml: &str, agent_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -113,7 +118,11 @@ impl Ec2Cluster {
             namespace_prefix: cluster.prefix.clone(),
             registry: cluster.registry.addr.clone(),
             dir: cluster.data_dir().join("instances"),
-            agent_args: vec!["--retry-ms=100".into()],
+            agent_args: ["--retry-ms=100"]
+                .iter()
+                .chain(agent_args)
+                .map(|a| a.to_string())
+                .collect(),
             poll: Duration::from_millis(100),
         })
         .expect("instance player starts");

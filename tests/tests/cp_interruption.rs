@@ -6,6 +6,7 @@
 //! moves the pod to the other host, and starts the replacement only with the
 //! checkpoint's location (`orca.research/resume-from`, `ORCA_RESUME_FROM`).
 //! A restartPolicy Never pod ends Failed with reason SpotInterruption instead.
+//! `orca ledger` shows both instances the pod ran on and the interruption.
 
 use orca_tests::cluster::{DEADLINE, TestCluster};
 use orca_tests::eventually::eventually_blocking;
@@ -142,6 +143,34 @@ fn a_spot_notice_moves_the_pod_with_its_checkpoint() {
     for reason in ["SpotInterruption", "Recreated", "CheckpointConfirmed"] {
         assert!(events.contains(reason), "no {reason} event:\n{events}");
     }
+    // The ledger shows both instances, the interruption and its checkpoint.
+    let ledger: serde_json::Value =
+        serde_json::from_str(&c.orca_ok(&["ledger", "trainer", "-o", "json"])).unwrap();
+    let placements = ledger["placements"].as_array().expect("placements");
+    assert_eq!(placements.len(), 2, "{ledger:#}");
+    assert_eq!(placements[0]["uid"], first["uid"], "{ledger:#}");
+    assert_eq!(placements[0]["instanceId"], "local-one", "{ledger:#}");
+    assert_eq!(placements[0]["endReason"], "SpotInterruption", "{ledger:#}");
+    assert!(placements[0]["endedAt"].is_string(), "{ledger:#}");
+    assert_eq!(placements[1]["uid"], moved["uid"], "{ledger:#}");
+    assert_eq!(placements[1]["instanceId"], "local-two", "{ledger:#}");
+    assert!(
+        placements[1]["endedAt"].is_null(),
+        "still running: {ledger:#}"
+    );
+    let interruption = &ledger["interruptions"][0];
+    assert_eq!(interruption["kind"], "spot_interruption", "{ledger:#}");
+    assert_eq!(interruption["node"], "one", "{ledger:#}");
+    assert_eq!(
+        interruption["checkpoint"], "s3://bucket/run-7/step-1200",
+        "{ledger:#}"
+    );
+    let table = c.orca_ok(&["ledger"]);
+    assert!(
+        table.contains("local-one") && table.contains("SpotInterruption"),
+        "{table}"
+    );
+
     // The old incarnation is removed from its host once it has stopped.
     eventually_blocking(
         "the old trainer's container to be gone from one",

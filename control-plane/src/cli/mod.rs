@@ -3,6 +3,7 @@
 //! - [`backup`]: `orca backup`.
 //! - [`claims`]: PersistentVolumeClaims (`apply -f`, `get pvc`, `delete pvc`).
 //! - [`credentials`]: the kubeconfig-like credentials file.
+//! - [`ledger`]: `orca ledger` and the ledger section of `orca describe pod`.
 //! - [`nodes`]: the `orca node` commands and `orca down`.
 //! - [`pod`]: builds a Kubernetes pod from `orca run` flags or reads one from YAML.
 //! - [`output`]: tables and ages, as kubectl prints them.
@@ -13,6 +14,7 @@
 pub mod backup;
 pub mod claims;
 pub mod credentials;
+pub mod ledger;
 pub mod nodes;
 pub mod output;
 pub mod pod;
@@ -186,6 +188,16 @@ pub enum Command {
     Events {
         /// Pod or node name.
         name: Option<String>,
+    },
+    /// The provenance ledger: where and on what each pod's incarnations ran
+    /// (instance, type, zone, AMI, capacity type, price, GPUs, driver), the
+    /// interruptions that moved them, and the cost so far.
+    Ledger {
+        /// Only this pod.
+        name: Option<String>,
+        /// Output format: table, json or yaml.
+        #[arg(long, short = 'o', default_value = "table", value_parser = ["table", "json", "yaml"])]
+        output: String,
     },
     /// Remove every node (its pods fail with reason NodeRemoved).
     Down,
@@ -430,6 +442,33 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             };
             let events = client.list_events(req).await?.into_inner().events;
             output::events(&mut out, &events)?;
+        }
+        Command::Ledger {
+            name,
+            output: format,
+        } => {
+            let mut pods = client
+                .list_pods(pb::ListPodsRequest { namespace: ns })
+                .await?
+                .into_inner()
+                .pods;
+            if let Some(name) = &name {
+                pods.retain(|p| &crate::pods::names(p).1 == name);
+                if pods.is_empty() {
+                    return Err(CliError::Call(tonic::Status::not_found(format!(
+                        "pod {name:?} not found"
+                    ))));
+                }
+            }
+            match format.as_str() {
+                "json" | "yaml" => output::structured(
+                    &mut out,
+                    pods.iter().map(crate::ledger::entry_json).collect(),
+                    name.is_some(),
+                    &format,
+                )?,
+                _ => ledger::table_of(&mut out, &pods)?,
+            }
         }
         Command::Down => nodes::down(&mut client, &mut out).await?,
         Command::Backup { file } => backup::backup(&mut client, &file, &mut out).await?,

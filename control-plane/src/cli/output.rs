@@ -177,6 +177,9 @@ pub fn pod_value(p: &pb::PodRecord) -> serde_json::Value {
         "phase": phase_name(PodPhase::try_from(status.phase).unwrap_or(PodPhase::Unknown)),
         "reason": status.reason, "message": status.message, "recreations": p.recreations,
         "containerStatuses": containers, "gpuUUIDs": status.gpu_uuids, "spec": spec,
+        "placements": p.placements.iter().map(crate::ledger::placement_json).collect::<Vec<_>>(),
+        "interruptions": p.interruptions.iter().map(crate::ledger::interruption_json).collect::<Vec<_>>(),
+        "costUSD": crate::ledger::cost(p),
     })
 }
 
@@ -354,6 +357,7 @@ pub fn describe_pod(
             writeln!(out, "    Restarts:  {}", st.restart_count)?;
         }
     }
+    super::ledger::describe(out, p)?;
     writeln!(out, "Events:")?;
     if events.is_empty() {
         writeln!(out, "  <none>")?;

@@ -221,6 +221,10 @@ pub struct LaunchRequest {
 pub struct Instance {
     /// Provider's id for it.
     pub instance_id: String,
+    /// Its availability zone, when the provider has zones.
+    pub zone: Option<String>,
+    /// The machine image it boots, when the provider has images.
+    pub image_id: Option<String>,
 }
 
 /// A boxed future, for object-safe async trait methods.

@@ -594,6 +594,19 @@ impl PodManager {
         }
     }
 
+    /// How many pods have not ended or still have a container running.
+    pub fn unfinished(&self) -> usize {
+        let running = |p: &PodEntry| {
+            p.containers
+                .iter()
+                .any(|c| matches!(c.state, ContainerState::Running { .. }))
+        };
+        self.pods()
+            .values()
+            .filter(|p| !p.ended() || running(p))
+            .count()
+    }
+
     /// Every pod's report.
     pub fn reports(&self) -> Vec<pb::PodReport> {
         self.pods()

@@ -70,6 +70,16 @@ enum Scenario {
         #[arg(long, default_value_t = 500)]
         interval_ms: u64,
     },
+    /// A spot interruption notice in a host's metadata → the pod Running on
+    /// another host (image present).
+    SpotNotice {
+        /// Rounds.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// The agents' IMDS poll interval, ms (the agent's default, AWS's advice).
+        #[arg(long, default_value_t = 5_000)]
+        poll_ms: u64,
+    },
     /// The EC2 provider's own time per launch: pod recorded → RunInstances sent (moto).
     Ec2Launch {
         /// Pods created at once.
@@ -126,6 +136,9 @@ fn main() {
             orca_tests::bench::ec2::crash(pods, runs, kills)
         }
         Scenario::GpuSample { iterations } => orca_tests::bench::gpu::run(iterations),
+        Scenario::SpotNotice { runs, poll_ms } => {
+            orca_tests::bench::spot_notice::run(runs, Duration::from_millis(poll_ms))
+        }
         Scenario::Recovery { runs, interval_ms } => {
             orca_tests::bench::recovery::run(runs, Duration::from_millis(interval_ms))
         }

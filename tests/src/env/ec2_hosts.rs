@@ -29,6 +29,11 @@
 //!   state directory) are killed. [`Played::powered_off`] records when.
 //! - An agent that exits by itself because its port was taken in between is
 //!   started again on a fresh port (up to [`PORT_ATTEMPTS`] times).
+//! - An agent that exits with [`POWER_OFF_EXIT`] powered its host off (its
+//!   dead-man's switch): the player applies the instance's shutdown behaviour
+//!   in moto (DescribeInstanceAttribute `instanceInitiatedShutdownBehavior`,
+//!   then TerminateInstances or StopInstances; moto's default is `stop`), and
+//!   the next poll powers the host off.
 //! - EBS volumes moto says are attached to a played host appear in that host's
 //!   `--ebs-device-dir` as loop devices named as Nitro names them, and go when
 //!   moto says they are detached or the host is powered off
@@ -58,6 +63,7 @@ use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
 use base64::Engine as _;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use orca_agent::deadman::POWER_OFF_EXIT;
 use orca_control_plane::cloud::ec2::launch::{TAG_CLUSTER, TAG_NODE};
 
 use super::containerd::output;
@@ -143,6 +149,9 @@ pub struct Played {
     pub agent_killed: Option<Instant>,
     /// When the host was powered off (the instance left `running`).
     pub powered_off: Option<Instant>,
+    /// When its agent powered the host off itself (exit status
+    /// [`POWER_OFF_EXIT`]), and the shutdown behaviour applied in moto.
+    pub shut_itself_down: Option<(Instant, String)>,
 }
 
 /// A host being played.
@@ -392,6 +401,7 @@ fn poll_once(shared: &Shared, rt: &tokio::runtime::Runtime, client: &aws_sdk_ec2
     // Asked before the state is locked: the lock is never held across a call.
     let volumes = rt.block_on(super::ec2_volumes::volumes(client));
     // Power off what left `running`, then restart agents that lost a port race.
+    let mut shutdowns = Vec::new();
     let to_boot: Vec<InstanceInfo> = {
         let mut state = shared.state();
         state.polls += 1;
@@ -406,6 +416,8 @@ fn poll_once(shared: &Shared, rt: &tokio::runtime::Runtime, client: &aws_sdk_ec2
                 .find(|i| i.instance_id == host.played.instance_id);
             if now.is_none_or(|i| !matches!(i.state.as_str(), "pending" | "running")) {
                 problems.extend(power_off(shared, host));
+            } else if powered_itself_off(host) {
+                shutdowns.push(host.played.instance_id.clone());
             } else {
                 problems.extend(check_agent(shared, host));
             }
@@ -440,6 +452,21 @@ fn poll_once(shared: &Shared, rt: &tokio::runtime::Runtime, client: &aws_sdk_ec2
             })
             .collect()
     };
+    // Hosts whose agent powered them off: what EC2 does then, per the
+    // instance's shutdown behaviour (the next poll powers the host off).
+    for id in shutdowns {
+        let applied = rt.block_on(apply_shutdown_behaviour(client, &id));
+        let mut state = shared.state();
+        match applied {
+            Ok(behaviour) => {
+                tracing::info!(instance = %id, %behaviour, "the host powered itself off");
+                if let Some(host) = state.host(&id) {
+                    host.played.shut_itself_down = Some((Instant::now(), behaviour));
+                }
+            }
+            Err(e) => state.problem(format!("{id}: shutdown behaviour: {e}")),
+        }
+    }
     for instance in to_boot {
         let user_data = match rt.block_on(user_data(client, &instance.instance_id)) {
             Ok(u) => u,
@@ -595,6 +622,7 @@ fn boot(
             booted_at: Instant::now(),
             agent_killed: None,
             powered_off: None,
+            shut_itself_down: None,
         },
         agent: None,
         imds,
@@ -640,6 +668,58 @@ fn start_agent(shared: &Shared, host: &mut Host) -> Result<()> {
     host.played.booted_at = Instant::now();
     host.agent = Some(agent);
     Ok(())
+}
+
+/// Whether the host's agent exited with [`POWER_OFF_EXIT`] (its dead-man's
+/// switch powered the host off).
+fn powered_itself_off(host: &mut Host) -> bool {
+    let Some(status) = host.agent.as_mut().and_then(Daemon::exit_status) else {
+        return false;
+    };
+    if status.code() != Some(POWER_OFF_EXIT) {
+        return false;
+    }
+    host.agent = None;
+    true
+}
+
+/// Applies instance `id`'s `instanceInitiatedShutdownBehavior` as EC2 does
+/// when the instance shuts itself down (`terminate` or `stop`); returns it.
+async fn apply_shutdown_behaviour(
+    client: &aws_sdk_ec2::Client,
+    id: &str,
+) -> std::result::Result<String, String> {
+    let attr = client
+        .describe_instance_attribute()
+        .instance_id(id)
+        .attribute(InstanceAttributeName::InstanceInitiatedShutdownBehavior)
+        .send()
+        .await
+        .map_err(|e| aws_sdk_ec2::error::DisplayErrorContext(&e).to_string())?;
+    let behaviour = attr
+        .instance_initiated_shutdown_behavior()
+        .and_then(|v| v.value())
+        .unwrap_or("stop")
+        .to_owned();
+    let sent = if behaviour == "terminate" {
+        client
+            .terminate_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| aws_sdk_ec2::error::DisplayErrorContext(&e).to_string())
+    } else {
+        client
+            .stop_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| aws_sdk_ec2::error::DisplayErrorContext(&e).to_string())
+    };
+    sent?;
+    Ok(behaviour)
 }
 
 /// Restarts an agent that exited because its port was taken; reports one that

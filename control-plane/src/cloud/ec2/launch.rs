@@ -105,6 +105,10 @@ pub struct Launched {
     pub instance_id: String,
     /// Its private address, when EC2 gave one.
     pub private_ip: Option<String>,
+    /// Its availability zone.
+    pub zone: Option<String>,
+    /// Its AMI.
+    pub image_id: Option<String>,
 }
 
 /// What a failed launch means to the caller.
@@ -284,6 +288,11 @@ pub async fn run_instance(
     Ok(Launched {
         instance_id: instance.instance_id().unwrap_or_default().to_owned(),
         private_ip: instance.private_ip_address().map(str::to_owned),
+        zone: instance
+            .placement()
+            .and_then(|p| p.availability_zone())
+            .map(str::to_owned),
+        image_id: instance.image_id().map(str::to_owned),
     })
 }
 

@@ -409,6 +409,8 @@ impl InstanceProvider for Ec2Provider {
                 })?;
             Ok(Instance {
                 instance_id: launched.instance_id,
+                zone: launched.zone,
+                image_id: launched.image_id,
             })
         })
     }

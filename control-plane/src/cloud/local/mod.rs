@@ -265,6 +265,8 @@ impl LocalProvider {
             netns = network.as_ref().map_or("-", |n| n.netns.as_str()), "simulated host started");
         Ok(Instance {
             instance_id: Self::instance_id(&req.node_name),
+            zone: None,
+            image_id: None,
         })
     }
 }

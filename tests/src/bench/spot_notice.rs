@@ -1,0 +1,59 @@
+//! `spot-notice`: how long from a spot interruption notice appearing in a
+//! host's instance metadata to the pod running again on another host. A pod
+//! (restartPolicy Always, image present) runs on one of two simulated hosts;
+//! `orca node fault --spot-notice` writes `spot/instance-action` into that
+//! host's metadata service; the clock runs until the pod's new incarnation is
+//! Running on the other host. What it spans: the agent's next IMDS poll (on
+//! average half of `--notice-poll-ms`), its heartbeat, the control plane
+//! cordoning and moving the pod, placement, dispatch and container start. The
+//! old incarnation's checkpoint handshake runs in parallel (the pod has no
+//! `orca.research/checkpoint-wait`, so the replacement does not wait for it).
+
+use std::time::{Duration, Instant};
+
+use crate::bench::{median, metric};
+use crate::cluster::{DEADLINE, TestCluster};
+
+fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs `runs` rounds with the agents polling IMDS every `poll`.
+pub fn run(runs: usize, poll: Duration) {
+    let poll_ms = format!("--notice-poll-ms={}", poll.as_millis());
+    eprintln!("agents poll IMDS every {} ms", poll.as_millis());
+    let c = TestCluster::start_with(&["--retry-ms=100", &poll_ms]);
+    let mut samples = Vec::new();
+    for round in 0..runs {
+        let (a, b) = (format!("a{round}"), format!("b{round}"));
+        let pod = format!("train{round}");
+        let first = c.pods_on_first_of_two(&a, &b, &[(&pod, "Always")]);
+        let noticed = Instant::now();
+        c.orca_ok(&["node", "fault", &a, "--spot-notice"]);
+        let running = wait("the replacement on the other host", || {
+            let p = c.pod(&pod);
+            (p["phase"] == "Running" && p["node"] == b.as_str() && p["uid"] != first[0]["uid"])
+                .then(|| noticed.elapsed())
+        });
+        eprintln!(
+            "round {round}: replacement Running on {b} {:.2}s after the notice",
+            running.as_secs_f64()
+        );
+        samples.push(running);
+        c.orca_ok(&["delete", "pod", &pod, "--grace-period", "0"]);
+        c.orca_ok(&["node", "remove", &a]);
+        c.orca_ok(&["node", "remove", &b]);
+    }
+    metric(
+        "notice_to_replacement_running_s",
+        median(&samples).as_secs_f64(),
+        "s",
+    );
+}
