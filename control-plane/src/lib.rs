@@ -24,8 +24,9 @@
 //!   relayed from the pod's agent) are its operations; [`interruptions`]
 //!   (spot, maintenance and rebalance notices from the agents: cordon, move
 //!   the pods, hand the checkpoint to the replacement), [`lifetime`]
-//!   (`orca.research/max-lifetime`) and [`ledger`] (where and on what each
-//!   incarnation ran, and its cost) too.
+//!   (`orca.research/max-lifetime`), [`ledger`] (where and on what each
+//!   incarnation ran, and its cost) and [`budgets`] (admission estimates,
+//!   accrued spend, caps) too.
 //! - [`selection`]: which EC2 instance types a pod gets (explicit, template,
 //!   auto, chain; allowed/denied lists; the pod annotations that steer it),
 //!   for the EC2 provider.
@@ -58,6 +59,7 @@
 
 pub mod api;
 pub mod backup;
+pub mod budgets;
 pub mod claims;
 pub mod cli;
 pub mod cloud;
@@ -262,6 +264,11 @@ pub async fn serve(
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move { cluster.run_scheduler(stop).await })
     };
+    let budgets = (!cluster.config().budgets.is_empty()).then(|| {
+        let cluster = cluster.clone();
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { cluster.run_budgets(stop).await })
+    });
     let kubernetes = match &cluster.config().kubernetes {
         Some(k) => vk::start(&cluster, k, stop_rx.clone()).await?,
         None => Vec::new(),
@@ -306,6 +313,9 @@ pub async fn serve(
         .map_err(ServeError::Serve);
     let _ = stop_tx.send(true);
     let _ = scheduler.await;
+    if let Some(budgets) = budgets {
+        let _ = budgets.await;
+    }
     let _ = rotation.await;
     if let Some(metrics) = metrics {
         let _ = metrics.await;

@@ -128,9 +128,10 @@ impl Cluster {
                 format!("container {:?} has no image", c.name),
             ))
         } else {
-            crate::selection::annotations::parse(&pod.annotations)
-                .err()
-                .map(|e| ("InvalidAnnotation", e.to_string()))
+            match crate::selection::annotations::parse(&pod.annotations) {
+                Err(e) => Some(("InvalidAnnotation", e.to_string())),
+                Ok(_) => self.budget_refusal(&pod, &spec).await?,
+            }
         };
         let status = match &problem {
             Some((reason, message)) => types::PodStatus {

@@ -118,7 +118,7 @@ fn offering_of(node: &pb::Node) -> Option<(Offering, u32)> {
 /// What a pod needs from an instance: its requests, and the architecture and
 /// GPU model its nodeSelector names (the `orca.research/gpu-model` annotation
 /// is read with the other launch annotations).
-fn needs_of(spec: &PodSpec) -> Needs {
+pub(crate) fn needs_of(spec: &PodSpec) -> Needs {
     let want = crate::scheduler::requests(spec);
     Needs {
         cpu_millis: want.cpu_millis.max(0) as u64,

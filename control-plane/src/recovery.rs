@@ -26,7 +26,7 @@ use crate::pods::{key, names, phase, uid};
 
 /// Reasons of the control plane's own verdicts on pods: a report from an agent
 /// about that incarnation is stale, and the agent is told to stop it.
-pub const VERDICTS: &[&str] = &["NodeLost", "NodeRemoved", "Evicted"];
+pub const VERDICTS: &[&str] = &["NodeLost", "NodeRemoved", "Evicted", "BudgetExceeded"];
 
 fn unfinished(p: &pb::PodRecord) -> bool {
     !matches!(phase(p), PodPhase::Succeeded | PodPhase::Failed)

@@ -122,7 +122,19 @@ impl Cluster {
                 self.provider().name().into()
             },
             created_at: Some(now()),
-            labels: req.labels.clone(),
+            labels: {
+                let mut labels = req.labels.clone();
+                if let crate::config::Provider::Local(l) = &self.config().provider
+                    && l.usd_per_hour > 0.0
+                    && !req.external
+                {
+                    labels.insert(
+                        crate::provisioning::LABEL_PRICE.to_owned(),
+                        format!("{}", l.usd_per_hour),
+                    );
+                }
+                labels
+            },
             taints: req.taints.clone(),
             size: Some(req.size),
             ..Default::default()

@@ -241,6 +241,8 @@ pub struct Store {
     pub pki: Table<crate::pki::CaRecord>,
     /// PersistentVolumeClaims by `namespace/name`.
     pub claims: Table<pb::Claim>,
+    /// What pods in budgets cost, by `budget/uid`.
+    pub spend: Table<pb::Spend>,
 }
 
 impl Store {
@@ -255,6 +257,7 @@ impl Store {
             tokens: Table::open(&db, &gate, "tokens")?,
             pki: Table::open(&db, &gate, "pki")?,
             claims: Table::open(&db, &gate, "claims")?,
+            spend: Table::open(&db, &gate, "spend")?,
             db,
             gate,
             flushes: Arc::default(),

@@ -333,6 +333,17 @@ impl AdminService for AdminApi {
         Ok(Response::new(pb::TelemetryResponse { nodes, pods: usage }))
     }
 
+    #[tracing::instrument(skip_all)]
+    async fn list_budgets(
+        &self,
+        _: Request<pb::ListBudgetsRequest>,
+    ) -> Result<Response<pb::ListBudgetsResponse>, Status> {
+        self.cluster
+            .budget_statuses()
+            .map(|budgets| Response::new(pb::ListBudgetsResponse { budgets }))
+            .map_err(status)
+    }
+
     type BackupStream = Stream_<pb::BackupChunk>;
 
     #[tracing::instrument(skip_all)]

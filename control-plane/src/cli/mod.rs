@@ -1,6 +1,6 @@
 //! The `orca` command line: a client of AdminService only.
 //!
-//! - [`backup`]: `orca backup`.
+//! - [`backup`]: `orca backup`; [`budgets`]: `orca budget list`.
 //! - [`claims`]: PersistentVolumeClaims (`apply -f`, `get pvc`, `delete pvc`).
 //! - [`credentials`]: the kubeconfig-like credentials file.
 //! - [`ledger`]: `orca ledger` and the ledger section of `orca describe pod`.
@@ -12,6 +12,7 @@
 //!   mode and window size for `exec -t`.
 
 pub mod backup;
+pub mod budgets;
 pub mod claims;
 pub mod credentials;
 pub mod ledger;
@@ -195,6 +196,16 @@ pub enum Command {
     Ledger {
         /// Only this pod.
         name: Option<String>,
+        /// Output format: table, json or yaml.
+        #[arg(long, short = 'o', default_value = "table", value_parser = ["table", "json", "yaml"])]
+        output: String,
+    },
+    /// Research budgets: `orca budget list` shows each one's amount, spend
+    /// within its period, burn rate and what is left.
+    Budget {
+        /// `list`.
+        #[arg(value_parser = ["list", "ls"])]
+        action: String,
         /// Output format: table, json or yaml.
         #[arg(long, short = 'o', default_value = "table", value_parser = ["table", "json", "yaml"])]
         output: String,
@@ -468,6 +479,25 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
                     &format,
                 )?,
                 _ => ledger::table_of(&mut out, &pods)?,
+            }
+        }
+        Command::Budget {
+            action: _,
+            output: format,
+        } => {
+            let list = client
+                .list_budgets(pb::ListBudgetsRequest {})
+                .await?
+                .into_inner()
+                .budgets;
+            match format.as_str() {
+                "json" | "yaml" => output::structured(
+                    &mut out,
+                    list.iter().map(budgets::value).collect(),
+                    false,
+                    &format,
+                )?,
+                _ => budgets::table_of(&mut out, &list)?,
             }
         }
         Command::Down => nodes::down(&mut client, &mut out).await?,

@@ -1,7 +1,8 @@
 //! The control plane's configuration: one YAML file, validated once into
 //! [`Config`] with errors that name the field. The `ec2` provider's section is
-//! [`ec2`]; the Kubernetes mode's is [`kubernetes`].
+//! [`ec2`]; the Kubernetes mode's is [`kubernetes`]; research budgets are [`budgets`].
 
+pub mod budgets;
 pub mod ec2;
 
 pub use ec2::StorageClass;
@@ -132,6 +133,12 @@ pub struct File {
     /// when absent).
     #[serde(default)]
     pub kubernetes: Option<kubernetes::KubernetesFile>,
+    /// Research budgets pods join with `orca.research/budget-namespace`.
+    #[serde(default)]
+    pub budgets: Vec<budgets::BudgetFile>,
+    /// How often budget spend is accrued and caps enforced, ms.
+    #[serde(default = "d_accrual")]
+    pub budget_accrual_interval_ms: u64,
 }
 
 /// Autoscaling: hosts launched when no node fits a pending pod.
@@ -215,6 +222,9 @@ pub struct LocalFile {
     /// The simulated hosts' network.
     #[serde(default)]
     pub network: NetworkFile,
+    /// What a simulated host is said to cost, USD per hour (budgets, ledger).
+    #[serde(default)]
+    pub usd_per_hour: f64,
 }
 
 /// The simulated hosts' network: a bridge on this machine and an IPv4 network;
@@ -277,6 +287,9 @@ fn d_reconcile() -> u64 {
 }
 fn d_agent_call() -> u64 {
     DEFAULT_AGENT_CALL_TIMEOUT_MS
+}
+fn d_accrual() -> u64 {
+    10_000
 }
 fn d_socket() -> PathBuf {
     "/run/containerd/containerd.sock".into()
@@ -344,6 +357,10 @@ pub struct Config {
     pub provider: Provider,
     /// Kubernetes mode, when on.
     pub kubernetes: Option<kubernetes::Kubernetes>,
+    /// Research budgets.
+    pub budgets: Vec<budgets::Budget>,
+    /// How often budget spend is accrued (and caps enforced).
+    pub budget_accrual_interval: Duration,
 }
 
 /// The validated provider configuration.
@@ -372,6 +389,9 @@ pub struct LocalProvider {
     pub agent_port: u16,
     /// The hosts' network.
     pub network: Network,
+    /// What a simulated host is said to cost, USD per hour (for budgets and the
+    /// ledger; 0: nothing).
+    pub usd_per_hour: f64,
 }
 
 /// The validated network of simulated hosts.
@@ -574,6 +594,14 @@ impl File {
                     agent_args: local.agent_args,
                     agent_port: local.agent_port,
                     network: local.network.validate()?,
+                    usd_per_hour: if local.usd_per_hour.is_finite() && local.usd_per_hour >= 0.0 {
+                        local.usd_per_hour
+                    } else {
+                        return Err(invalid(
+                            "provider.local.usd_per_hour",
+                            format!("{} is not a non-negative price", local.usd_per_hour),
+                        ));
+                    },
                 })
             }
         };
@@ -608,6 +636,11 @@ impl File {
             agent_call_timeout: ms("agent_call_timeout_ms", self.agent_call_timeout_ms)?,
             provider,
             kubernetes: self.kubernetes.map(|k| k.validate()).transpose()?,
+            budgets: budgets::validate(self.budgets)?,
+            budget_accrual_interval: ms(
+                "budget_accrual_interval_ms",
+                self.budget_accrual_interval_ms,
+            )?,
         })
     }
 }

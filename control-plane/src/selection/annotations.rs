@@ -51,8 +51,12 @@ pub const CHECKPOINT_WAIT: &str = "orca.research/checkpoint-wait";
 /// of an interrupted pod (the checkpoint it confirmed), accepted as input.
 pub const RESUME_FROM: &str = "orca.research/resume-from";
 
+/// Annotation: the research budget (the config's `budgets`) the pod's cost
+/// counts against.
+pub const BUDGET: &str = "orca.research/budget-namespace";
+
 /// Every annotation the selection and launch understand.
-pub const KNOWN: [&str; 15] = [
+pub const KNOWN: [&str; 16] = [
     INSTANCE_TYPE,
     WORKLOAD_TEMPLATE,
     SELECTION,
@@ -68,6 +72,7 @@ pub const KNOWN: [&str; 15] = [
     MAX_LIFETIME,
     CHECKPOINT_WAIT,
     RESUME_FROM,
+    BUDGET,
 ];
 
 /// The prefix of ORCA's annotations.
@@ -320,6 +325,11 @@ pub fn parse<'a>(
                     return Err(bad(format!(
                         "{value:?} is not a positive duration of hours, minutes and seconds (e.g. 5m, 90s)"
                     )));
+                }
+            }
+            BUDGET => {
+                if !crate::pods::valid_name(value) {
+                    return Err(bad(format!("{value:?} is not a budget name")));
                 }
             }
             NODE | RESUME_FROM => {}

@@ -8,6 +8,9 @@
 //! cordoning and moving the pod, placement, dispatch and container start. The
 //! old incarnation's checkpoint handshake runs in parallel (the pod has no
 //! `orca.research/checkpoint-wait`, so the replacement does not wait for it).
+//! Each round injects the notice at a different phase of the agent's poll
+//! (a delay of `poll × frac(round × 0.618…)` after the pod runs), so the
+//! median is not an artefact of where the rounds fall in the poll cycle.
 
 use std::time::{Duration, Instant};
 
@@ -35,6 +38,8 @@ pub fn run(runs: usize, poll: Duration) {
         let (a, b) = (format!("a{round}"), format!("b{round}"));
         let pod = format!("train{round}");
         let first = c.pods_on_first_of_two(&a, &b, &[(&pod, "Always")]);
+        let phase = (round as f64 * 0.618_033_988_7).fract();
+        std::thread::sleep(poll.mul_f64(phase));
         let noticed = Instant::now();
         c.orca_ok(&["node", "fault", &a, "--spot-notice"]);
         let running = wait("the replacement on the other host", || {

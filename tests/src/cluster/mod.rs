@@ -79,7 +79,14 @@ impl TestCluster {
     /// As [`TestCluster::start_with`], with extra top-level YAML for the control
     /// plane's config (fields given there replace the defaults below).
     pub fn start_configured(agent_args: &[&str], extra_yaml: &str) -> Self {
-        Self::start_inner(agent_args, extra_yaml, None)
+        Self::start_inner(agent_args, extra_yaml, None, "")
+    }
+
+    /// As [`TestCluster::start_configured`], with more fields in the local
+    /// provider's section (each line indented four spaces, e.g.
+    /// `"    usd_per_hour: 36\n"`).
+    pub fn start_local(agent_args: &[&str], extra_yaml: &str, local_yaml: &str) -> Self {
+        Self::start_inner(agent_args, extra_yaml, None, local_yaml)
     }
 
     /// A cluster whose provider section is `provider_yaml` (indented under
@@ -88,10 +95,15 @@ impl TestCluster {
     /// are started by the test (e.g. an `InstancePlayer`) with this cluster's
     /// containerd and registry (reached at 127.0.0.1).
     pub fn start_with_provider(extra_yaml: &str, provider_yaml: &str) -> Self {
-        Self::start_inner(&[], extra_yaml, Some(provider_yaml))
+        Self::start_inner(&[], extra_yaml, Some(provider_yaml), "")
     }
 
-    fn start_inner(agent_args: &[&str], extra_yaml: &str, provider_yaml: Option<&str>) -> Self {
+    fn start_inner(
+        agent_args: &[&str],
+        extra_yaml: &str,
+        provider_yaml: Option<&str>,
+        local_yaml: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let network = ClusterNetwork::pick();
         // On every address: hosts in namespaces pull through the gateway.
@@ -137,6 +149,7 @@ impl TestCluster {
                 network.bridge,
                 network.cidr,
             ));
+            config.push_str(local_yaml);
         }
         let config_path = dir.path().join("orca.yaml");
         std::fs::write(&config_path, config).expect("write config");

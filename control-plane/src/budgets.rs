@@ -1,0 +1,327 @@
+//! Research budgets: a pod joins one with `orca.research/budget-namespace:
+//! NAME` (a budget of the config's `budgets`).
+//!
+//! - **Admission**: the pod's cost is estimated as the hourly price it would
+//!   run at (a simulated host's `provider.local.usd_per_hour`; on EC2 the first
+//!   offering of the same selection a launch makes) × its
+//!   `orca.research/max-lifetime` (or the budget's `default_lifetime`). A pod the
+//!   budget cannot cover ends `Failed (BudgetExceeded)` at once, the message
+//!   saying what is left and what it was estimated at. A pod whose price is not
+//!   known is admitted, with an Event saying so.
+//! - **Accrual** (every `budget_accrual_interval_ms`): each placement of a pod
+//!   in a budget (the ledger: its price, from when the agent reported it
+//!   running until it ended) is kept in the `spend` table, which outlives the
+//!   pod; spend is the cost within the rolling `period`.
+//! - **Cap**: once spend reaches the amount, with `on_cap: stop` every unfinished
+//!   pod of the budget ends `Failed (BudgetExceeded)` (a verdict: the agent is
+//!   told to stop it) with Events; with `finish` they run on. New pods are
+//!   refused either way (nothing is left).
+//!
+//! What is counted is the pod's run, not the instance's boot time.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::PodSpec;
+use orca_proto::controlplane::v1 as pb;
+use orca_proto::types::v1::{self as types, PodPhase};
+use tracing::{info, warn};
+
+use crate::cluster::{Cluster, ClusterError, now};
+use crate::config::Provider;
+use crate::config::budgets::{Budget, OnCap};
+use crate::pods::{key, names, phase};
+use crate::selection::annotations::{BUDGET, parse};
+
+fn seconds(t: Option<&prost_types::Timestamp>) -> f64 {
+    t.map_or(0.0, |t| t.seconds as f64 + f64::from(t.nanos) / 1e9)
+}
+
+/// Hours of `spend` that fall in the window of `period` ending at `now_s`.
+pub fn hours_in_window(spend: &pb::Spend, period: Duration, now_s: f64) -> f64 {
+    let from = seconds(spend.started_at.as_ref()).max(now_s - period.as_secs_f64());
+    let to = spend
+        .ended_at
+        .as_ref()
+        .map_or(now_s, |t| seconds(Some(t)))
+        .min(now_s);
+    ((to - from) / 3600.0).max(0.0)
+}
+
+/// The budget a pod names, if any.
+pub fn budget_of(pod: &types::Pod) -> Option<&str> {
+    pod.annotations.get(BUDGET).map(String::as_str)
+}
+
+fn unfinished(p: &pb::PodRecord) -> bool {
+    !matches!(phase(p), PodPhase::Succeeded | PodPhase::Failed)
+}
+
+impl Cluster {
+    fn budget(&self, name: &str) -> Option<&Budget> {
+        self.config().budgets.iter().find(|b| b.name == name)
+    }
+
+    /// Why a new pod is refused by its budget; `None` when it is admitted.
+    pub(crate) async fn budget_refusal(
+        &self,
+        pod: &types::Pod,
+        spec: &PodSpec,
+    ) -> Result<Option<(&'static str, String)>, ClusterError> {
+        let Some(name) = budget_of(pod) else {
+            return Ok(None);
+        };
+        let Some(budget) = self.budget(name) else {
+            let known: Vec<&str> = self
+                .config()
+                .budgets
+                .iter()
+                .map(|b| b.name.as_str())
+                .collect();
+            return Ok(Some((
+                "InvalidAnnotation",
+                format!(
+                    "{BUDGET}: no budget {name:?} in the config (known: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            )));
+        };
+        let Some(price) = self.price_estimate(pod, spec).await else {
+            let (ns, pod_name) = pod
+                .r#ref
+                .as_ref()
+                .map(|r| (r.namespace.clone(), r.name.clone()))
+                .unwrap_or_default();
+            self.event(
+                "Pod",
+                &ns,
+                &pod_name,
+                true,
+                "BudgetEstimateUnknown",
+                format!("no price is known for this pod: budget {name} admits it unestimated"),
+            );
+            return Ok(None);
+        };
+        let lifetime = parse(&pod.annotations)
+            .ok()
+            .and_then(|a| a.max_lifetime)
+            .unwrap_or(budget.default_lifetime);
+        let hours = lifetime.as_secs_f64() / 3600.0;
+        let estimate = price * hours;
+        let left = (budget.amount_usd - self.spent(budget)?).max(0.0);
+        Ok((estimate > left).then(|| {
+            (
+                "BudgetExceeded",
+                format!(
+                    "budget {name} has {left:.4} USD left of {:.4} USD per {:?}; this pod is estimated at {estimate:.4} USD ({price} USD/h × {hours:.3} h{})",
+                    budget.amount_usd,
+                    budget.period,
+                    if lifetime == budget.default_lifetime { ", the budget's default_lifetime" } else { ", its max-lifetime" }
+                ),
+            )
+        }))
+    }
+
+    /// The hourly price a pod would run at, when known.
+    async fn price_estimate(&self, pod: &types::Pod, spec: &PodSpec) -> Option<f64> {
+        match &self.config().provider {
+            Provider::Local(l) => (l.usd_per_hour > 0.0).then_some(l.usd_per_hour),
+            Provider::Ec2(_) => {
+                let annotations = parse(&pod.annotations).ok()?;
+                let needs = crate::provisioning::needs_of(spec);
+                let plan = self.provider().plan(&needs, &annotations).await.ok()?;
+                plan.offerings.first()?.usd_per_hour
+            }
+        }
+    }
+
+    /// Spend of `budget` within its window, USD.
+    fn spent(&self, budget: &Budget) -> Result<f64, ClusterError> {
+        let now_s = seconds(Some(&now()));
+        Ok(self
+            .store()
+            .spend
+            .scan(&format!("{}/", budget.name))?
+            .iter()
+            .map(|s| s.usd_per_hour * hours_in_window(s, budget.period, now_s))
+            .sum())
+    }
+
+    /// Every budget's status.
+    pub fn budget_statuses(&self) -> Result<Vec<pb::BudgetStatus>, ClusterError> {
+        let mut out = Vec::new();
+        for b in &self.config().budgets {
+            let spends = self.store().spend.scan(&format!("{}/", b.name))?;
+            let running: Vec<&pb::Spend> = spends.iter().filter(|s| s.ended_at.is_none()).collect();
+            let spent = self.spent(b)?;
+            out.push(pb::BudgetStatus {
+                name: b.name.clone(),
+                amount_usd: b.amount_usd,
+                period: prost_types::Duration::try_from(b.period).ok(),
+                on_cap: b.on_cap.as_str().into(),
+                spent_usd: spent,
+                burn_usd_per_hour: running.iter().map(|s| s.usd_per_hour).sum(),
+                remaining_usd: (b.amount_usd - spent).max(0.0),
+                running_pods: running.len() as i32,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Accrues spend and enforces caps every `budget_accrual_interval` until
+    /// `shutdown` resolves.
+    pub async fn run_budgets(&self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            if let Err(e) = self.accrue_budgets().await {
+                warn!(error = %e, "budget accrual failed");
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(self.config().budget_accrual_interval) => {}
+            }
+        }
+    }
+
+    /// One accrual: placements into the spend table, then the caps.
+    pub async fn accrue_budgets(&self) -> Result<(), ClusterError> {
+        let pods = self.store().pods.scan("")?;
+        let now_ts = now();
+        let mut live = std::collections::HashSet::new();
+        for record in &pods {
+            let Some(name) = record.pod.as_ref().and_then(budget_of) else {
+                continue;
+            };
+            let (ns, pod_name) = names(record);
+            for p in record.placements.iter().filter(|p| p.usd_per_hour > 0.0) {
+                let spend = pb::Spend {
+                    budget: name.to_owned(),
+                    pod: key(&ns, &pod_name),
+                    uid: p.uid.clone(),
+                    usd_per_hour: p.usd_per_hour,
+                    started_at: p.started_at,
+                    ended_at: p.ended_at,
+                };
+                let k = format!("{name}/{}", p.uid);
+                live.insert(k.clone());
+                if self.store().spend.get(&k)?.as_ref() != Some(&spend) {
+                    self.store().spend.put(&k, &spend)?;
+                }
+            }
+        }
+        // Pods deleted meanwhile: their last run ends now (at the accrual's
+        // resolution); spends older than their window go.
+        let now_s = seconds(Some(&now_ts));
+        for s in self.store().spend.scan("")? {
+            let k = format!("{}/{}", s.budget, s.uid);
+            let period = self.budget(&s.budget).map_or(Duration::ZERO, |b| b.period);
+            if s.ended_at.is_none() && !live.contains(&k) {
+                let closed = pb::Spend {
+                    ended_at: Some(now_ts),
+                    ..s
+                };
+                self.store().spend.put(&k, &closed)?;
+            } else if s
+                .ended_at
+                .is_some_and(|e| seconds(Some(&e)) < now_s - period.as_secs_f64())
+            {
+                self.store().spend.remove(&k)?;
+            }
+        }
+        self.store().flush().await?;
+        for budget in &self.config().budgets {
+            let spent = self.spent(budget)?;
+            if spent < budget.amount_usd {
+                self.again(&format!("budget-cap:{}", budget.name));
+                continue;
+            }
+            if self.first_time(&format!("budget-cap:{}", budget.name)) {
+                let msg = format!(
+                    "spent {spent:.4} USD of {:.4} USD per {:?} (on_cap: {})",
+                    budget.amount_usd,
+                    budget.period,
+                    budget.on_cap.as_str()
+                );
+                warn!(budget = %budget.name, %msg, "budget cap reached");
+                self.event("Budget", "", &budget.name, true, "BudgetCapReached", msg);
+            }
+            if budget.on_cap == OnCap::Stop {
+                self.stop_budget_pods(budget, spent, &pods).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn stop_budget_pods(
+        &self,
+        budget: &Budget,
+        spent: f64,
+        pods: &[pb::PodRecord],
+    ) -> Result<(), ClusterError> {
+        for record in pods.iter().filter(|p| {
+            unfinished(p) && p.pod.as_ref().and_then(budget_of) == Some(budget.name.as_str())
+        }) {
+            let (ns, name) = names(record);
+            info!(pod = %key(&ns, &name), budget = %budget.name, "stopped at the budget's cap");
+            let msg = format!(
+                "budget {} is spent ({spent:.4} of {:.4} USD per {:?}; on_cap: stop)",
+                budget.name, budget.amount_usd, budget.period
+            );
+            // The verdict first: reports of this incarnation are stale from now
+            // on, and the agent is told to stop it if the call below fails.
+            self.fail_pod(&ns, &name, "BudgetExceeded", msg)?;
+            self.store().flush().await?;
+            if let Some(node) = self.store().nodes.get(&record.node_name)?
+                && let Err(e) = self.stop_on_node(&node, record, None).await
+            {
+                warn!(pod = %key(&ns, &name), error = %e, "not stopped at the cap; its agent will be told it is an orphan");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> Option<prost_types::Timestamp> {
+        Some(prost_types::Timestamp {
+            seconds: s,
+            nanos: 0,
+        })
+    }
+
+    #[test]
+    fn spend_counts_only_within_the_rolling_window() {
+        let hour = Duration::from_secs(3600);
+        let s = |start, end| pb::Spend {
+            started_at: at(start),
+            ended_at: end,
+            usd_per_hour: 2.0,
+            ..Default::default()
+        };
+        let now_s = 10_000.0;
+        assert_eq!(
+            hours_in_window(&s(9_000, None), hour, now_s),
+            1000.0 / 3600.0
+        );
+        assert_eq!(
+            hours_in_window(&s(0, None), hour, now_s),
+            1.0,
+            "clipped to the window"
+        );
+        assert_eq!(
+            hours_in_window(&s(0, at(5_000)), hour, now_s),
+            0.0,
+            "ended before it"
+        );
+        assert_eq!(
+            hours_in_window(&s(6_000, at(7_000)), hour, now_s),
+            600.0 / 3600.0
+        );
+    }
+}
