@@ -32,7 +32,8 @@
 //!   for the EC2 provider.
 //! - [`provisioning`]: an instance per pod (EC2): launch with fallback over
 //!   offerings, avoidance, back-off, caps, boot timeout, reaping, and the sweep
-//!   that adopts or collects tagged instances.
+//!   that adopts or collects tagged instances; [`warm_pool`]: stopped instances
+//!   kept ready and started for pods instead of launching.
 //! - [`cloud`]: the `InstanceProvider` trait, the `local` provider (simulated
 //!   hosts, each in a network namespace of its own on a bridge; faults) and the
 //!   `ec2` provider.
@@ -81,6 +82,7 @@ pub mod streams;
 pub mod telemetry;
 pub mod tls_identity;
 pub mod vk;
+pub mod warm_pool;
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt as _;

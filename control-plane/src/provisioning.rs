@@ -69,6 +69,8 @@ pub struct Memory {
     last_sweep: Mutex<Option<Instant>>,
     /// The last launch error per pod uid, for the final reason.
     last_error: Mutex<HashMap<String, String>>,
+    /// When a warm-pool refill of an instance type last failed.
+    pub(crate) pool_failed: Mutex<HashMap<String, Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -379,9 +381,14 @@ impl Cluster {
             self.launch_note(ns, name, pod_uid, "LaunchBlocked", why);
             return Ok(None);
         }
+        let attempt = pod.launch_attempts + 1;
+        if let Some(warm) = self.warm_for(&choice.offering)?
+            && self.start_warm((ns, name, pod_uid), &warm, attempt).await?
+        {
+            return Ok(None);
+        }
         // The intent is durable before the call: the attempt is counted, the
         // pod bound, then the node recorded (a node record always has its pod).
-        let attempt = pod.launch_attempts + 1;
         let node_name = dedicated_node_name(pod_uid, attempt);
         let offering = choice.offering.clone();
         let message = format!("launching {offering} (attempt {attempt})");
@@ -466,7 +473,7 @@ impl Cluster {
 
     /// The join token of a node that has not joined: the stored one when there
     /// is one (a repeated RunInstances must carry the same user data), else new.
-    fn launch_token(&self, node: &str) -> Result<String, ClusterError> {
+    pub(crate) fn launch_token(&self, node: &str) -> Result<String, ClusterError> {
         let today = jiff::Timestamp::now().as_second();
         let stored = self
             .store()
@@ -608,7 +615,11 @@ impl Cluster {
         // node seen here has its binding in the pods read after.
         let nodes = self.store().nodes.scan("")?;
         let pods = self.store().pods.scan("")?;
+        self.tend_pool(s, &nodes).await;
         for node in nodes {
+            if crate::warm_pool::is_pool_node(&node) {
+                continue;
+            }
             let Some(pod_uid) = node.labels.get(LABEL_POD_UID) else {
                 continue;
             };
@@ -624,8 +635,11 @@ impl Cluster {
                 }
                 continue;
             }
-            if node.state == NodeState::Launching as i32
-                && age(node.created_at.as_ref()) > s.boot_timeout
+            // A pool instance started for the pod is Stopped until its first heartbeat.
+            if matches!(
+                NodeState::try_from(node.state),
+                Ok(NodeState::Launching | NodeState::Stopped)
+            ) && age(node.created_at.as_ref()) > s.boot_timeout
                 && let Some(pod) = pod
                 && self.first_time(&format!("boot-timeout:{}", node.name))
             {

@@ -387,10 +387,15 @@ impl Cluster {
             // agent's next report) does not wait for an fsync.
             self.flush_in_background();
         }
-        let healthy = matches!(
-            NodeState::try_from(node.state),
-            Ok(NodeState::Ready | NodeState::Terminating)
-        );
+        // A warm-pool instance being stopped may still send a last heartbeat:
+        // it stays Stopped (only one started for a pod comes back).
+        let stopped_pool =
+            node.state == NodeState::Stopped as i32 && crate::warm_pool::is_pool_node(&node);
+        let healthy = stopped_pool
+            || matches!(
+                NodeState::try_from(node.state),
+                Ok(NodeState::Ready | NodeState::Terminating)
+            );
         if !healthy
             || node.capacity != req.capacity
             || node.allocatable != req.allocatable
@@ -405,10 +410,14 @@ impl Cluster {
                 }
                 n.labels.extend(gpu_labels.clone());
                 n.last_heartbeat = Some(now());
-                if matches!(
-                    NodeState::try_from(n.state),
-                    Ok(NodeState::Suspect | NodeState::NotReady | NodeState::Lost)
-                ) {
+                let started =
+                    n.state == NodeState::Stopped as i32 && !crate::warm_pool::is_pool_node(n);
+                if started
+                    || matches!(
+                        NodeState::try_from(n.state),
+                        Ok(NodeState::Suspect | NodeState::NotReady | NodeState::Lost)
+                    )
+                {
                     n.state = NodeState::Ready as i32;
                 }
             })?;

@@ -29,6 +29,7 @@ pub fn node_state(node: &pb::Node) -> &'static str {
         NodeState::Lost => "Lost",
         NodeState::Terminating => "Terminating",
         NodeState::Failed => "Failed",
+        NodeState::Stopped => "Stopped",
     }
 }
 

@@ -392,6 +392,16 @@ pub trait InstanceProvider: Send + Sync {
         let _ = volume_id;
         unsupported(self.name(), "volumes")
     }
+    /// Stops an instance, keeping its volumes (warm pool; EC2 only).
+    fn stop(&self, instance_id: &str) -> BoxFuture<'_, Result<(), ProviderError>> {
+        let _ = instance_id;
+        unsupported(self.name(), "stopping instances")
+    }
+    /// Starts a stopped instance (warm pool; EC2 only).
+    fn start(&self, instance_id: &str) -> BoxFuture<'_, Result<(), ProviderError>> {
+        let _ = instance_id;
+        unsupported(self.name(), "starting instances")
+    }
     /// Injects a failure (simulated hosts only).
     fn fault(&self, instance_id: &str, fault: Fault) -> BoxFuture<'_, Result<(), ProviderError>> {
         let _ = (instance_id, fault);

@@ -117,6 +117,11 @@ pub struct Ec2File {
     /// terminated anyway (ms).
     #[serde(default = "d_detach")]
     pub volume_detach_timeout_ms: u64,
+    /// Warm pool: instance type → how many stopped on-demand instances of it to
+    /// keep ready (they cost only their EBS volumes); a pod whose selection
+    /// picks that type starts one instead of launching.
+    #[serde(default)]
+    pub warm_pool: std::collections::BTreeMap<String, u32>,
 }
 
 /// A storage class ORCA provisions EBS volumes for.
@@ -241,6 +246,8 @@ pub struct Ec2Provider {
     pub storage_classes: Vec<StorageClass>,
     /// How long a detaching volume may take before termination goes ahead.
     pub volume_detach_timeout: Duration,
+    /// Warm pool sizes by instance type.
+    pub warm_pool: std::collections::BTreeMap<String, u32>,
 }
 
 /// `arn:<partition>:iam::<12 digits>:role/<path/>name`.
@@ -401,7 +408,26 @@ impl Ec2File {
                 ));
             }
         }
+        for (instance_type, n) in &self.warm_pool {
+            if instance_type.is_empty()
+                || !instance_type
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            {
+                return Err(invalid(
+                    "provider.ec2.warm_pool",
+                    format!("{instance_type:?} is not an instance type"),
+                ));
+            }
+            if *n > 100 {
+                return Err(invalid(
+                    "provider.ec2.warm_pool",
+                    format!("{instance_type}: {n} stopped instances is more than 100"),
+                ));
+            }
+        }
         Ok(Ec2Provider {
+            warm_pool: self.warm_pool,
             storage_classes: self.storage_classes,
             volume_detach_timeout: positive(
                 "provider.ec2.volume_detach_timeout_ms",

@@ -282,7 +282,21 @@ pub(crate) fn log_tail(path: &Path) -> String {
     let _ = file.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw);
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+    // A binary that failed with a backtrace prints it after its `Error:` line,
+    // which the tail then misses: that line and its causes come first.
+    let mut head = String::new();
+    let _ = file.seek(SeekFrom::Start(0));
+    let _ = (&mut file)
+        .take(LOG_TAIL_BYTES * 16)
+        .read_to_string(&mut head);
+    match head.lines().position(|l| l.starts_with("Error: ")) {
+        Some(at) if !tail.contains(head.lines().nth(at).unwrap_or_default()) => {
+            let error: Vec<&str> = head.lines().skip(at).take(8).collect();
+            format!("{}\n[...]\n{tail}", error.join("\n"))
+        }
+        _ => tail,
+    }
 }
 
 #[cfg(test)]

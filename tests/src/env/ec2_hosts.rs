@@ -19,7 +19,7 @@
 //!   `<namespace_prefix>-<node>` (`<node>` from the `orca.research/node` tag,
 //!   the instance id without one), state and log under `<dir>/<instance id>/`,
 //!   `--insecure-registry` and [`PlayerSettings::agent_args`]. An instance is
-//!   booted at most once. Nothing is ever sent to moto's made-up instance
+//!   booted at most once (and started again after a stop, below). Nothing is ever sent to moto's made-up instance
 //!   addresses or to 169.254.169.254.
 //! - A played instance that is no longer `pending`/`running` (moto goes straight
 //!   to `terminated`; `shutting-down`, `stopping` and `stopped` count too) or
@@ -34,6 +34,10 @@
 //!   in moto (DescribeInstanceAttribute `instanceInitiatedShutdownBehavior`,
 //!   then TerminateInstances or StopInstances; moto's default is `stop`), and
 //!   the next poll powers the host off.
+//! - A `stopped` (or `stopping`) instance is powered off likewise, but keeps its
+//!   directory and agent port; when moto says it runs again (StartInstances),
+//!   its agent starts again on the same state directory (its identity: no
+//!   join) and port ([`Played::restarts`] counts it).
 //! - EBS volumes moto says are attached to a played host appear in that host's
 //!   `--ebs-device-dir` as loop devices named as Nitro names them, and go when
 //!   moto says they are detached or the host is powered off
@@ -152,6 +156,10 @@ pub struct Played {
     /// When its agent powered the host off itself (exit status
     /// [`POWER_OFF_EXIT`]), and the shutdown behaviour applied in moto.
     pub shut_itself_down: Option<(Instant, String)>,
+    /// Stopped (not terminated): it boots again when moto says it runs.
+    pub stopped: bool,
+    /// How many times it was started again after a stop.
+    pub restarts: u32,
 }
 
 /// A host being played.
@@ -169,6 +177,9 @@ struct Host {
     log_offset: u64,
     /// The instance type's GPUs (count, product name), which the host simulates.
     gpus: Option<(u32, String)>,
+    /// The agent's port (kept across a stop and start, as an instance keeps its
+    /// private address).
+    port: u16,
 }
 
 #[derive(Default)]
@@ -408,14 +419,30 @@ fn poll_once(shared: &Shared, rt: &tokio::runtime::Runtime, client: &aws_sdk_ec2
         state.seen = instances.clone();
         let mut problems = Vec::new();
         for host in state.hosts.iter_mut() {
-            if host.played.powered_off.is_some() {
-                continue;
-            }
             let now = instances
                 .iter()
                 .find(|i| i.instance_id == host.played.instance_id);
-            if now.is_none_or(|i| !matches!(i.state.as_str(), "pending" | "running")) {
+            let runs = now.is_some_and(|i| matches!(i.state.as_str(), "pending" | "running"));
+            if host.played.powered_off.is_some() {
+                if host.played.stopped && runs {
+                    // Started again: the same disk (state directory), a fresh boot.
+                    host.played.powered_off = None;
+                    host.played.stopped = false;
+                    host.played.restarts += 1;
+                    host.starts = 0;
+                    if let Err(e) = start_agent(shared, host) {
+                        problems.push(format!(
+                            "{}: restarting after a stop: {e}",
+                            host.played.instance_id
+                        ));
+                    }
+                }
+                continue;
+            }
+            if !runs {
                 problems.extend(power_off(shared, host));
+                host.played.stopped =
+                    now.is_some_and(|i| matches!(i.state.as_str(), "stopping" | "stopped"));
             } else if powered_itself_off(host) {
                 shutdowns.push(host.played.instance_id.clone());
             } else {
@@ -623,6 +650,8 @@ fn boot(
             agent_killed: None,
             powered_off: None,
             shut_itself_down: None,
+            stopped: false,
+            restarts: 0,
         },
         agent: None,
         imds,
@@ -630,6 +659,7 @@ fn boot(
         starts: 0,
         log_offset: 0,
         gpus,
+        port: free_port(),
     };
     start_agent(shared, &mut host)?;
     tracing::info!(instance = %id, node = %host.played.node, pid = host.played.agent_pid, "instance booted");
@@ -642,7 +672,7 @@ fn start_agent(shared: &Shared, host: &mut Host) -> Result<()> {
     let log = host.dir.join("agent.log");
     let mut cmd = Command::new(&shared.agent);
     cmd.args(["--imds-endpoint", &host.imds.endpoint])
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--listen", &format!("127.0.0.1:{}", host.port)])
         .arg("--containerd-socket")
         .arg(&s.containerd_socket)
         .args(["--containerd-namespace", &host.played.namespace])
@@ -734,6 +764,7 @@ fn check_agent(shared: &Shared, host: &mut Host) -> Vec<String> {
     let since = String::from_utf8_lossy(log.get(host.log_offset as usize..).unwrap_or_default())
         .to_ascii_lowercase();
     if since.contains("address already in use") && host.starts < PORT_ATTEMPTS {
+        host.port = free_port();
         return match start_agent(shared, host) {
             Ok(()) => Vec::new(),
             Err(e) => vec![format!("{id}: restarting the agent: {e}")],

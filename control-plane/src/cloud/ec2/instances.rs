@@ -84,6 +84,29 @@ pub async fn terminate(
     }
 }
 
+/// Stops an instance (a warm-pool instance, once its agent has joined); EC2
+/// finishes it in the background.
+pub async fn stop(client: &aws_sdk_ec2::Client, instance_id: &str) -> Result<(), Ec2Error> {
+    client
+        .stop_instances()
+        .instance_ids(instance_id)
+        .send()
+        .await
+        .map(drop)
+        .map_err(Ec2Error::of("StopInstances"))
+}
+
+/// Starts a stopped instance (a warm-pool instance taken by a pod).
+pub async fn start(client: &aws_sdk_ec2::Client, instance_id: &str) -> Result<(), Ec2Error> {
+    client
+        .start_instances()
+        .instance_ids(instance_id)
+        .send()
+        .await
+        .map(drop)
+        .map_err(Ec2Error::of("StartInstances"))
+}
+
 /// Every instance tagged for `cluster` that is not shutting down or terminated.
 pub async fn tagged(
     client: &aws_sdk_ec2::Client,

@@ -558,6 +558,24 @@ impl InstanceProvider for Ec2Provider {
         })
     }
 
+    fn stop(&self, instance_id: &str) -> BoxFuture<'_, Result<(), ProviderError>> {
+        let instance_id = instance_id.to_owned();
+        Box::pin(async move {
+            instances::stop(self.client().await, &instance_id)
+                .await
+                .map_err(api)
+        })
+    }
+
+    fn start(&self, instance_id: &str) -> BoxFuture<'_, Result<(), ProviderError>> {
+        let instance_id = instance_id.to_owned();
+        Box::pin(async move {
+            instances::start(self.client().await, &instance_id)
+                .await
+                .map_err(api)
+        })
+    }
+
     fn instances(&self) -> BoxFuture<'_, Result<Vec<TaggedInstance>, ProviderError>> {
         Box::pin(async move {
             instances::tagged(self.client().await, &self.settings.cluster)

@@ -1,0 +1,272 @@
+//! The warm pool (`provider.ec2.warm_pool`: instance type → count): stopped
+//! on-demand instances kept ready, costing only their EBS volumes, so that a
+//! pod whose selection picks that type starts one (StartInstances: the agent
+//! is already installed and joined, its image cache warm) instead of launching.
+//!
+//! A pool instance is launched like a pod's (its node `warm-<id>` carries the
+//! pool label, a pool uid in the pod-uid label, so the sweep adopts it like any
+//! launch whose answer was lost) and stopped once its agent has joined; its node
+//! is then `Stopped`, which health checks leave alone. A pod that takes one:
+//! the node is relabelled for the pod (its uid and attempt), the pod bound to
+//! it, and StartInstances sent; the agent's first heartbeat makes it Ready and
+//! the pod is handed over as after a launch (the boot timeout applies from the
+//! start). The pool refills in the background, one launch per type at a time.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use orca_proto::controlplane::v1::{self as pb, NodeState};
+use tracing::{info, warn};
+
+use crate::cloud::{CapacityType, LaunchRequest, Offering, PodLaunch};
+use crate::cluster::{Cluster, ClusterError, now};
+use crate::config::ec2::Ec2Provider as Settings;
+use crate::provisioning::{
+    LABEL_ATTEMPT, LABEL_CAPACITY_TYPE, LABEL_INSTANCE_TYPE, LABEL_POD_UID, LABEL_PRICE,
+    LABEL_SUBNET,
+};
+use crate::selection::{LaunchAnnotations, Mode, Needs};
+
+/// Node label: the instance type of the pool a stopped (or warming) instance is in.
+pub const LABEL_WARM_POOL: &str = "orca.research/warm-pool";
+
+/// The pseudo-namespace of pool instances' launch tags.
+const POOL_NAMESPACE: &str = "orca-warm-pool";
+
+fn in_pool(node: &pb::Node) -> Option<&str> {
+    node.labels.get(LABEL_WARM_POOL).map(String::as_str)
+}
+
+/// Whether a node is a warm-pool instance (not yet taken by a pod).
+pub fn is_pool_node(node: &pb::Node) -> bool {
+    in_pool(node).is_some()
+}
+
+impl Cluster {
+    /// Stops pool instances that have joined, and launches what the pool lacks.
+    pub(crate) async fn tend_pool(&self, s: &Settings, nodes: &[pb::Node]) {
+        for node in nodes.iter().filter(|n| is_pool_node(n)) {
+            if node.state == NodeState::Ready as i32
+                && self.first_time(&format!("pool-stop:{}", node.name))
+            {
+                match self.provider().stop(&node.instance_id).await {
+                    Ok(()) => {
+                        let msg = format!("warm pool: instance {} stopped", node.instance_id);
+                        let _ = self.store().nodes.update(&node.name, |n| {
+                            n.state = NodeState::Stopped as i32;
+                            n.message = msg.clone();
+                        });
+                        self.forget(node);
+                        self.node_event(&node.name, false, "WarmPoolStopped", msg);
+                        self.flush_in_background();
+                    }
+                    Err(e) => {
+                        warn!(node = %node.name, error = %e, "warm-pool instance not stopped");
+                        self.again(&format!("pool-stop:{}", node.name));
+                    }
+                }
+            }
+            if node.state == NodeState::Launching as i32
+                && node.instance_id.is_empty()
+                && crate::cluster::age(node.created_at.as_ref()) > s.boot_timeout
+            {
+                // Its launch never answered and the sweep found nothing to adopt.
+                let _ = self.store().nodes.remove(&node.name);
+            }
+        }
+        for (instance_type, want) in &s.warm_pool {
+            let have = nodes
+                .iter()
+                .filter(|n| in_pool(n) == Some(instance_type.as_str()))
+                .filter(|n| n.state != NodeState::Failed as i32)
+                .count();
+            let recently_failed = self
+                .provisioning()
+                .pool_failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(instance_type)
+                .is_some_and(|t| t.elapsed() < s.offering_avoid);
+            if have < *want as usize
+                && !recently_failed
+                && self.first_time(&format!("pool-refill:{instance_type}"))
+            {
+                let this = self.clone();
+                let instance_type = instance_type.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = this.refill(&instance_type).await {
+                        warn!(instance_type, error = %e, "warm pool not refilled");
+                    }
+                    this.again(&format!("pool-refill:{instance_type}"));
+                });
+            }
+        }
+    }
+
+    /// Launches one pool instance of `instance_type`.
+    async fn refill(&self, instance_type: &str) -> Result<(), ClusterError> {
+        let annotations = LaunchAnnotations {
+            mode: Mode::Explicit,
+            instance_type: Some(instance_type.to_owned()),
+            ..Default::default()
+        };
+        let failed = |why: String| {
+            warn!(instance_type, %why, "warm-pool launch failed");
+            self.provisioning()
+                .pool_failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(instance_type.to_owned(), Instant::now());
+        };
+        let plan = match self.provider().plan(&Needs::default(), &annotations).await {
+            Ok(plan) => plan,
+            Err(e) => {
+                failed(e.to_string());
+                return Ok(());
+            }
+        };
+        let Some(choice) = plan.offerings.first() else {
+            failed("no offering".into());
+            return Ok(());
+        };
+        let pool_uid = uuid::Uuid::new_v4().to_string();
+        let node_name = format!("warm-{}", &pool_uid.replace('-', "")[..10]);
+        let mut labels = HashMap::from([
+            (LABEL_WARM_POOL.to_owned(), instance_type.to_owned()),
+            (LABEL_POD_UID.to_owned(), pool_uid.clone()),
+            (LABEL_ATTEMPT.to_owned(), "1".to_owned()),
+            (LABEL_INSTANCE_TYPE.to_owned(), instance_type.to_owned()),
+            (LABEL_CAPACITY_TYPE.to_owned(), "on-demand".to_owned()),
+        ]);
+        if let Some(subnet) = &choice.offering.subnet {
+            labels.insert(LABEL_SUBNET.to_owned(), subnet.clone());
+        }
+        if let Some(price) = choice.usd_per_hour {
+            labels.insert(LABEL_PRICE.to_owned(), format!("{price}"));
+        }
+        let node = pb::Node {
+            name: node_name.clone(),
+            state: NodeState::Launching as i32,
+            provider: self.provider().name().into(),
+            created_at: Some(now()),
+            labels,
+            size: Some(choice.size),
+            message: format!("warm pool: launching {}", choice.offering),
+            ..Default::default()
+        };
+        self.store().nodes.put(&node_name, &node)?;
+        let token = self.launch_token(&node_name)?;
+        self.store().flush().await?;
+        let req = LaunchRequest {
+            node_name: node_name.clone(),
+            join_token: token,
+            control_plane_url: self.agent_url(),
+            ca_pem: self.pki().ca_pem().to_owned(),
+            size: choice.size,
+            pod: Some(PodLaunch {
+                namespace: POOL_NAMESPACE.into(),
+                name: node_name.clone(),
+                uid: pool_uid,
+                attempt: 1,
+                offering: choice.offering.clone(),
+                annotations,
+            }),
+        };
+        match self.provider().launch(req).await {
+            Ok(instance) => {
+                let msg = format!(
+                    "warm pool: instance {} launched; stopped once its agent joins",
+                    instance.instance_id
+                );
+                self.store().nodes.update(&node_name, |n| {
+                    n.instance_id = instance.instance_id.clone();
+                    n.message = msg.clone();
+                })?;
+                self.store().flush().await?;
+                info!(node = %node_name, instance = %instance.instance_id, instance_type, "warm-pool instance launched");
+                self.node_event(&node_name, false, "WarmPoolLaunched", msg);
+            }
+            Err(e) => {
+                self.store().nodes.remove(&node_name)?;
+                self.store().flush().await?;
+                failed(e.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// A stopped pool instance that `offering` could be, if any.
+    pub(crate) fn warm_for(&self, offering: &Offering) -> Result<Option<pb::Node>, ClusterError> {
+        if offering.capacity != CapacityType::OnDemand {
+            return Ok(None);
+        }
+        Ok(self.store().nodes.scan("")?.into_iter().find(|n| {
+            n.state == NodeState::Stopped as i32
+                && in_pool(n) == Some(offering.instance_type.as_str())
+                && n.labels.get(LABEL_SUBNET) == offering.subnet.as_ref()
+                && !n.instance_id.is_empty()
+        }))
+    }
+
+    /// Gives pool instance `node` to the pod (bound, relabelled) and starts it;
+    /// whether it was taken.
+    pub(crate) async fn start_warm(
+        &self,
+        (ns, name, pod_uid): (&str, &str, &str),
+        node: &pb::Node,
+        attempt: u32,
+    ) -> Result<bool, ClusterError> {
+        let taken = self.store().nodes.update(&node.name, |n| {
+            if is_pool_node(n) && n.state == NodeState::Stopped as i32 {
+                n.labels.remove(LABEL_WARM_POOL);
+                n.labels
+                    .insert(LABEL_POD_UID.to_owned(), pod_uid.to_owned());
+                n.labels
+                    .insert(LABEL_ATTEMPT.to_owned(), attempt.to_string());
+                // The boot timeout counts from the start.
+                n.created_at = Some(now());
+                n.message = format!("warm pool: starting {} for pod {ns}/{name}", n.instance_id);
+            }
+        })?;
+        if taken
+            .as_ref()
+            .is_none_or(|n| n.labels.get(LABEL_POD_UID).map(String::as_str) != Some(pod_uid))
+        {
+            return Ok(false);
+        }
+        let bound = self.store().pods.update(&crate::pods::key(ns, name), |p| {
+            if crate::pods::uid(p) == pod_uid && p.node_name.is_empty() {
+                p.node_name = node.name.clone();
+                p.launch_attempts = attempt;
+            }
+        })?;
+        self.store().flush().await?;
+        if bound.is_none_or(|p| p.node_name != node.name) {
+            // The pod changed meanwhile: the instance goes back to the pool.
+            self.store().nodes.update(&node.name, |n| {
+                n.labels.insert(
+                    LABEL_WARM_POOL.to_owned(),
+                    node.labels[LABEL_WARM_POOL].clone(),
+                );
+            })?;
+            return Ok(false);
+        }
+        match self.provider().start(&node.instance_id).await {
+            Ok(()) => {
+                let msg = format!(
+                    "instance {} started from the warm pool; waiting for its agent",
+                    node.instance_id
+                );
+                self.launch_note(ns, name, pod_uid, "Booting", msg.clone());
+                self.event("Pod", ns, name, false, "WarmStarted", msg);
+                info!(pod = %crate::pods::key(ns, name), node = %node.name, instance = %node.instance_id, "warm-pool instance started");
+            }
+            Err(e) => {
+                // The boot timeout replaces it with a launch.
+                warn!(node = %node.name, error = %e, "warm-pool instance not started");
+                self.event("Pod", ns, name, true, "WarmStartFailed", e.to_string());
+            }
+        }
+        Ok(true)
+    }
+}
