@@ -117,6 +117,46 @@ fn offering_of(node: &pb::Node) -> Option<(Offering, u32)> {
     Some((offering, node.labels.get(LABEL_ATTEMPT)?.parse().ok()?))
 }
 
+/// The record of a node about to be launched for `choice`: Launching, labelled
+/// with the pod uid (or a warm pool's) and attempt, the offering and its price.
+pub(crate) fn launching_node(
+    node_name: &str,
+    provider: &str,
+    (pod_uid, attempt): (&str, u32),
+    choice: &crate::cloud::PlannedOffering,
+    message: String,
+) -> pb::Node {
+    let offering = &choice.offering;
+    let mut labels = HashMap::from([
+        (LABEL_POD_UID.to_owned(), pod_uid.to_owned()),
+        (LABEL_ATTEMPT.to_owned(), attempt.to_string()),
+        (
+            LABEL_INSTANCE_TYPE.to_owned(),
+            offering.instance_type.clone(),
+        ),
+        (
+            LABEL_CAPACITY_TYPE.to_owned(),
+            capacity_label(offering.capacity).to_owned(),
+        ),
+    ]);
+    if let Some(subnet) = &offering.subnet {
+        labels.insert(LABEL_SUBNET.to_owned(), subnet.clone());
+    }
+    if let Some(price) = choice.usd_per_hour {
+        labels.insert(LABEL_PRICE.to_owned(), format!("{price}"));
+    }
+    pb::Node {
+        name: node_name.to_owned(),
+        state: NodeState::Launching as i32,
+        provider: provider.to_owned(),
+        created_at: Some(now()),
+        labels,
+        size: Some(choice.size),
+        message,
+        ..Default::default()
+    }
+}
+
 /// What a pod needs from an instance: its requests, and the architecture and
 /// GPU model its nodeSelector names (the `orca.research/gpu-model` annotation
 /// is read with the other launch annotations).
@@ -401,34 +441,13 @@ impl Cluster {
         if bound.is_none_or(|p| p.node_name != node_name) {
             return Ok(None);
         }
-        let mut labels = HashMap::from([
-            (LABEL_POD_UID.to_owned(), pod_uid.to_owned()),
-            (LABEL_ATTEMPT.to_owned(), attempt.to_string()),
-            (
-                LABEL_INSTANCE_TYPE.to_owned(),
-                offering.instance_type.clone(),
-            ),
-            (
-                LABEL_CAPACITY_TYPE.to_owned(),
-                capacity_label(offering.capacity).to_owned(),
-            ),
-        ]);
-        if let Some(subnet) = &offering.subnet {
-            labels.insert(LABEL_SUBNET.to_owned(), subnet.clone());
-        }
-        if let Some(price) = choice.usd_per_hour {
-            labels.insert(LABEL_PRICE.to_owned(), format!("{price}"));
-        }
-        let node = pb::Node {
-            name: node_name.clone(),
-            state: NodeState::Launching as i32,
-            provider: self.provider().name().into(),
-            created_at: Some(now()),
-            labels,
-            size: Some(choice.size),
-            message: message.clone(),
-            ..Default::default()
-        };
+        let node = launching_node(
+            &node_name,
+            self.provider().name(),
+            (pod_uid, attempt),
+            choice,
+            message.clone(),
+        );
         self.store().nodes.put(&node_name, &node)?;
         self.launch_note(ns, name, pod_uid, "Launching", message.clone());
         self.store().flush().await?;

@@ -12,7 +12,6 @@
 //! the pod is handed over as after a launch (the boot timeout applies from the
 //! start). The pool refills in the background, one launch per type at a time.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use orca_proto::controlplane::v1::{self as pb, NodeState};
@@ -21,10 +20,7 @@ use tracing::{info, warn};
 use crate::cloud::{CapacityType, LaunchRequest, Offering, PodLaunch};
 use crate::cluster::{Cluster, ClusterError, now};
 use crate::config::ec2::Ec2Provider as Settings;
-use crate::provisioning::{
-    LABEL_ATTEMPT, LABEL_CAPACITY_TYPE, LABEL_INSTANCE_TYPE, LABEL_POD_UID, LABEL_PRICE,
-    LABEL_SUBNET,
-};
+use crate::provisioning::{LABEL_ATTEMPT, LABEL_POD_UID, LABEL_SUBNET};
 use crate::selection::{LaunchAnnotations, Mode, Needs};
 
 /// Node label: the instance type of the pool a stopped (or warming) instance is in.
@@ -131,29 +127,15 @@ impl Cluster {
         };
         let pool_uid = uuid::Uuid::new_v4().to_string();
         let node_name = format!("warm-{}", &pool_uid.replace('-', "")[..10]);
-        let mut labels = HashMap::from([
-            (LABEL_WARM_POOL.to_owned(), instance_type.to_owned()),
-            (LABEL_POD_UID.to_owned(), pool_uid.clone()),
-            (LABEL_ATTEMPT.to_owned(), "1".to_owned()),
-            (LABEL_INSTANCE_TYPE.to_owned(), instance_type.to_owned()),
-            (LABEL_CAPACITY_TYPE.to_owned(), "on-demand".to_owned()),
-        ]);
-        if let Some(subnet) = &choice.offering.subnet {
-            labels.insert(LABEL_SUBNET.to_owned(), subnet.clone());
-        }
-        if let Some(price) = choice.usd_per_hour {
-            labels.insert(LABEL_PRICE.to_owned(), format!("{price}"));
-        }
-        let node = pb::Node {
-            name: node_name.clone(),
-            state: NodeState::Launching as i32,
-            provider: self.provider().name().into(),
-            created_at: Some(now()),
-            labels,
-            size: Some(choice.size),
-            message: format!("warm pool: launching {}", choice.offering),
-            ..Default::default()
-        };
+        let mut node = crate::provisioning::launching_node(
+            &node_name,
+            self.provider().name(),
+            (&pool_uid, 1),
+            choice,
+            format!("warm pool: launching {}", choice.offering),
+        );
+        node.labels
+            .insert(LABEL_WARM_POOL.to_owned(), instance_type.to_owned());
         self.store().nodes.put(&node_name, &node)?;
         let token = self.launch_token(&node_name)?;
         self.store().flush().await?;

@@ -132,28 +132,36 @@ pub fn deadline(n: &Notice) -> Option<Timestamp> {
     Timestamp::new(t.seconds, t.nanos).ok()
 }
 
+/// What an answer of one metadata path means.
+type Parse = fn(&str) -> Result<Vec<Notice>, String>;
+
+/// The metadata paths polled, with what each answer means.
+const PATHS: [(&str, &str, Parse); 3] = [
+    ("spot notice", "meta-data/spot/instance-action", |b| {
+        parse_spot(b).map(|n| vec![n])
+    }),
+    (
+        "rebalance",
+        "meta-data/events/recommendations/rebalance",
+        |b| parse_rebalance(b).map(|n| vec![n]),
+    ),
+    (
+        "maintenance",
+        "meta-data/events/maintenance/scheduled",
+        parse_maintenance,
+    ),
+];
+
 async fn read(imds: &Imds) -> Result<Vec<Notice>, String> {
     let mut out = Vec::new();
-    let spot = imds
-        .get_optional("spot notice", "meta-data/spot/instance-action")
-        .await
-        .map_err(|e| e.to_string())?;
-    if let Some(body) = spot {
-        out.push(parse_spot(&body)?);
-    }
-    let rebalance = imds
-        .get_optional("rebalance", "meta-data/events/recommendations/rebalance")
-        .await
-        .map_err(|e| e.to_string())?;
-    if let Some(body) = rebalance {
-        out.push(parse_rebalance(&body)?);
-    }
-    let events = imds
-        .get_optional("maintenance", "meta-data/events/maintenance/scheduled")
-        .await
-        .map_err(|e| e.to_string())?;
-    if let Some(body) = events {
-        out.extend(parse_maintenance(&body)?);
+    for (what, path, parse) in PATHS {
+        let body = imds
+            .get_optional(what, path)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(body) = body {
+            out.extend(parse(&body)?);
+        }
     }
     Ok(out)
 }

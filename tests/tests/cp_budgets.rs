@@ -75,14 +75,7 @@ fn a_budget_refuses_what_it_cannot_cover_and_stops_pods_at_its_cap() {
     assert!(b["spentUSD"].as_f64().unwrap() < 0.06, "{b}");
     let stopped = c.wait_phase("runner", "Failed");
     assert_eq!(stopped["reason"], "BudgetExceeded", "{stopped}");
-    eventually_blocking("runner's container to be gone", DEADLINE, || {
-        let tasks = c.tasks("one");
-        if tasks.iter().any(|(_, status)| status == "RUNNING") {
-            Err(tasks)
-        } else {
-            Ok(())
-        }
-    });
+    c.wait_nothing_running("one", "runner's container to be gone");
     let b = eventually_blocking("the spend to be final", DEADLINE, || {
         let b = budget(&c);
         if b["runningPods"] == 0 { Ok(b) } else { Err(b) }

@@ -172,16 +172,5 @@ fn a_spot_notice_moves_the_pod_with_its_checkpoint() {
     );
 
     // The old incarnation is removed from its host once it has stopped.
-    eventually_blocking(
-        "the old trainer's container to be gone from one",
-        DEADLINE,
-        || {
-            let tasks = c.tasks("one");
-            if tasks.iter().any(|(_, status)| status == "RUNNING") {
-                Err(tasks)
-            } else {
-                Ok(())
-            }
-        },
-    );
+    c.wait_nothing_running("one", "the old trainer's container to be gone from one");
 }

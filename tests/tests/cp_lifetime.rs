@@ -3,8 +3,7 @@
 //! pod that never gets a node ends so too when its lifetime passes; a malformed
 //! value fails the pod at creation naming the annotation.
 
-use orca_tests::cluster::{DEADLINE, TestCluster};
-use orca_tests::eventually::eventually_blocking;
+use orca_tests::cluster::TestCluster;
 
 fn apply(c: &TestCluster, name: &str, lifetime: &str, extra_spec: &str) {
     let text = format!(
@@ -26,14 +25,7 @@ fn a_pod_is_stopped_at_its_max_lifetime() {
     c.wait_phase("short", "Running");
     let failed = c.wait_phase("short", "Failed");
     assert_eq!(failed["reason"], "DeadlineExceeded", "{failed}");
-    eventually_blocking("short's container to be gone", DEADLINE, || {
-        let tasks = c.tasks("one");
-        if tasks.iter().any(|(_, status)| status == "RUNNING") {
-            Err(tasks)
-        } else {
-            Ok(())
-        }
-    });
+    c.wait_nothing_running("one", "short's container to be gone");
 
     // No node it may go to: it ends when its lifetime does, not at the pending timeout.
     apply(

@@ -15,6 +15,22 @@ pub mod spot_notice;
 
 use std::time::Duration;
 
+/// Polls `f` (every 5 ms: a benchmark's clock must not wait on a coarse poll)
+/// until it gives a value; panics naming `what` after the test deadline.
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + crate::cluster::DEADLINE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Prints one metric line.
 pub fn metric(name: &str, value: f64, unit: &str) {
     println!("metric: {name} {value:.3} {unit}");

@@ -7,19 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::bench::{median, metric};
-use crate::cluster::{DEADLINE, TestCluster};
-
-fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+use crate::bench::{median, metric, wait_for};
+use crate::cluster::TestCluster;
 
 /// Runs `runs` rounds with this heartbeat interval (thresholds at 3, 6 and 10 intervals).
 pub fn run(runs: usize, interval: Duration) {
@@ -40,10 +29,10 @@ pub fn run(runs: usize, interval: Duration) {
         c.pods_on_first_of_two(&a, &b, &[(&pod, "Always")]);
         let killed = Instant::now();
         c.orca_ok(&["node", "fault", &a, "--kill-agent"]);
-        let lost = wait("Lost", || {
+        let lost = wait_for("Lost", || {
             (c.node(&a)["state"] == "Lost").then(|| killed.elapsed())
         });
-        let running = wait("the pod on the other host", || {
+        let running = wait_for("the pod on the other host", || {
             let p = c.pod(&pod);
             (p["phase"] == "Running" && p["node"] == b.as_str()).then(|| killed.elapsed())
         });

@@ -14,19 +14,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::bench::{median, metric};
-use crate::cluster::{DEADLINE, TestCluster};
-
-fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+use crate::bench::{median, metric, wait_for};
+use crate::cluster::TestCluster;
 
 /// Runs `runs` rounds with the agents polling IMDS every `poll`.
 pub fn run(runs: usize, poll: Duration) {
@@ -42,7 +31,7 @@ pub fn run(runs: usize, poll: Duration) {
         std::thread::sleep(poll.mul_f64(phase));
         let noticed = Instant::now();
         c.orca_ok(&["node", "fault", &a, "--spot-notice"]);
-        let running = wait("the replacement on the other host", || {
+        let running = wait_for("the replacement on the other host", || {
             let p = c.pod(&pod);
             (p["phase"] == "Running" && p["node"] == b.as_str() && p["uid"] != first[0]["uid"])
                 .then(|| noticed.elapsed())

@@ -405,6 +405,19 @@ impl TestCluster {
         })
     }
 
+    /// Waits until no task of `node`'s containerd namespace is RUNNING (`what`
+    /// names the wait); panics with the tasks if one still is at the deadline.
+    pub fn wait_nothing_running(&self, node: &str, what: &str) {
+        eventually_blocking(what, DEADLINE, || {
+            let tasks = self.tasks(node);
+            if tasks.iter().any(|(_, status)| status == "RUNNING") {
+                Err(tasks)
+            } else {
+                Ok(())
+            }
+        });
+    }
+
     /// Tasks of a node's containerd namespace: `(container id, status)`.
     pub fn tasks(&self, node: &str) -> Vec<(String, String)> {
         let out = self
