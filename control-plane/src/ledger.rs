@@ -5,7 +5,10 @@
 //! node's driver version, when the agent first reported it running and when it
 //! ended and why, and its container restarts. With the interruptions that moved
 //! it, it is shown by `orca describe pod`, in `orca get pod -o json`, and
-//! exported by `orca ledger -o json`; cost so far is price × time run.
+//! exported by `orca ledger -o json`; cost so far is price × time run. The
+//! placements are also kept as the pod's annotation `orca.research/ledger` (a
+//! JSON array, without costs, which change with time), patched onto the
+//! Kubernetes pod in Kubernetes mode.
 
 use orca_proto::controlplane::v1 as pb;
 use orca_proto::types::v1::{self as types, PodPhase};
@@ -15,6 +18,7 @@ use crate::cluster::now;
 use crate::provisioning::{
     LABEL_AMI, LABEL_CAPACITY_TYPE, LABEL_INSTANCE_TYPE, LABEL_PRICE, LABEL_ZONE,
 };
+use crate::selection::annotations::LEDGER;
 
 /// What of a node a placement records.
 #[derive(Debug, Clone, Default)]
@@ -105,6 +109,19 @@ pub fn observe(
         p.ended_at = Some(now());
         p.end_reason = end_reason(status);
     }
+    annotate(record);
+}
+
+/// The `orca.research/ledger` annotation of a record: its placements as JSON.
+pub fn annotation(record: &pb::PodRecord) -> String {
+    serde_json::Value::Array(record.placements.iter().map(placement_facts).collect()).to_string()
+}
+
+fn annotate(record: &mut pb::PodRecord) {
+    let value = annotation(record);
+    if let Some(meta) = record.pod.as_mut() {
+        meta.annotations.insert(LEDGER.to_owned(), value);
+    }
 }
 
 /// Ends incarnation `uid`'s open placement with `reason` (the control plane's
@@ -117,6 +134,7 @@ pub fn close(record: &mut pb::PodRecord, uid: &str, reason: &str) {
     {
         p.ended_at = Some(now());
         p.end_reason = reason.to_owned();
+        annotate(record);
     }
 }
 
@@ -144,8 +162,15 @@ fn time(t: Option<&prost_types::Timestamp>) -> Option<String> {
         .map(|t| t.to_string())
 }
 
-/// One placement as JSON.
+/// One placement as JSON, with its cost so far.
 pub fn placement_json(p: &pb::Placement) -> serde_json::Value {
+    let mut v = placement_facts(p);
+    v["costUSD"] = json!(p.usd_per_hour * hours(p));
+    v
+}
+
+/// One placement's facts as JSON (no cost: it changes with time).
+fn placement_facts(p: &pb::Placement) -> serde_json::Value {
     json!({
         "uid": p.uid, "node": p.node_name, "instanceId": p.instance_id,
         "instanceType": p.instance_type, "zone": p.zone, "imageId": p.image_id,
@@ -153,7 +178,6 @@ pub fn placement_json(p: &pb::Placement) -> serde_json::Value {
         "gpuUUIDs": p.gpu_uuids, "gpuDriverVersion": p.gpu_driver_version,
         "startedAt": time(p.started_at.as_ref()), "endedAt": time(p.ended_at.as_ref()),
         "endReason": p.end_reason, "restarts": p.restarts,
-        "costUSD": p.usd_per_hour * hours(p),
     })
 }
 
@@ -217,7 +241,10 @@ mod tests {
             node,
             gpu_driver_version: "550.54.15".into(),
         };
-        let mut record = pb::PodRecord::default();
+        let mut record = pb::PodRecord {
+            pod: Some(types::Pod::default()),
+            ..Default::default()
+        };
         let pending = status(PodPhase::Pending, 0, &[]);
         assert!(!affected(&record, "u1", &pending));
         let running = status(PodPhase::Running, 0, &["GPU-1"]);
@@ -250,6 +277,16 @@ mod tests {
         assert!(cost(&record) >= 0.0);
         let json = entry_json(&record);
         assert_eq!(json["placements"][0]["instanceId"], "i-0abc");
+        let kept: serde_json::Value = serde_json::from_str(
+            &record
+                .pod
+                .as_ref()
+                .map(|m| m.annotations[LEDGER].clone())
+                .unwrap_or_default(),
+        )
+        .unwrap();
+        assert_eq!(kept[0]["zone"], "us-east-1a");
+        assert_eq!(kept[0]["endReason"], "SpotInterruption");
         assert_eq!(json["restarts"], 2);
     }
 }

@@ -132,6 +132,15 @@ fn pod_runs_with_configmap_and_secret_content_and_is_deleted_gracefully() {
         "{main}"
     );
     assert_eq!(pod["metadata"]["annotations"]["orca.research/node"], "n1");
+    // The provenance ledger, patched in the same pass as the Running status.
+    let ledger: serde_json::Value = serde_json::from_str(
+        pod["metadata"]["annotations"]["orca.research/ledger"]
+            .as_str()
+            .unwrap_or_default(),
+    )
+    .unwrap_or_else(|e| panic!("orca.research/ledger is JSON: {e}: {pod}"));
+    assert_eq!(ledger[0]["node"], "n1", "{ledger}");
+    assert_eq!(ledger[0]["instanceId"], "local-n1", "{ledger}");
 
     // What the container printed, through the kubelet API (kubectl logs).
     let logs = eventually_blocking("the container's output", DEADLINE, || {

@@ -55,6 +55,10 @@ pub const RESUME_FROM: &str = "orca.research/resume-from";
 /// counts against.
 pub const BUDGET: &str = "orca.research/budget-namespace";
 
+/// Annotation written by ORCA: the pod's provenance ledger (where and on what
+/// each incarnation ran), as a JSON array; accepted as input and ignored.
+pub const LEDGER: &str = "orca.research/ledger";
+
 /// Every annotation the selection and launch understand.
 pub const KNOWN: [&str; 16] = [
     INSTANCE_TYPE,
@@ -332,7 +336,7 @@ pub fn parse<'a>(
                     return Err(bad(format!("{value:?} is not a budget name")));
                 }
             }
-            NODE | RESUME_FROM => {}
+            NODE | RESUME_FROM | LEDGER => {}
             _ => {
                 return Err(bad(format!(
                     "unknown ORCA annotation; known: {}",

@@ -30,7 +30,7 @@ use super::kube::{KubeApi, PodChange};
 use super::resolve::kubernetes_uid;
 use crate::cluster::Cluster;
 use crate::pods::names;
-use crate::selection::annotations::NODE;
+use crate::selection::annotations::{LEDGER, NODE};
 
 /// Annotation on ORCA's copy of a Kubernetes pod: the Kubernetes object's uid
 /// (ORCA's own uid changes when it recreates a pod elsewhere).
@@ -46,8 +46,8 @@ pub struct PodSync {
     node_name: String,
     /// Pods (`ns/name`) whose containers are being stopped for a deletion.
     terminating: Mutex<HashSet<String>>,
-    /// What was last patched per pod (`ns/name`): status and node annotation.
-    patched: Mutex<HashMap<String, (Value, String)>>,
+    /// What was last patched per pod (`ns/name`): status, node annotation and ledger.
+    patched: Mutex<HashMap<String, (Value, String, String)>>,
 }
 
 /// Resolves once `stop` turns true (holding no borrow of it afterwards).
@@ -357,11 +357,23 @@ impl PodSync {
             }
             let status = super::status::pod_status(&record.status.clone().unwrap_or_default());
             let last = self.patched.lock().expect("poisoned").get(&k).cloned();
-            let (last_status, last_node) = last.unwrap_or_default();
+            let (last_status, last_node, last_ledger) = last.unwrap_or_default();
+            let ledger = if record.placements.is_empty() {
+                String::new()
+            } else {
+                crate::ledger::annotation(&record)
+            };
+            let mut annotations = serde_json::Map::new();
             if record.node_name != last_node && !record.node_name.is_empty() {
-                let patch = json!({"metadata": {"annotations": {NODE: record.node_name}}});
+                annotations.insert(NODE.into(), json!(record.node_name));
+            }
+            if ledger != last_ledger && !ledger.is_empty() {
+                annotations.insert(LEDGER.into(), json!(ledger));
+            }
+            if !annotations.is_empty() {
+                let patch = json!({"metadata": {"annotations": annotations}});
                 if let Err(e) = self.kube.patch_pod(&ns, &name, patch).await {
-                    debug!(pod = %k, error = %e, "placement annotation not written");
+                    debug!(pod = %k, error = %e, "placement annotations not written");
                     continue;
                 }
             }
@@ -382,7 +394,7 @@ impl PodSync {
             self.patched
                 .lock()
                 .expect("poisoned")
-                .insert(k, (status, record.node_name.clone()));
+                .insert(k, (status, record.node_name.clone(), ledger));
         }
     }
 }
