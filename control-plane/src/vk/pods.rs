@@ -361,7 +361,7 @@ impl PodSync {
             let ledger = if record.placements.is_empty() {
                 String::new()
             } else {
-                crate::ledger::annotation(&record)
+                crate::ledger::annotation(record)
             };
             let mut annotations = serde_json::Map::new();
             if record.node_name != last_node && !record.node_name.is_empty() {
