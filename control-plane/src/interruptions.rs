@@ -11,7 +11,10 @@
 //!   agent runs its checkpoint handshake (`/run/orca/notice`, SIGTERM) and is
 //!   not told to remove it as an orphan until it has ended;
 //! - a rebalance recommendation only cordons (it is advisory, as Karpenter
-//!   treats it).
+//!   treats it);
+//! - on EC2, a spot interruption's offering (type, subnet, capacity type) is
+//!   avoided for `offering_avoid_ms`, so the replacement goes to another type,
+//!   zone or on-demand, as after a capacity error.
 //!
 //! The checkpoint location the old incarnation confirms becomes the record's
 //! `orca.research/resume-from` annotation, which dispatch gives every container
@@ -154,6 +157,9 @@ impl Cluster {
             self.node_event(&node.name, true, reason_of(notice), what.clone());
             if notice.kind() == NoticeKind::Rebalance {
                 continue;
+            }
+            if notice.kind() == NoticeKind::SpotInterruption {
+                self.avoid_offering_of(node, &what);
             }
             for pod in self.store().pods.scan("")? {
                 if pod.node_name == node.name

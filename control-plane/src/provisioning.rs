@@ -247,6 +247,19 @@ impl Cluster {
         self.flush_in_background();
     }
 
+    /// Avoids the offering a dedicated node was launched with for
+    /// `offering_avoid_ms` (its spot capacity is being reclaimed), so that its
+    /// pod's replacement picks another type, zone or capacity type.
+    pub(crate) fn avoid_offering_of(&self, node: &pb::Node, why: &str) {
+        if let (Some(s), Some((offering, _))) = (self.ec2_settings(), offering_of(node)) {
+            info!(node = %node.name, %offering, "offering avoided after an interruption notice");
+            lock(&self.provisioning().avoided).insert(
+                offering,
+                (Instant::now() + s.offering_avoid, why.to_owned()),
+            );
+        }
+    }
+
     /// Launches, or goes on launching, the instance of a Pending pod. Runs as a
     /// task of its own, one per pod incarnation at a time.
     pub(crate) async fn provision(&self, ns: String, name: String, pod_uid: String) {

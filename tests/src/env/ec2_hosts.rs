@@ -349,6 +349,16 @@ impl InstancePlayer {
             .unwrap_or_default()
     }
 
+    /// Sets `meta-data/<key>` in instance `instance_id`'s metadata (a spot
+    /// interruption notice, say); false when the player does not play it.
+    pub fn set_metadata(&self, instance_id: &str, key: &str, value: &str) -> bool {
+        self.shared
+            .state()
+            .host(instance_id)
+            .map(|h| h.imds.set_meta(key, value))
+            .is_some()
+    }
+
     /// The requests the IMDS of `instance_id` has seen (`METHOD PATH STATUS`).
     pub fn imds_log(&self, instance_id: &str) -> Vec<String> {
         self.shared

@@ -101,6 +101,14 @@ impl ImdsServer {
         Ok(Self { endpoint, state })
     }
 
+    /// Sets `meta-data/<key>` (e.g. `spot/instance-action`, as EC2 does two
+    /// minutes before reclaiming a spot instance).
+    pub fn set_meta(&self, key: &str, value: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.meta.retain(|(k, _)| k != key);
+        st.meta.push((key.to_owned(), value.to_owned()));
+    }
+
     /// The requests seen so far, `METHOD PATH STATUS` each.
     pub fn log(&self) -> Vec<String> {
         self.state.lock().unwrap().log.clone()
