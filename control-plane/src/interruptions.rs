@@ -40,6 +40,10 @@ use crate::selection::annotations::{CHECKPOINT_WAIT, RESUME_FROM};
 /// injected one).
 pub const SPOT_NOTICE_LEAD: Duration = Duration::from_secs(120);
 
+/// How long after its deadline an interrupted incarnation still reported
+/// running is told to stop as an orphan.
+const OVERDUE: Duration = Duration::from_secs(30);
+
 /// The environment variable that carries `orca.research/resume-from`.
 pub const RESUME_ENV: &str = "ORCA_RESUME_FROM";
 
@@ -246,7 +250,14 @@ impl Cluster {
                 (false, false) => Applied::Unchanged,
             }))
         };
-        if kept.released {
+        // Released, or well past its deadline (the instance is gone by then on
+        // EC2): whatever still runs of it is stopped.
+        let overdue = kept
+            .notice
+            .as_ref()
+            .and_then(|n| n.deadline)
+            .is_some_and(|d| d.seconds + (OVERDUE.as_secs() as i64) < now().seconds);
+        if kept.released || overdue {
             return verdict(true, false);
         }
         let checkpoint = (!report.checkpoint.is_empty() && report.checkpoint != kept.checkpoint)
