@@ -47,6 +47,15 @@ pub fn hours_in_window(spend: &pb::Spend, period: Duration, now_s: f64) -> f64 {
     ((to - from) / 3600.0).max(0.0)
 }
 
+/// What `spends` cost within the window of `period` ending now, USD.
+fn window_cost(spends: &[pb::Spend], period: Duration) -> f64 {
+    let now_s = seconds(Some(&now()));
+    spends
+        .iter()
+        .map(|s| s.usd_per_hour * hours_in_window(s, period, now_s))
+        .sum()
+}
+
 /// The budget a pod names, if any.
 pub fn budget_of(pod: &types::Pod) -> Option<&str> {
     pod.annotations.get(BUDGET).map(String::as_str)
@@ -140,14 +149,8 @@ impl Cluster {
 
     /// Spend of `budget` within its window, USD.
     fn spent(&self, budget: &Budget) -> Result<f64, ClusterError> {
-        let now_s = seconds(Some(&now()));
-        Ok(self
-            .store()
-            .spend
-            .scan(&format!("{}/", budget.name))?
-            .iter()
-            .map(|s| s.usd_per_hour * hours_in_window(s, budget.period, now_s))
-            .sum())
+        let spends = self.store().spend.scan(&format!("{}/", budget.name))?;
+        Ok(window_cost(&spends, budget.period))
     }
 
     /// Every budget's status.
@@ -156,7 +159,7 @@ impl Cluster {
         for b in &self.config().budgets {
             let spends = self.store().spend.scan(&format!("{}/", b.name))?;
             let running: Vec<&pb::Spend> = spends.iter().filter(|s| s.ended_at.is_none()).collect();
-            let spent = self.spent(b)?;
+            let spent = window_cost(&spends, b.period);
             out.push(pb::BudgetStatus {
                 name: b.name.clone(),
                 amount_usd: b.amount_usd,

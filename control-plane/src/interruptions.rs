@@ -224,15 +224,10 @@ impl Cluster {
     pub(crate) fn interrupted_report(
         &self,
         node: &str,
-        report: &types::PodReport,
+        record: &pb::PodRecord,
+        (r, status, reported_checkpoint): (&types::PodRef, &types::PodStatus, &str),
     ) -> Result<Option<Applied>, ClusterError> {
-        let (Some(r), Some(status)) = (report.r#ref.as_ref(), report.status.as_ref()) else {
-            return Ok(None);
-        };
         let k = key(&r.namespace, &r.name);
-        let Some(record) = self.store().pods.get(&k)? else {
-            return Ok(None);
-        };
         let Some(kept) = record
             .interruptions
             .iter()
@@ -242,7 +237,7 @@ impl Cluster {
         };
         // restartPolicy Never: the record is still this incarnation, and its
         // reports go on to the normal path after the interruption is noted.
-        let moved = uid(&record) != r.uid;
+        let moved = uid(record) != r.uid;
         let verdict = |released: bool, changed: bool| {
             Ok(moved.then_some(match (released, changed) {
                 (true, _) => Applied::Orphan,
@@ -260,8 +255,9 @@ impl Cluster {
         if kept.released || overdue {
             return verdict(true, false);
         }
-        let checkpoint = (!report.checkpoint.is_empty() && report.checkpoint != kept.checkpoint)
-            .then(|| report.checkpoint.clone());
+        let checkpoint = (!reported_checkpoint.is_empty()
+            && reported_checkpoint != kept.checkpoint)
+            .then(|| reported_checkpoint.to_owned());
         let release = ended(status);
         if checkpoint.is_none() && !release {
             return verdict(false, false);

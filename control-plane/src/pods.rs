@@ -235,15 +235,11 @@ impl Cluster {
         let Some(old) = self.store().pods.get(&k)? else {
             return Ok(Applied::Orphan);
         };
-        if !old.interruptions.is_empty() {
-            let report = types::PodReport {
-                r#ref: Some(r.clone()),
-                status: Some(status.clone()),
-                checkpoint: checkpoint.clone(),
-            };
-            if let Some(applied) = self.interrupted_report(node, &report)? {
-                return Ok(applied);
-            }
+        if !old.interruptions.is_empty()
+            && let Some(applied) =
+                self.interrupted_report(node, &old, (&r, &status, &checkpoint))?
+        {
+            return Ok(applied);
         }
         if uid(&old) != r.uid || old.node_name != node {
             return Ok(Applied::Orphan);

@@ -67,7 +67,7 @@ impl Imds {
     }
 
     /// A session token (IMDSv2's PUT).
-    async fn token(&self) -> Result<String, ImdsError> {
+    pub async fn token(&self) -> Result<String, ImdsError> {
         let req = self
             .http
             .put(format!("{}/latest/api/token", self.endpoint))
@@ -88,15 +88,16 @@ impl Imds {
         self.text(what, req).await
     }
 
-    /// As [`Imds::get`], with `None` for 404 Not Found: how IMDS says that a
+    /// `GET /latest/<path>` with `token` (from [`Imds::token`], shared by the
+    /// reads of one look), with `None` for 404 Not Found: how IMDS says that a
     /// notice (`spot/instance-action`, `events/recommendations/rebalance`) is
     /// not there.
     pub async fn get_optional(
         &self,
+        token: &str,
         what: &'static str,
         path: &str,
     ) -> Result<Option<String>, ImdsError> {
-        let token = self.token().await?;
         let fail = self.failed(what);
         let resp = self
             .http

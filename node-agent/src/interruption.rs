@@ -154,9 +154,11 @@ const PATHS: [(&str, &str, Parse); 3] = [
 
 async fn read(imds: &Imds) -> Result<Vec<Notice>, String> {
     let mut out = Vec::new();
+    // One session token per look, not one per path.
+    let token = imds.token().await.map_err(|e| e.to_string())?;
     for (what, path, parse) in PATHS {
         let body = imds
-            .get_optional(what, path)
+            .get_optional(&token, what, path)
             .await
             .map_err(|e| e.to_string())?;
         if let Some(body) = body {

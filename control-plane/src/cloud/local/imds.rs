@@ -13,7 +13,7 @@
 //! `[]`. The port is kept in `<hosts dir>/.imds-port`, so a restarted control
 //! plane serves the agents that outlived it at the address they know.
 
-use std::collections::HashSet;
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -46,6 +46,10 @@ const PATHS: &[(&str, &str)] = &[
         "maintenance-scheduled.json",
     ),
 ];
+
+/// Session tokens kept (agents take a new one per look; older ones lapse, as
+/// IMDS tokens expire), so the set stays bounded however long hosts run.
+const TOKENS_KEPT: usize = 1024;
 
 /// The file a spot interruption notice is kept in.
 pub(super) const SPOT_NOTICE: &str = "spot-instance-action.json";
@@ -86,7 +90,7 @@ pub(super) fn endpoint(addr: SocketAddr, node: &str) -> String {
 }
 
 async fn serve(listener: TcpListener, hosts_dir: PathBuf) {
-    let tokens: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let tokens: Arc<Mutex<VecDeque<String>>> = Arc::default();
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(a) => a,
@@ -122,7 +126,7 @@ fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 
 fn answer<B>(
     hosts_dir: &Path,
-    tokens: &Mutex<HashSet<String>>,
+    tokens: &Mutex<VecDeque<String>>,
     req: &Request<B>,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
@@ -145,14 +149,17 @@ fn answer<B>(
             return reply(StatusCode::BAD_REQUEST, "missing TTL header\n");
         }
         let token = uuid::Uuid::new_v4().simple().to_string();
-        tokens.insert(token.clone());
+        if tokens.len() >= TOKENS_KEPT {
+            tokens.pop_front();
+        }
+        tokens.push_back(token.clone());
         return reply(StatusCode::OK, token);
     }
     let authorised = req
         .headers()
         .get("x-aws-ec2-metadata-token")
         .and_then(|t| t.to_str().ok())
-        .is_some_and(|t| tokens.contains(t));
+        .is_some_and(|t| tokens.iter().any(|k| k == t));
     if !authorised {
         return reply(StatusCode::UNAUTHORIZED, "unauthorized\n");
     }
@@ -174,7 +181,7 @@ fn answer<B>(
 mod tests {
     use super::*;
 
-    fn get(dir: &Path, tokens: &Mutex<HashSet<String>>, path: &str, token: &str) -> StatusCode {
+    fn get(dir: &Path, tokens: &Mutex<VecDeque<String>>, path: &str, token: &str) -> StatusCode {
         let req = Request::get(path)
             .header("x-aws-ec2-metadata-token", token)
             .body(())
@@ -191,7 +198,7 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(answer(dir.path(), &tokens, &put).status(), StatusCode::OK);
-        let token = tokens.lock().unwrap().iter().next().unwrap().clone();
+        let token = tokens.lock().unwrap().front().unwrap().clone();
         let bare = Request::put("/hosts/n1/latest/api/token").body(()).unwrap();
         assert_eq!(
             answer(dir.path(), &tokens, &bare).status(),
