@@ -88,6 +88,7 @@ struct Inner {
     done: Mutex<HashSet<String>>,
     wake_scheduler: Notify,
     provisioning: crate::provisioning::Memory,
+    reservation_ends: crate::reservation_ends::Memory,
     resolver: std::sync::OnceLock<Arc<dyn PodResolver>>,
     events: tokio::sync::broadcast::Sender<pb::Event>,
     telemetry: crate::telemetry::TelemetryStore,
@@ -218,6 +219,7 @@ impl Cluster {
                 liveness: Mutex::new(liveness),
                 done: Mutex::new(HashSet::new()),
                 provisioning: Default::default(),
+                reservation_ends: Default::default(),
                 resolver: Default::default(),
                 events: tokio::sync::broadcast::channel(1024).0,
                 wake_scheduler: Notify::new(),
@@ -358,6 +360,11 @@ impl Cluster {
     /// What provisioning remembers in memory.
     pub(crate) fn provisioning(&self) -> &crate::provisioning::Memory {
         &self.inner.provisioning
+    }
+
+    /// What the reservation-end check remembers.
+    pub(crate) fn reservation_memory(&self) -> &crate::reservation_ends::Memory {
+        &self.inner.reservation_ends
     }
 
     /// The configuration.

@@ -12,9 +12,13 @@
 //!   not told to remove it as an orphan until it has ended;
 //! - a rebalance recommendation only cordons (it is advisory, as Karpenter
 //!   treats it);
-//! - on EC2, a spot interruption's offering (type, subnet, capacity type) is
-//!   avoided for `offering_avoid_ms`, so the replacement goes to another type,
-//!   zone or on-demand, as after a capacity error.
+//! - on EC2, a spot interruption's or reservation end's offering (type,
+//!   subnet, capacity type) is avoided for `offering_avoid_ms`, so the
+//!   replacement goes to another type, zone or on-demand, as after a capacity
+//!   error;
+//! - a reservation end ([`crate::reservation_ends`]) comes from the control
+//!   plane itself, not the agent; a pod pinned to the ending reservation is
+//!   failed rather than moved.
 //!
 //! The checkpoint location the old incarnation confirms becomes the record's
 //! `orca.research/resume-from` annotation, which dispatch gives every container
@@ -34,7 +38,7 @@ use tracing::info;
 
 use crate::cluster::{Cluster, ClusterError, now};
 use crate::pods::{Applied, key, names, phase, uid};
-use crate::selection::annotations::{CHECKPOINT_WAIT, RESUME_FROM};
+use crate::selection::annotations::{CAPACITY_RESERVATION_ID, CHECKPOINT_WAIT, RESUME_FROM};
 
 /// How far ahead EC2 announces a spot interruption (and the default of an
 /// injected one).
@@ -67,6 +71,16 @@ fn describe(n: &pb::Notice) -> String {
         NoticeKind::SpotInterruption => format!("spot interruption ({}){at}", n.action),
         NoticeKind::ScheduledMaintenance => format!("scheduled maintenance ({}){at}", n.action),
         NoticeKind::Rebalance => "rebalance recommendation".to_owned(),
+        NoticeKind::ReservationEnd if n.action == "terminate" => {
+            format!(
+                "end of Capacity Block {} (EC2 reclaims its instances){at}",
+                n.reservation_id
+            )
+        }
+        NoticeKind::ReservationEnd => format!(
+            "end of Capacity Reservation {} (its instances then cost the on-demand price){at}",
+            n.reservation_id
+        ),
         NoticeKind::Unspecified => "notice".to_owned(),
     }
 }
@@ -75,6 +89,7 @@ fn reason_of(n: &pb::Notice) -> &'static str {
     match n.kind() {
         NoticeKind::ScheduledMaintenance => "ScheduledMaintenance",
         NoticeKind::Rebalance => "RebalanceRecommendation",
+        NoticeKind::ReservationEnd => crate::reservation_ends::REASON,
         _ => "SpotInterruption",
     }
 }
@@ -162,7 +177,10 @@ impl Cluster {
             if notice.kind() == NoticeKind::Rebalance {
                 continue;
             }
-            if notice.kind() == NoticeKind::SpotInterruption {
+            if matches!(
+                notice.kind(),
+                NoticeKind::SpotInterruption | NoticeKind::ReservationEnd
+            ) {
                 self.avoid_offering_of(node, &what);
             }
             for pod in self.store().pods.scan("")? {
@@ -209,6 +227,26 @@ impl Cluster {
                 node.name, node.instance_id
             ),
         );
+        let pinned = notice.kind() == NoticeKind::ReservationEnd
+            && pod
+                .pod
+                .as_ref()
+                .and_then(|p| p.annotations.get(CAPACITY_RESERVATION_ID))
+                .is_some_and(|id| *id == notice.reservation_id);
+        if pinned {
+            // Its replacement could only launch into the ending reservation.
+            self.fail_pod(
+                &ns,
+                &name,
+                reason_of(notice),
+                format!(
+                    "{what} of node {}; the pod is pinned to that reservation ({CAPACITY_RESERVATION_ID}) and is not relaunched",
+                    node.name
+                ),
+            )?;
+            self.store().flush().await?;
+            return Ok(());
+        }
         self.relocate(
             pod,
             reason_of(notice),

@@ -88,6 +88,7 @@ pub fn observe(
             zone: label(LABEL_ZONE),
             image_id: label(LABEL_AMI),
             capacity_type: label(LABEL_CAPACITY_TYPE),
+            capacity_reservation_id: label(crate::reservation_ends::LABEL_RESERVATION),
             usd_per_hour: labels
                 .get(LABEL_PRICE)
                 .and_then(|p| p.parse().ok())
@@ -174,7 +175,8 @@ fn placement_facts(p: &pb::Placement) -> serde_json::Value {
     json!({
         "uid": p.uid, "node": p.node_name, "instanceId": p.instance_id,
         "instanceType": p.instance_type, "zone": p.zone, "imageId": p.image_id,
-        "capacityType": p.capacity_type, "usdPerHour": p.usd_per_hour,
+        "capacityType": p.capacity_type, "capacityReservationId": p.capacity_reservation_id,
+        "usdPerHour": p.usd_per_hour,
         "gpuUUIDs": p.gpu_uuids, "gpuDriverVersion": p.gpu_driver_version,
         "startedAt": time(p.started_at.as_ref()), "endedAt": time(p.ended_at.as_ref()),
         "endReason": p.end_reason, "restarts": p.restarts,
@@ -188,6 +190,7 @@ pub fn interruption_json(i: &pb::Interruption) -> serde_json::Value {
         "uid": i.uid, "node": i.node_name, "instanceId": i.instance_id,
         "kind": notice.kind().as_str_name().trim_start_matches("NOTICE_KIND_").to_lowercase(),
         "action": notice.action, "deadline": time(notice.deadline.as_ref()),
+        "reservationId": notice.reservation_id,
         "handledAt": time(i.handled_at.as_ref()), "checkpoint": i.checkpoint,
         "released": i.released,
     })

@@ -33,7 +33,9 @@
 //! - [`provisioning`]: an instance per pod (EC2): launch with fallback over
 //!   offerings, avoidance, back-off, caps, boot timeout, reaping, and the sweep
 //!   that adopts or collects tagged instances; [`warm_pool`]: stopped instances
-//!   kept ready and started for pods instead of launching.
+//!   kept ready and started for pods instead of launching;
+//!   [`reservation_ends`]: nodes in a Capacity Block or Reservation drained
+//!   ahead of its end.
 //! - [`cloud`]: the `InstanceProvider` trait, the `local` provider (simulated
 //!   hosts, each in a network namespace of its own on a bridge; faults) and the
 //!   `ec2` provider.
@@ -75,6 +77,7 @@ pub mod pods;
 pub mod provisioning;
 pub mod recovery;
 pub mod registry;
+pub mod reservation_ends;
 pub mod scheduler;
 pub mod selection;
 pub mod store;

@@ -297,6 +297,14 @@ impl Cluster {
                     return Ok(());
                 }
             };
+            if let Some(why) = annotations
+                .capacity_reservation_id
+                .as_deref()
+                .and_then(|id| self.reservation_ending(id))
+            {
+                self.fail_launch(ns, name, crate::reservation_ends::REASON, why);
+                return Ok(());
+            }
             match self.launch_context(&pod).await {
                 Ok(context) => {
                     annotations.service_account_role_arn = context.service_account_role_arn;
@@ -566,6 +574,10 @@ impl Cluster {
                         for (label, value) in [
                             (LABEL_ZONE, &instance.zone),
                             (LABEL_AMI, &instance.image_id),
+                            (
+                                crate::reservation_ends::LABEL_RESERVATION,
+                                &instance.capacity_reservation_id,
+                            ),
                         ] {
                             if let Some(v) = value {
                                 n.labels.insert(label.to_owned(), v.clone());
@@ -648,6 +660,8 @@ impl Cluster {
         let nodes = self.store().nodes.scan("")?;
         let pods = self.store().pods.scan("")?;
         self.tend_pool(s, &nodes).await;
+        self.check_reservation_ends(&nodes, s.reservation_check, s.reservation_drain_lead)
+            .await;
         for node in nodes {
             if crate::warm_pool::is_pool_node(&node) {
                 continue;

@@ -438,6 +438,7 @@ impl Cluster {
             heartbeat_interval: prost_types::Duration::try_from(self.config().heartbeat_interval)
                 .ok(),
             orphan_pod_uids: orphans,
+            notices: self.pushed_notices(&node.name),
         })
     }
 

@@ -98,6 +98,7 @@ pub async fn run(r: Reporter, pods: PodManager, shutdown: impl std::future::Futu
                 r.contact.touch();
                 let resp = resp.into_inner();
                 interval = duration(resp.heartbeat_interval, interval);
+                r.notices.push(resp.notices);
                 for uid in resp.orphan_pod_uids {
                     let pods = pods.clone();
                     tokio::spawn(async move {

@@ -8,11 +8,17 @@
 //! - `meta-data/events/maintenance/scheduled`: a JSON array of events
 //!   (`Code`, `NotBefore` as `21 Jan 2019 09:00:43 GMT`, `State`, `EventId`).
 //!
-//! A notice is *due* at once (spot, rebalance) or, for maintenance, from
-//! `--drain-lead-ms` before it starts. Due notices go into every heartbeat
-//! ([`Notices`], which wakes the heartbeat when they change), and each
-//! interrupting one (spot, maintenance; not the advisory rebalance) starts the
-//! pods' checkpoint handshake once ([`crate::pods::PodManager::interrupt`]).
+//! The control plane adds what the metadata does not show: the end of the
+//! instance's Capacity Block or Capacity Reservation, learned from EC2, comes in
+//! every heartbeat answer while it is due ([`Notices::push`]) and is acted on
+//! at once, like the agent's own notices.
+//!
+//! A notice is *due* at once (spot, rebalance, reservation end) or, for
+//! maintenance, from `--drain-lead-ms` before it starts. Due notices go into
+//! every heartbeat ([`Notices`], which wakes the heartbeat when they change),
+//! and each interrupting one (spot, maintenance, reservation end; not the
+//! advisory rebalance) starts the pods' checkpoint handshake once
+//! ([`crate::pods::PodManager::interrupt`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -27,37 +33,54 @@ use tracing::{info, warn};
 use crate::imds::Imds;
 use crate::pods::PodManager;
 
-/// The due notices, shared with the heartbeat.
+/// The due notices, shared with the heartbeat, and those the control plane
+/// sent.
 #[derive(Clone)]
-pub struct Notices(Arc<watch::Sender<Vec<Notice>>>);
+pub struct Notices {
+    due: Arc<watch::Sender<Vec<Notice>>>,
+    pushed: Arc<watch::Sender<Vec<Notice>>>,
+}
 
 impl Default for Notices {
     fn default() -> Self {
-        Self(Arc::new(watch::Sender::new(Vec::new())))
+        Self {
+            due: Arc::new(watch::Sender::new(Vec::new())),
+            pushed: Arc::new(watch::Sender::new(Vec::new())),
+        }
     }
+}
+
+fn replace_if_new(sender: &watch::Sender<Vec<Notice>>, notices: Vec<Notice>) {
+    sender.send_if_modified(|kept| {
+        let ids = |v: &[Notice]| v.iter().map(|n| n.id.clone()).collect::<Vec<_>>();
+        let changed = ids(kept) != ids(&notices);
+        if changed {
+            *kept = notices;
+        }
+        changed
+    });
 }
 
 impl Notices {
     /// The notices due now.
     pub fn latest(&self) -> Vec<Notice> {
-        self.0.borrow().clone()
+        self.due.borrow().clone()
     }
 
     /// Resolves when the due notices change.
     pub async fn changed(&self) {
-        let mut rx = self.0.subscribe();
+        let mut rx = self.due.subscribe();
         let _ = rx.changed().await;
     }
 
+    /// The notices of the control plane's last heartbeat answer (it repeats
+    /// them while they are due); the watcher acts on new ones at once.
+    pub fn push(&self, notices: Vec<Notice>) {
+        replace_if_new(&self.pushed, notices);
+    }
+
     fn publish(&self, notices: Vec<Notice>) {
-        self.0.send_if_modified(|kept| {
-            let ids = |v: &[Notice]| v.iter().map(|n| n.id.clone()).collect::<Vec<_>>();
-            let changed = ids(kept) != ids(&notices);
-            if changed {
-                *kept = notices;
-            }
-            changed
-        });
+        replace_if_new(&self.due, notices);
     }
 }
 
@@ -72,38 +95,51 @@ pub struct Watch {
     pub pause: Duration,
 }
 
-/// Polls `imds` until the process ends, publishing due notices into `notices`
-/// and starting the pods' handshake for each new interrupting one.
+/// Polls `imds` until the process ends, publishing due notices (the metadata's
+/// and the control plane's) into `notices` and starting the pods' handshake for
+/// each new interrupting one.
 pub async fn run(imds: Imds, watch: Watch, pods: PodManager, notices: Notices) {
     let mut acted: BTreeSet<String> = BTreeSet::new();
     let mut failing = false;
+    let mut from_imds: Vec<Notice> = Vec::new();
+    let mut pushed = notices.pushed.subscribe();
+    let mut next_look = tokio::time::Instant::now();
     loop {
-        match read(&imds).await {
-            Ok(all) => {
-                if failing {
-                    info!("instance metadata answers again");
-                    failing = false;
-                }
-                let now = Timestamp::now();
-                let due: Vec<Notice> = all
-                    .into_iter()
-                    .filter(|n| is_due(n, now, watch.drain_lead))
-                    .collect();
-                for n in &due {
-                    if interrupting(n) && acted.insert(n.id.clone()) {
-                        info!(kind = ?n.kind(), action = %n.action, id = %n.id, "interruption notice");
-                        pods.interrupt(n, watch.pause);
+        if tokio::time::Instant::now() >= next_look {
+            match read(&imds).await {
+                Ok(all) => {
+                    if failing {
+                        info!("instance metadata answers again");
+                        failing = false;
                     }
+                    from_imds = all;
                 }
-                notices.publish(due);
+                Err(e) if !failing => {
+                    warn!(error = %e, "cannot read interruption notices; retrying");
+                    failing = true;
+                }
+                Err(_) => {}
             }
-            Err(e) if !failing => {
-                warn!(error = %e, "cannot read interruption notices; retrying");
-                failing = true;
-            }
-            Err(_) => {}
+            next_look = tokio::time::Instant::now() + watch.every;
         }
-        tokio::time::sleep(watch.every).await;
+        let now = Timestamp::now();
+        let due: Vec<Notice> = from_imds
+            .iter()
+            .chain(pushed.borrow_and_update().iter())
+            .filter(|n| is_due(n, now, watch.drain_lead))
+            .cloned()
+            .collect();
+        for n in &due {
+            if interrupting(n) && acted.insert(n.id.clone()) {
+                info!(kind = ?n.kind(), action = %n.action, id = %n.id, "interruption notice");
+                pods.interrupt(n, watch.pause);
+            }
+        }
+        notices.publish(due);
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_look) => {}
+            _ = pushed.changed() => {}
+        }
     }
 }
 
@@ -111,7 +147,9 @@ pub async fn run(imds: Imds, watch: Watch, pods: PodManager, notices: Notices) {
 pub fn interrupting(n: &Notice) -> bool {
     matches!(
         n.kind(),
-        NoticeKind::SpotInterruption | NoticeKind::ScheduledMaintenance
+        NoticeKind::SpotInterruption
+            | NoticeKind::ScheduledMaintenance
+            | NoticeKind::ReservationEnd
     )
 }
 
@@ -196,6 +234,7 @@ pub fn parse_spot(body: &str) -> Result<Notice, String> {
         action: a.action,
         deadline: Some(pb_time(at)),
         noticed_at: Some(pb_time(Timestamp::now())),
+        reservation_id: String::new(),
     })
 }
 
@@ -215,6 +254,7 @@ pub fn parse_rebalance(body: &str) -> Result<Notice, String> {
         action: String::new(),
         deadline: None,
         noticed_at: Some(pb_time(at)),
+        reservation_id: String::new(),
     })
 }
 
@@ -252,6 +292,7 @@ pub fn parse_maintenance(body: &str) -> Result<Vec<Notice>, String> {
                 action: e.code,
                 deadline: Some(pb_time(at)),
                 noticed_at: Some(pb_time(Timestamp::now())),
+                reservation_id: String::new(),
             })
         })
         .collect()

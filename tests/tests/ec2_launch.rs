@@ -93,6 +93,11 @@ async fn run_instance_asks_for_what_the_pod_needs_and_classifies_ec2_errors() {
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].instance_id(), Some(launched.instance_id.as_str()));
     assert_eq!(
+        launched.capacity_reservation_id.as_deref(),
+        Some(cr.as_str()),
+        "the reservation is read from the RunInstances answer"
+    );
+    assert_eq!(
         found[0].instance_lifecycle().map(|l| l.as_str()),
         Some("spot")
     );

@@ -261,6 +261,7 @@ async fn the_proxy_emulates_capacity_reservations_and_targeted_launches() {
         total: 2,
         available,
         state: "active".into(),
+        end: None,
     };
     assert_eq!(proxy.reservation(&id), Some(view(2)));
 

@@ -225,6 +225,22 @@ pub struct Instance {
     pub zone: Option<String>,
     /// The machine image it boots, when the provider has images.
     pub image_id: Option<String>,
+    /// The Capacity Reservation (or Capacity Block) it runs in, if any.
+    pub capacity_reservation_id: Option<String>,
+}
+
+/// A Capacity Reservation or Capacity Block as the cloud describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservationInfo {
+    /// `cr-...`.
+    pub id: String,
+    /// A Capacity Block (EC2 reclaims its instances before its end) rather than
+    /// an On-Demand Capacity Reservation (its instances outlive it).
+    pub capacity_block: bool,
+    /// When it ends; `None` for an unlimited reservation.
+    pub end: Option<jiff::Timestamp>,
+    /// `active`, `expired`, `cancelled`, ...
+    pub state: String,
 }
 
 /// A boxed future, for object-safe async trait methods.
@@ -396,6 +412,14 @@ pub trait InstanceProvider: Send + Sync {
     fn stop(&self, instance_id: &str) -> BoxFuture<'_, Result<(), ProviderError>> {
         let _ = instance_id;
         unsupported(self.name(), "stopping instances")
+    }
+    /// How the Capacity Reservations `ids` stand (EC2 only).
+    fn reservations<'a>(
+        &'a self,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<ReservationInfo>, ProviderError>> {
+        let _ = ids;
+        unsupported(self.name(), "capacity reservations")
     }
     /// Starts a stopped instance (warm pool; EC2 only).
     fn start(&self, instance_id: &str) -> BoxFuture<'_, Result<(), ProviderError>> {

@@ -122,6 +122,22 @@ pub struct Ec2File {
     /// picks that type starts one instead of launching.
     #[serde(default)]
     pub warm_pool: std::collections::BTreeMap<String, u32>,
+    /// Period of the look at the end dates of the Capacity Reservations and
+    /// Blocks the cluster's instances run in (ms).
+    #[serde(default = "d_reservation_check")]
+    pub reservation_check_ms: u64,
+    /// How long before EC2 reclaims a Capacity Block's instances (30 minutes
+    /// before its end), or a reservation expires, its nodes are drained (ms;
+    /// Karpenter's 10 minutes by default).
+    #[serde(default = "d_reservation_lead")]
+    pub reservation_drain_lead_ms: u64,
+}
+
+fn d_reservation_check() -> u64 {
+    60_000
+}
+fn d_reservation_lead() -> u64 {
+    600_000
 }
 
 /// A storage class ORCA provisions EBS volumes for.
@@ -248,6 +264,10 @@ pub struct Ec2Provider {
     pub volume_detach_timeout: Duration,
     /// Warm pool sizes by instance type.
     pub warm_pool: std::collections::BTreeMap<String, u32>,
+    /// Period of the reservation end check.
+    pub reservation_check: Duration,
+    /// Drain lead before a reservation's reclaim.
+    pub reservation_drain_lead: Duration,
 }
 
 /// `arn:<partition>:iam::<12 digits>:role/<path/>name`.
@@ -478,6 +498,11 @@ impl Ec2File {
                 "provider.ec2.catalogue_refresh_ms",
                 self.catalogue_refresh_ms,
             )?,
+            reservation_check: positive(
+                "provider.ec2.reservation_check_ms",
+                self.reservation_check_ms,
+            )?,
+            reservation_drain_lead: Duration::from_millis(self.reservation_drain_lead_ms),
         })
     }
 }

@@ -11,8 +11,8 @@
 //!    content is the checkpoint's location; it is reported as the pod's
 //!    `checkpoint` for the control plane to hand to the replacement;
 //! 3. the pod is stopped (SIGTERM, its grace period cut to what is left before
-//!    the deadline, SIGKILL) and ends `Failed` with reason `SpotInterruption` or
-//!    `ScheduledMaintenance`.
+//!    the deadline, SIGKILL) and ends `Failed` with reason `SpotInterruption`,
+//!    `ScheduledMaintenance` or `CapacityReservationEnd`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,6 +40,7 @@ const CHECKPOINT_POLL: Duration = Duration::from_millis(100);
 pub fn reason(n: &Notice) -> &'static str {
     match n.kind() {
         NoticeKind::ScheduledMaintenance => "ScheduledMaintenance",
+        NoticeKind::ReservationEnd => "CapacityReservationEnd",
         _ => "SpotInterruption",
     }
 }
@@ -110,6 +111,10 @@ impl PodManager {
             NoticeKind::ScheduledMaintenance => {
                 format!("scheduled maintenance ({})", notice.action)
             }
+            NoticeKind::ReservationEnd => format!(
+                "end of capacity reservation {} ({})",
+                notice.reservation_id, notice.action
+            ),
             _ => format!("spot interruption ({})", notice.action),
         };
         let body = serde_json::json!({

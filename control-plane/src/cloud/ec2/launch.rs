@@ -109,6 +109,8 @@ pub struct Launched {
     pub zone: Option<String>,
     /// Its AMI.
     pub image_id: Option<String>,
+    /// The Capacity Reservation it was placed in, if any.
+    pub capacity_reservation_id: Option<String>,
 }
 
 /// What a failed launch means to the caller.
@@ -293,6 +295,7 @@ pub async fn run_instance(
             .and_then(|p| p.availability_zone())
             .map(str::to_owned),
         image_id: instance.image_id().map(str::to_owned),
+        capacity_reservation_id: instance.capacity_reservation_id().map(str::to_owned),
     })
 }
 

@@ -4,13 +4,15 @@
 //! instance-type [`catalogue`], the instance profile, security groups and
 //! subnets a pod names, checked before its launch ([`resources`]), one
 //! RunInstances and the meaning of its errors ([`launch`]), confirmed
-//! termination and the list of the cluster's instances ([`instances`]), and
+//! termination and the list of the cluster's instances ([`instances`]), the
+//! end dates of Capacity Reservations and Blocks ([`reservations`]), and
 //! [`Ec2Provider`] over them ([`provider`]).
 
 pub mod catalogue;
 pub mod instances;
 pub mod launch;
 pub mod provider;
+pub mod reservations;
 pub mod resources;
 pub mod volumes;
 

@@ -26,7 +26,7 @@ use super::volumes::{self, VolumeError};
 use super::{Ec2Error, catalogue, instances};
 use crate::cloud::{
     BoxFuture, Instance, InstanceProvider, LaunchFailure, LaunchRequest, NewVolume, Plan,
-    PlannedOffering, ProviderError, TaggedInstance, VolumeInfo,
+    PlannedOffering, ProviderError, ReservationInfo, TaggedInstance, VolumeInfo,
 };
 use crate::config::ec2::Ec2Provider as Settings;
 use crate::selection::annotations::{
@@ -411,6 +411,7 @@ impl InstanceProvider for Ec2Provider {
                 instance_id: launched.instance_id,
                 zone: launched.zone,
                 image_id: launched.image_id,
+                capacity_reservation_id: launched.capacity_reservation_id,
             })
         })
     }
@@ -562,6 +563,17 @@ impl InstanceProvider for Ec2Provider {
         let instance_id = instance_id.to_owned();
         Box::pin(async move {
             instances::stop(self.client().await, &instance_id)
+                .await
+                .map_err(api)
+        })
+    }
+
+    fn reservations<'a>(
+        &'a self,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<ReservationInfo>, ProviderError>> {
+        Box::pin(async move {
+            super::reservations::describe(self.client().await, ids)
                 .await
                 .map_err(api)
         })

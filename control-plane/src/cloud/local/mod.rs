@@ -267,6 +267,7 @@ impl LocalProvider {
             instance_id: Self::instance_id(&req.node_name),
             zone: None,
             image_id: None,
+            capacity_reservation_id: None,
         })
     }
 }

@@ -209,6 +209,29 @@ impl Ec2Proxy {
             .unwrap_or_else(|(_, body)| panic!("creating a capacity reservation: {body}"))
     }
 
+    /// Makes a Capacity Block of `count` `instance_type` in `availability_zone`
+    /// that ends at `end`, as PurchaseCapacityBlock would (without a call in the
+    /// log); its id.
+    pub fn create_capacity_block(
+        &self,
+        instance_type: &str,
+        availability_zone: &str,
+        count: u32,
+        end: jiff::Timestamp,
+    ) -> String {
+        self.state
+            .lock()
+            .unwrap()
+            .reservations
+            .insert_capacity_block(instance_type, availability_zone, count, end)
+    }
+
+    /// Moves the end of reservation `id` to `end`, as ModifyCapacityReservation
+    /// would (without a call in the log); whether it exists.
+    pub fn set_reservation_end(&self, id: &str, end: jiff::Timestamp) -> bool {
+        self.state.lock().unwrap().reservations.set_end(id, end)
+    }
+
     /// Every capacity reservation, by id.
     pub fn reservations(&self) -> Vec<ReservationView> {
         self.state.lock().unwrap().reservations.views()

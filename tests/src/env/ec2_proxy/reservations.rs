@@ -32,10 +32,19 @@
 //! taken before moto is asked and given back if moto fails, so concurrent launches
 //! never overbook.
 //!
+//! End dates: `EndDateType=limited` with `EndDate` (ISO 8601) gives a
+//! reservation an end, shown as `endDate`; from then on it is `expired` and
+//! takes no launch. A Capacity Block (made by a test with
+//! [`super::Ec2Proxy::create_capacity_block`], as PurchaseCapacityBlock would
+//! after DescribeCapacityBlockOfferings) is a `targeted` reservation of
+//! `reservationType` `capacity-block` with an end date.
+//!
 //! Not emulated: reservation groups (`CapacityReservationResourceGroupArn`,
 //! answered `InvalidParameterValue`), `open`-preference launches consuming a
 //! matching open reservation (they echo their preference only), `Filter.N` and
-//! paging in DescribeCapacityReservations, end dates (reservations never expire).
+//! paging in DescribeCapacityReservations, the purchase of Capacity Blocks, and
+//! EC2 terminating a Capacity Block's instances from 30 minutes before its end
+//! (ORCA drains them before that; the tests check it did so in time).
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher as _, RandomState};
@@ -55,8 +64,10 @@ pub struct ReservationView {
     pub total: u32,
     /// Slots not held by a running instance now.
     pub available: u32,
-    /// `active` or `cancelled`.
+    /// `active`, `cancelled` or `expired`.
     pub state: String,
+    /// When it ends, if it has an end date.
+    pub end: Option<jiff::Timestamp>,
 }
 
 /// A reservation and what EC2 shows of it.
@@ -67,6 +78,8 @@ struct Reservation {
     tenancy: String,
     match_criteria: String,
     end_date_type: String,
+    /// `default` or `capacity-block`.
+    reservation_type: String,
     created: String,
 }
 
@@ -167,13 +180,67 @@ impl Reservations {
     }
 
     /// A test's view of reservation `id`.
-    pub(super) fn view(&self, id: &str) -> Option<ReservationView> {
+    pub(super) fn view(&mut self, id: &str) -> Option<ReservationView> {
+        self.expire();
         self.by_id.get(id).map(|r| r.view.clone())
     }
 
     /// Every reservation, by id.
-    pub(super) fn views(&self) -> Vec<ReservationView> {
+    pub(super) fn views(&mut self) -> Vec<ReservationView> {
+        self.expire();
         self.by_id.values().map(|r| r.view.clone()).collect()
+    }
+
+    /// Moves the end of reservation `id` to `end` (ModifyCapacityReservation's
+    /// `EndDate`); whether it exists.
+    pub(super) fn set_end(&mut self, id: &str, end: jiff::Timestamp) -> bool {
+        let Some(r) = self.by_id.get_mut(id) else {
+            return false;
+        };
+        r.view.end = Some(end);
+        r.end_date_type = "limited".into();
+        true
+    }
+
+    /// Active reservations whose end date has passed are `expired`.
+    fn expire(&mut self) {
+        let now = jiff::Timestamp::now();
+        for r in self.by_id.values_mut() {
+            if r.view.state == "active" && r.view.end.is_some_and(|end| end <= now) {
+                r.view.state = "expired".into();
+                r.view.available = 0;
+            }
+        }
+    }
+
+    /// Makes a Capacity Block of `count` `instance_type` in `zone`, active
+    /// until `end`; its id.
+    pub(super) fn insert_capacity_block(
+        &mut self,
+        instance_type: &str,
+        zone: &str,
+        count: u32,
+        end: jiff::Timestamp,
+    ) -> String {
+        let params: BTreeMap<String, String> = [
+            ("InstanceType", instance_type.to_owned()),
+            ("InstancePlatform", "Linux/UNIX".to_owned()),
+            ("AvailabilityZone", zone.to_owned()),
+            ("InstanceCount", count.to_string()),
+            ("InstanceMatchCriteria", "targeted".to_owned()),
+            ("EndDateType", "limited".to_owned()),
+            ("EndDate", end.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let id = self
+            .insert(&params)
+            .unwrap_or_else(|(_, body)| panic!("creating a capacity block: {body}"));
+        if let Some(r) = self.by_id.get_mut(&id) {
+            r.reservation_type = "capacity-block".into();
+        }
+        id
     }
 
     fn create(&mut self, params: &BTreeMap<String, String>) -> Answer {
@@ -221,6 +288,37 @@ impl Reservations {
                 &format!("Invalid value '{match_criteria}' for InstanceMatchCriteria"),
             ));
         }
+        let end_date_type = get("EndDateType").unwrap_or_else(|| "unlimited".into());
+        let end = match (end_date_type.as_str(), get("EndDate")) {
+            ("unlimited", None) => None,
+            ("unlimited", Some(_)) => {
+                return Err(fail(
+                    "InvalidParameterCombination",
+                    "EndDate can only be specified when EndDateType is limited",
+                ));
+            }
+            ("limited", None) => {
+                return Err(fail(
+                    "InvalidParameterValue",
+                    "EndDate must be specified when EndDateType is limited",
+                ));
+            }
+            ("limited", Some(at)) => match at.parse::<jiff::Timestamp>() {
+                Ok(t) => Some(t),
+                Err(_) => {
+                    return Err(fail(
+                        "InvalidParameterValue",
+                        &format!("Invalid value '{at}' for EndDate"),
+                    ));
+                }
+            },
+            (other, _) => {
+                return Err(fail(
+                    "InvalidParameterValue",
+                    &format!("Invalid value '{other}' for EndDateType"),
+                ));
+            }
+        };
         let id = loop {
             let id = format!("cr-0{:016x}", RandomState::new().hash_one(self.by_id.len()));
             if !self.by_id.contains_key(&id) {
@@ -235,11 +333,13 @@ impl Reservations {
                 total,
                 available: total,
                 state: "active".into(),
+                end,
             },
             platform,
             tenancy: get("Tenancy").unwrap_or_else(|| "default".into()),
             match_criteria,
-            end_date_type: get("EndDateType").unwrap_or_else(|| "unlimited".into()),
+            end_date_type,
+            reservation_type: "default".into(),
             created: jiff::Timestamp::now()
                 .strftime("%Y-%m-%dT%H:%M:%S.000Z")
                 .to_string(),
@@ -248,7 +348,8 @@ impl Reservations {
         Ok(id)
     }
 
-    fn describe(&self, params: &BTreeMap<String, String>) -> Answer {
+    fn describe(&mut self, params: &BTreeMap<String, String>) -> Answer {
+        self.expire();
         let ids: Vec<&String> = params
             .iter()
             .filter(|(k, _)| {
@@ -309,6 +410,7 @@ impl Reservations {
                 "the ORCA EC2 proxy does not emulate Capacity Reservation groups",
             ));
         }
+        self.expire();
         let Some(id) = target else {
             return Ok(Admission {
                 params: forward,
@@ -461,9 +563,15 @@ impl Reservation {
             ("endDateType", &self.end_date_type),
             ("instanceMatchCriteria", &self.match_criteria),
             ("createDate", &self.created),
-            ("reservationType", "default"),
+            ("reservationType", &self.reservation_type),
         ] {
             out.push_str(&element(name, value));
+        }
+        if let Some(end) = v.end {
+            out.push_str(&element(
+                "endDate",
+                &end.strftime("%Y-%m-%dT%H:%M:%S.000Z").to_string(),
+            ));
         }
         out.push_str("<tagSet/>");
         out
@@ -619,5 +727,54 @@ mod tests {
         r.terminated(terminate);
         r.terminated(terminate);
         assert_eq!(r.view(&id).unwrap().available, 1);
+    }
+
+    #[test]
+    fn an_end_date_is_shown_and_ends_the_reservation() {
+        let mut r = Reservations::default();
+        let mut limited = params(&[
+            ("InstanceType", "g5.xlarge"),
+            ("InstancePlatform", "Linux/UNIX"),
+            ("AvailabilityZone", "us-east-1a"),
+            ("InstanceCount", "1"),
+            ("EndDateType", "limited"),
+        ]);
+        assert_eq!(
+            code(r.answer("CreateCapacityReservation", &limited)),
+            "InvalidParameterValue",
+            "limited needs an EndDate"
+        );
+        limited.insert("EndDate".into(), "2026-01-01T00:00:00Z".into());
+        let (status, body) = r.answer("CreateCapacityReservation", &limited);
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains("<endDate>2026-01-01T00:00:00.000Z</endDate>"),
+            "{body}"
+        );
+        let past = r.views().pop().unwrap();
+        assert_eq!(past.state, "expired", "its end date has passed");
+        assert_eq!(
+            code(r.admit(&launch(&past.id, "1")).unwrap_err()),
+            "ReservationCapacityExceeded"
+        );
+        let mut unlimited = limited.clone();
+        unlimited.insert("EndDateType".into(), "unlimited".into());
+        assert_eq!(
+            code(r.answer("CreateCapacityReservation", &unlimited)),
+            "InvalidParameterCombination"
+        );
+        let end = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
+        let block = r.insert_capacity_block("g5.xlarge", "us-east-1a", 1, end);
+        let (_, body) = r.answer(
+            "DescribeCapacityReservations",
+            &params(&[("CapacityReservationId.1", &block)]),
+        );
+        assert!(
+            body.contains("<reservationType>capacity-block</reservationType>")
+                && body.contains("<instanceMatchCriteria>targeted</instanceMatchCriteria>")
+                && body.contains("<state>active</state>"),
+            "{body}"
+        );
+        assert!(r.admit(&launch(&block, "1")).is_ok());
     }
 }
