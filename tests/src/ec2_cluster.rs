@@ -159,6 +159,21 @@ impl Ec2Cluster {
             .collect()
     }
 
+    /// The store's record of pod `name` in `default` (AdminService GetPod).
+    pub fn record(&self, name: &str) -> orca_proto::controlplane::v1::PodRecord {
+        self.rt.block_on(async {
+            let mut admin = self.cluster.admin().await;
+            admin
+                .get_pod(orca_proto::controlplane::v1::GetPodRequest {
+                    namespace: "default".into(),
+                    name: name.into(),
+                })
+                .await
+                .expect("GetPod")
+                .into_inner()
+        })
+    }
+
     /// Waits until the pod has the phase and returns it.
     pub fn wait_phase(&self, pod: &str, phase: &str) -> serde_json::Value {
         self.cluster.wait_phase(pod, phase)

@@ -27,20 +27,6 @@ while true; do
 done
 "#;
 
-fn record(c: &Ec2Cluster, name: &str) -> orca_proto::controlplane::v1::PodRecord {
-    c.rt.block_on(async {
-        let mut admin = c.cluster.admin().await;
-        admin
-            .get_pod(orca_proto::controlplane::v1::GetPodRequest {
-                namespace: "default".into(),
-                name: name.into(),
-            })
-            .await
-            .expect("GetPod")
-            .into_inner()
-    })
-}
-
 fn pinned(c: &Ec2Cluster, name: &str, block: &str) -> String {
     let script = TRAINER.replace('\n', "\n      ");
     format!(
@@ -67,7 +53,7 @@ fn a_capacity_block_end_drains_its_node_before_ec2_reclaims_it() {
 
     c.apply(&pinned(&c, "trainer", &block));
     let running = c.wait_phase("trainer", "Running");
-    let uid = uid_of(&record(&c, "trainer"));
+    let uid = uid_of(&c.record("trainer"));
     let call = c.run_calls(&uid).pop().expect("its RunInstances");
     assert_eq!(
         call["CapacityReservationSpecification.CapacityReservationTarget.CapacityReservationId"],
@@ -179,5 +165,5 @@ fn a_capacity_block_end_drains_its_node_before_ec2_reclaims_it() {
             .contains("ends"),
         "{late:#}"
     );
-    assert!(c.run_calls(&uid_of(&record(&c, "late"))).is_empty());
+    assert!(c.run_calls(&uid_of(&c.record("late"))).is_empty());
 }

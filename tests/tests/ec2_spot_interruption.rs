@@ -9,20 +9,6 @@ use orca_tests::cluster::DEADLINE;
 use orca_tests::ec2_cluster::{Ec2Cluster, uid_of};
 use orca_tests::eventually::eventually_blocking;
 
-fn record(c: &Ec2Cluster) -> orca_proto::controlplane::v1::PodRecord {
-    c.rt.block_on(async {
-        let mut admin = c.cluster.admin().await;
-        admin
-            .get_pod(orca_proto::controlplane::v1::GetPodRequest {
-                namespace: "default".into(),
-                name: "spotty".into(),
-            })
-            .await
-            .expect("GetPod")
-            .into_inner()
-    })
-}
-
 #[test]
 fn a_spot_notice_moves_the_pod_to_another_offering() {
     let c = Ec2Cluster::start_with_agents(
@@ -38,7 +24,7 @@ fn a_spot_notice_moves_the_pod_to_another_offering() {
         c.cluster.image
     ));
     let first = c.wait_phase("spotty", "Running");
-    let first_uid = uid_of(&record(&c));
+    let first_uid = uid_of(&c.record("spotty"));
     let first_call = c.run_calls(&first_uid).pop().expect("its RunInstances");
     let instance = c
         .live_instances()
@@ -66,7 +52,7 @@ fn a_spot_notice_moves_the_pod_to_another_offering() {
             }
         },
     );
-    let new_uid = uid_of(&record(&c));
+    let new_uid = uid_of(&c.record("spotty"));
     assert_ne!(new_uid, first_uid, "{moved}");
     let call = c
         .run_calls(&new_uid)
