@@ -57,6 +57,9 @@ pub enum ClusterError {
     /// The object is in a state that does not allow the operation.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A quota has no room for it.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// What a pod refers to (a ConfigMap, Secret, token) could not be resolved.
     #[error("{0}")]
     Unresolved(String),
@@ -89,6 +92,7 @@ struct Inner {
     wake_scheduler: Notify,
     provisioning: crate::provisioning::Memory,
     reservation_ends: crate::reservation_ends::Memory,
+    admission: tokio::sync::Mutex<()>,
     resolver: std::sync::OnceLock<Arc<dyn PodResolver>>,
     events: tokio::sync::broadcast::Sender<pb::Event>,
     telemetry: crate::telemetry::TelemetryStore,
@@ -220,6 +224,7 @@ impl Cluster {
                 done: Mutex::new(HashSet::new()),
                 provisioning: Default::default(),
                 reservation_ends: Default::default(),
+                admission: tokio::sync::Mutex::new(()),
                 resolver: Default::default(),
                 events: tokio::sync::broadcast::channel(1024).0,
                 wake_scheduler: Notify::new(),
@@ -360,6 +365,12 @@ impl Cluster {
     /// What provisioning remembers in memory.
     pub(crate) fn provisioning(&self) -> &crate::provisioning::Memory {
         &self.inner.provisioning
+    }
+
+    /// Held while a pod is admitted or a standalone object written, so quota
+    /// checks see one another's pods.
+    pub(crate) fn admission_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.inner.admission
     }
 
     /// What the reservation-end check remembers.

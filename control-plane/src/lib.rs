@@ -72,6 +72,7 @@ pub mod interruptions;
 pub mod ledger;
 pub mod lifetime;
 pub mod metrics;
+pub mod objects;
 pub mod pki;
 pub mod pods;
 pub mod provisioning;

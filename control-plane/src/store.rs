@@ -243,6 +243,9 @@ pub struct Store {
     pub claims: Table<pb::Claim>,
     /// What pods in budgets cost, by `budget/uid`.
     pub spend: Table<pb::Spend>,
+    /// Standalone-mode objects (Namespaces, ResourceQuotas, LimitRanges) by
+    /// `Kind/namespace/name`.
+    pub objects: Table<pb::StoredObject>,
 }
 
 impl Store {
@@ -258,6 +261,7 @@ impl Store {
             pki: Table::open(&db, &gate, "pki")?,
             claims: Table::open(&db, &gate, "claims")?,
             spend: Table::open(&db, &gate, "spend")?,
+            objects: Table::open(&db, &gate, "objects")?,
             db,
             gate,
             flushes: Arc::default(),

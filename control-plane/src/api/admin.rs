@@ -156,10 +156,65 @@ impl AdminService for AdminApi {
             .pod
             .ok_or_else(|| Status::invalid_argument("pod is required"))?;
         self.cluster
-            .create_pod(pod)
+            .create_admitted_pod(pod)
             .await
             .map(Response::new)
             .map_err(status)
+    }
+
+    async fn apply_object(
+        &self,
+        req: Request<pb::ApplyObjectRequest>,
+    ) -> Result<Response<pb::ApplyObjectResponse>, Status> {
+        let req = req.into_inner();
+        let (object, created) = self
+            .cluster
+            .apply_object(&req.manifest_json, &req.namespace)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ApplyObjectResponse {
+            object: Some(object),
+            created,
+        }))
+    }
+
+    async fn get_object(
+        &self,
+        req: Request<pb::GetObjectRequest>,
+    ) -> Result<Response<pb::StoredObject>, Status> {
+        let req = req.into_inner();
+        self.cluster
+            .get_object(&req.kind, &req.namespace, &req.name)
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn list_objects(
+        &self,
+        req: Request<pb::ListObjectsRequest>,
+    ) -> Result<Response<pb::ListObjectsResponse>, Status> {
+        let req = req.into_inner();
+        let objects = self
+            .cluster
+            .list_objects(&req.kind, &req.namespace)
+            .map_err(status)?;
+        Ok(Response::new(pb::ListObjectsResponse { objects }))
+    }
+
+    async fn delete_object(
+        &self,
+        req: Request<pb::DeleteObjectRequest>,
+    ) -> Result<Response<pb::DeleteObjectResponse>, Status> {
+        let req = req.into_inner();
+        let (object, pods_deleted) = self
+            .cluster
+            .delete_object(&req.kind, &req.namespace, &req.name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DeleteObjectResponse {
+            object: Some(object),
+            pods_deleted,
+        }))
     }
 
     async fn get_pod(

@@ -41,6 +41,7 @@ pub fn status(e: ClusterError) -> tonic::Status {
         ClusterError::JoinRefused(_) => tonic::Status::permission_denied(msg),
         ClusterError::Unauthenticated(_) => tonic::Status::unauthenticated(msg),
         ClusterError::PermissionDenied(_) => tonic::Status::permission_denied(msg),
+        ClusterError::ResourceExhausted(_) => tonic::Status::resource_exhausted(msg),
         ClusterError::FailedPrecondition(_) | ClusterError::Unresolved(_) => {
             tonic::Status::failed_precondition(msg)
         }

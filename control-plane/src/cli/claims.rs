@@ -8,14 +8,6 @@ use super::CliError;
 use super::output::{human, table};
 use crate::cluster::age;
 
-/// Whether a manifest (YAML or JSON) is a PersistentVolumeClaim.
-pub fn is_claim(text: &str) -> bool {
-    serde_yaml::from_str::<serde_json::Value>(text)
-        .ok()
-        .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_owned))
-        .is_some_and(|k| k == "PersistentVolumeClaim")
-}
-
 /// The claim a manifest describes, as JSON, in `namespace` unless it names one.
 pub fn from_manifest(namespace: &str, text: &str) -> Result<String, CliError> {
     let mut v: serde_json::Value = serde_yaml::from_str(text)
@@ -117,10 +109,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn claims_are_told_from_pods_and_get_the_namespace() {
+    fn claims_get_the_namespace() {
         let text = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: data\n";
-        assert!(is_claim(text));
-        assert!(!is_claim("kind: Pod\n"));
         let json: serde_json::Value =
             serde_json::from_str(&from_manifest("lab", text).unwrap()).unwrap();
         assert_eq!(json["metadata"]["namespace"], "lab");

@@ -17,6 +17,7 @@ pub mod claims;
 pub mod credentials;
 pub mod ledger;
 pub mod nodes;
+pub mod objects;
 pub mod output;
 pub mod pod;
 pub mod streams;
@@ -114,7 +115,8 @@ pub enum Command {
     Node(nodes::NodeCommand),
     /// Run a pod with one container.
     Run(pod::RunArgs),
-    /// Create a pod or a PersistentVolumeClaim from a Kubernetes manifest (YAML or JSON).
+    /// Create pods, PersistentVolumeClaims, Namespaces, ResourceQuotas and
+    /// LimitRanges from a Kubernetes manifest (YAML, `---`-separated, or JSON).
     Apply {
         /// The manifest file.
         #[arg(long, short = 'f')]
@@ -122,8 +124,11 @@ pub enum Command {
     },
     /// List pods or nodes.
     Get {
-        /// `pods`, `pod NAME`, `nodes`, `node NAME` or `pvc`.
-        #[arg(value_parser = ["pods", "pod", "po", "nodes", "node", "no", "pvc", "persistentvolumeclaims"])]
+        /// `pods`, `pod NAME`, `nodes`, `node NAME`, `pvc`, `namespaces`,
+        /// `resourcequotas` (`quota`) or `limitranges` (`limits`).
+        #[arg(value_parser = ["pods", "pod", "po", "nodes", "node", "no", "pvc", "persistentvolumeclaims",
+            "namespaces", "namespace", "ns", "resourcequotas", "resourcequota", "quota",
+            "limitranges", "limitrange", "limits"])]
         kind: String,
         /// A name, for one object.
         name: Option<String>,
@@ -131,12 +136,12 @@ pub enum Command {
         #[arg(long, short = 'o', default_value = "table", value_parser = FORMATS)]
         output: String,
     },
-    /// Show a pod in detail, with its events.
+    /// Show a pod (with its events), namespace, quota or limit range in detail.
     Describe {
-        /// `pod`.
-        #[arg(value_parser = ["pod", "po"])]
+        /// `pod`, `namespace`, `resourcequota` or `limitrange`.
+        #[arg(value_parser = ["pod", "po", "namespace", "ns", "resourcequota", "quota", "limitrange", "limits"])]
         kind: String,
-        /// Pod name.
+        /// Its name.
         name: String,
     },
     /// Print a container's log (-f to follow it).
@@ -152,10 +157,12 @@ pub enum Command {
     },
     /// Attach to a container's main process: its output from now on, then its exit code.
     Attach(streams::SessionArgs),
-    /// Stop a pod's containers and delete it, or delete a claim (`pvc`).
+    /// Stop a pod's containers and delete it, or delete a claim (`pvc`), a
+    /// namespace (with its pods and objects), a quota or a limit range.
     Delete {
-        /// `pod` or `pvc`.
-        #[arg(value_parser = ["pod", "po", "pvc", "persistentvolumeclaim"])]
+        /// `pod`, `pvc`, `namespace`, `resourcequota` or `limitrange`.
+        #[arg(value_parser = ["pod", "po", "pvc", "persistentvolumeclaim", "namespace", "ns",
+            "resourcequota", "quota", "limitrange", "limits"])]
         kind: String,
         /// Pod name.
         name: String,
@@ -290,15 +297,22 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Apply { file } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
-            if claims::is_claim(&text) {
-                let manifest_json = claims::from_manifest(&ns, &text)?;
-                let claim = client
-                    .create_claim(pb::CreateClaimRequest { manifest_json })
-                    .await?
-                    .into_inner();
-                writeln!(out, "persistentvolumeclaim/{} created", claim.name)?;
-            } else {
-                create_pod(&mut client, pod::from_manifest(&ns, &text)?, &mut out).await?;
+            for doc in objects::documents(&text)? {
+                let text = doc.to_string();
+                match doc["kind"].as_str().unwrap_or_default() {
+                    "PersistentVolumeClaim" => {
+                        let manifest_json = claims::from_manifest(&ns, &text)?;
+                        let claim = client
+                            .create_claim(pb::CreateClaimRequest { manifest_json })
+                            .await?
+                            .into_inner();
+                        writeln!(out, "persistentvolumeclaim/{} created", claim.name)?;
+                    }
+                    "Pod" | "" => {
+                        create_pod(&mut client, pod::from_manifest(&ns, &text)?, &mut out).await?
+                    }
+                    _ => objects::apply(&mut client, &ns, &doc, &mut out).await?,
+                }
             }
         }
         Command::Get {
@@ -306,7 +320,9 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             name,
             output: format,
         } => {
-            if is_nodes(&kind) {
+            if let Some(kind) = crate::objects::Kind::parse(&kind) {
+                objects::get(&mut client, kind, &ns, name, &format, &mut out).await?;
+            } else if is_nodes(&kind) {
                 nodes::get(&mut client, name, &format, &mut out).await?;
             } else if is_claims(&kind) {
                 let mut list = client
@@ -362,6 +378,10 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
                 }
             }
         }
+        Command::Describe { kind, name } if crate::objects::Kind::parse(&kind).is_some() => {
+            let kind = crate::objects::Kind::parse(&kind).expect("checked");
+            objects::describe(&mut client, kind, &ns, &name, &mut out).await?;
+        }
         Command::Describe { kind: _, name } => {
             let record = client
                 .get_pod(pb::GetPodRequest {
@@ -411,6 +431,10 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             return streams::exec(&mut client, ns, session, command).await;
         }
         Command::Attach(session) => return streams::attach(&mut client, ns, session).await,
+        Command::Delete { kind, name, .. } if crate::objects::Kind::parse(&kind).is_some() => {
+            let kind = crate::objects::Kind::parse(&kind).expect("checked");
+            objects::delete(&mut client, kind, &ns, &name, &mut out).await?;
+        }
         Command::Delete { kind, name, .. } if is_claims(&kind) => {
             client
                 .delete_claim(pb::DeleteClaimRequest {

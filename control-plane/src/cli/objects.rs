@@ -1,0 +1,263 @@
+//! `orca apply|get|describe|delete` of the standalone-mode objects:
+//! Namespaces, ResourceQuotas and LimitRanges (as `kubectl` shows them).
+
+use std::io::Write;
+
+use orca_proto::controlplane::v1 as pb;
+use serde_json::Value;
+
+use super::output::{human, structured, table};
+use super::{Admin as Client, CliError};
+use crate::cluster::age;
+use crate::objects::Kind;
+
+/// The documents of a manifest file (`---`-separated YAML, or JSON), as JSON.
+pub fn documents(text: &str) -> Result<Vec<Value>, CliError> {
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let v: Value = serde::Deserialize::deserialize(doc)
+            .map_err(|e| CliError::Usage(format!("not a YAML or JSON manifest: {e}")))?;
+        if !v.is_null() {
+            docs.push(v);
+        }
+    }
+    Ok(docs)
+}
+
+/// The lowercase word `kubectl` prints before an object's name.
+fn word(kind: &str) -> String {
+    kind.to_ascii_lowercase()
+}
+
+/// Applies one object (any kind but Pod and PersistentVolumeClaim).
+pub async fn apply(
+    client: &mut Client,
+    ns: &str,
+    manifest: &Value,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let resp = client
+        .apply_object(pb::ApplyObjectRequest {
+            manifest_json: manifest.to_string(),
+            namespace: ns.to_owned(),
+        })
+        .await?
+        .into_inner();
+    let o = resp.object.unwrap_or_default();
+    let verb = if resp.created {
+        "created"
+    } else {
+        "configured"
+    };
+    writeln!(out, "{}/{} {verb}", word(&o.kind), o.name)?;
+    Ok(())
+}
+
+/// An object as `-o json|yaml` shows it: its manifest with its status.
+fn value(o: &pb::StoredObject) -> Value {
+    let mut v: Value = serde_json::from_str(&o.manifest_json).unwrap_or(Value::Null);
+    if !o.status_json.is_empty()
+        && let Ok(status) = serde_json::from_str::<Value>(&o.status_json)
+    {
+        v["status"] = status;
+    }
+    v
+}
+
+/// `USED/HARD` per resource, as `kubectl get quota` lists them.
+fn quota_summary(o: &pb::StoredObject) -> String {
+    let status: Value = serde_json::from_str(&o.status_json).unwrap_or(Value::Null);
+    status["hard"]
+        .as_object()
+        .map(|hard| {
+            hard.iter()
+                .map(|(k, h)| {
+                    let used = status["used"][k].as_str().unwrap_or("0");
+                    format!("{k}: {used}/{}", h.as_str().unwrap_or_default())
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+async fn fetch(
+    client: &mut Client,
+    kind: Kind,
+    ns: &str,
+    name: Option<&str>,
+) -> Result<Vec<pb::StoredObject>, CliError> {
+    Ok(match name {
+        Some(name) => vec![
+            client
+                .get_object(pb::GetObjectRequest {
+                    kind: kind.name().into(),
+                    namespace: ns.into(),
+                    name: name.into(),
+                })
+                .await?
+                .into_inner(),
+        ],
+        None => {
+            client
+                .list_objects(pb::ListObjectsRequest {
+                    kind: kind.name().into(),
+                    namespace: ns.into(),
+                })
+                .await?
+                .into_inner()
+                .objects
+        }
+    })
+}
+
+/// `orca get KIND [NAME]`.
+pub async fn get(
+    client: &mut Client,
+    kind: Kind,
+    ns: &str,
+    name: Option<String>,
+    format: &str,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let list = fetch(client, kind, ns, name.as_deref()).await?;
+    match format {
+        "json" | "yaml" => structured(
+            out,
+            list.iter().map(value).collect(),
+            name.is_some(),
+            format,
+        )?,
+        _ => {
+            let mut rows = vec![vec!["NAME".to_owned(), "AGE".to_owned()]];
+            if kind == Kind::ResourceQuota {
+                rows[0].push("USED/HARD".into());
+            }
+            for o in &list {
+                let mut row = vec![o.name.clone(), human(age(o.created_at.as_ref()))];
+                if kind == Kind::ResourceQuota {
+                    row.push(quota_summary(o));
+                }
+                rows.push(row);
+            }
+            table(out, &rows)?;
+        }
+    }
+    Ok(())
+}
+
+/// `orca describe KIND NAME`.
+pub async fn describe(
+    client: &mut Client,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let o = fetch(client, kind, ns, Some(name)).await?.remove(0);
+    writeln!(out, "Name:       {}", o.name)?;
+    if kind.namespaced() {
+        writeln!(out, "Namespace:  {}", o.namespace)?;
+    }
+    let v = value(&o);
+    match kind {
+        Kind::ResourceQuota => {
+            let mut rows = vec![["Resource", "Used", "Hard"].map(String::from).to_vec()];
+            for (k, h) in v["status"]["hard"].as_object().into_iter().flatten() {
+                rows.push(vec![
+                    k.clone(),
+                    v["status"]["used"][k].as_str().unwrap_or("0").to_owned(),
+                    h.as_str().unwrap_or_default().to_owned(),
+                ]);
+            }
+            table(out, &rows)?;
+        }
+        Kind::LimitRange => {
+            let mut rows = vec![
+                [
+                    "Type",
+                    "Resource",
+                    "Min",
+                    "Max",
+                    "Default Request",
+                    "Default Limit",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ];
+            for item in v["spec"]["limits"].as_array().into_iter().flatten() {
+                let mut resources: Vec<&String> = ["min", "max", "defaultRequest", "default"]
+                    .iter()
+                    .filter_map(|f| item[*f].as_object())
+                    .flat_map(|m| m.keys())
+                    .collect();
+                resources.sort();
+                resources.dedup();
+                for r in resources {
+                    let cell = |f: &str| item[f][r].as_str().unwrap_or("-").to_owned();
+                    rows.push(vec![
+                        item["type"].as_str().unwrap_or_default().to_owned(),
+                        r.clone(),
+                        cell("min"),
+                        cell("max"),
+                        cell("defaultRequest"),
+                        cell("default"),
+                    ]);
+                }
+            }
+            table(out, &rows)?;
+        }
+        Kind::Namespace => {
+            writeln!(out, "Status:     Active")?;
+            let quotas = fetch(client, Kind::ResourceQuota, name, None).await?;
+            for q in quotas {
+                writeln!(out, "Resource quota {}: {}", q.name, quota_summary(&q))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `orca delete KIND NAME`.
+pub async fn delete(
+    client: &mut Client,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let resp = client
+        .delete_object(pb::DeleteObjectRequest {
+            kind: kind.name().into(),
+            namespace: ns.into(),
+            name: name.into(),
+        })
+        .await?
+        .into_inner();
+    if kind == Kind::Namespace {
+        writeln!(
+            out,
+            "namespace/{name} deleted (with {} pod(s))",
+            resp.pods_deleted
+        )?;
+    } else {
+        writeln!(out, "{}/{name} deleted", word(kind.name()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_holds_several_documents() {
+        let docs = documents(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: lab}\n---\napiVersion: v1\nkind: ResourceQuota\nmetadata: {name: compute, namespace: lab}\nspec: {hard: {pods: '2'}}\n---\n",
+        )
+        .unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[1]["spec"]["hard"]["pods"], "2");
+        assert!(documents("kind: [").is_err());
+    }
+}

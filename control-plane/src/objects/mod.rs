@@ -1,0 +1,380 @@
+//! Standalone-mode Kubernetes objects beyond pods and claims: Namespaces,
+//! ResourceQuotas and LimitRanges, applied from the manifests users already
+//! write (`orca apply -f`), stored in the `objects` table as their JSON, and
+//! enforced when a pod is created ([`admission`]).
+//!
+//! In Kubernetes mode these come from Kubernetes itself (its admission has run
+//! before a pod reaches ORCA's node), so applying them here is refused, as are
+//! kinds that stay with Kubernetes in either mode (Ingress, NetworkPolicy,
+//! CustomResourceDefinition and custom resources).
+//!
+//! The namespace `default` always exists. Deleting a namespace deletes its pods
+//! (each stopped within its grace period) and its objects.
+
+pub mod admission;
+pub mod limits;
+pub mod quota;
+
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
+use orca_proto::controlplane::v1 as pb;
+use serde_json::Value;
+
+use crate::cluster::{Cluster, ClusterError, now};
+use crate::pods::{DEFAULT_NAMESPACE, valid_name};
+
+/// The kinds ORCA keeps in standalone mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `v1/Namespace` (cluster-scoped).
+    Namespace,
+    /// `v1/ResourceQuota`.
+    ResourceQuota,
+    /// `v1/LimitRange`.
+    LimitRange,
+}
+
+/// Kinds that stay with Kubernetes: standalone mode does not emulate them.
+const KUBERNETES_ONLY: [&str; 3] = ["Ingress", "NetworkPolicy", "CustomResourceDefinition"];
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Namespace, Kind::ResourceQuota, Kind::LimitRange];
+
+    /// The kind a manifest's `kind` or a command line's word names.
+    pub fn parse(word: &str) -> Option<Self> {
+        let lower = word.to_ascii_lowercase();
+        Some(match lower.as_str() {
+            "namespace" | "namespaces" | "ns" => Kind::Namespace,
+            "resourcequota" | "resourcequotas" | "quota" => Kind::ResourceQuota,
+            "limitrange" | "limitranges" | "limits" => Kind::LimitRange,
+            _ => return None,
+        })
+    }
+
+    /// As Kubernetes spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::ResourceQuota => "ResourceQuota",
+            Kind::LimitRange => "LimitRange",
+        }
+    }
+
+    /// Whether its objects live in a namespace.
+    pub fn namespaced(self) -> bool {
+        self != Kind::Namespace
+    }
+
+    /// Checks a manifest of this kind; the error names what is wrong.
+    fn validate(self, manifest: &Value) -> Result<(), String> {
+        match self {
+            Kind::Namespace => serde_json::from_value::<Namespace>(manifest.clone())
+                .map(drop)
+                .map_err(|e| format!("not a v1 Namespace: {e}")),
+            Kind::ResourceQuota => {
+                let q: ResourceQuota = serde_json::from_value(manifest.clone())
+                    .map_err(|e| format!("not a v1 ResourceQuota: {e}"))?;
+                quota::validate(&q)
+            }
+            Kind::LimitRange => {
+                let l: LimitRange = serde_json::from_value(manifest.clone())
+                    .map_err(|e| format!("not a v1 LimitRange: {e}"))?;
+                limits::validate(&l)
+            }
+        }
+    }
+}
+
+/// Why a manifest's kind is not kept here.
+fn unsupported(kind: &str) -> String {
+    if KUBERNETES_ONLY.contains(&kind) || kind.is_empty() {
+        format!(
+            "{kind} stays with Kubernetes: ORCA's standalone mode does not emulate it; run ORCA as a Kubernetes node to use it"
+        )
+    } else {
+        let served: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+        format!(
+            "standalone mode does not serve kind {kind:?}; it keeps Pod, PersistentVolumeClaim, {}",
+            served.join(", ")
+        )
+    }
+}
+
+fn key(kind: Kind, ns: &str, name: &str) -> String {
+    format!("{}/{ns}/{name}", kind.name())
+}
+
+fn prefix(kind: Kind, ns: &str) -> String {
+    if ns.is_empty() && kind.namespaced() {
+        format!("{}/", kind.name())
+    } else {
+        format!("{}/{ns}/", kind.name())
+    }
+}
+
+fn not_found(kind: Kind, ns: &str, name: &str) -> ClusterError {
+    ClusterError::NotFound {
+        kind: kind.name(),
+        name: if ns.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{ns}/{name}")
+        },
+    }
+}
+
+/// The namespace that always exists, as a stored object would show it.
+fn default_namespace() -> pb::StoredObject {
+    pb::StoredObject {
+        kind: Kind::Namespace.name().into(),
+        name: DEFAULT_NAMESPACE.into(),
+        manifest_json: serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": DEFAULT_NAMESPACE}
+        })
+        .to_string(),
+        ..Default::default()
+    }
+}
+
+impl Cluster {
+    fn standalone_only(&self) -> Result<(), ClusterError> {
+        if self.config().kubernetes.is_some() {
+            return Err(ClusterError::FailedPrecondition(
+                "Kubernetes mode: Namespaces, ResourceQuotas and LimitRanges are Kubernetes' own; apply them with kubectl".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether namespace `ns` exists (`default` always does).
+    pub fn namespace_exists(&self, ns: &str) -> Result<bool, ClusterError> {
+        Ok(ns == DEFAULT_NAMESPACE
+            || self
+                .store()
+                .objects
+                .get(&key(Kind::Namespace, "", ns))?
+                .is_some())
+    }
+
+    /// Creates or replaces the object `manifest_json` describes (in
+    /// `default_ns` when it names no namespace); whether it was created.
+    pub async fn apply_object(
+        &self,
+        manifest_json: &str,
+        default_ns: &str,
+    ) -> Result<(pb::StoredObject, bool), ClusterError> {
+        self.standalone_only()?;
+        let mut manifest: Value = serde_json::from_str(manifest_json)
+            .map_err(|e| ClusterError::Invalid(format!("the manifest is not JSON: {e}")))?;
+        let kind_word = manifest["kind"].as_str().unwrap_or_default().to_owned();
+        let kind = Kind::parse(&kind_word)
+            .filter(|k| k.name() == kind_word)
+            .ok_or_else(|| ClusterError::Invalid(unsupported(&kind_word)))?;
+        let name = manifest["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if !valid_name(&name) {
+            return Err(ClusterError::Invalid(format!(
+                "{kind_word} {name:?}: metadata.name must be a lowercase DNS subdomain (a-z, 0-9, '-', '.')"
+            )));
+        }
+        let ns = if kind.namespaced() {
+            let ns = manifest["metadata"]["namespace"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .unwrap_or(if default_ns.is_empty() {
+                    DEFAULT_NAMESPACE
+                } else {
+                    default_ns
+                })
+                .to_owned();
+            if !self.namespace_exists(&ns)? {
+                return Err(ClusterError::NotFound {
+                    kind: "namespace",
+                    name: ns,
+                });
+            }
+            manifest["metadata"]["namespace"] = Value::String(ns.clone());
+            ns
+        } else {
+            if name == DEFAULT_NAMESPACE {
+                return Err(ClusterError::Invalid(
+                    "namespace default always exists".into(),
+                ));
+            }
+            String::new()
+        };
+        kind.validate(&manifest)
+            .map_err(|e| ClusterError::Invalid(format!("{kind_word} {name}: {e}")))?;
+        let k = key(kind, &ns, &name);
+        let fresh = pb::StoredObject {
+            kind: kind.name().into(),
+            namespace: ns.clone(),
+            name: name.clone(),
+            uid: uuid::Uuid::new_v4().to_string(),
+            manifest_json: String::new(),
+            status_json: String::new(),
+            created_at: Some(now()),
+        };
+        let stored = {
+            let _serial = self.admission_lock().lock().await;
+            let old = self.store().objects.get(&k)?;
+            let created = old.is_none();
+            let mut o = old.unwrap_or(fresh);
+            let mut m = manifest;
+            m["metadata"]["uid"] = Value::String(o.uid.clone());
+            o.manifest_json = m.to_string();
+            self.store().objects.put(&k, &o)?;
+            (o, created)
+        };
+        let (stored, created) = stored;
+        self.store().flush().await?;
+        self.event(
+            kind.name(),
+            &ns,
+            &name,
+            false,
+            if created { "Created" } else { "Updated" },
+            format!("{} {name} applied", kind.name()),
+        );
+        Ok((self.with_status(kind, stored)?, created))
+    }
+
+    /// One object, with its status.
+    pub fn get_object(
+        &self,
+        kind: &str,
+        ns: &str,
+        name: &str,
+    ) -> Result<pb::StoredObject, ClusterError> {
+        let kind = Kind::parse(kind).ok_or_else(|| ClusterError::Invalid(unsupported(kind)))?;
+        let ns = if kind.namespaced() { ns } else { "" };
+        if kind == Kind::Namespace && name == DEFAULT_NAMESPACE {
+            return Ok(default_namespace());
+        }
+        let o = self
+            .store()
+            .objects
+            .get(&key(kind, ns, name))?
+            .ok_or_else(|| not_found(kind, ns, name))?;
+        self.with_status(kind, o)
+    }
+
+    /// The objects of a kind in `ns` (empty: every namespace), with their status.
+    pub fn list_objects(
+        &self,
+        kind: &str,
+        ns: &str,
+    ) -> Result<Vec<pb::StoredObject>, ClusterError> {
+        let kind = Kind::parse(kind).ok_or_else(|| ClusterError::Invalid(unsupported(kind)))?;
+        let ns = if kind.namespaced() { ns } else { "" };
+        let mut out = Vec::new();
+        if kind == Kind::Namespace {
+            out.push(default_namespace());
+        }
+        for o in self.store().objects.scan(&prefix(kind, ns))? {
+            out.push(self.with_status(kind, o)?);
+        }
+        Ok(out)
+    }
+
+    /// Deletes an object; a namespace takes its pods and objects with it (the
+    /// number of pods deleted).
+    pub async fn delete_object(
+        &self,
+        kind: &str,
+        ns: &str,
+        name: &str,
+    ) -> Result<(pb::StoredObject, u32), ClusterError> {
+        self.standalone_only()?;
+        let kind = Kind::parse(kind).ok_or_else(|| ClusterError::Invalid(unsupported(kind)))?;
+        let ns = if kind.namespaced() { ns } else { "" };
+        if kind == Kind::Namespace && name == DEFAULT_NAMESPACE {
+            return Err(ClusterError::PermissionDenied(
+                "namespace default may not be deleted".into(),
+            ));
+        }
+        let k = key(kind, ns, name);
+        let o = self
+            .store()
+            .objects
+            .get(&k)?
+            .ok_or_else(|| not_found(kind, ns, name))?;
+        let mut pods_deleted = 0;
+        if kind == Kind::Namespace {
+            for pod in self.store().pods.scan(&format!("{name}/"))? {
+                let (pod_ns, pod_name) = crate::pods::names(&pod);
+                match self.delete_pod(&pod_ns, &pod_name, None).await {
+                    Ok(_) => pods_deleted += 1,
+                    Err(ClusterError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            for inner in Kind::ALL.iter().filter(|k| k.namespaced()) {
+                for obj in self.store().objects.scan(&prefix(*inner, name))? {
+                    self.store()
+                        .objects
+                        .remove(&key(*inner, &obj.namespace, &obj.name))?;
+                }
+            }
+        }
+        self.store().objects.remove(&k)?;
+        self.store().flush().await?;
+        self.event(
+            kind.name(),
+            ns,
+            name,
+            false,
+            "Deleted",
+            if kind == Kind::Namespace {
+                format!("namespace {name} deleted with its {pods_deleted} pod(s)")
+            } else {
+                format!("{} {name} deleted", kind.name())
+            },
+        );
+        Ok((o, pods_deleted))
+    }
+
+    fn with_status(
+        &self,
+        kind: Kind,
+        mut o: pb::StoredObject,
+    ) -> Result<pb::StoredObject, ClusterError> {
+        if kind == Kind::ResourceQuota {
+            let q: ResourceQuota = serde_json::from_str(&o.manifest_json)
+                .map_err(|e| ClusterError::Invalid(e.to_string()))?;
+            let pods = self.store().pods.scan(&format!("{}/", o.namespace))?;
+            o.status_json = quota::status(&q, &pods).to_string();
+        }
+        Ok(o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_parse_from_manifests_and_command_lines() {
+        assert_eq!(Kind::parse("ResourceQuota"), Some(Kind::ResourceQuota));
+        assert_eq!(Kind::parse("quota"), Some(Kind::ResourceQuota));
+        assert_eq!(Kind::parse("ns"), Some(Kind::Namespace));
+        assert_eq!(Kind::parse("limits"), Some(Kind::LimitRange));
+        assert_eq!(Kind::parse("Deployment"), None);
+        assert!(unsupported("Ingress").contains("stays with Kubernetes"));
+        assert!(unsupported("NetworkPolicy").contains("stays with Kubernetes"));
+        assert!(unsupported("Deployment").contains("does not serve"));
+    }
+
+    #[test]
+    fn keys_group_by_kind_and_namespace() {
+        assert_eq!(
+            key(Kind::ResourceQuota, "lab", "compute"),
+            "ResourceQuota/lab/compute"
+        );
+        assert_eq!(prefix(Kind::ResourceQuota, ""), "ResourceQuota/");
+        assert_eq!(prefix(Kind::ResourceQuota, "lab"), "ResourceQuota/lab/");
+        assert_eq!(key(Kind::Namespace, "", "lab"), "Namespace//lab");
+        assert_eq!(prefix(Kind::Namespace, ""), "Namespace//");
+    }
+}
