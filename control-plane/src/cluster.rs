@@ -93,6 +93,7 @@ struct Inner {
     provisioning: crate::provisioning::Memory,
     reservation_ends: crate::reservation_ends::Memory,
     admission: tokio::sync::Mutex<()>,
+    sealer: std::sync::OnceLock<Arc<crate::objects::sealing::Sealer>>,
     resolver: std::sync::OnceLock<Arc<dyn PodResolver>>,
     events: tokio::sync::broadcast::Sender<pb::Event>,
     telemetry: crate::telemetry::TelemetryStore,
@@ -225,6 +226,7 @@ impl Cluster {
                 provisioning: Default::default(),
                 reservation_ends: Default::default(),
                 admission: tokio::sync::Mutex::new(()),
+                sealer: Default::default(),
                 resolver: Default::default(),
                 events: tokio::sync::broadcast::channel(1024).0,
                 wake_scheduler: Notify::new(),
@@ -232,6 +234,23 @@ impl Cluster {
                 launches: Default::default(),
             }),
         }
+    }
+
+    /// Installs the key Secrets are sealed with (once), and, in standalone mode,
+    /// the store as the source of what pods refer to.
+    pub fn set_sealer(&self, sealer: Arc<crate::objects::sealing::Sealer>) {
+        if self.config().kubernetes.is_none() {
+            self.set_resolver(Arc::new(crate::objects::source::StoreObjects::new(
+                self.store().clone(),
+                sealer.clone(),
+            )));
+        }
+        let _ = self.inner.sealer.set(sealer);
+    }
+
+    /// The key Secrets are sealed with, once installed.
+    pub(crate) fn secrets_sealer(&self) -> Option<&crate::objects::sealing::Sealer> {
+        self.inner.sealer.get().map(Arc::as_ref)
     }
 
     /// Installs the resolver of pods' references (once; the Kubernetes mode).

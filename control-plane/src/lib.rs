@@ -77,6 +77,7 @@ pub mod pki;
 pub mod pods;
 pub mod provisioning;
 pub mod recovery;
+pub mod references;
 pub mod registry;
 pub mod reservation_ends;
 pub mod scheduler;
@@ -142,6 +143,9 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The secrets key could not be read or made.
+    #[error(transparent)]
+    Secrets(#[from] objects::sealing::SealError),
     /// The Kubernetes mode could not start.
     #[error(transparent)]
     Kubernetes(#[from] vk::kube::KubeError),
@@ -260,6 +264,8 @@ pub async fn serve(
         None => None,
     };
     let cluster = Cluster::new(config, store.clone(), provider, pki, agent_tls, agent_url);
+    let sealer = objects::sealing::Sealer::open_or_create(&data)?;
+    cluster.set_sealer(std::sync::Arc::new(sealer));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -92,6 +92,20 @@ impl AgentService for AgentServer {
     }
 
     #[tracing::instrument(skip_all)]
+    async fn update_volumes(
+        &self,
+        req: Request<pb::UpdateVolumesRequest>,
+    ) -> Result<Response<pb::UpdateVolumesResponse>, Status> {
+        let req = req.into_inner();
+        let data = req.volume_data.map(Into::into).unwrap_or_default();
+        match self.pods.update_volumes(&req.uid, &data) {
+            Ok(true) => Ok(Response::new(pb::UpdateVolumesResponse {})),
+            Ok(false) => Err(Status::not_found(format!("no pod {}", req.uid))),
+            Err(e) => Err(Status::failed_precondition(e.to_string())),
+        }
+    }
+
+    #[tracing::instrument(skip_all)]
     async fn stop_pod(
         &self,
         req: Request<pb::StopPodRequest>,

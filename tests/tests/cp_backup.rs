@@ -47,6 +47,14 @@ fn a_restored_control_plane_knows_its_node_and_pod_and_its_agents_reconnect() {
     let identity = c.node_identity("a");
     let old_ca = std::fs::read_to_string(c.data_dir().join("ca.pem")).unwrap();
     let old_admin = std::fs::read_to_string(c.credentials()).unwrap();
+    // A Secret, sealed in the store with the data directory's key.
+    let secret = c.dir().join("secret.yaml");
+    std::fs::write(
+        &secret,
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ndata:\n  password: cGFzcw==\n",
+    )
+    .unwrap();
+    c.orca_ok(&["apply", "-f", secret.to_str().unwrap()]);
 
     let backup = c.dir().join("backup.tar.gz");
     let out = c.orca_ok(&["backup", backup.to_str().unwrap()]);
@@ -85,6 +93,7 @@ fn a_restored_control_plane_knows_its_node_and_pod_and_its_agents_reconnect() {
         old_admin
     );
     assert_eq!(mode(&restored.join("admin.yaml")), 0o600);
+    assert_eq!(mode(&restored.join("secrets.key")), 0o600);
     assert_eq!(mode(&restored), 0o700);
 
     c.use_data_dir(&restored);
@@ -126,6 +135,10 @@ fn a_restored_control_plane_knows_its_node_and_pod_and_its_agents_reconnect() {
     assert_eq!(after["node"], "a");
     let logs = c.orca_ok(&["logs", "after"]);
     assert_eq!(logs.trim(), "restored");
+    // The Secret opens: the key came back with the store.
+    let db: serde_json::Value =
+        serde_json::from_str(&c.orca_ok(&["get", "secret", "db", "-o", "json"])).unwrap();
+    assert_eq!(db["data"]["password"], "cGFzcw==", "{db:#}");
     assert_eq!(
         c.node_identity("a"),
         identity,

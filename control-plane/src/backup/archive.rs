@@ -8,6 +8,7 @@
 //! pki/ca.pem         the cluster CA's certificate   } copies of the store's CA
 //! pki/ca-key.pem     the cluster CA's private key   } record, for operators
 //! admin.yaml         the admin credentials file, when the data dir had one
+//! secrets.key        the key Secrets are sealed with, when the data dir had one
 //! ```
 //!
 //! Every entry is a regular file with mode 0600 (the archive holds the CA's
@@ -49,6 +50,8 @@ pub const CA_CERT: &str = "pki/ca.pem";
 pub const CA_KEY: &str = "pki/ca-key.pem";
 /// The admin credentials file's entry.
 pub const ADMIN_CREDENTIALS: &str = "admin.yaml";
+/// The secrets key's entry ([`crate::objects::sealing`]).
+pub const SECRETS_KEY: &str = "secrets.key";
 /// The first bytes of `store.snapshot`.
 pub const SNAPSHOT_MAGIC: &[u8] = b"ORCA-STORE-SNAPSHOT\n";
 /// The store tree holding the CA record, and its key (see [`crate::pki`]).
@@ -207,6 +210,9 @@ pub struct Contents {
     pub ca_key_pem: String,
     /// The admin credentials file, when the data directory had one.
     pub admin_credentials: Option<Vec<u8>>,
+    /// The key the store's Secrets are sealed with, when the data directory
+    /// had one (without it they cannot be opened).
+    pub secrets_key: Option<Vec<u8>>,
 }
 
 /// A verified archive.
@@ -248,7 +254,14 @@ impl Contents {
             ca_cert_pem: ca.cert_pem,
             ca_key_pem: ca.key_pem,
             admin_credentials,
+            secrets_key: None,
         })
+    }
+
+    /// The same contents with the secrets key.
+    pub fn with_secrets_key(mut self, key: Option<Vec<u8>>) -> Self {
+        self.secrets_key = key;
+        self
     }
 }
 
@@ -269,6 +282,9 @@ pub fn write(
     ];
     if let Some(admin) = &contents.admin_credentials {
         files.push((ADMIN_CREDENTIALS, admin));
+    }
+    if let Some(key) = &contents.secrets_key {
+        files.push((SECRETS_KEY, key));
     }
     let manifest = Manifest {
         format: FORMAT.into(),
@@ -387,6 +403,11 @@ pub fn read(reader: impl Read) -> Result<Backup, ArchiveError> {
         .iter()
         .any(|f| f.path == ADMIN_CREDENTIALS)
         .then(|| take(ADMIN_CREDENTIALS));
+    let secrets_key = manifest
+        .files
+        .iter()
+        .any(|f| f.path == SECRETS_KEY)
+        .then(|| take(SECRETS_KEY));
     let ca = ca_record(&store)?;
     for (path, file, record) in [
         (CA_CERT, &ca_cert_pem, &ca.cert_pem),
@@ -405,6 +426,7 @@ pub fn read(reader: impl Read) -> Result<Backup, ArchiveError> {
             ca_cert_pem,
             ca_key_pem,
             admin_credentials,
+            secrets_key,
         },
     })
 }
@@ -421,7 +443,15 @@ fn read_entries(reader: impl Read) -> Result<BTreeMap<String, Vec<u8>>, ArchiveE
             .map_err(unreadable)?
             .to_string_lossy()
             .into_owned();
-        let known = [MANIFEST, STORE, CA_CERT, CA_KEY, ADMIN_CREDENTIALS].contains(&path.as_str());
+        let known = [
+            MANIFEST,
+            STORE,
+            CA_CERT,
+            CA_KEY,
+            ADMIN_CREDENTIALS,
+            SECRETS_KEY,
+        ]
+        .contains(&path.as_str());
         if !known || entry.header().entry_type() != tar::EntryType::Regular {
             return Err(ArchiveError::UnexpectedEntry { path });
         }

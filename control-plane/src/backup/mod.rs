@@ -75,18 +75,23 @@ pub enum BackupError {
     Archive(#[from] ArchiveError),
 }
 
-/// A backup of a running control plane: a snapshot of `store` and the admin
-/// credentials file of `data_dir`, as a gzip'd tar; with its manifest.
+/// A backup of a running control plane: a snapshot of `store`, and the admin
+/// credentials file and secrets key of `data_dir`, as a gzip'd tar; with its
+/// manifest.
 pub fn create(store: &Store, data_dir: &Path) -> Result<(Vec<u8>, Manifest), BackupError> {
     let snapshot = store.snapshot()?;
     let created_at = jiff::Timestamp::now();
-    let path = data_dir.join(ADMIN_CREDENTIALS_FILE);
-    let admin = match std::fs::read(&path) {
-        Ok(bytes) => Some(bytes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(source) => return Err(BackupError::ReadFile { path, source }),
+    let optional = |name: &str| {
+        let path = data_dir.join(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(BackupError::ReadFile { path, source }),
+        }
     };
-    let contents = Contents::new(snapshot, admin)?;
+    let admin = optional(ADMIN_CREDENTIALS_FILE)?;
+    let key = optional(crate::objects::sealing::KEY_FILE)?;
+    let contents = Contents::new(snapshot, admin)?.with_secrets_key(key);
     Ok(archive::write(&contents, created_at)?)
 }
 

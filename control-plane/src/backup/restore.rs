@@ -224,6 +224,9 @@ fn build(dir: &Path, backup: &Backup) -> Result<(), RestoreError> {
     if let Some(admin) = &contents.admin_credentials {
         write_file(&dir.join(ADMIN_CREDENTIALS_FILE), admin, 0o600)?;
     }
+    if let Some(key) = &contents.secrets_key {
+        write_file(&dir.join(crate::objects::sealing::KEY_FILE), key, 0o600)?;
+    }
     sync_dir(dir)
 }
 

@@ -115,8 +115,9 @@ pub enum Command {
     Node(nodes::NodeCommand),
     /// Run a pod with one container.
     Run(pod::RunArgs),
-    /// Create pods, PersistentVolumeClaims, Namespaces, ResourceQuotas and
-    /// LimitRanges from a Kubernetes manifest (YAML, `---`-separated, or JSON).
+    /// Create (or update) pods, PersistentVolumeClaims, Namespaces,
+    /// ResourceQuotas, LimitRanges, ConfigMaps and Secrets from a Kubernetes
+    /// manifest (YAML, `---`-separated, or JSON).
     Apply {
         /// The manifest file.
         #[arg(long, short = 'f')]
@@ -125,10 +126,11 @@ pub enum Command {
     /// List pods or nodes.
     Get {
         /// `pods`, `pod NAME`, `nodes`, `node NAME`, `pvc`, `namespaces`,
-        /// `resourcequotas` (`quota`) or `limitranges` (`limits`).
+        /// `resourcequotas` (`quota`), `limitranges` (`limits`), `configmaps`
+        /// (`cm`) or `secrets`.
         #[arg(value_parser = ["pods", "pod", "po", "nodes", "node", "no", "pvc", "persistentvolumeclaims",
             "namespaces", "namespace", "ns", "resourcequotas", "resourcequota", "quota",
-            "limitranges", "limitrange", "limits"])]
+            "limitranges", "limitrange", "limits", "configmaps", "configmap", "cm", "secrets", "secret"])]
         kind: String,
         /// A name, for one object.
         name: Option<String>,
@@ -139,7 +141,8 @@ pub enum Command {
     /// Show a pod (with its events), namespace, quota or limit range in detail.
     Describe {
         /// `pod`, `namespace`, `resourcequota` or `limitrange`.
-        #[arg(value_parser = ["pod", "po", "namespace", "ns", "resourcequota", "quota", "limitrange", "limits"])]
+        #[arg(value_parser = ["pod", "po", "namespace", "ns", "resourcequota", "quota", "limitrange", "limits",
+            "configmap", "cm", "secret"])]
         kind: String,
         /// Its name.
         name: String,
@@ -162,7 +165,7 @@ pub enum Command {
     Delete {
         /// `pod`, `pvc`, `namespace`, `resourcequota` or `limitrange`.
         #[arg(value_parser = ["pod", "po", "pvc", "persistentvolumeclaim", "namespace", "ns",
-            "resourcequota", "quota", "limitrange", "limits"])]
+            "resourcequota", "quota", "limitrange", "limits", "configmap", "cm", "secret"])]
         kind: String,
         /// Pod name.
         name: String,
@@ -297,8 +300,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Apply { file } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
-            for doc in objects::documents(&text)? {
-                let text = doc.to_string();
+            for (text, doc) in objects::documents(&text)? {
                 match doc["kind"].as_str().unwrap_or_default() {
                     "PersistentVolumeClaim" => {
                         let manifest_json = claims::from_manifest(&ns, &text)?;

@@ -11,14 +11,24 @@ use super::{Admin as Client, CliError};
 use crate::cluster::age;
 use crate::objects::Kind;
 
-/// The documents of a manifest file (`---`-separated YAML, or JSON), as JSON.
-pub fn documents(text: &str) -> Result<Vec<Value>, CliError> {
+/// The documents of a manifest file (`---`-separated YAML, or JSON): each
+/// one's text (parsed again by its kind's own parser, so YAML's integer forms
+/// such as `0400` keep their meaning) and its value.
+pub fn documents(text: &str) -> Result<Vec<(String, Value)>, CliError> {
     let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(text) {
-        let v: Value = serde::Deserialize::deserialize(doc)
-            .map_err(|e| CliError::Usage(format!("not a YAML or JSON manifest: {e}")))?;
-        if !v.is_null() {
-            docs.push(v);
+    let mut chunk = String::new();
+    let lines = text.lines().chain(std::iter::once("---"));
+    for line in lines {
+        if line.trim_end() == "---" {
+            let v: Value = serde_yaml::from_str(&chunk)
+                .map_err(|e| CliError::Usage(format!("not a YAML or JSON manifest: {e}")))?;
+            if !v.is_null() {
+                docs.push((std::mem::take(&mut chunk), v));
+            }
+            chunk.clear();
+        } else {
+            chunk.push_str(line);
+            chunk.push('\n');
         }
     }
     Ok(docs)
@@ -62,6 +72,31 @@ fn value(o: &pb::StoredObject) -> Value {
         v["status"] = status;
     }
     v
+}
+
+/// A ConfigMap's or Secret's keys: name, size in bytes, and (a ConfigMap's
+/// text only) the value; a Secret's values are never printed, as `kubectl
+/// describe` does.
+fn data_entries(v: &Value) -> Vec<(String, usize, Option<String>)> {
+    let secret = v["kind"] == "Secret";
+    let mut out = Vec::new();
+    for field in ["data", "binaryData", "stringData"] {
+        for (k, value) in v[field].as_object().into_iter().flatten() {
+            let text = value.as_str().unwrap_or_default();
+            let size = if field == "stringData" || (field == "data" && !secret) {
+                text.len()
+            } else {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .map(|b| b.len())
+                    .unwrap_or(0)
+            };
+            let shown = (!secret && field == "data").then(|| text.to_owned());
+            out.push((k.clone(), size, shown));
+        }
+    }
+    out
 }
 
 /// `USED/HARD` per resource, as `kubectl get quota` lists them.
@@ -130,13 +165,20 @@ pub async fn get(
         )?,
         _ => {
             let mut rows = vec![vec!["NAME".to_owned(), "AGE".to_owned()]];
+            let data = matches!(kind, Kind::ConfigMap | Kind::Secret);
             if kind == Kind::ResourceQuota {
                 rows[0].push("USED/HARD".into());
+            }
+            if data {
+                rows[0].push("DATA".into());
             }
             for o in &list {
                 let mut row = vec![o.name.clone(), human(age(o.created_at.as_ref()))];
                 if kind == Kind::ResourceQuota {
                     row.push(quota_summary(o));
+                }
+                if data {
+                    row.push(data_entries(&value(o)).len().to_string());
                 }
                 rows.push(row);
             }
@@ -207,6 +249,16 @@ pub async fn describe(
             }
             table(out, &rows)?;
         }
+        Kind::ConfigMap | Kind::Secret => {
+            writeln!(out, "Data")?;
+            writeln!(out, "====")?;
+            for (k, size, shown) in data_entries(&v) {
+                match shown {
+                    Some(text) => writeln!(out, "{k}:\n----\n{text}\n")?,
+                    None => writeln!(out, "{k}:  {size} bytes")?,
+                }
+            }
+        }
         Kind::Namespace => {
             writeln!(out, "Status:     Active")?;
             let quotas = fetch(client, Kind::ResourceQuota, name, None).await?;
@@ -257,7 +309,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(docs.len(), 2);
-        assert_eq!(docs[1]["spec"]["hard"]["pods"], "2");
+        assert_eq!(docs[1].1["spec"]["hard"]["pods"], "2");
+        assert!(docs[0].0.contains("kind: Namespace"));
         assert!(documents("kind: [").is_err());
     }
 }

@@ -1,7 +1,10 @@
 //! Standalone-mode Kubernetes objects beyond pods and claims: Namespaces,
-//! ResourceQuotas and LimitRanges, applied from the manifests users already
-//! write (`orca apply -f`), stored in the `objects` table as their JSON, and
-//! enforced when a pod is created ([`admission`]).
+//! ResourceQuotas, LimitRanges, ConfigMaps and Secrets, applied from the
+//! manifests users already write (`orca apply -f`), stored in the `objects`
+//! table as their JSON (a Secret's sealed: [`sealing`]), enforced when a pod is
+//! created ([`admission`]), and read when a pod is handed to its agent
+//! ([`source`]: env and volumes). A changed ConfigMap or Secret reaches the
+//! volumes of the running pods that mount it ([`refresh`]).
 //!
 //! In Kubernetes mode these come from Kubernetes itself (its admission has run
 //! before a pod reaches ORCA's node), so applying them here is refused, as are
@@ -14,8 +17,11 @@
 pub mod admission;
 pub mod limits;
 pub mod quota;
+pub mod refresh;
+pub mod sealing;
+pub mod source;
 
-use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
+use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, ResourceQuota, Secret};
 use orca_proto::controlplane::v1 as pb;
 use serde_json::Value;
 
@@ -31,13 +37,23 @@ pub enum Kind {
     ResourceQuota,
     /// `v1/LimitRange`.
     LimitRange,
+    /// `v1/ConfigMap`.
+    ConfigMap,
+    /// `v1/Secret` (sealed at rest).
+    Secret,
 }
 
 /// Kinds that stay with Kubernetes: standalone mode does not emulate them.
 const KUBERNETES_ONLY: [&str; 3] = ["Ingress", "NetworkPolicy", "CustomResourceDefinition"];
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::Namespace, Kind::ResourceQuota, Kind::LimitRange];
+    const ALL: [Kind; 5] = [
+        Kind::Namespace,
+        Kind::ResourceQuota,
+        Kind::LimitRange,
+        Kind::ConfigMap,
+        Kind::Secret,
+    ];
 
     /// The kind a manifest's `kind` or a command line's word names.
     pub fn parse(word: &str) -> Option<Self> {
@@ -46,6 +62,8 @@ impl Kind {
             "namespace" | "namespaces" | "ns" => Kind::Namespace,
             "resourcequota" | "resourcequotas" | "quota" => Kind::ResourceQuota,
             "limitrange" | "limitranges" | "limits" => Kind::LimitRange,
+            "configmap" | "configmaps" | "cm" => Kind::ConfigMap,
+            "secret" | "secrets" => Kind::Secret,
             _ => return None,
         })
     }
@@ -56,6 +74,8 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::ResourceQuota => "ResourceQuota",
             Kind::LimitRange => "LimitRange",
+            Kind::ConfigMap => "ConfigMap",
+            Kind::Secret => "Secret",
         }
     }
 
@@ -80,6 +100,12 @@ impl Kind {
                     .map_err(|e| format!("not a v1 LimitRange: {e}"))?;
                 limits::validate(&l)
             }
+            Kind::ConfigMap => serde_json::from_value::<ConfigMap>(manifest.clone())
+                .map(drop)
+                .map_err(|e| format!("not a v1 ConfigMap: {e}")),
+            Kind::Secret => serde_json::from_value::<Secret>(manifest.clone())
+                .map(drop)
+                .map_err(|e| format!("not a v1 Secret (data values are base64): {e}")),
         }
     }
 }
@@ -99,7 +125,7 @@ fn unsupported(kind: &str) -> String {
     }
 }
 
-fn key(kind: Kind, ns: &str, name: &str) -> String {
+pub(crate) fn key(kind: Kind, ns: &str, name: &str) -> String {
     format!("{}/{ns}/{name}", kind.name())
 }
 
@@ -139,7 +165,7 @@ impl Cluster {
     fn standalone_only(&self) -> Result<(), ClusterError> {
         if self.config().kubernetes.is_some() {
             return Err(ClusterError::FailedPrecondition(
-                "Kubernetes mode: Namespaces, ResourceQuotas and LimitRanges are Kubernetes' own; apply them with kubectl".into(),
+                "Kubernetes mode: Namespaces, ResourceQuotas, LimitRanges, ConfigMaps and Secrets are Kubernetes' own; apply them with kubectl".into(),
             ));
         }
         Ok(())
@@ -224,7 +250,13 @@ impl Cluster {
             let mut m = manifest;
             m["metadata"]["uid"] = Value::String(o.uid.clone());
             o.manifest_json = m.to_string();
-            self.store().objects.put(&k, &o)?;
+            let mut sealed = o.clone();
+            if kind == Kind::Secret {
+                sealed.manifest_json = self.sealer()?.seal(&k, &o.manifest_json).map_err(|e| {
+                    ClusterError::FailedPrecondition(format!("secret {ns}/{name}: {e}"))
+                })?;
+            }
+            self.store().objects.put(&k, &sealed)?;
             (o, created)
         };
         let (stored, created) = stored;
@@ -237,6 +269,9 @@ impl Cluster {
             if created { "Created" } else { "Updated" },
             format!("{} {name} applied", kind.name()),
         );
+        if !created && matches!(kind, Kind::ConfigMap | Kind::Secret) {
+            self.refresh_volumes(kind, &ns, &name);
+        }
         Ok((self.with_status(kind, stored)?, created))
     }
 
@@ -335,11 +370,27 @@ impl Cluster {
         Ok((o, pods_deleted))
     }
 
+    /// The key Secrets are sealed with.
+    fn sealer(&self) -> Result<&sealing::Sealer, ClusterError> {
+        self.secrets_sealer().ok_or_else(|| {
+            ClusterError::FailedPrecondition("no secrets key: Secrets cannot be stored".into())
+        })
+    }
+
+    /// An object as stored, opened (a Secret's manifest unsealed) and with its
+    /// status.
     fn with_status(
         &self,
         kind: Kind,
         mut o: pb::StoredObject,
     ) -> Result<pb::StoredObject, ClusterError> {
+        if kind == Kind::Secret {
+            let k = key(kind, &o.namespace, &o.name);
+            o.manifest_json = self
+                .sealer()?
+                .open(&k, &o.manifest_json)
+                .map_err(|e| ClusterError::FailedPrecondition(format!("{k}: {e}")))?;
+        }
         if kind == Kind::ResourceQuota {
             let q: ResourceQuota = serde_json::from_str(&o.manifest_json)
                 .map_err(|e| ClusterError::Invalid(e.to_string()))?;

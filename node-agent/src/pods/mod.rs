@@ -523,6 +523,21 @@ impl PodManager {
             .join(format!("{}_{}_{}", key.namespace, key.name, key.uid))
     }
 
+    /// Writes a running pod's file volumes again from new content (a
+    /// ConfigMap or Secret changed); `false` when the pod is unknown.
+    pub fn update_volumes(
+        &self,
+        uid: &str,
+        data: &crate::volumes::VolumeData,
+    ) -> Result<bool, crate::volumes::VolumeError> {
+        let Some(entry) = self.pods().get(uid).cloned() else {
+            return Ok(false);
+        };
+        let info = self.pod_info(&entry);
+        crate::volumes::update_files(&self.pod_dir(&entry.key), &info, &entry.spec, data)?;
+        Ok(true)
+    }
+
     /// Materialises the pod's volumes (idempotent) and keeps them for its containers.
     fn prepare_volumes(
         &self,
@@ -533,7 +548,21 @@ impl PodManager {
             return Ok(());
         };
         let layout = &self.inner.layout;
-        let info = crate::volumes::PodInfo {
+        let prepared = crate::volumes::prepare(
+            &self.pod_dir(&entry.key),
+            &self.pod_info(&entry),
+            &entry.spec,
+            data,
+            &layout.ebs_device_dir,
+        )?;
+        self.update(uid, |p| p.volumes = Some(Arc::new(prepared)));
+        Ok(())
+    }
+
+    /// What a pod's volumes may show of it (downward API).
+    fn pod_info<'a>(&'a self, entry: &'a PodEntry) -> crate::volumes::PodInfo<'a> {
+        let layout = &self.inner.layout;
+        crate::volumes::PodInfo {
             name: &entry.key.name,
             namespace: &entry.key.namespace,
             uid: &entry.key.uid,
@@ -543,16 +572,7 @@ impl PodManager {
             host_ip: &layout.host_ip,
             node_cpu_millis: layout.node_cpu_millis,
             node_memory_bytes: layout.node_memory_bytes,
-        };
-        let prepared = crate::volumes::prepare(
-            &self.pod_dir(&entry.key),
-            &info,
-            &entry.spec,
-            data,
-            &layout.ebs_device_dir,
-        )?;
-        self.update(uid, |p| p.volumes = Some(Arc::new(prepared)));
-        Ok(())
+        }
     }
 
     fn log_path(&self, key: &PodKey, container: &str, restart: u32) -> PathBuf {

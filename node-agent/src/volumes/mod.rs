@@ -286,6 +286,38 @@ pub fn prepare(
     Ok(prepared)
 }
 
+/// Writes the pod's file volumes (ConfigMaps, Secrets, projected, downward
+/// API) again from `data`, leaving every other volume as it is: a changed one
+/// gets a new data directory published atomically, an unchanged one is not
+/// touched.
+pub fn update_files(
+    pod_dir: &Path,
+    pod: &PodInfo<'_>,
+    spec: &PodSpec,
+    data: &VolumeData,
+) -> Result<(), VolumeError> {
+    let fs_group = fs_group(spec)?;
+    let root = pod_dir.join(VOLUMES_DIR);
+    for v in spec.volumes.iter().flatten() {
+        if let Source::Files {
+            projections,
+            default_mode,
+            default_user,
+            tmpfs,
+        } = classify(v)?
+        {
+            let files = Files {
+                volume: v.name.as_str(),
+                default_mode,
+                default_user,
+                fs_group,
+            };
+            files.write(&root.join(&v.name), &projections, tmpfs, data, pod, spec)?;
+        }
+    }
+    Ok(())
+}
+
 /// Unmounts the pod's tmpfs volumes and removes `pod_dir/volumes` (hostPath targets
 /// live elsewhere and are left alone). Idempotent; nothing is removed while
 /// something under the directory is still mounted.

@@ -1,0 +1,98 @@
+//! Standalone mode's source of the objects pods refer to: ConfigMaps and
+//! Secrets from ORCA's store (Secrets opened with the secrets key). Service
+//! account tokens need a Kubernetes API server: a pod that asks for one is
+//! told so.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use orca_proto::controlplane::v1 as pb;
+
+use super::Kind;
+use super::sealing::Sealer;
+use crate::cluster::{PodResolver, Resolved};
+use crate::references::ObjectSource;
+use crate::store::Store;
+
+/// ConfigMaps and Secrets from the store.
+pub struct StoreObjects {
+    store: Store,
+    sealer: Arc<Sealer>,
+}
+
+impl StoreObjects {
+    /// A source over `store`, opening Secrets with `sealer`.
+    pub fn new(store: Store, sealer: Arc<Sealer>) -> Self {
+        Self { store, sealer }
+    }
+
+    fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: Kind,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<T>, String> {
+        let key = super::key(kind, ns, name);
+        let Some(o) = self.store.objects.get(&key).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let json = if kind == Kind::Secret {
+            self.sealer
+                .open(&key, &o.manifest_json)
+                .map_err(|e| format!("{key}: {e}"))?
+        } else {
+            o.manifest_json
+        };
+        serde_json::from_str(&json)
+            .map(Some)
+            .map_err(|e| format!("{key}: {e}"))
+    }
+}
+
+impl ObjectSource for StoreObjects {
+    fn config_map<'a>(
+        &'a self,
+        ns: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ConfigMap>, String>> {
+        Box::pin(async move { self.read(Kind::ConfigMap, ns, name) })
+    }
+
+    fn secret<'a>(
+        &'a self,
+        ns: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Secret>, String>> {
+        Box::pin(async move { self.read(Kind::Secret, ns, name) })
+    }
+
+    fn token<'a>(
+        &'a self,
+        ns: &'a str,
+        sa: &'a str,
+        _pod: (&'a str, &'a str),
+        _audiences: Vec<String>,
+        _expiration_seconds: i64,
+    ) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move {
+            Err(format!(
+                "service account {ns}/{sa}: tokens are issued by a Kubernetes API server; standalone mode has none"
+            ))
+        })
+    }
+
+    fn node_name_of(&self, node: &pb::Node) -> String {
+        node.name.clone()
+    }
+}
+
+impl PodResolver for StoreObjects {
+    fn resolve<'a>(
+        &'a self,
+        record: &'a pb::PodRecord,
+        node: &'a pb::Node,
+    ) -> BoxFuture<'a, Result<Resolved, String>> {
+        Box::pin(crate::references::resolve(self, record, node))
+    }
+}
