@@ -27,6 +27,10 @@
 //!   (`orca.research/max-lifetime`), [`ledger`] (where and on what each
 //!   incarnation ran, and its cost) and [`budgets`] (admission estimates,
 //!   accrued spend, caps) too.
+//! - [`objects`]: standalone mode's Namespaces, ResourceQuotas, LimitRanges,
+//!   ConfigMaps and Secrets (admission, sealing, refresh of mounted volumes);
+//!   [`references`]: what a pod refers to, resolved before it is handed over,
+//!   from the API server (Kubernetes mode) or the store (standalone).
 //! - [`selection`]: which EC2 instance types a pod gets (explicit, template,
 //!   auto, chain; allowed/denied lists; the pod annotations that steer it),
 //!   for the EC2 provider.
