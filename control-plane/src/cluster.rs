@@ -93,6 +93,7 @@ struct Inner {
     provisioning: crate::provisioning::Memory,
     reservation_ends: crate::reservation_ends::Memory,
     admission: tokio::sync::Mutex<()>,
+    refreshing: tokio::sync::Mutex<()>,
     sealer: std::sync::OnceLock<Arc<crate::objects::sealing::Sealer>>,
     resolver: std::sync::OnceLock<Arc<dyn PodResolver>>,
     events: tokio::sync::broadcast::Sender<pb::Event>,
@@ -226,6 +227,7 @@ impl Cluster {
                 provisioning: Default::default(),
                 reservation_ends: Default::default(),
                 admission: tokio::sync::Mutex::new(()),
+                refreshing: tokio::sync::Mutex::new(()),
                 sealer: Default::default(),
                 resolver: Default::default(),
                 events: tokio::sync::broadcast::channel(1024).0,
@@ -390,6 +392,13 @@ impl Cluster {
     /// checks see one another's pods.
     pub(crate) fn admission_lock(&self) -> &tokio::sync::Mutex<()> {
         &self.inner.admission
+    }
+
+    /// Held while a changed ConfigMap's or Secret's volumes are rewritten: one
+    /// refresh at a time, each resolving the content current when it runs, so
+    /// the last one to reach an agent carries the newest content.
+    pub(crate) fn refresh_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.inner.refreshing
     }
 
     /// What the reservation-end check remembers.

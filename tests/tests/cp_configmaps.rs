@@ -119,6 +119,22 @@ fn config_maps_and_secrets_reach_pods_as_env_and_volumes_and_updates_follow() {
     let events = c.orca_ok(&["events", "reader"]);
     assert!(events.contains("VolumesUpdated"), "{events}");
 
+    // An immutable ConfigMap's data cannot change.
+    let frozen = |v: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: frozen\nimmutable: true\ndata:\n  k: {v}\n"
+        )
+    };
+    apply(&c, "frozen", &frozen("a"));
+    let file = c.dir().join("frozen.yaml");
+    std::fs::write(&file, frozen("b")).unwrap();
+    let out = c.orca(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("immutable"),
+        "{out:?}"
+    );
+
     // A pod naming a ConfigMap that does not exist fails saying which.
     apply(
         &c,

@@ -198,13 +198,29 @@ fn quotas_and_limit_ranges_admit_or_refuse_pods_in_their_namespace() {
     );
     assert!(refused(&c, &ingress).contains("Ingress stays with Kubernetes"));
 
-    // The namespace goes with its pods and objects.
+    // A claim in the namespace (none in a namespace that does not exist).
+    let claim = |ns: &str| {
+        format!(
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: data\n  namespace: {ns}\nspec:\n  \
+             accessModes: [ReadWriteOnce]\n  resources: {{requests: {{storage: 1Gi}}}}\n"
+        )
+    };
+    c.orca_ok(&["apply", "-f", &write(&c, "claim", &claim("lab"))]);
+    assert!(
+        refused(&c, &write(&c, "stray-claim", &claim("nolab")))
+            .contains("namespace \"nolab\" not found")
+    );
+
+    // The namespace goes with its pods, claims and objects.
     let gone = c.orca_ok(&["delete", "namespace", "lab"]);
     assert!(
         gone.contains("namespace/lab deleted (with 2 pod(s))"),
         "{gone}"
     );
     assert!(pods_in(&c, "lab").is_empty());
+    let claims: serde_json::Value =
+        serde_json::from_str(&c.orca_ok(&["get", "pvc", "-n", "lab", "-o", "json"])).unwrap();
+    assert_eq!(claims, serde_json::json!([]), "the claim went with it");
     let quotas: serde_json::Value =
         serde_json::from_str(&c.orca_ok(&["get", "quota", "-n", "lab", "-o", "json"])).unwrap();
     assert_eq!(quotas, serde_json::json!([]));

@@ -180,3 +180,36 @@ async fn run_instance_asks_for_what_the_pod_needs_and_classifies_ec2_errors() {
         .expect("relaunch");
     assert_ne!(next.instance_id, again.instance_id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_are_described_with_their_end_and_an_unknown_one_is_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path()).expect("moto_server starts");
+    let proxy = Ec2Proxy::start(&moto.endpoint).await.expect("proxy");
+    let end = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 3600).unwrap();
+    let block = proxy.create_capacity_block("g5.xlarge", "us-east-1a", 1, end);
+    let open = proxy.create_reservation("g5.xlarge", "us-east-1a", 1);
+    let client = ec2_client(&proxy.endpoint).await;
+    // EC2 fails the whole call for one unknown id: the known ones still come back.
+    let ids = [
+        block.clone(),
+        "cr-0123456789abcdef0".to_owned(),
+        open.clone(),
+    ];
+    let found = orca_control_plane::cloud::ec2::reservations::describe(&client, &ids)
+        .await
+        .expect("described");
+    assert_eq!(found.len(), 2, "{found:?}");
+    let b = found.iter().find(|r| r.id == block).expect("the block");
+    assert!(b.capacity_block);
+    assert_eq!(b.end, Some(end));
+    assert_eq!(b.state, "active");
+    let o = found
+        .iter()
+        .find(|r| r.id == open)
+        .expect("the reservation");
+    assert!(!o.capacity_block);
+    assert_eq!(o.end, None);
+    let calls = proxy.calls_of("DescribeCapacityReservations").len();
+    assert_eq!(calls, 4, "one batch, then one call per id");
+}

@@ -208,6 +208,12 @@ impl Cluster {
             .map(|s| s.storage_classes.clone())
             .unwrap_or_default();
         let claim = admit(manifest_json, self.provider().name(), &classes)?;
+        if self.config().kubernetes.is_none() && !self.namespace_exists(&claim.namespace)? {
+            return Err(ClusterError::NotFound {
+                kind: "namespace",
+                name: claim.namespace,
+            });
+        }
         let k = key(&claim.namespace, &claim.name);
         if !self.store().claims.create(&k, &claim)? {
             return Err(ClusterError::AlreadyExists {

@@ -19,7 +19,11 @@ pub fn documents(text: &str) -> Result<Vec<(String, Value)>, CliError> {
     let mut chunk = String::new();
     let lines = text.lines().chain(std::iter::once("---"));
     for line in lines {
-        if line.trim_end() == "---" {
+        let separator = line.strip_prefix("---").is_some_and(|rest| {
+            let rest = rest.trim_start();
+            rest.is_empty() || rest.starts_with('#')
+        });
+        if separator {
             let v: Value = serde_yaml::from_str(&chunk)
                 .map_err(|e| CliError::Usage(format!("not a YAML or JSON manifest: {e}")))?;
             if !v.is_null() {
@@ -305,7 +309,7 @@ mod tests {
     #[test]
     fn a_file_holds_several_documents() {
         let docs = documents(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {name: lab}\n---\napiVersion: v1\nkind: ResourceQuota\nmetadata: {name: compute, namespace: lab}\nspec: {hard: {pods: '2'}}\n---\n",
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: lab}\n--- # quota\napiVersion: v1\nkind: ResourceQuota\nmetadata: {name: compute, namespace: lab}\nspec: {hard: {pods: '2'}}\n---\n",
         )
         .unwrap();
         assert_eq!(docs.len(), 2);

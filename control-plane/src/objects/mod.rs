@@ -214,12 +214,6 @@ impl Cluster {
                     default_ns
                 })
                 .to_owned();
-            if !self.namespace_exists(&ns)? {
-                return Err(ClusterError::NotFound {
-                    kind: "namespace",
-                    name: ns,
-                });
-            }
             manifest["metadata"]["namespace"] = Value::String(ns.clone());
             ns
         } else {
@@ -243,8 +237,19 @@ impl Cluster {
             created_at: Some(now()),
         };
         let stored = {
+            // Under the lock a namespace deletion also holds: nothing lands in
+            // a namespace being deleted.
             let _serial = self.admission_lock().lock().await;
+            if kind.namespaced() && !self.namespace_exists(&ns)? {
+                return Err(ClusterError::NotFound {
+                    kind: "namespace",
+                    name: ns,
+                });
+            }
             let old = self.store().objects.get(&k)?;
+            if let Some(old) = &old {
+                self.refuse_immutable_change(kind, old, &manifest)?;
+            }
             let created = old.is_none();
             let mut o = old.unwrap_or(fresh);
             let mut m = manifest;
@@ -330,6 +335,9 @@ impl Cluster {
             ));
         }
         let k = key(kind, ns, name);
+        // Under the admission lock: no pod or object lands in a namespace
+        // while it is being deleted.
+        let _serial = self.admission_lock().lock().await;
         let o = self
             .store()
             .objects
@@ -344,6 +352,19 @@ impl Cluster {
                     Err(ClusterError::NotFound { .. }) => {}
                     Err(e) => return Err(e),
                 }
+            }
+            let mut kept = Vec::new();
+            for claim in self.store().claims.scan(&format!("{name}/"))? {
+                match self.delete_claim(name, &claim.name).await {
+                    Ok(_) | Err(ClusterError::NotFound { .. }) => {}
+                    Err(e) => kept.push(format!("{}: {e}", claim.name)),
+                }
+            }
+            if !kept.is_empty() {
+                return Err(ClusterError::FailedPrecondition(format!(
+                    "namespace {name}: its {pods_deleted} pod(s) were deleted, but not these claims (try again once their pods have stopped): {}",
+                    kept.join("; ")
+                )));
             }
             for inner in Kind::ALL.iter().filter(|k| k.namespaced()) {
                 for obj in self.store().objects.scan(&prefix(*inner, name))? {
@@ -368,6 +389,35 @@ impl Cluster {
             },
         );
         Ok((o, pods_deleted))
+    }
+
+    /// Kubernetes refuses to change an `immutable: true` ConfigMap's or
+    /// Secret's data (or to make it mutable again).
+    fn refuse_immutable_change(
+        &self,
+        kind: Kind,
+        old: &pb::StoredObject,
+        new: &Value,
+    ) -> Result<(), ClusterError> {
+        if !matches!(kind, Kind::ConfigMap | Kind::Secret) {
+            return Ok(());
+        }
+        let old: Value = serde_json::from_str(&self.with_status(kind, old.clone())?.manifest_json)
+            .unwrap_or(Value::Null);
+        if old["immutable"] != Value::Bool(true) {
+            return Ok(());
+        }
+        let changed = ["data", "binaryData", "stringData", "immutable"]
+            .iter()
+            .any(|f| old[*f] != new[*f]);
+        if changed {
+            return Err(ClusterError::Invalid(format!(
+                "{} {}: field is immutable when `immutable` is set; delete and create it again",
+                kind.name(),
+                old["metadata"]["name"].as_str().unwrap_or_default()
+            )));
+        }
+        Ok(())
     }
 
     /// The key Secrets are sealed with.

@@ -70,7 +70,7 @@ fn amount(
 ) -> Option<i64> {
     list.and_then(|l| l.get(name))
         .and_then(|q| orca_proto::quantity::parse(&q.0, millis))
-        .map(|v| v as i64)
+        .map(|v| i64::try_from(v).unwrap_or(i64::MAX))
 }
 
 /// What a pod uses of `r`; `None` when a container leaves it unsaid (a
@@ -100,9 +100,9 @@ fn usage(spec: &PodSpec, r: Resource) -> Option<i64> {
     if r == Resource::Pods {
         return Some(1);
     }
-    let mut sum = 0;
+    let mut sum: i64 = 0;
     for c in &spec.containers {
-        sum += one(c)?;
+        sum = sum.saturating_add(one(c)?);
     }
     let mut init = 0;
     for c in spec.init_containers.iter().flatten() {
@@ -156,7 +156,10 @@ fn used(q: &ResourceQuota, pods: &[pb::PodRecord]) -> BTreeMap<String, i64> {
         .keys()
         .filter_map(|name| {
             let r = Resource::parse(name)?;
-            let total = specs.iter().map(|s| usage(s, r).unwrap_or(0)).sum();
+            let total = specs
+                .iter()
+                .map(|s| usage(s, r).unwrap_or(0))
+                .fold(0i64, i64::saturating_add);
             Some((name.clone(), total))
         })
         .collect()
@@ -194,7 +197,7 @@ pub fn refusal(
             continue;
         };
         let now = used.get(&key).copied().unwrap_or(0);
-        if now + want > limit as i64 {
+        if now.saturating_add(want) > i64::try_from(limit).unwrap_or(i64::MAX) {
             requested.push(format!("{key}={}", r.show(want)));
             using.push(format!("{key}={}", r.show(now)));
             limited.push(format!("{key}={value}"));
@@ -311,6 +314,17 @@ mod tests {
             validate(&quota(r#"{"requests.cpu": "lots"}"#))
                 .unwrap_err()
                 .contains("\"lots\" is not a quantity")
+        );
+        let huge = quota(r#"{"requests.nvidia.com/gpu": "1"}"#);
+        assert!(
+            refusal(
+                "q",
+                &huge,
+                &[],
+                &spec(Some("1"), Some("100000000000000000000"))
+            )
+            .is_some(),
+            "an amount beyond i64 is refused, not wrapped"
         );
         assert_eq!(Resource::RequestsMemory.show(3 << 30), "3Gi");
         assert_eq!(Resource::RequestsCpu.show(2000), "2");

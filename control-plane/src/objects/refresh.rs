@@ -47,6 +47,7 @@ impl Cluster {
     }
 
     async fn refresh(&self, kind: Kind, ns: &str, name: &str) {
+        let _one_at_a_time = self.refresh_lock().lock().await;
         let pods = match self.store().pods.scan(&format!("{ns}/")) {
             Ok(p) => p,
             Err(e) => {

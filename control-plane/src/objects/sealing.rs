@@ -68,14 +68,18 @@ impl Sealer {
                 SystemRandom::new()
                     .fill(&mut key)
                     .map_err(|_| io(std::io::Error::other("no randomness")))?;
+                // Written aside and renamed: a crash never leaves a short key.
+                let tmp = path.with_extension("key.tmp");
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
-                    .create_new(true)
+                    .create(true)
+                    .truncate(true)
                     .mode_0600()
-                    .open(&path)
+                    .open(&tmp)
                     .map_err(io)?;
                 f.write_all(&key).map_err(io)?;
                 f.sync_all().map_err(io)?;
+                std::fs::rename(&tmp, &path).map_err(io)?;
                 key.to_vec()
             }
             Err(e) => return Err(io(e)),

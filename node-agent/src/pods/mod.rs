@@ -533,6 +533,11 @@ impl PodManager {
         let Some(entry) = self.pods().get(uid).cloned() else {
             return Ok(false);
         };
+        // One being stopped may have its volumes cleaned up already: writing
+        // them would bring a tmpfs back that nothing unmounts.
+        if entry.stopping || entry.ended() {
+            return Ok(false);
+        }
         let info = self.pod_info(&entry);
         crate::volumes::update_files(&self.pod_dir(&entry.key), &info, &entry.spec, data)?;
         Ok(true)
