@@ -89,10 +89,17 @@ fn a_capacity_block_end_drains_its_node_before_ec2_reclaims_it() {
 
     let failed = c.wait_phase("trainer", "Failed");
     assert_eq!(failed["reason"], "CapacityReservationEnd", "{failed:#}");
+    // The verdict is the control plane's or, when its report comes last, the
+    // agent's: both name the block. The control plane's Event says why the pod
+    // is not relaunched.
     let message = failed["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&block), "{message}");
+    let events = c.events("trainer");
     assert!(
-        message.contains(&block) && message.contains("pinned"),
-        "{message}"
+        events.iter().any(|(r, m)| r == "CapacityReservationEnd"
+            && m.contains("pinned")
+            && m.contains(&block)),
+        "{events:?}"
     );
     let cordoned = c.cluster.node(&node);
     assert_eq!(cordoned["unschedulable"], true, "{cordoned:#}");

@@ -156,7 +156,12 @@ impl PodManager {
                 p.failure = Some(PodFailure {
                     reason: reason(notice).into(),
                     message: format!(
-                        "the instance is going away ({}); stopped {}s before the deadline",
+                        "the instance is going away ({}{}); stopped {}s before the deadline",
+                        if notice.reservation_id.is_empty() {
+                            String::new()
+                        } else {
+                            format!("end of capacity reservation {}: ", notice.reservation_id)
+                        },
                         if notice.action.is_empty() {
                             "notice"
                         } else {
