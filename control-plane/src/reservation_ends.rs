@@ -33,6 +33,7 @@ use tracing::{info, warn};
 
 use crate::cloud::ReservationInfo;
 use crate::cluster::Cluster;
+use crate::provisioning::lock;
 
 /// Node label: the Capacity Reservation (or Block) the instance runs in.
 pub const LABEL_RESERVATION: &str = "orca.research/capacity-reservation";
@@ -93,10 +94,6 @@ pub struct Memory {
     ending: std::sync::Mutex<HashMap<String, Timestamp>>,
     /// When the last check ran.
     last_check: std::sync::Mutex<Option<std::time::Instant>>,
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Cluster {
