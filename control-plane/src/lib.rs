@@ -92,6 +92,7 @@ pub mod telemetry;
 pub mod tls_identity;
 pub mod vk;
 pub mod warm_pool;
+pub mod workloads;
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt as _;
@@ -280,6 +281,11 @@ pub async fn serve(
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move { cluster.run_scheduler(stop).await })
     };
+    let workloads = cluster.config().kubernetes.is_none().then(|| {
+        let cluster = cluster.clone();
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { cluster.run_workloads(stop).await })
+    });
     let budgets = (!cluster.config().budgets.is_empty()).then(|| {
         let cluster = cluster.clone();
         let stop = stopped(stop_rx.clone());
@@ -331,6 +337,9 @@ pub async fn serve(
     let _ = scheduler.await;
     if let Some(budgets) = budgets {
         let _ = budgets.await;
+    }
+    if let Some(workloads) = workloads {
+        let _ = workloads.await;
     }
     let _ = rotation.await;
     if let Some(metrics) = metrics {

@@ -420,6 +420,73 @@ impl Cluster {
         Ok(record)
     }
 
+    /// The pods of `namespace` (all when empty) now, then each stored change
+    /// in order (the store's watch, subscribed before the listing, so nothing
+    /// falls between).
+    pub fn watch_pods(
+        &self,
+        namespace: &str,
+    ) -> Result<
+        impl futures::Stream<Item = Result<pb::PodWatchEvent, tonic::Status>> + use<>,
+        ClusterError,
+    > {
+        let changes = self.store().pods.watch();
+        let prefix = if namespace.is_empty() {
+            String::new()
+        } else {
+            format!("{namespace}/")
+        };
+        let now = self.store().pods.entries(&prefix)?;
+        let known: std::collections::HashSet<String> = now.iter().map(|(k, _)| k.clone()).collect();
+        let initial = futures::stream::iter(now.into_iter().map(|(key, pod)| {
+            Ok(pb::PodWatchEvent {
+                r#type: "ADDED".into(),
+                pod: Some(pod),
+                key,
+            })
+        }));
+        let later = futures::stream::unfold(
+            (changes, known, false),
+            move |(mut changes, mut known, ended)| {
+                let prefix = prefix.clone();
+                async move {
+                    if ended {
+                        return None;
+                    }
+                    loop {
+                        let event = match changes.recv().await {
+                            Ok(c) if c.key.starts_with(&prefix) => {
+                                let r#type = match &c.record {
+                                    None => {
+                                        known.remove(&c.key);
+                                        "DELETED"
+                                    }
+                                    Some(_) if known.insert(c.key.clone()) => "ADDED",
+                                    Some(_) => "MODIFIED",
+                                };
+                                Ok(pb::PodWatchEvent {
+                                    r#type: r#type.into(),
+                                    pod: c.record,
+                                    key: c.key,
+                                })
+                            }
+                            Ok(_) => continue,
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                                Err(tonic::Status::aborted(format!(
+                                    "the watch fell {n} changes behind; watch again"
+                                )))
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                        };
+                        let ended = event.is_err();
+                        return Some((event, (changes, known, ended)));
+                    }
+                }
+            },
+        );
+        Ok(futures::StreamExt::chain(initial, later))
+    }
+
     /// Events of one object, or all, oldest first.
     pub fn events(&self, namespace: &str, name: &str) -> Result<Vec<pb::Event>, ClusterError> {
         Ok(self

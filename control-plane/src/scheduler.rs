@@ -152,6 +152,32 @@ pub fn unfit(
     None
 }
 
+/// The ports a pod's containers listen on (`containerPort`, per protocol).
+/// Containers share their host's network namespace, so these are the host's
+/// ports, as Kubernetes' `hostPort`s are.
+pub fn ports(spec: &PodSpec) -> Vec<(String, i32)> {
+    spec.containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .map(|p| {
+            (
+                p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                p.container_port,
+            )
+        })
+        .collect()
+}
+
+/// Why pod `spec` cannot share a node whose pods hold `taken` ports.
+pub fn port_clash(taken: &[(String, i32)], spec: &PodSpec) -> Option<String> {
+    ports(spec)
+        .into_iter()
+        .find(|p| taken.contains(p))
+        .map(|(proto, port)| {
+            format!("port {port}/{proto} is taken by another pod (pods share the host's network)")
+        })
+}
+
 /// Why a node's GPUs are not the model a pod asks for with
 /// `orca.research/gpu-model`, or None (also when it asks for none).
 pub fn wrong_gpu_model(node: &pb::Node, record: &pb::PodRecord) -> Option<String> {
@@ -273,6 +299,20 @@ impl Cluster {
         }
         let mut wants_host: Option<Resources> = None;
         let mut claims = self.claims_among("", &all_nodes)?;
+        let mut taken: std::collections::HashMap<String, Vec<(String, i32)>> =
+            std::collections::HashMap::new();
+        for p in pods.iter().filter(|p| holds_resources(p)) {
+            if let Some(spec) = spec_of(p) {
+                taken
+                    .entry(p.node_name.clone())
+                    .or_default()
+                    .extend(ports(&spec));
+            }
+        }
+        let taken_on = |taken: &std::collections::HashMap<String, Vec<(String, i32)>>,
+                        node: &str| {
+            taken.get(node).cloned().unwrap_or_default()
+        };
         for pod in pods
             .iter()
             .filter(|p| p.node_name.is_empty() && phase(p) == PodPhase::Pending)
@@ -285,6 +325,7 @@ impl Cluster {
                     .iter()
                     .filter_map(|(n, used)| {
                         unfit(n, used, &spec, &want)
+                            .or_else(|| port_clash(&taken_on(&taken, &n.name), &spec))
                             .or_else(|| wrong_gpu_model(n, pod))
                             .or_else(|| crate::claims::misfit(&claims, &ns, &spec, &n.name))
                             .map(|w| format!("{}: {w}", n.name))
@@ -307,6 +348,7 @@ impl Cluster {
                 .iter_mut()
                 .filter(|(n, used)| {
                     unfit(n, used, &spec, &want).is_none()
+                        && port_clash(&taken_on(&taken, &n.name), &spec).is_none()
                         && wrong_gpu_model(n, pod).is_none()
                         && crate::claims::misfit(&claims, &ns, &spec, &n.name).is_none()
                 })
@@ -333,6 +375,10 @@ impl Cluster {
                 continue;
             }
             add(used, &want);
+            taken
+                .entry(node.name.clone())
+                .or_default()
+                .extend(ports(&spec));
             if !crate::claims::claims_of(&spec).is_empty() {
                 self.bind_local_claims(&ns, &spec, &node.name)?;
                 claims = self.claims_among("", &all_nodes)?;

@@ -15,10 +15,9 @@
 //! copy could hold a later write and miss an earlier one. [`Store::import`]
 //! writes a snapshot into a new store.
 
-use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 
 use orca_proto::controlplane::v1 as pb;
 use prost::Message;
@@ -54,26 +53,62 @@ fn sled(op: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
 /// [`Store::snapshot`].
 type Gate = Arc<RwLock<()>>;
 
+/// One write to a [`Table`], as its watchers see it.
+#[derive(Debug, Clone)]
+pub struct Change<M> {
+    /// The key written.
+    pub key: String,
+    /// The record now there; `None` once removed.
+    pub record: Option<M>,
+}
+
+/// Changes kept for a watcher that has not read them yet; one that falls
+/// further behind is told it lagged (and lists again) rather than slowing
+/// writers down.
+const WATCH_BUFFER: usize = 4096;
+
 /// One keyspace of protobuf records.
 #[derive(Clone)]
 pub struct Table<M> {
     tree: sled::Tree,
     gate: Gate,
-    _record: PhantomData<fn() -> M>,
+    /// Held from a write until its change is sent, so watchers see one key's
+    /// changes in the order they were made.
+    order: Arc<Mutex<()>>,
+    changes: tokio::sync::broadcast::Sender<Change<M>>,
 }
 
-impl<M: Message + Default> Table<M> {
+impl<M: Message + Default + Clone> Table<M> {
     fn open(db: &sled::Db, gate: &Gate, name: &str) -> Result<Self, StoreError> {
         Ok(Self {
             tree: db.open_tree(name).map_err(sled("open_tree"))?,
             gate: gate.clone(),
-            _record: PhantomData,
+            order: Arc::default(),
+            changes: tokio::sync::broadcast::channel(WATCH_BUFFER).0,
         })
     }
 
-    /// Held while writing: no snapshot is copied meanwhile.
-    fn writing(&self) -> RwLockReadGuard<'_, ()> {
-        self.gate.read().unwrap_or_else(PoisonError::into_inner)
+    /// Every write from now on (all keys; the watcher filters). Writes made
+    /// by [`Store::import`] into a new store are not sent.
+    pub fn watch(&self) -> tokio::sync::broadcast::Receiver<Change<M>> {
+        self.changes.subscribe()
+    }
+
+    /// Held while writing: no snapshot is copied meanwhile; and the write's
+    /// turn to tell watchers.
+    fn writing(&self) -> (RwLockReadGuard<'_, ()>, MutexGuard<'_, ()>) {
+        (
+            self.gate.read().unwrap_or_else(PoisonError::into_inner),
+            self.order.lock().unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    fn tell(&self, key: &str, record: Option<M>) {
+        // No receiver is not an error: nobody watches.
+        let _ = self.changes.send(Change {
+            key: key.to_owned(),
+            record,
+        });
     }
 
     fn decode(key: &[u8], bytes: &[u8]) -> Result<M, StoreError> {
@@ -97,6 +132,7 @@ impl<M: Message + Default> Table<M> {
         self.tree
             .insert(key, record.encode_to_vec())
             .map_err(sled("insert"))?;
+        self.tell(key, Some(record.clone()));
         Ok(())
     }
 
@@ -107,6 +143,9 @@ impl<M: Message + Default> Table<M> {
             .tree
             .compare_and_swap(key, None as Option<&[u8]>, Some(record.encode_to_vec()))
             .map_err(sled("compare_and_swap"))?;
+        if swapped.is_ok() {
+            self.tell(key, Some(record.clone()));
+        }
         Ok(swapped.is_ok())
     }
 
@@ -114,7 +153,11 @@ impl<M: Message + Default> Table<M> {
     pub fn remove(&self, key: &str) -> Result<Option<M>, StoreError> {
         let removed = {
             let _writing = self.writing();
-            self.tree.remove(key).map_err(sled("remove"))?
+            let removed = self.tree.remove(key).map_err(sled("remove"))?;
+            if removed.is_some() {
+                self.tell(key, None);
+            }
+            removed
         };
         match removed {
             Some(v) => Ok(Some(Self::decode(key.as_bytes(), &v)?)),
@@ -143,14 +186,18 @@ impl<M: Message + Default> Table<M> {
                 }
             })
             .map_err(sled("update"))?;
-        drop(writing);
         if let Some(source) = corrupt {
             return Err(StoreError::Corrupt {
                 key: key.into(),
                 source,
             });
         }
-        new.map(|v| Self::decode(key.as_bytes(), &v)).transpose()
+        let new = new.map(|v| Self::decode(key.as_bytes(), &v)).transpose()?;
+        if let Some(record) = &new {
+            self.tell(key, Some(record.clone()));
+        }
+        drop(writing);
+        Ok(new)
     }
 
     /// Every record with a key starting with `prefix`, with its key, in key order.

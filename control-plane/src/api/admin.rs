@@ -255,6 +255,18 @@ impl AdminService for AdminApi {
     }
 
     type LogsStream = Stream_<agent::LogChunk>;
+    type WatchPodsStream = Stream_<pb::PodWatchEvent>;
+
+    async fn watch_pods(
+        &self,
+        req: Request<pb::WatchPodsRequest>,
+    ) -> Result<Response<Self::WatchPodsStream>, Status> {
+        let ns = req.into_inner().namespace;
+        self.cluster
+            .watch_pods(&ns)
+            .map(|s| Response::new(s.boxed()))
+            .map_err(status)
+    }
 
     async fn logs(
         &self,

@@ -20,6 +20,7 @@ pub mod nodes;
 pub mod objects;
 pub mod output;
 pub mod pod;
+pub mod rollout;
 pub mod streams;
 pub mod terminal;
 pub mod top;
@@ -127,10 +128,8 @@ pub enum Command {
     Get {
         /// `pods`, `pod NAME`, `nodes`, `node NAME`, `pvc`, `namespaces`,
         /// `resourcequotas` (`quota`), `limitranges` (`limits`), `configmaps`
-        /// (`cm`) or `secrets`.
-        #[arg(value_parser = ["pods", "pod", "po", "nodes", "node", "no", "pvc", "persistentvolumeclaims",
-            "namespaces", "namespace", "ns", "resourcequotas", "resourcequota", "quota",
-            "limitranges", "limitrange", "limits", "configmaps", "configmap", "cm", "secrets", "secret"])]
+        /// (`cm`), `secrets`, `deployments` (`deploy`) or `replicasets` (`rs`).
+        #[arg(value_parser = kind_word)]
         kind: String,
         /// A name, for one object.
         name: Option<String>,
@@ -140,9 +139,8 @@ pub enum Command {
     },
     /// Show a pod (with its events), namespace, quota or limit range in detail.
     Describe {
-        /// `pod`, `namespace`, `resourcequota` or `limitrange`.
-        #[arg(value_parser = ["pod", "po", "namespace", "ns", "resourcequota", "quota", "limitrange", "limits",
-            "configmap", "cm", "secret"])]
+        /// `pod`, or a kind `get` lists (but nodes and claims).
+        #[arg(value_parser = kind_word)]
         kind: String,
         /// Its name.
         name: String,
@@ -163,9 +161,8 @@ pub enum Command {
     /// Stop a pod's containers and delete it, or delete a claim (`pvc`), a
     /// namespace (with its pods and objects), a quota or a limit range.
     Delete {
-        /// `pod`, `pvc`, `namespace`, `resourcequota` or `limitrange`.
-        #[arg(value_parser = ["pod", "po", "pvc", "persistentvolumeclaim", "namespace", "ns",
-            "resourcequota", "quota", "limitrange", "limits", "configmap", "cm", "secret"])]
+        /// `pod`, `pvc`, or a kind `get` lists (but nodes).
+        #[arg(value_parser = kind_word)]
         kind: String,
         /// Pod name.
         name: String,
@@ -220,6 +217,30 @@ pub enum Command {
         #[arg(long, short = 'o', default_value = "table", value_parser = ["table", "json", "yaml"])]
         output: String,
     },
+    /// Manage a Deployment's rollout: `status` waits for it to complete (or
+    /// fail its progress deadline), `history` lists its revisions, `undo`
+    /// goes back to the previous one (or `--to-revision`).
+    Rollout {
+        /// status, history or undo.
+        #[arg(value_enum)]
+        action: rollout::Action,
+        /// deployment/NAME.
+        target: String,
+        /// For undo: the revision to go back to.
+        #[arg(long)]
+        to_revision: Option<i64>,
+        /// For status: give up after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Set a Deployment's number of replicas.
+    Scale {
+        /// deployment/NAME.
+        target: String,
+        /// The number of replicas.
+        #[arg(long)]
+        replicas: u32,
+    },
     /// Remove every node (its pods fail with reason NodeRemoved).
     Down,
     /// Write a backup of the control plane (its CA, admin credentials and
@@ -236,6 +257,29 @@ pub enum Command {
         /// The credentials file to import.
         file: PathBuf,
     },
+}
+
+/// A kind word of `get`, `describe` and `delete`: pods, nodes, claims, or a
+/// stored object's kind.
+fn kind_word(word: &str) -> Result<String, String> {
+    const OTHERS: [&str; 9] = [
+        "pods",
+        "pod",
+        "po",
+        "nodes",
+        "node",
+        "no",
+        "pvc",
+        "persistentvolumeclaims",
+        "persistentvolumeclaim",
+    ];
+    if OTHERS.contains(&word) || crate::objects::Kind::parse(word).is_some() {
+        Ok(word.to_owned())
+    } else {
+        Err(format!(
+            "unknown kind {word:?}: pods, nodes, pvc, namespaces, resourcequotas, limitranges, configmaps, secrets, deployments, replicasets"
+        ))
+    }
 }
 
 /// Polls every this long while waiting.
@@ -471,6 +515,26 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         } => {
             let record = wait_pod(&mut client, &ns, &pod, &phase, timeout).await?;
             writeln!(out, "pod/{pod} {}", output::pod_status(&record))?;
+        }
+        Command::Rollout {
+            action,
+            target,
+            to_revision,
+            timeout,
+        } => {
+            rollout::rollout(
+                &mut client,
+                &ns,
+                action,
+                &target,
+                to_revision,
+                Duration::from_secs(timeout),
+                &mut out,
+            )
+            .await?;
+        }
+        Command::Scale { target, replicas } => {
+            rollout::scale(&mut client, &ns, &target, replicas, &mut out).await?;
         }
         Command::Events { name } => {
             let req = pb::ListEventsRequest {

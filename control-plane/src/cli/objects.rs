@@ -168,6 +168,9 @@ pub async fn get(
             format,
         )?,
         _ => {
+            if matches!(kind, Kind::Deployment | Kind::ReplicaSet) {
+                return workload_table(kind, &list, out);
+            }
             let mut rows = vec![vec!["NAME".to_owned(), "AGE".to_owned()]];
             let data = matches!(kind, Kind::ConfigMap | Kind::Secret);
             if kind == Kind::ResourceQuota {
@@ -189,6 +192,49 @@ pub async fn get(
             table(out, &rows)?;
         }
     }
+    Ok(())
+}
+
+fn count(v: &Value) -> String {
+    v.as_i64().unwrap_or(0).to_string()
+}
+
+/// Deployments and ReplicaSets as `kubectl get` lists them.
+fn workload_table(
+    kind: Kind,
+    list: &[pb::StoredObject],
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let mut rows = vec![
+        match kind {
+            Kind::Deployment => ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+            _ => ["NAME", "DESIRED", "CURRENT", "READY", "AGE"],
+        }
+        .map(String::from)
+        .to_vec(),
+    ];
+    for o in list {
+        let v = value(o);
+        let (s, replicas) = (&v["status"], count(&v["spec"]["replicas"]));
+        let age = human(age(o.created_at.as_ref()));
+        rows.push(match kind {
+            Kind::Deployment => vec![
+                o.name.clone(),
+                format!("{}/{replicas}", count(&s["readyReplicas"])),
+                count(&s["updatedReplicas"]),
+                count(&s["availableReplicas"]),
+                age,
+            ],
+            _ => vec![
+                o.name.clone(),
+                replicas,
+                count(&s["replicas"]),
+                count(&s["readyReplicas"]),
+                age,
+            ],
+        });
+    }
+    table(out, &rows)?;
     Ok(())
 }
 
@@ -262,6 +308,49 @@ pub async fn describe(
                     None => writeln!(out, "{k}:  {size} bytes")?,
                 }
             }
+        }
+        Kind::Deployment | Kind::ReplicaSet => {
+            let (spec, s) = (&v["spec"], &v["status"]);
+            if kind == Kind::ReplicaSet {
+                writeln!(out, "Revision:   {}", super::rollout::revision_of(&v))?;
+            }
+            writeln!(
+                out,
+                "Replicas:   {} desired | {} updated | {} total | {} available | {} unavailable",
+                count(&spec["replicas"]),
+                count(&s["updatedReplicas"]),
+                count(&s["replicas"]),
+                count(&s["availableReplicas"]),
+                count(&s["unavailableReplicas"]),
+            )?;
+            if kind == Kind::Deployment {
+                let strategy = spec["strategy"]["type"].as_str().unwrap_or("RollingUpdate");
+                writeln!(out, "StrategyType: {strategy}")?;
+                let mut rows = vec![
+                    ["Type", "Status", "Reason", "Message"]
+                        .map(String::from)
+                        .to_vec(),
+                ];
+                for c in s["conditions"].as_array().into_iter().flatten() {
+                    let f = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+                    rows.push(vec![f("type"), f("status"), f("reason"), f("message")]);
+                }
+                writeln!(out, "Conditions:")?;
+                table(out, &rows)?;
+            }
+            let events = client
+                .list_events(pb::ListEventsRequest {
+                    namespace: ns.into(),
+                    name: name.into(),
+                })
+                .await?
+                .into_inner()
+                .events;
+            let events: Vec<pb::Event> = events
+                .into_iter()
+                .filter(|e| e.kind == kind.name())
+                .collect();
+            super::output::events(out, &events)?;
         }
         Kind::Namespace => {
             writeln!(out, "Status:     Active")?;

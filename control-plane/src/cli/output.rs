@@ -177,6 +177,7 @@ pub fn pod_value(p: &pb::PodRecord) -> serde_json::Value {
         "labels": pod.labels, "annotations": pod.annotations,
         "phase": phase_name(PodPhase::try_from(status.phase).unwrap_or(PodPhase::Unknown)),
         "reason": status.reason, "message": status.message, "recreations": p.recreations,
+        "podIP": status.pod_ip, "hostIP": status.host_ip,
         "containerStatuses": containers, "gpuUUIDs": status.gpu_uuids, "spec": spec,
         "placements": p.placements.iter().map(crate::ledger::placement_json).collect::<Vec<_>>(),
         "interruptions": p.interruptions.iter().map(crate::ledger::interruption_json).collect::<Vec<_>>(),

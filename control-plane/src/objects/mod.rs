@@ -41,18 +41,24 @@ pub enum Kind {
     ConfigMap,
     /// `v1/Secret` (sealed at rest).
     Secret,
+    /// `apps/v1/Deployment`.
+    Deployment,
+    /// `apps/v1/ReplicaSet` (made by Deployments).
+    ReplicaSet,
 }
 
 /// Kinds that stay with Kubernetes: standalone mode does not emulate them.
 const KUBERNETES_ONLY: [&str; 3] = ["Ingress", "NetworkPolicy", "CustomResourceDefinition"];
 
 impl Kind {
-    const ALL: [Kind; 5] = [
+    const ALL: [Kind; 7] = [
         Kind::Namespace,
         Kind::ResourceQuota,
         Kind::LimitRange,
         Kind::ConfigMap,
         Kind::Secret,
+        Kind::Deployment,
+        Kind::ReplicaSet,
     ];
 
     /// The kind a manifest's `kind` or a command line's word names.
@@ -64,6 +70,8 @@ impl Kind {
             "limitrange" | "limitranges" | "limits" => Kind::LimitRange,
             "configmap" | "configmaps" | "cm" => Kind::ConfigMap,
             "secret" | "secrets" => Kind::Secret,
+            "deployment" | "deployments" | "deploy" => Kind::Deployment,
+            "replicaset" | "replicasets" | "rs" => Kind::ReplicaSet,
             _ => return None,
         })
     }
@@ -76,6 +84,8 @@ impl Kind {
             Kind::LimitRange => "LimitRange",
             Kind::ConfigMap => "ConfigMap",
             Kind::Secret => "Secret",
+            Kind::Deployment => "Deployment",
+            Kind::ReplicaSet => "ReplicaSet",
         }
     }
 
@@ -106,6 +116,10 @@ impl Kind {
             Kind::Secret => serde_json::from_value::<Secret>(manifest.clone())
                 .map(drop)
                 .map_err(|e| format!("not a v1 Secret (data values are base64): {e}")),
+            Kind::Deployment => crate::workloads::deployments::validate(manifest),
+            Kind::ReplicaSet => {
+                Err("ReplicaSets are made by Deployments here; apply a Deployment".into())
+            }
         }
     }
 }
@@ -129,7 +143,18 @@ pub(crate) fn key(kind: Kind, ns: &str, name: &str) -> String {
     format!("{}/{ns}/{name}", kind.name())
 }
 
-fn prefix(kind: Kind, ns: &str) -> String {
+/// `metadata.generation` of an applied manifest: 1 when new, one more each
+/// time its `spec` changes (a Secret's, sealed, is not read).
+fn generation(kind: Kind, old: Option<&pb::StoredObject>, new: &Value) -> Value {
+    let Some(old) = old.filter(|_| kind != Kind::Secret) else {
+        return Value::from(1);
+    };
+    let old: Value = serde_json::from_str(&old.manifest_json).unwrap_or(Value::Null);
+    let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
+    Value::from(if old["spec"] == new["spec"] { g } else { g + 1 })
+}
+
+pub(crate) fn prefix(kind: Kind, ns: &str) -> String {
     if ns.is_empty() && kind.namespaced() {
         format!("{}/", kind.name())
     } else {
@@ -251,8 +276,9 @@ impl Cluster {
                 self.refuse_immutable_change(kind, old, &manifest)?;
             }
             let created = old.is_none();
-            let mut o = old.unwrap_or(fresh);
             let mut m = manifest;
+            m["metadata"]["generation"] = generation(kind, old.as_ref(), &m);
+            let mut o = old.unwrap_or(fresh);
             m["metadata"]["uid"] = Value::String(o.uid.clone());
             o.manifest_json = m.to_string();
             let mut sealed = o.clone();
@@ -461,10 +487,11 @@ mod tests {
         assert_eq!(Kind::parse("quota"), Some(Kind::ResourceQuota));
         assert_eq!(Kind::parse("ns"), Some(Kind::Namespace));
         assert_eq!(Kind::parse("limits"), Some(Kind::LimitRange));
-        assert_eq!(Kind::parse("Deployment"), None);
+        assert_eq!(Kind::parse("deploy"), Some(Kind::Deployment));
+        assert_eq!(Kind::parse("Service"), None);
         assert!(unsupported("Ingress").contains("stays with Kubernetes"));
         assert!(unsupported("NetworkPolicy").contains("stays with Kubernetes"));
-        assert!(unsupported("Deployment").contains("does not serve"));
+        assert!(unsupported("StatefulSet").contains("does not serve"));
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub const BUDGET: &str = "orca.research/budget-namespace";
 /// each incarnation ran), as a JSON array; accepted as input and ignored.
 pub const LEDGER: &str = "orca.research/ledger";
 
+/// Annotation written by ORCA's controllers on the pods they make: the pod's
+/// owner (`ReplicaSet/NAME`); accepted as input and ignored.
+pub const CONTROLLED_BY: &str = "orca.research/controlled-by";
+
 /// Every annotation the selection and launch understand.
 pub const KNOWN: [&str; 16] = [
     INSTANCE_TYPE,
@@ -336,7 +340,7 @@ pub fn parse<'a>(
                     return Err(bad(format!("{value:?} is not a budget name")));
                 }
             }
-            NODE | RESUME_FROM | LEDGER => {}
+            NODE | RESUME_FROM | LEDGER | CONTROLLED_BY => {}
             _ => {
                 return Err(bad(format!(
                     "unknown ORCA annotation; known: {}",

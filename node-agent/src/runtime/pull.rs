@@ -350,7 +350,30 @@ impl Puller {
     }
 
     /// Streams a blob into the content store and commits it with `labels`.
+    /// Content already there (another tag of the same image, a pull racing
+    /// this one) is not an error: containerd says AlreadyExists at whichever
+    /// step it notices, the open, a write or the commit.
     async fn write<S>(
+        &self,
+        lease: &str,
+        desc: &OciDescriptor,
+        data: S,
+        labels: HashMap<String, String>,
+    ) -> Result<(), RuntimeError>
+    where
+        S: Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + Unpin,
+    {
+        match self.write_once(lease, desc, data, labels).await {
+            Err(RuntimeError::Containerd { source, .. })
+                if source.code() == tonic::Code::AlreadyExists =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    async fn write_once<S>(
         &self,
         lease: &str,
         desc: &OciDescriptor,
@@ -416,15 +439,7 @@ impl Puller {
             ..base.clone()
         };
         send(commit).await;
-        match next().await {
-            Ok(_) => Ok(()),
-            Err(RuntimeError::Containerd { source, .. })
-                if source.code() == tonic::Code::AlreadyExists =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        next().await.map(drop)
     }
 
     async fn unpack(
