@@ -95,6 +95,7 @@ struct Inner {
     admission: tokio::sync::Mutex<()>,
     refreshing: tokio::sync::Mutex<()>,
     sealer: std::sync::OnceLock<Arc<crate::objects::sealing::Sealer>>,
+    services: std::sync::OnceLock<Arc<crate::services::manager::Services>>,
     resolver: std::sync::OnceLock<Arc<dyn PodResolver>>,
     events: tokio::sync::broadcast::Sender<pb::Event>,
     telemetry: crate::telemetry::TelemetryStore,
@@ -229,6 +230,7 @@ impl Cluster {
                 admission: tokio::sync::Mutex::new(()),
                 refreshing: tokio::sync::Mutex::new(()),
                 sealer: Default::default(),
+                services: Default::default(),
                 resolver: Default::default(),
                 events: tokio::sync::broadcast::channel(1024).0,
                 wake_scheduler: Notify::new(),
@@ -245,9 +247,22 @@ impl Cluster {
             self.set_resolver(Arc::new(crate::objects::source::StoreObjects::new(
                 self.store().clone(),
                 sealer.clone(),
+                self.services().map(|s| s.dns_server()),
             )));
         }
         let _ = self.inner.sealer.set(sealer);
+    }
+
+    /// Installs the Services' network (standalone mode with simulated hosts
+    /// in network namespaces); before [`Cluster::set_sealer`], whose resolver
+    /// gives pods the cluster DNS.
+    pub fn set_services(&self, services: Arc<crate::services::manager::Services>) {
+        let _ = self.inner.services.set(services);
+    }
+
+    /// The Services' network, when there is one.
+    pub fn services(&self) -> Option<&Arc<crate::services::manager::Services>> {
+        self.inner.services.get()
     }
 
     /// The key Secrets are sealed with, once installed.

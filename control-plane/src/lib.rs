@@ -86,6 +86,7 @@ pub mod registry;
 pub mod reservation_ends;
 pub mod scheduler;
 pub mod selection;
+pub mod services;
 pub mod store;
 pub mod streams;
 pub mod telemetry;
@@ -221,7 +222,9 @@ pub async fn serve(
     };
     let mut identity = tls_identity::ServerIdentity::new(&config, listen);
     let mut agent_url = config.advertise_url.clone();
-    let host_listener = match provider.prepare().await? {
+    let gateway = provider.prepare().await?;
+    let service_gateway = gateway.is_some();
+    let host_listener = match gateway {
         // A listener on every address already covers the gateway.
         Some(gateway) if !listen.ip().is_unspecified() => {
             let at = std::net::SocketAddr::new(gateway, listen.port());
@@ -269,6 +272,17 @@ pub async fn serve(
         None => None,
     };
     let cluster = Cluster::new(config, store.clone(), provider, pki, agent_tls, agent_url);
+    let services = match (&cluster.config().provider, service_gateway) {
+        (Provider::Local(local), true) if cluster.config().kubernetes.is_none() => {
+            let services = std::sync::Arc::new(services::manager::Services::new(
+                local.network.bridge.clone(),
+                local.network.cidr,
+            ));
+            cluster.set_services(services.clone());
+            Some(services)
+        }
+        _ => None,
+    };
     let sealer = objects::sealing::Sealer::open_or_create(&data)?;
     cluster.set_sealer(std::sync::Arc::new(sealer));
 
@@ -285,6 +299,12 @@ pub async fn serve(
         let cluster = cluster.clone();
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move { cluster.run_workloads(stop).await })
+    });
+    let services = services.map(|services| {
+        let cluster = cluster.clone();
+        let stop = stopped(stop_rx.clone());
+        let dns_port = cluster.config().dns_port;
+        tokio::spawn(async move { cluster.run_services(services, dns_port, stop).await })
     });
     let budgets = (!cluster.config().budgets.is_empty()).then(|| {
         let cluster = cluster.clone();
@@ -340,6 +360,9 @@ pub async fn serve(
     }
     if let Some(workloads) = workloads {
         let _ = workloads.await;
+    }
+    if let Some(services) = services {
+        let _ = services.await;
     }
     let _ = rotation.await;
     if let Some(metrics) = metrics {

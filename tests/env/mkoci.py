@@ -4,7 +4,7 @@ usage: mkoci.py OUT.tar [ref-name]   (ref-name -> org.opencontainers.image.ref.n
 import hashlib, io, json, os, sys, tarfile, gzip, time
 
 BUSYBOX = "/bin/busybox"
-APPLETS = ["sh", "sleep", "echo", "cat", "httpd", "nc", "ls", "env", "wget", "true", "false", "ps", "id", "hostname", "ip", "ifconfig", "ping",
+APPLETS = ["sh", "sleep", "echo", "cat", "httpd", "nc", "ls", "env", "wget", "true", "false", "ps", "id", "hostname", "ip", "ifconfig", "ping", "nslookup",
            "seq", "wc", "tail", "head", "yes", "kill", "grep",
            "sed", "touch", "readlink", "mkdir", "rm", "stat", "dd", "ln", "chmod", "sort", "tr", "printf", "test",
            "date", "mount", "df", "du", "find", "xargs", "basename"]

@@ -171,6 +171,9 @@ pub async fn get(
             if matches!(kind, Kind::Deployment | Kind::ReplicaSet) {
                 return workload_table(kind, &list, out);
             }
+            if kind == Kind::Service {
+                return service_table(&list, out);
+            }
             let mut rows = vec![vec!["NAME".to_owned(), "AGE".to_owned()]];
             let data = matches!(kind, Kind::ConfigMap | Kind::Secret);
             if kind == Kind::ResourceQuota {
@@ -235,6 +238,76 @@ fn workload_table(
         });
     }
     table(out, &rows)?;
+    Ok(())
+}
+
+/// `80/TCP`, or `80:30000/TCP` with a node port, per port.
+fn service_ports(v: &Value) -> String {
+    v["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| match p["nodePort"].as_i64() {
+            Some(n) => format!("{}:{n}/TCP", count(&p["port"])),
+            None => format!("{}/TCP", count(&p["port"])),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Services as `kubectl get svc` lists them.
+fn service_table(list: &[pb::StoredObject], out: &mut impl Write) -> Result<(), CliError> {
+    let mut rows = vec![
+        ["NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "ENDPOINTS", "AGE"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for o in list {
+        let v = value(o);
+        let endpoints: usize = v["status"]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| p["endpoints"].as_array().map_or(0, Vec::len))
+            .max()
+            .unwrap_or(0);
+        rows.push(vec![
+            o.name.clone(),
+            v["spec"]["type"].as_str().unwrap_or("ClusterIP").to_owned(),
+            v["spec"]["clusterIP"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            service_ports(&v),
+            endpoints.to_string(),
+            human(age(o.created_at.as_ref())),
+        ]);
+    }
+    table(out, &rows)?;
+    Ok(())
+}
+
+/// The events of object `name` of `kind`, as `describe` ends with them.
+async fn object_events(
+    client: &mut Client,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let events = client
+        .list_events(pb::ListEventsRequest {
+            namespace: ns.into(),
+            name: name.into(),
+        })
+        .await?
+        .into_inner()
+        .events;
+    let events: Vec<pb::Event> = events
+        .into_iter()
+        .filter(|e| e.kind == kind.name())
+        .collect();
+    super::output::events(out, &events)?;
     Ok(())
 }
 
@@ -338,19 +411,42 @@ pub async fn describe(
                 writeln!(out, "Conditions:")?;
                 table(out, &rows)?;
             }
-            let events = client
-                .list_events(pb::ListEventsRequest {
-                    namespace: ns.into(),
-                    name: name.into(),
-                })
-                .await?
-                .into_inner()
-                .events;
-            let events: Vec<pb::Event> = events
-                .into_iter()
-                .filter(|e| e.kind == kind.name())
-                .collect();
-            super::output::events(out, &events)?;
+            object_events(client, kind, ns, name, out).await?;
+        }
+        Kind::Service => {
+            writeln!(
+                out,
+                "Type:       {}",
+                v["spec"]["type"].as_str().unwrap_or("ClusterIP")
+            )?;
+            writeln!(
+                out,
+                "IP:         {}",
+                v["spec"]["clusterIP"].as_str().unwrap_or_default()
+            )?;
+            let algorithm = v["metadata"]["annotations"][crate::services::LB_ALGORITHM]
+                .as_str()
+                .unwrap_or("round-robin");
+            writeln!(out, "Balancing:  {algorithm}")?;
+            writeln!(out, "Selector:   {}", v["spec"]["selector"])?;
+            for p in v["status"]["ports"].as_array().into_iter().flatten() {
+                writeln!(out, "Port:       {}", count(&p["port"]))?;
+                let mut rows = vec![
+                    ["Endpoint", "Pod", "Served", "Active"]
+                        .map(String::from)
+                        .to_vec(),
+                ];
+                for e in p["endpoints"].as_array().into_iter().flatten() {
+                    let f = |k: &str| {
+                        e[k].as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| count(&e[k]))
+                    };
+                    rows.push(vec![f("address"), f("pod"), f("served"), f("active")]);
+                }
+                table(out, &rows)?;
+            }
+            object_events(client, kind, ns, name, out).await?;
         }
         Kind::Namespace => {
             writeln!(out, "Status:     Active")?;

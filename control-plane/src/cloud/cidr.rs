@@ -1,14 +1,16 @@
 //! IPv4 networks written as CIDR (`10.77.0.0/24`): the simulated hosts' network.
-//! The first address is the gateway (the bridge); hosts take the ones after it;
-//! the network and broadcast addresses are never handed out.
+//! The first address is the gateway (the bridge); hosts take the ones after it
+//! in the lower half; the upper half is for Services' virtual IPs (standalone
+//! mode's ClusterIPs, answered on the bridge); the network and broadcast
+//! addresses are never handed out.
 
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
-/// Shortest prefix accepted (a /16: 65 533 hosts).
+/// Shortest prefix accepted (a /16: 32 766 hosts).
 pub const MIN_PREFIX: u8 = 16;
-/// Longest prefix accepted (a /28: 13 hosts).
+/// Longest prefix accepted (a /28: 6 hosts, 7 Service IPs).
 pub const MAX_PREFIX: u8 = 28;
 
 /// An IPv4 network: its address (host bits zero) and prefix length.
@@ -64,10 +66,17 @@ impl Ipv4Cidr {
         Ipv4Addr::from(u32::from(self.network) + n)
     }
 
-    /// Addresses hosts may take, in order: after the gateway, before broadcast.
+    /// Addresses hosts may take, in order: after the gateway, in the lower half.
     pub fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
         let size = 1u32 << (32 - self.prefix);
-        (2..size - 1).map(|n| self.nth(n))
+        (2..size / 2).map(|n| self.nth(n))
+    }
+
+    /// Addresses Services' virtual IPs may take, in order: the upper half,
+    /// before broadcast.
+    pub fn service_ips(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        let size = 1u32 << (32 - self.prefix);
+        (size / 2..size - 1).map(|n| self.nth(n))
     }
 
     /// Whether `ip` lies in this network.
@@ -115,14 +124,19 @@ mod tests {
         let c: Ipv4Cidr = "10.77.0.0/24".parse().unwrap();
         assert_eq!(c.gateway(), Ipv4Addr::new(10, 77, 0, 1));
         let hosts: Vec<_> = c.hosts().collect();
-        assert_eq!(hosts.len(), 253);
+        assert_eq!(hosts.len(), 126);
         assert_eq!(hosts[0], Ipv4Addr::new(10, 77, 0, 2));
-        assert_eq!(hosts[252], Ipv4Addr::new(10, 77, 0, 254));
+        assert_eq!(hosts[125], Ipv4Addr::new(10, 77, 0, 127));
+        let vips: Vec<_> = c.service_ips().collect();
+        assert_eq!(vips.len(), 127);
+        assert_eq!(vips[0], Ipv4Addr::new(10, 77, 0, 128));
+        assert_eq!(vips[126], Ipv4Addr::new(10, 77, 0, 254));
         assert!(c.contains(Ipv4Addr::new(10, 77, 0, 200)));
         assert!(!c.contains(Ipv4Addr::new(10, 77, 1, 2)));
         assert_eq!(c.to_string(), "10.77.0.0/24");
         let small: Ipv4Cidr = "10.1.2.16/28".parse().unwrap();
-        assert_eq!(small.hosts().count(), 13);
+        assert_eq!(small.hosts().count(), 6);
+        assert_eq!(small.service_ips().count(), 7);
     }
 
     #[test]

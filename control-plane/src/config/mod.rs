@@ -121,6 +121,10 @@ pub struct File {
     /// Time allowed for one call to an agent (ms).
     #[serde(default = "d_agent_call")]
     pub agent_call_timeout_ms: u64,
+    /// UDP port of the cluster DNS on the simulated hosts' gateway
+    /// (standalone mode's Services).
+    #[serde(default = "d_dns_port")]
+    pub dns_port: u16,
     /// TLS settings.
     #[serde(default)]
     pub tls: TlsFile,
@@ -282,6 +286,9 @@ fn d_token_ttl() -> u64 {
 fn d_pending() -> u64 {
     DEFAULT_PENDING_TIMEOUT_MS
 }
+fn d_dns_port() -> u16 {
+    53
+}
 fn d_reconcile() -> u64 {
     DEFAULT_RECONCILE_INTERVAL_MS
 }
@@ -353,6 +360,8 @@ pub struct Config {
     pub reconcile_interval: Duration,
     /// Agent call timeout.
     pub agent_call_timeout: Duration,
+    /// The cluster DNS's UDP port.
+    pub dns_port: u16,
     /// Provider.
     pub provider: Provider,
     /// Kubernetes mode, when on.
@@ -634,6 +643,7 @@ impl File {
             pending_timeout: ms("pending_timeout_ms", self.pending_timeout_ms)?,
             reconcile_interval: ms("reconcile_interval_ms", self.reconcile_interval_ms)?,
             agent_call_timeout: ms("agent_call_timeout_ms", self.agent_call_timeout_ms)?,
+            dns_port: self.dns_port,
             provider,
             kubernetes: self.kubernetes.map(|k| k.validate()).transpose()?,
             budgets: budgets::validate(self.budgets)?,

@@ -45,13 +45,15 @@ pub enum Kind {
     Deployment,
     /// `apps/v1/ReplicaSet` (made by Deployments).
     ReplicaSet,
+    /// `v1/Service`.
+    Service,
 }
 
 /// Kinds that stay with Kubernetes: standalone mode does not emulate them.
 const KUBERNETES_ONLY: [&str; 3] = ["Ingress", "NetworkPolicy", "CustomResourceDefinition"];
 
 impl Kind {
-    const ALL: [Kind; 7] = [
+    const ALL: [Kind; 8] = [
         Kind::Namespace,
         Kind::ResourceQuota,
         Kind::LimitRange,
@@ -59,6 +61,7 @@ impl Kind {
         Kind::Secret,
         Kind::Deployment,
         Kind::ReplicaSet,
+        Kind::Service,
     ];
 
     /// The kind a manifest's `kind` or a command line's word names.
@@ -72,6 +75,7 @@ impl Kind {
             "secret" | "secrets" => Kind::Secret,
             "deployment" | "deployments" | "deploy" => Kind::Deployment,
             "replicaset" | "replicasets" | "rs" => Kind::ReplicaSet,
+            "service" | "services" | "svc" => Kind::Service,
             _ => return None,
         })
     }
@@ -86,6 +90,7 @@ impl Kind {
             Kind::Secret => "Secret",
             Kind::Deployment => "Deployment",
             Kind::ReplicaSet => "ReplicaSet",
+            Kind::Service => "Service",
         }
     }
 
@@ -120,6 +125,7 @@ impl Kind {
             Kind::ReplicaSet => {
                 Err("ReplicaSets are made by Deployments here; apply a Deployment".into())
             }
+            Kind::Service => crate::services::validate(manifest),
         }
     }
 }
@@ -277,6 +283,9 @@ impl Cluster {
             }
             let created = old.is_none();
             let mut m = manifest;
+            if kind == Kind::Service {
+                self.assign_service_addresses(&mut m, old.as_ref())?;
+            }
             m["metadata"]["generation"] = generation(kind, old.as_ref(), &m);
             let mut o = old.unwrap_or(fresh);
             m["metadata"]["uid"] = Value::String(o.uid.clone());
@@ -417,6 +426,34 @@ impl Cluster {
         Ok((o, pods_deleted))
     }
 
+    /// A Service's virtual IP and node ports (kept from `old`).
+    fn assign_service_addresses(
+        &self,
+        m: &mut Value,
+        old: Option<&pb::StoredObject>,
+    ) -> Result<(), ClusterError> {
+        let services = self.services().ok_or_else(|| {
+            ClusterError::FailedPrecondition(
+                "Services need the local provider's simulated hosts in network namespaces (this control plane has none)".into(),
+            )
+        })?;
+        let name = m["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let old_m: Option<Value> = old.and_then(|o| serde_json::from_str(&o.manifest_json).ok());
+        let taken: Vec<Value> = self
+            .store()
+            .objects
+            .scan(&format!("{}/", Kind::Service.name()))?
+            .iter()
+            .filter(|o| old.is_none_or(|old| old.uid != o.uid))
+            .filter_map(|o| serde_json::from_str(&o.manifest_json).ok())
+            .collect();
+        crate::services::assign(m, old_m.as_ref(), services.range(), &taken)
+            .map_err(|e| ClusterError::Invalid(format!("Service {name}: {e}")))
+    }
+
     /// Kubernetes refuses to change an `immutable: true` ConfigMap's or
     /// Secret's data (or to make it mutable again).
     fn refuse_immutable_change(
@@ -467,6 +504,11 @@ impl Cluster {
                 .open(&k, &o.manifest_json)
                 .map_err(|e| ClusterError::FailedPrecondition(format!("{k}: {e}")))?;
         }
+        if kind == Kind::Service
+            && let Some(services) = self.services()
+        {
+            o.status_json = services.status(&o.namespace, &o.name).to_string();
+        }
         if kind == Kind::ResourceQuota {
             let q: ResourceQuota = serde_json::from_str(&o.manifest_json)
                 .map_err(|e| ClusterError::Invalid(e.to_string()))?;
@@ -488,7 +530,8 @@ mod tests {
         assert_eq!(Kind::parse("ns"), Some(Kind::Namespace));
         assert_eq!(Kind::parse("limits"), Some(Kind::LimitRange));
         assert_eq!(Kind::parse("deploy"), Some(Kind::Deployment));
-        assert_eq!(Kind::parse("Service"), None);
+        assert_eq!(Kind::parse("svc"), Some(Kind::Service));
+        assert_eq!(Kind::parse("Job"), None);
         assert!(unsupported("Ingress").contains("stays with Kubernetes"));
         assert!(unsupported("NetworkPolicy").contains("stays with Kubernetes"));
         assert!(unsupported("StatefulSet").contains("does not serve"));

@@ -19,12 +19,46 @@ use crate::store::Store;
 pub struct StoreObjects {
     store: Store,
     sealer: Arc<Sealer>,
+    dns: Option<std::net::Ipv4Addr>,
 }
 
 impl StoreObjects {
-    /// A source over `store`, opening Secrets with `sealer`.
-    pub fn new(store: Store, sealer: Arc<Sealer>) -> Self {
-        Self { store, sealer }
+    /// A source over `store`, opening Secrets with `sealer`; pods are given
+    /// the Services of their namespace and, when there is one, the cluster
+    /// DNS at `dns` ([`crate::services::environment`]).
+    pub fn new(store: Store, sealer: Arc<Sealer>, dns: Option<std::net::Ipv4Addr>) -> Self {
+        Self { store, sealer, dns }
+    }
+
+    /// `resolved` with the Services' variables and the cluster DNS added to
+    /// the pod's spec.
+    fn with_services(
+        &self,
+        record: &pb::PodRecord,
+        mut resolved: Resolved,
+    ) -> Result<Resolved, String> {
+        let (ns, _) = crate::pods::names(record);
+        let services: Vec<serde_json::Value> = self
+            .store
+            .objects
+            .scan(&super::prefix(Kind::Service, &ns))
+            .map_err(|e| e.to_string())?
+            .iter()
+            .filter_map(|o| serde_json::from_str(&o.manifest_json).ok())
+            .collect();
+        let json = match &resolved.spec_json {
+            Some(j) => j.clone(),
+            None => record
+                .pod
+                .as_ref()
+                .map(|p| p.spec_json.clone())
+                .unwrap_or_default(),
+        };
+        let mut spec: serde_json::Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+        if crate::services::environment::inject(&mut spec, &ns, &services, self.dns) {
+            resolved.spec_json = Some(spec.to_string());
+        }
+        Ok(resolved)
     }
 
     fn read<T: serde::de::DeserializeOwned>(
@@ -93,6 +127,9 @@ impl PodResolver for StoreObjects {
         record: &'a pb::PodRecord,
         node: &'a pb::Node,
     ) -> BoxFuture<'a, Result<Resolved, String>> {
-        Box::pin(crate::references::resolve(self, record, node))
+        Box::pin(async move {
+            let resolved = crate::references::resolve(self, record, node).await?;
+            self.with_services(record, resolved)
+        })
     }
 }

@@ -72,6 +72,7 @@ mod error;
 mod files;
 mod host_path;
 mod mounts;
+mod resolv;
 mod source;
 #[cfg(test)]
 mod test_support;
@@ -197,6 +198,8 @@ pub struct PodInfo<'a> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Prepared {
     volumes: BTreeMap<String, PreparedVolume>,
+    /// The pod's `/etc/resolv.conf`, from its `dnsConfig`.
+    resolv_conf: Option<PathBuf>,
 }
 
 /// One volume of [`Prepared`].
@@ -283,6 +286,7 @@ pub fn prepare(
             .volumes
             .insert(name.to_owned(), PreparedVolume { path, kind });
     }
+    prepared.resolv_conf = resolv::write(pod_dir, spec.dns_config.as_ref())?;
     Ok(prepared)
 }
 

@@ -166,6 +166,17 @@ impl Prepared {
                 }),
             ));
         }
+        if let Some(resolv) = self.resolv_conf.as_ref().and_then(|p| p.to_str()) {
+            mounts.push((
+                2,
+                json!({
+                    "destination": "/etc/resolv.conf",
+                    "type": "bind",
+                    "source": resolv,
+                    "options": ["rbind", "rprivate", "ro"],
+                }),
+            ));
+        }
         mounts.sort_by_key(|(depth, _)| *depth);
         Ok(mounts.into_iter().map(|(_, m)| m).collect())
     }
