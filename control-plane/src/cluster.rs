@@ -96,6 +96,7 @@ struct Inner {
     refreshing: tokio::sync::Mutex<()>,
     sealer: std::sync::OnceLock<Arc<crate::objects::sealing::Sealer>>,
     services: std::sync::OnceLock<Arc<crate::services::manager::Services>>,
+    audit: crate::auth::audit::AuditLog,
     resolver: std::sync::OnceLock<Arc<dyn PodResolver>>,
     events: tokio::sync::broadcast::Sender<pb::Event>,
     telemetry: crate::telemetry::TelemetryStore,
@@ -214,6 +215,7 @@ impl Cluster {
                 (n.name, l)
             })
             .collect();
+        let audit = crate::auth::audit::AuditLog::new(&config.data_dir);
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -231,6 +233,7 @@ impl Cluster {
                 refreshing: tokio::sync::Mutex::new(()),
                 sealer: Default::default(),
                 services: Default::default(),
+                audit,
                 resolver: Default::default(),
                 events: tokio::sync::broadcast::channel(1024).0,
                 wake_scheduler: Notify::new(),
@@ -258,6 +261,11 @@ impl Cluster {
     /// gives pods the cluster DNS.
     pub fn set_services(&self, services: Arc<crate::services::manager::Services>) {
         let _ = self.inner.services.set(services);
+    }
+
+    /// The audit log of authorization decisions.
+    pub fn audit(&self) -> &crate::auth::audit::AuditLog {
+        &self.inner.audit
     }
 
     /// The Services' network, when there is one.

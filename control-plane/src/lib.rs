@@ -65,6 +65,7 @@
 //! driver's controller does it) and are never resized.
 
 pub mod api;
+pub mod auth;
 pub mod backup;
 pub mod budgets;
 pub mod claims;

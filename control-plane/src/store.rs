@@ -293,6 +293,8 @@ pub struct Store {
     /// Standalone-mode objects (Namespaces, ResourceQuotas, LimitRanges) by
     /// `Kind/namespace/name`.
     pub objects: Table<pb::StoredObject>,
+    /// Named API tokens by the hex SHA-256 of their text ([`crate::auth`]).
+    pub api_tokens: Table<crate::auth::ApiToken>,
 }
 
 impl Store {
@@ -309,6 +311,7 @@ impl Store {
             claims: Table::open(&db, &gate, "claims")?,
             spend: Table::open(&db, &gate, "spend")?,
             objects: Table::open(&db, &gate, "objects")?,
+            api_tokens: Table::open(&db, &gate, "api_tokens")?,
             db,
             gate,
             flushes: Arc::default(),

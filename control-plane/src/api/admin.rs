@@ -8,6 +8,8 @@ use orca_proto::controlplane::v1::{self as pb, admin_service_server::AdminServic
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{backup_status, status};
+use crate::auth::Caller;
+use crate::auth::rbac::Access;
 use crate::cloud::Fault;
 use crate::cluster::Cluster;
 
@@ -25,6 +27,80 @@ impl AdminApi {
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// The caller the interceptor authenticated.
+fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
+    req.extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no authenticated caller"))
+}
+
+/// A request's namespace, `default` when it names none.
+fn ns_or_default(ns: &str) -> &str {
+    if ns.is_empty() {
+        crate::pods::DEFAULT_NAMESPACE
+    } else {
+        ns
+    }
+}
+
+/// The resource and namespace (none for cluster-scoped kinds) of a stored
+/// object's kind word; an unknown kind is authorized as itself (the call then
+/// fails on the kind).
+fn object_scope(kind: &str, ns: &str) -> (String, String) {
+    match crate::objects::Kind::parse(kind) {
+        Some(k) if !k.namespaced() => (k.resource(), String::new()),
+        Some(k) => (k.resource(), ns.to_owned()),
+        None => (kind.to_ascii_lowercase(), ns.to_owned()),
+    }
+}
+
+/// The namespace a claim manifest names.
+fn claim_namespace(manifest: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(manifest).unwrap_or_default();
+    ns_or_default(v["metadata"]["namespace"].as_str().unwrap_or_default()).to_owned()
+}
+
+impl AdminApi {
+    /// Authorizes `verb resource` in `ns` on `name` for the caller (audited).
+    fn allow<T>(
+        &self,
+        req: &Request<T>,
+        method: &str,
+        verb: &str,
+        resource: &str,
+        ns: &str,
+        name: &str,
+    ) -> Result<(), Status> {
+        let caller = caller(req)?;
+        self.cluster
+            .authorize(&caller, method, &Access::new(verb, resource, ns, name))
+            .map_err(status)
+    }
+
+    /// What applying a manifest does: `create` when the object is new,
+    /// `update` when it exists.
+    fn apply_access(
+        &self,
+        req: &pb::ApplyObjectRequest,
+    ) -> Result<(&'static str, String, String, String), Status> {
+        let v: serde_json::Value = serde_json::from_str(&req.manifest_json)
+            .map_err(|e| Status::invalid_argument(format!("the manifest is not JSON: {e}")))?;
+        let kind = v["kind"].as_str().unwrap_or_default();
+        let name = v["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let ns = v["metadata"]["namespace"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(ns_or_default(&req.namespace));
+        let (resource, ns) = object_scope(kind, ns);
+        let exists = self.cluster.get_object(kind, &ns, &name).is_ok();
+        Ok((if exists { "update" } else { "create" }, resource, ns, name))
+    }
+}
+
 #[tonic::async_trait]
 impl AdminService for AdminApi {
     #[tracing::instrument(skip_all, fields(node = %req.get_ref().name))]
@@ -32,6 +108,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
+        self.allow(&req, "AddNode", "create", "nodes", "", &req.get_ref().name)?;
         let req = req.into_inner();
         let node = crate::registry::NodeRequest {
             name: req.name,
@@ -52,6 +129,14 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::CreateJoinTokenRequest>,
     ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        self.allow(
+            &req,
+            "CreateJoinToken",
+            "create",
+            "nodes",
+            "",
+            &req.get_ref().node_name,
+        )?;
         self.cluster
             .create_join_token(&req.into_inner().node_name)
             .await
@@ -64,6 +149,14 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::CordonNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
+        self.allow(
+            &req,
+            "CordonNode",
+            "patch",
+            "nodes",
+            "",
+            &req.get_ref().name,
+        )?;
         let req = req.into_inner();
         self.cluster
             .cordon(&req.name, req.unschedulable)
@@ -77,6 +170,14 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::InjectFaultRequest>,
     ) -> Result<Response<pb::Node>, Status> {
+        self.allow(
+            &req,
+            "InjectFault",
+            "patch",
+            "nodes",
+            "",
+            &req.get_ref().name,
+        )?;
         let req = req.into_inner();
         let fault = match pb::Fault::try_from(req.fault) {
             Ok(pb::Fault::KillAgent) => Fault::KillAgent,
@@ -105,6 +206,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::GetNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
+        self.allow(&req, "GetNode", "get", "nodes", "", &req.get_ref().name)?;
         self.cluster
             .node(&req.into_inner().name)
             .map(Response::new)
@@ -113,8 +215,9 @@ impl AdminService for AdminApi {
 
     async fn list_nodes(
         &self,
-        _: Request<pb::ListNodesRequest>,
+        req: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        self.allow(&req, "ListNodes", "list", "nodes", "", "")?;
         let nodes = self.cluster.nodes().map_err(status)?;
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
@@ -124,6 +227,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::DrainNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
+        self.allow(&req, "DrainNode", "patch", "nodes", "", &req.get_ref().name)?;
         let req = req.into_inner();
         let grace = (req.grace_period_seconds >= 0).then_some(req.grace_period_seconds);
         self.cluster
@@ -138,6 +242,14 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        self.allow(
+            &req,
+            "RemoveNode",
+            "delete",
+            "nodes",
+            "",
+            &req.get_ref().name,
+        )?;
         let node = self
             .cluster
             .remove_node(&req.into_inner().name)
@@ -151,6 +263,20 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::RunPodRequest>,
     ) -> Result<Response<pb::PodRecord>, Status> {
+        let r = req
+            .get_ref()
+            .pod
+            .as_ref()
+            .and_then(|p| p.r#ref.clone())
+            .unwrap_or_default();
+        self.allow(
+            &req,
+            "RunPod",
+            "create",
+            "pods",
+            ns_or_default(&r.namespace),
+            &r.name,
+        )?;
         let pod = req
             .into_inner()
             .pod
@@ -166,6 +292,8 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::ApplyObjectRequest>,
     ) -> Result<Response<pb::ApplyObjectResponse>, Status> {
+        let (verb, resource, ns, name) = self.apply_access(req.get_ref())?;
+        self.allow(&req, "ApplyObject", verb, &resource, &ns, &name)?;
         let req = req.into_inner();
         let (object, created) = self
             .cluster
@@ -182,6 +310,9 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::GetObjectRequest>,
     ) -> Result<Response<pb::StoredObject>, Status> {
+        let r = req.get_ref();
+        let (resource, ns) = object_scope(&r.kind, &r.namespace);
+        self.allow(&req, "GetObject", "get", &resource, &ns, &r.name.clone())?;
         let req = req.into_inner();
         self.cluster
             .get_object(&req.kind, &req.namespace, &req.name)
@@ -193,6 +324,9 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::ListObjectsRequest>,
     ) -> Result<Response<pb::ListObjectsResponse>, Status> {
+        let r = req.get_ref();
+        let (resource, ns) = object_scope(&r.kind, &r.namespace);
+        self.allow(&req, "ListObjects", "list", &resource, &ns, "")?;
         let req = req.into_inner();
         let objects = self
             .cluster
@@ -205,6 +339,16 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::DeleteObjectRequest>,
     ) -> Result<Response<pb::DeleteObjectResponse>, Status> {
+        let r = req.get_ref();
+        let (resource, ns) = object_scope(&r.kind, &r.namespace);
+        self.allow(
+            &req,
+            "DeleteObject",
+            "delete",
+            &resource,
+            &ns,
+            &r.name.clone(),
+        )?;
         let req = req.into_inner();
         let (object, pods_deleted) = self
             .cluster
@@ -221,6 +365,14 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::GetPodRequest>,
     ) -> Result<Response<pb::PodRecord>, Status> {
+        self.allow(
+            &req,
+            "GetPod",
+            "get",
+            "pods",
+            ns_or_default(&req.get_ref().namespace),
+            &req.get_ref().name,
+        )?;
         let req = req.into_inner();
         self.cluster
             .pod(&req.namespace, &req.name)
@@ -232,6 +384,14 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::ListPodsRequest>,
     ) -> Result<Response<pb::ListPodsResponse>, Status> {
+        self.allow(
+            &req,
+            "ListPods",
+            "list",
+            "pods",
+            &req.get_ref().namespace,
+            "",
+        )?;
         let pods = self
             .cluster
             .pods(&req.into_inner().namespace)
@@ -244,6 +404,14 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::DeletePodRequest>,
     ) -> Result<Response<pb::DeletePodResponse>, Status> {
+        self.allow(
+            &req,
+            "DeletePod",
+            "delete",
+            "pods",
+            ns_or_default(&req.get_ref().namespace),
+            &req.get_ref().name,
+        )?;
         let req = req.into_inner();
         let grace = (req.grace_period_seconds >= 0).then_some(req.grace_period_seconds);
         let pod = self
@@ -255,12 +423,112 @@ impl AdminService for AdminApi {
     }
 
     type LogsStream = Stream_<agent::LogChunk>;
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        self.allow(
+            &req,
+            "CreateToken",
+            "create",
+            "tokens",
+            "",
+            &req.get_ref().name,
+        )?;
+        let name = req.into_inner().name;
+        let token = self.cluster.create_token(&name).await.map_err(status)?;
+        Ok(Response::new(pb::CreateTokenResponse { name, token }))
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        self.allow(&req, "ListTokens", "list", "tokens", "", "")?;
+        let tokens = self
+            .cluster
+            .tokens()
+            .map_err(status)?
+            .into_iter()
+            .map(|t| pb::TokenInfo {
+                name: t.name,
+                created_at: t.created_at,
+            })
+            .collect();
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
+    }
+
+    async fn delete_token(
+        &self,
+        req: Request<pb::DeleteTokenRequest>,
+    ) -> Result<Response<pb::DeleteTokenResponse>, Status> {
+        self.allow(
+            &req,
+            "DeleteToken",
+            "delete",
+            "tokens",
+            "",
+            &req.get_ref().name,
+        )?;
+        self.cluster
+            .delete_token(&req.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DeleteTokenResponse {}))
+    }
+
+    async fn can_i(
+        &self,
+        req: Request<pb::CanIRequest>,
+    ) -> Result<Response<pb::CanIResponse>, Status> {
+        let asker = caller(&req)?;
+        let r = req.into_inner();
+        let subject = match (&asker, r.user.as_str()) {
+            (_, "") => asker.clone(),
+            (Caller::Admin, "admin") => Caller::Admin,
+            (Caller::Admin, user) => Caller::User(user.to_owned()),
+            (Caller::User(me), user) if me == user => asker.clone(),
+            (Caller::User(me), user) => {
+                return Err(Status::permission_denied(format!(
+                    "User {me:?} cannot ask what {user:?} may do (only the admin token can)"
+                )));
+            }
+        };
+        let ns = if crate::auth::rbac::cluster_scoped(&r.resource) {
+            String::new()
+        } else {
+            ns_or_default(&r.namespace).to_owned()
+        };
+        let access = Access::new(&r.verb, &r.resource, &ns, &r.name);
+        let (allowed, reason) = self.cluster.decide(&subject, &access).map_err(status)?;
+        self.cluster.audit().record(
+            &asker,
+            "CanI",
+            &access,
+            true,
+            &format!(
+                "asked for {}: {}",
+                subject.name(),
+                if allowed { "yes" } else { "no" }
+            ),
+        );
+        Ok(Response::new(pb::CanIResponse { allowed, reason }))
+    }
     type WatchPodsStream = Stream_<pb::PodWatchEvent>;
 
     async fn watch_pods(
         &self,
         req: Request<pb::WatchPodsRequest>,
     ) -> Result<Response<Self::WatchPodsStream>, Status> {
+        self.allow(
+            &req,
+            "WatchPods",
+            "watch",
+            "pods",
+            &req.get_ref().namespace,
+            "",
+        )?;
         let ns = req.into_inner().namespace;
         self.cluster
             .watch_pods(&ns)
@@ -272,6 +540,14 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::LogsRequest>,
     ) -> Result<Response<Self::LogsStream>, Status> {
+        self.allow(
+            &req,
+            "Logs",
+            "get",
+            "pods/log",
+            ns_or_default(&req.get_ref().namespace),
+            &req.get_ref().name,
+        )?;
         let req = req.into_inner();
         let options = req.options.unwrap_or_default();
         let stream = self
@@ -289,12 +565,17 @@ impl AdminService for AdminApi {
         req: Request<Streaming<pb::ExecInput>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
         use agent::exec_input::Input;
+        let caller = caller(&req)?;
         let mut input = req.into_inner();
         let first = input.message().await?.ok_or_else(first_message_error)?;
         let Some(Input::Start(start)) = first.input.and_then(|i| i.input) else {
             return Err(first_message_error());
         };
         let (namespace, name) = (first.namespace, first.name);
+        let access = Access::new("create", "pods/exec", ns_or_default(&namespace), &name);
+        self.cluster
+            .authorize(&caller, "Exec", &access)
+            .map_err(status)?;
         let rest = tokio_stream::StreamExt::map_while(input, |m| m.ok().and_then(|m| m.input));
         let output = self
             .cluster
@@ -311,12 +592,17 @@ impl AdminService for AdminApi {
         req: Request<Streaming<pb::AttachInput>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         use agent::attach_input::Input;
+        let caller = caller(&req)?;
         let mut input = req.into_inner();
         let first = input.message().await?.ok_or_else(first_message_error)?;
         let Some(Input::Start(start)) = first.input.and_then(|i| i.input) else {
             return Err(first_message_error());
         };
         let (namespace, name) = (first.namespace, first.name);
+        let access = Access::new("create", "pods/attach", ns_or_default(&namespace), &name);
+        self.cluster
+            .authorize(&caller, "Attach", &access)
+            .map_err(status)?;
         let rest = tokio_stream::StreamExt::map_while(input, |m| m.ok().and_then(|m| m.input));
         let output = self
             .cluster
@@ -331,6 +617,14 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::CreateClaimRequest>,
     ) -> Result<Response<pb::Claim>, Status> {
+        self.allow(
+            &req,
+            "CreateClaim",
+            "create",
+            "persistentvolumeclaims",
+            &claim_namespace(&req.get_ref().manifest_json),
+            "",
+        )?;
         self.cluster
             .create_claim(&req.into_inner().manifest_json)
             .await
@@ -342,6 +636,14 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::ListClaimsRequest>,
     ) -> Result<Response<pb::ListClaimsResponse>, Status> {
+        self.allow(
+            &req,
+            "ListClaims",
+            "list",
+            "persistentvolumeclaims",
+            &req.get_ref().namespace,
+            "",
+        )?;
         let claims = self
             .cluster
             .claims(&req.into_inner().namespace)
@@ -354,6 +656,14 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::DeleteClaimRequest>,
     ) -> Result<Response<pb::Claim>, Status> {
+        self.allow(
+            &req,
+            "DeleteClaim",
+            "delete",
+            "persistentvolumeclaims",
+            ns_or_default(&req.get_ref().namespace),
+            &req.get_ref().name,
+        )?;
         let req = req.into_inner();
         self.cluster
             .delete_claim(&req.namespace, &req.name)
@@ -366,6 +676,14 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        self.allow(
+            &req,
+            "ListEvents",
+            "list",
+            "events",
+            &req.get_ref().namespace,
+            "",
+        )?;
         let req = req.into_inner();
         let events = self
             .cluster
@@ -379,6 +697,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::TelemetryRequest>,
     ) -> Result<Response<pb::TelemetryResponse>, Status> {
+        self.allow(&req, "Telemetry", "get", "telemetry", "", "")?;
         let req = req.into_inner();
         if !req.node.is_empty() {
             self.cluster.node(&req.node).map_err(status)?;
@@ -403,8 +722,9 @@ impl AdminService for AdminApi {
     #[tracing::instrument(skip_all)]
     async fn list_budgets(
         &self,
-        _: Request<pb::ListBudgetsRequest>,
+        req: Request<pb::ListBudgetsRequest>,
     ) -> Result<Response<pb::ListBudgetsResponse>, Status> {
+        self.allow(&req, "ListBudgets", "list", "budgets", "", "")?;
         self.cluster
             .budget_statuses()
             .map(|budgets| Response::new(pb::ListBudgetsResponse { budgets }))
@@ -416,8 +736,9 @@ impl AdminService for AdminApi {
     #[tracing::instrument(skip_all)]
     async fn backup(
         &self,
-        _: Request<pb::BackupRequest>,
+        req: Request<pb::BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
+        self.allow(&req, "Backup", "get", "backups", "", "")?;
         let store = self.cluster.store().clone();
         let data_dir = self.cluster.config().data_dir.clone();
         // Copying the store and compressing it block: off the runtime's threads.

@@ -17,13 +17,17 @@ pub fn admin_auth(cluster: Cluster) -> impl tonic::service::Interceptor + Clone 
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        match token {
-            Some(t) if cluster.pki().admin_token_ok(t) => Ok(req),
-            Some(_) => Err(tonic::Status::unauthenticated(
-                "the admin token is not valid",
+        match token.map(|t| cluster.authenticate(t)) {
+            Some(Some(caller)) => {
+                let mut req = req;
+                req.extensions_mut().insert(caller);
+                Ok(req)
+            }
+            Some(None) => Err(tonic::Status::unauthenticated(
+                "the token is not valid (not the admin token, nor a named token that exists)",
             )),
             None => Err(tonic::Status::unauthenticated(
-                "an admin token is required (authorization: Bearer <token>; the orca CLI reads it from its credentials file)",
+                "a token is required (authorization: Bearer <token>; the orca CLI reads it from its credentials file)",
             )),
         }
     }

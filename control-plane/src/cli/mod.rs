@@ -11,6 +11,7 @@
 //! - [`streams`]: `orca logs`, `orca exec` and `orca attach`; [`terminal`]: raw
 //!   mode and window size for `exec -t`.
 
+pub mod auth;
 pub mod backup;
 pub mod budgets;
 pub mod claims;
@@ -233,6 +234,10 @@ pub enum Command {
         #[arg(long, default_value_t = 300)]
         timeout: u64,
     },
+    /// Named tokens and RBAC questions: `orca auth token create NAME`,
+    /// `orca auth can-i delete pods`.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
     /// Set a Deployment's number of replicas.
     Scale {
         /// deployment/NAME.
@@ -277,7 +282,7 @@ fn kind_word(word: &str) -> Result<String, String> {
         Ok(word.to_owned())
     } else {
         Err(format!(
-            "unknown kind {word:?}: pods, nodes, pvc, namespaces, resourcequotas, limitranges, configmaps, secrets, deployments, replicasets"
+            "unknown kind {word:?}: pods, nodes, pvc, namespaces, resourcequotas, limitranges, configmaps, secrets, deployments, replicasets, services, roles, clusterroles, rolebindings, clusterrolebindings"
         ))
     }
 }
@@ -337,6 +342,9 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Node(cmd) => return nodes::run(&mut client, cmd, &mut out).await,
+        Command::Auth(cmd) => {
+            return auth::run(&mut client, cmd, &ns, cli.config.as_deref(), &mut out).await;
+        }
         Command::Run(args) => {
             let pod = pod::from_run_args(&ns, &args)?;
             create_pod(&mut client, pod, &mut out).await?;

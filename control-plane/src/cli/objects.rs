@@ -448,6 +448,47 @@ pub async fn describe(
             }
             object_events(client, kind, ns, name, out).await?;
         }
+        Kind::Role | Kind::ClusterRole => {
+            let mut rows = vec![
+                ["Resources", "Resource Names", "Verbs"]
+                    .map(String::from)
+                    .to_vec(),
+            ];
+            for r in v["rules"].as_array().into_iter().flatten() {
+                let list = |k: &str| {
+                    r[k].as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(Value::as_str)
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        })
+                        .unwrap_or_default()
+                };
+                rows.push(vec![
+                    list("resources"),
+                    list("resourceNames"),
+                    list("verbs"),
+                ]);
+            }
+            table(out, &rows)?;
+        }
+        Kind::RoleBinding | Kind::ClusterRoleBinding => {
+            writeln!(
+                out,
+                "Role:       {}/{}",
+                v["roleRef"]["kind"].as_str().unwrap_or_default(),
+                v["roleRef"]["name"].as_str().unwrap_or_default()
+            )?;
+            for s in v["subjects"].as_array().into_iter().flatten() {
+                writeln!(
+                    out,
+                    "Subject:    {} {}",
+                    s["kind"].as_str().unwrap_or_default(),
+                    s["name"].as_str().unwrap_or_default()
+                )?;
+            }
+        }
         Kind::Namespace => {
             writeln!(out, "Status:     Active")?;
             let quotas = fetch(client, Kind::ResourceQuota, name, None).await?;

@@ -47,13 +47,21 @@ pub enum Kind {
     ReplicaSet,
     /// `v1/Service`.
     Service,
+    /// `rbac.authorization.k8s.io/v1/Role`.
+    Role,
+    /// `rbac.authorization.k8s.io/v1/ClusterRole` (cluster-scoped).
+    ClusterRole,
+    /// `rbac.authorization.k8s.io/v1/RoleBinding`.
+    RoleBinding,
+    /// `rbac.authorization.k8s.io/v1/ClusterRoleBinding` (cluster-scoped).
+    ClusterRoleBinding,
 }
 
 /// Kinds that stay with Kubernetes: standalone mode does not emulate them.
 const KUBERNETES_ONLY: [&str; 3] = ["Ingress", "NetworkPolicy", "CustomResourceDefinition"];
 
 impl Kind {
-    const ALL: [Kind; 8] = [
+    const ALL: [Kind; 12] = [
         Kind::Namespace,
         Kind::ResourceQuota,
         Kind::LimitRange,
@@ -62,6 +70,10 @@ impl Kind {
         Kind::Deployment,
         Kind::ReplicaSet,
         Kind::Service,
+        Kind::Role,
+        Kind::ClusterRole,
+        Kind::RoleBinding,
+        Kind::ClusterRoleBinding,
     ];
 
     /// The kind a manifest's `kind` or a command line's word names.
@@ -76,6 +88,10 @@ impl Kind {
             "deployment" | "deployments" | "deploy" => Kind::Deployment,
             "replicaset" | "replicasets" | "rs" => Kind::ReplicaSet,
             "service" | "services" | "svc" => Kind::Service,
+            "role" | "roles" => Kind::Role,
+            "clusterrole" | "clusterroles" => Kind::ClusterRole,
+            "rolebinding" | "rolebindings" => Kind::RoleBinding,
+            "clusterrolebinding" | "clusterrolebindings" => Kind::ClusterRoleBinding,
             _ => return None,
         })
     }
@@ -91,12 +107,29 @@ impl Kind {
             Kind::Deployment => "Deployment",
             Kind::ReplicaSet => "ReplicaSet",
             Kind::Service => "Service",
+            Kind::Role => "Role",
+            Kind::ClusterRole => "ClusterRole",
+            Kind::RoleBinding => "RoleBinding",
+            Kind::ClusterRoleBinding => "ClusterRoleBinding",
+        }
+    }
+
+    /// The resource RBAC rules name it by (plural, lowercase).
+    pub fn resource(self) -> String {
+        match self {
+            Kind::Namespace => "namespaces".into(),
+            Kind::ResourceQuota => "resourcequotas".into(),
+            Kind::LimitRange => "limitranges".into(),
+            other => format!("{}s", other.name().to_ascii_lowercase()),
         }
     }
 
     /// Whether its objects live in a namespace.
     pub fn namespaced(self) -> bool {
-        self != Kind::Namespace
+        !matches!(
+            self,
+            Kind::Namespace | Kind::ClusterRole | Kind::ClusterRoleBinding
+        )
     }
 
     /// Checks a manifest of this kind; the error names what is wrong.
@@ -126,8 +159,27 @@ impl Kind {
                 Err("ReplicaSets are made by Deployments here; apply a Deployment".into())
             }
             Kind::Service => crate::services::validate(manifest),
+            Kind::Role => parse::<k8s_openapi::api::rbac::v1::Role>(manifest, "Role"),
+            Kind::ClusterRole => {
+                parse::<k8s_openapi::api::rbac::v1::ClusterRole>(manifest, "ClusterRole")
+            }
+            Kind::RoleBinding => {
+                parse::<k8s_openapi::api::rbac::v1::RoleBinding>(manifest, "RoleBinding")
+            }
+            Kind::ClusterRoleBinding => parse::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>(
+                manifest,
+                "ClusterRoleBinding",
+            ),
         }
     }
+}
+
+/// Checks that a manifest is an `rbac.authorization.k8s.io/v1` object of
+/// its kind.
+fn parse<T: serde::de::DeserializeOwned>(manifest: &Value, kind: &str) -> Result<(), String> {
+    serde_json::from_value::<T>(manifest.clone())
+        .map(drop)
+        .map_err(|e| format!("not an rbac.authorization.k8s.io/v1 {kind}: {e}"))
 }
 
 /// Why a manifest's kind is not kept here.
@@ -248,7 +300,7 @@ impl Cluster {
             manifest["metadata"]["namespace"] = Value::String(ns.clone());
             ns
         } else {
-            if name == DEFAULT_NAMESPACE {
+            if kind == Kind::Namespace && name == DEFAULT_NAMESPACE {
                 return Err(ClusterError::Invalid(
                     "namespace default always exists".into(),
                 ));

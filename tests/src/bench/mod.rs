@@ -11,6 +11,7 @@ pub mod heartbeats;
 pub mod logs;
 pub mod pod_start;
 pub mod recovery;
+pub mod service;
 pub mod spot_notice;
 
 use std::time::Duration;

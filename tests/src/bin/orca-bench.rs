@@ -80,6 +80,22 @@ enum Scenario {
         #[arg(long, default_value_t = 5_000)]
         poll_ms: u64,
     },
+    /// A Service's virtual IP against the pod behind it (req/s side by side),
+    /// and readiness change → load balancer updated.
+    Service {
+        /// Client threads.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Seconds per load window.
+        #[arg(long, default_value_t = 3)]
+        window_s: u64,
+        /// Windows of each (alternating).
+        #[arg(long, default_value_t = 5)]
+        windows: usize,
+        /// Readiness flips timed.
+        #[arg(long, default_value_t = 20)]
+        flips: usize,
+    },
     /// The EC2 provider's own time per launch: pod recorded → RunInstances sent (moto).
     Ec2Launch {
         /// Pods created at once.
@@ -138,6 +154,14 @@ fn main() {
         Scenario::GpuSample { iterations } => orca_tests::bench::gpu::run(iterations),
         Scenario::SpotNotice { runs, poll_ms } => {
             orca_tests::bench::spot_notice::run(runs, Duration::from_millis(poll_ms))
+        }
+        Scenario::Service {
+            clients,
+            window_s,
+            windows,
+            flips,
+        } => {
+            orca_tests::bench::service::run(clients, Duration::from_secs(window_s), windows, flips)
         }
         Scenario::Recovery { runs, interval_ms } => {
             orca_tests::bench::recovery::run(runs, Duration::from_millis(interval_ms))

@@ -175,7 +175,11 @@ mod tests {
             given.push(ip);
         }
         assert_eq!(given[0], Ipv4Addr::new(10, 90, 0, 2));
-        assert_eq!(free_address(dir.path(), &cidr), None, "the /28's lower half is full");
+        assert_eq!(
+            free_address(dir.path(), &cidr),
+            None,
+            "the /28's lower half is full"
+        );
         HostDir::new(dir.path(), "n3").remove().unwrap();
         assert_eq!(free_address(dir.path(), &cidr), Some(given[3]));
     }

@@ -1,0 +1,190 @@
+//! Who calls AdminService and what they may do.
+//!
+//! - **Authentication**: a bearer token on every call. The admin token (made
+//!   with the cluster, in `admin.yaml`) is the cluster's superuser, as
+//!   Kubernetes' `system:masters`; named tokens (`orca auth token create
+//!   NAME`) are the user `NAME`. Tokens are kept as their SHA-256 only; the
+//!   token itself is shown once, when made.
+//! - **Authorization**: every call names what it does (verb × resource in a
+//!   namespace, as Kubernetes writes it) and is checked against the stored
+//!   Roles, ClusterRoles and their bindings ([`rbac`]). A named token with no
+//!   binding may do nothing but ask what it may do (`orca auth can-i`).
+//! - **Audit**: every decision, allowed or refused, is one JSON line in
+//!   `<data_dir>/audit.log`: when, who, verb, resource, namespace, name, the
+//!   decision and what decided it ([`audit`]).
+
+pub mod audit;
+pub mod rbac;
+
+use orca_proto::controlplane::v1 as pb;
+use prost::Message;
+use ring::digest::{SHA256, digest};
+
+use crate::cluster::{Cluster, ClusterError, now};
+use crate::objects::Kind;
+use rbac::{Access, Policy};
+
+/// Who is calling, as authenticated from the request's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The cluster's admin token.
+    Admin,
+    /// A named token.
+    User(String),
+}
+
+impl Caller {
+    /// The name audits and refusals use.
+    pub fn name(&self) -> &str {
+        match self {
+            Caller::Admin => "admin",
+            Caller::User(n) => n,
+        }
+    }
+}
+
+/// A named token, as stored: its name and when it was made (the key is the
+/// token's SHA-256).
+#[derive(Clone, PartialEq, Message)]
+pub struct ApiToken {
+    /// The user it authenticates.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// When it was made.
+    #[prost(message, optional, tag = "2")]
+    pub created_at: Option<prost_types::Timestamp>,
+}
+
+/// Store key of a token: the hex SHA-256 of its text.
+fn token_key(token: &str) -> String {
+    digest(&SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn decoded<T: serde::de::DeserializeOwned>(objects: Vec<pb::StoredObject>) -> Vec<T> {
+    objects
+        .iter()
+        .filter_map(|o| serde_json::from_str(&o.manifest_json).ok())
+        .collect()
+}
+
+impl Cluster {
+    /// Who `token` is, if anyone.
+    pub fn authenticate(&self, token: &str) -> Option<Caller> {
+        if self.pki().admin_token_ok(token) {
+            return Some(Caller::Admin);
+        }
+        let t = self.store().api_tokens.get(&token_key(token)).ok()??;
+        Some(Caller::User(t.name))
+    }
+
+    /// Makes a named token; its text (shown once).
+    pub async fn create_token(&self, name: &str) -> Result<String, ClusterError> {
+        if !crate::pods::valid_name(name) || name == "admin" {
+            return Err(ClusterError::Invalid(format!(
+                "token {name:?}: names are lowercase DNS subdomains, and not admin"
+            )));
+        }
+        if self.tokens()?.iter().any(|t| t.name == name) {
+            return Err(ClusterError::AlreadyExists {
+                kind: "token",
+                name: name.into(),
+            });
+        }
+        let mut secret = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+            .map_err(|_| ClusterError::FailedPrecondition("no randomness for a token".into()))?;
+        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let token = format!("orca-{name}.{hex}");
+        self.store().api_tokens.put(
+            &token_key(&token),
+            &ApiToken {
+                name: name.into(),
+                created_at: Some(now()),
+            },
+        )?;
+        self.store().flush().await?;
+        Ok(token)
+    }
+
+    /// The named tokens.
+    pub fn tokens(&self) -> Result<Vec<ApiToken>, ClusterError> {
+        Ok(self.store().api_tokens.scan("")?)
+    }
+
+    /// Deletes the named token: it authenticates no one from now on.
+    pub async fn delete_token(&self, name: &str) -> Result<(), ClusterError> {
+        let found: Vec<String> = self
+            .store()
+            .api_tokens
+            .entries("")?
+            .into_iter()
+            .filter(|(_, t)| t.name == name)
+            .map(|(k, _)| k)
+            .collect();
+        if found.is_empty() {
+            return Err(ClusterError::NotFound {
+                kind: "token",
+                name: name.into(),
+            });
+        }
+        for k in found {
+            self.store().api_tokens.remove(&k)?;
+        }
+        self.store().flush().await?;
+        Ok(())
+    }
+
+    fn policy(&self) -> Result<Policy, ClusterError> {
+        let scan = |kind: Kind| self.store().objects.scan(&format!("{}/", kind.name()));
+        Ok(Policy {
+            roles: decoded(scan(Kind::Role)?),
+            cluster_roles: decoded(scan(Kind::ClusterRole)?),
+            role_bindings: decoded(scan(Kind::RoleBinding)?),
+            cluster_role_bindings: decoded(scan(Kind::ClusterRoleBinding)?),
+        })
+    }
+
+    /// Whether `caller` may do `access`, and what decided it.
+    pub fn decide(&self, caller: &Caller, access: &Access) -> Result<(bool, String), ClusterError> {
+        Ok(match caller {
+            Caller::Admin => (true, "the admin token".into()),
+            Caller::User(name) => match self.policy()?.allows(name, access) {
+                Some(binding) => (true, binding),
+                None => (false, access.refusal(name)),
+            },
+        })
+    }
+
+    /// Allows `access` to `caller` or refuses it, recording the decision in
+    /// the audit log.
+    pub fn authorize(
+        &self,
+        caller: &Caller,
+        method: &str,
+        access: &Access,
+    ) -> Result<(), ClusterError> {
+        let (allowed, why) = self.decide(caller, access)?;
+        self.audit().record(caller, method, access, allowed, &why);
+        if allowed {
+            Ok(())
+        } else {
+            Err(ClusterError::PermissionDenied(why))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_keys_are_hashes() {
+        let k = token_key("orca-ann.00");
+        assert_eq!(k.len(), 64);
+        assert_ne!(k, token_key("orca-ann.01"));
+    }
+}
