@@ -66,6 +66,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod autoscaling;
 pub mod backup;
 pub mod budgets;
 pub mod claims;
@@ -297,9 +298,12 @@ pub async fn serve(
         tokio::spawn(async move { cluster.run_scheduler(stop).await })
     };
     let workloads = cluster.config().kubernetes.is_none().then(|| {
+        let (scaler, scaler_stop) = (cluster.clone(), stopped(stop_rx.clone()));
+        let autoscaling = tokio::spawn(async move { scaler.run_autoscaling(scaler_stop).await });
         let cluster = cluster.clone();
         let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move { cluster.run_workloads(stop).await })
+        let controllers = tokio::spawn(async move { cluster.run_workloads(stop).await });
+        [controllers, autoscaling]
     });
     let services = services.map(|services| {
         let cluster = cluster.clone();
@@ -359,8 +363,8 @@ pub async fn serve(
     if let Some(budgets) = budgets {
         let _ = budgets.await;
     }
-    if let Some(workloads) = workloads {
-        let _ = workloads.await;
+    for task in workloads.into_iter().flatten() {
+        let _ = task.await;
     }
     if let Some(services) = services {
         let _ = services.await;

@@ -439,6 +439,18 @@ impl Cluster {
                 .ok(),
             orphan_pod_uids: orphans,
             notices: self.pushed_notices(&node.name),
+            node_ports: self
+                .services()
+                .map(|s| {
+                    s.node_ports()
+                        .into_iter()
+                        .map(|p| pb::NodePort {
+                            port: u32::from(p.node_port),
+                            target: p.target.to_string(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 

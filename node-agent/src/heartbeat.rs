@@ -41,6 +41,8 @@ pub struct Reporter {
     pub notices: crate::interruption::Notices,
     /// When the control plane last answered (the dead-man's switch reads it).
     pub contact: crate::deadman::Contact,
+    /// The Services' node ports this host serves.
+    pub node_ports: Arc<crate::node_ports::NodePorts>,
 }
 
 fn duration(d: Option<prost_types::Duration>, fallback: Duration) -> Duration {
@@ -99,6 +101,7 @@ pub async fn run(r: Reporter, pods: PodManager, shutdown: impl std::future::Futu
                 let resp = resp.into_inner();
                 interval = duration(resp.heartbeat_interval, interval);
                 r.notices.push(resp.notices);
+                r.node_ports.set(&resp.node_ports).await;
                 for uid in resp.orphan_pod_uids {
                     let pods = pods.clone();
                     tokio::spawn(async move {

@@ -73,6 +73,7 @@ pub mod imds;
 pub mod interruption;
 pub mod join;
 pub mod logs;
+pub mod node_ports;
 pub mod pods;
 pub mod portforward;
 pub mod probes;
@@ -255,6 +256,7 @@ pub async fn serve(
         gpus,
         retry: config.retry,
         interval: std::time::Duration::from_secs(5),
+        node_ports: Default::default(),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -269,6 +269,34 @@ fn a_service_balances_over_ready_pods_and_is_discovered() {
     );
     drop(held);
 
+    // NodePort: every host forwards its node port to the virtual IP.
+    let np = c.dir().join("np.yaml");
+    std::fs::write(
+        &np,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web-np}\nspec:\n  type: NodePort\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n",
+    )
+    .unwrap();
+    c.orca_ok(&["apply", "-f", np.to_str().unwrap()]);
+    let np: serde_json::Value =
+        serde_json::from_str(&c.orca_ok(&["get", "svc", "web-np", "-o", "json"])).unwrap();
+    let node_port = np["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .expect("a node port");
+    assert!((30000..=32767).contains(&node_port), "{np:#}");
+    for host in ["h1", "h3"] {
+        let ip = c.host_network(host).expect("a namespaced host").ip;
+        let body = eventually_blocking("the node port answers", DEADLINE, || {
+            match TcpStream::connect_timeout(
+                &format!("{ip}:{node_port}").parse().unwrap(),
+                Duration::from_secs(1),
+            ) {
+                Ok(_) => Ok(get(&format!("{ip}:{node_port}"))),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        assert!(pods.contains(&body), "{host}: {body}");
+    }
+
     // Deleted: the address is gone.
     c.orca_ok(&["delete", "svc", "web"]);
     eventually_blocking(

@@ -174,6 +174,9 @@ pub async fn get(
             if kind == Kind::Service {
                 return service_table(&list, out);
             }
+            if kind == Kind::HorizontalPodAutoscaler {
+                return hpa_table(&list, out);
+            }
             let mut rows = vec![vec!["NAME".to_owned(), "AGE".to_owned()]];
             let data = matches!(kind, Kind::ConfigMap | Kind::Secret);
             if kind == Kind::ResourceQuota {
@@ -280,6 +283,85 @@ fn service_table(list: &[pb::StoredObject], out: &mut impl Write) -> Result<(), 
                 .to_owned(),
             service_ports(&v),
             endpoints.to_string(),
+            human(age(o.created_at.as_ref())),
+        ]);
+    }
+    table(out, &rows)?;
+    Ok(())
+}
+
+/// `current/target` of each metric, as `kubectl get hpa` shows them.
+fn hpa_targets(v: &Value) -> String {
+    let current = v["status"]["currentMetrics"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    v["spec"]["metrics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let (now, target) = if m["type"] == "Pods" {
+                let now = current.iter().find(|c| c["type"] == "Pods").map(|c| {
+                    c["pods"]["current"]["averageValue"]
+                        .as_str()
+                        .unwrap_or("?")
+                        .to_owned()
+                });
+                (
+                    now,
+                    m["pods"]["target"]["averageValue"]
+                        .as_str()
+                        .unwrap_or("?")
+                        .to_owned(),
+                )
+            } else {
+                let now = current.iter().find(|c| c["type"] == "Resource").map(|c| {
+                    format!(
+                        "{}%",
+                        count(&c["resource"]["current"]["averageUtilization"])
+                    )
+                });
+                (
+                    now,
+                    format!("{}%", count(&m["resource"]["target"]["averageUtilization"])),
+                )
+            };
+            format!("{}/{target}", now.unwrap_or_else(|| "<unknown>".into()))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// HorizontalPodAutoscalers as `kubectl get hpa` lists them.
+fn hpa_table(list: &[pb::StoredObject], out: &mut impl Write) -> Result<(), CliError> {
+    let mut rows = vec![
+        [
+            "NAME",
+            "REFERENCE",
+            "TARGETS",
+            "MINPODS",
+            "MAXPODS",
+            "REPLICAS",
+            "AGE",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for o in list {
+        let v = value(o);
+        rows.push(vec![
+            o.name.clone(),
+            format!(
+                "Deployment/{}",
+                v["spec"]["scaleTargetRef"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+            ),
+            hpa_targets(&v),
+            v["spec"]["minReplicas"].as_i64().unwrap_or(1).to_string(),
+            count(&v["spec"]["maxReplicas"]),
+            count(&v["status"]["currentReplicas"]),
             human(age(o.created_at.as_ref())),
         ]);
     }
@@ -446,6 +528,23 @@ pub async fn describe(
                 }
                 table(out, &rows)?;
             }
+            object_events(client, kind, ns, name, out).await?;
+        }
+        Kind::HorizontalPodAutoscaler => {
+            writeln!(
+                out,
+                "Reference:  Deployment/{}",
+                v["spec"]["scaleTargetRef"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+            )?;
+            writeln!(out, "Metrics:    {}", hpa_targets(&v))?;
+            writeln!(
+                out,
+                "Replicas:   {} current / {} desired",
+                count(&v["status"]["currentReplicas"]),
+                count(&v["status"]["desiredReplicas"])
+            )?;
             object_events(client, kind, ns, name, out).await?;
         }
         Kind::Role | Kind::ClusterRole => {

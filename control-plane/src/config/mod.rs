@@ -125,6 +125,9 @@ pub struct File {
     /// (standalone mode's Services).
     #[serde(default = "d_dns_port")]
     pub dns_port: u16,
+    /// Period of the HorizontalPodAutoscalers (ms; Kubernetes' 15 s).
+    #[serde(default = "d_autoscaling_sync")]
+    pub autoscaling_sync_ms: u64,
     /// TLS settings.
     #[serde(default)]
     pub tls: TlsFile,
@@ -286,6 +289,9 @@ fn d_token_ttl() -> u64 {
 fn d_pending() -> u64 {
     DEFAULT_PENDING_TIMEOUT_MS
 }
+fn d_autoscaling_sync() -> u64 {
+    15_000
+}
 fn d_dns_port() -> u16 {
     53
 }
@@ -362,6 +368,8 @@ pub struct Config {
     pub agent_call_timeout: Duration,
     /// The cluster DNS's UDP port.
     pub dns_port: u16,
+    /// HorizontalPodAutoscaler period.
+    pub autoscaling_sync: Duration,
     /// Provider.
     pub provider: Provider,
     /// Kubernetes mode, when on.
@@ -644,6 +652,7 @@ impl File {
             reconcile_interval: ms("reconcile_interval_ms", self.reconcile_interval_ms)?,
             agent_call_timeout: ms("agent_call_timeout_ms", self.agent_call_timeout_ms)?,
             dns_port: self.dns_port,
+            autoscaling_sync: ms("autoscaling_sync_ms", self.autoscaling_sync_ms)?,
             provider,
             kubernetes: self.kubernetes.map(|k| k.validate()).transpose()?,
             budgets: budgets::validate(self.budgets)?,

@@ -55,13 +55,15 @@ pub enum Kind {
     RoleBinding,
     /// `rbac.authorization.k8s.io/v1/ClusterRoleBinding` (cluster-scoped).
     ClusterRoleBinding,
+    /// `autoscaling/v2/HorizontalPodAutoscaler`.
+    HorizontalPodAutoscaler,
 }
 
 /// Kinds that stay with Kubernetes: standalone mode does not emulate them.
 const KUBERNETES_ONLY: [&str; 3] = ["Ingress", "NetworkPolicy", "CustomResourceDefinition"];
 
 impl Kind {
-    const ALL: [Kind; 12] = [
+    const ALL: [Kind; 13] = [
         Kind::Namespace,
         Kind::ResourceQuota,
         Kind::LimitRange,
@@ -74,6 +76,7 @@ impl Kind {
         Kind::ClusterRole,
         Kind::RoleBinding,
         Kind::ClusterRoleBinding,
+        Kind::HorizontalPodAutoscaler,
     ];
 
     /// The kind a manifest's `kind` or a command line's word names.
@@ -92,6 +95,9 @@ impl Kind {
             "clusterrole" | "clusterroles" => Kind::ClusterRole,
             "rolebinding" | "rolebindings" => Kind::RoleBinding,
             "clusterrolebinding" | "clusterrolebindings" => Kind::ClusterRoleBinding,
+            "horizontalpodautoscaler" | "horizontalpodautoscalers" | "hpa" => {
+                Kind::HorizontalPodAutoscaler
+            }
             _ => return None,
         })
     }
@@ -111,6 +117,7 @@ impl Kind {
             Kind::ClusterRole => "ClusterRole",
             Kind::RoleBinding => "RoleBinding",
             Kind::ClusterRoleBinding => "ClusterRoleBinding",
+            Kind::HorizontalPodAutoscaler => "HorizontalPodAutoscaler",
         }
     }
 
@@ -170,6 +177,7 @@ impl Kind {
                 manifest,
                 "ClusterRoleBinding",
             ),
+            Kind::HorizontalPodAutoscaler => crate::autoscaling::validate(manifest),
         }
     }
 }
