@@ -104,3 +104,61 @@ fn an_hpa_scales_a_deployment_up_under_load_and_back_down() {
     let described = c.orca_ok(&["describe", "hpa", "burn"]);
     assert!(described.contains("below target"), "{described}");
 }
+
+/// Beyond Kubernetes: the HPA scales on the GPU utilisation the agents report
+/// (here the fake GPU source's replayed NVML samples, which rise above 1%).
+#[test]
+fn an_hpa_scales_on_gpu_utilization() {
+    let c = TestCluster::start_configured(&["--retry-ms=100"], "autoscaling_sync_ms: 500\n");
+    c.orca_ok(&["node", "add", "gpu", "--gpus", "2"]);
+    c.wait_node_ready("gpu");
+    let manifests = format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: train}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: train}}}}
+  template:
+    metadata: {{labels: {{app: train}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: c
+        image: {}
+        command: [sleep, '600']
+        resources: {{limits: {{nvidia.com/gpu: 1}}}}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {{name: train}}
+spec:
+  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: train}}
+  minReplicas: 1
+  maxReplicas: 2
+  metrics:
+  - type: Pods
+    pods:
+      metric: {{name: orca.research/gpu-utilization}}
+      target: {{type: AverageValue, averageValue: '1'}}
+",
+        c.image
+    );
+    let file = c.dir().join("train.yaml");
+    std::fs::write(&file, manifests).unwrap();
+    c.orca_ok(&["apply", "-f", file.to_str().unwrap()]);
+    eventually_blocking("scaled up on GPU utilisation", DEADLINE, || {
+        let d: serde_json::Value =
+            serde_json::from_str(&c.orca_ok(&["get", "deploy", "train", "-o", "json"])).unwrap();
+        if d["spec"]["replicas"] == 2 && d["status"]["readyReplicas"] == 2 {
+            Ok(())
+        } else {
+            Err(d["status"].clone())
+        }
+    });
+    let described = c.orca_ok(&["describe", "hpa", "train"]);
+    assert!(
+        described.contains("orca.research/gpu-utilization above target"),
+        "{described}"
+    );
+}

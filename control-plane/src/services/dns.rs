@@ -2,9 +2,11 @@
 //! (UDP port 53 by default) for `NAME.NAMESPACE.svc` and
 //! `NAME.NAMESPACE.svc.cluster.local` with the Service's virtual IP (A
 //! records; AAAA and other types get an empty answer). It is authoritative
-//! for `svc` and `cluster.local` only: an unknown name there is NXDOMAIN, any
-//! other name is REFUSED (nothing is forwarded off the machine). Messages are
-//! parsed and written with hickory-proto.
+//! for `svc` and `cluster.local` only: an unknown name there is NXDOMAIN. Any
+//! other name is forwarded as it came to the first `nameserver` of the
+//! control plane machine's `/etc/resolv.conf` (as CoreDNS forwards to the
+//! node's resolver), and the answer relayed; with no upstream it is REFUSED.
+//! Messages are parsed and written with hickory-proto.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -95,15 +97,62 @@ pub fn answer(request: &Message, resolve: &dyn Fn(&str, &str) -> Option<Ipv4Addr
 /// Gives a Service's virtual IP from its namespace and name.
 pub type Resolver = Arc<dyn Fn(&str, &str) -> Option<Ipv4Addr> + Send + Sync>;
 
-/// Answers queries on `socket` until the task is aborted.
-pub async fn serve(socket: UdpSocket, resolve: Resolver) {
+/// The first `nameserver` of a resolv.conf text.
+pub fn upstream(resolv_conf: &str) -> Option<SocketAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .find_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+}
+
+/// Time allowed for the upstream resolver's answer.
+const UPSTREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Sends `query` to `upstream` and relays its answer to `peer`.
+async fn forward(socket: Arc<UdpSocket>, query: Vec<u8>, peer: SocketAddr, upstream: SocketAddr) {
+    let bind: SocketAddr = if upstream.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let Ok(out) = UdpSocket::bind(bind).await else {
+        return;
+    };
+    if out.send_to(&query, upstream).await.is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 4096];
+    if let Ok(Ok((n, from))) = tokio::time::timeout(UPSTREAM_TIMEOUT, out.recv_from(&mut buf)).await
+        && from == upstream
+    {
+        let _ = socket.send_to(&buf[..n], peer).await;
+    }
+}
+
+/// Answers queries on `socket` until the task is aborted; names outside the
+/// cluster's zones go to `upstream` when there is one.
+pub async fn serve(socket: UdpSocket, resolve: Resolver, upstream: Option<SocketAddr>) {
+    let socket = Arc::new(socket);
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
             continue;
         };
         let reply = match Message::from_vec(&buf[..n]) {
-            Ok(request) => answer(&request, &*resolve),
+            Ok(request) => {
+                let foreign = request
+                    .queries()
+                    .first()
+                    .is_some_and(|q| classify(&q.name().to_ascii()) == Lookup::Foreign);
+                match upstream {
+                    Some(up) if foreign => {
+                        tokio::spawn(forward(socket.clone(), buf[..n].to_vec(), peer, up));
+                        continue;
+                    }
+                    _ => answer(&request, &*resolve),
+                }
+            }
             Err(e) => {
                 debug!(%peer, error = %e, "not a DNS message; ignored");
                 continue;
@@ -125,6 +174,15 @@ mod tests {
     use super::*;
     use hickory_proto::op::Query;
     use hickory_proto::rr::Name;
+
+    #[test]
+    fn the_upstream_is_the_first_nameserver() {
+        assert_eq!(
+            upstream("# x\nsearch lan\nnameserver 10.0.0.53\nnameserver 1.1.1.1\n"),
+            Some(SocketAddr::from(([10, 0, 0, 53], 53)))
+        );
+        assert_eq!(upstream("search lan\n"), None);
+    }
 
     #[test]
     fn names_are_classified() {

@@ -160,9 +160,13 @@ impl Cluster {
             Ok(socket) => {
                 info!(listen = %dns_addr, "cluster DNS serving");
                 let table = services.clone();
+                let upstream = std::fs::read_to_string("/etc/resolv.conf")
+                    .ok()
+                    .and_then(|t| dns::upstream(&t));
                 Some(tokio::spawn(dns::serve(
                     socket,
                     Arc::new(move |ns: &str, name: &str| table.resolve(ns, name)),
+                    upstream,
                 )))
             }
             Err(e) => {
@@ -315,11 +319,9 @@ async fn start(services: &Services, uid: &str, m: &Value) -> Result<Running, Str
             .and_then(|p| u16::try_from(p).ok())
             .ok_or("bad port")?;
         let at = SocketAddr::new(vip.into(), port);
-        let listener = tokio::net::TcpListener::bind(at)
-            .await
-            .map_err(|e| format!("cannot listen on {at}: {e}"))?;
         let balancer = Arc::new(Balancer::default());
-        let task = tokio::spawn(balancer.clone().serve(listener));
+        let task = super::proxy::listen(at, balancer.clone())
+            .map_err(|e| format!("cannot listen on {at}: {e}"))?;
         ports.push(Port {
             port,
             node_port: p["nodePort"].as_u64().and_then(|n| u16::try_from(n).ok()),

