@@ -263,10 +263,10 @@ impl Cluster {
         let spec = &m["spec"];
         let target = spec["scaleTargetRef"]["name"].as_str().unwrap_or_default();
         let dk = key(Kind::Deployment, ns, target);
-        let Some(mut d) = self.store().objects.get(&dk)? else {
+        let Some(d) = self.store().objects.get(&dk)? else {
             return self.hpa_status(h, json!({"conditions": [{"type": "AbleToScale", "status": "False", "reason": "FailedGetScale", "message": format!("deployment {target} not found")}]}));
         };
-        let mut dm: Value = serde_json::from_str(&d.manifest_json).unwrap_or(Value::Null);
+        let dm: Value = serde_json::from_str(&d.manifest_json).unwrap_or(Value::Null);
         let current = dm["spec"]["replicas"].as_i64().unwrap_or(1) as i32;
         let selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector =
             serde_json::from_value(dm["spec"]["selector"].clone()).unwrap_or_default();
@@ -314,9 +314,9 @@ impl Cluster {
         };
         let current_metrics: Vec<Value> = ratios.iter().map(|(_, _, v)| v.clone()).collect();
         if desired != current {
-            dm["spec"]["replicas"] = json!(desired);
-            d.manifest_json = dm.to_string();
-            self.store().objects.put(&dk, &d)?;
+            self.patch_manifest(Kind::Deployment, ns, target, |m| {
+                m["spec"]["replicas"] = json!(desired);
+            })?;
             let direction = if desired > current { "above" } else { "below" };
             self.event(
                 "HorizontalPodAutoscaler",

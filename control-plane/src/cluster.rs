@@ -250,7 +250,7 @@ impl Cluster {
             self.set_resolver(Arc::new(crate::objects::source::StoreObjects::new(
                 self.store().clone(),
                 sealer.clone(),
-                self.services().map(|s| s.dns_server()),
+                self.services().and_then(|s| s.dns_server()),
             )));
         }
         let _ = self.inner.sealer.set(sealer);

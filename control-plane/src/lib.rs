@@ -281,7 +281,8 @@ pub async fn serve(
                 local.network.cidr,
             ));
             cluster.set_services(services.clone());
-            Some(services)
+            let dns_socket = services.bind_dns(cluster.config().dns_port).await;
+            Some((services, dns_socket))
         }
         _ => None,
     };
@@ -305,11 +306,10 @@ pub async fn serve(
         let controllers = tokio::spawn(async move { cluster.run_workloads(stop).await });
         [controllers, autoscaling]
     });
-    let services = services.map(|services| {
+    let services = services.map(|(services, dns_socket)| {
         let cluster = cluster.clone();
         let stop = stopped(stop_rx.clone());
-        let dns_port = cluster.config().dns_port;
-        tokio::spawn(async move { cluster.run_services(services, dns_port, stop).await })
+        tokio::spawn(async move { cluster.run_services(services, dns_socket, stop).await })
     });
     let budgets = (!cluster.config().budgets.is_empty()).then(|| {
         let cluster = cluster.clone();

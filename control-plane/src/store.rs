@@ -67,6 +67,45 @@ pub struct Change<M> {
 /// writers down.
 const WATCH_BUFFER: usize = 4096;
 
+/// What a controller loop waits on between passes: any write to the pods or
+/// the objects, or `tick` (a missed wake-up heals on the next one). Changes
+/// queued meanwhile are dropped: the next pass reads the store anyway.
+pub struct Wakeups {
+    pods: tokio::sync::broadcast::Receiver<Change<pb::PodRecord>>,
+    objects: tokio::sync::broadcast::Receiver<Change<pb::StoredObject>>,
+    tick: std::time::Duration,
+}
+
+fn drain<T: Clone>(rx: &mut tokio::sync::broadcast::Receiver<T>) {
+    use tokio::sync::broadcast::error::TryRecvError;
+    while !matches!(
+        rx.try_recv(),
+        Err(TryRecvError::Empty | TryRecvError::Closed)
+    ) {}
+}
+
+impl Wakeups {
+    /// Wake-ups from `store`'s pods and objects, and every `tick`.
+    pub fn new(store: &Store, tick: std::time::Duration) -> Self {
+        Self {
+            pods: store.pods.watch(),
+            objects: store.objects.watch(),
+            tick,
+        }
+    }
+
+    /// Returns at the next change or tick.
+    pub async fn next(&mut self) {
+        tokio::select! {
+            _ = self.pods.recv() => {}
+            _ = self.objects.recv() => {}
+            () = tokio::time::sleep(self.tick) => {}
+        }
+        drain(&mut self.pods);
+        drain(&mut self.objects);
+    }
+}
+
 /// One keyspace of protobuf records.
 #[derive(Clone)]
 pub struct Table<M> {

@@ -36,6 +36,8 @@ impl Drop for NodePorts {
 async fn forward(listener: TcpListener, target: SocketAddr) {
     loop {
         let Ok((mut client, _)) = listener.accept().await else {
+            // Out of descriptors, say: do not spin.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         tokio::spawn(async move {

@@ -195,6 +195,49 @@ fn a_view_token_reads_but_cannot_delete_and_every_decision_is_audited() {
             .any(|l| l["user"] == "admin" && l["method"] == "CreateToken")
     );
 
+    // No escalation: a namespace admin may grant what it has, not more.
+    let lead = c.dir().join("lead.yaml");
+    c.orca_ok(&[
+        "auth",
+        "token",
+        "create",
+        "lead",
+        "--credentials",
+        lead.to_str().unwrap(),
+    ]);
+    let bind = |name: &str, role: &str, user: &str| {
+        let f = c.dir().join(format!("{name}.yaml"));
+        std::fs::write(
+            &f,
+            format!("apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {name}, namespace: lab}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {role}}}\nsubjects: [{{kind: User, name: {user}}}]\n"),
+        )
+        .unwrap();
+        f
+    };
+    c.orca_ok(&[
+        "apply",
+        "-f",
+        bind("lead-admin", "admin", "lead").to_str().unwrap(),
+    ]);
+    let as_lead = |f: &std::path::Path| {
+        std::process::Command::new(orca_tests::env::workspace_bin("orca"))
+            .arg("--config")
+            .arg(&lead)
+            .args(["apply", "-f"])
+            .arg(f)
+            .output()
+            .expect("run orca")
+    };
+    let granted = as_lead(&bind("viewer-lab", "view", "viewer"));
+    assert!(granted.status.success(), "{granted:?}");
+    let escalated = as_lead(&bind("lead-root", "cluster-admin", "lead"));
+    assert!(!escalated.status.success());
+    assert!(
+        stderr(&escalated).contains("escalation"),
+        "{}",
+        stderr(&escalated)
+    );
+
     // A deleted token authenticates no one.
     c.orca_ok(&["auth", "token", "delete", "viewer"]);
     let gone = as_viewer(&["get", "pods"]);

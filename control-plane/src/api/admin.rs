@@ -294,6 +294,11 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ApplyObjectResponse>, Status> {
         let (verb, resource, ns, name) = self.apply_access(req.get_ref())?;
         self.allow(&req, "ApplyObject", verb, &resource, &ns, &name)?;
+        if let Ok(manifest) = serde_json::from_str(&req.get_ref().manifest_json) {
+            self.cluster
+                .refuse_escalation(&caller(&req)?, &manifest)
+                .map_err(status)?;
+        }
         let req = req.into_inner();
         let (object, created) = self
             .cluster

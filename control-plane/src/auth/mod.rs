@@ -159,6 +159,59 @@ impl Cluster {
         })
     }
 
+    /// Refuses a Role, ClusterRole or binding (`manifest`) that would grant
+    /// more than `caller` has itself, as Kubernetes does (no `escalate` or
+    /// `bind` verbs here: the admin token is the only way past it).
+    pub fn refuse_escalation(
+        &self,
+        caller: &Caller,
+        manifest: &serde_json::Value,
+    ) -> Result<(), ClusterError> {
+        let Caller::User(user) = caller else {
+            return Ok(());
+        };
+        let kind = manifest["kind"].as_str().unwrap_or_default();
+        let ns = if kind.starts_with("Cluster") {
+            ""
+        } else {
+            manifest["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or(crate::pods::DEFAULT_NAMESPACE)
+        };
+        let policy = self.policy()?;
+        let rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule> = match kind {
+            "Role" | "ClusterRole" => {
+                serde_json::from_value(manifest["rules"].clone()).unwrap_or_default()
+            }
+            "RoleBinding" | "ClusterRoleBinding" => policy.referenced(
+                manifest["roleRef"]["kind"].as_str().unwrap_or_default(),
+                ns,
+                manifest["roleRef"]["name"].as_str().unwrap_or_default(),
+            ),
+            _ => return Ok(()),
+        };
+        match policy.escalation(user, ns, &rules) {
+            None => Ok(()),
+            Some(a) => {
+                let why = format!(
+                    "{kind} {:?} is forbidden: User {user:?} would grant {} on {} {}, which it may not do itself (escalation)",
+                    manifest["metadata"]["name"].as_str().unwrap_or_default(),
+                    a.verb,
+                    a.resource,
+                    if ns.is_empty() {
+                        "at the cluster scope".to_owned()
+                    } else {
+                        format!("in the namespace {ns:?}")
+                    }
+                );
+                let access = Access::new("escalate", &kind.to_ascii_lowercase(), ns, "");
+                self.audit()
+                    .record(caller, "ApplyObject", &access, false, &why);
+                Err(ClusterError::PermissionDenied(why))
+            }
+        }
+    }
+
     /// Allows `access` to `caller` or refuses it, recording the decision in
     /// the audit log.
     pub fn authorize(

@@ -220,6 +220,36 @@ impl Policy {
             .unwrap_or_default()
     }
 
+    /// The rules a binding's `roleRef` grants, in namespace `ns` (empty for a
+    /// ClusterRoleBinding).
+    pub fn referenced(&self, role_kind: &str, ns: &str, name: &str) -> Vec<PolicyRule> {
+        match role_kind {
+            "ClusterRole" => self.cluster_role(name),
+            _ => self.role(ns, name),
+        }
+    }
+
+    /// The first thing `rules` would grant in `ns` that `user` may not do
+    /// itself (Kubernetes' escalation check: one can only grant what one
+    /// has), or None.
+    pub fn escalation(&self, user: &str, ns: &str, rules: &[PolicyRule]) -> Option<Access> {
+        for r in rules {
+            for verb in &r.verbs {
+                for resource in r.resources.as_deref().unwrap_or_default() {
+                    // A RoleBinding cannot grant cluster-scoped resources anyway.
+                    if !ns.is_empty() && cluster_scoped(resource) {
+                        continue;
+                    }
+                    let access = Access::new(verb, resource, ns, "");
+                    if self.allows(user, &access).is_none() {
+                        return Some(access);
+                    }
+                }
+            }
+        }
+        None
+    }
+
     /// The binding that allows `access` to `user`, named (`ClusterRoleBinding
     /// x`, `RoleBinding ns/x`), or None.
     pub fn allows(&self, user: &str, access: &Access) -> Option<String> {
@@ -314,6 +344,24 @@ mod tests {
             Some("ClusterRoleBinding ops")
         );
         assert_eq!(p.allows("carol", &a("get", "pods", "lab", "x")), None);
+    }
+
+    #[test]
+    fn one_grants_only_what_one_has() {
+        let p = policy();
+        let view = builtin("view").unwrap();
+        assert_eq!(
+            p.escalation("ann", "lab", &view),
+            None,
+            "ann has view in lab"
+        );
+        let admin = builtin("cluster-admin").unwrap();
+        assert!(p.escalation("ann", "lab", &admin).is_some());
+        assert!(
+            p.escalation("ann", "default", &view).is_some(),
+            "not in another namespace"
+        );
+        assert_eq!(p.escalation("bob", "", &admin), None);
     }
 
     #[test]

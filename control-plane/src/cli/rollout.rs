@@ -193,16 +193,17 @@ fn progress(d: &Value) -> (Option<bool>, String) {
         .into_iter()
         .flatten()
         .find(|c| c["type"] == "Progressing");
-    if progressing.is_some_and(|c| c["reason"] == "ProgressDeadlineExceeded") {
-        return (
-            Some(false),
-            format!("error: deployment {name:?} exceeded its progress deadline"),
-        );
-    }
+    // As kubectl: a status older than the spec says nothing yet.
     if n(&s["observedGeneration"]) < n(&d["metadata"]["generation"]) {
         return (
             None,
             "Waiting for deployment spec update to be observed...".into(),
+        );
+    }
+    if progressing.is_some_and(|c| c["reason"] == "ProgressDeadlineExceeded") {
+        return (
+            Some(false),
+            format!("error: deployment {name:?} exceeded its progress deadline"),
         );
     }
     let (updated, all, available) = (
@@ -293,6 +294,13 @@ mod tests {
         ));
         assert_eq!(done, Some(false));
         assert!(line.contains("exceeded its progress deadline"));
+        let (stale, _) = progress(&d(
+            json!({"observedGeneration": 1, "conditions": [{"type": "Progressing", "reason": "ProgressDeadlineExceeded"}]}),
+        ));
+        assert_eq!(
+            stale, None,
+            "an old deadline says nothing about a newer spec"
+        );
         let (done, _) = progress(&d(
             json!({"observedGeneration": 1, "updatedReplicas": 3, "replicas": 3, "availableReplicas": 3}),
         ));

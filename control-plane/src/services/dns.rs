@@ -137,6 +137,7 @@ pub async fn serve(socket: UdpSocket, resolve: Resolver, upstream: Option<Socket
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         let reply = match Message::from_vec(&buf[..n]) {

@@ -31,6 +31,12 @@ struct Port {
     task: JoinHandle<()>,
 }
 
+impl Drop for Port {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A running Service.
 struct Running {
     vip: Ipv4Addr,
@@ -40,19 +46,15 @@ struct Running {
     updated: String,
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        for p in &self.ports {
-            p.task.abort();
-        }
-    }
-}
-
 /// The Services' network and what runs on it.
 pub struct Services {
     bridge: String,
     range: Ipv4Cidr,
     running: Mutex<HashMap<String, Running>>,
+    /// The last failure of each Service that could not start (one Event each).
+    failed: Mutex<HashMap<String, String>>,
+    /// Whether the cluster DNS listens (pods are only pointed at it then).
+    dns: std::sync::atomic::AtomicBool,
 }
 
 /// A node port to forward, as agents are told.
@@ -78,6 +80,25 @@ impl Services {
             bridge,
             range,
             running: Mutex::default(),
+            failed: Mutex::default(),
+            dns: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Binds the cluster DNS's socket on the gateway; from then on pods are
+    /// given it as their resolver ([`Services::dns_server`]).
+    pub async fn bind_dns(&self, port: u16) -> Option<tokio::net::UdpSocket> {
+        let at = dns::address(self.range.gateway(), port);
+        match tokio::net::UdpSocket::bind(at).await {
+            Ok(socket) => {
+                info!(listen = %at, "cluster DNS serving");
+                self.dns.store(true, Ordering::Relaxed);
+                Some(socket)
+            }
+            Err(e) => {
+                warn!(listen = %at, error = %e, "cluster DNS cannot listen; pods keep their image's resolv.conf and find Services by environment only");
+                None
+            }
         }
     }
 
@@ -86,9 +107,11 @@ impl Services {
         &self.range
     }
 
-    /// The DNS server's address: the gateway.
-    pub fn dns_server(&self) -> Ipv4Addr {
-        self.range.gateway()
+    /// The cluster DNS's address (the gateway), when it listens.
+    pub fn dns_server(&self) -> Option<Ipv4Addr> {
+        self.dns
+            .load(Ordering::Relaxed)
+            .then(|| self.range.gateway())
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
@@ -146,57 +169,36 @@ impl Services {
 }
 
 impl Cluster {
-    /// Runs the Services (proxies, endpoints, DNS on `dns_port` of the
-    /// gateway) until `stop` resolves; then takes their addresses down.
+    /// Runs the Services (proxies, endpoints, and the DNS on `dns_socket`)
+    /// until `stop` resolves; then takes their addresses down.
     pub async fn run_services(
         &self,
         services: Arc<Services>,
-        dns_port: u16,
+        dns_socket: Option<tokio::net::UdpSocket>,
         stop: impl Future<Output = ()>,
     ) {
         tokio::pin!(stop);
-        let dns_addr = dns::address(services.dns_server(), dns_port);
-        let dns_task = match tokio::net::UdpSocket::bind(dns_addr).await {
-            Ok(socket) => {
-                info!(listen = %dns_addr, "cluster DNS serving");
-                let table = services.clone();
-                let upstream = std::fs::read_to_string("/etc/resolv.conf")
-                    .ok()
-                    .and_then(|t| dns::upstream(&t));
-                Some(tokio::spawn(dns::serve(
-                    socket,
-                    Arc::new(move |ns: &str, name: &str| table.resolve(ns, name)),
-                    upstream,
-                )))
-            }
-            Err(e) => {
-                warn!(listen = %dns_addr, error = %e, "cluster DNS cannot listen; Services resolve by environment only");
-                None
-            }
-        };
-        let mut pods = self.store().pods.watch();
-        let mut objects = self.store().objects.watch();
-        let tick = self.config().reconcile_interval;
+        let dns_task = dns_socket.map(|socket| {
+            let table = services.clone();
+            let upstream = std::fs::read_to_string("/etc/resolv.conf")
+                .ok()
+                .and_then(|t| dns::upstream(&t));
+            tokio::spawn(dns::serve(
+                socket,
+                Arc::new(move |ns: &str, name: &str| table.resolve(ns, name)),
+                upstream,
+            ))
+        });
+        let mut wakeups =
+            crate::store::Wakeups::new(self.store(), self.config().reconcile_interval);
         loop {
             if let Err(e) = self.sync_services(&services).await {
                 warn!(error = %e, "services: sync failed; retrying");
             }
             tokio::select! {
                 () = &mut stop => break,
-                _ = pods.recv() => {}
-                _ = objects.recv() => {}
-                () = tokio::time::sleep(tick) => {}
+                () = wakeups.next() => {}
             }
-            while !matches!(
-                pods.try_recv(),
-                Err(tokio::sync::broadcast::error::TryRecvError::Empty
-                    | tokio::sync::broadcast::error::TryRecvError::Closed)
-            ) {}
-            while !matches!(
-                objects.try_recv(),
-                Err(tokio::sync::broadcast::error::TryRecvError::Empty
-                    | tokio::sync::broadcast::error::TryRecvError::Closed)
-            ) {}
         }
         if let Some(t) = dns_task {
             t.abort();
@@ -256,11 +258,24 @@ impl Cluster {
                     Ok(r) => {
                         info!(service = %k, vip = %r.vip, "service serving");
                         services.table().insert(k.clone(), r);
+                        services
+                            .failed
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .remove(k);
                     }
                     Err(why) => {
-                        let (ns, name) = k.split_once('/').unwrap_or_default();
-                        warn!(service = %k, error = %why, "service cannot serve");
-                        self.event("Service", ns, name, true, "FailedToServe", why);
+                        let news = services
+                            .failed
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(k.clone(), why.clone())
+                            .is_none_or(|before| before != why);
+                        if news {
+                            let (ns, name) = k.split_once('/').unwrap_or_default();
+                            warn!(service = %k, error = %why, "service cannot serve");
+                            self.event("Service", ns, name, true, "FailedToServe", why);
+                        }
                         continue;
                     }
                 }
@@ -312,6 +327,25 @@ async fn start(services: &Services, uid: &str, m: &Value) -> Result<Running, Str
         Err(netns::NetError::Failed { stderr, .. }) if stderr.contains("exists") => {}
         Err(e) => return Err(format!("cannot add {vip} to {}: {e}", services.bridge)),
     }
+    let ports = match listen_all(vip, m) {
+        Ok(ports) => ports,
+        Err(why) => {
+            // Nothing of it stays: its listeners closed (dropped), its address off.
+            let _ =
+                netns::ip(&["addr", "del", &format!("{vip}/32"), "dev", &services.bridge]).await;
+            return Err(why);
+        }
+    };
+    Ok(Running {
+        vip,
+        uid: uid.to_owned(),
+        ports,
+        updated: stamp(),
+    })
+}
+
+/// A listener per port of Service manifest `m` on `vip`.
+fn listen_all(vip: Ipv4Addr, m: &Value) -> Result<Vec<Port>, String> {
     let mut ports = Vec::new();
     for p in m["spec"]["ports"].as_array().into_iter().flatten() {
         let port = p["port"]
@@ -329,10 +363,5 @@ async fn start(services: &Services, uid: &str, m: &Value) -> Result<Running, Str
             task,
         });
     }
-    Ok(Running {
-        vip,
-        uid: uid.to_owned(),
-        ports,
-        updated: stamp(),
-    })
+    Ok(ports)
 }

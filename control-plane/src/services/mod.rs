@@ -77,6 +77,9 @@ pub fn validate(manifest: &Value) -> Result<(), String> {
         if !(1..=65535).contains(&p.port) {
             return Err(format!("spec.ports[{i}].port: {} is not 1..65535", p.port));
         }
+        if ports[..i].iter().any(|q| q.port == p.port) {
+            return Err(format!("spec.ports[{i}].port: {} is listed twice", p.port));
+        }
         if ports.len() > 1 && p.name.as_deref().is_none_or(str::is_empty) {
             return Err(format!(
                 "spec.ports[{i}].name is required when there are several ports"

@@ -182,6 +182,8 @@ impl Balancer {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
             let Ok((client, peer)) = listener.accept().await else {
+                // Out of descriptors, say: do not spin the proxies' thread.
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
             let this = self.clone();

@@ -172,6 +172,17 @@ fn seconds_since(t: &Value) -> i64 {
         .unwrap_or(0)
 }
 
+/// A Deployment as one pass sees it after stepping: its manifest, its
+/// ReplicaSets (by revision, with their manifests) and which is the new one.
+#[derive(Clone, Copy)]
+struct State<'a> {
+    d: &'a pb::StoredObject,
+    dm: &'a Value,
+    sets: &'a [(pb::StoredObject, Value)],
+    new_at: usize,
+    world: &'a World,
+}
+
 impl Cluster {
     /// One pass over one Deployment; whether it wrote anything.
     pub(super) async fn reconcile_deployment(
@@ -204,9 +215,12 @@ impl Cluster {
                 // the newest revision.
                 let (mut rs, mut m) = sets.remove(i);
                 let from = revision(&m);
-                m["metadata"]["annotations"][REVISION] = json!((top + 1).to_string());
+                let next = json!((top + 1).to_string());
+                m["metadata"]["annotations"][REVISION] = next.clone();
                 rs.manifest_json = m.to_string();
-                self.put_object(Kind::ReplicaSet, &rs)?;
+                self.patch_manifest(Kind::ReplicaSet, ns, &rs.name, |m| {
+                    m["metadata"]["annotations"][REVISION] = next.clone();
+                })?;
                 self.event(
                     "Deployment",
                     ns,
@@ -224,7 +238,9 @@ impl Cluster {
             }
             None => {
                 let rs = new_replicaset(d, &dm, &hash, top + 1);
-                self.put_object(Kind::ReplicaSet, &rs)?;
+                self.store()
+                    .objects
+                    .create(&key(Kind::ReplicaSet, ns, &rs.name), &rs)?;
                 self.event(
                     "Deployment",
                     ns,
@@ -283,7 +299,9 @@ impl Cluster {
                 if had != want {
                     m["spec"]["replicas"] = json!(want);
                     rs.manifest_json = m.to_string();
-                    self.put_object(Kind::ReplicaSet, rs)?;
+                    self.patch_manifest(Kind::ReplicaSet, ns, &rs.name, |m| {
+                        m["spec"]["replicas"] = json!(want);
+                    })?;
                     let verb = if want > had { "up" } else { "down" };
                     self.event(
                         "Deployment",
@@ -297,20 +315,27 @@ impl Cluster {
                 }
             }
         }
-        wrote |= self.prune_history(d, &dm, &sets, new_at, world)?;
-        wrote |= self.deployment_status(d, &dm, &sets, new_at, world, unavailable, memory)?;
+        let state = State {
+            d,
+            dm: &dm,
+            sets: &sets,
+            new_at,
+            world,
+        };
+        wrote |= self.prune_history(&state)?;
+        wrote |= self.deployment_status(&state, unavailable, memory)?;
         Ok(wrote)
     }
 
     /// Deletes empty old ReplicaSets beyond `revisionHistoryLimit`.
-    fn prune_history(
-        &self,
-        d: &pb::StoredObject,
-        dm: &Value,
-        sets: &[(pb::StoredObject, Value)],
-        new_at: usize,
-        world: &World,
-    ) -> Result<bool, ClusterError> {
+    fn prune_history(&self, state: &State<'_>) -> Result<bool, ClusterError> {
+        let State {
+            d,
+            dm,
+            sets,
+            new_at,
+            world,
+        } = *state;
         let limit = dm["spec"]["revisionHistoryLimit"]
             .as_u64()
             .map(|l| l as usize)
@@ -346,17 +371,19 @@ impl Cluster {
     }
 
     /// Writes the Deployment's status when it changed.
-    #[allow(clippy::too_many_arguments)]
     fn deployment_status(
         &self,
-        d: &pb::StoredObject,
-        dm: &Value,
-        sets: &[(pb::StoredObject, Value)],
-        new_at: usize,
-        world: &World,
+        state: &State<'_>,
         unavailable: i32,
         memory: &Memory,
     ) -> Result<bool, ClusterError> {
+        let State {
+            d,
+            dm,
+            sets,
+            new_at,
+            world,
+        } = *state;
         let (ns, name) = (d.namespace.as_str(), d.name.as_str());
         let replicas = dm["spec"]["replicas"].as_i64().unwrap_or(1);
         let count = |rs: &pb::StoredObject, f: &dyn Fn(&super::Member) -> bool| {
@@ -465,10 +492,10 @@ impl Cluster {
         if before == after {
             return Ok(false);
         }
-        let mut updated_d = d.clone();
-        updated_d.status_json = status_json.to_string();
-        self.put_object(Kind::Deployment, &updated_d)?;
-        Ok(true)
+        let status_json = status_json.to_string();
+        self.patch_object(Kind::Deployment, ns, name, |o| {
+            o.status_json = status_json.clone();
+        })
     }
 }
 

@@ -48,13 +48,6 @@ pub struct Memory {
 }
 
 impl Memory {
-    fn stopping(&self, k: &str) -> bool {
-        self.stopping
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(k)
-    }
-
     /// Marks `k` as being stopped; false when it already was.
     fn start_stopping(&self, k: &str) -> bool {
         self.stopping
@@ -139,10 +132,17 @@ pub struct World {
 impl World {
     fn read(cluster: &Cluster, memory: &Memory) -> Result<Self, ClusterError> {
         let mut members: HashMap<String, Vec<Member>> = HashMap::new();
+        // The pods being stopped, taken before the listing: a pod listed
+        // after its stop began is never seen live.
+        let stopping_now: HashSet<String> = memory
+            .stopping
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         for record in cluster.store().pods.scan("")? {
             let Some(rs) = owner(&record) else { continue };
             let (ns, name) = names(&record);
-            let stopping = memory.stopping(&crate::pods::key(&ns, &name));
+            let stopping = stopping_now.contains(&crate::pods::key(&ns, &name));
             let finished = matches!(phase(&record), PodPhase::Succeeded | PodPhase::Failed);
             members
                 .entry(format!("{ns}/{rs}"))
@@ -198,31 +198,17 @@ impl Cluster {
     /// Runs the Deployment and ReplicaSet controllers until `stop` resolves.
     pub async fn run_workloads(&self, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
-        let mut pods = self.store().pods.watch();
-        let mut objects = self.store().objects.watch();
+        let mut wakeups =
+            crate::store::Wakeups::new(self.store(), self.config().reconcile_interval);
         let memory = Memory::default();
-        let tick = self.config().reconcile_interval;
         loop {
             if let Err(e) = self.reconcile_workloads(&memory).await {
                 warn!(error = %e, "workload controllers: pass failed; retrying");
             }
             tokio::select! {
                 () = &mut stop => return,
-                _ = pods.recv() => {}
-                _ = objects.recv() => {}
-                () = tokio::time::sleep(tick) => {}
+                () = wakeups.next() => {}
             }
-            // Whatever else changed meanwhile is seen by the next pass.
-            while !matches!(
-                pods.try_recv(),
-                Err(tokio::sync::broadcast::error::TryRecvError::Empty
-                    | tokio::sync::broadcast::error::TryRecvError::Closed)
-            ) {}
-            while !matches!(
-                objects.try_recv(),
-                Err(tokio::sync::broadcast::error::TryRecvError::Empty
-                    | tokio::sync::broadcast::error::TryRecvError::Closed)
-            ) {}
         }
     }
 
@@ -246,13 +232,37 @@ impl Cluster {
         Ok(())
     }
 
-    /// Stores a controller's change to an object (no Event: the caller says
-    /// what it decided).
-    fn put_object(&self, kind: Kind, o: &pb::StoredObject) -> Result<(), ClusterError> {
-        self.store()
+    /// Changes a stored object in place, atomically on the object as it is
+    /// now: a controller never writes back a stale copy over a user's apply,
+    /// and an object deleted meanwhile stays deleted. Whether it was there.
+    pub(crate) fn patch_object(
+        &self,
+        kind: Kind,
+        ns: &str,
+        name: &str,
+        mut f: impl FnMut(&mut pb::StoredObject),
+    ) -> Result<bool, ClusterError> {
+        Ok(self
+            .store()
             .objects
-            .put(&key(kind, &o.namespace, &o.name), o)?;
-        Ok(())
+            .update(&key(kind, ns, name), |o| f(o))?
+            .is_some())
+    }
+
+    /// [`Cluster::patch_object`] on the manifest.
+    pub(crate) fn patch_manifest(
+        &self,
+        kind: Kind,
+        ns: &str,
+        name: &str,
+        f: impl Fn(&mut Value),
+    ) -> Result<bool, ClusterError> {
+        self.patch_object(kind, ns, name, |o| {
+            if let Ok(mut m) = serde_json::from_str::<Value>(&o.manifest_json) {
+                f(&mut m);
+                o.manifest_json = m.to_string();
+            }
+        })
     }
 
     /// Stops pod `ns/name` in the background (within its grace period); it

@@ -156,10 +156,9 @@ impl Cluster {
         })
         .to_string();
         if status != rs.status_json {
-            let mut updated = rs.clone();
-            updated.status_json = status;
-            self.put_object(Kind::ReplicaSet, &updated)?;
-            return Ok(true);
+            return self.patch_object(Kind::ReplicaSet, ns, name, |o| {
+                o.status_json = status.clone();
+            });
         }
         Ok(false)
     }

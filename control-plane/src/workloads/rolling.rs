@@ -44,6 +44,9 @@ pub fn bounds(
         false,
         "maxUnavailable",
     )?;
+    // More surge than replicas changes nothing (all new pods at once) and
+    // keeps the arithmetic far from overflow.
+    let surge = surge.min(replicas.max(1));
     Ok(if surge == 0 && unavailable == 0 {
         (0, 1)
     } else {
@@ -63,6 +66,7 @@ fn scaled(v: &IntOrString, replicas: i32, round_up: bool, field: &str) -> Result
                     format!("{field}: {s:?} is not a number or a percentage (0%..100%)")
                 })?;
             let scaled = pct * i64::from(replicas);
+            let scaled = scaled.min(i64::from(i32::MAX) * 100);
             let n = if round_up {
                 (scaled + 99) / 100
             } else {
