@@ -143,7 +143,9 @@ fn the_provisioned_debian12_host_boots_from_imds_joins_and_runs_a_pod() {
     // 3. The host's network: a namespace on the cluster's bridge, with EC2's
     //    metadata address on its loopback and boot data minted by the control plane.
     let cidr: Ipv4Cidr = cluster.network.cidr.parse().unwrap();
-    let ip = cidr.hosts().nth(200).expect("an address");
+    // High in the hosts' half (the upper half is for Services): clear of the
+    // cluster's own hosts, which take addresses from the bottom.
+    let ip = cidr.hosts().last().expect("an address");
     let net = HostNetwork::new(&cluster.network.bridge, NODE, ip);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(netns::create_host(&net, &cluster.network.bridge, &cidr))
