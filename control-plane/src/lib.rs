@@ -80,6 +80,8 @@ pub mod lifetime;
 pub mod metrics;
 pub mod objects;
 pub mod pki;
+pub mod pod_security;
+pub mod pod_validation;
 pub mod pods;
 pub mod provisioning;
 pub mod recovery;

@@ -106,6 +106,13 @@ impl Cluster {
         }
         if r.uid.is_empty() {
             r.uid = uuid::Uuid::new_v4().to_string();
+        } else if uuid::Uuid::try_parse(&r.uid)
+            .map_or(true, |u| u.hyphenated().to_string() != r.uid)
+        {
+            return Err(ClusterError::Invalid(format!(
+                "pod {}/{}: uid {:?} is not a UUID",
+                r.namespace, r.name, r.uid
+            )));
         }
         let (ns, name) = (r.namespace.clone(), r.name.clone());
         if !valid_name(&name) || !valid_name(&ns) {
@@ -113,9 +120,19 @@ impl Cluster {
                 "pod {ns}/{name}: names must be lowercase DNS subdomains (a-z, 0-9, '-', '.')"
             )));
         }
+        if pod.spec_json.len() > crate::pod_validation::MAX_SPEC_BYTES {
+            return Err(ClusterError::Invalid(format!(
+                "pod {ns}/{name}: spec is {} bytes; the limit is {} bytes",
+                pod.spec_json.len(),
+                crate::pod_validation::MAX_SPEC_BYTES
+            )));
+        }
         let spec: PodSpec = serde_json::from_str(&pod.spec_json).map_err(|e| {
             ClusterError::Invalid(format!("spec_json is not a Kubernetes PodSpec: {e}"))
         })?;
+        if let Some(why) = crate::pod_validation::size_refusal(&pod.spec_json, &spec) {
+            return Err(ClusterError::Invalid(format!("pod {ns}/{name}: {why}")));
+        }
         let problem = if spec.containers.is_empty() {
             Some(("InvalidPodSpec", "pod spec has no containers".to_owned()))
         } else if let Some(c) = spec
@@ -127,6 +144,8 @@ impl Cluster {
                 "InvalidPodSpec",
                 format!("container {:?} has no image", c.name),
             ))
+        } else if let Some(why) = crate::pod_validation::quantity_refusal(&spec) {
+            Some(("InvalidPodSpec", why))
         } else {
             match crate::selection::annotations::parse(&pod.annotations) {
                 Err(e) => Some(("InvalidAnnotation", e.to_string())),

@@ -37,7 +37,8 @@ pub const AUTOSCALED_LABEL: &str = "orca.research/autoscaled";
 fn amount(list: Option<&BTreeMap<String, Quantity>>, name: &str, millis: bool) -> Option<i64> {
     list.and_then(|l| l.get(name))
         .and_then(|q| quantity::parse(&q.0, millis))
-        .map(|v| v as i64)
+        // parse bounds every value by i64::MAX; create refuses those it cannot read.
+        .map(|v| i64::try_from(v).unwrap_or(i64::MAX))
 }
 
 /// What one container asks for: its requests, or its limits where it set no
@@ -54,7 +55,7 @@ fn container_requests(c: &k8s_openapi::api::core::v1::Container) -> Resources {
     Resources {
         cpu_millis: get("cpu", true),
         memory_bytes: get("memory", false),
-        gpus: get(GPU_RESOURCE, false) as i32,
+        gpus: i32::try_from(get(GPU_RESOURCE, false)).unwrap_or(i32::MAX),
         pods: 1,
     }
 }
@@ -68,9 +69,9 @@ pub fn requests(spec: &PodSpec) -> Resources {
     };
     for c in &spec.containers {
         let r = container_requests(c);
-        sum.cpu_millis += r.cpu_millis;
-        sum.memory_bytes += r.memory_bytes;
-        sum.gpus += r.gpus;
+        sum.cpu_millis = sum.cpu_millis.saturating_add(r.cpu_millis);
+        sum.memory_bytes = sum.memory_bytes.saturating_add(r.memory_bytes);
+        sum.gpus = sum.gpus.saturating_add(r.gpus);
     }
     for c in spec.init_containers.iter().flatten() {
         let r = container_requests(c);
@@ -95,10 +96,10 @@ pub fn sum_requests<'a>(pods: impl Iterator<Item = &'a pb::PodRecord>) -> Resour
     pods.filter_map(spec_of)
         .map(|s| requests(&s))
         .fold(Resources::default(), |a, r| Resources {
-            cpu_millis: a.cpu_millis + r.cpu_millis,
-            memory_bytes: a.memory_bytes + r.memory_bytes,
-            gpus: a.gpus + r.gpus,
-            pods: a.pods + r.pods,
+            cpu_millis: a.cpu_millis.saturating_add(r.cpu_millis),
+            memory_bytes: a.memory_bytes.saturating_add(r.memory_bytes),
+            gpus: a.gpus.saturating_add(r.gpus),
+            pods: a.pods.saturating_add(r.pods),
         })
 }
 
@@ -111,8 +112,8 @@ pub fn unfit(
 ) -> Option<String> {
     let cap = node.allocatable.unwrap_or_default();
     let short = |what: &str, cap: i64, used: i64, want: i64| {
-        (want > 0 && used + want > cap)
-            .then(|| format!("{what}: {} free, {want} asked", cap - used))
+        (want > 0 && used.saturating_add(want) > cap)
+            .then(|| format!("{what}: {} free, {want} asked", cap.saturating_sub(used)))
     };
     if let Some(why) = short(
         "cpu millis",

@@ -186,6 +186,17 @@ pub struct Flags {
     /// 10 minutes Karpenter drains ahead of EC2).
     #[arg(long, env = "ORCA_AGENT_DRAIN_LEAD_MS", default_value_t = 600_000)]
     pub drain_lead_ms: u64,
+    /// The most processes and threads one container may hold (its cgroup's
+    /// `pids.max`, so a fork bomb stops there); 0 for no limit. The kubelet's
+    /// `podPidsLimit` bounds a pod's cgroup; ORCA's containers have no pod
+    /// cgroup above them, so the bound is per container.
+    #[arg(long, env = "ORCA_AGENT_PIDS_LIMIT", default_value_t = 4096)]
+    pub pids_limit: u32,
+    /// Directories hostPath volumes may point into (comma-separated, absolute);
+    /// unset: anywhere. An EC2 host holds its node's identity: the AMI's unit
+    /// allows `/mnt` (instance-store and data volumes) only.
+    #[arg(long, env = "ORCA_AGENT_HOST_PATH_ALLOW", value_delimiter = ',')]
+    pub host_path_allow: Vec<PathBuf>,
     /// Dead-man's switch: power the host off once the control plane has not
     /// answered for this long while no pod runs, ms; 0 turns it off.
     #[arg(long, env = "ORCA_AGENT_DEAD_MAN_MS", default_value_t = 0)]
@@ -257,6 +268,16 @@ impl Flags {
             return err(
                 "control-plane",
                 "must be an https://host:port URL (or come from --imds-endpoint)",
+            );
+        }
+        if let Some(p) = self.host_path_allow.iter().find(|p| {
+            !p.is_absolute()
+                || p.components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+        }) {
+            return err(
+                "host-path-allow",
+                &format!("{} is not an absolute path without `..`", p.display()),
             );
         }
         let ca_pem = match &self.ca_file {

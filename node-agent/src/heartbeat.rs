@@ -45,6 +45,15 @@ pub struct Reporter {
     pub node_ports: Arc<crate::node_ports::NodePorts>,
 }
 
+/// Aborts a task when dropped (the heartbeat loop's helpers end with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn duration(d: Option<prost_types::Duration>, fallback: Duration) -> Duration {
     d.and_then(|d| Duration::try_from(d).ok())
         .unwrap_or(fallback)
@@ -69,8 +78,21 @@ pub async fn run(r: Reporter, pods: PodManager, shutdown: impl std::future::Futu
     };
     let mut interval = r.interval;
     let mut sequence = 0u64;
+    // Checking containerd for every running container is pod work: it runs on
+    // a task of its own, so a heartbeat never waits behind it (one call per
+    // container, each waiting on a containerd busy with other pods' starts, once
+    // held heartbeats up long enough for the node to go Suspect).
+    let refresher = {
+        let (pods, every) = (pods.clone(), r.interval);
+        tokio::spawn(async move {
+            loop {
+                pods.refresh().await;
+                tokio::time::sleep(every).await;
+            }
+        })
+    };
+    let _refresher = AbortOnDrop(refresher);
     loop {
-        pods.refresh().await;
         sequence += 1;
         let telemetry = r.gpus.latest();
         // GPUs count only once the source answers; unhealthy ones are not allocatable.
@@ -95,7 +117,16 @@ pub async fn run(r: Reporter, pods: PodManager, shutdown: impl std::future::Futu
             notices: r.notices.latest(),
         };
         let mut client = client.clone();
-        let pause = match client.heartbeat(req).await {
+        // One heartbeat never outlives the interval by much: a control plane
+        // that does not answer is retried, not waited on.
+        let call =
+            tokio::time::timeout(interval.max(Duration::from_secs(5)), client.heartbeat(req));
+        let answer = call.await.unwrap_or_else(|_| {
+            Err(tonic::Status::deadline_exceeded(
+                "no answer to the heartbeat",
+            ))
+        });
+        let pause = match answer {
             Ok(resp) => {
                 r.contact.touch();
                 let resp = resp.into_inner();

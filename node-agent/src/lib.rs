@@ -155,6 +155,8 @@ pub async fn serve(
         gpu_wait: std::time::Duration::from_millis(flags.gpu_wait_ms),
         ebs_device_dir: flags.ebs_device_dir.clone(),
         volume_attach_wait: std::time::Duration::from_millis(flags.volume_attach_wait_ms),
+        pids_limit: (flags.pids_limit > 0).then_some(i64::from(flags.pids_limit)),
+        host_path_allow: flags.host_path_allow.clone(),
     };
     let timings = Timings {
         backoff_base: config.backoff_base,

@@ -174,12 +174,35 @@ impl Streams {
             let size = start.terminal_size.unwrap_or_default();
             (size.width, size.height)
         });
-        let (process, io) = self
+        let (process, io) = match self
             .pods
             .containerd()
             .start_exec(&target.id, &start.command, tty, start.stdin)
             .await
-            .map_err(|e| crate::server::status(e.into()))?;
+        {
+            Ok(started) => started,
+            Err(e) => match unstartable_exit_code(&e) {
+                // The command could not be run: a finished session with the
+                // shell's status for it (126, 127) and runc's reason on stderr,
+                // as `kubectl exec` reports it, not a failed call.
+                Some(code) => {
+                    let reason = format!("{e}\n");
+                    let outputs = [
+                        pb::ExecOutput {
+                            output: Some(Output::Stderr(reason.into_bytes().into())),
+                        },
+                        pb::ExecOutput {
+                            output: Some(Output::Exit(pb::ExitStatus {
+                                code,
+                                reason: "CommandNotRunnable".into(),
+                            })),
+                        },
+                    ];
+                    return Ok(Box::pin(futures::stream::iter(outputs.map(Ok))));
+                }
+                None => return Err(crate::server::status(e.into())),
+            },
+        };
         let controls = input.filter_map(|m| async move {
             match m.ok()?.input? {
                 Input::Stdin(b) => Some(Control::Stdin(b)),
@@ -308,6 +331,30 @@ async fn session(
         Err(e) => Err(crate::server::status(e.into())),
     };
     let _ = tx.send(last).await;
+}
+
+/// The status a shell gives a command it cannot run, from runc's reason: 127
+/// when the executable does not exist, 126 when it exists but cannot be
+/// executed; `None` for any other failure (a call that failed, not a command).
+fn unstartable_exit_code(error: &crate::runtime::RuntimeError) -> Option<i32> {
+    let crate::runtime::RuntimeError::Containerd {
+        op: "Tasks.Start",
+        source,
+    } = error
+    else {
+        return None;
+    };
+    let e = source.message().to_ascii_lowercase();
+    if e.contains("executable file not found") || e.contains("no such file or directory") {
+        Some(127)
+    } else if e.contains("permission denied")
+        || e.contains("is a directory")
+        || e.contains("exec format error")
+    {
+        Some(126)
+    } else {
+        None
+    }
 }
 
 /// Writes client input to the process until the client stops sending; then

@@ -717,3 +717,62 @@ async fn a_pod_sent_again_after_removal_runs_once() {
     assert_eq!(status.container_statuses[0].restart_count, 0, "{status:?}");
     a.stop(&uid, 0).await;
 }
+
+/// Findings 1 and 2 of the hardening review, at the agent: whatever reaches it,
+/// a uid that is not a UUID (a path) or that another pod on the host holds is
+/// refused, and nothing is written or removed outside the pods' directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn uids_that_are_paths_or_another_pods_are_refused() {
+    let a = TestAgent::start();
+    let spec = json!({
+        "restartPolicy": "Never",
+        "containers": [{ "name": "c", "image": a.image, "command": ["sleep", "300"] }],
+    });
+    let send = |uid: &str, namespace: &str, name: &str| {
+        let pod = orca_proto::types::v1::Pod {
+            r#ref: Some(orca_proto::types::v1::PodRef {
+                namespace: namespace.into(),
+                name: name.into(),
+                uid: uid.into(),
+            }),
+            spec_json: spec.to_string(),
+            ..Default::default()
+        };
+        let client = a.client();
+        async move {
+            client
+                .await
+                .run_pod(orca_proto::agent::v1::RunPodRequest {
+                    pod: Some(pod),
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    let outside = tempfile::tempdir().unwrap();
+    let traversal = format!("../../../../../../..{}/x", outside.path().display());
+    let refused = send(&traversal, "default", "web").await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("is not a UUID"), "{refused:?}");
+    let refused = send("0b3c8a4e-5d1f-4c2a-9e7b-1f2d3c4b5a69", "..", "web")
+        .await
+        .unwrap_err();
+    assert!(refused.message().contains("namespace"), "{refused:?}");
+    assert!(!outside.path().join("x").exists());
+
+    let victim = a.run("victim", spec.clone()).await;
+    a.wait_phase(&victim, PodPhase::Running).await;
+    let refused = send(&victim, "other", "thief").await.unwrap_err();
+    assert!(
+        refused
+            .message()
+            .contains("collides with pod default/victim"),
+        "{refused:?}"
+    );
+    // The victim is untouched; the same pod sent again is still idempotent.
+    send(&victim, "default", "victim")
+        .await
+        .expect("the same pod again");
+    assert_eq!(a.status(&victim).await.phase, PodPhase::Running as i32);
+    a.stop(&victim, 0).await;
+}

@@ -43,11 +43,16 @@ fn log_lines(path: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn a_spot_notice_moves_the_pod_with_its_checkpoint() {
-    let c = TestCluster::start_with(&[
-        "--retry-ms=100",
-        "--notice-poll-ms=200",
-        "--notice-pause-ms=300",
-    ]);
+    // The trainer writes to a hostPath: its namespace's Pod Security level
+    // must allow that (the cluster default, baseline, does not).
+    let c = TestCluster::start_configured(
+        &[
+            "--retry-ms=100",
+            "--notice-poll-ms=200",
+            "--notice-pause-ms=300",
+        ],
+        "pod_security:\n  enforce: privileged\n",
+    );
     let out = c.dir().join("out");
     std::fs::create_dir_all(&out).unwrap();
     c.orca_ok(&["node", "add", "one"]);

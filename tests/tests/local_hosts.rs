@@ -251,3 +251,87 @@ fn pause_pid(c: &TestCluster, node: &str) -> u32 {
         .and_then(|p| p.trim().parse().ok())
         .expect("a pause.pid")
 }
+
+/// The MAC address of interface `link` in namespace `netns` (none: this machine's).
+fn mac_of(netns: Option<&str>, link: &str) -> String {
+    let mut cmd = std::process::Command::new("ip");
+    if let Some(ns) = netns {
+        cmd.args(["-n", ns]);
+    }
+    let out = cmd.args(["-o", "link", "show", link]).output().expect("ip");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC for {link}: {text}"))
+        .to_owned()
+}
+
+/// The gateway's MAC in a host's ARP cache, once it has one.
+fn gateway_neighbour(netns: &str, gateway: Ipv4Addr) -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-n", netns, "neigh", "show", &gateway.to_string()])
+        .output()
+        .expect("ip neigh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .map(str::to_owned)
+}
+
+/// Finding 4 of the hardening review: Linux gives a bridge without an address
+/// of its own the lowest MAC of its ports, so removing the node that owned it
+/// moved the gateway's MAC under every other host's ARP cache and they fell
+/// silent until declared Lost. The bridge now has a fixed MAC: removing that
+/// node leaves the gateway where the hosts' caches say it is, and every other
+/// node stays Ready through many heartbeats.
+#[test]
+fn removing_the_node_with_the_lowest_mac_leaves_the_others_ready() {
+    // Suspect after 10 missed heartbeats rather than 5: a busy 2-core machine
+    // may delay one past 1 s, which is not what this test is about.
+    let c = TestCluster::start_configured(
+        &["--retry-ms=100"],
+        "suspect_after_ms: 2000\nnot_ready_after_ms: 4000\nlost_after_ms: 8000\n",
+    );
+    assert!(c.namespaced, "{}", c.control_plane_log());
+    let bridge = c.network.bridge.clone();
+    let gateway = c.network.gateway;
+    let nodes = ["m1", "m2", "m3"];
+    let hosts: Vec<HostNetwork> = nodes.iter().map(|n| add_node(&c, n)).collect();
+    let bridge_mac = mac_of(None, &bridge);
+    assert_eq!(
+        bridge_mac,
+        orca_control_plane::cloud::netns::bridge_mac(&bridge),
+        "the bridge has its fixed MAC"
+    );
+    // Every host has talked to the control plane through the gateway.
+    for h in &hosts {
+        let seen = eventually_blocking("the gateway in the host's ARP cache", DEADLINE, || {
+            gateway_neighbour(&h.netns, gateway).ok_or("not yet")
+        });
+        assert_eq!(seen, bridge_mac, "{}", h.netns);
+    }
+    let lowest = (0..hosts.len())
+        .min_by_key(|&i| mac_of(None, &hosts[i].veth))
+        .expect("three hosts");
+    c.orca_ok(&["node", "remove", nodes[lowest]]);
+    eventually_blocking("the removed node's veth gone", DEADLINE, || {
+        (!orca_control_plane::cloud::netns::link_exists(&hosts[lowest].veth))
+            .then_some(())
+            .ok_or("still there")
+    });
+    assert_eq!(mac_of(None, &bridge), bridge_mac, "the gateway's MAC moved");
+    // 25 heartbeat intervals (200 ms each): no other node
+    // leaves Ready, and each still finds the gateway where its cache says.
+    for _ in 0..25 {
+        for (i, node) in nodes.iter().enumerate().filter(|(i, _)| *i != lowest) {
+            let state = c.node(node);
+            assert_eq!(state["state"], "Ready", "{node}: {state}");
+            if let Some(cached) = gateway_neighbour(&hosts[i].netns, gateway) {
+                assert_eq!(cached, bridge_mac, "{node}'s ARP cache");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -53,6 +53,26 @@ impl AuditLog {
             "allowed": allowed,
             "reason": reason,
         });
+        self.append(&line);
+    }
+
+    /// Appends a Pod Security audit annotation: a pod admitted although it
+    /// would violate its namespace's `audit` level (`pod-security.kubernetes.io/audit-violations`,
+    /// as the API server annotates its audit event).
+    pub fn pod_security(&self, namespace: &str, name: &str, violations: &str) {
+        self.append(&json!({
+            "time": jiff::Timestamp::now().to_string(),
+            "method": "RunPod",
+            "verb": "create",
+            "resource": "pods",
+            "namespace": namespace,
+            "name": name,
+            "allowed": true,
+            "annotations": { "pod-security.kubernetes.io/audit-violations": violations },
+        }));
+    }
+
+    fn append(&self, line: &serde_json::Value) {
         let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
         if file.is_none() {
             *file = std::fs::OpenOptions::new()

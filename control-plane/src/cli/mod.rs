@@ -350,8 +350,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             create_pod(&mut client, pod, &mut out).await?;
         }
         Command::Apply { file } => {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+            let text = objects::read_manifest(&file)?;
             for (text, doc) in objects::documents(&text)? {
                 match doc["kind"].as_str().unwrap_or_default() {
                     "PersistentVolumeClaim" => {

@@ -11,10 +11,65 @@ use super::{Admin as Client, CliError};
 use crate::cluster::age;
 use crate::objects::Kind;
 
+/// The largest manifest file `orca apply -f` reads: the API server's request
+/// limit (3 MiB). The server's own message limit (4 MiB) would otherwise answer
+/// with a bare gRPC size error.
+pub const MAX_MANIFEST_BYTES: u64 = 3 * 1024 * 1024;
+
+/// Deepest nesting of a manifest's YAML or JSON (serde_json's own bound, which
+/// the control plane applies to what it is sent).
+pub const MAX_MANIFEST_DEPTH: usize = 128;
+
+/// Reads a manifest file, refusing one larger than [`MAX_MANIFEST_BYTES`].
+pub fn read_manifest(file: &std::path::Path) -> Result<String, CliError> {
+    let shown = file.display();
+    let size = std::fs::metadata(file)
+        .map_err(|e| CliError::Usage(format!("{shown}: {e}")))?
+        .len();
+    if size > MAX_MANIFEST_BYTES {
+        return Err(CliError::Usage(format!(
+            "{shown}: the manifest is {size} bytes; the largest accepted is {MAX_MANIFEST_BYTES} \
+             bytes (3 MiB, the API server's request limit)"
+        )));
+    }
+    std::fs::read_to_string(file).map_err(|e| CliError::Usage(format!("{shown}: {e}")))
+}
+
+/// How deeply a YAML or JSON text nests, over-estimated cheaply: flow
+/// collections (`[`, `{`) outside quotes, plus block indentation in steps of
+/// one column. Bounding it before parsing keeps a hostile file from costing
+/// minutes (a 600 KB nested file took the YAML parser 58 s).
+fn nesting(text: &str) -> usize {
+    let mut deepest = 0;
+    let mut flow = 0usize;
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start_matches([' ', '-']).len();
+        let (mut single, mut double) = (false, false);
+        for c in line.chars() {
+            match c {
+                '#' if !single && !double => break,
+                '\'' if !double => single = !single,
+                '"' if !single => double = !double,
+                '[' | '{' if !single && !double => flow += 1,
+                ']' | '}' if !single && !double => flow = flow.saturating_sub(1),
+                _ => {}
+            }
+            deepest = deepest.max(flow + indent / 2);
+        }
+    }
+    deepest
+}
+
 /// The documents of a manifest file (`---`-separated YAML, or JSON): each
 /// one's text (parsed again by its kind's own parser, so YAML's integer forms
 /// such as `0400` keep their meaning) and its value.
 pub fn documents(text: &str) -> Result<Vec<(String, Value)>, CliError> {
+    let depth = nesting(text);
+    if depth > MAX_MANIFEST_DEPTH {
+        return Err(CliError::Usage(format!(
+            "the manifest nests {depth} levels deep; the most accepted is {MAX_MANIFEST_DEPTH}"
+        )));
+    }
     let mut docs = Vec::new();
     let mut chunk = String::new();
     let lines = text.lines().chain(std::iter::once("---"));
@@ -34,6 +89,11 @@ pub fn documents(text: &str) -> Result<Vec<(String, Value)>, CliError> {
             chunk.push_str(line);
             chunk.push('\n');
         }
+    }
+    if docs.is_empty() {
+        return Err(CliError::Usage(
+            "the manifest holds no object (it is empty, or only comments and `---`)".into(),
+        ));
     }
     Ok(docs)
 }
@@ -641,5 +701,20 @@ mod tests {
         assert_eq!(docs[1].1["spec"]["hard"]["pods"], "2");
         assert!(docs[0].0.contains("kind: Namespace"));
         assert!(documents("kind: [").is_err());
+    }
+
+    /// Finding 10 of the hardening review: an empty manifest did nothing and
+    /// exited 0; a deeply nested one took the parser a minute.
+    #[test]
+    fn empty_and_deeply_nested_manifests_are_refused_at_once() {
+        for empty in ["", "\n", "# nothing\n", "---\n---\n"] {
+            let e = documents(empty).unwrap_err().to_string();
+            assert!(e.contains("holds no object"), "{empty:?}: {e}");
+        }
+        let deep = format!("a: {}1{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        let e = documents(&deep).unwrap_err().to_string();
+        assert!(e.contains("nests 100000 levels deep"), "{e}");
+        let shallow = format!("a: {}1{}\n", "[".repeat(20), "]".repeat(20));
+        assert_eq!(documents(&shallow).unwrap().len(), 1);
     }
 }

@@ -84,12 +84,31 @@ impl HostNetwork {
 /// FNV-1a hash, unique where namespace names are (interface names are limited
 /// to 15 bytes, namespace names are not).
 pub fn veth_name(netns: &str) -> String {
+    format!("vo{:012x}", fnv1a(netns) & 0xffff_ffff_ffff)
+}
+
+/// The bridge's own MAC address: locally administered, unicast, stable for its
+/// name. Without one, Linux gives a bridge the lowest MAC of its ports and
+/// changes it when that port goes: every host's ARP entry for the gateway then
+/// points nowhere until it expires, and the hosts fall silent (found when
+/// removing one node made the others Lost).
+pub fn bridge_mac(bridge: &str) -> String {
+    let b = fnv1a(bridge).to_be_bytes();
+    format!(
+        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[3], b[4], b[5], b[6], b[7]
+    )
+}
+
+/// FNV-1a, 64 bits: a stable hash of a name (std's hasher may change between
+/// releases; names of links must not).
+fn fnv1a(text: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in netns.bytes() {
+    for b in text.bytes() {
         hash ^= u64::from(b);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("vo{:012x}", hash & 0xffff_ffff_ffff)
+    hash
 }
 
 /// Runs `ip ARGS`, returning stdout.
@@ -143,11 +162,21 @@ pub fn netns_exists(name: &str) -> bool {
     Path::new(NETNS_DIR).join(name).exists()
 }
 
-/// Creates the bridge with the network's gateway address and brings it up; a
-/// bridge that already exists (after a control-plane restart) is kept.
+/// Creates the bridge with its fixed MAC ([`bridge_mac`]) and the network's
+/// gateway address and brings it up; a bridge that already exists (after a
+/// control-plane restart) is kept, and given the fixed MAC if it lacks it (an
+/// address set by hand stays put when ports come and go).
 pub async fn ensure_bridge(bridge: &str, cidr: &Ipv4Cidr) -> Result<(), NetError> {
-    if !link_exists(bridge) {
-        match ip(&["link", "add", bridge, "type", "bridge"]).await {
+    let mac = bridge_mac(bridge);
+    if link_exists(bridge) {
+        let current =
+            std::fs::read_to_string(Path::new("/sys/class/net").join(bridge).join("address"))
+                .unwrap_or_default();
+        if current.trim() != mac {
+            ip(&["link", "set", "dev", bridge, "address", &mac]).await?;
+        }
+    } else {
+        match ip(&["link", "add", bridge, "address", &mac, "type", "bridge"]).await {
             Ok(_) => {}
             // Another control plane on the same config got there first.
             Err(NetError::Failed { stderr, .. }) if stderr.contains("File exists") => {}
@@ -242,5 +271,15 @@ mod tests {
         let host = HostNetwork::new("orca0", "n1", Ipv4Addr::new(10, 77, 0, 2));
         assert_eq!(host.netns, "orca0-n1");
         assert_eq!(host.netns_path(), Path::new("/run/netns/orca0-n1"));
+    }
+
+    #[test]
+    fn bridge_macs_are_stable_unicast_and_local() {
+        let mac = bridge_mac("orca0");
+        assert_eq!(mac, bridge_mac("orca0"));
+        assert_ne!(mac, bridge_mac("orca1"));
+        let first = u8::from_str_radix(&mac[..2], 16).unwrap();
+        assert_eq!(first & 0b11, 0b10, "locally administered unicast: {mac}");
+        assert_eq!(mac.split(':').count(), 6);
     }
 }

@@ -146,6 +146,74 @@ pub struct File {
     /// How often budget spend is accrued and caps enforced, ms.
     #[serde(default = "d_accrual")]
     pub budget_accrual_interval_ms: u64,
+    /// Standalone mode's Pod Security admission: the levels of namespaces
+    /// without `pod-security.kubernetes.io/*` labels (Kubernetes mode: the API
+    /// server's own admission applies).
+    #[serde(default)]
+    pub pod_security: PodSecurityFile,
+}
+
+/// The cluster's default Pod Security levels, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodSecurityFile {
+    /// Pods violating this level are refused (`privileged`, `baseline`,
+    /// `restricted`).
+    #[serde(default = "d_enforce")]
+    pub enforce: String,
+    /// Pods violating this level are admitted with a Warning event.
+    #[serde(default = "d_privileged")]
+    pub warn: String,
+    /// Pods violating this level are admitted with a line in the audit log.
+    #[serde(default = "d_privileged")]
+    pub audit: String,
+}
+
+impl Default for PodSecurityFile {
+    fn default() -> Self {
+        Self {
+            enforce: d_enforce(),
+            warn: d_privileged(),
+            audit: d_privileged(),
+        }
+    }
+}
+
+fn d_enforce() -> String {
+    "baseline".into()
+}
+
+fn d_privileged() -> String {
+    "privileged".into()
+}
+
+/// The cluster's default Pod Security levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodSecurityDefaults {
+    /// Refused above this level.
+    pub enforce: crate::pod_security::Level,
+    /// Warned above this level.
+    pub warn: crate::pod_security::Level,
+    /// Audited above this level.
+    pub audit: crate::pod_security::Level,
+}
+
+impl PodSecurityFile {
+    fn validate(&self) -> Result<PodSecurityDefaults, ConfigError> {
+        let level = |field: &'static str, value: &str| {
+            value
+                .parse::<crate::pod_security::Level>()
+                .map_err(|e| ConfigError::Invalid {
+                    field,
+                    problem: e.to_string(),
+                })
+        };
+        Ok(PodSecurityDefaults {
+            enforce: level("pod_security.enforce", &self.enforce)?,
+            warn: level("pod_security.warn", &self.warn)?,
+            audit: level("pod_security.audit", &self.audit)?,
+        })
+    }
 }
 
 /// Autoscaling: hosts launched when no node fits a pending pod.
@@ -378,6 +446,8 @@ pub struct Config {
     pub budgets: Vec<budgets::Budget>,
     /// How often budget spend is accrued (and caps enforced).
     pub budget_accrual_interval: Duration,
+    /// Standalone mode's default Pod Security levels.
+    pub pod_security: PodSecurityDefaults,
 }
 
 /// The validated provider configuration.
@@ -660,6 +730,7 @@ impl File {
                 "budget_accrual_interval_ms",
                 self.budget_accrual_interval_ms,
             )?,
+            pod_security: self.pod_security.validate()?,
         })
     }
 }

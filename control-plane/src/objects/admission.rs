@@ -11,6 +11,7 @@ use orca_proto::types::v1 as types;
 
 use super::{Kind, limits, prefix, quota};
 use crate::cluster::{Cluster, ClusterError};
+use crate::pod_security;
 use crate::pods::DEFAULT_NAMESPACE;
 
 fn decoded<T: serde::de::DeserializeOwned>(objects: Vec<pb::StoredObject>) -> Vec<(String, T)> {
@@ -20,6 +21,18 @@ fn decoded<T: serde::de::DeserializeOwned>(objects: Vec<pb::StoredObject>) -> Ve
         .collect()
 }
 
+/// The prefix of a namespace's Pod Security labels (`…/enforce`, `…/warn`,
+/// `…/audit`; the `-version` labels are read as `latest`, the one version
+/// ORCA evaluates).
+pub const POD_SECURITY_LABEL: &str = "pod-security.kubernetes.io/";
+
+/// What a pod's namespace's Pod Security `warn` and `audit` levels found.
+#[derive(Debug, Default)]
+struct PodSecurityNotes {
+    warn: Option<String>,
+    audit: Option<String>,
+}
+
 impl Cluster {
     /// Admits and creates a pod created through AdminService (standalone
     /// mode; Kubernetes mode's pods were admitted by Kubernetes).
@@ -27,6 +40,10 @@ impl Cluster {
         &self,
         mut pod: types::Pod,
     ) -> Result<pb::PodRecord, ClusterError> {
+        // The uid is the cluster's, never the client's (as the API server
+        // overwrites metadata.uid on create): a chosen uid could name another
+        // pod's containers or a path on the host.
+        pod.r#ref.get_or_insert_default().uid = uuid::Uuid::new_v4().to_string();
         if self.config().kubernetes.is_some() {
             return self.create_pod(pod).await;
         }
@@ -42,8 +59,11 @@ impl Cluster {
                 name: ns,
             });
         }
+        // What Pod Security's warn and audit levels say, once the pod exists.
+        let mut notes = PodSecurityNotes::default();
         // A spec that does not parse is the pod creation's to fail.
         if let Ok(mut spec) = serde_json::from_str::<PodSpec>(&pod.spec_json) {
+            notes = self.admit_pod_security(&ns, &name, &spec)?;
             let ranges: Vec<(String, LimitRange)> =
                 decoded(self.store().objects.scan(&prefix(Kind::LimitRange, &ns))?);
             if !ranges.is_empty() {
@@ -69,6 +89,81 @@ impl Cluster {
                 }
             }
         }
-        self.create_pod(pod).await
+        let record = self.create_pod(pod).await?;
+        if let Some(warning) = notes.warn {
+            self.event("Pod", &ns, &name, true, "PodSecurity", warning);
+        }
+        if let Some(audit) = notes.audit {
+            self.audit().pod_security(&ns, &name, &audit);
+        }
+        Ok(record)
+    }
+
+    /// Pod Security admission, as the API server's: the namespace's
+    /// `pod-security.kubernetes.io/{enforce,warn,audit}` labels, or the
+    /// configured defaults, evaluated at version latest. A violation of
+    /// `enforce` refuses the pod, naming the level and each failed check; of
+    /// `warn`, a Warning event; of `audit`, a line in the audit log (both
+    /// returned, for once the pod is created). A label with an unknown level is
+    /// evaluated as `restricted` (fail closed).
+    fn admit_pod_security(
+        &self,
+        ns: &str,
+        name: &str,
+        spec: &PodSpec,
+    ) -> Result<PodSecurityNotes, ClusterError> {
+        let labels = self.namespace_labels(ns)?;
+        let defaults = self.config().pod_security;
+        let level = |mode: &str, default: pod_security::Level| match labels
+            .get(&format!("{POD_SECURITY_LABEL}{mode}"))
+        {
+            None => default,
+            Some(v) => v.parse().unwrap_or(pod_security::Level::Restricted),
+        };
+        let enforce = level("enforce", defaults.enforce);
+        let violations = pod_security::check(enforce, spec);
+        if !violations.is_empty() {
+            return Err(ClusterError::PermissionDenied(format!(
+                "pods {name:?} is forbidden: {}",
+                pod_security::message(enforce, &violations)
+            )));
+        }
+        let noted = |mode: &str, default| {
+            let level = level(mode, default);
+            let violations = pod_security::check(level, spec);
+            (!violations.is_empty()).then(|| pod_security::message(level, &violations))
+        };
+        Ok(PodSecurityNotes {
+            // The API server's warning: "would violate PodSecurity ...".
+            warn: noted("warn", defaults.warn).map(|m| {
+                format!(
+                    "would violate {}",
+                    m.strip_prefix("violates ").unwrap_or(&m)
+                )
+            }),
+            audit: noted("audit", defaults.audit),
+        })
+    }
+
+    /// The labels of namespace `ns` (none for `default`, which is not stored).
+    fn namespace_labels(
+        &self,
+        ns: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, ClusterError> {
+        let Some(o) = self
+            .store()
+            .objects
+            .get(&super::key(Kind::Namespace, "", ns))?
+        else {
+            return Ok(Default::default());
+        };
+        let manifest: serde_json::Value = serde_json::from_str(&o.manifest_json)
+            .map_err(|e| ClusterError::Invalid(format!("stored namespace {ns}: {e}")))?;
+        Ok(manifest["metadata"]["labels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+            .collect())
     }
 }

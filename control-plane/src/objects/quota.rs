@@ -68,9 +68,13 @@ fn amount(
     name: &str,
     millis: bool,
 ) -> Option<i64> {
-    list.and_then(|l| l.get(name))
-        .and_then(|q| orca_proto::quantity::parse(&q.0, millis))
-        .map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+    // An amount beyond any resource counts as the most there is: refused by
+    // every quota, never wrapped (creation then fails it InvalidPodSpec).
+    list.and_then(|l| l.get(name)).map(|q| {
+        orca_proto::quantity::parse(&q.0, millis)
+            .and_then(|v| i64::try_from(v).ok())
+            .unwrap_or(i64::MAX)
+    })
 }
 
 /// What a pod uses of `r`; `None` when a container leaves it unsaid (a

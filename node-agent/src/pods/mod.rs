@@ -97,6 +97,53 @@ pub struct PodKey {
     pub uid: String,
 }
 
+impl PodKey {
+    /// Checks that the key can name files and containers on this host: the uid a
+    /// UUID in canonical form (the API server's and the control plane's), the
+    /// namespace and name DNS subdomains. The pod's directory is
+    /// `<namespace>_<name>_<uid>` under the agent's pod dir: none of the three can
+    /// hold a `/` or be `..`, so no pod reaches outside its own directory.
+    pub fn validate(&self) -> Result<(), PodError> {
+        let invalid = |reason: String| Err(PodError::Invalid { reason });
+        match uuid::Uuid::try_parse(&self.uid) {
+            Ok(u) if u.hyphenated().to_string() == self.uid => {}
+            _ => return invalid(format!("pod uid {:?} is not a UUID", self.uid)),
+        }
+        for (what, value) in [("namespace", &self.namespace), ("name", &self.name)] {
+            if !dns_subdomain(value) {
+                return invalid(format!(
+                    "pod {what} {value:?} is not a DNS subdomain (a-z, 0-9, '-', '.'; at most 253)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The first 12 alphanumerics of the uid: the prefix of the pod's containerd
+    /// container ids.
+    fn short_uid(&self) -> String {
+        self.uid
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(12)
+            .collect()
+    }
+}
+
+/// A Kubernetes DNS subdomain: dot-separated labels of a-z, 0-9 and '-', each
+/// starting and ending with an alphanumeric, 253 characters at most.
+fn dns_subdomain(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 /// Errors of the pod manager's API.
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
@@ -208,12 +255,7 @@ impl PodEntry {
         accepted_at: jiff::Timestamp,
         failure: Option<PodFailure>,
     ) -> Self {
-        let short_uid: String = key
-            .uid
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .take(12)
-            .collect();
+        let short_uid = key.short_uid();
         let inits = spec.init_containers.iter().flatten().map(|c| (c, true));
         let containers = inits
             .chain(spec.containers.iter().map(|c| (c, false)))
@@ -410,6 +452,42 @@ pub struct Layout {
     pub ebs_device_dir: PathBuf,
     /// How long a pod waits for its EBS volumes to be attached.
     pub volume_attach_wait: Duration,
+    /// Each container's `pids.max`; `None` for no limit.
+    pub pids_limit: Option<i64>,
+    /// Where hostPath volumes may point: these directories and what is below
+    /// them. Empty: anywhere (a simulated host, where the control plane's Pod
+    /// Security admission decides). An EC2 host holds its node's identity, so
+    /// the AMI's unit sets a list.
+    pub host_path_allow: Vec<PathBuf>,
+}
+
+/// Why a hostPath volume is outside the allow-list, or None. Paths are
+/// compared component by component after refusing `..` (no symlink games:
+/// the agent checks the path as written, and a `..` could climb out of it).
+pub fn host_path_refusal(spec: &PodSpec, allow: &[PathBuf]) -> Option<String> {
+    if allow.is_empty() {
+        return None;
+    }
+    for v in spec.volumes.iter().flatten() {
+        let Some(hp) = &v.host_path else { continue };
+        let path = std::path::Path::new(&hp.path);
+        let climbs = path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+        if climbs || !path.is_absolute() || !allow.iter().any(|a| path.starts_with(a)) {
+            return Some(format!(
+                "volume {:?}: hostPath {:?} is not under an allowed directory of this host ({})",
+                v.name,
+                hp.path,
+                allow
+                    .iter()
+                    .map(|a| a.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    None
 }
 
 /// Runs pods on containerd.
@@ -663,5 +741,66 @@ mod tests {
         let seq: Vec<u64> = (0..7).map(|n| t.backoff(n).as_secs()).collect();
         assert_eq!(seq, [10, 20, 40, 80, 160, 300, 300]);
         assert_eq!(t.backoff(60).as_secs(), 300, "no overflow");
+    }
+
+    fn key(namespace: &str, name: &str, uid: &str) -> PodKey {
+        PodKey {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: uid.into(),
+        }
+    }
+
+    /// Finding 1 of the hardening review: a uid (or name) that is a path.
+    #[test]
+    fn keys_that_could_name_paths_outside_the_pod_dir_are_refused() {
+        let uid = "0b3c8a4e-5d1f-4c2a-9e7b-1f2d3c4b5a69";
+        assert!(key("default", "web", uid).validate().is_ok());
+        for (ns, name, uid) in [
+            ("default", "web", "../../../../tmp/x"),
+            ("default", "web", "0B3C8A4E-5D1F-4C2A-9E7B-1F2D3C4B5A69"),
+            ("default", "web", "0b3c8a4e5d1f4c2a9e7b1f2d3c4b5a69"),
+            ("default", "web", ""),
+            ("..", "web", uid),
+            ("default", "../x", uid),
+            ("default", "a/b", uid),
+            ("default", "", uid),
+            ("default", "-a", uid),
+        ] {
+            let k = key(ns, name, uid);
+            assert!(k.validate().is_err(), "{k:?} accepted");
+        }
+    }
+
+    #[test]
+    fn host_paths_outside_the_allow_list_are_refused() {
+        let spec = |path: &str| -> PodSpec {
+            serde_json::from_value(serde_json::json!({
+                "containers": [{"name": "c", "image": "x"}],
+                "volumes": [{"name": "h", "hostPath": {"path": path}}],
+            }))
+            .unwrap()
+        };
+        let allow = [PathBuf::from("/mnt"), PathBuf::from("/data/sets")];
+        assert_eq!(
+            host_path_refusal(&spec("/"), &[]),
+            None,
+            "no list: anywhere"
+        );
+        assert_eq!(host_path_refusal(&spec("/mnt"), &allow), None);
+        assert_eq!(host_path_refusal(&spec("/mnt/a/b"), &allow), None);
+        assert_eq!(host_path_refusal(&spec("/data/sets/x"), &allow), None);
+        for bad in [
+            "/",
+            "/etc",
+            "/mntx",
+            "/mnt/../etc",
+            "mnt/a",
+            "/data",
+            "/var/lib/orca-agent",
+        ] {
+            let why = host_path_refusal(&spec(bad), &allow).unwrap_or_else(|| panic!("{bad}"));
+            assert!(why.contains("not under an allowed directory"), "{why}");
+        }
     }
 }

@@ -25,9 +25,20 @@ impl PodManager {
         annotations: BTreeMap<String, String>,
         inputs: RunInputs,
     ) -> Result<pb::PodReport, PodError> {
-        if key.uid.is_empty() || key.name.is_empty() {
+        key.validate()?;
+        // A uid names one pod: the same uid under another name is not this pod
+        // sent again but an attempt to act on it (or a collision), and two pods
+        // whose uids share their first 12 alphanumerics would share container ids.
+        let short = key.short_uid();
+        if let Some(other) = self.pods().values().find(|p| {
+            (p.key.uid == key.uid && p.key != key)
+                || (p.key.uid != key.uid && p.key.short_uid() == short)
+        }) {
             return Err(PodError::Invalid {
-                reason: "pod uid and name are required".into(),
+                reason: format!(
+                    "pod {}/{}: uid {} collides with pod {}/{} on this node",
+                    key.namespace, key.name, key.uid, other.key.namespace, other.key.name
+                ),
             });
         }
         if let Some(existing) = self.pods().get(&key.uid) {
@@ -41,7 +52,14 @@ impl PodManager {
         let spec: PodSpec = serde_json::from_str(spec_json).map_err(|e| PodError::Invalid {
             reason: format!("spec is not a Kubernetes PodSpec: {e}"),
         })?;
-        let failure = accept_check(&spec, &inputs);
+        let failure = accept_check(&spec, &inputs).or_else(|| {
+            super::host_path_refusal(&spec, &self.inner.layout.host_path_allow).map(|message| {
+                PodFailure {
+                    reason: "Forbidden".into(),
+                    message,
+                }
+            })
+        });
         let entry = PodEntry::new(
             key.clone(),
             spec,

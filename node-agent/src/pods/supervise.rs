@@ -370,6 +370,7 @@ impl PodManager {
             mounts: &mounts,
             host_devices: &devices,
             host_capabilities: &host_caps,
+            pids_limit: self.inner.layout.pids_limit,
         })
         .map_err(|e| super::PodError::Invalid {
             reason: e.to_string(),

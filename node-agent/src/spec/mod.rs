@@ -390,6 +390,9 @@ pub struct SpecInput<'a> {
     pub host_devices: &'a [security::Device],
     /// The host's capabilities, given to privileged containers.
     pub host_capabilities: &'a [String],
+    /// The most processes (and threads) the container may hold at once, its
+    /// cgroup's `pids.max`; `None` for no limit.
+    pub pids_limit: Option<i64>,
 }
 
 /// Namespaces and `/dev/shm` that a pod's containers share, as Kubernetes pods
@@ -468,6 +471,9 @@ pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Value, SpecError> {
     }
     if !cpu.is_empty() {
         resources["cpu"] = Value::Object(cpu);
+    }
+    if let Some(limit) = input.pids_limit {
+        resources["pids"] = json!({ "limit": limit });
     }
 
     let ns = |kind: &str, path: &Option<String>| match path {
@@ -751,6 +757,7 @@ mod tests {
             mounts: &[],
             host_devices: &[],
             host_capabilities: &[],
+            pids_limit: Some(4096),
         })
         .unwrap();
         assert_eq!(spec["process"]["user"]["uid"], 1000);
@@ -764,6 +771,7 @@ mod tests {
         assert_eq!(spec["linux"]["resources"]["cpu"]["quota"], 50_000);
         assert_eq!(spec["linux"]["resources"]["cpu"]["shares"], 512);
         assert_eq!(spec["linux"]["cgroupsPath"], "/orca/abc-main");
+        assert_eq!(spec["linux"]["resources"]["pids"]["limit"], 4096);
         assert_eq!(spec["hostname"], "web");
     }
 
@@ -793,6 +801,7 @@ mod tests {
                 mounts: &[],
                 host_devices: &[],
                 host_capabilities: &[],
+                pids_limit: None,
             })
             .unwrap()
         };

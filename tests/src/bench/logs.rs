@@ -18,11 +18,15 @@ use crate::eventually::eventually_blocking;
 /// Runs the scenario: a log of `megabytes` MB read `runs` times by each side,
 /// then `samples` follow-latency samples.
 pub fn run(megabytes: usize, runs: usize, samples: usize) {
-    let c = TestCluster::start_with(&[
-        "--retry-ms=100",
-        // One file for the whole log: no rotation drops what (a) reads.
-        "--log-max-bytes=17179869184",
-    ]);
+    // The latency pod reads its cue from a hostPath: Pod Security must allow it.
+    let c = TestCluster::start_configured(
+        &[
+            "--retry-ms=100",
+            // One file for the whole log: no rotation drops what (a) reads.
+            "--log-max-bytes=17179869184",
+        ],
+        "pod_security:\n  enforce: privileged\n",
+    );
     c.orca_ok(&["node", "add", "n1"]);
     throughput(&c, megabytes, runs);
     latency(&c, samples);
