@@ -4,14 +4,23 @@
 //! simulated host is killed, an EC2 instance terminated). Then each of its
 //! unfinished pods is moved: with restartPolicy Always or OnFailure it becomes
 //! a new incarnation (a new uid) that the scheduler places elsewhere; with
-//! Never it ends Failed with reason `NodeLost`. When fencing fails (the host is
-//! unreachable, like an instance whose termination fails) the pods are moved
-//! all the same, so a partition cannot stall the workload; if the host comes
-//! back, its heartbeat reports the old incarnations, which the control plane
-//! answers as orphans and the agent stops. So a pod never runs twice once the
-//! heal is processed. Both steps are redone by a restarted control plane (once
-//! the node has been silent for `lost_after` since the restart): the fence once
-//! per process, the moves until no unfinished pod is bound to a Lost node.
+//! Never it ends Failed with reason `NodeLost`.
+//!
+//! **No pod runs twice.** When fencing fails (the host is unreachable, like an
+//! instance whose termination fails) the pods stay where they are, bound to the
+//! Lost node with a `FenceWaiting` event, until the termination is confirmed
+//! (the fence is retried every pass) or the node comes back; a pod annotated
+//! `orca.research/on-node-lost: replace` is moved at once instead (Nomad's
+//! `disconnect { replace = true }`). Either way the host's agent, once no
+//! heartbeat of its has been answered for `lost_after` minus one heartbeat
+//! interval (`stop_pods_after`, told in every answer), stops every pod itself
+//! (reason `NodeCutOff`): the node cannot be declared Lost before that, so an
+//! opted-in replacement never overlaps its old copy. When the host comes back,
+//! its stopped pods are moved like a Lost node's (a new incarnation, or Failed
+//! `NodeLost` for restartPolicy Never), and old incarnations it still reports
+//! are answered as orphans. Both steps are redone by a restarted control plane
+//! (once the node has been silent for `lost_after` since the restart): the fence
+//! once per process, the moves until no unfinished pod is bound to a Lost node.
 
 use std::time::Duration;
 
@@ -23,10 +32,20 @@ use tracing::{info, warn};
 use crate::cloud::Fault;
 use crate::cluster::{Cluster, ClusterError, now};
 use crate::pods::{key, names, phase, uid};
+use crate::selection::annotations::ON_NODE_LOST;
 
 /// Reasons of the control plane's own verdicts on pods: a report from an agent
 /// about that incarnation is stale, and the agent is told to stop it.
 pub const VERDICTS: &[&str] = &["NodeLost", "NodeRemoved", "Evicted", "BudgetExceeded"];
+
+/// Whether the pod asked to be moved at once when its node is Lost and cannot
+/// be fenced (`orca.research/on-node-lost: replace`).
+fn replaces_unfenced(p: &pb::PodRecord) -> bool {
+    p.pod
+        .as_ref()
+        .and_then(|p| p.annotations.get(ON_NODE_LOST))
+        .is_some_and(|v| v.trim() == "replace")
+}
 
 fn unfinished(p: &pb::PodRecord) -> bool {
     !matches!(phase(p), PodPhase::Succeeded | PodPhase::Failed)
@@ -45,13 +64,20 @@ impl Cluster {
             }
         }
         for node in lost {
-            if self.first_time(&format!("fence:{}", node.name))
-                && !self.fence(&node).await
-                && self.provider().pods_wait_for_fence()
-            {
-                // The instance may still run them: they stay until it is gone.
+            if self.first_time(&format!("fence:{}", node.name)) && !self.fence(&node).await {
+                // The instance may still run them: they stay until it is gone,
+                // but for those that opted in to moving at once.
                 self.again(&format!("fence:{}", node.name));
                 self.wait_for_fence(&node)?;
+                for pod in self.store().pods.scan("")? {
+                    if pod.node_name == node.name && unfinished(&pod) && replaces_unfenced(&pod) {
+                        let msg = format!(
+                            "node {} was lost and could not be fenced; moved at once ({ON_NODE_LOST}: replace)",
+                            node.name
+                        );
+                        self.relocate(&pod, "NodeLost", msg).await?;
+                    }
+                }
                 continue;
             }
             for pod in self.store().pods.scan("")? {
@@ -59,6 +85,22 @@ impl Cluster {
                     let msg = format!("node {} was lost", node.name);
                     self.relocate(&pod, "NodeLost", msg).await?;
                 }
+            }
+        }
+        // Pods a host stopped itself while cut off (it came back, or another
+        // pass saw its report): moved as a Lost node's pods are.
+        for pod in self.store().pods.scan("")? {
+            let cut_off = phase(&pod) == PodPhase::Failed
+                && pod
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.reason == orca_proto::NODE_CUT_OFF);
+            if cut_off && !pod.node_name.is_empty() {
+                let msg = format!(
+                    "its node {} stopped it when cut off from the control plane",
+                    pod.node_name
+                );
+                self.relocate(&pod, "NodeLost", msg).await?;
             }
         }
         Ok(())

@@ -438,6 +438,14 @@ impl Cluster {
             heartbeat_interval: prost_types::Duration::try_from(self.config().heartbeat_interval)
                 .ok(),
             orphan_pod_uids: orphans,
+            // A heartbeat interval before this node can be declared Lost, its
+            // agent stops its pods (no pod runs twice: recovery).
+            stop_pods_after: self
+                .config()
+                .lost_after
+                .checked_sub(self.config().heartbeat_interval)
+                .filter(|d| !d.is_zero())
+                .and_then(|d| prost_types::Duration::try_from(d).ok()),
             notices: self.pushed_notices(&node.name),
             node_ports: self
                 .services()

@@ -8,7 +8,7 @@
 //! while this node was unreachable) are stopped. Failures are retried with the
 //! configured retry interval; they never stop the pods.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
@@ -44,6 +44,59 @@ pub struct Reporter {
     /// The Services' node ports this host serves.
     pub node_ports: Arc<crate::node_ports::NodePorts>,
 }
+
+/// The agent's half of "no pod runs twice": when no heartbeat has been
+/// answered for the control plane's `stop_pods_after` (counted from when the
+/// last answered one was *sent*, never later than the control plane received
+/// it), every pod is stopped. The control plane declares the node Lost a
+/// heartbeat interval after that moment at the earliest, so the pods are gone
+/// before it can replace them elsewhere.
+#[derive(Clone, Default)]
+struct CutOff(Arc<std::sync::Mutex<CutOffState>>);
+
+#[derive(Default)]
+struct CutOffState {
+    /// When the last answered heartbeat was sent.
+    last_answered: Option<Instant>,
+    /// The control plane's `stop_pods_after`.
+    stop_after: Option<Duration>,
+    /// The pods of this silence were stopped already.
+    stopped: bool,
+}
+
+impl CutOff {
+    fn answered(&self, sent: Instant, stop_after: Option<Duration>) {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        s.last_answered = Some(sent);
+        s.stop_after = stop_after;
+        s.stopped = false;
+    }
+
+    /// How long past the deadline this silence is, when it is and its pods
+    /// have not been stopped yet (marking them stopped).
+    fn due(&self) -> Option<Duration> {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let silent = s.last_answered?.elapsed();
+        if s.stopped || silent < s.stop_after? {
+            return None;
+        }
+        s.stopped = true;
+        Some(silent)
+    }
+
+    /// Checks often enough to act within a small part of a heartbeat interval.
+    async fn watch(self, pods: PodManager) {
+        loop {
+            tokio::time::sleep(CUT_OFF_CHECK).await;
+            if let Some(silent) = self.due() {
+                pods.cut_off(silent);
+            }
+        }
+    }
+}
+
+/// How often the cut-off watchdog looks.
+const CUT_OFF_CHECK: Duration = Duration::from_millis(20);
 
 /// Aborts a task when dropped (the heartbeat loop's helpers end with it).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -92,8 +145,11 @@ pub async fn run(r: Reporter, pods: PodManager, shutdown: impl std::future::Futu
         })
     };
     let _refresher = AbortOnDrop(refresher);
+    let cut_off = CutOff::default();
+    let _watchdog = AbortOnDrop(tokio::spawn(cut_off.clone().watch(pods.clone())));
     loop {
         sequence += 1;
+        let sent = Instant::now();
         let telemetry = r.gpus.latest();
         // GPUs count only once the source answers; unhealthy ones are not allocatable.
         let capacity = Resources {
@@ -130,6 +186,12 @@ pub async fn run(r: Reporter, pods: PodManager, shutdown: impl std::future::Futu
             Ok(resp) => {
                 r.contact.touch();
                 let resp = resp.into_inner();
+                cut_off.answered(
+                    sent,
+                    resp.stop_pods_after
+                        .and_then(|d| Duration::try_from(d).ok())
+                        .filter(|d| !d.is_zero()),
+                );
                 interval = duration(resp.heartbeat_interval, interval);
                 r.notices.push(resp.notices);
                 r.node_ports.set(&resp.node_ports).await;
@@ -154,12 +216,20 @@ pub async fn run(r: Reporter, pods: PodManager, shutdown: impl std::future::Futu
                 r.retry.min(interval)
             }
         };
-        tokio::select! {
+        let woken = tokio::select! {
             _ = &mut shutdown => return,
-            _ = tokio::time::sleep(pause) => {}
-            _ = pods.changed() => {}
-            _ = r.gpus.changed() => {}
-            _ = r.notices.changed() => {}
+            _ = tokio::time::sleep(pause) => false,
+            _ = pods.changed() => true,
+            _ = r.gpus.changed() => true,
+            _ = r.notices.changed() => true,
+        };
+        if woken {
+            // Changes come in bursts (a pod's containers, its conditions): one
+            // report for the burst, not one per step of it.
+            tokio::time::sleep(SETTLE).await;
         }
     }
 }
+
+/// How long a change waits for the rest of its burst before it is reported.
+const SETTLE: Duration = Duration::from_millis(20);

@@ -1,8 +1,8 @@
 //! Failure detection and recovery with real simulated hosts: a node whose
 //! agent dies goes Suspect → NotReady → Lost, is fenced, and its pods run again
 //! elsewhere (or fail NodeLost); a partitioned node that cannot be fenced keeps
-//! its stale container until the heal, which stops it, so the pod never runs
-//! twice once the heal is processed.
+//! its pods until the fence or the heal, its agent stops them when cut off, and
+//! no pod runs twice.
 
 use orca_tests::cluster::{DEADLINE, TestCluster};
 use orca_tests::env::process_running;
@@ -80,32 +80,67 @@ fn a_dead_agents_node_goes_lost_is_fenced_and_its_pods_move() {
     );
 }
 
+/// Finding 9 of the hardening review: a partitioned host whose fence failed
+/// kept its pods running while their replacements started elsewhere. Now the
+/// pods of an unfenceable Lost node wait for the fence (or the heal), the
+/// host's agent stops them itself when cut off, and a pod that opted in to
+/// moving at once (`orca.research/on-node-lost: replace`) starts elsewhere
+/// only after its old copy is gone: at no moment do two copies run.
 #[test]
-fn an_unfenceable_partitioned_node_keeps_its_stale_pod_until_the_heal_stops_it() {
+fn an_unfenceable_partitioned_node_runs_no_pod_twice() {
     let c = TestCluster::start();
     let (svc, job) = two_hosts_with_pods_on_a(&c);
-    let stale = c.container_pid("a", &svc).expect("svc's container");
-    let stale_job = c.container_pid("a", &job).expect("job's container");
+    c.orca_ok(&["node", "cordon", "b"]);
+    let eager = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: eager\n  annotations: {{orca.research/on-node-lost: replace}}\nspec:\n  containers:\n  - name: c\n    image: {}\n    command: [sleep, '3600']\n",
+        c.image
+    );
+    let file = c.dir().join("eager.yaml");
+    std::fs::write(&file, eager).unwrap();
+    c.orca_ok(&["apply", "-f", file.to_str().unwrap()]);
+    let eager = c.wait_phase("eager", "Running");
+    assert_eq!(eager["node"], "a");
+    c.orca_ok(&["node", "uncordon", "b"]);
+    let stale = |p: &serde_json::Value| c.container_pid("a", p).expect("a container on a");
+    let (stale_svc, stale_job, stale_eager) = (stale(&svc), stale(&job), stale(&eager));
 
     c.orca_ok(&["node", "fault", "a", "--partition"]);
-    eventually_blocking("a to be Lost", DEADLINE, || {
-        let n = c.node("a");
-        if n["state"] == "Lost" { Ok(()) } else { Err(n) }
+    // Until the opted-in pod runs on b: never while its old copy still runs.
+    let moved = eventually_blocking("eager to run on b", DEADLINE, || {
+        let now = c.pod("eager");
+        let running_on_b = now["node"] == "b" && now["phase"] == "Running";
+        assert!(
+            !(running_on_b && process_running(stale_eager)),
+            "eager runs on b while its old copy still runs on a"
+        );
+        if running_on_b { Ok(now) } else { Err(now) }
     });
-    let moved = c.wait_phase("svc", "Running");
-    assert_eq!(moved["node"], "b");
+    assert_ne!(moved["uid"], eager["uid"], "a new incarnation");
+    assert_eq!(c.node("a")["state"], "Lost");
     assert!(
         node_events(&c, "a").iter().any(|e| e == "FenceFailed"),
         "{:?}",
         node_events(&c, "a")
     );
-    // During the partition the stale incarnation still runs (nothing could stop it).
+    // The others wait for the fence, and their host stopped them itself.
+    eventually_blocking("a's agent to stop its cut-off pods", DEADLINE, || {
+        let left: Vec<u32> = [stale_svc, stale_job]
+            .into_iter()
+            .filter(|p| process_running(*p))
+            .collect();
+        if left.is_empty() { Ok(()) } else { Err(left) }
+    });
+    for (name, before) in [("svc", &svc), ("job", &job)] {
+        let now = c.pod(name);
+        assert_eq!(now["node"], "a", "{name} waits for the fence: {now}");
+        assert_eq!(now["uid"], before["uid"], "{name} not replaced: {now}");
+        assert_eq!(now["reason"], "NodeLost", "{now}");
+    }
     assert!(
-        process_running(stale),
-        "the stale container runs during the partition"
+        c.orca_ok(&["events", "svc"]).contains("FenceWaiting"),
+        "{}",
+        c.orca_ok(&["events", "svc"])
     );
-    assert!(process_running(stale_job));
-    assert_eq!(c.pod("job")["reason"], "NodeLost");
 
     c.orca_ok(&["node", "fault", "a", "--heal"]);
     eventually_blocking("a to be Ready again", DEADLINE, || {
@@ -116,30 +151,38 @@ fn an_unfenceable_partitioned_node_keeps_its_stale_pod_until_the_heal_stops_it()
             Err(n)
         }
     });
-    eventually_blocking("the stale containers to be stopped", DEADLINE, || {
-        if process_running(stale) || process_running(stale_job) {
-            Err((process_running(stale), process_running(stale_job)))
+    // Back in touch, the pods it stopped move on: svc as a new incarnation,
+    // job (restartPolicy Never) Failed NodeLost; eager stays where it moved.
+    let svc_now = eventually_blocking("svc to run again", DEADLINE, || {
+        let now = c.pod("svc");
+        if now["phase"] == "Running" && now["uid"] != svc["uid"] {
+            Ok(now)
         } else {
-            Ok(())
+            Err(now)
         }
     });
-    // Once the heal is processed the pod runs exactly once: on b, as recorded.
-    let now = c.pod("svc");
+    assert!(!process_running(stale_svc));
+    let job_now = c.wait_phase("job", "Failed");
+    assert_eq!(job_now["reason"], "NodeLost", "{job_now}");
+    let eager_now = c.pod("eager");
     assert_eq!(
-        (now["node"].as_str(), now["phase"].as_str()),
-        (Some("b"), Some("Running"))
+        (eager_now["node"].as_str(), eager_now["uid"].as_str()),
+        (Some("b"), moved["uid"].as_str())
     );
-    assert_eq!(now["uid"], moved["uid"]);
-    let running_on_a: Vec<_> = c
+    // containerd on a runs nothing of the old incarnations.
+    let old: Vec<String> = [&svc, &job, &eager]
+        .iter()
+        .filter_map(|p| p["containerStatuses"][0]["containerID"].as_str())
+        .map(|id| id.trim_start_matches("containerd://").to_owned())
+        .collect();
+    let running_stale: Vec<_> = c
         .tasks("a")
         .into_iter()
-        .filter(|(_, s)| s == "RUNNING")
+        .filter(|(id, s)| s == "RUNNING" && old.contains(id))
         .collect();
-    assert!(running_on_a.is_empty(), "{running_on_a:?}");
-    assert_eq!(
-        c.pod("job")["reason"],
-        "NodeLost",
-        "a verdict is not undone by the heal"
+    assert!(
+        running_stale.is_empty(),
+        "{running_stale:?}; svc now {svc_now}"
     );
 }
 

@@ -335,3 +335,81 @@ fn removing_the_node_with_the_lowest_mac_leaves_the_others_ready() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Every process of this machine whose command line `matches`.
+fn processes_where(matches: impl Fn(&[String]) -> bool) -> Vec<(u32, Vec<String>)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let raw = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<String> = raw
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            (!args.is_empty() && matches(&args)).then_some((pid, args))
+        })
+        .collect()
+}
+
+/// Finding 8 of the hardening review: fenced hosts' stopped tasks kept their
+/// shims and loggers alive. After a fence nothing of the host is left: no
+/// process in its namespace, no shim of its containerd namespace, no logger or
+/// other process holding a path of its directory, no mount under it.
+#[test]
+fn a_fence_leaves_no_process_or_mount_of_the_host() {
+    let c = cluster();
+    let n1 = add_node(&c, "n1");
+    let ns = c.namespace("n1");
+    let host_dir = c.data_dir().join("hosts/n1");
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: token}\nstringData: {t: s3cret}\n";
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: held}}\nspec:\n  volumes:\n  - {{name: t, secret: {{secretName: token}}}}\n  - {{name: scratch, emptyDir: {{medium: Memory}}}}\n  containers:\n  - name: a\n    image: {image}\n    command: [sleep, '600']\n    volumeMounts: [{{name: t, mountPath: /t}}, {{name: scratch, mountPath: /s}}]\n  - name: b\n    image: {image}\n    command: [sh, -c, 'while :; do echo tick; sleep 1; done']\n",
+        image = c.image
+    );
+    let file = c.dir().join("held.yaml");
+    std::fs::write(&file, format!("{secret}---\n{pod}")).unwrap();
+    c.orca_ok(&["apply", "-f", file.to_str().unwrap()]);
+    c.wait_phase("held", "Running");
+    let shim = |args: &[String]| args.windows(2).any(|w| w[0] == "-namespace" && w[1] == ns);
+    let holds_dir = |args: &[String]| {
+        args.iter()
+            .skip(1)
+            .any(|a| Path::new(a).starts_with(&host_dir))
+    };
+    let mounts = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .filter(|m| Path::new(m).starts_with(&host_dir))
+            .collect::<Vec<_>>()
+    };
+    // What the fence must clear is there to begin with.
+    assert!(processes_where(shim).len() >= 2, "two tasks' shims");
+    assert!(
+        processes_where(|a| a[0].ends_with("orca-logger") && holds_dir(a)).len() >= 2,
+        "two loggers: {:?}",
+        processes_where(holds_dir)
+    );
+    assert!(!mounts().is_empty(), "tmpfs volumes mounted");
+
+    let rt = runtime();
+    rt.block_on(c.provider().terminate(&TestCluster::instance_id("n1")))
+        .expect("terminate");
+    assert_eq!(processes_where(shim), Vec::new(), "shims left");
+    assert_eq!(
+        processes_where(holds_dir),
+        Vec::new(),
+        "loggers or others left"
+    );
+    assert_eq!(mounts(), Vec::<String>::new(), "mounts left");
+    assert!(!n1.netns_path().exists(), "namespace deleted");
+    let tasks = c.tasks("n1");
+    assert!(
+        tasks.iter().all(|(_, status)| status != "RUNNING"),
+        "{tasks:?}"
+    );
+}

@@ -343,11 +343,14 @@ async fn exec_and_logs_fail_clearly() {
     assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
     assert!(e.message().contains("ghost"), "{e:?}");
 
-    let e = ExecSession::open(&mut admin, open("box", "", &["no-such-binary"]))
+    // A command that cannot be run ends as a shell would end it: 127 (not
+    // found), with runc's reason on stderr, as `kubectl exec` reports it.
+    let mut missing = ExecSession::open(&mut admin, open("box", "", &["no-such-binary"]))
         .await
-        .err()
-        .expect("a missing executable");
-    assert!(e.message().contains("no-such-binary"), "{e:?}");
+        .expect("a session for a missing executable");
+    assert_eq!(missing.finish().await.expect("an exit status"), 127);
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("no-such-binary"), "{stderr}");
 
     // The logs of a finished container are still there; attach to it is refused.
     assert_eq!(c.orca_ok(&["logs", "done"]), "finished\n");

@@ -330,11 +330,6 @@ pub trait InstanceProvider: Send + Sync {
             })
         })
     }
-    /// Whether a Lost node's pods must wait until its termination is confirmed
-    /// (a cloud instance may still run them); otherwise they move at once.
-    fn pods_wait_for_fence(&self) -> bool {
-        false
-    }
     /// The instance families and GPU models this provider may launch (what a
     /// Kubernetes Node standing for it advertises as labels); empty when it
     /// launches no typed instances.

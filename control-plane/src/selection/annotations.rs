@@ -63,8 +63,15 @@ pub const LEDGER: &str = "orca.research/ledger";
 /// owner (`ReplicaSet/NAME`); accepted as input and ignored.
 pub const CONTROLLED_BY: &str = "orca.research/controlled-by";
 
+/// Annotation: what becomes of the pod when its node is Lost and its instance
+/// cannot be confirmed terminated: `wait` (the default: it is replaced only once
+/// the instance is confirmed gone, so it never runs twice) or `replace` (it is
+/// replaced at once; its agent stops the old copy when cut off, a heartbeat
+/// interval before the node can be declared Lost), as Nomad's `disconnect` block.
+pub const ON_NODE_LOST: &str = "orca.research/on-node-lost";
+
 /// Every annotation the selection and launch understand.
-pub const KNOWN: [&str; 16] = [
+pub const KNOWN: [&str; 17] = [
     INSTANCE_TYPE,
     WORKLOAD_TEMPLATE,
     SELECTION,
@@ -81,6 +88,7 @@ pub const KNOWN: [&str; 16] = [
     CHECKPOINT_WAIT,
     RESUME_FROM,
     BUDGET,
+    ON_NODE_LOST,
 ];
 
 /// The prefix of ORCA's annotations.
@@ -333,6 +341,11 @@ pub fn parse<'a>(
                     return Err(bad(format!(
                         "{value:?} is not a positive duration of hours, minutes and seconds (e.g. 5m, 90s)"
                     )));
+                }
+            }
+            ON_NODE_LOST => {
+                if !matches!(value, "wait" | "replace") {
+                    return Err(bad(format!("{value:?}: use wait or replace")));
                 }
             }
             BUDGET => {

@@ -17,6 +17,49 @@ const SIGKILL: u32 = 9;
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 impl PodManager {
+    /// Stops, with SIGKILL, every pod that has not ended, because this host has
+    /// been cut off from its control plane for `silent`: each ends Failed with
+    /// reason [`orca_proto::NODE_CUT_OFF`]. The control plane may be replacing
+    /// them elsewhere; they must not run twice. Returns how many were stopped.
+    pub fn cut_off(&self, silent: Duration) -> usize {
+        let uids: Vec<String> = self
+            .pods()
+            .values()
+            .filter(|p| !p.ended() && !p.stopping)
+            .map(|p| p.key.uid.clone())
+            .collect();
+        for uid in &uids {
+            self.update(uid, |p| {
+                if p.failure.is_none() {
+                    p.failure = Some(crate::status::PodFailure {
+                        reason: orca_proto::NODE_CUT_OFF.into(),
+                        message: format!(
+                            "no answer from the control plane for {}s: stopped so that it cannot \
+                             run twice (the control plane may be replacing it elsewhere)",
+                            silent.as_secs()
+                        ),
+                    });
+                }
+            });
+            self.save_runs(uid);
+            let (this, uid) = (self.clone(), uid.clone());
+            tokio::spawn(async move {
+                if let Err(e) = this.stop(&uid, Some(Duration::ZERO), false).await {
+                    warn!(uid, error = %e, "cut-off pod not stopped");
+                }
+            });
+        }
+        if !uids.is_empty() {
+            warn!(
+                pods = uids.len(),
+                silent_s = silent.as_secs(),
+                "cut off from the control plane: pods stopped"
+            );
+        }
+        self.inner.changed.notify_one();
+        uids.len()
+    }
+
     /// Stops a pod's containers: SIGTERM, up to `grace` (or the pod's
     /// terminationGracePeriodSeconds), then SIGKILL. With `remove`, also deletes
     /// the containers, snapshots, logs and volumes and forgets the pod.

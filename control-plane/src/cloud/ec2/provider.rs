@@ -297,10 +297,6 @@ impl InstanceProvider for Ec2Provider {
         true
     }
 
-    fn pods_wait_for_fence(&self) -> bool {
-        true
-    }
-
     fn offered(&self) -> BoxFuture<'_, crate::cloud::Offered> {
         Box::pin(async move {
             let mut offered = crate::cloud::Offered::default();

@@ -25,7 +25,9 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tracing::info;
+use std::path::Path;
+
+use tracing::{info, warn};
 
 use super::host::HostDir;
 use super::{AGENT_STOP_GRACE, LocalProvider};
@@ -59,9 +61,18 @@ impl LocalProvider {
                     .then_some(derived)
             }
         };
-        if let Some(network) = network {
+        if let Some(network) = &network {
             kill_netns(&network.netns).await?;
-            netns::delete_host(&network)
+        }
+        // What runs outside the namespace: the tasks' shims (children of
+        // containerd) and the loggers they started. Deleting the tasks ends
+        // both; whatever survives is killed by its command line.
+        let namespace = format!("{}-{node}", self.config.namespace_prefix);
+        delete_tasks(&self.config.containerd_socket, &namespace).await;
+        let socket = self.config.containerd_socket.to_string_lossy().into_owned();
+        kill_matching(|args| of_host(args, &namespace, &socket, dir.path())).await?;
+        if let Some(network) = &network {
+            netns::delete_host(network)
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -162,6 +173,98 @@ async fn kill_netns(netns: &str) -> Result<(), String> {
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Deletes (with force: kills first) every task of the host's containerd
+/// namespace through `ctr`, so their shims and loggers end as containerd ends
+/// them. Best effort: what it leaves, [`kill_matching`] finds.
+async fn delete_tasks(socket: &Path, namespace: &str) {
+    let ctr = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new("ctr");
+        cmd.arg("--address")
+            .arg(socket)
+            .args(["--namespace", namespace])
+            .args(args)
+            .kill_on_drop(true);
+        cmd
+    };
+    let listed = match ctr(&["tasks", "ls", "-q"]).output().await {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Ok(out) => {
+            warn!(namespace, stderr = %String::from_utf8_lossy(&out.stderr).trim(), "ctr tasks ls failed");
+            return;
+        }
+        Err(e) => {
+            warn!(namespace, error = %e, "ctr not run (containerd's client; apt-get install -y containerd)");
+            return;
+        }
+    };
+    for task in listed.lines().map(str::trim).filter(|t| !t.is_empty()) {
+        match ctr(&["tasks", "delete", "--force", task]).output().await {
+            Ok(out) if !out.status.success() => warn!(
+                namespace, task, stderr = %String::from_utf8_lossy(&out.stderr).trim(), "task not deleted"
+            ),
+            Err(e) => warn!(namespace, task, error = %e, "task not deleted"),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Whether a command line belongs to the host: a containerd shim of its
+/// namespace on this containerd (`-namespace NS … -address SOCKET`), or any
+/// process with an argument under the host's directory (its tasks' loggers,
+/// `log <dir>/pods/…`).
+fn of_host(args: &[String], namespace: &str, socket: &str, dir: &Path) -> bool {
+    let after = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(String::as_str)
+    };
+    let shim = after("-namespace") == Some(namespace) && after("-address") == Some(socket);
+    shim || args.iter().skip(1).any(|a| Path::new(a).starts_with(dir))
+}
+
+/// SIGKILLs every process whose command line `belongs`, until none is left.
+async fn kill_matching(belongs: impl Fn(&[String]) -> bool) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + KILL_WAIT;
+    loop {
+        let live: Vec<Pid> = processes()
+            .into_iter()
+            .filter(|(pid, args)| belongs(args) && alive(*pid))
+            .map(|(pid, _)| pid)
+            .collect();
+        if live.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("processes {live:?} of the host survive SIGKILL"));
+        }
+        for pid in &live {
+            let _ = kill(*pid, Signal::SIGKILL);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Every process of this machine with its command line.
+fn processes() -> Vec<(Pid, Vec<String>)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let raw = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args = raw
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            Some((Pid::from_raw(pid), args))
+        })
+        .collect()
 }
 
 /// Fallback hosts: the pods' namespace holders, from their pid files.
