@@ -48,10 +48,11 @@ async fn nodes_stay_ready_while_500_pods_come_and_go() {
                     .into_inner()
                     .nodes;
                 for n in nodes.iter().filter(|n| n.state != NodeState::Ready as i32) {
-                    unready
-                        .lock()
-                        .unwrap()
-                        .push(format!("{} {:?}", n.name, NodeState::try_from(n.state)));
+                    unready.lock().unwrap().push(format!(
+                        "{} {:?}",
+                        n.name,
+                        NodeState::try_from(n.state)
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
