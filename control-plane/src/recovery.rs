@@ -11,14 +11,16 @@
 //! Lost node with a `FenceWaiting` event, until the termination is confirmed
 //! (the fence is retried every pass) or the node comes back; a pod annotated
 //! `orca.research/on-node-lost: replace` is moved at once instead (Nomad's
-//! `disconnect { replace = true }`). Either way the host's agent, once no
-//! heartbeat of its has been answered for `lost_after` minus one heartbeat
-//! interval (`stop_pods_after`, told in every answer), stops every pod itself
-//! (reason `NodeCutOff`): the node cannot be declared Lost before that, so an
-//! opted-in replacement never overlaps its old copy. When the host comes back,
-//! its stopped pods are moved like a Lost node's (a new incarnation, or Failed
-//! `NodeLost` for restartPolicy Never), and old incarnations it still reports
-//! are answered as orphans. Both steps are redone by a restarted control plane
+//! `disconnect { replace = true }`). The host's agent stops those opted-in
+//! pods itself (reason `NodeCutOff`) once no heartbeat of its has been answered
+//! for `lost_after` minus one heartbeat interval (`stop_pods_after`, told in
+//! every answer): the node cannot be declared Lost before that, so a
+//! replacement never overlaps its old copy. The other pods run on where they
+//! are (stopping them would gain no safety, since nothing replaces them before
+//! the fence, and would lose their work); when the host comes back they simply
+//! continue. Pods an agent stopped for being cut off are moved like a Lost
+//! node's (a new incarnation, or Failed `NodeLost` for restartPolicy Never),
+//! and old incarnations a returning host still reports are answered as orphans. Both steps are redone by a restarted control plane
 //! (once the node has been silent for `lost_after` since the restart): the fence
 //! once per process, the moves until no unfinished pod is bound to a Lost node.
 
@@ -64,6 +66,16 @@ impl Cluster {
             }
         }
         for node in lost {
+            // A node whose heartbeats came back since the list was taken is not
+            // fenced (it would be killed while Ready).
+            let still_lost = self
+                .store()
+                .nodes
+                .get(&node.name)?
+                .is_some_and(|n| n.state == NodeState::Lost as i32);
+            if !still_lost {
+                continue;
+            }
             if self.first_time(&format!("fence:{}", node.name)) && !self.fence(&node).await {
                 // The instance may still run them: they stay until it is gone,
                 // but for those that opted in to moving at once.

@@ -186,10 +186,11 @@ pub struct Flags {
     /// 10 minutes Karpenter drains ahead of EC2).
     #[arg(long, env = "ORCA_AGENT_DRAIN_LEAD_MS", default_value_t = 600_000)]
     pub drain_lead_ms: u64,
-    /// The most processes and threads one container may hold (its cgroup's
-    /// `pids.max`, so a fork bomb stops there); 0 for no limit. The kubelet's
-    /// `podPidsLimit` bounds a pod's cgroup; ORCA's containers have no pod
-    /// cgroup above them, so the bound is per container.
+    /// The most processes and threads one pod may hold (the kubelet's
+    /// `podPidsLimit`), so a fork bomb stops there; 0 for no limit. ORCA's
+    /// containers have no pod cgroup above them: each app container's
+    /// `pids.max` is its even share of this (an init container, running alone,
+    /// gets all of it).
     #[arg(long, env = "ORCA_AGENT_PIDS_LIMIT", default_value_t = 4096)]
     pub pids_limit: u32,
     /// Directories hostPath volumes may point into (comma-separated, absolute);

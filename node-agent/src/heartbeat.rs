@@ -48,8 +48,9 @@ pub struct Reporter {
 /// The agent's half of "no pod runs twice": when no heartbeat has been
 /// answered for the control plane's `stop_pods_after` (counted from when the
 /// last answered one was *sent*, never later than the control plane received
-/// it), every pod is stopped. The control plane declares the node Lost a
-/// heartbeat interval after that moment at the earliest, so the pods are gone
+/// it), every pod the control plane may replace without a fence is stopped
+/// ([`PodManager::cut_off`]). The control plane declares the node Lost a
+/// heartbeat interval after that moment at the earliest, so those pods are gone
 /// before it can replace them elsewhere.
 #[derive(Clone, Default)]
 struct CutOff(Arc<std::sync::Mutex<CutOffState>>);

@@ -113,8 +113,9 @@ pub fn incoming(
 }
 
 /// The reason of a pod its agent stopped because the host was cut off from
-/// the control plane for its `stop_pods_after` (HeartbeatResponse): the control
-/// plane may already be replacing it elsewhere, so it must not run on.
+/// the control plane for its `stop_pods_after` (HeartbeatResponse) and the pod
+/// may be replaced without a fence (`orca.research/on-node-lost: replace`): the
+/// control plane may already be replacing it elsewhere, so it must not run on.
 pub const NODE_CUT_OFF: &str = "NodeCutOff";
 
 pub mod boot;

@@ -234,8 +234,29 @@ fn careless_input_gets_a_clear_answer() {
     assert_eq!(not_exec.status.code(), Some(126), "{}", stderr(&not_exec));
 }
 
-/// Finding 7: a fork bomb ran until something outside stopped it. Every
-/// container's cgroup now has a pids limit (the agent's `--pids-limit`).
+/// The pids cgroup directory of `pod`'s container `index` on node `node`.
+fn pids_dir(
+    c: &TestCluster,
+    node: &str,
+    pod: &serde_json::Value,
+    index: usize,
+) -> std::path::PathBuf {
+    let id = pod["containerStatuses"][index]["containerID"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("containerd://")
+        .to_owned();
+    let ns = c.namespace(node);
+    ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+        .iter()
+        .map(|root| std::path::Path::new(root).join(&ns).join(&id))
+        .find(|d| d.join("pids.max").exists())
+        .expect("the container's pids cgroup")
+}
+
+/// Finding 7: a fork bomb ran until something outside stopped it. A pod now
+/// holds at most the agent's `--pids-limit` processes, enforced by its
+/// containers' cgroups (each app container's `pids.max` its even share).
 #[test]
 fn a_fork_bomb_stops_at_the_pids_limit() {
     let c = TestCluster::start_with(&["--pids-limit=40"]);
@@ -253,17 +274,7 @@ fn a_fork_bomb_stops_at_the_pids_limit() {
             Err(logs)
         }
     });
-    let id = pod["containerStatuses"][0]["containerID"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("containerd://")
-        .to_owned();
-    let ns = c.namespace("n1");
-    let dir = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
-        .iter()
-        .map(|root| std::path::Path::new(root).join(&ns).join(&id))
-        .find(|d| d.join("pids.max").exists())
-        .expect("the container's pids cgroup");
+    let dir = pids_dir(&c, "n1", &pod, 0);
     assert_eq!(
         std::fs::read_to_string(dir.join("pids.max"))
             .unwrap()
@@ -279,4 +290,17 @@ fn a_fork_bomb_stops_at_the_pids_limit() {
     assert_eq!(c.pod("bomb")["phase"], "Running", "the pod lives on");
     let node = c.node("n1");
     assert_eq!(node["state"], "Ready", "{node}");
+
+    // Two app containers share the pod's 40.
+    let pair = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: pair}}\nspec:\n  containers:\n  - {{name: a, image: {0}, command: [sleep, '600']}}\n  - {{name: b, image: {0}, command: [sleep, '600']}}\n",
+        c.image
+    );
+    let out = apply(&c, "pair", &pair);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pair = c.wait_phase("pair", "Running");
+    for i in 0..2 {
+        let max = std::fs::read_to_string(pids_dir(&c, "n1", &pair, i).join("pids.max")).unwrap();
+        assert_eq!(max.trim(), "20", "container {i}");
+    }
 }

@@ -452,13 +452,27 @@ pub struct Layout {
     pub ebs_device_dir: PathBuf,
     /// How long a pod waits for its EBS volumes to be attached.
     pub volume_attach_wait: Duration,
-    /// Each container's `pids.max`; `None` for no limit.
+    /// The most processes a pod may hold at once; `None` for no limit.
     pub pids_limit: Option<i64>,
     /// Where hostPath volumes may point: these directories and what is below
     /// them. Empty: anywhere (a simulated host, where the control plane's Pod
     /// Security admission decides). An EC2 host holds its node's identity, so
     /// the AMI's unit sets a list.
     pub host_path_allow: Vec<PathBuf>,
+}
+
+/// A container's `pids.max` under a pod limit of `limit`. ORCA's containers
+/// have no pod cgroup above them (the kubelet sets `podPidsLimit` on one), so
+/// the pod's limit is split evenly among its app containers, which run
+/// together: the pod as a whole never holds more. An init container runs alone
+/// and gets all of it.
+pub fn pids_share(limit: Option<i64>, init: bool, app_containers: usize) -> Option<i64> {
+    let limit = limit?;
+    if init {
+        return Some(limit);
+    }
+    let n = i64::try_from(app_containers.max(1)).unwrap_or(i64::MAX);
+    Some((limit / n).max(1))
 }
 
 /// Why a hostPath volume is outside the allow-list, or None. Paths are
@@ -770,6 +784,20 @@ mod tests {
             let k = key(ns, name, uid);
             assert!(k.validate().is_err(), "{k:?} accepted");
         }
+    }
+
+    #[test]
+    fn a_pods_pids_limit_is_split_among_its_app_containers() {
+        assert_eq!(pids_share(None, false, 3), None);
+        assert_eq!(pids_share(Some(4096), false, 1), Some(4096));
+        assert_eq!(pids_share(Some(4096), false, 3), Some(1365));
+        assert_eq!(
+            pids_share(Some(4096), true, 3),
+            Some(4096),
+            "init runs alone"
+        );
+        assert_eq!(pids_share(Some(10), false, 64), Some(1), "never zero");
+        assert_eq!(pids_share(Some(40), false, 0), Some(40));
     }
 
     #[test]

@@ -16,16 +16,28 @@ const SIGKILL: u32 = 9;
 /// Kubernetes' default terminationGracePeriodSeconds.
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
+/// The pod annotation that lets the control plane replace a pod of a Lost
+/// host at once (`replace`) rather than once the host is confirmed gone.
+pub const ON_NODE_LOST: &str = "orca.research/on-node-lost";
+
 impl PodManager {
-    /// Stops, with SIGKILL, every pod that has not ended, because this host has
-    /// been cut off from its control plane for `silent`: each ends Failed with
-    /// reason [`orca_proto::NODE_CUT_OFF`]. The control plane may be replacing
-    /// them elsewhere; they must not run twice. Returns how many were stopped.
+    /// Stops, with SIGKILL, every pod the control plane may replace without
+    /// confirming this host is gone (annotated `orca.research/on-node-lost:
+    /// replace`), because this host has been cut off from it for `silent`: each
+    /// ends Failed with reason [`orca_proto::NODE_CUT_OFF`], so it never runs
+    /// beside its replacement. Other pods run on: the control plane replaces
+    /// them only once this host is confirmed terminated, and stopping them would
+    /// only lose their work. Returns how many were stopped.
     pub fn cut_off(&self, silent: Duration) -> usize {
         let uids: Vec<String> = self
             .pods()
             .values()
             .filter(|p| !p.ended() && !p.stopping)
+            .filter(|p| {
+                p.annotations
+                    .get(ON_NODE_LOST)
+                    .is_some_and(|v| v.trim() == "replace")
+            })
             .map(|p| p.key.uid.clone())
             .collect();
         for uid in &uids {

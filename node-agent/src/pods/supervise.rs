@@ -370,7 +370,11 @@ impl PodManager {
             mounts: &mounts,
             host_devices: &devices,
             host_capabilities: &host_caps,
-            pids_limit: self.inner.layout.pids_limit,
+            pids_limit: super::pids_share(
+                self.inner.layout.pids_limit,
+                entry.containers[index].init,
+                entry.spec.containers.len(),
+            ),
         })
         .map_err(|e| super::PodError::Invalid {
             reason: e.to_string(),
