@@ -5,6 +5,14 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use orca_agent::config::Flags;
 
+/// jemalloc, whose background threads give freed memory back to the system.
+/// With glibc's allocator the agent's memory never went down after a pod ended:
+/// 33.6 MB idle, 48.7 MB after a 64-container pod was removed, 61.9 MB after the
+/// third such pod; with jemalloc 39.1 MB idle, 41.7 MB after the first and
+/// 42.4 MB after the third (debug builds, `agent_lifecycle` measures it).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     orca_proto::process::init_tracing();

@@ -776,3 +776,55 @@ async fn uids_that_are_paths_or_another_pods_are_refused() {
     assert_eq!(a.status(&victim).await.phase, PodPhase::Running as i32);
     a.stop(&victim, 0).await;
 }
+
+/// The agent's resident memory, in kB.
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .expect("VmRSS")
+}
+
+/// Finding 6 of the hardening review: the memory a large pod took was never
+/// given back after it ended. Once a 64-container pod (the most admission
+/// allows) is removed, the agent gives back at least half of what it took.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agents_memory_returns_after_a_large_pod_ends() {
+    let a = TestAgent::start();
+    let warm = a
+        .run(
+            "warm",
+            pod(json!([{ "name": "c", "image": a.image, "command": ["true"] }])),
+        )
+        .await;
+    a.wait_phase(&warm, PodPhase::Succeeded).await;
+    a.stop(&warm, 0).await;
+    let idle = rss_kb(a.pid());
+    let containers: Vec<_> = (0..64)
+        .map(|i| json!({ "name": format!("c{i}"), "image": a.image, "command": ["sleep", "600"] }))
+        .collect();
+    let uid = a.run("large", pod(json!(containers))).await;
+    a.wait_phase(&uid, PodPhase::Running).await;
+    let running = rss_kb(a.pid());
+    assert!(
+        running > idle,
+        "the pod takes memory: {idle} → {running} kB"
+    );
+    a.stop(&uid, 0).await;
+    let bound = idle + (running - idle) / 2;
+    orca_tests::eventually::eventually(
+        "the agent's memory to come back",
+        std::time::Duration::from_secs(60),
+        || async {
+            let now = rss_kb(a.pid());
+            if now <= bound {
+                Ok(now)
+            } else {
+                Err(format!("{now} kB; idle {idle}, running {running}"))
+            }
+        },
+    )
+    .await;
+}
