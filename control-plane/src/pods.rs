@@ -308,6 +308,11 @@ impl Cluster {
                 }
             }
         })?;
+        if status.reason == orca_proto::NODE_CUT_OFF {
+            // Recovery moves such pods on its next pass (told after the write,
+            // so that pass reads it).
+            self.again(crate::recovery::CUT_OFF_SCAN);
+        }
         let before = phase(&old);
         let after = PodPhase::try_from(status.phase).unwrap_or(PodPhase::Unspecified);
         if before != after {

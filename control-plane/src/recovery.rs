@@ -49,6 +49,10 @@ fn replaces_unfenced(p: &pb::PodRecord) -> bool {
         .is_some_and(|v| v.trim() == "replace")
 }
 
+/// The [`Cluster::first_time`] key of the scan for cut-off pods: cleared by
+/// [`crate::pods`] when an agent reports one.
+pub const CUT_OFF_SCAN: &str = "scan:cut-off";
+
 fn unfinished(p: &pb::PodRecord) -> bool {
     !matches!(phase(p), PodPhase::Succeeded | PodPhase::Failed)
 }
@@ -100,7 +104,19 @@ impl Cluster {
             }
         }
         // Pods a host stopped itself while cut off (it came back, or another
-        // pass saw its report): moved as a Lost node's pods are.
+        // pass saw its report): moved as a Lost node's pods are. Looked for once
+        // at start and then only after such a report arrived, not every pass.
+        if self.first_time(CUT_OFF_SCAN)
+            && let Err(e) = self.move_cut_off_pods().await
+        {
+            self.again(CUT_OFF_SCAN);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Moves every pod its agent stopped for being cut off (see the module docs).
+    async fn move_cut_off_pods(&self) -> Result<(), ClusterError> {
         for pod in self.store().pods.scan("")? {
             let cut_off = phase(&pod) == PodPhase::Failed
                 && pod

@@ -155,21 +155,31 @@ async fn stop_agent(pid: Pid) -> Result<(), String> {
 
 /// SIGKILLs every process in namespace `netns` until none is left.
 async fn kill_netns(netns: &str) -> Result<(), String> {
+    kill_until_gone(&format!("in {netns}"), || async {
+        let pids = netns::pids(netns).await.map_err(|e| e.to_string())?;
+        Ok(pids.into_iter().map(Pid::from_raw).collect())
+    })
+    .await
+}
+
+/// SIGKILLs the live processes `list` names, again and again, until it names
+/// none (or [`KILL_WAIT`] has passed: an error naming the survivors `where_`).
+async fn kill_until_gone<F, Fut>(where_: &str, mut list: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Pid>, String>>,
+{
     let deadline = tokio::time::Instant::now() + KILL_WAIT;
     loop {
-        let pids = netns::pids(netns).await.map_err(|e| e.to_string())?;
-        let live: Vec<i32> = pids
-            .into_iter()
-            .filter(|p| alive(Pid::from_raw(*p)))
-            .collect();
+        let live: Vec<Pid> = list().await?.into_iter().filter(|p| alive(*p)).collect();
         if live.is_empty() {
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(format!("processes {live:?} in {netns} survive SIGKILL"));
+            return Err(format!("processes {live:?} {where_} survive SIGKILL"));
         }
         for pid in &live {
-            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            let _ = kill(*pid, Signal::SIGKILL);
         }
         tokio::time::sleep(POLL).await;
     }
@@ -227,24 +237,15 @@ fn of_host(args: &[String], namespace: &str, socket: &str, dir: &Path) -> bool {
 
 /// SIGKILLs every process whose command line `belongs`, until none is left.
 async fn kill_matching(belongs: impl Fn(&[String]) -> bool) -> Result<(), String> {
-    let deadline = tokio::time::Instant::now() + KILL_WAIT;
-    loop {
-        let live: Vec<Pid> = processes()
+    kill_until_gone("of the host", || {
+        let pids = processes()
             .into_iter()
-            .filter(|(pid, args)| belongs(args) && alive(*pid))
+            .filter(|(_, args)| belongs(args))
             .map(|(pid, _)| pid)
             .collect();
-        if live.is_empty() {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(format!("processes {live:?} of the host survive SIGKILL"));
-        }
-        for pid in &live {
-            let _ = kill(*pid, Signal::SIGKILL);
-        }
-        tokio::time::sleep(POLL).await;
-    }
+        std::future::ready(Ok(pids))
+    })
+    .await
 }
 
 /// Every process of this machine with its command line.
