@@ -6,7 +6,9 @@
 //! The hosts heartbeat every 500 ms and turn Suspect after 3 s (six missed
 //! heartbeats, as production's 2 s / 6 s allows three): the test is about
 //! heartbeats that wait behind pod work, not about a 2-core machine that is
-//! busy for a moment. `ORCA_CHURN_PODS` sets the count (default 500).
+//! busy for a moment; agent calls get production's 30 s (a stop under full CI
+//! load once took over the tests' usual 2 s). `ORCA_CHURN_PODS` sets the count
+//! (default 500).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,7 +29,7 @@ async fn nodes_stay_ready_while_500_pods_come_and_go() {
         .unwrap_or(500);
     let c = TestCluster::start_configured(
         &["--retry-ms=100"],
-        "heartbeat_interval_ms: 500\nsuspect_after_ms: 3000\nnot_ready_after_ms: 6000\nlost_after_ms: 12000\npending_timeout_ms: 120000\n",
+        "heartbeat_interval_ms: 500\nsuspect_after_ms: 3000\nnot_ready_after_ms: 6000\nlost_after_ms: 12000\npending_timeout_ms: 120000\nagent_call_timeout_ms: 30000\n",
     );
     for n in ["c1", "c2"] {
         c.orca_ok(&["node", "add", n]);
