@@ -1,4 +1,4 @@
-//! Generates the tonic clients and servers, and the descriptor set that reflection serves.
+//! Generates the messages, the tonic clients and servers (feature `grpc`), and the descriptor set that reflection serves.
 
 use std::path::PathBuf;
 
@@ -14,7 +14,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {
         println!("cargo:rerun-if-changed={proto}");
     }
+    // Without the `grpc` feature: the messages alone (no tonic in the generated code).
+    let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
     tonic_prost_build::configure()
+        .build_client(grpc)
+        .build_server(grpc)
         .file_descriptor_set_path(out.join("orca_descriptor.bin"))
         // Stream payloads as `bytes::Bytes`: decoding slices the received buffer
         // instead of copying, so the control plane relays them with one copy less.

@@ -30,7 +30,7 @@ use crate::cluster::{Cluster, ClusterError, now};
 use crate::config::Provider;
 use crate::config::budgets::{Budget, OnCap};
 use crate::pods::{key, names, phase};
-use crate::selection::annotations::{BUDGET, parse};
+use orca_model::selection::annotations::{BUDGET, parse};
 
 fn seconds(t: Option<&prost_types::Timestamp>) -> f64 {
     t.map_or(0.0, |t| t.seconds as f64 + f64::from(t.nanos) / 1e9)

@@ -543,22 +543,4 @@ impl Cluster {
     }
 }
 
-/// The current time on the wire.
-pub fn now() -> prost_types::Timestamp {
-    let t = jiff::Timestamp::now();
-    prost_types::Timestamp {
-        seconds: t.as_second(),
-        nanos: t.subsec_nanosecond(),
-    }
-}
-
-/// Seconds between a wire timestamp and now.
-pub fn age(t: Option<&prost_types::Timestamp>) -> std::time::Duration {
-    let Some(t) = t else {
-        return std::time::Duration::ZERO;
-    };
-    let now = jiff::Timestamp::now();
-    let secs = now.as_second() - t.seconds;
-    let nanos = now.subsec_nanosecond() - t.nanos;
-    std::time::Duration::try_from(jiff::SignedDuration::new(secs, nanos)).unwrap_or_default()
-}
+pub use orca_model::time::{age, now};

@@ -38,7 +38,7 @@ use tracing::info;
 
 use crate::cluster::{Cluster, ClusterError, now};
 use crate::pods::{Applied, key, names, phase, uid};
-use crate::selection::annotations::{CAPACITY_RESERVATION_ID, CHECKPOINT_WAIT, RESUME_FROM};
+use orca_model::selection::annotations::{CAPACITY_RESERVATION_ID, CHECKPOINT_WAIT, RESUME_FROM};
 
 /// How far ahead EC2 announces a spot interruption (and the default of an
 /// injected one).

@@ -12,7 +12,7 @@ use orca_proto::types::v1::PodPhase;
 
 use crate::cluster::{Cluster, ClusterError, age};
 use crate::pods::{names, phase};
-use crate::selection::annotations::{MAX_LIFETIME, parse};
+use orca_model::selection::annotations::{MAX_LIFETIME, parse};
 
 /// Seconds left of a pod's max lifetime (rounded up); `None` without one.
 pub fn seconds_left(record: &pb::PodRecord) -> Option<i64> {

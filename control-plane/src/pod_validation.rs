@@ -10,7 +10,7 @@
 //! the most, each far above what real pods use.
 
 use k8s_openapi::api::core::v1::{Container, PodSpec};
-use orca_proto::quantity::{self, QuantityError};
+use orca_model::quantity::{self, QuantityError};
 
 /// Largest encoded PodSpec accepted, in bytes (etcd's default object limit is
 /// 1.5 MiB; a pod's spec is most of its object).

@@ -21,53 +21,7 @@ pub enum Applied {
     Changed,
 }
 
-/// Namespace used when none is given.
-pub const DEFAULT_NAMESPACE: &str = "default";
-
-/// Store key of a pod.
-pub fn key(namespace: &str, name: &str) -> String {
-    format!("{namespace}/{name}")
-}
-
-/// Namespace and name of a record.
-pub fn names(record: &pb::PodRecord) -> (String, String) {
-    let r = record
-        .pod
-        .as_ref()
-        .and_then(|p| p.r#ref.clone())
-        .unwrap_or_default();
-    (r.namespace, r.name)
-}
-
-/// Uid of a record.
-pub fn uid(record: &pb::PodRecord) -> String {
-    record
-        .pod
-        .as_ref()
-        .and_then(|p| p.r#ref.as_ref())
-        .map(|r| r.uid.clone())
-        .unwrap_or_default()
-}
-
-/// The phase of a record.
-pub fn phase(record: &pb::PodRecord) -> PodPhase {
-    record
-        .status
-        .as_ref()
-        .and_then(|s| PodPhase::try_from(s.phase).ok())
-        .unwrap_or(PodPhase::Unspecified)
-}
-
-/// Whether `name` is a lowercase DNS subdomain (pod, namespace and node names).
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
-}
+pub use orca_model::pod::{DEFAULT_NAMESPACE, key, names, phase, uid, valid_name};
 
 fn pending(reason: &str, message: String) -> types::PodStatus {
     types::PodStatus {
@@ -147,7 +101,7 @@ impl Cluster {
         } else if let Some(why) = crate::pod_validation::quantity_refusal(&spec) {
             Some(("InvalidPodSpec", why))
         } else {
-            match crate::selection::annotations::parse(&pod.annotations) {
+            match orca_model::selection::annotations::parse(&pod.annotations) {
                 Err(e) => Some(("InvalidAnnotation", e.to_string())),
                 Ok(_) => self.budget_refusal(&pod, &spec).await?,
             }
@@ -221,7 +175,7 @@ impl Cluster {
     }
 
     /// What the ledger records of node `name`.
-    fn node_facts(&self, name: &str) -> Result<crate::ledger::NodeFacts, ClusterError> {
+    fn node_facts(&self, name: &str) -> Result<orca_model::ledger::NodeFacts, ClusterError> {
         let node = self.store().nodes.get(name)?.unwrap_or_else(|| pb::Node {
             name: name.to_owned(),
             ..Default::default()
@@ -233,7 +187,7 @@ impl Cluster {
             .next()
             .map(|t| t.driver_version)
             .unwrap_or_default();
-        Ok(crate::ledger::NodeFacts {
+        Ok(orca_model::ledger::NodeFacts {
             node,
             gpu_driver_version,
         })
@@ -297,14 +251,14 @@ impl Cluster {
         if !newer(&old) {
             return Ok(Applied::Unchanged);
         }
-        let facts = crate::ledger::affected(&old, &r.uid, &status)
+        let facts = orca_model::ledger::affected(&old, &r.uid, &status)
             .then(|| self.node_facts(node))
             .transpose()?;
         self.store().pods.update(&k, |p| {
             if newer(p) && uid(p) == r.uid {
                 p.status = Some(status.clone());
                 if let Some(facts) = &facts {
-                    crate::ledger::observe(p, &r.uid, facts, &status);
+                    orca_model::ledger::observe(p, &r.uid, facts, &status);
                 }
             }
         })?;
@@ -370,7 +324,7 @@ impl Cluster {
             status.observed_at = Some(now());
             p.status = Some(status);
             let current = uid(p);
-            crate::ledger::close(p, &current, reason);
+            orca_model::ledger::close(p, &current, reason);
         })?;
         self.event("Pod", namespace, name, true, reason, message);
         Ok(())

@@ -38,24 +38,9 @@ use crate::cloud::{
 use crate::cluster::{Cluster, ClusterError, age, now};
 use crate::config::ec2::Ec2Provider as Settings;
 use crate::pods::{key, names, phase, uid};
-use crate::selection::{self, Arch, Needs};
+use orca_model::selection::{self, Arch, Needs};
 
-/// Node label: the uid of the pod the node's instance was launched for.
-pub const LABEL_POD_UID: &str = "orca.research/pod-uid";
-/// Node label: the launch attempt.
-pub const LABEL_ATTEMPT: &str = "orca.research/attempt";
-/// Node label: the instance type (Kubernetes' well-known label).
-pub const LABEL_INSTANCE_TYPE: &str = "node.kubernetes.io/instance-type";
-/// Node label: `on-demand` or `spot`.
-pub const LABEL_CAPACITY_TYPE: &str = "orca.research/capacity-type";
-/// Node label: the subnet, when one was chosen.
-pub const LABEL_SUBNET: &str = "orca.research/subnet";
-/// Node label: the availability zone (Kubernetes' well-known label).
-pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
-/// Node label: the AMI the instance boots.
-pub const LABEL_AMI: &str = "orca.research/ami";
-/// Node label: the price the instance was launched at, USD per hour.
-pub const LABEL_PRICE: &str = "orca.research/usd-per-hour";
+pub use orca_model::labels::*;
 
 /// What provisioning remembers in memory (a restart forgets it, safely: an
 /// avoided offering is tried again, an unknown instance needs two more sweeps).

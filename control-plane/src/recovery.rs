@@ -34,7 +34,7 @@ use tracing::{info, warn};
 use crate::cloud::Fault;
 use crate::cluster::{Cluster, ClusterError, now};
 use crate::pods::{key, names, phase, uid};
-use crate::selection::annotations::ON_NODE_LOST;
+use orca_model::selection::annotations::ON_NODE_LOST;
 
 /// Reasons of the control plane's own verdicts on pods: a report from an agent
 /// about that incarnation is stale, and the agent is told to stop it.
@@ -217,7 +217,7 @@ impl Cluster {
             if uid(p) != old_uid {
                 return;
             }
-            crate::ledger::close(p, &old_uid, reason);
+            orca_model::ledger::close(p, &old_uid, reason);
             if let Some(r) = p.pod.as_mut().and_then(|p| p.r#ref.as_mut()) {
                 r.uid = new_uid.clone();
             }

@@ -441,14 +441,14 @@ fn resource_field(
     let divisor = r
         .divisor
         .as_ref()
-        .and_then(|d| orca_proto::quantity::parse(&d.0, millis))
+        .and_then(|d| orca_model::quantity::parse(&d.0, millis))
         .filter(|d| *d > 0)
         .unwrap_or(if millis { 1000 } else { 1 });
     // Without a limit, the kubelet reports the node's allocatable; without a
     // request, zero (memory) or the limit.
     let value = table
         .and_then(|t| t.get(resource))
-        .and_then(|q| orca_proto::quantity::parse(&q.0, millis))
+        .and_then(|q| orca_model::quantity::parse(&q.0, millis))
         .unwrap_or(0);
     Some(value.div_ceil(divisor).to_string())
 }

@@ -35,8 +35,7 @@ use crate::cloud::ReservationInfo;
 use crate::cluster::Cluster;
 use crate::provisioning::lock;
 
-/// Node label: the Capacity Reservation (or Block) the instance runs in.
-pub const LABEL_RESERVATION: &str = "orca.research/capacity-reservation";
+pub use orca_model::labels::LABEL_RESERVATION;
 
 /// The reason of the Events, the cordon and the pods' verdicts.
 pub const REASON: &str = "CapacityReservationEnd";

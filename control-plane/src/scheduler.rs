@@ -18,16 +18,16 @@ use std::future::Future;
 
 use k8s_openapi::api::core::v1::{PodSpec, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use orca_model::quantity;
 use orca_proto::agent::v1 as agent;
 use orca_proto::controlplane::v1::{self as pb, NodeState};
-use orca_proto::quantity;
 use orca_proto::types::v1::{PodPhase, Resources};
 use tracing::{info, warn};
 
 use crate::cluster::{Cluster, ClusterError, age};
 use crate::pods::{Applied, key, names, phase, uid};
 use crate::registry::NodeRequest;
-use crate::selection::annotations::RESUME_FROM;
+use orca_model::selection::annotations::RESUME_FROM;
 
 /// The extended resource name of NVIDIA GPUs.
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
@@ -186,7 +186,7 @@ pub fn wrong_gpu_model(node: &pb::Node, record: &pb::PodRecord) -> Option<String
         .pod
         .as_ref()?
         .annotations
-        .get(crate::selection::annotations::GPU_MODEL)?;
+        .get(orca_model::selection::annotations::GPU_MODEL)?;
     match node.labels.get(crate::telemetry::GPU_MODEL_LABEL) {
         Some(have) if crate::telemetry::same_model(have, want) => None,
         Some(have) => Some(format!("GPU model {have}, {want} asked")),

@@ -21,7 +21,7 @@ use crate::cloud::{CapacityType, LaunchRequest, Offering, PodLaunch};
 use crate::cluster::{Cluster, ClusterError, now};
 use crate::config::ec2::Ec2Provider as Settings;
 use crate::provisioning::{LABEL_ATTEMPT, LABEL_POD_UID, LABEL_SUBNET};
-use crate::selection::{LaunchAnnotations, Mode, Needs};
+use orca_model::selection::{LaunchAnnotations, Mode, Needs};
 
 /// Node label: the instance type of the pool a stopped (or warming) instance is in.
 pub const LABEL_WARM_POOL: &str = "orca.research/warm-pool";

@@ -12,9 +12,11 @@
 //!
 //! Besides the generated code, it holds what every ORCA process needs at the
 //! transport edge: [`serving`] (reflection, health), [`tls`] (mutual TLS),
-//! [`quantity`] (Kubernetes quantities in the PodSpec JSON), [`boot`] (the
-//! user data an instance boots from), [`duration`] (Go-style durations) and [`process`].
-//! Domain types live in the crates that own them and convert at the edge.
+//! [`boot`] (the user data an instance boots from) and [`process`]. Domain
+//! types and decisions live in `orca-model` and the crates that own them.
+//!
+//! Feature `grpc` (default): the services, TLS and process helpers. Without it
+//! the crate is the messages alone (prost; no tonic, no tokio).
 
 #![allow(
     missing_docs,
@@ -26,7 +28,7 @@
 pub mod types {
     /// Version 1.
     pub mod v1 {
-        tonic::include_proto!("orca.types.v1");
+        include!(concat!(env!("OUT_DIR"), "/orca.types.v1.rs"));
     }
 }
 
@@ -34,7 +36,7 @@ pub mod types {
 pub mod agent {
     /// Version 1.
     pub mod v1 {
-        tonic::include_proto!("orca.agent.v1");
+        include!(concat!(env!("OUT_DIR"), "/orca.agent.v1.rs"));
     }
 }
 
@@ -42,17 +44,19 @@ pub mod agent {
 pub mod controlplane {
     /// Version 1.
     pub mod v1 {
-        tonic::include_proto!("orca.controlplane.v1");
+        include!(concat!(env!("OUT_DIR"), "/orca.controlplane.v1.rs"));
     }
 }
 
 /// Encoded `FileDescriptorSet` of every ORCA proto, with source info (doc comments),
 /// for tonic-reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("orca_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/orca_descriptor.bin"));
 
 /// The gRPC services every ORCA daemon serves beside its own: server reflection
 /// (v1, and v1alpha because grpcurl 1.8.6 asks only for v1alpha) over every ORCA
 /// proto and grpc.health.v1, so that `grpcurl -plaintext ADDR list` shows all.
+#[cfg(feature = "grpc")]
 pub mod serving {
     use tonic_reflection::server::Builder;
 
@@ -101,6 +105,7 @@ pub mod serving {
 /// The connections a daemon accepts on its listener, with `TCP_NODELAY` set:
 /// tonic sets it only on listeners it binds itself, and without it small gRPC
 /// messages wait out the peer's delayed ACK (40 ms a call on Linux).
+#[cfg(feature = "grpc")]
 pub fn incoming(
     listener: tokio::net::TcpListener,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
@@ -119,11 +124,11 @@ pub fn incoming(
 pub const NODE_CUT_OFF: &str = "NodeCutOff";
 
 pub mod boot;
-pub mod duration;
-pub mod quantity;
+#[cfg(feature = "grpc")]
 pub mod tls;
 
 /// Process conventions shared by the ORCA daemons' thin `main`s.
+#[cfg(feature = "grpc")]
 pub mod process {
     /// Logs to stderr with `RUST_LOG` filtering (default `info`).
     pub fn init_tracing() {

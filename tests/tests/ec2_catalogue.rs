@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use orca_control_plane::cloud::ec2::catalogue;
-use orca_control_plane::selection::{
+use orca_model::selection::{
     self, Arch, CapacityType, LaunchAnnotations, Needs, Policy, SelectionError,
 };
 use orca_tests::env::{Moto, ec2_client};

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use orca_control_plane::cloud::ec2::launch::{
     self, LaunchError, LaunchSpec, PodRef, Reservation, TAG_POD_UID,
 };
-use orca_control_plane::selection::CapacityType;
+use orca_model::selection::CapacityType;
 use orca_tests::env::{Ec2Proxy, Fault, Moto, ec2_client};
 
 fn spec(uid: &str) -> LaunchSpec {

@@ -12,7 +12,7 @@ use super::{KIND_EBS, claims_of};
 use crate::cloud::{NewVolume, Plan, ProviderError};
 use crate::cluster::{Cluster, ClusterError};
 use crate::pods::key;
-use crate::selection::LaunchAnnotations;
+use orca_model::selection::LaunchAnnotations;
 
 /// Bytes in a GiB (EBS sizes are whole GiB).
 const GIB: u64 = 1 << 30;

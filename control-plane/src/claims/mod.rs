@@ -111,7 +111,7 @@ fn admit(
         .and_then(|r| r.requests.as_ref())
         .and_then(|r| r.get("storage"))
     {
-        Some(q) => orca_proto::quantity::parse(&q.0, false).ok_or_else(|| {
+        Some(q) => orca_model::quantity::parse(&q.0, false).ok_or_else(|| {
             invalid(
                 "spec.resources.requests.storage",
                 format!("{:?} is not a quantity", q.0),

@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use orca_proto::controlplane::v1 as pb;
 
 use super::output::table;
-use crate::ledger::{cost, hours};
+use orca_model::ledger::{cost, hours};
 
 fn or_dash(s: &str) -> &str {
     if s.is_empty() { "-" } else { s }

@@ -571,7 +571,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             match format.as_str() {
                 "json" | "yaml" => output::structured(
                     &mut out,
-                    pods.iter().map(crate::ledger::entry_json).collect(),
+                    pods.iter().map(orca_model::ledger::entry_json).collect(),
                     name.is_some(),
                     &format,
                 )?,

@@ -124,13 +124,13 @@ pub struct FaultArgs {
 
 /// Parses `500ms`, `30s`, `5m`, `2h`.
 pub fn parse_duration(text: &str) -> Result<Duration, CliError> {
-    orca_proto::duration::parse(text).map_err(CliError::Usage)
+    orca_model::duration::parse(text).map_err(|e| CliError::Usage(e.to_string()))
 }
 
 fn quantity(flag: &str, text: Option<&str>, millis: bool) -> Result<i64, CliError> {
     match text {
         None => Ok(0),
-        Some(t) => orca_proto::quantity::parse(t, millis)
+        Some(t) => orca_model::quantity::parse(t, millis)
             .map(|v| v as i64)
             .ok_or_else(|| CliError::Usage(format!("--{flag} {t:?} is not a quantity"))),
     }

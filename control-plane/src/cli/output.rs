@@ -179,9 +179,9 @@ pub fn pod_value(p: &pb::PodRecord) -> serde_json::Value {
         "reason": status.reason, "message": status.message, "recreations": p.recreations,
         "podIP": status.pod_ip, "hostIP": status.host_ip,
         "containerStatuses": containers, "gpuUUIDs": status.gpu_uuids, "spec": spec,
-        "placements": p.placements.iter().map(crate::ledger::placement_json).collect::<Vec<_>>(),
-        "interruptions": p.interruptions.iter().map(crate::ledger::interruption_json).collect::<Vec<_>>(),
-        "costUSD": crate::ledger::cost(p),
+        "placements": p.placements.iter().map(orca_model::ledger::placement_json).collect::<Vec<_>>(),
+        "interruptions": p.interruptions.iter().map(orca_model::ledger::interruption_json).collect::<Vec<_>>(),
+        "costUSD": orca_model::ledger::cost(p),
     })
 }
 

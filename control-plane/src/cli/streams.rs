@@ -60,7 +60,7 @@ pub struct SessionArgs {
     pub tty: bool,
 }
 
-pub use orca_proto::duration::parse as parse_duration;
+pub use orca_model::duration::parse as parse_duration;
 
 /// `orca logs`.
 pub async fn logs(client: &mut Admin, namespace: String, args: LogsArgs) -> Result<(), CliError> {

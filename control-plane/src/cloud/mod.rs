@@ -25,8 +25,8 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 
-pub use crate::selection::CapacityType;
-use crate::selection::{LaunchAnnotations, Needs};
+pub use orca_model::selection::CapacityType;
+use orca_model::selection::{LaunchAnnotations, Needs};
 
 /// Errors of instance providers.
 #[derive(Debug, thiserror::Error)]

@@ -110,7 +110,7 @@ pub fn validate(files: Vec<BudgetFile>) -> Result<Vec<Budget>, ConfigError> {
             ));
         }
         let duration = |field, text: &str| {
-            orca_proto::duration::parse(text)
+            orca_model::duration::parse(text)
                 .ok()
                 .filter(|d| !d.is_zero())
                 .ok_or_else(|| {

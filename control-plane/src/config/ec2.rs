@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::ConfigError;
-use crate::selection::annotations::InstanceProfile;
-use crate::selection::{Policy, Template};
+use orca_model::selection::annotations::InstanceProfile;
+use orca_model::selection::{Policy, Template};
 
 /// Default time an offering that met InsufficientInstanceCapacity is avoided
 /// (Karpenter's: 3 min).

@@ -741,7 +741,7 @@ pub(crate) fn positive_quantity(
     text: &str,
     millis: bool,
 ) -> Result<i64, ConfigError> {
-    orca_proto::quantity::parse(text, millis)
+    orca_model::quantity::parse(text, millis)
         .filter(|v| *v > 0)
         .map(|v| v as i64)
         .ok_or_else(|| ConfigError::Invalid {

@@ -17,7 +17,7 @@ fn millis(resource: &str) -> bool {
 }
 
 fn value(resource: &str, q: &Quantity) -> Option<u64> {
-    orca_proto::quantity::parse(&q.0, millis(resource))
+    orca_model::quantity::parse(&q.0, millis(resource))
 }
 
 fn items(l: &LimitRange) -> impl Iterator<Item = &LimitRangeItem> {

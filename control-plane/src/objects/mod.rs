@@ -28,157 +28,46 @@ use serde_json::Value;
 use crate::cluster::{Cluster, ClusterError, now};
 use crate::pods::{DEFAULT_NAMESPACE, valid_name};
 
-/// The kinds ORCA keeps in standalone mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// `v1/Namespace` (cluster-scoped).
-    Namespace,
-    /// `v1/ResourceQuota`.
-    ResourceQuota,
-    /// `v1/LimitRange`.
-    LimitRange,
-    /// `v1/ConfigMap`.
-    ConfigMap,
-    /// `v1/Secret` (sealed at rest).
-    Secret,
-    /// `apps/v1/Deployment`.
-    Deployment,
-    /// `apps/v1/ReplicaSet` (made by Deployments).
-    ReplicaSet,
-    /// `v1/Service`.
-    Service,
-    /// `rbac.authorization.k8s.io/v1/Role`.
-    Role,
-    /// `rbac.authorization.k8s.io/v1/ClusterRole` (cluster-scoped).
-    ClusterRole,
-    /// `rbac.authorization.k8s.io/v1/RoleBinding`.
-    RoleBinding,
-    /// `rbac.authorization.k8s.io/v1/ClusterRoleBinding` (cluster-scoped).
-    ClusterRoleBinding,
-    /// `autoscaling/v2/HorizontalPodAutoscaler`.
-    HorizontalPodAutoscaler,
-}
+pub use orca_model::kind::{KUBERNETES_ONLY, Kind};
 
-/// Kinds that stay with Kubernetes: standalone mode does not emulate them.
-const KUBERNETES_ONLY: [&str; 3] = ["Ingress", "NetworkPolicy", "CustomResourceDefinition"];
-
-impl Kind {
-    const ALL: [Kind; 13] = [
-        Kind::Namespace,
-        Kind::ResourceQuota,
-        Kind::LimitRange,
-        Kind::ConfigMap,
-        Kind::Secret,
-        Kind::Deployment,
-        Kind::ReplicaSet,
-        Kind::Service,
-        Kind::Role,
-        Kind::ClusterRole,
-        Kind::RoleBinding,
-        Kind::ClusterRoleBinding,
-        Kind::HorizontalPodAutoscaler,
-    ];
-
-    /// The kind a manifest's `kind` or a command line's word names.
-    pub fn parse(word: &str) -> Option<Self> {
-        let lower = word.to_ascii_lowercase();
-        Some(match lower.as_str() {
-            "namespace" | "namespaces" | "ns" => Kind::Namespace,
-            "resourcequota" | "resourcequotas" | "quota" => Kind::ResourceQuota,
-            "limitrange" | "limitranges" | "limits" => Kind::LimitRange,
-            "configmap" | "configmaps" | "cm" => Kind::ConfigMap,
-            "secret" | "secrets" => Kind::Secret,
-            "deployment" | "deployments" | "deploy" => Kind::Deployment,
-            "replicaset" | "replicasets" | "rs" => Kind::ReplicaSet,
-            "service" | "services" | "svc" => Kind::Service,
-            "role" | "roles" => Kind::Role,
-            "clusterrole" | "clusterroles" => Kind::ClusterRole,
-            "rolebinding" | "rolebindings" => Kind::RoleBinding,
-            "clusterrolebinding" | "clusterrolebindings" => Kind::ClusterRoleBinding,
-            "horizontalpodautoscaler" | "horizontalpodautoscalers" | "hpa" => {
-                Kind::HorizontalPodAutoscaler
-            }
-            _ => return None,
-        })
-    }
-
-    /// As Kubernetes spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Namespace => "Namespace",
-            Kind::ResourceQuota => "ResourceQuota",
-            Kind::LimitRange => "LimitRange",
-            Kind::ConfigMap => "ConfigMap",
-            Kind::Secret => "Secret",
-            Kind::Deployment => "Deployment",
-            Kind::ReplicaSet => "ReplicaSet",
-            Kind::Service => "Service",
-            Kind::Role => "Role",
-            Kind::ClusterRole => "ClusterRole",
-            Kind::RoleBinding => "RoleBinding",
-            Kind::ClusterRoleBinding => "ClusterRoleBinding",
-            Kind::HorizontalPodAutoscaler => "HorizontalPodAutoscaler",
+/// Checks a manifest of this kind; the error names what is wrong.
+fn validate(kind: Kind, manifest: &Value) -> Result<(), String> {
+    match kind {
+        Kind::Namespace => serde_json::from_value::<Namespace>(manifest.clone())
+            .map(drop)
+            .map_err(|e| format!("not a v1 Namespace: {e}")),
+        Kind::ResourceQuota => {
+            let q: ResourceQuota = serde_json::from_value(manifest.clone())
+                .map_err(|e| format!("not a v1 ResourceQuota: {e}"))?;
+            quota::validate(&q)
         }
-    }
-
-    /// The resource RBAC rules name it by (plural, lowercase).
-    pub fn resource(self) -> String {
-        match self {
-            Kind::Namespace => "namespaces".into(),
-            Kind::ResourceQuota => "resourcequotas".into(),
-            Kind::LimitRange => "limitranges".into(),
-            other => format!("{}s", other.name().to_ascii_lowercase()),
+        Kind::LimitRange => {
+            let l: LimitRange = serde_json::from_value(manifest.clone())
+                .map_err(|e| format!("not a v1 LimitRange: {e}"))?;
+            limits::validate(&l)
         }
-    }
-
-    /// Whether its objects live in a namespace.
-    pub fn namespaced(self) -> bool {
-        !matches!(
-            self,
-            Kind::Namespace | Kind::ClusterRole | Kind::ClusterRoleBinding
-        )
-    }
-
-    /// Checks a manifest of this kind; the error names what is wrong.
-    fn validate(self, manifest: &Value) -> Result<(), String> {
-        match self {
-            Kind::Namespace => serde_json::from_value::<Namespace>(manifest.clone())
-                .map(drop)
-                .map_err(|e| format!("not a v1 Namespace: {e}")),
-            Kind::ResourceQuota => {
-                let q: ResourceQuota = serde_json::from_value(manifest.clone())
-                    .map_err(|e| format!("not a v1 ResourceQuota: {e}"))?;
-                quota::validate(&q)
-            }
-            Kind::LimitRange => {
-                let l: LimitRange = serde_json::from_value(manifest.clone())
-                    .map_err(|e| format!("not a v1 LimitRange: {e}"))?;
-                limits::validate(&l)
-            }
-            Kind::ConfigMap => serde_json::from_value::<ConfigMap>(manifest.clone())
-                .map(drop)
-                .map_err(|e| format!("not a v1 ConfigMap: {e}")),
-            Kind::Secret => serde_json::from_value::<Secret>(manifest.clone())
-                .map(drop)
-                .map_err(|e| format!("not a v1 Secret (data values are base64): {e}")),
-            Kind::Deployment => crate::workloads::deployments::validate(manifest),
-            Kind::ReplicaSet => {
-                Err("ReplicaSets are made by Deployments here; apply a Deployment".into())
-            }
-            Kind::Service => crate::services::validate(manifest),
-            Kind::Role => parse::<k8s_openapi::api::rbac::v1::Role>(manifest, "Role"),
-            Kind::ClusterRole => {
-                parse::<k8s_openapi::api::rbac::v1::ClusterRole>(manifest, "ClusterRole")
-            }
-            Kind::RoleBinding => {
-                parse::<k8s_openapi::api::rbac::v1::RoleBinding>(manifest, "RoleBinding")
-            }
-            Kind::ClusterRoleBinding => parse::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>(
-                manifest,
-                "ClusterRoleBinding",
-            ),
-            Kind::HorizontalPodAutoscaler => crate::autoscaling::validate(manifest),
+        Kind::ConfigMap => serde_json::from_value::<ConfigMap>(manifest.clone())
+            .map(drop)
+            .map_err(|e| format!("not a v1 ConfigMap: {e}")),
+        Kind::Secret => serde_json::from_value::<Secret>(manifest.clone())
+            .map(drop)
+            .map_err(|e| format!("not a v1 Secret (data values are base64): {e}")),
+        Kind::Deployment => crate::workloads::deployments::validate(manifest),
+        Kind::ReplicaSet => {
+            Err("ReplicaSets are made by Deployments here; apply a Deployment".into())
         }
+        Kind::Service => crate::services::validate(manifest),
+        Kind::Role => parse::<k8s_openapi::api::rbac::v1::Role>(manifest, "Role"),
+        Kind::ClusterRole => {
+            parse::<k8s_openapi::api::rbac::v1::ClusterRole>(manifest, "ClusterRole")
+        }
+        Kind::RoleBinding => {
+            parse::<k8s_openapi::api::rbac::v1::RoleBinding>(manifest, "RoleBinding")
+        }
+        Kind::ClusterRoleBinding => {
+            parse::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>(manifest, "ClusterRoleBinding")
+        }
+        Kind::HorizontalPodAutoscaler => crate::autoscaling::validate(manifest),
     }
 }
 
@@ -315,7 +204,7 @@ impl Cluster {
             }
             String::new()
         };
-        kind.validate(&manifest)
+        validate(kind, &manifest)
             .map_err(|e| ClusterError::Invalid(format!("{kind_word} {name}: {e}")))?;
         let k = key(kind, &ns, &name);
         let fresh = pb::StoredObject {

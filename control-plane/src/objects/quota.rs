@@ -71,7 +71,7 @@ fn amount(
     // An amount beyond any resource counts as the most there is: refused by
     // every quota, never wrapped (creation then fails it InvalidPodSpec).
     list.and_then(|l| l.get(name)).map(|q| {
-        orca_proto::quantity::parse(&q.0, millis)
+        orca_model::quantity::parse(&q.0, millis)
             .and_then(|v| i64::try_from(v).ok())
             .unwrap_or(i64::MAX)
     })
@@ -135,7 +135,7 @@ pub fn validate(q: &ResourceQuota) -> Result<(), String> {
                 "spec.hard.{name}: not a resource standalone mode counts (pods, requests.cpu, requests.memory, limits.cpu, limits.memory, requests.nvidia.com/gpu)"
             )
         })?;
-        orca_proto::quantity::parse(&value, r.millis())
+        orca_model::quantity::parse(&value, r.millis())
             .ok_or_else(|| format!("spec.hard.{name}: {value:?} is not a quantity"))?;
     }
     Ok(())
@@ -193,7 +193,7 @@ pub fn refusal(
         let Some(r) = Resource::parse(&key) else {
             continue;
         };
-        let Some(limit) = orca_proto::quantity::parse(&value, r.millis()) else {
+        let Some(limit) = orca_model::quantity::parse(&value, r.millis()) else {
             continue;
         };
         let Some(want) = usage(spec, r) else {

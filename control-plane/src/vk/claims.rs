@@ -151,7 +151,7 @@ pub fn claim_from(
                 .as_ref()
                 .and_then(|r| r.requests.as_ref())
                 .and_then(|r| r.get("storage"))
-                .and_then(|q| orca_proto::quantity::parse(&q.0, false))
+                .and_then(|q| orca_model::quantity::parse(&q.0, false))
                 .ok_or_else(|| {
                     format!("persistentvolumeclaim {ns}/{name}: resources.requests.storage is required to create a volume")
                 })?;

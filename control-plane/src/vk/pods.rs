@@ -30,7 +30,7 @@ use super::kube::{KubeApi, PodChange};
 use super::resolve::kubernetes_uid;
 use crate::cluster::Cluster;
 use crate::pods::names;
-use crate::selection::annotations::{LEDGER, NODE};
+use orca_model::selection::annotations::{LEDGER, NODE};
 
 /// Annotation on ORCA's copy of a Kubernetes pod: the Kubernetes object's uid
 /// (ORCA's own uid changes when it recreates a pod elsewhere).
@@ -361,7 +361,7 @@ impl PodSync {
             let ledger = if record.placements.is_empty() {
                 String::new()
             } else {
-                crate::ledger::annotation(record)
+                orca_model::ledger::annotation(record)
             };
             let mut annotations = serde_json::Map::new();
             if record.node_name != last_node && !record.node_name.is_empty() {

@@ -32,7 +32,7 @@ use crate::objects::{Kind, key};
 use crate::pods::{names, phase};
 
 /// The annotation naming a pod's controller (`ReplicaSet/NAME`).
-pub use crate::selection::annotations::CONTROLLED_BY;
+pub use orca_model::selection::annotations::CONTROLLED_BY;
 /// The label telling a template's pods (and ReplicaSet) apart.
 pub const TEMPLATE_HASH: &str = "pod-template-hash";
 /// A ReplicaSet's (and its Deployment's) revision.

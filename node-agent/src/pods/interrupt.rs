@@ -89,7 +89,7 @@ impl PodManager {
             let wait = p
                 .annotations
                 .get(CHECKPOINT_WAIT)
-                .and_then(|v| orca_proto::duration::parse(v).ok());
+                .and_then(|v| orca_model::duration::parse(v).ok());
             let grace = p
                 .spec
                 .termination_grace_period_seconds

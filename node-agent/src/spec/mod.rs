@@ -365,7 +365,7 @@ pub fn limits(container: &Container) -> Result<Limits, SpecError> {
     Ok(limits)
 }
 
-pub use orca_proto::quantity::parse as parse_quantity;
+pub use orca_model::quantity::parse as parse_quantity;
 
 /// Everything the runtime spec of one container depends on.
 #[derive(Debug, Clone)]

@@ -87,8 +87,8 @@ pub fn fleet(pods: usize, hosts: usize) {
                 .into_inner()
                 .pods;
             for p in list {
-                let (_, name) = orca_control_plane::pods::names(&p);
-                let phase = orca_control_plane::pods::phase(&p);
+                let (_, name) = orca_model::pod::names(&p);
+                let phase = orca_model::pod::phase(&p);
                 assert!(phase != PodPhase::Failed, "{name} failed: {:?}", p.status);
                 if phase == PodPhase::Running
                     && let Some(t0) = sent.get(&name)

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use aws_sdk_ec2::types::{ArchitectureType, InstanceTypeInfo};
 
 use super::Ec2Error;
-use crate::selection::{Arch, Catalogue, InstanceType};
+use orca_model::selection::{Arch, Catalogue, InstanceType};
 
 /// Loads every instance type EC2 offers in the client's region, priced.
 pub async fn load(

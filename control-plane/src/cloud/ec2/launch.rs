@@ -21,8 +21,8 @@ use aws_sdk_ec2::types::{
 };
 use base64::Engine as _;
 
-use crate::selection::CapacityType;
-use crate::selection::annotations::InstanceProfile;
+use orca_model::selection::CapacityType;
+use orca_model::selection::annotations::InstanceProfile;
 
 /// Tag on every instance: the cluster it belongs to.
 pub const TAG_CLUSTER: &str = "orca.research/cluster";

@@ -29,10 +29,10 @@ use crate::cloud::{
     PlannedOffering, ProviderError, ReservationInfo, TaggedInstance, VolumeInfo,
 };
 use crate::config::ec2::Ec2Provider as Settings;
-use crate::selection::annotations::{
+use orca_model::selection::annotations::{
     IAM_INSTANCE_PROFILE, InstanceProfile, ReservationPreference, SECURITY_GROUPS, SUBNET,
 };
-use crate::selection::{self, Arch, Catalogue, LaunchAnnotations, Needs};
+use orca_model::selection::{self, Arch, Catalogue, LaunchAnnotations, Needs};
 
 /// EC2 instances, one per pod.
 pub struct Ec2Provider {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
-use crate::selection::annotations::InstanceProfile;
+use orca_model::selection::annotations::InstanceProfile;
 
 /// How long a resource that was found is taken to exist without asking again.
 pub const CACHE_TTL: Duration = Duration::from_secs(60);

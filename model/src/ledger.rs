@@ -14,11 +14,9 @@ use orca_proto::controlplane::v1 as pb;
 use orca_proto::types::v1::{self as types, PodPhase};
 use serde_json::json;
 
-use crate::cluster::now;
-use crate::provisioning::{
-    LABEL_AMI, LABEL_CAPACITY_TYPE, LABEL_INSTANCE_TYPE, LABEL_PRICE, LABEL_ZONE,
-};
+use crate::labels::{LABEL_AMI, LABEL_CAPACITY_TYPE, LABEL_INSTANCE_TYPE, LABEL_PRICE, LABEL_ZONE};
 use crate::selection::annotations::LEDGER;
+use crate::time::now;
 
 /// What of a node a placement records.
 #[derive(Debug, Clone, Default)]
@@ -88,7 +86,7 @@ pub fn observe(
             zone: label(LABEL_ZONE),
             image_id: label(LABEL_AMI),
             capacity_type: label(LABEL_CAPACITY_TYPE),
-            capacity_reservation_id: label(crate::reservation_ends::LABEL_RESERVATION),
+            capacity_reservation_id: label(crate::labels::LABEL_RESERVATION),
             usd_per_hour: labels
                 .get(LABEL_PRICE)
                 .and_then(|p| p.parse().ok())
@@ -198,9 +196,9 @@ pub fn interruption_json(i: &pb::Interruption) -> serde_json::Value {
 
 /// A pod's ledger entry: the pod, its placements, interruptions and cost.
 pub fn entry_json(record: &pb::PodRecord) -> serde_json::Value {
-    let (ns, name) = crate::pods::names(record);
+    let (ns, name) = crate::pod::names(record);
     json!({
-        "namespace": ns, "name": name, "uid": crate::pods::uid(record),
+        "namespace": ns, "name": name, "uid": crate::pod::uid(record),
         "placements": record.placements.iter().map(placement_json).collect::<Vec<_>>(),
         "interruptions": record.interruptions.iter().map(interruption_json).collect::<Vec<_>>(),
         "restarts": record.placements.iter().map(|p| p.restarts).sum::<u32>(),

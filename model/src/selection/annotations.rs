@@ -332,14 +332,14 @@ pub fn parse<'a>(
             MAX_LIFETIME => {
                 out.max_lifetime = Some(parse_duration(value).ok_or_else(|| {
                     bad(format!(
-                        "{value:?} is not a positive duration of hours, minutes and seconds (e.g. 90m, 2h30m, 45s)"
+                        "{value:?} is not a positive duration (e.g. 90m, 2h30m, 45s)"
                     ))
                 })?);
             }
             CHECKPOINT_WAIT => {
                 if parse_duration(value).is_none() {
                     return Err(bad(format!(
-                        "{value:?} is not a positive duration of hours, minutes and seconds (e.g. 5m, 90s)"
+                        "{value:?} is not a positive duration (e.g. 5m, 90s)"
                     )));
                 }
             }
@@ -349,7 +349,7 @@ pub fn parse<'a>(
                 }
             }
             BUDGET => {
-                if !crate::pods::valid_name(value) {
+                if !crate::pod::valid_name(value) {
                     return Err(bad(format!("{value:?} is not a budget name")));
                 }
             }
@@ -367,29 +367,10 @@ pub fn parse<'a>(
 }
 
 /// Annotations that contradict each other.
-/// A positive duration written as hours, minutes and seconds, each at most
-/// once and in that order (`2h30m`, `90m`, `45s`).
+/// A positive duration in Go's grammar ([`crate::duration`]): `2h30m`, `90m`,
+/// `45s`, `1.5h`.
 pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
-    let mut total: u64 = 0;
-    let mut rest = s;
-    let mut last_unit = 0; // h=3, m=2, s=1: each unit after a larger one
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        let n: u64 = rest.get(..digits)?.parse().ok()?;
-        let (unit, seconds) = match rest.as_bytes().get(digits)? {
-            b'h' => (3, 3600),
-            b'm' => (2, 60),
-            b's' => (1, 1),
-            _ => return None,
-        };
-        if last_unit != 0 && unit >= last_unit {
-            return None;
-        }
-        last_unit = unit;
-        total = total.checked_add(n.checked_mul(seconds)?)?;
-        rest = &rest[digits + 1..];
-    }
-    (total > 0).then(|| std::time::Duration::from_secs(total))
+    crate::duration::parse(s).ok().filter(|d| !d.is_zero())
 }
 
 fn check_combinations(a: &LaunchAnnotations) -> Result<(), AnnotationError> {
@@ -459,13 +440,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn max_lifetime_is_hours_minutes_and_seconds() {
+    fn max_lifetime_is_a_positive_go_duration() {
         let secs = |s: &str| parse_duration(s).map(|d| d.as_secs());
         assert_eq!(secs("2h30m"), Some(9000));
         assert_eq!(secs("90m"), Some(5400));
         assert_eq!(secs("45s"), Some(45));
         assert_eq!(secs("1h0m5s"), Some(3605));
-        for bad in ["", "0s", "5", "m5", "5m2h", "1.5h", "3d", "-5s", "5s5s"] {
+        assert_eq!(secs("1.5h"), Some(5400));
+        for bad in ["", "0s", "0", "5", "m5", "3d", "-5s"] {
             assert_eq!(parse_duration(bad), None, "{bad:?}");
         }
         let a: BTreeMap<String, String> = [(MAX_LIFETIME.to_owned(), "soon".to_owned())].into();

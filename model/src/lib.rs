@@ -1,0 +1,26 @@
+//! ORCA's model: the pure decisions and vocabulary every other crate shares.
+//!
+//! No IO and no async runtime: everything here is a function of its arguments
+//! (and, for [`time`], the clock), so it is unit-tested alone and used by the
+//! control plane, the agent and the `orca` CLI alike. It sits beside `proto`
+//! (the wire messages, which it reads without their gRPC services) and below
+//! every other ORCA crate; nothing here may import from them.
+//!
+//! - [`quantity`]: Kubernetes resource quantities, exact.
+//! - [`duration`]: Go-style durations (`90s`, `1h30m`, `250ms`), the one
+//!   grammar of CLI flags, annotations and configuration.
+//! - [`pod`]: names and keys of pods, and what a record says of itself.
+//! - [`kind`]: the kinds of objects standalone mode keeps.
+//! - [`labels`]: the node labels ORCA sets at launch.
+//! - [`selection`]: the launch annotations and the instance-type choice.
+//! - [`ledger`]: the provenance ledger of where each pod ran, and its cost.
+//! - [`time`]: wire timestamps.
+
+pub mod duration;
+pub mod kind;
+pub mod labels;
+pub mod ledger;
+pub mod pod;
+pub mod quantity;
+pub mod selection;
+pub mod time;
