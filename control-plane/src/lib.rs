@@ -70,7 +70,6 @@ pub mod autoscaling;
 pub mod backup;
 pub mod budgets;
 pub mod claims;
-pub mod cli;
 pub mod cloud;
 pub mod cluster;
 pub mod config;
@@ -206,7 +205,7 @@ pub async fn serve(
     std::fs::write(data.join("ca.pem"), pki.ca_pem()).map_err(data_dir_error(&data))?;
     if let Some(created) = created {
         let path = data.join("admin.yaml");
-        cli::credentials::Credentials {
+        orca_proto::credentials::Credentials {
             server: user_url.clone(),
             certificate_authority_data: pki.ca_pem().to_owned(),
             token: created.admin_token,

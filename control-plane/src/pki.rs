@@ -18,7 +18,6 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use prost::Message;
 use rcgen::{
     CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
@@ -48,19 +47,7 @@ pub enum PkiError {
     Csr(String),
 }
 
-/// The CA as stored.
-#[derive(Clone, PartialEq, Message)]
-pub struct CaRecord {
-    /// PEM certificate.
-    #[prost(string, tag = "1")]
-    pub cert_pem: String,
-    /// PEM PKCS#8 private key.
-    #[prost(string, tag = "2")]
-    pub key_pem: String,
-    /// SHA-256 (hex) of the admin bearer token.
-    #[prost(string, tag = "3")]
-    pub admin_token_sha256: String,
-}
+pub use orca_model::records::CaRecord;
 
 /// The CA, loaded.
 pub struct Pki {

@@ -532,7 +532,7 @@ impl Cluster {
                 continue;
             }
             self.store().flush().await?;
-            let msg = format!("no heartbeat for {}", crate::cli::output::human(silence));
+            let msg = format!("no heartbeat for {}", orca_model::time::human(silence));
             warn!(node = %node.name, state = ?due, silence_ms = silence.as_millis() as u64, "node health");
             // A pass that came late (a busy machine) may jump states; the events
             // still tell the whole sequence.

@@ -288,22 +288,7 @@ struct Flushes {
     turn: tokio::sync::Mutex<()>,
 }
 
-/// The store's content at one instant ([`Store::snapshot`]).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Snapshot {
-    /// Every tree, by name.
-    pub trees: Vec<TreeSnapshot>,
-}
-
-/// One tree of a [`Snapshot`].
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct TreeSnapshot {
-    /// The tree's name (ORCA's are ASCII; sled's own default tree is
-    /// `__sled__default`).
-    pub name: String,
-    /// Its keys and values, in key order.
-    pub entries: Vec<(Vec<u8>, Vec<u8>)>,
-}
+pub use orca_model::records::{Snapshot, TreeSnapshot};
 
 /// The control plane's database.
 #[derive(Clone)]

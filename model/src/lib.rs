@@ -9,18 +9,22 @@
 //! - [`quantity`]: Kubernetes resource quantities, exact.
 //! - [`duration`]: Go-style durations (`90s`, `1h30m`, `250ms`), the one
 //!   grammar of CLI flags, annotations and configuration.
+//! - [`phase`]: pod phases and node states as words, in one place.
 //! - [`pod`]: names and keys of pods, and what a record says of itself.
 //! - [`kind`]: the kinds of objects standalone mode keeps.
 //! - [`labels`]: the node labels ORCA sets at launch.
 //! - [`selection`]: the launch annotations and the instance-type choice.
 //! - [`ledger`]: the provenance ledger of where each pod ran, and its cost.
-//! - [`time`]: wire timestamps.
+//! - [`records`]: the CA, API token and store snapshot records.
+//! - [`time`]: wire timestamps and kubectl-style ages.
 
 pub mod duration;
 pub mod kind;
 pub mod labels;
 pub mod ledger;
+pub mod phase;
 pub mod pod;
 pub mod quantity;
+pub mod records;
 pub mod selection;
 pub mod time;

@@ -12,7 +12,8 @@
 //!
 //! Besides the generated code, it holds what every ORCA process needs at the
 //! transport edge: [`serving`] (reflection, health), [`tls`] (mutual TLS),
-//! [`boot`] (the user data an instance boots from) and [`process`]. Domain
+//! [`boot`] (the user data an instance boots from), [`credentials`] (the
+//! `orca` CLI's credentials file, which the control plane writes) and [`process`]. Domain
 //! types and decisions live in `orca-model` and the crates that own them.
 //!
 //! Feature `grpc` (default): the services, TLS and process helpers. Without it
@@ -124,6 +125,8 @@ pub fn incoming(
 pub const NODE_CUT_OFF: &str = "NodeCutOff";
 
 pub mod boot;
+#[cfg(feature = "grpc")]
+pub mod credentials;
 #[cfg(feature = "grpc")]
 pub mod tls;
 

@@ -2,7 +2,7 @@
 //! a terminal client would: stdin, resizes, stdin close, and the output read
 //! until what a test waits for shows up.
 
-use orca_control_plane::cli::Admin;
+use orca_cli::Admin;
 use orca_proto::agent::v1::{self as agent, exec_input::Input, exec_output::Output};
 use orca_proto::controlplane::v1 as pb;
 use tokio::sync::mpsc;

@@ -17,7 +17,6 @@ pub mod audit;
 pub mod rbac;
 
 use orca_proto::controlplane::v1 as pb;
-use prost::Message;
 use ring::digest::{SHA256, digest};
 
 use crate::cluster::{Cluster, ClusterError, now};
@@ -43,17 +42,7 @@ impl Caller {
     }
 }
 
-/// A named token, as stored: its name and when it was made (the key is the
-/// token's SHA-256).
-#[derive(Clone, PartialEq, Message)]
-pub struct ApiToken {
-    /// The user it authenticates.
-    #[prost(string, tag = "1")]
-    pub name: String,
-    /// When it was made.
-    #[prost(message, optional, tag = "2")]
-    pub created_at: Option<prost_types::Timestamp>,
-}
+pub use orca_model::records::ApiToken;
 
 /// Store key of a token: the hex SHA-256 of its text.
 fn token_key(token: &str) -> String {

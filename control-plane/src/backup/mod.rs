@@ -36,7 +36,7 @@
 //!   instance's disk is not.
 //! - Writers wait while the snapshot is copied.
 
-pub mod archive;
+pub use orca_archive as archive;
 pub mod restore;
 
 use std::path::{Path, PathBuf};

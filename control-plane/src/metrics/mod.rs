@@ -373,7 +373,8 @@ mod tests {
     fn orca_series_count_nodes_pods_launches_and_gpus() {
         let scrape = Scrape::parse(&rendered()).expect("a valid exposition");
         let nodes = samples(&scrape, "orca_nodes");
-        assert_eq!(nodes.len(), 8, "every state, zeros included: {nodes:?}");
+        assert_eq!(nodes.len(), 9, "every state, zeros included: {nodes:?}");
+        assert_eq!(value(&nodes, ("state", "Stopped")), 0.0);
         assert_eq!(value(&nodes, ("state", "Ready")), 2.0);
         assert_eq!(value(&nodes, ("state", "Lost")), 1.0);
         assert_eq!(value(&nodes, ("state", "Launching")), 1.0);

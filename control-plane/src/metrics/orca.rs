@@ -4,36 +4,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use orca_model::phase::{NODE_STATES, POD_PHASES, node_state_name, pod_phase_name, pod_phase_word};
 use orca_proto::controlplane::v1::{self as pb, NodeState};
-use orca_proto::types::v1::PodPhase;
 
 use super::exposition::{Exposition, Kind, Value};
 use super::launches::Launches;
-
-/// Every node state, as the series' `state` label (and `orca node list`) spell it.
-const NODE_STATES: [(NodeState, &str); 8] = [
-    (NodeState::Launching, "Launching"),
-    (NodeState::Ready, "Ready"),
-    (NodeState::Suspect, "Suspect"),
-    (NodeState::NotReady, "NotReady"),
-    (NodeState::Lost, "Lost"),
-    (NodeState::Terminating, "Terminating"),
-    (NodeState::Failed, "Failed"),
-    (NodeState::Unspecified, "Unknown"),
-];
-
-/// Every pod phase, as Kubernetes spells it (an unset phase counts as Unknown).
-const POD_PHASES: [&str; 5] = ["Pending", "Running", "Succeeded", "Failed", "Unknown"];
-
-fn phase_name(phase: PodPhase) -> &'static str {
-    match phase {
-        PodPhase::Pending => "Pending",
-        PodPhase::Running => "Running",
-        PodPhase::Succeeded => "Succeeded",
-        PodPhase::Failed => "Failed",
-        PodPhase::Unknown | PodPhase::Unspecified => "Unknown",
-    }
-}
 
 /// What the series are made of.
 #[derive(Debug)]
@@ -53,24 +28,25 @@ pub struct Inputs<'a> {
 /// Writes the `orca_` families.
 pub fn write(out: &mut Exposition, i: &Inputs<'_>) {
     let mut f = out.family("orca_nodes", "Nodes by state.", Kind::Gauge);
-    for (state, name) in NODE_STATES {
+    for state in NODE_STATES {
         let n = i
             .nodes
             .iter()
             .filter(|n| NodeState::try_from(n.state).unwrap_or(NodeState::Unspecified) == state)
             .count();
-        f.sample(&[("state", name)], Value::Int(n as u64));
+        f.sample(&[("state", node_state_name(state))], Value::Int(n as u64));
     }
 
     let mut f = out.family("orca_pods", "Pods by phase.", Kind::Gauge);
-    let mut phases: BTreeMap<&str, u64> = POD_PHASES.iter().map(|p| (*p, 0)).collect();
+    let mut phases: BTreeMap<&str, u64> =
+        POD_PHASES.iter().map(|p| (pod_phase_name(*p), 0)).collect();
     for pod in i.pods {
         let phase = pod.status.as_ref().map_or(0, |s| s.phase);
-        let name = phase_name(PodPhase::try_from(phase).unwrap_or(PodPhase::Unspecified));
-        *phases.entry(name).or_default() += 1;
+        *phases.entry(pod_phase_word(phase)).or_default() += 1;
     }
     for phase in POD_PHASES {
-        f.sample(&[("phase", phase)], Value::Int(phases[phase]));
+        let name = pod_phase_name(phase);
+        f.sample(&[("phase", name)], Value::Int(phases[name]));
     }
 
     let mut f = out.family(

@@ -40,8 +40,7 @@ use serde_json::{Value, json};
 
 use crate::cloud::cidr::Ipv4Cidr;
 
-/// The annotation choosing a Service's load-balancing algorithm.
-pub const LB_ALGORITHM: &str = "orca.research/lb-algorithm";
+pub use orca_model::labels::LB_ALGORITHM;
 /// Node ports, as Kubernetes' default range.
 pub const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
 

@@ -12,13 +12,11 @@ fn time(t: Option<&prost_types::Timestamp>) -> Value {
     }
 }
 
+/// Kubernetes' phase: a pod no agent has reported on yet is Pending.
 fn phase(p: i32) -> &'static str {
     match types::PodPhase::try_from(p).unwrap_or_default() {
-        types::PodPhase::Running => "Running",
-        types::PodPhase::Succeeded => "Succeeded",
-        types::PodPhase::Failed => "Failed",
-        types::PodPhase::Unknown => "Unknown",
-        types::PodPhase::Pending | types::PodPhase::Unspecified => "Pending",
+        types::PodPhase::Unspecified => "Pending",
+        known => orca_model::phase::pod_phase_name(known),
     }
 }
 

@@ -52,13 +52,7 @@ pub fn template_hash(template: &Value) -> String {
     suffix(digest.as_ref(), 10)
 }
 
-/// A ReplicaSet's revision.
-pub fn revision(m: &Value) -> i64 {
-    m["metadata"]["annotations"][REVISION]
-        .as_str()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(0)
-}
+pub use orca_model::labels::revision;
 
 /// Checks a Deployment manifest; the error names what is wrong.
 pub fn validate(manifest: &Value) -> Result<(), String> {

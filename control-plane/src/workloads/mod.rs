@@ -31,12 +31,9 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::objects::{Kind, key};
 use crate::pods::{names, phase};
 
+pub use orca_model::labels::{REVISION, TEMPLATE_HASH};
 /// The annotation naming a pod's controller (`ReplicaSet/NAME`).
 pub use orca_model::selection::annotations::CONTROLLED_BY;
-/// The label telling a template's pods (and ReplicaSet) apart.
-pub const TEMPLATE_HASH: &str = "pod-template-hash";
-/// A ReplicaSet's (and its Deployment's) revision.
-pub const REVISION: &str = "deployment.kubernetes.io/revision";
 
 /// What the controllers remember between passes, in memory only: the pods
 /// they are stopping (by `namespace/name`), and the last warning each object

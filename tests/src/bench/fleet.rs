@@ -49,7 +49,7 @@ pub fn fleet(pods: usize, hosts: usize) {
         .build()
         .expect("runtime");
     let (samples, orca_all) = rt.block_on(async {
-        let admin = orca_control_plane::cli::connect(Some(c.credentials()), None)
+        let admin = orca_cli::connect(Some(c.credentials()), None)
             .await
             .expect("admin client");
         let started = Instant::now();
@@ -57,11 +57,8 @@ pub fn fleet(pods: usize, hosts: usize) {
         let mut calls = Vec::new();
         for i in 0..pods {
             let name = format!("p{i:03}");
-            let pod = orca_control_plane::cli::pod::from_manifest(
-                "default",
-                &manifest(&name, &c.image, None),
-            )
-            .expect("manifest");
+            let pod = orca_cli::pod::from_manifest("default", &manifest(&name, &c.image, None))
+                .expect("manifest");
             let mut admin = admin.clone();
             sent.insert(name, Instant::now());
             calls.push(tokio::spawn(async move {

@@ -50,12 +50,7 @@ fn rss_mib(pid: u32) -> f64 {
 }
 
 /// Registers and joins one external node.
-async fn join(
-    admin: &mut orca_control_plane::cli::Admin,
-    ca: &str,
-    server: &str,
-    name: String,
-) -> Node {
+async fn join(admin: &mut orca_cli::Admin, ca: &str, server: &str, name: String) -> Node {
     admin
         .add_node(pb::AddNodeRequest {
             name: name.clone(),
@@ -120,7 +115,7 @@ pub fn run(nodes: usize, interval: Duration, window: Duration) {
         .expect("runtime");
     rt.block_on(async {
         let ca = std::fs::read_to_string(c.data_dir().join("ca.pem")).expect("ca");
-        let admin = orca_control_plane::cli::connect(Some(c.credentials()), None)
+        let admin = orca_cli::connect(Some(c.credentials()), None)
             .await
             .expect("admin client");
         let started = Instant::now();

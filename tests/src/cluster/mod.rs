@@ -226,8 +226,8 @@ impl TestCluster {
     }
 
     /// An AdminService client with the cluster's credentials, as `orca` uses.
-    pub async fn admin(&self) -> orca_control_plane::cli::Admin {
-        orca_control_plane::cli::connect(Some(&self.credentials), None)
+    pub async fn admin(&self) -> orca_cli::Admin {
+        orca_cli::connect(Some(&self.credentials), None)
             .await
             .expect("admin client")
     }

@@ -31,7 +31,7 @@ pub fn table_of(out: &mut impl Write, pods: &[pb::PodRecord]) -> io::Result<()> 
         .to_vec(),
     ];
     for record in pods {
-        let (ns, name) = crate::pods::names(record);
+        let (ns, name) = orca_model::pod::names(record);
         for p in &record.placements {
             rows.push(vec![
                 format!("{ns}/{name}"),

@@ -1,4 +1,6 @@
-//! The backup archive: a gzip'd tar, written and read in memory.
+//! The control plane's backup archive format: a gzip'd tar, written and read
+//! in memory. Its own crate so that the `orca` CLI checks what it downloads
+//! without linking the store (sled) or anything else of the control plane.
 //!
 //! ```text
 //! manifest.json      format and version, ORCA version, creation time, the
@@ -33,8 +35,7 @@ use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
-use crate::pki::CaRecord;
-use crate::store::{Snapshot, TreeSnapshot};
+use orca_model::records::{CaRecord, Snapshot, TreeSnapshot};
 
 /// What `manifest.json` says the archive is.
 pub const FORMAT: &str = "orca-control-plane-backup";
@@ -50,11 +51,11 @@ pub const CA_CERT: &str = "pki/ca.pem";
 pub const CA_KEY: &str = "pki/ca-key.pem";
 /// The admin credentials file's entry.
 pub const ADMIN_CREDENTIALS: &str = "admin.yaml";
-/// The secrets key's entry ([`crate::objects::sealing`]).
+/// The secrets key's entry (the control plane's `objects::sealing`).
 pub const SECRETS_KEY: &str = "secrets.key";
 /// The first bytes of `store.snapshot`.
 pub const SNAPSHOT_MAGIC: &[u8] = b"ORCA-STORE-SNAPSHOT\n";
-/// The store tree holding the CA record, and its key (see [`crate::pki`]).
+/// The store tree holding the CA record, and its key (the control plane's `pki`).
 const CA_TREE: &str = "pki";
 const CA_KEY_IN_TREE: &[u8] = b"ca";
 

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use super::output::table;
 use super::{Admin as Client, CliError};
-use crate::objects::Kind;
-use crate::workloads::{REVISION, TEMPLATE_HASH};
+use orca_model::kind::Kind;
+use orca_model::labels::{REVISION, TEMPLATE_HASH};
 
 /// What `rollout` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -67,7 +67,7 @@ async fn revisions(
         .iter()
         .filter_map(|o| serde_json::from_str::<Value>(&o.manifest_json).ok())
         .filter(|m| m["metadata"]["ownerReferences"][0]["uid"] == d["metadata"]["uid"])
-        .map(|m| (crate::workloads::deployments::revision(&m), m))
+        .map(|m| (orca_model::labels::revision(&m), m))
         .collect();
     out.sort_by_key(|(r, _)| *r);
     Ok(out)

@@ -4,8 +4,8 @@ use clap::Parser as _;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = orca_control_plane::cli::Cli::parse();
-    match orca_control_plane::cli::run(cli).await {
+    let cli = orca_cli::Cli::parse();
+    match orca_cli::run(cli).await {
         Ok(code) => std::process::ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("error: {e}");

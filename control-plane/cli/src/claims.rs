@@ -6,7 +6,7 @@ use orca_proto::controlplane::v1::{self as pb, ClaimPhase};
 
 use super::CliError;
 use super::output::{human, table};
-use crate::cluster::age;
+use orca_model::time::age;
 
 /// The claim a manifest describes, as JSON, in `namespace` unless it names one.
 pub fn from_manifest(namespace: &str, text: &str) -> Result<String, CliError> {

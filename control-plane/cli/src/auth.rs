@@ -9,7 +9,7 @@ use orca_proto::controlplane::v1 as pb;
 use super::credentials::Credentials;
 use super::output::{human, table};
 use super::{Admin as Client, CliError};
-use crate::cluster::age;
+use orca_model::time::age;
 
 /// `orca auth ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -75,7 +75,8 @@ pub async fn run(
                             "no credentials file to copy the server and CA from".into(),
                         )
                     })?;
-                let mut creds = Credentials::load(&mine).map_err(CliError::Credentials)?;
+                let mut creds =
+                    Credentials::load(&mine).map_err(|e| CliError::Credentials(e.to_string()))?;
                 creds.token = made.token.clone();
                 creds.write(&path)?;
                 writeln!(

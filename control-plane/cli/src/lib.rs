@@ -15,7 +15,7 @@ pub mod auth;
 pub mod backup;
 pub mod budgets;
 pub mod claims;
-pub mod credentials;
+pub use orca_proto::credentials;
 pub mod ledger;
 pub mod nodes;
 pub mod objects;
@@ -64,7 +64,7 @@ pub enum CliError {
     Io(#[from] std::io::Error),
     /// The backup the control plane sent does not verify.
     #[error("the control plane's backup does not verify: {0}")]
-    Backup(crate::backup::ArchiveError),
+    Backup(orca_archive::ArchiveError),
 }
 
 impl CliError {
@@ -278,7 +278,7 @@ fn kind_word(word: &str) -> Result<String, String> {
         "persistentvolumeclaims",
         "persistentvolumeclaim",
     ];
-    if OTHERS.contains(&word) || crate::objects::Kind::parse(word).is_some() {
+    if OTHERS.contains(&word) || orca_model::kind::Kind::parse(word).is_some() {
         Ok(word.to_owned())
     } else {
         Err(format!(
@@ -373,7 +373,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             name,
             output: format,
         } => {
-            if let Some(kind) = crate::objects::Kind::parse(&kind) {
+            if let Some(kind) = orca_model::kind::Kind::parse(&kind) {
                 objects::get(&mut client, kind, &ns, name, &format, &mut out).await?;
             } else if is_nodes(&kind) {
                 nodes::get(&mut client, name, &format, &mut out).await?;
@@ -431,8 +431,8 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
                 }
             }
         }
-        Command::Describe { kind, name } if crate::objects::Kind::parse(&kind).is_some() => {
-            let kind = crate::objects::Kind::parse(&kind).expect("checked");
+        Command::Describe { kind, name } if orca_model::kind::Kind::parse(&kind).is_some() => {
+            let kind = orca_model::kind::Kind::parse(&kind).expect("checked");
             objects::describe(&mut client, kind, &ns, &name, &mut out).await?;
         }
         Command::Describe { kind: _, name } => {
@@ -484,8 +484,8 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             return streams::exec(&mut client, ns, session, command).await;
         }
         Command::Attach(session) => return streams::attach(&mut client, ns, session).await,
-        Command::Delete { kind, name, .. } if crate::objects::Kind::parse(&kind).is_some() => {
-            let kind = crate::objects::Kind::parse(&kind).expect("checked");
+        Command::Delete { kind, name, .. } if orca_model::kind::Kind::parse(&kind).is_some() => {
+            let kind = orca_model::kind::Kind::parse(&kind).expect("checked");
             objects::delete(&mut client, kind, &ns, &name, &mut out).await?;
         }
         Command::Delete { kind, name, .. } if is_claims(&kind) => {
@@ -561,7 +561,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
                 .into_inner()
                 .pods;
             if let Some(name) = &name {
-                pods.retain(|p| &crate::pods::names(p).1 == name);
+                pods.retain(|p| &orca_model::pod::names(p).1 == name);
                 if pods.is_empty() {
                     return Err(CliError::Call(tonic::Status::not_found(format!(
                         "pod {name:?} not found"
@@ -606,7 +606,8 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
 
 /// Checks a credentials file and installs it at `to` (or the default path).
 fn login(file: &Path, to: Option<&Path>) -> Result<i32, CliError> {
-    let creds = credentials::Credentials::load(file).map_err(CliError::Credentials)?;
+    let creds =
+        credentials::Credentials::load(file).map_err(|e| CliError::Credentials(e.to_string()))?;
     orca_proto::tls::certs(
         "certificate-authority-data",
         &creds.certificate_authority_data,
@@ -635,7 +636,7 @@ async fn create_pod(
         .run_pod(pb::RunPodRequest { pod: Some(pod) })
         .await?
         .into_inner();
-    let (_, name) = crate::pods::names(&record);
+    let (_, name) = orca_model::pod::names(&record);
     writeln!(out, "pod/{name} created")?;
     Ok(())
 }
@@ -680,7 +681,7 @@ pub async fn wait_pod(
             })
             .await?
             .into_inner();
-        let now = crate::pods::phase(&record);
+        let now = orca_model::pod::phase(&record);
         if want.contains(&now) {
             return Ok(record);
         }

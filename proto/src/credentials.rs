@@ -1,4 +1,4 @@
-//! The CLI's credentials file, kubeconfig-like: where the control plane is,
+//! The `orca` CLI's credentials file, kubeconfig-like: where the control plane is,
 //! the CA that signs its certificate, and the admin bearer token.
 //!
 //! The control plane writes one at `<data_dir>/admin.yaml` when it creates a
@@ -10,6 +10,27 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+/// Why a credentials file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not a credentials file.
+    #[error("{}: {source}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: serde_yaml::Error,
+    },
+}
 
 /// The credentials.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,9 +55,15 @@ impl Credentials {
     }
 
     /// Reads a credentials file.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, CredentialsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CredentialsError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        serde_yaml::from_str(&text).map_err(|source| CredentialsError::Parse {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     /// Writes the file, readable by its owner only.

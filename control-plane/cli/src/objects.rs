@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use super::output::{human, structured, table};
 use super::{Admin as Client, CliError};
-use crate::cluster::age;
-use crate::objects::Kind;
+use orca_model::kind::Kind;
+use orca_model::time::age;
 
 /// The largest manifest file `orca apply -f` reads: the API server's request
 /// limit (3 MiB). The server's own message limit (4 MiB) would otherwise answer
@@ -566,7 +566,7 @@ pub async fn describe(
                 "IP:         {}",
                 v["spec"]["clusterIP"].as_str().unwrap_or_default()
             )?;
-            let algorithm = v["metadata"]["annotations"][crate::services::LB_ALGORITHM]
+            let algorithm = v["metadata"]["annotations"][orca_model::labels::LB_ALGORITHM]
                 .as_str()
                 .unwrap_or("round-robin");
             writeln!(out, "Balancing:  {algorithm}")?;

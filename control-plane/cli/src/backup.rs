@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use orca_proto::controlplane::v1 as pb;
 
 use super::{Admin, CliError};
-use crate::backup::archive;
+use orca_archive as archive;
 
 /// Downloads a backup and writes it to `file` (`-`: standard output): through
 /// a temporary file beside it (mode 0600: it holds the CA's key) renamed into

@@ -2,46 +2,17 @@
 
 use std::io::{self, Write};
 
-use orca_proto::controlplane::v1::{self as pb, NodeState};
+use orca_proto::controlplane::v1 as pb;
 use orca_proto::types::v1::{PodPhase, Resources, container_state::State};
 
-use crate::cluster::age;
+use orca_model::time::age;
 
-/// A kubectl-style age: `5s`, `3m`, `2h`, `4d`.
-pub fn human(d: std::time::Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=7199 => format!("{}m", s / 60),
-        7200..=172_799 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86_400),
-    }
-}
+pub use orca_model::phase::pod_phase_name as phase_name;
+pub use orca_model::time::human;
 
 /// The node's state as a word.
 pub fn node_state(node: &pb::Node) -> &'static str {
-    match NodeState::try_from(node.state).unwrap_or(NodeState::Unspecified) {
-        NodeState::Unspecified => "Unknown",
-        NodeState::Launching => "Launching",
-        NodeState::Ready => "Ready",
-        NodeState::Suspect => "Suspect",
-        NodeState::NotReady => "NotReady",
-        NodeState::Lost => "Lost",
-        NodeState::Terminating => "Terminating",
-        NodeState::Failed => "Failed",
-        NodeState::Stopped => "Stopped",
-    }
-}
-
-/// A phase as Kubernetes spells it.
-pub fn phase_name(phase: PodPhase) -> &'static str {
-    match phase {
-        PodPhase::Unspecified | PodPhase::Unknown => "Unknown",
-        PodPhase::Pending => "Pending",
-        PodPhase::Running => "Running",
-        PodPhase::Succeeded => "Succeeded",
-        PodPhase::Failed => "Failed",
-    }
+    orca_model::phase::node_state_word(node.state)
 }
 
 /// The pod's status as a word or two: the phase, the reason, and exit codes.
@@ -112,7 +83,7 @@ pub fn pods(out: &mut impl Write, pods: &[pb::PodRecord], wide: bool) -> io::Res
         rows[0].push("MESSAGE".into());
     }
     for p in pods {
-        let (_, name) = crate::pods::names(p);
+        let (_, name) = orca_model::pod::names(p);
         let restarts: i32 = p
             .status
             .iter()
@@ -147,7 +118,7 @@ pub fn pods(out: &mut impl Write, pods: &[pb::PodRecord], wide: bool) -> io::Res
 
 /// A pod as `-o json|yaml` shows it.
 pub fn pod_value(p: &pb::PodRecord) -> serde_json::Value {
-    let (namespace, name) = crate::pods::names(p);
+    let (namespace, name) = orca_model::pod::names(p);
     let status = p.status.clone().unwrap_or_default();
     let containers: Vec<serde_json::Value> = status
         .container_statuses
@@ -173,7 +144,7 @@ pub fn pod_value(p: &pb::PodRecord) -> serde_json::Value {
         .unwrap_or_default();
     let pod = p.pod.clone().unwrap_or_default();
     serde_json::json!({
-        "namespace": namespace, "name": name, "uid": crate::pods::uid(p), "node": p.node_name,
+        "namespace": namespace, "name": name, "uid": orca_model::pod::uid(p), "node": p.node_name,
         "labels": pod.labels, "annotations": pod.annotations,
         "phase": phase_name(PodPhase::try_from(status.phase).unwrap_or(PodPhase::Unknown)),
         "reason": status.reason, "message": status.message, "recreations": p.recreations,
@@ -304,7 +275,7 @@ pub fn describe_pod(
     p: &pb::PodRecord,
     events: &[pb::Event],
 ) -> io::Result<()> {
-    let (namespace, name) = crate::pods::names(p);
+    let (namespace, name) = orca_model::pod::names(p);
     let status = p.status.clone().unwrap_or_default();
     let pod = p.pod.clone().unwrap_or_default();
     let node = if p.node_name.is_empty() {
@@ -314,7 +285,7 @@ pub fn describe_pod(
     };
     writeln!(out, "Name:         {name}")?;
     writeln!(out, "Namespace:    {namespace}")?;
-    writeln!(out, "UID:          {}", crate::pods::uid(p))?;
+    writeln!(out, "UID:          {}", orca_model::pod::uid(p))?;
     writeln!(out, "Node:         {node}")?;
     writeln!(out, "Status:       {}", pod_status(p))?;
     if !status.message.is_empty() {
