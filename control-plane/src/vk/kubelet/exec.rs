@@ -1,5 +1,5 @@
 //! `/exec` and `/attach`: the upgrade (SPDY/3.1 or WebSocket channels, see
-//! [`super::upgrade`]), then the session bridged to the pod's agent through
+//! [`upgrade`]), then the session bridged to the pod's agent through
 //! [`Cluster::exec`](crate::cluster::Cluster::exec) and `attach`.
 
 use std::sync::Arc;
@@ -8,14 +8,14 @@ use futures::{Stream, StreamExt as _};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use orca_kubelet_streams::remotecommand::{self, Outcome, RemoteSession, StreamOptions};
+use orca_kubelet_streams::upgrade;
 use orca_proto::agent::v1 as agent;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, warn};
 
 use super::query::Query;
-use super::remotecommand::{self, Outcome, RemoteSession, StreamOptions};
 use super::server::{Body, Kubelet, empty, error_response, text};
-use super::upgrade;
 
 /// Which of the two the request is.
 #[derive(Debug, Clone, Copy)]

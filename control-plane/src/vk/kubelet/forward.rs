@@ -10,14 +10,14 @@ use futures::StreamExt as _;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use orca_kubelet_streams::portforward::{self, ForwardStream};
+use orca_kubelet_streams::upgrade;
 use orca_proto::agent::v1 as agent;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tracing::{debug, warn};
 
-use super::portforward::{self, ForwardStream};
 use super::query::Query;
 use super::server::{Body, Kubelet, empty, error_response, text};
-use super::upgrade;
 
 /// Size of one chunk read from the client's side of a forwarded connection.
 const CHUNK: usize = 32 * 1024;

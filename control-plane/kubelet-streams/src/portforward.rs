@@ -28,9 +28,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::channels::{self, ChannelProtocol, ChannelWriter};
-use super::spdy;
-use super::upgrade::{Kind, Negotiated, Transport};
+use crate::channels::{self, ChannelProtocol, ChannelWriter};
+use crate::spdy;
+use crate::upgrade::{Kind, Negotiated, Transport};
 
 /// How long the other stream of a SPDY pair may take to arrive by default
 /// (the kubelet's `streamCreationTimeout`).
@@ -145,17 +145,47 @@ where
     }
 }
 
+/// Why a new SPDY port-forward stream is refused (the kubelet's checks of its
+/// headers); the stream is reset.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamRejection {
+    /// No `port` header.
+    #[error("\"port\" header is required")]
+    MissingPort,
+    /// A `port` header that is not a port from 1 to 65535.
+    #[error("unable to parse {port:?} as a port")]
+    InvalidPort {
+        /// The header's value.
+        port: String,
+    },
+    /// A `streamType` other than `data` or `error`.
+    #[error("invalid stream type {stream_type:?}")]
+    InvalidStreamType {
+        /// The header's value.
+        stream_type: String,
+    },
+    /// No `streamType` header.
+    #[error("\"streamType\" header is required")]
+    MissingStreamType,
+}
+
 /// The kubelet's checks of a new port-forward stream.
-fn check_stream(headers: &spdy::Headers) -> Result<(), String> {
-    let port = headers.get("port").ok_or("\"port\" header is required")?;
+fn check_stream(headers: &spdy::Headers) -> Result<(), StreamRejection> {
+    let port = headers.get("port").ok_or(StreamRejection::MissingPort)?;
     match port.parse::<u16>() {
         Ok(p) if p > 0 => {}
-        _ => return Err(format!("unable to parse {port:?} as a port")),
+        _ => {
+            return Err(StreamRejection::InvalidPort {
+                port: port.to_owned(),
+            });
+        }
     }
     match headers.get("streamtype") {
         Some("data" | "error") => Ok(()),
-        Some(other) => Err(format!("invalid stream type {other:?}")),
-        None => Err("\"streamType\" header is required".into()),
+        Some(other) => Err(StreamRejection::InvalidStreamType {
+            stream_type: other.to_owned(),
+        }),
+        None => Err(StreamRejection::MissingStreamType),
     }
 }
 
@@ -163,7 +193,7 @@ fn accept_spdy<IO>(io: IO, timeout: Duration) -> PortForwardSession
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (connection, incoming) = spdy::Connection::serve(io, Box::new(check_stream));
+    let (connection, incoming) = spdy::Connection::serve(io, Box::new(|h| Ok(check_stream(h)?)));
     let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
     tokio::spawn(pair_streams(connection, incoming, tx, timeout));
     PortForwardSession { incoming: rx }

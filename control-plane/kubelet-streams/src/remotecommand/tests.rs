@@ -14,9 +14,9 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::*;
-use crate::vk::kubelet::spdy::frame::{Frame, goaway};
-use crate::vk::kubelet::spdy::testing::{Client, DEADLINE};
-use crate::vk::kubelet::upgrade;
+use crate::spdy::frame::{Frame, goaway};
+use crate::spdy::testing::{Client, DEADLINE};
+use crate::upgrade;
 
 async fn within<T>(f: impl Future<Output = T>) -> T {
     tokio::time::timeout(DEADLINE, f)

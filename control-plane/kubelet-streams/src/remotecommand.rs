@@ -1,7 +1,7 @@
 //! Exec and attach sessions: one interface over SPDY/3.1 streams and
 //! WebSocket channels.
 //!
-//! After the 101 ([`negotiate`](super::upgrade::negotiate)), [`accept`] sets the session up the
+//! After the 101 ([`negotiate`](crate::upgrade::negotiate)), [`accept`] sets the session up the
 //! kubelet's way:
 //! - SPDY: waits (bounded) for the streams the client must create, told apart
 //!   by their `streamType` header: `error` always, `stdin`/`stdout`/`stderr`
@@ -30,9 +30,9 @@ use tokio::sync::{OnceCell, mpsc};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::channels::{self, ChannelProtocol, ChannelWriter};
-use super::spdy;
-use super::upgrade::{Kind, Negotiated, Transport};
+use crate::channels::{self, ChannelProtocol, ChannelWriter};
+use crate::spdy;
+use crate::upgrade::{Kind, Negotiated, Transport};
 
 /// How long [`accept`] waits for a SPDY client's streams by default (the
 /// kubelet's `streamCreationTimeout`).

@@ -18,6 +18,14 @@ struct Size {
     height: u16,
 }
 
+/// Why the resize stream ends early.
+#[derive(Debug, thiserror::Error)]
+pub enum ResizeError {
+    /// Bytes that are not a JSON terminal size object (serde_json's message).
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
 /// Accumulates bytes and yields every complete object.
 #[derive(Debug, Default)]
 pub struct Decoder {
@@ -27,7 +35,7 @@ pub struct Decoder {
 impl Decoder {
     /// Adds `data`; returns the sizes it completed, or the JSON error that
     /// ends the resize stream (as the kubelet stops reading at the first).
-    pub fn push(&mut self, data: &[u8]) -> Result<Vec<TerminalSize>, serde_json::Error> {
+    pub fn push(&mut self, data: &[u8]) -> Result<Vec<TerminalSize>, ResizeError> {
         self.buf.extend_from_slice(data);
         let mut sizes = Vec::new();
         let mut objects = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Size>();
@@ -41,7 +49,7 @@ impl Decoder {
                     });
                 }
                 Err(e) if e.is_eof() => break,
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
             consumed = objects.byte_offset();
         }

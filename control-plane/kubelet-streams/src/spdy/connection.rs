@@ -47,8 +47,11 @@ const WRITE_BATCH: usize = 64 * 1024;
 
 /// Decides whether to accept a new stream from its headers; `Err` rejects it
 /// with RST_STREAM(CANCEL), as the kubelet rejects port-forward streams
-/// without a valid `port` header.
-pub type Accept = Box<dyn Fn(&Headers) -> Result<(), String> + Send + Sync>;
+/// without a valid `port` header. The error is the caller's own type (for
+/// port-forward, [`StreamRejection`](crate::portforward::StreamRejection)):
+/// it is only logged, the client sees the reset.
+pub type Accept =
+    Box<dyn Fn(&Headers) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send + Sync>;
 
 /// What the writer task is asked to do, in order.
 pub(super) enum Command {

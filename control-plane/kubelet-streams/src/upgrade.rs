@@ -18,7 +18,7 @@ use http::header::{CONNECTION, HeaderMap, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC
 use http::header::{SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use super::channels::{ChannelProtocol, Encoding};
+use crate::channels::{ChannelProtocol, Encoding};
 
 /// The SPDY protocol-version header (request: the client's list; response:
 /// the chosen one).
