@@ -57,7 +57,7 @@ const MANIFEST_TYPES: &[&str] = &[
 const WRITE_CHUNK: usize = 1 << 20;
 
 /// An image present in containerd, ready for containers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageInfo {
     /// containerd's image name, the fully qualified reference (`docker.io/library/x:tag`).
     pub name: String,
