@@ -32,6 +32,8 @@
 //! - [`deadman`]: the dead-man's switch (power off when the control plane has
 //!   been silent too long and nothing runs).
 //! - [`server`]: the AgentService gRPC server.
+//! - [`rpc`]: what the gRPC edge shares: pod manager errors as gRPC codes, the
+//!   response stream type.
 //! - [`streams`]: logs (read and followed), exec and attach sessions.
 //! - [`portforward`]: a TCP connection to a pod's port (on the agent's loopback,
 //!   which is the pod's) relayed over a gRPC stream, half-closes included.
@@ -77,6 +79,7 @@ pub mod node_ports;
 pub mod pods;
 pub mod portforward;
 pub mod probes;
+pub mod rpc;
 pub mod runtime;
 pub mod server;
 pub mod spec;

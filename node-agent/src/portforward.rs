@@ -30,7 +30,7 @@ use tonic::{Status, Streaming};
 use tracing::debug;
 
 use crate::pods::PodManager;
-use crate::streams::Responses;
+use crate::rpc::Responses;
 
 /// The most one output message carries.
 const CHUNK: usize = 32 * 1024;
@@ -81,7 +81,7 @@ pub async fn port_forward(
         .ok_or_else(|| {
             Status::invalid_argument(format!("port {}: not a TCP port (1 to 65535)", start.port))
         })?;
-    let pod = pods.live_pod(&start.uid).map_err(crate::server::status)?;
+    let pod = pods.live_pod(&start.uid).map_err(crate::rpc::status)?;
     let target = Target {
         pod: pod.key.name,
         port,

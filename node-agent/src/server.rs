@@ -8,10 +8,10 @@ use std::time::Duration;
 use orca_proto::agent::v1::{self as pb, agent_service_server::AgentService};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::pods::{PodError, PodKey, PodManager, RunInputs};
-use crate::runtime::RuntimeError;
+use crate::pods::{PodKey, PodManager, RunInputs};
+use crate::rpc::{Responses, status};
 use crate::runtime::pull::Credential;
-use crate::streams::{FollowTimings, Responses, Streams};
+use crate::streams::{FollowTimings, Streams};
 
 /// Implements `orca.agent.v1.AgentService` over a [`PodManager`].
 pub struct AgentServer {
@@ -24,28 +24,6 @@ impl AgentServer {
     pub fn new(pods: PodManager, follow: FollowTimings) -> Self {
         let streams = Streams::new(pods.clone(), follow);
         Self { pods, streams }
-    }
-}
-
-/// The gRPC status of a pod manager error.
-pub(crate) fn status(e: PodError) -> Status {
-    match e {
-        PodError::Invalid { .. } => Status::invalid_argument(e.to_string()),
-        PodError::NotRunning(_) => Status::failed_precondition(e.to_string()),
-        PodError::NotFound { .. } | PodError::NoContainer { .. } => {
-            Status::not_found(e.to_string())
-        }
-        PodError::Removing { .. } => Status::unavailable(e.to_string()),
-        PodError::Runtime(ref r) => match r {
-            RuntimeError::Connect { .. } => Status::unavailable(e.to_string()),
-            RuntimeError::Containerd { source, .. } if source.code() == tonic::Code::NotFound => {
-                Status::not_found(e.to_string())
-            }
-            RuntimeError::Containerd { .. } => Status::internal(e.to_string()),
-            RuntimeError::ImagePull { .. }
-            | RuntimeError::ImageNeverPull { .. }
-            | RuntimeError::BadImage { .. } => Status::failed_precondition(e.to_string()),
-        },
     }
 }
 

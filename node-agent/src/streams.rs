@@ -31,8 +31,7 @@ use crate::logs::reader::{self, Chunk, Follow, ReadOptions};
 use crate::pods::{PodError, PodManager, RunTarget};
 use crate::runtime::exec::{ExecIo, ExecProcess};
 
-/// A response stream.
-pub type Responses<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+pub use crate::rpc::Responses;
 
 /// Chunks of log in flight between the reader thread and gRPC.
 const LOG_CHANNEL: usize = 2;
@@ -155,8 +154,8 @@ impl Streams {
         let target = self
             .pods
             .target(uid, container, false)
-            .map_err(crate::server::status)?;
-        target.require_running().map_err(crate::server::status)?;
+            .map_err(crate::rpc::status)?;
+        target.require_running().map_err(crate::rpc::status)?;
         Ok(target)
     }
 
@@ -200,7 +199,7 @@ impl Streams {
                     ];
                     return Ok(Box::pin(futures::stream::iter(outputs.map(Ok))));
                 }
-                None => return Err(crate::server::status(e.into())),
+                None => return Err(crate::rpc::status(e.into())),
             },
         };
         let controls = input.filter_map(|m| async move {
@@ -328,7 +327,7 @@ async fn session(
                 reason: String::new(),
             })),
         }),
-        Err(e) => Err(crate::server::status(e.into())),
+        Err(e) => Err(crate::rpc::status(e.into())),
     };
     let _ = tx.send(last).await;
 }

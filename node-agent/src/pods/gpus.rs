@@ -2,17 +2,17 @@
 //! while for healthy, free devices), given to each container through CDI, and
 //! the GPU processes attributed to pods' containers by PID.
 
-use std::collections::{BTreeSet, HashMap};
-use std::time::Instant;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use orca_proto::types::v1 as pb;
 use serde_json::Value;
-use tracing::info;
 
-use super::PodManager;
+use super::PodEntry;
 use crate::gpu::alloc::{self, Gpu};
 use crate::gpu::cdi;
-use crate::gpu::monitor::Telemetry;
+use crate::gpu::monitor::{Monitor, Telemetry};
 use crate::status::PodFailure;
 
 /// The CDI kind of NVIDIA GPUs.
@@ -35,53 +35,53 @@ fn container_in(cgroup_file: &str, namespace: &str) -> Option<String> {
     })
 }
 
-impl PodManager {
-    /// The GPU monitor.
-    pub fn gpus(&self) -> &crate::gpu::monitor::Monitor {
-        &self.inner.gpus
+/// The node's GPUs as pods get them: the monitor's view of the devices, how
+/// long a pod waits for enough of them, and the CDI specs that hand them to
+/// containers. Which pod holds which GPU is each pod's record (`PodEntry::gpus`).
+pub(super) struct Gpus {
+    monitor: Monitor,
+    /// How long a pod waits for healthy, free GPUs.
+    wait: Duration,
+    /// CDI spec directories, later ones taking precedence.
+    cdi_dirs: Vec<PathBuf>,
+}
+
+/// What one look at the devices gave an allocation.
+pub(super) enum Claim {
+    /// Allocated (or nothing to allocate any more: the pod is gone or stopping).
+    Done,
+    /// Not enough healthy, free GPUs: why.
+    Short(String),
+}
+
+impl Gpus {
+    /// GPUs from `monitor`.
+    pub(super) fn new(monitor: Monitor, wait: Duration, cdi_dirs: Vec<PathBuf>) -> Self {
+        Self {
+            monitor,
+            wait,
+            cdi_dirs,
+        }
     }
 
-    /// Allocates the GPUs a pod asks for, waiting up to the configured time
-    /// for enough healthy, free ones. `Ok` without GPUs for pods that ask none.
-    pub(super) async fn allocate_gpus(&self, uid: &str) -> Result<(), PodFailure> {
-        let Some(spec) = self.pods().get(uid).map(|p| p.spec.clone()) else {
-            return Ok(());
-        };
-        let want = alloc::pod_gpus(&spec).unwrap_or(0);
-        if want == 0 {
-            return Ok(());
-        }
-        let monitor = &self.inner.gpus;
-        let deadline = Instant::now() + self.inner.layout.gpu_wait;
-        let mut updates = monitor.subscribe();
+    /// The GPU monitor.
+    pub(super) fn monitor(&self) -> &Monitor {
+        &self.monitor
+    }
+
+    /// Allocates GPUs, waiting up to the configured time: `claim` is offered
+    /// the healthy devices at every sample until it is done.
+    pub(super) async fn allocate(
+        &self,
+        mut claim: impl FnMut(&[Gpu]) -> Claim,
+    ) -> Result<(), PodFailure> {
+        let deadline = Instant::now() + self.wait;
+        let mut updates = self.monitor.subscribe();
         loop {
-            let telemetry = monitor.latest();
-            let why = {
-                let mut pods = self.pods();
-                let held: BTreeSet<String> = pods
-                    .values()
-                    .filter(|p| p.key.uid != uid && p.holds_gpus())
-                    .flat_map(|p| p.gpus.iter().map(|g| g.uuid.clone()))
-                    .collect();
-                let Some(entry) = pods.get_mut(uid) else {
-                    return Ok(());
-                };
-                if entry.stopping {
-                    return Ok(());
-                }
-                match alloc::pick(&telemetry.healthy(), &held, want) {
-                    Ok(picked) => {
-                        info!(pod = %entry.key.name, gpus = ?picked.iter().map(|g| &g.uuid).collect::<Vec<_>>(), "GPUs allocated");
-                        entry.gpus = picked;
-                        None
-                    }
-                    Err(why) => Some(why),
-                }
-            };
-            let Some(why) = why else {
-                self.save_runs(uid);
-                self.inner.changed.notify_one();
-                return Ok(());
+            let telemetry = self.monitor.latest();
+            let why = match claim(&telemetry.healthy()) {
+                Claim::Done => return Ok(()),
+                Claim::Short(why) => why,
             };
             if Instant::now() >= deadline {
                 let note = if telemetry.note.is_empty() {
@@ -91,7 +91,7 @@ impl PodManager {
                 };
                 return Err(PodFailure {
                     reason: "GPUUnavailable".into(),
-                    message: format!("{why} within {:?}{note}", self.inner.layout.gpu_wait),
+                    message: format!("{why} within {:?}{note}", self.wait),
                 });
             }
             // Devices are reconsidered at every sample (a pod that ended frees
@@ -103,7 +103,7 @@ impl PodManager {
     /// Gives container `index` its share of the pod's GPUs: the CDI edits of
     /// its devices (device nodes, mounts, hooks, env) and NVIDIA_VISIBLE_DEVICES
     /// naming exactly them.
-    pub(super) fn give_gpus(
+    pub(super) fn give(
         &self,
         spec: &k8s_openapi::api::core::v1::PodSpec,
         allocation: &[Gpu],
@@ -127,8 +127,7 @@ impl PodManager {
         if gpus.is_empty() {
             return Ok(());
         }
-        let registry =
-            cdi::Registry::load(&self.inner.layout.cdi_dirs).map_err(|e| e.to_string())?;
+        let registry = cdi::Registry::load(&self.cdi_dirs).map_err(|e| e.to_string())?;
         let names: Vec<String> = gpus
             .iter()
             .map(|g| {
@@ -157,46 +156,48 @@ impl PodManager {
         }
         Ok(())
     }
+}
 
-    /// The telemetry's samples with each process attributed to the pod
-    /// container it runs in, and each device to the pod holding it.
-    pub fn attribute(&self, telemetry: &Telemetry) -> Vec<pb::GpuSample> {
-        let namespace = self.inner.ctrd.namespace().to_owned();
-        let pods = self.pods();
-        let mut by_container: HashMap<&str, (pb::PodRef, &str)> = HashMap::new();
-        let mut holder: HashMap<&str, String> = HashMap::new();
-        for p in pods.values() {
-            let r = pb::PodRef {
-                namespace: p.key.namespace.clone(),
-                name: p.key.name.clone(),
-                uid: p.key.uid.clone(),
-            };
-            for c in &p.containers {
-                by_container.insert(c.id.as_str(), (r.clone(), c.name.as_str()));
-            }
-            if p.holds_gpus() {
-                for g in &p.gpus {
-                    holder.insert(
-                        g.uuid.as_str(),
-                        format!("{}/{}", p.key.namespace, p.key.name),
-                    );
-                }
+/// The telemetry's samples with each process attributed to the pod and
+/// container it runs in, and each device to the pod holding it.
+pub(super) fn attribute<'a>(
+    telemetry: &Telemetry,
+    namespace: &str,
+    pods: impl Iterator<Item = &'a PodEntry>,
+) -> Vec<pb::GpuSample> {
+    let mut by_container: HashMap<&str, (pb::PodRef, &str)> = HashMap::new();
+    let mut holder: HashMap<&str, String> = HashMap::new();
+    for p in pods {
+        let r = pb::PodRef {
+            namespace: p.key.namespace.clone(),
+            name: p.key.name.clone(),
+            uid: p.key.uid.clone(),
+        };
+        for c in &p.containers {
+            by_container.insert(c.id.as_str(), (r.clone(), c.name.as_str()));
+        }
+        if p.holds_gpus() {
+            for g in &p.gpus {
+                holder.insert(
+                    g.uuid.as_str(),
+                    format!("{}/{}", p.key.namespace, p.key.name),
+                );
             }
         }
-        let mut gpus = telemetry.gpus.clone();
-        for g in &mut gpus {
-            g.allocated_to = holder.get(g.uuid.as_str()).cloned().unwrap_or_default();
-            for proc_ in &mut g.processes {
-                let found = container_of(proc_.pid, &namespace)
-                    .and_then(|id| by_container.get(id.as_str()).cloned());
-                if let Some((pod, container)) = found {
-                    proc_.pod = Some(pod);
-                    proc_.container = container.to_owned();
-                }
-            }
-        }
-        gpus
     }
+    let mut gpus = telemetry.gpus.clone();
+    for g in &mut gpus {
+        g.allocated_to = holder.get(g.uuid.as_str()).cloned().unwrap_or_default();
+        for proc_ in &mut g.processes {
+            let found = container_of(proc_.pid, namespace)
+                .and_then(|id| by_container.get(id.as_str()).cloned());
+            if let Some((pod, container)) = found {
+                proc_.pod = Some(pod);
+                proc_.container = container.to_owned();
+            }
+        }
+    }
+    gpus
 }
 
 #[cfg(test)]

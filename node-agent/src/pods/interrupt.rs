@@ -20,7 +20,7 @@ use std::time::Duration;
 use orca_proto::controlplane::v1::{Notice, NoticeKind};
 use tracing::{info, warn};
 
-use super::{PodKey, PodManager};
+use super::{PodEntry, PodKey};
 use crate::status::PodFailure;
 
 /// The annotation asking to wait for a checkpoint before the stop.
@@ -45,7 +45,7 @@ pub fn reason(n: &Notice) -> &'static str {
     }
 }
 
-fn time_left(n: &Notice) -> Duration {
+pub(super) fn time_left(n: &Notice) -> Duration {
     crate::interruption::deadline(n)
         .map(|at| {
             let left = at.duration_since(jiff::Timestamp::now());
@@ -54,59 +54,51 @@ fn time_left(n: &Notice) -> Duration {
         .unwrap_or(Duration::MAX)
 }
 
-impl PodManager {
-    /// The pod's `/run/orca` directory on the host, created when missing
-    /// (mode 1777: containers of any user write to it, as to `/tmp`).
-    pub(super) fn run_orca_dir(&self, key: &PodKey) -> std::io::Result<PathBuf> {
-        use std::os::unix::fs::PermissionsExt as _;
-        let dir = self.pod_dir(key).join(RUN_ORCA_DIR);
-        std::fs::create_dir_all(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777))?;
-        Ok(dir)
-    }
+/// The pod's `/run/orca` directory on the host under its directory
+/// `pod_dir`, created when missing (mode 1777: containers of any user write to
+/// it, as to `/tmp`).
+pub(super) fn run_orca_dir(pod_dir: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = pod_dir.join(RUN_ORCA_DIR);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777))?;
+    Ok(dir)
+}
 
-    /// Starts the handshake for every unfinished pod not already interrupted.
-    pub fn interrupt(&self, notice: &Notice, pause: Duration) {
-        let uids: Vec<String> = {
-            let mut pods = self.pods();
-            pods.values_mut()
-                .filter(|p| !p.interrupted && !p.stopping && !p.ended())
-                .map(|p| {
-                    p.interrupted = true;
-                    p.key.uid.clone()
-                })
-                .collect()
-        };
-        for uid in uids {
-            let this = self.clone();
-            let notice = notice.clone();
-            tokio::spawn(async move { this.handshake(uid, notice, pause).await });
+/// One pod's side of the handshake: its directory, and how long it asked to
+/// be given for a checkpoint.
+pub(super) struct Handshake {
+    pod_dir: PathBuf,
+    key: PodKey,
+    /// `orca.research/checkpoint-wait`, when set and valid.
+    wait: Option<Duration>,
+}
+
+impl Handshake {
+    /// The handshake of pod `p`, whose directory is `pod_dir`.
+    pub(super) fn of(pod_dir: PathBuf, p: &PodEntry) -> Self {
+        let wait = p
+            .annotations
+            .get(CHECKPOINT_WAIT)
+            .and_then(|v| orca_model::duration::parse(v).ok());
+        Self {
+            pod_dir,
+            key: p.key.clone(),
+            wait,
         }
     }
 
-    async fn handshake(&self, uid: String, notice: Notice, pause: Duration) {
-        let Some((key, wait, grace)) = self.pods().get(&uid).map(|p| {
-            let wait = p
-                .annotations
-                .get(CHECKPOINT_WAIT)
-                .and_then(|v| orca_model::duration::parse(v).ok());
-            let grace = p
-                .spec
-                .termination_grace_period_seconds
-                .map(|s| Duration::from_secs(s.max(0) as u64));
-            (p.key.clone(), wait, grace)
-        }) else {
-            return;
-        };
-        let dir = match self.run_orca_dir(&key) {
-            Ok(dir) => dir,
-            Err(e) => {
-                warn!(pod = %key.name, error = %e, "no /run/orca directory; stopping without a notice");
-                self.interrupted_stop(&uid, &notice, grace).await;
-                return;
-            }
-        };
-        let deadline = crate::interruption::deadline(&notice);
+    /// Hands the notice to the pod, waits the pause and (when asked) for its
+    /// checkpoint; returns the checkpoint's location once confirmed. Fails
+    /// only when the pod has no `/run/orca` directory (stop it without a notice).
+    pub(super) async fn run(
+        &self,
+        notice: &Notice,
+        pause: Duration,
+    ) -> std::io::Result<Option<String>> {
+        let (key, uid, wait) = (&self.key, &self.key.uid, self.wait);
+        let dir = run_orca_dir(&self.pod_dir)?;
+        let deadline = crate::interruption::deadline(notice);
         let why = match notice.kind() {
             NoticeKind::ScheduledMaintenance => {
                 format!("scheduled maintenance ({})", notice.action)
@@ -118,7 +110,7 @@ impl PodManager {
             _ => format!("spot interruption ({})", notice.action),
         };
         let body = serde_json::json!({
-            "kind": reason(&notice),
+            "kind": reason(notice),
             "action": notice.action,
             "deadline": deadline.map(|t| t.to_string()),
             "reason": why,
@@ -127,60 +119,47 @@ impl PodManager {
             warn!(pod = %key.name, error = %e, "notice file not written");
         }
         info!(pod = %key.name, uid, deadline = ?deadline, "interruption notice handed to the pod");
-        tokio::time::sleep(pause.min(time_left(&notice))).await;
+        tokio::time::sleep(pause.min(time_left(notice))).await;
         let done = dir.join(CHECKPOINT_DONE);
         if let Some(wait) = wait {
-            let until = tokio::time::Instant::now() + wait.min(time_left(&notice));
+            let until = tokio::time::Instant::now() + wait.min(time_left(notice));
             while !done.exists() && tokio::time::Instant::now() < until {
                 tokio::time::sleep(CHECKPOINT_POLL).await;
             }
         }
-        match read_checkpoint(&done) {
-            Some(location) => {
-                info!(pod = %key.name, uid, location, "checkpoint confirmed");
-                self.update(&uid, |p| p.checkpoint = location.clone());
-            }
+        let location = read_checkpoint(&done);
+        match &location {
+            Some(location) => info!(pod = %key.name, uid, location, "checkpoint confirmed"),
             None if wait.is_some() => {
                 warn!(pod = %key.name, uid, "no checkpoint confirmed before the stop")
             }
             None => {}
         }
-        self.interrupted_stop(&uid, &notice, grace).await;
-    }
-
-    /// Records the verdict and stops the pod within what is left of the deadline.
-    async fn interrupted_stop(&self, uid: &str, notice: &Notice, grace: Option<Duration>) {
-        let left = time_left(notice);
-        self.update(uid, |p| {
-            if p.failure.is_none() {
-                p.failure = Some(PodFailure {
-                    reason: reason(notice).into(),
-                    message: format!(
-                        "the instance is going away ({}{}); stopped {}s before the deadline",
-                        if notice.reservation_id.is_empty() {
-                            String::new()
-                        } else {
-                            format!("end of capacity reservation {}: ", notice.reservation_id)
-                        },
-                        if notice.action.is_empty() {
-                            "notice"
-                        } else {
-                            &notice.action
-                        },
-                        left.min(Duration::from_secs(u32::MAX.into())).as_secs()
-                    ),
-                });
-            }
-        });
-        self.save_runs(uid);
-        let grace = grace.unwrap_or(Duration::from_secs(30)).min(left);
-        if let Err(e) = self.stop(uid, Some(grace), false).await {
-            warn!(uid, error = %e, "interrupted pod not stopped");
-        }
+        Ok(location)
     }
 }
 
-/// The checkpoint location in `path`, trimmed; `None` when absent or empty.
+/// The pod failure a notice stops a pod with, `left` before its deadline.
+pub(super) fn failure(notice: &Notice, left: Duration) -> PodFailure {
+    PodFailure {
+        reason: reason(notice).into(),
+        message: format!(
+            "the instance is going away ({}{}); stopped {}s before the deadline",
+            if notice.reservation_id.is_empty() {
+                String::new()
+            } else {
+                format!("end of capacity reservation {}: ", notice.reservation_id)
+            },
+            if notice.action.is_empty() {
+                "notice"
+            } else {
+                &notice.action
+            },
+            left.min(Duration::from_secs(u32::MAX.into())).as_secs()
+        ),
+    }
+}
+
 fn read_checkpoint(path: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     let location = text.trim();

@@ -3,23 +3,31 @@
 //!
 //! Each pod has one task (`start`) that runs its init containers in order, each
 //! to a successful exit, and then supervises its app containers concurrently.
-//! A container's supervisor (`supervise`) is one loop: make the image present
-//! (with the kubelet's pull back-off), create the container, start its task,
-//! wait for it to exit, record the exit (OOM kills included), and restart it per
-//! the restart policy with the kubelet's back-off. `stop` ends a pod: SIGTERM,
-//! the grace period, SIGKILL. Every change wakes the heartbeat
+//! A container's lifecycle is a state machine ([`lifecycle`]: pulling, created,
+//! running, terminated, backing off, ...) whose transitions decide the pull
+//! back-off, the restart policy and the CrashLoopBackOff back-off, driven
+//! against a [`lifecycle::ContainerRuntime`]; `supervise` is its containerd
+//! implementation for one container of a pod. `stop` ends a pod: SIGTERM, the
+//! grace period, SIGKILL. Every change wakes the heartbeat
 //! ([`PodManager::changed`]) so the control plane hears of it at once.
 //!
-//! Layout: `start` (accepting and the pod task), `supervise` (one container),
-//! `sandbox` (the namespaces a pod's containers share), `stop` (stopping and removal),
-//! `adopt` (saving pods and adopting them after an agent restart), `target` (the
-//! container run that logs, exec and attach address, and the live runs that
-//! port-forward and stats work on), `interrupt` (the checkpoint handshake of an
-//! interruption notice, through the `/run/orca` directory of every container).
+//! [`PodManager`] holds the pods (`mod.rs`: the entries, reports and queries);
+//! its methods are in three files: here, `start` (accepting, the pod task,
+//! GPUs, adopting after an agent restart) and `stop` (stopping and removal,
+//! cut-off, interruption notices). The other pieces are types of their own:
+//! `lifecycle` (the state machine), `supervise` (`PodContainer`, the runtime and
+//! ledger of one container), `probing` (`Prober`: probes and preStop hooks),
+//! `sandbox` (`Sandbox`: the namespaces a pod's containers share), `gpus`
+//! (`Gpus`: the monitor, allocation waits, CDI), `adopt` (the pod files a
+//! restarted agent reads), `target` (the container run that logs, exec and
+//! attach address, and the live runs that port-forward and stats work on),
+//! `interrupt` (`Handshake`: the checkpoint handshake of an interruption
+//! notice, through the `/run/orca` directory of every container).
 
 mod adopt;
 mod gpus;
 mod interrupt;
+pub mod lifecycle;
 mod probing;
 mod sandbox;
 mod start;
@@ -517,7 +525,8 @@ struct Inner {
     timings: Timings,
     pods: Mutex<BTreeMap<String, PodEntry>>,
     changed: Notify,
-    gpus: crate::gpu::monitor::Monitor,
+    gpus: gpus::Gpus,
+    prober: probing::Prober,
 }
 
 /// What a pod's supervisors need besides the pod itself.
@@ -539,6 +548,8 @@ impl PodManager {
         gpus: crate::gpu::monitor::Monitor,
     ) -> Self {
         let puller = Puller::new(ctrd.clone(), registries);
+        let prober = probing::Prober::new(ctrd.clone(), layout.host_ip.clone());
+        let gpus = gpus::Gpus::new(gpus, layout.gpu_wait, layout.cdi_dirs.clone());
         Self {
             inner: Arc::new(Inner {
                 ctrd,
@@ -548,8 +559,114 @@ impl PodManager {
                 pods: Mutex::new(BTreeMap::new()),
                 changed: Notify::new(),
                 gpus,
+                prober,
             }),
         }
+    }
+
+    /// The GPU monitor.
+    pub fn gpus(&self) -> &crate::gpu::monitor::Monitor {
+        self.inner.gpus.monitor()
+    }
+
+    /// The telemetry's samples with each process attributed to the pod and
+    /// container it runs in, and each device to the pod holding it.
+    pub fn attribute(&self, telemetry: &crate::gpu::monitor::Telemetry) -> Vec<pb::GpuSample> {
+        gpus::attribute(telemetry, self.inner.ctrd.namespace(), self.pods().values())
+    }
+
+    /// The current run of container `container` of pod `uid` (or the previous run),
+    /// where an empty name means the pod's only app container.
+    ///
+    /// Errors: no such pod or container; no name given for a pod with several app
+    /// containers; `previous` of a container that has not restarted.
+    pub fn target(
+        &self,
+        uid: &str,
+        container: &str,
+        previous: bool,
+    ) -> Result<RunTarget, PodError> {
+        let pods = self.pods();
+        let p = pods
+            .get(uid)
+            .ok_or_else(|| PodError::NotFound { uid: uid.into() })?;
+        target::choose(p, uid, container, previous, |key, name, run| {
+            self.log_path(key, name, run)
+        })
+    }
+
+    /// Every pod with its running containers (possibly none).
+    pub fn live(&self) -> Vec<LivePod> {
+        self.pods().values().map(target::live).collect()
+    }
+
+    /// Pod `uid` with its running containers; fails when no container of it runs.
+    pub fn live_pod(&self, uid: &str) -> Result<LivePod, PodError> {
+        let pod = self
+            .pods()
+            .get(uid)
+            .map(target::live)
+            .ok_or_else(|| PodError::NotFound { uid: uid.into() })?;
+        if pod.running.is_empty() {
+            return Err(PodError::NotRunning(format!(
+                "pod {} has no running container",
+                pod.key.name
+            )));
+        }
+        Ok(pod)
+    }
+
+    /// Whether `target`'s run is over: the pod is gone, the container has started
+    /// another run, or its task is no longer running.
+    pub fn run_ended(&self, target: &RunTarget) -> bool {
+        self.run_exit(target).is_some()
+    }
+
+    /// How `target`'s run ended: `Some(exit code)` once it is over (`None` inside
+    /// when the code is unknown: the pod is gone, or the task vanished); `None`
+    /// while it runs.
+    pub fn run_exit(&self, target: &RunTarget) -> Option<Option<i32>> {
+        let pods = self.pods();
+        let c = pods
+            .get(&target.uid)
+            .and_then(|p| p.containers.iter().find(|c| c.name == target.container));
+        target::run_exit(c, target)
+    }
+
+    /// Whether the pod is being stopped or has failed as a whole, or is no
+    /// longer the acceptance `incarnation` (its containers must not be started
+    /// or restarted any more).
+    fn stopping(&self, uid: &str, incarnation: u64) -> bool {
+        self.pods()
+            .get(uid)
+            .is_none_or(|p| p.stopping || p.failure.is_some() || p.incarnation != incarnation)
+    }
+
+    /// Writes the pod's restart counts, failure and GPUs to its directory
+    /// (`adopt`) after a change.
+    fn save_runs(&self, uid: &str) {
+        let pods = self.pods();
+        if let Some(p) = pods.get(uid) {
+            adopt::save_runs(&self.pod_dir(&p.key), p);
+        }
+    }
+
+    /// The pod's shared namespaces, starting its sandbox on first use.
+    fn sandbox(&self, uid: &str) -> Result<crate::spec::PodNamespaces, PodError> {
+        let (key, existing) = {
+            let pods = self.pods();
+            let p = pods
+                .get(uid)
+                .ok_or_else(|| PodError::NotFound { uid: uid.into() })?;
+            (p.key.clone(), p.shared.clone())
+        };
+        if let Some(shared) = existing {
+            return Ok(shared);
+        }
+        let dir = self.pod_dir(&key);
+        let shared = sandbox::Sandbox { dir: &dir }.ensure(&self.inner.layout.pause, &key.name)?;
+        self.update(uid, |p| p.shared = Some(shared.clone()));
+        Ok(shared)
     }
 
     /// The containerd connection.

@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::{Container, Probe};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use super::PodManager;
 use crate::probes::{self, ProbeKind};
+use crate::runtime::Containerd;
 
 /// SIGTERM and SIGKILL.
 const SIGTERM: u32 = 15;
@@ -57,26 +57,48 @@ pub(super) fn validate(container: &Container) -> Result<(), String> {
     Ok(())
 }
 
-impl PodManager {
-    /// Drives the probes of container `index` (running as `id`) until `stop`
-    /// flips. Returns the message of a liveness/startup failure that killed it.
-    pub(super) async fn manage_probes(
+/// What the probes of a run tell its supervisor as they go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ProbeNews {
+    /// The readiness verdict (false until the first success).
+    Ready(bool),
+    /// A liveness or startup probe failed: the run is being killed, with this message.
+    Killing(String),
+}
+
+/// Runs probes and preStop hooks against containerd tasks.
+#[derive(Clone)]
+pub(super) struct Prober {
+    ctrd: Containerd,
+    /// The pod's IP (the node's): where httpGet and tcpSocket probes connect.
+    host_ip: String,
+}
+
+impl Prober {
+    /// A prober over `ctrd`, reaching pods at `host_ip`.
+    pub(super) fn new(ctrd: Containerd, host_ip: String) -> Self {
+        Self { ctrd, host_ip }
+    }
+
+    /// Drives the probes of the container running as `id` until `stop`
+    /// flips, telling `on` what they find. Returns the message of a
+    /// liveness/startup failure that killed it.
+    pub(super) async fn manage(
         &self,
-        uid: String,
-        index: usize,
-        id: String,
-        container: Container,
+        id: &str,
+        container: &Container,
         grace: Duration,
         mut stop: watch::Receiver<bool>,
+        on: impl Fn(ProbeNews),
     ) -> Option<String> {
-        let host_ip = self.inner.layout.host_ip.clone();
+        let host_ip = self.host_ip.clone();
         let (tx, mut rx) = mpsc::channel(16);
         let stop_for_loops = stop.clone();
         let spawn = |kind: ProbeKind, probe: Probe| {
             let mut stop = stop_for_loops.clone();
             let run = probes::run(
-                self.inner.ctrd.clone(),
-                id.clone(),
+                self.ctrd.clone(),
+                id.to_owned(),
                 host_ip.clone(),
                 container.clone(),
                 kind,
@@ -92,10 +114,10 @@ impl PodManager {
         let mut loops = Vec::new();
         match &container.startup_probe {
             Some(p) => loops.push(spawn(ProbeKind::Startup, p.clone())),
-            None => loops.extend(self.spawn_main_probes(&container, &spawn)),
+            None => loops.extend(spawn_main_probes(container, &spawn)),
         }
         if container.readiness_probe.is_some() {
-            self.update(&uid, |p| p.containers[index].ready = Some(false));
+            on(ProbeNews::Ready(false));
         }
         let killed = loop {
             let transition = tokio::select! {
@@ -107,25 +129,23 @@ impl PodManager {
                 (ProbeKind::Startup, true) if !started => {
                     started = true;
                     info!(container = %id, "startup probe succeeded");
-                    loops.extend(self.spawn_main_probes(&container, &spawn));
+                    loops.extend(spawn_main_probes(container, &spawn));
                 }
                 (ProbeKind::Readiness, ready) if started => {
-                    self.update(&uid, |p| p.containers[index].ready = Some(ready));
+                    on(ProbeNews::Ready(ready));
                 }
                 (ProbeKind::Liveness | ProbeKind::Startup, false) => {
                     let message = format!("{} probe failed: {}", t.kind, t.message);
                     warn!(container = %id, %message, "killing the container");
-                    self.update(&uid, |p| {
-                        p.containers[index].probe_failure = Some(message.clone())
-                    });
-                    if let Err(e) = self.inner.ctrd.kill(&id, SIGTERM).await {
+                    on(ProbeNews::Killing(message.clone()));
+                    if let Err(e) = self.ctrd.kill(id, SIGTERM).await {
                         warn!(container = %id, error = %e, "SIGTERM failed");
                     }
-                    if tokio::time::timeout(grace, self.inner.ctrd.wait(&id))
+                    if tokio::time::timeout(grace, self.ctrd.wait(id))
                         .await
                         .is_err()
                     {
-                        let _ = self.inner.ctrd.kill(&id, SIGKILL).await;
+                        let _ = self.ctrd.kill(id, SIGKILL).await;
                     }
                     break Some(message);
                 }
@@ -136,21 +156,6 @@ impl PodManager {
             l.abort();
         }
         killed
-    }
-
-    fn spawn_main_probes(
-        &self,
-        container: &Container,
-        spawn: &impl Fn(ProbeKind, Probe) -> tokio::task::JoinHandle<()>,
-    ) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut loops = Vec::new();
-        if let Some(p) = &container.liveness_probe {
-            loops.push(spawn(ProbeKind::Liveness, p.clone()));
-        }
-        if let Some(p) = &container.readiness_probe {
-            loops.push(spawn(ProbeKind::Readiness, p.clone()));
-        }
-        loops
     }
 
     /// Runs a container's preStop hook (exec, httpGet or sleep) within `budget`;
@@ -171,7 +176,7 @@ impl PodManager {
         let began = tokio::time::Instant::now();
         if let Some(exec) = &hook.exec {
             let args = exec.command.clone().unwrap_or_default();
-            match self.inner.ctrd.exec(id, &args, budget, 64 * 1024).await {
+            match self.ctrd.exec(id, &args, budget, 64 * 1024).await {
                 Ok(r) => {
                     info!(container = %id, exit_code = r.exit_code, timed_out = r.timed_out, "preStop hook ran")
                 }
@@ -183,18 +188,26 @@ impl PodManager {
                 timeout_seconds: Some(budget.as_secs().max(1) as i32),
                 ..Default::default()
             };
-            let outcome = probes::probe_once(
-                &self.inner.ctrd,
-                id,
-                &self.inner.layout.host_ip,
-                container,
-                &probe,
-            )
-            .await;
+            let outcome =
+                probes::probe_once(&self.ctrd, id, &self.host_ip, container, &probe).await;
             info!(container = %id, ?outcome, "preStop hook ran");
         } else if let Some(sleep) = &hook.sleep {
             tokio::time::sleep(Duration::from_secs(sleep.seconds.max(0) as u64).min(budget)).await;
         }
         began.elapsed()
     }
+}
+
+fn spawn_main_probes(
+    container: &Container,
+    spawn: &impl Fn(ProbeKind, Probe) -> tokio::task::JoinHandle<()>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut loops = Vec::new();
+    if let Some(p) = &container.liveness_probe {
+        loops.push(spawn(ProbeKind::Liveness, p.clone()));
+    }
+    if let Some(p) = &container.readiness_probe {
+        loops.push(spawn(ProbeKind::Readiness, p.clone()));
+    }
+    loops
 }

@@ -17,26 +17,28 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tracing::{info, warn};
 
-use super::{PodError, PodManager};
+use super::PodError;
 use crate::spec::PodNamespaces;
 
 /// File in the pod directory holding the holder's pid.
 const PID_FILE: &str = "pause.pid";
 
-impl PodManager {
-    /// The pod's shared namespaces, starting its holder on first use.
-    pub(super) fn sandbox(&self, uid: &str) -> Result<PodNamespaces, PodError> {
-        let (key, existing) = {
-            let pods = self.pods();
-            let p = pods
-                .get(uid)
-                .ok_or_else(|| PodError::NotFound { uid: uid.into() })?;
-            (p.key.clone(), p.shared.clone())
-        };
-        if let Some(shared) = existing {
-            return Ok(shared);
-        }
-        let dir = self.pod_dir(&key);
+/// A pod's sandbox: its `orca-pause` holder, known by the pid file in the
+/// pod's directory (so a restarted agent finds it again), and its `/dev/shm`.
+pub(super) struct Sandbox<'a> {
+    /// The pod's directory.
+    pub dir: &'a std::path::Path,
+}
+
+impl Sandbox<'_> {
+    /// The pod's shared namespaces, starting its holder (`pause`, named for
+    /// pod `name`) unless it runs already.
+    pub(super) fn ensure(
+        &self,
+        pause: &std::path::Path,
+        name: &str,
+    ) -> Result<PodNamespaces, PodError> {
+        let dir = self.dir;
         let io = |what: &str| {
             let what = what.to_owned();
             move |e: std::io::Error| PodError::Invalid {
@@ -50,8 +52,8 @@ impl PodManager {
         let pid = match read_live_pid(&dir.join(PID_FILE)) {
             Some(pid) => pid,
             None => {
-                let mut child = Command::new(&self.inner.layout.pause)
-                    .arg(&key.name)
+                let mut child = Command::new(pause)
+                    .arg(name)
                     .stdin(Stdio::null())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::inherit())
@@ -77,7 +79,7 @@ impl PodManager {
                     let _ = child.wait();
                 });
                 std::fs::write(dir.join(PID_FILE), pid.to_string()).map_err(io("pause.pid"))?;
-                info!(pod = %key.name, pid, "pod sandbox started");
+                info!(pod = name, pid, "pod sandbox started");
                 pid
             }
         };
@@ -87,13 +89,12 @@ impl PodManager {
             net: Some(format!("/proc/{pid}/ns/net")),
             shm: Some(shm.display().to_string()),
         };
-        self.update(uid, |p| p.shared = Some(shared.clone()));
         Ok(shared)
     }
 
     /// Stops the pod's namespace holder, if it runs.
-    pub(super) fn stop_sandbox(&self, dir: &std::path::Path) {
-        if let Some(pid) = read_live_pid(&dir.join(PID_FILE))
+    pub(super) fn stop(&self) {
+        if let Some(pid) = read_live_pid(&self.dir.join(PID_FILE))
             && let Err(e) = kill(Pid::from_raw(pid as i32), Signal::SIGKILL)
         {
             warn!(pid, error = %e, "pod sandbox not stopped");

@@ -1,18 +1,23 @@
-//! Accepting a pod and its task: init containers in order, each to a successful
-//! exit, then the app containers, supervised concurrently; and the pod's
-//! activeDeadlineSeconds.
+//! Accepting a pod and its task: volumes, GPUs, then init containers in order,
+//! each to a successful exit, then the app containers, supervised concurrently;
+//! the pod's activeDeadlineSeconds; and adopting the pods a previous agent
+//! process left (their files are `adopt`'s).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::PodSpec;
 use orca_proto::types::v1 as pb;
 use tracing::{info, warn};
 
-use super::supervise::Outcome;
+use super::adopt;
+use super::gpus::Claim;
+use super::lifecycle::Outcome;
+use super::supervise::supervise;
 use super::{PodEntry, PodError, PodKey, PodManager, RunInputs};
+use crate::runtime::TaskStatus;
 use crate::spec;
-use crate::status::PodFailure;
+use crate::status::{ContainerState, PodFailure};
 
 impl PodManager {
     /// Accepts a pod and starts it in the background. Idempotent per uid. A spec
@@ -71,7 +76,7 @@ impl PodManager {
         let report = entry.report(&self.inner.layout.host_ip);
         let deadline = entry.spec.active_deadline_seconds;
         if failure.is_none() {
-            self.save_pod(&entry, spec_json);
+            adopt::save_pod(&self.pod_dir(&entry.key), &entry, spec_json);
         }
         self.pods().insert(key.uid.clone(), entry);
         match failure {
@@ -142,7 +147,7 @@ impl PodManager {
         }
         let inits = entry.containers.iter().filter(|c| c.init).count();
         for index in 0..inits {
-            match self.supervise(&uid, index, &inputs, false).await {
+            match supervise(self, &uid, index, &inputs, false).await {
                 Outcome::Completed => continue,
                 Outcome::Failed | Outcome::Stopped => return,
             }
@@ -150,7 +155,7 @@ impl PodManager {
         let apps = (inits..entry.containers.len()).map(|index| {
             let inputs = &inputs;
             let uid = &uid;
-            async move { self.supervise(uid, index, inputs, false).await }
+            async move { supervise(self, uid, index, inputs, false).await }
         });
         futures::future::join_all(apps).await;
     }
@@ -182,6 +187,151 @@ impl PodManager {
         if let Err(e) = self.stop(&uid, None, false).await {
             warn!(uid, error = %e, "pod not stopped at its deadline");
         }
+    }
+
+    /// Adopts the pods a previous agent process left (see `adopt`): returns how many.
+    pub async fn adopt(&self) -> usize {
+        let mut adopted = 0;
+        for (saved, runs) in adopt::saved(&self.inner.layout.pod_dir) {
+            let name = format!("{}/{}", saved.namespace, saved.name);
+            let accepted_at = saved.accepted_at;
+            let result = match saved.entry(&runs) {
+                Ok(entry) => self.adopt_pod(entry, accepted_at, runs).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => adopted += 1,
+                Err(e) => warn!(pod = name, error = %e, "pod not adopted"),
+            }
+        }
+        adopted
+    }
+
+    /// Observes an adopted pod's containers in containerd and supervises them
+    /// again: a task still running is watched, one that stopped has its exit
+    /// recorded, one never started is started.
+    async fn adopt_pod(
+        &self,
+        mut entry: PodEntry,
+        accepted_at: jiff::Timestamp,
+        runs: adopt::Runs,
+    ) -> Result<(), PodError> {
+        let key = entry.key.clone();
+        let deadline = entry.spec.active_deadline_seconds;
+        let mut found = Vec::new();
+        for c in &mut entry.containers {
+            let (restart_count, started) = runs.of(&c.name);
+            let observed = self.inner.ctrd.observe(&c.id).await?;
+            c.restart_count = restart_count;
+            c.state = match &observed {
+                Some(o) if o.status == TaskStatus::Running => ContainerState::Running {
+                    started_at: started.unwrap_or_else(jiff::Timestamp::now),
+                },
+                Some(o) if o.status == TaskStatus::Stopped => {
+                    ContainerState::exited(o.exit_status as i32, started, o.exited_at)
+                }
+                _ => ContainerState::creating(),
+            };
+            // A task that never started (or is paused, or unknown) is started afresh.
+            found.push(matches!(&observed, Some(o) if matches!(o.status, TaskStatus::Running | TaskStatus::Stopped)));
+        }
+        entry.refresh_conditions();
+        self.pods().insert(key.uid.clone(), entry);
+        info!(pod = %key.name, uid = %key.uid, "pod adopted");
+        // Secrets were not saved: volumes that need them stay as they are on disk,
+        // and only containers that still have to be created need their mounts.
+        if let Err(e) = self.prepare_volumes(&key.uid, &Default::default()) {
+            info!(pod = %key.name, error = %e, "volumes kept as found on disk");
+        }
+        if let Some(seconds) = deadline {
+            // What is left of activeDeadlineSeconds since the pod was accepted.
+            let active = jiff::Timestamp::now().duration_since(accepted_at).as_secs();
+            let this = self.clone();
+            let uid = key.uid.clone();
+            tokio::spawn(
+                async move { this.enforce_deadline(uid, (seconds - active).max(0)).await },
+            );
+        }
+        if self
+            .pods()
+            .get(&key.uid)
+            .is_some_and(|p| p.failure.is_some())
+        {
+            // Finish what a failure started before the restart: nothing of it runs.
+            let this = self.clone();
+            let uid = key.uid.clone();
+            tokio::spawn(async move { this.stop(&uid, None, false).await });
+        }
+        let this = self.clone();
+        tokio::spawn(async move { this.run_adopted(key.uid, found).await });
+        self.inner.changed.notify_one();
+        Ok(())
+    }
+
+    /// The pod task of an adopted pod: init containers that already succeeded are
+    /// skipped; containers with a task are watched again, the others started.
+    async fn run_adopted(&self, uid: String, found: Vec<bool>) {
+        let inputs = RunInputs::default();
+        let Some(entry) = self.pods().get(&uid).cloned() else {
+            return;
+        };
+        let inits = entry.containers.iter().filter(|c| c.init).count();
+        for (index, (c, has_task)) in entry.containers.iter().zip(&found).take(inits).enumerate() {
+            if matches!(c.state, ContainerState::Terminated { exit_code: 0, .. }) {
+                continue;
+            }
+            match supervise(self, &uid, index, &inputs, *has_task).await {
+                Outcome::Completed => continue,
+                Outcome::Failed | Outcome::Stopped => return,
+            }
+        }
+        let apps = (inits..entry.containers.len()).map(|index| {
+            let (inputs, uid, found) = (&inputs, &uid, &found);
+            async move { supervise(self, uid, index, inputs, found[index]).await }
+        });
+        futures::future::join_all(apps).await;
+    }
+
+    /// Allocates the GPUs a pod asks for, waiting up to the configured time
+    /// for enough healthy, free ones. `Ok` without GPUs for pods that ask none.
+    async fn allocate_gpus(&self, uid: &str) -> Result<(), PodFailure> {
+        let Some(spec) = self.pods().get(uid).map(|p| p.spec.clone()) else {
+            return Ok(());
+        };
+        let want = crate::gpu::alloc::pod_gpus(&spec).unwrap_or(0);
+        if want == 0 {
+            return Ok(());
+        }
+        let mut allocated = false;
+        let claim = |healthy: &[crate::gpu::alloc::Gpu]| {
+            let mut pods = self.pods();
+            let held: BTreeSet<String> = pods
+                .values()
+                .filter(|p| p.key.uid != uid && p.holds_gpus())
+                .flat_map(|p| p.gpus.iter().map(|g| g.uuid.clone()))
+                .collect();
+            let Some(entry) = pods.get_mut(uid) else {
+                return Claim::Done;
+            };
+            if entry.stopping {
+                return Claim::Done;
+            }
+            match crate::gpu::alloc::pick(healthy, &held, want) {
+                Ok(picked) => {
+                    info!(pod = %entry.key.name, gpus = ?picked.iter().map(|g| &g.uuid).collect::<Vec<_>>(), "GPUs allocated");
+                    entry.gpus = picked;
+                    allocated = true;
+                    Claim::Done
+                }
+                Err(why) => Claim::Short(why),
+            }
+        };
+        self.inner.gpus.allocate(claim).await?;
+        if allocated {
+            self.save_runs(uid);
+            self.inner.changed.notify_one();
+        }
+        Ok(())
     }
 }
 

@@ -1,10 +1,15 @@
-//! Stopping a pod (SIGTERM, the grace period, SIGKILL) and removing it.
+//! Stopping a pod (SIGTERM, the grace period, SIGKILL) and removing it; the
+//! pods stopped because the host is cut off from the control plane or is going
+//! away (an interruption notice, after the checkpoint handshake of `interrupt`).
 
 use std::time::Duration;
 
 use orca_proto::types::v1 as pb;
 use tracing::{info, warn};
 
+use orca_proto::controlplane::v1::Notice;
+
+use super::interrupt::{self, Handshake};
 use super::{PodError, PodManager};
 use crate::runtime::{RuntimeError, TaskStatus};
 use crate::status::ContainerState;
@@ -106,7 +111,7 @@ impl PodManager {
             match ctrd.observe(id).await? {
                 Some(o) if o.status != TaskStatus::Stopped => {
                     // The preStop hook runs first, within the grace period.
-                    let spent = self.pre_stop(id, spec, grace).await;
+                    let spent = self.inner.prober.pre_stop(id, spec, grace).await;
                     let grace = grace.saturating_sub(spent);
                     ctrd.kill(id, SIGTERM).await?;
                     if tokio::time::timeout(grace, ctrd.wait(id)).await.is_err() {
@@ -150,7 +155,7 @@ impl PodManager {
                 ctrd.delete_container(id).await?;
             }
             let dir = self.pod_dir(&key);
-            self.stop_sandbox(&dir);
+            super::sandbox::Sandbox { dir: &dir }.stop();
             if let Err(e) = crate::volumes::cleanup(&dir) {
                 warn!(pod = %key.name, error = %e, "volumes not cleaned up");
             }
@@ -164,5 +169,61 @@ impl PodManager {
         }
         self.inner.changed.notify_one();
         Ok(report)
+    }
+
+    /// Starts the checkpoint handshake (see `interrupt`) for every unfinished
+    /// pod not already interrupted.
+    pub fn interrupt(&self, notice: &Notice, pause: Duration) {
+        let uids: Vec<String> = {
+            let mut pods = self.pods();
+            pods.values_mut()
+                .filter(|p| !p.interrupted && !p.stopping && !p.ended())
+                .map(|p| {
+                    p.interrupted = true;
+                    p.key.uid.clone()
+                })
+                .collect()
+        };
+        for uid in uids {
+            let this = self.clone();
+            let notice = notice.clone();
+            tokio::spawn(async move { this.handshake(uid, notice, pause).await });
+        }
+    }
+
+    async fn handshake(&self, uid: String, notice: Notice, pause: Duration) {
+        let Some((handshake, grace)) = self.pods().get(&uid).map(|p| {
+            let grace = p
+                .spec
+                .termination_grace_period_seconds
+                .map(|s| Duration::from_secs(s.max(0) as u64));
+            (Handshake::of(self.pod_dir(&p.key), p), grace)
+        }) else {
+            return;
+        };
+        match handshake.run(&notice, pause).await {
+            Ok(Some(location)) => self.update(&uid, |p| p.checkpoint = location),
+            Ok(None) => {}
+            Err(e) => {
+                warn!(uid, error = %e, "no /run/orca directory; stopping without a notice")
+            }
+        }
+        self.interrupted_stop(&uid, &notice, grace).await;
+    }
+
+    /// Fails the pod for the notice and stops it within what is left before
+    /// the deadline.
+    async fn interrupted_stop(&self, uid: &str, notice: &Notice, grace: Option<Duration>) {
+        let left = interrupt::time_left(notice);
+        self.update(uid, |p| {
+            if p.failure.is_none() {
+                p.failure = Some(interrupt::failure(notice, left));
+            }
+        });
+        self.save_runs(uid);
+        let grace = grace.unwrap_or(Duration::from_secs(30)).min(left);
+        if let Err(e) = self.stop(uid, Some(grace), false).await {
+            warn!(uid, error = %e, "interrupted pod not stopped");
+        }
     }
 }

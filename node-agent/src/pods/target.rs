@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::{ContainerEntry, PodEntry, PodError, PodKey, PodManager};
+use super::{ContainerEntry, PodEntry, PodError, PodKey};
 use crate::status::ContainerState;
 
 /// One run of a container: what logs, exec and attach work on.
@@ -61,7 +61,7 @@ pub struct LivePod {
     pub running: Vec<LiveRun>,
 }
 
-fn live(p: &PodEntry) -> LivePod {
+pub(super) fn live(p: &PodEntry) -> LivePod {
     let running = p
         .containers
         .iter()
@@ -90,130 +90,90 @@ fn describe(state: &ContainerState) -> String {
     }
 }
 
-impl PodManager {
-    /// The current run of container `container` of pod `uid` (or the previous run),
-    /// where an empty name means the pod's only app container.
-    ///
-    /// Errors: no such pod or container; no name given for a pod with several app
-    /// containers; `previous` of a container that has not restarted.
-    pub fn target(
-        &self,
-        uid: &str,
-        container: &str,
-        previous: bool,
-    ) -> Result<RunTarget, PodError> {
-        let pods = self.pods();
-        let p = pods
-            .get(uid)
-            .ok_or_else(|| PodError::NotFound { uid: uid.into() })?;
-        let apps: Vec<&ContainerEntry> = p.containers.iter().filter(|c| !c.init).collect();
-        let c = match (container, apps.as_slice()) {
-            ("", [only]) => *only,
-            ("", _) => {
-                let names: Vec<&str> = apps.iter().map(|c| c.name.as_str()).collect();
-                return Err(PodError::Invalid {
-                    reason: format!(
-                        "a container name must be specified for pod {}, choose one of: [{}]",
-                        p.key.name,
-                        names.join(" ")
-                    ),
-                });
-            }
-            (name, _) => p
-                .containers
-                .iter()
-                .find(|c| c.name == name)
-                .ok_or_else(|| PodError::NoContainer {
-                    uid: uid.into(),
-                    container: name.into(),
-                })?,
-        };
-        let (run, state) = if previous {
-            match (c.restart_count.checked_sub(1), &c.last_state) {
-                (Some(run), Some(state)) => (run, state.clone()),
-                _ => {
-                    return Err(PodError::NotRunning(format!(
-                        "previous terminated container {:?} in pod {} not found",
-                        c.name, p.key.name
-                    )));
-                }
-            }
-        } else {
-            (c.restart_count, c.state.clone())
-        };
-        Ok(RunTarget {
-            uid: uid.into(),
-            pod: p.key.name.clone(),
-            container: c.name.clone(),
-            id: c.id.clone(),
-            run,
-            log: self.log_path(&p.key, &c.name, run),
-            state,
-        })
-    }
-
-    /// Every pod with its running containers (possibly none).
-    pub fn live(&self) -> Vec<LivePod> {
-        self.pods().values().map(live).collect()
-    }
-
-    /// Pod `uid` with its running containers; fails when no container of it runs.
-    pub fn live_pod(&self, uid: &str) -> Result<LivePod, PodError> {
-        let pod = self
-            .pods()
-            .get(uid)
-            .map(live)
-            .ok_or_else(|| PodError::NotFound { uid: uid.into() })?;
-        if pod.running.is_empty() {
-            return Err(PodError::NotRunning(format!(
-                "pod {} has no running container",
-                pod.key.name
-            )));
+/// The current run of container `container` of pod `p` (or the previous run),
+/// where an empty name means the pod's only app container; `log` names a
+/// run's log file.
+pub(super) fn choose(
+    p: &PodEntry,
+    uid: &str,
+    container: &str,
+    previous: bool,
+    log: impl FnOnce(&PodKey, &str, u32) -> PathBuf,
+) -> Result<RunTarget, PodError> {
+    let apps: Vec<&ContainerEntry> = p.containers.iter().filter(|c| !c.init).collect();
+    let c = match (container, apps.as_slice()) {
+        ("", [only]) => *only,
+        ("", _) => {
+            let names: Vec<&str> = apps.iter().map(|c| c.name.as_str()).collect();
+            return Err(PodError::Invalid {
+                reason: format!(
+                    "a container name must be specified for pod {}, choose one of: [{}]",
+                    p.key.name,
+                    names.join(" ")
+                ),
+            });
         }
-        Ok(pod)
-    }
-
-    /// Whether `target`'s run is over: the pod is gone, the container has started
-    /// another run, or its task is no longer running.
-    pub fn run_ended(&self, target: &RunTarget) -> bool {
-        self.run_exit(target).is_some()
-    }
-
-    /// How `target`'s run ended: `Some(exit code)` once it is over (`None` inside
-    /// when the code is unknown: the pod is gone, or the task vanished); `None`
-    /// while it runs.
-    pub fn run_exit(&self, target: &RunTarget) -> Option<Option<i32>> {
-        let pods = self.pods();
-        let Some(c) = pods
-            .get(&target.uid)
-            .and_then(|p| p.containers.iter().find(|c| c.name == target.container))
-        else {
-            return Some(None);
-        };
-        let state = if c.restart_count == target.run {
-            &c.state
-        } else if c.restart_count == target.run + 1 {
-            match &c.last_state {
-                Some(s) => s,
-                None => return Some(None),
+        (name, _) => p
+            .containers
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| PodError::NoContainer {
+                uid: uid.into(),
+                container: name.into(),
+            })?,
+    };
+    let (run, state) = if previous {
+        match (c.restart_count.checked_sub(1), &c.last_state) {
+            (Some(run), Some(state)) => (run, state.clone()),
+            _ => {
+                return Err(PodError::NotRunning(format!(
+                    "previous terminated container {:?} in pod {} not found",
+                    c.name, p.key.name
+                )));
             }
-        } else {
-            return Some(None);
-        };
-        match state {
-            ContainerState::Running { .. } => None,
-            ContainerState::Terminated { exit_code, .. } => Some(Some(*exit_code)),
-            // Waiting with this run's number: a crashed run backing off before its
-            // restart (over; its exit is in `last_state`), or the very first run
-            // being created (not begun, so not over).
-            ContainerState::Waiting { .. } if c.restart_count == target.run => {
-                match &c.last_state {
-                    Some(ContainerState::Terminated { exit_code, .. }) => Some(Some(*exit_code)),
-                    Some(_) => Some(None),
-                    None => None,
-                }
-            }
-            ContainerState::Waiting { .. } => Some(None),
         }
+    } else {
+        (c.restart_count, c.state.clone())
+    };
+    Ok(RunTarget {
+        uid: uid.into(),
+        pod: p.key.name.clone(),
+        container: c.name.clone(),
+        id: c.id.clone(),
+        run,
+        log: log(&p.key, &c.name, run),
+        state,
+    })
+}
+
+/// Whether the run `target` names is over, and its exit code when known:
+/// `None` while it runs (or has not begun), `Some(None)` when it is over with
+/// no exit to show (the container is gone, or the run was replaced).
+pub(super) fn run_exit(c: Option<&ContainerEntry>, target: &RunTarget) -> Option<Option<i32>> {
+    let Some(c) = c else {
+        return Some(None);
+    };
+    let state = if c.restart_count == target.run {
+        &c.state
+    } else if c.restart_count == target.run + 1 {
+        match &c.last_state {
+            Some(s) => s,
+            None => return Some(None),
+        }
+    } else {
+        return Some(None);
+    };
+    match state {
+        ContainerState::Running { .. } => None,
+        ContainerState::Terminated { exit_code, .. } => Some(Some(*exit_code)),
+        // Waiting with this run's number: a crashed run backing off before its
+        // restart (over; its exit is in `last_state`), or the very first run
+        // being created (not begun, so not over).
+        ContainerState::Waiting { .. } if c.restart_count == target.run => match &c.last_state {
+            Some(ContainerState::Terminated { exit_code, .. }) => Some(Some(*exit_code)),
+            Some(_) => Some(None),
+            None => None,
+        },
+        ContainerState::Waiting { .. } => Some(None),
     }
 }

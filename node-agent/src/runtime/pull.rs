@@ -42,6 +42,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::info;
 
 use super::{Containerd, RuntimeError, SNAPSHOTTER, op};
+use oci_spec::image::ImageConfiguration;
+
 use crate::spec::{ImageConfig, PullPolicy};
 
 const MANIFEST_TYPES: &[&str] = &[
@@ -55,7 +57,7 @@ const MANIFEST_TYPES: &[&str] = &[
 const WRITE_CHUNK: usize = 1 << 20;
 
 /// An image present in containerd, ready for containers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageInfo {
     /// containerd's image name, the fully qualified reference (`docker.io/library/x:tag`).
     pub name: String,
@@ -173,7 +175,9 @@ impl Puller {
             .unwrap_or_default()
             .to_owned();
         let raw_config = self.read(&config_digest).await?;
-        let (config, chain_id) = parse_config(name, &raw_config)?;
+        let ParsedConfig {
+            config, chain_id, ..
+        } = parse_config(name, &raw_config)?;
         // The image record can outlive its snapshots (removed by hand): then it is not usable.
         if !self.snapshot_exists(&chain_id).await? {
             return Ok(None);
@@ -261,8 +265,11 @@ impl Puller {
                 .pull_blob(reference, &config_desc, &mut config_raw)
                 .await
                 .map_err(pull_err)?;
-            let (config, chain_id) = parse_config(image, &config_raw)?;
-            let diff_ids = diff_ids(&config_raw);
+            let ParsedConfig {
+                config,
+                diff_ids,
+                chain_id,
+            } = parse_config(image, &config_raw)?;
             if diff_ids.len() != layers.len() {
                 return Err(bad(format!(
                     "{} layers but {} diff ids",
@@ -667,38 +674,38 @@ fn descriptor(v: &Value) -> Option<OciDescriptor> {
     })
 }
 
-fn diff_ids(config: &[u8]) -> Vec<String> {
-    serde_json::from_slice::<Value>(config)
-        .ok()
-        .and_then(|v| {
-            v["rootfs"]["diff_ids"].as_array().map(|a| {
-                a.iter()
-                    .filter_map(|d| d.as_str().map(str::to_owned))
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
+/// An image config as pulled: the process defaults, the layers' diff ids and
+/// the top layer's chain id.
+struct ParsedConfig {
+    config: ImageConfig,
+    diff_ids: Vec<String>,
+    chain_id: String,
 }
 
-/// The process defaults and top chain id of an image config.
-fn parse_config(reference: &str, raw: &[u8]) -> Result<(ImageConfig, String), RuntimeError> {
-    let config = ImageConfig::from_json(raw).map_err(|e| RuntimeError::BadImage {
+/// Reads an image config with the image spec's own type.
+fn parse_config(reference: &str, raw: &[u8]) -> Result<ParsedConfig, RuntimeError> {
+    let oci = ImageConfiguration::from_reader(raw).map_err(|e| RuntimeError::BadImage {
         reference: reference.to_owned(),
         reason: format!("config: {e}"),
     })?;
-    let chain = diff_ids(raw)
+    let diff_ids = oci.rootfs().diff_ids().clone();
+    let chain_id = diff_ids
         .iter()
         .fold(String::new(), |parent, d| chain_id(&parent, d));
-    if chain.is_empty() {
+    if chain_id.is_empty() {
         return Err(RuntimeError::BadImage {
             reference: reference.to_owned(),
             reason: "image has no layers".into(),
         });
     }
-    Ok((config, chain))
+    Ok(ParsedConfig {
+        config: ImageConfig::from_oci(&oci),
+        diff_ids,
+        chain_id,
+    })
 }
 
-/// The OCI chain id: the first layer's diff id, then `sha256(parent + " " + diff_id)`.
+/// The chain id of a layer over `parent` (the image spec's ChainID).
 pub fn chain_id(parent: &str, diff_id: &str) -> String {
     if parent.is_empty() {
         return diff_id.to_owned();

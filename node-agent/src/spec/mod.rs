@@ -93,7 +93,8 @@ pub enum SpecError {
     },
 }
 
-/// The parts of an OCI image config that shape the process.
+/// The parts of an OCI image config that shape the process, read from the
+/// image spec's [`ImageConfiguration`](oci_spec::image::ImageConfiguration).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImageConfig {
     /// `Env`, `KEY=value` entries.
@@ -104,28 +105,26 @@ pub struct ImageConfig {
     pub cmd: Vec<String>,
     /// `WorkingDir`.
     pub working_dir: String,
+    /// `User` (`user`, `uid`, `user:group`, `uid:gid`; empty when unset).
+    /// Carried to [`runtime_spec`] but not honoured yet: a container runs as its
+    /// securityContext says, or as root (honouring the image's user is a later
+    /// issue).
+    pub user: String,
 }
 
 impl ImageConfig {
-    /// Reads the `config` object of an OCI image config JSON document.
-    pub fn from_json(raw: &[u8]) -> Result<Self, serde_json::Error> {
-        let doc: Value = serde_json::from_slice(raw)?;
-        let config = &doc["config"];
-        let strings = |v: &Value| -> Vec<String> {
-            v.as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default()
+    /// The process defaults of a parsed image config.
+    pub fn from_oci(image: &oci_spec::image::ImageConfiguration) -> Self {
+        let Some(config) = image.config() else {
+            return Self::default();
         };
-        Ok(Self {
-            env: strings(&config["Env"]),
-            entrypoint: strings(&config["Entrypoint"]),
-            cmd: strings(&config["Cmd"]),
-            working_dir: config["WorkingDir"].as_str().unwrap_or_default().to_owned(),
-        })
+        Self {
+            env: config.env().clone().unwrap_or_default(),
+            entrypoint: config.entrypoint().clone().unwrap_or_default(),
+            cmd: config.cmd().clone().unwrap_or_default(),
+            working_dir: config.working_dir().clone().unwrap_or_default(),
+            user: config.user().clone().unwrap_or_default(),
+        }
     }
 }
 
@@ -425,6 +424,9 @@ pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Value, SpecError> {
         .unwrap_or_else(|| "/".to_owned());
     let sc = c.security_context.as_ref();
     let pod_sc = input.pod.security_context.as_ref();
+    // The image's `User` (`input.image.user`) is not honoured yet: without a
+    // runAsUser the process runs as root, as it always has (a later issue reads
+    // the image's /etc/passwd and /etc/group for it).
     let uid = sc
         .and_then(|s| s.run_as_user)
         .or(pod_sc.and_then(|s| s.run_as_user))
@@ -595,6 +597,7 @@ mod tests {
             entrypoint: vec!["/entry".into()],
             cmd: vec!["default".into()],
             working_dir: "/work".into(),
+            user: String::new(),
         }
     }
 
@@ -830,10 +833,42 @@ mod tests {
 
     #[test]
     fn image_config_reads_the_oci_config_object() {
-        let raw = br#"{"architecture":"amd64","config":{"Env":["PATH=/bin"],"Cmd":["/bin/sh"],"WorkingDir":"/"}}"#;
-        let cfg = ImageConfig::from_json(raw).unwrap();
+        let raw = br#"{"architecture":"amd64","os":"linux","config":{"User":"nobody:nogroup","Env":["PATH=/bin"],"Cmd":["/bin/sh"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let oci = oci_spec::image::ImageConfiguration::from_reader(&raw[..]).unwrap();
+        let cfg = ImageConfig::from_oci(&oci);
         assert_eq!(cfg.cmd, ["/bin/sh"]);
         assert!(cfg.entrypoint.is_empty());
         assert_eq!(cfg.working_dir, "/");
+        assert_eq!(cfg.user, "nobody:nogroup", "kept, though not honoured yet");
+    }
+
+    #[test]
+    fn the_images_user_is_not_honoured_yet() {
+        let oci = image();
+        let image = ImageConfig {
+            user: "1234:1234".into(),
+            ..oci
+        };
+        let c = container("main");
+        let pod = PodSpec {
+            containers: vec![c.clone()],
+            ..Default::default()
+        };
+        let spec = runtime_spec(&SpecInput {
+            container: &c,
+            pod: &pod,
+            image: &image,
+            hostname: "web",
+            namespace: "orca",
+            container_id: "abc-main",
+            shared: &PodNamespaces::default(),
+            mounts: &[],
+            host_devices: &[],
+            host_capabilities: &[],
+            pids_limit: None,
+        })
+        .unwrap();
+        assert_eq!(spec["process"]["user"]["uid"], 0);
+        assert_eq!(spec["process"]["user"]["gid"], 0);
     }
 }
