@@ -15,7 +15,7 @@ use tonic::transport::Channel;
 use crate::cloud::{InstanceProvider, ProviderError};
 use crate::config::Config;
 use crate::pki::Pki;
-use crate::store::{Store, StoreError};
+use orca_store::{Store, StoreError};
 
 /// Errors of cluster operations; the API maps them to gRPC codes in one place.
 #[derive(Debug, thiserror::Error)]

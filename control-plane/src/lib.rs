@@ -88,7 +88,6 @@ pub mod registry;
 pub mod reservation_ends;
 pub mod scheduler;
 pub mod services;
-pub mod store;
 pub mod streams;
 pub mod telemetry;
 pub mod tls_identity;
@@ -119,7 +118,7 @@ const SERVICES: &[&str] = &[
 pub enum ServeError {
     /// The store could not be opened or flushed.
     #[error(transparent)]
-    Store(#[from] store::StoreError),
+    Store(#[from] orca_store::StoreError),
     /// The CA could not be loaded or a certificate issued.
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
@@ -190,7 +189,7 @@ pub async fn serve(
     std::fs::create_dir_all(&data).map_err(data_dir_error(&data))?;
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
         .map_err(data_dir_error(&data))?;
-    let store = store::Store::open(&data.join("store"))?;
+    let store = orca_store::Store::open(&data.join("store"))?;
     let (pki, created) = pki::Pki::load_or_create(&store.pki)?;
     store.flush().await?;
     let listen = listener.local_addr().map_err(data_dir_error(&data))?;

@@ -24,7 +24,7 @@ use rcgen::{
 };
 use sha2::Digest as _;
 
-use crate::store::{StoreError, Table};
+use orca_store::{StoreError, Table};
 
 pub use orca_proto::tls::{CONTROL_PLANE_CN, node_cn, node_of};
 /// Lifetime of the CA.
@@ -201,7 +201,7 @@ mod tests {
     #[test]
     fn the_ca_persists_and_signs_node_csrs() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(dir.path()).unwrap();
+        let store = orca_store::Store::open(dir.path()).unwrap();
         let (pki, created) = Pki::load_or_create(&store.pki).unwrap();
         let token = created
             .expect("first start creates the admin token")

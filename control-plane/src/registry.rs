@@ -14,7 +14,7 @@ use crate::cloud::LaunchRequest;
 use crate::cluster::{Cluster, ClusterError, now};
 use crate::pki;
 use crate::pods::Applied;
-use crate::store::JoinToken;
+use orca_store::JoinToken;
 
 /// Key prefix of used join tokens in the tokens table.
 pub const USED_PREFIX: &str = "used:";

@@ -390,7 +390,7 @@ fn cluster_over(a: &TestAgent, uid: &str, dir: &std::path::Path) -> Cluster {
         panic!("a local provider");
     };
     let provider = orca_control_plane::cloud::local::LocalProvider::new(local, dir.join("hosts"));
-    let store = orca_control_plane::store::Store::open(&dir.join("store")).expect("store");
+    let store = orca_store::Store::open(&dir.join("store")).expect("store");
     let (pki, _) = orca_control_plane::pki::Pki::load_or_create(&store.pki).expect("pki");
     let node = cp::Node {
         name: NODE.into(),

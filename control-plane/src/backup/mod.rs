@@ -12,7 +12,7 @@
 //!
 //! # Design
 //! - **Backup** (AdminService `Backup`, `orca backup FILE`): [`create`] copies
-//!   the store with [`Store::snapshot`](crate::store::Store::snapshot) — the
+//!   the store with [`Store::snapshot`](orca_store::Store::snapshot) — the
 //!   store as it stood at one instant between writes (see there) — reads
 //!   `admin.yaml`, and writes a gzip'd tar in memory ([`archive`]), which the
 //!   server streams in [`CHUNK_BYTES`] pieces. The CA files in the archive are
@@ -41,8 +41,8 @@ pub mod restore;
 
 use std::path::{Path, PathBuf};
 
-use crate::store::{Store, StoreError};
 pub use archive::{ArchiveError, Backup, Contents, Manifest};
+use orca_store::{Store, StoreError};
 
 /// Size of the pieces the Backup RPC streams (well under gRPC's default
 /// 4 MiB message limit).

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use super::archive::{self, ArchiveError, Backup};
 use super::{ADMIN_CREDENTIALS_FILE, CA_FILE, STORE_DIR};
 use crate::pki::{Pki, PkiError};
-use crate::store::{Store, StoreError};
+use orca_store::{Store, StoreError};
 
 /// Entries of a data directory that do not make it non-empty (and stay).
 const IGNORED: &[&str] = &["lost+found"];

@@ -32,7 +32,7 @@ pub use orca::Inputs;
 pub use server::serve;
 
 use crate::cluster::{Cluster, age};
-use crate::store::StoreError;
+use orca_store::StoreError;
 
 /// File in the data directory holding the endpoint's bound address
 /// (`127.0.0.1:9400`, one line), written once it is bound and removed when it

@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 
 use super::Exporter;
 use super::exposition::CONTENT_TYPE;
-use crate::store::StoreError;
+use orca_store::StoreError;
 
 /// Time a client has to send a request's headers: a scraper sends them at
 /// once, and a connection that does not is not kept.

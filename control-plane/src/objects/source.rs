@@ -13,7 +13,7 @@ use super::Kind;
 use super::sealing::Sealer;
 use crate::cluster::{PodResolver, Resolved};
 use crate::references::ObjectSource;
-use crate::store::Store;
+use orca_store::Store;
 
 /// ConfigMaps and Secrets from the store.
 pub struct StoreObjects {

@@ -189,8 +189,7 @@ impl Cluster {
                 upstream,
             ))
         });
-        let mut wakeups =
-            crate::store::Wakeups::new(self.store(), self.config().reconcile_interval);
+        let mut wakeups = orca_store::Wakeups::new(self.store(), self.config().reconcile_interval);
         loop {
             if let Err(e) = self.sync_services(&services).await {
                 warn!(error = %e, "services: sync failed; retrying");

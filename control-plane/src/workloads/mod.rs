@@ -195,8 +195,7 @@ impl Cluster {
     /// Runs the Deployment and ReplicaSet controllers until `stop` resolves.
     pub async fn run_workloads(&self, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
-        let mut wakeups =
-            crate::store::Wakeups::new(self.store(), self.config().reconcile_interval);
+        let mut wakeups = orca_store::Wakeups::new(self.store(), self.config().reconcile_interval);
         let memory = Memory::default();
         loop {
             if let Err(e) = self.reconcile_workloads(&memory).await {

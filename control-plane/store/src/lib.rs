@@ -309,7 +309,7 @@ pub struct Store {
     /// Join tokens by token.
     pub tokens: Table<JoinToken>,
     /// The CA (key `ca`).
-    pub pki: Table<crate::pki::CaRecord>,
+    pub pki: Table<orca_model::records::CaRecord>,
     /// PersistentVolumeClaims by `namespace/name`.
     pub claims: Table<pb::Claim>,
     /// What pods in budgets cost, by `budget/uid`.
@@ -317,8 +317,8 @@ pub struct Store {
     /// Standalone-mode objects (Namespaces, ResourceQuotas, LimitRanges) by
     /// `Kind/namespace/name`.
     pub objects: Table<pb::StoredObject>,
-    /// Named API tokens by the hex SHA-256 of their text ([`crate::auth`]).
-    pub api_tokens: Table<crate::auth::ApiToken>,
+    /// Named API tokens by the hex SHA-256 of their text (the control plane's `auth`).
+    pub api_tokens: Table<orca_model::records::ApiToken>,
 }
 
 impl Store {
