@@ -34,12 +34,9 @@ impl Drop for NodePorts {
 }
 
 async fn forward(listener: TcpListener, target: SocketAddr) {
+    let mut listener = orca_proto::accept::Acceptor::new(listener, "node port");
     loop {
-        let Ok((mut client, _)) = listener.accept().await else {
-            // Out of descriptors, say: do not spin.
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
-        };
+        let (mut client, _) = listener.next().await;
         tokio::spawn(async move {
             if let Ok(mut upstream) = TcpStream::connect(target).await {
                 let _ = client.set_nodelay(true);

@@ -11,7 +11,8 @@
 //! - [`types::v1`]: pods and the statuses agents observe, shared by both.
 //!
 //! Besides the generated code, it holds what every ORCA process needs at the
-//! transport edge: [`serving`] (reflection, health), [`tls`] (mutual TLS),
+//! transport edge: [`serving`] (reflection, health), [`accept`] (the accept
+//! loop and TLS handshake timeout of every listener), [`tls`] (mutual TLS),
 //! [`boot`] (the user data an instance boots from), [`credentials`] (the
 //! `orca` CLI's credentials file, which the control plane writes) and [`process`]. Domain
 //! types and decisions live in `orca-model` and the crates that own them.
@@ -103,27 +104,14 @@ pub mod serving {
     }
 }
 
-/// The connections a daemon accepts on its listener, with `TCP_NODELAY` set:
-/// tonic sets it only on listeners it binds itself, and without it small gRPC
-/// messages wait out the peer's delayed ACK (40 ms a call on Linux).
-#[cfg(feature = "grpc")]
-pub fn incoming(
-    listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt as _;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
-        conn.set_nodelay(true)?;
-        Ok(conn)
-    })
-}
-
 /// The reason of a pod its agent stopped because the host was cut off from
 /// the control plane for its `stop_pods_after` (HeartbeatResponse) and the pod
 /// may be replaced without a fence (`orca.research/on-node-lost: replace`): the
 /// control plane may already be replacing it elsewhere, so it must not run on.
 pub const NODE_CUT_OFF: &str = "NodeCutOff";
 
+#[cfg(feature = "grpc")]
+pub mod accept;
 pub mod boot;
 #[cfg(feature = "grpc")]
 pub mod credentials;

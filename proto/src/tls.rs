@@ -47,8 +47,7 @@ pub fn node_of(common_name: &str) -> Option<&str> {
     common_name.strip_prefix("orca:node:")
 }
 
-/// How long a client gets to finish its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::accept::HANDSHAKE_TIMEOUT;
 
 /// Errors building TLS configurations or channels.
 #[derive(Debug, thiserror::Error)]
@@ -325,34 +324,22 @@ pub fn incoming(
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     for listener in listeners {
+        let mut listener = crate::accept::Acceptor::new(listener, "gRPC");
         let tx = tx.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             loop {
                 let (tcp, addr) = tokio::select! {
                     _ = tx.closed() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
+                    accepted = listener.next() => accepted,
                 };
-                let _ = tcp.set_nodelay(true);
                 let tx = tx.clone();
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
-                    let stream = match handshake.await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%addr, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%addr, "TLS handshake timed out");
+                    let stream = match crate::accept::handshake(&acceptor, tcp).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::debug!(%addr, error = %e, "gRPC connection refused");
                             return;
                         }
                     };

@@ -78,15 +78,10 @@ pub async fn serve(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let exporter = Arc::new(exporter);
+    let mut listener = orca_proto::accept::Acceptor::new(listener, "metrics endpoint");
     loop {
         let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "metrics endpoint: accept failed");
-                    continue;
-                }
-            },
+            accepted = listener.next() => accepted,
             _ = stop.wait_for(|s| *s) => return,
         };
         let exporter = exporter.clone();

@@ -180,12 +180,9 @@ impl Balancer {
 
     /// Serves `listener` until the task is aborted.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let mut listener = orca_proto::accept::Acceptor::new(listener, "service proxy");
         loop {
-            let Ok((client, peer)) = listener.accept().await else {
-                // Out of descriptors, say: do not spin the proxies' thread.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
+            let (client, peer) = listener.next().await;
             let this = self.clone();
             tokio::spawn(async move { this.forward(client, peer).await });
         }

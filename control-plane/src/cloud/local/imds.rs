@@ -91,14 +91,9 @@ pub(super) fn endpoint(addr: SocketAddr, node: &str) -> String {
 
 async fn serve(listener: TcpListener, hosts_dir: PathBuf) {
     let tokens: Arc<Mutex<VecDeque<String>>> = Arc::default();
+    let mut listener = orca_proto::accept::Acceptor::new(listener, "metadata service");
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                warn!(error = %e, "metadata service: accept failed");
-                continue;
-            }
-        };
+        let (tcp, peer) = listener.next().await;
         let hosts_dir = hosts_dir.clone();
         let tokens = tokens.clone();
         tokio::spawn(async move {

@@ -21,7 +21,7 @@ use k8s_openapi::api::authorization::v1::{
 };
 use orca_proto::agent::v1 as agent;
 use tokio::net::TcpListener;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::{exec, query};
 use crate::cluster::{Cluster, ClusterError};
@@ -280,25 +280,19 @@ pub async fn serve(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     info!(listen = ?listener.local_addr().ok(), "kubelet API serving (HTTPS)");
+    let mut listener = orca_proto::accept::Acceptor::new(listener, "kubelet API");
     loop {
         let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "kubelet API accept failed");
-                    continue;
-                }
-            },
+            accepted = listener.next() => accepted,
             _ = stop.wait_for(|s| *s) => return,
         };
-        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let kubelet = kubelet.clone();
         tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
+            let tls = match orca_proto::accept::handshake(&acceptor, tcp).await {
                 Ok(t) => t,
                 Err(e) => {
-                    debug!(%peer, error = %e, "kubelet API TLS handshake refused");
+                    debug!(%peer, error = %e, "kubelet API connection refused");
                     return;
                 }
             };
