@@ -2,7 +2,10 @@
 //! once per family, then its samples, each line ending in `\n`. Label values
 //! escape `\`, `"` and newlines; HELP text escapes `\` and newlines. A family
 //! without samples is left out, as Prometheus's client libraries do (strict
-//! parsers refuse a TYPE line without samples).
+//! parsers refuse a TYPE line without samples). A sample may carry a
+//! timestamp (milliseconds since the epoch), as the kubelet's
+//! `/metrics/resource` does. The one writer of the format in ORCA: the
+//! metrics endpoint and the kubelet API both use it.
 
 use std::fmt::Write as _;
 
@@ -93,6 +96,15 @@ pub struct Family<'a> {
 impl Family<'_> {
     /// A sample with `labels` (names are valid label names), in this order.
     pub fn sample(&mut self, labels: &[(&str, &str)], value: Value) {
+        self.write(labels, value, None);
+    }
+
+    /// A sample with a timestamp, milliseconds since the epoch.
+    pub fn sample_at(&mut self, labels: &[(&str, &str)], value: Value, at_ms: i64) {
+        self.write(labels, value, Some(at_ms));
+    }
+
+    fn write(&mut self, labels: &[(&str, &str)], value: Value, at_ms: Option<i64>) {
         let out = &mut self.out.out;
         if !self.started {
             self.started = true;
@@ -119,6 +131,9 @@ impl Family<'_> {
         }
         out.push(' ');
         value.write(out);
+        if let Some(at) = at_ms {
+            let _ = write!(out, " {at}");
+        }
         out.push('\n');
     }
 }

@@ -4,7 +4,6 @@
 //! hosts ORCA runs its pods on.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 use tracing::debug;
@@ -118,141 +117,93 @@ pub async fn collect(cluster: &Cluster) -> (NodeSample, Vec<PodSample>) {
     (node, samples)
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 /// The Prometheus text exposition of `/metrics/resource`, with the kubelet's
 /// metric names, labels and sample timestamps (metrics-server needs them).
+/// Families without samples are left out (no pods: no container series).
 pub fn metrics_resource(node: &NodeSample, pods: &[PodSample]) -> String {
-    let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, lines: Vec<String>| {
-        let _ = writeln!(out, "# HELP {name} [STABLE] {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for l in lines {
-            out.push_str(&l);
-            out.push('\n');
-        }
-    };
-    let secs = |ns: u64| ns as f64 / 1e9;
-    let container = |p: &PodSample, c: &ContainerSample| {
-        format!(
-            "container=\"{}\",namespace=\"{}\",pod=\"{}\"",
-            escape(&c.name),
-            escape(&p.namespace),
-            escape(&p.name)
-        )
-    };
-    let pod = |p: &PodSample| {
-        format!(
-            "namespace=\"{}\",pod=\"{}\"",
-            escape(&p.namespace),
-            escape(&p.name)
-        )
-    };
-    let each = |f: &dyn Fn(&PodSample, &ContainerSample) -> Option<String>| -> Vec<String> {
+    use crate::metrics::exposition::{Exposition, Kind, Value as V};
+    let mut out = Exposition::default();
+    let secs = |ns: u64| V::Float(ns as f64 / 1e9);
+    let containers = || {
         pods.iter()
-            .flat_map(|p| p.containers.iter().filter_map(move |c| f(p, c)))
-            .collect()
+            .flat_map(|p| p.containers.iter().map(move |c| (p, c)))
     };
-    family(
+    let labels = |p: &PodSample, c: &ContainerSample| {
+        [
+            ("container", c.name.clone()),
+            ("namespace", p.namespace.clone()),
+            ("pod", p.name.clone()),
+        ]
+    };
+    fn refs<'a>(l: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+        l.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+    let mut f = out.family(
         "container_cpu_usage_seconds_total",
-        "counter",
-        "Cumulative cpu time consumed by the container in core-seconds",
-        each(&|p, c| {
-            Some(format!(
-                "container_cpu_usage_seconds_total{{{}}} {} {}",
-                container(p, c),
-                secs(c.cpu_core_ns),
-                c.at_ms
-            ))
-        }),
+        "[STABLE] Cumulative cpu time consumed by the container in core-seconds",
+        Kind::Counter,
     );
-    family(
+    for (p, c) in containers() {
+        f.sample_at(&refs(&labels(p, c)), secs(c.cpu_core_ns), c.at_ms);
+    }
+    let mut f = out.family(
         "container_memory_working_set_bytes",
-        "gauge",
-        "Current working set of the container in bytes",
-        each(&|p, c| {
-            Some(format!(
-                "container_memory_working_set_bytes{{{}}} {} {}",
-                container(p, c),
-                c.memory_working_set,
-                c.at_ms
-            ))
-        }),
+        "[STABLE] Current working set of the container in bytes",
+        Kind::Gauge,
     );
-    family(
+    for (p, c) in containers() {
+        f.sample_at(&refs(&labels(p, c)), V::Int(c.memory_working_set), c.at_ms);
+    }
+    let mut f = out.family(
         "container_start_time_seconds",
-        "gauge",
-        "Start time of the container since unix epoch in seconds",
-        each(&|p, c| {
-            c.start_time_s.map(|s| {
-                format!(
-                    "container_start_time_seconds{{{}}} {s} {}",
-                    container(p, c),
-                    c.at_ms
-                )
-            })
-        }),
+        "[STABLE] Start time of the container since unix epoch in seconds",
+        Kind::Gauge,
     );
-    family(
+    for (p, c) in containers() {
+        if let Some(s) = c.start_time_s {
+            f.sample_at(&refs(&labels(p, c)), V::Int(s.max(0) as u64), c.at_ms);
+        }
+    }
+    out.family(
         "node_cpu_usage_seconds_total",
-        "counter",
-        "Cumulative cpu time consumed by the node in core-seconds",
-        vec![format!(
-            "node_cpu_usage_seconds_total {} {}",
-            secs(node.cpu_core_ns),
-            node.at_ms
-        )],
-    );
-    family(
+        "[STABLE] Cumulative cpu time consumed by the node in core-seconds",
+        Kind::Counter,
+    )
+    .sample_at(&[], secs(node.cpu_core_ns), node.at_ms);
+    out.family(
         "node_memory_working_set_bytes",
-        "gauge",
-        "Current working set of the node in bytes",
-        vec![format!(
-            "node_memory_working_set_bytes {} {}",
-            node.memory_working_set, node.at_ms
-        )],
-    );
-    let pod_lines = |f: &dyn Fn(&PodSample) -> String| {
-        pods.iter()
-            .filter(|p| !p.containers.is_empty())
-            .map(f)
-            .collect::<Vec<_>>()
-    };
-    family(
+        "[STABLE] Current working set of the node in bytes",
+        Kind::Gauge,
+    )
+    .sample_at(&[], V::Int(node.memory_working_set), node.at_ms);
+    let running = || pods.iter().filter(|p| !p.containers.is_empty());
+    let pod_labels = |p: &PodSample| [("namespace", p.namespace.clone()), ("pod", p.name.clone())];
+    let at = |p: &PodSample| p.containers.iter().map(|c| c.at_ms).max().unwrap_or(0);
+    let mut f = out.family(
         "pod_cpu_usage_seconds_total",
-        "counter",
-        "Cumulative cpu time consumed by the pod in core-seconds",
-        pod_lines(&|p| {
-            let total: u64 = p.containers.iter().map(|c| c.cpu_core_ns).sum();
-            let at = p.containers.iter().map(|c| c.at_ms).max().unwrap_or(0);
-            format!(
-                "pod_cpu_usage_seconds_total{{{}}} {} {at}",
-                pod(p),
-                secs(total)
-            )
-        }),
+        "[STABLE] Cumulative cpu time consumed by the pod in core-seconds",
+        Kind::Counter,
     );
-    family(
+    for p in running() {
+        let total: u64 = p.containers.iter().map(|c| c.cpu_core_ns).sum();
+        f.sample_at(&refs(&pod_labels(p)), secs(total), at(p));
+    }
+    let mut f = out.family(
         "pod_memory_working_set_bytes",
-        "gauge",
-        "Current working set of the pod in bytes",
-        pod_lines(&|p| {
-            let total: u64 = p.containers.iter().map(|c| c.memory_working_set).sum();
-            let at = p.containers.iter().map(|c| c.at_ms).max().unwrap_or(0);
-            format!("pod_memory_working_set_bytes{{{}}} {total} {at}", pod(p))
-        }),
+        "[STABLE] Current working set of the pod in bytes",
+        Kind::Gauge,
     );
-    family(
+    for p in running() {
+        let total: u64 = p.containers.iter().map(|c| c.memory_working_set).sum();
+        f.sample_at(&refs(&pod_labels(p)), V::Int(total), at(p));
+    }
+    out.family(
         "scrape_error",
-        "gauge",
-        "1 if there was an error while getting container metrics, 0 otherwise",
-        vec!["scrape_error 0".into()],
-    );
-    out
+        "[STABLE] 1 if there was an error while getting container metrics, 0 otherwise",
+        Kind::Gauge,
+    )
+    .sample(&[], V::Int(0));
+    out.finish()
 }
 
 fn rfc3339_ms(ms: i64) -> Value {
@@ -333,6 +284,19 @@ mod tests {
         assert!(text.contains("node_cpu_usage_seconds_total 9 1790000100000\n"));
         assert!(text.contains("# TYPE container_cpu_usage_seconds_total counter\n"));
         assert!(text.contains("scrape_error 0\n"));
+    }
+
+    #[test]
+    fn families_without_samples_are_left_out() {
+        let (node, _) = sample();
+        let text = metrics_resource(&node, &[]);
+        assert!(!text.contains("container_"), "{text}");
+        assert!(!text.contains("pod_"), "{text}");
+        assert!(
+            text.contains("# TYPE node_cpu_usage_seconds_total counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("scrape_error 0\n"), "{text}");
     }
 
     #[test]
