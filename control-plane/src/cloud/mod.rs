@@ -38,6 +38,9 @@ pub enum ProviderError {
         node: String,
         /// Why.
         reason: String,
+        /// The cloud's error code, when the cloud refused the launch with one
+        /// (EC2's `InsufficientInstanceCapacity`, `VcpuLimitExceeded`, ...).
+        code: Option<String>,
         /// What it means for the next try.
         failure: LaunchFailure,
     },

@@ -61,10 +61,9 @@ impl LaunchCounters {
 pub fn failure_reason(e: &ProviderError) -> String {
     match e {
         ProviderError::Launch {
-            reason, failure, ..
-        } => error_code(reason)
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("{failure:?}")),
+            code: Some(code), ..
+        } => code.clone(),
+        ProviderError::Launch { failure, .. } => format!("{failure:?}"),
         ProviderError::Unplaceable { code, .. } => (*code).to_owned(),
         ProviderError::Api(_) => "Api".into(),
         ProviderError::Terminate { .. } => "Terminate".into(),
@@ -75,50 +74,43 @@ pub fn failure_reason(e: &ProviderError) -> String {
     }
 }
 
-/// The error code a launch failure's reason starts with, as the EC2 provider
-/// writes them (`InsufficientInstanceCapacity: ...`): an UpperCamelCase word
-/// (dots allowed, as in `Client.InternalError`) of at most 64 characters
-/// before `: `. Free text has no such prefix.
-fn error_code(reason: &str) -> Option<&str> {
-    let (code, _) = reason.split_once(": ")?;
-    let word = code.len() <= 64
-        && code.starts_with(|c: char| c.is_ascii_uppercase())
-        && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.');
-    word.then_some(code)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cloud::LaunchFailure;
     use crate::cloud::ec2::launch::LaunchError;
 
-    fn launch_error(reason: String, failure: LaunchFailure) -> ProviderError {
+    /// A failed launch as the EC2 provider reports `e`.
+    fn ec2_error(e: LaunchError, failure: LaunchFailure) -> ProviderError {
         ProviderError::Launch {
             node: "n".into(),
-            reason,
+            reason: e.to_string(),
+            code: e.code().map(str::to_owned),
             failure,
         }
     }
 
     #[test]
     fn reasons_are_ec2_codes_or_failure_classes() {
-        // The EC2 provider's reasons are its LaunchError's text.
-        let ec2 =
-            |code: &str| LaunchError::from_code(code, "no capacity in us-east-1a").to_string();
-        let capacity = launch_error(ec2("InsufficientInstanceCapacity"), LaunchFailure::Capacity);
+        let ec2 = |code: &str| LaunchError::from_code(code, "no capacity in us-east-1a");
+        let capacity = ec2_error(ec2("InsufficientInstanceCapacity"), LaunchFailure::Capacity);
         assert_eq!(failure_reason(&capacity), "InsufficientInstanceCapacity");
-        let limit = launch_error(ec2("VcpuLimitExceeded"), LaunchFailure::Limit);
+        let limit = ec2_error(ec2("VcpuLimitExceeded"), LaunchFailure::Limit);
         assert_eq!(failure_reason(&limit), "VcpuLimitExceeded");
-        let throttled = launch_error(
-            LaunchError::Throttled("slow down".into()).to_string(),
+        let refused = ec2_error(ec2("InvalidAMIID.NotFound"), LaunchFailure::Fatal);
+        assert_eq!(failure_reason(&refused), "InvalidAMIID.NotFound");
+        let throttled = ec2_error(
+            LaunchError::Throttled("Rate exceeded: slow down".into()),
             LaunchFailure::Throttled,
         );
         assert_eq!(failure_reason(&throttled), "Throttled");
-        let local = launch_error(
-            "cannot start orca-agent: No such file or directory (os error 2)".into(),
-            LaunchFailure::Fatal,
-        );
+        // Free text that looks like a code is not taken for one.
+        let local = ProviderError::Launch {
+            node: "n".into(),
+            reason: "NoSuchFile: cannot start orca-agent".into(),
+            code: None,
+            failure: LaunchFailure::Fatal,
+        };
         assert_eq!(failure_reason(&local), "Fatal");
         let unplaceable = ProviderError::Unplaceable {
             code: "NoInstanceType",

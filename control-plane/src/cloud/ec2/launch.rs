@@ -152,6 +152,17 @@ pub enum LaunchError {
 }
 
 impl LaunchError {
+    /// EC2's error code, where EC2 answered with one that ORCA keeps
+    /// (throttling and unanswered calls are classes, not codes).
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Capacity { code, .. } | Self::Limit { code, .. } | Self::Failed { code, .. } => {
+                Some(code)
+            }
+            Self::Throttled(_) | Self::Transient(_) => None,
+        }
+    }
+
     /// Classifies EC2's error `code`.
     pub fn from_code(code: &str, message: &str) -> Self {
         let (code, message) = (code.to_owned(), message.to_owned());

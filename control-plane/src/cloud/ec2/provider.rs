@@ -234,6 +234,7 @@ impl Ec2Provider {
         let pod = req.pod.as_ref().ok_or_else(|| ProviderError::Launch {
             node: req.node_name.clone(),
             reason: "the ec2 provider launches instances for pods only".into(),
+            code: None,
             failure: LaunchFailure::Fatal,
         })?;
         let a = &pod.annotations;
@@ -242,6 +243,7 @@ impl Ec2Provider {
             .map_err(|reason| ProviderError::Launch {
                 node: req.node_name.clone(),
                 reason,
+                code: None,
                 failure: LaunchFailure::Fatal,
             })?
             .map(|c| c.profile.clone());
@@ -400,6 +402,7 @@ impl InstanceProvider for Ec2Provider {
                     ProviderError::Launch {
                         node: req.node_name.clone(),
                         reason: e.to_string(),
+                        code: e.code().map(str::to_owned),
                         failure,
                     }
                 })?;

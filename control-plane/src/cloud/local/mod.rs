@@ -307,6 +307,7 @@ impl InstanceProvider for LocalProvider {
                     Err(ProviderError::Launch {
                         node: req.node_name.clone(),
                         reason,
+                        code: None,
                         failure: super::LaunchFailure::Fatal,
                     })
                 }
