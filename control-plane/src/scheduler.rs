@@ -13,12 +13,9 @@
 //! It wakes on every pod or node change and every reconcile interval, so a
 //! missed wake-up heals on the next tick.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 
-use k8s_openapi::api::core::v1::{PodSpec, Toleration};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use orca_model::quantity;
+use k8s_openapi::api::core::v1::PodSpec;
 use orca_proto::agent::v1 as agent;
 use orca_proto::controlplane::v1::{self as pb, NodeState};
 use orca_proto::types::v1::{PodPhase, Resources};
@@ -29,155 +26,13 @@ use crate::pods::{Applied, key, names, phase, uid};
 use crate::registry::NodeRequest;
 use orca_model::selection::annotations::RESUME_FROM;
 
-/// The extended resource name of NVIDIA GPUs.
-pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+pub use orca_model::fit::{
+    GPU_RESOURCE, free_share, holds_resources, port_clash, ports, requests, spec_of, sum_requests,
+    tolerates, unfit,
+};
+
 /// Label on nodes the autoscaler launched.
 pub const AUTOSCALED_LABEL: &str = "orca.research/autoscaled";
-
-fn amount(list: Option<&BTreeMap<String, Quantity>>, name: &str, millis: bool) -> Option<i64> {
-    list.and_then(|l| l.get(name))
-        .and_then(|q| quantity::parse(&q.0, millis))
-        // parse bounds every value by i64::MAX; create refuses those it cannot read.
-        .map(|v| i64::try_from(v).unwrap_or(i64::MAX))
-}
-
-/// What one container asks for: its requests, or its limits where it set no
-/// request (Kubernetes' defaulting).
-fn container_requests(c: &k8s_openapi::api::core::v1::Container) -> Resources {
-    let res = c.resources.as_ref();
-    let requests = res.and_then(|r| r.requests.as_ref());
-    let limits = res.and_then(|r| r.limits.as_ref());
-    let get = |name, millis| {
-        amount(requests, name, millis)
-            .or_else(|| amount(limits, name, millis))
-            .unwrap_or(0)
-    };
-    Resources {
-        cpu_millis: get("cpu", true),
-        memory_bytes: get("memory", false),
-        gpus: i32::try_from(get(GPU_RESOURCE, false)).unwrap_or(i32::MAX),
-        pods: 1,
-    }
-}
-
-/// What a pod asks for: the sum over its containers, or the largest init
-/// container if that is more (init containers run one at a time, before).
-pub fn requests(spec: &PodSpec) -> Resources {
-    let mut sum = Resources {
-        pods: 1,
-        ..Default::default()
-    };
-    for c in &spec.containers {
-        let r = container_requests(c);
-        sum.cpu_millis = sum.cpu_millis.saturating_add(r.cpu_millis);
-        sum.memory_bytes = sum.memory_bytes.saturating_add(r.memory_bytes);
-        sum.gpus = sum.gpus.saturating_add(r.gpus);
-    }
-    for c in spec.init_containers.iter().flatten() {
-        let r = container_requests(c);
-        sum.cpu_millis = sum.cpu_millis.max(r.cpu_millis);
-        sum.memory_bytes = sum.memory_bytes.max(r.memory_bytes);
-        sum.gpus = sum.gpus.max(r.gpus);
-    }
-    sum
-}
-
-fn spec_of(record: &pb::PodRecord) -> Option<PodSpec> {
-    serde_json::from_str(&record.pod.as_ref()?.spec_json).ok()
-}
-
-/// Whether a pod counts against its node's resources (bound and not finished).
-pub fn holds_resources(record: &pb::PodRecord) -> bool {
-    !record.node_name.is_empty() && !matches!(phase(record), PodPhase::Succeeded | PodPhase::Failed)
-}
-
-/// The sum of the pods' requests.
-pub fn sum_requests<'a>(pods: impl Iterator<Item = &'a pb::PodRecord>) -> Resources {
-    pods.filter_map(spec_of)
-        .map(|s| requests(&s))
-        .fold(Resources::default(), |a, r| Resources {
-            cpu_millis: a.cpu_millis.saturating_add(r.cpu_millis),
-            memory_bytes: a.memory_bytes.saturating_add(r.memory_bytes),
-            gpus: a.gpus.saturating_add(r.gpus),
-            pods: a.pods.saturating_add(r.pods),
-        })
-}
-
-/// Why a node cannot take a pod, or None when it can.
-pub fn unfit(
-    node: &pb::Node,
-    used: &Resources,
-    spec: &PodSpec,
-    want: &Resources,
-) -> Option<String> {
-    let cap = node.allocatable.unwrap_or_default();
-    let short = |what: &str, cap: i64, used: i64, want: i64| {
-        (want > 0 && used.saturating_add(want) > cap)
-            .then(|| format!("{what}: {} free, {want} asked", cap.saturating_sub(used)))
-    };
-    if let Some(why) = short(
-        "cpu millis",
-        cap.cpu_millis,
-        used.cpu_millis,
-        want.cpu_millis,
-    )
-    .or_else(|| {
-        short(
-            "memory bytes",
-            cap.memory_bytes,
-            used.memory_bytes,
-            want.memory_bytes,
-        )
-    })
-    .or_else(|| short("gpus", cap.gpus.into(), used.gpus.into(), want.gpus.into()))
-    {
-        return Some(why);
-    }
-    if cap.pods > 0 && used.pods >= cap.pods {
-        return Some(format!("pods: all {} slots taken", cap.pods));
-    }
-    for (k, v) in spec.node_selector.iter().flatten() {
-        if node.labels.get(k) != Some(v) {
-            return Some(format!("nodeSelector {k}={v} does not match"));
-        }
-    }
-    let tolerations = spec.tolerations.as_deref().unwrap_or_default();
-    for taint in &node.taints {
-        if taint.effect != "PreferNoSchedule" && !tolerations.iter().any(|t| tolerates(t, taint)) {
-            return Some(format!(
-                "taint {}={}:{} is not tolerated",
-                taint.key, taint.value, taint.effect
-            ));
-        }
-    }
-    None
-}
-
-/// The ports a pod's containers listen on (`containerPort`, per protocol).
-/// Containers share their host's network namespace, so these are the host's
-/// ports, as Kubernetes' `hostPort`s are.
-pub fn ports(spec: &PodSpec) -> Vec<(String, i32)> {
-    spec.containers
-        .iter()
-        .flat_map(|c| c.ports.iter().flatten())
-        .map(|p| {
-            (
-                p.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                p.container_port,
-            )
-        })
-        .collect()
-}
-
-/// Why pod `spec` cannot share a node whose pods hold `taken` ports.
-pub fn port_clash(taken: &[(String, i32)], spec: &PodSpec) -> Option<String> {
-    ports(spec)
-        .into_iter()
-        .find(|p| taken.contains(p))
-        .map(|(proto, port)| {
-            format!("port {port}/{proto} is taken by another pod (pods share the host's network)")
-        })
-}
 
 /// Why a node's GPUs are not the model a pod asks for with
 /// `orca.research/gpu-model`, or None (also when it asks for none).
@@ -192,42 +47,6 @@ pub fn wrong_gpu_model(node: &pb::Node, record: &pb::PodRecord) -> Option<String
         Some(have) => Some(format!("GPU model {have}, {want} asked")),
         None => Some(format!("no {want} GPUs")),
     }
-}
-
-/// Kubernetes' toleration matching.
-pub fn tolerates(t: &Toleration, taint: &pb::Taint) -> bool {
-    let effect_ok = t
-        .effect
-        .as_deref()
-        .is_none_or(|e| e.is_empty() || e == taint.effect);
-    let key_ok =
-        t.key.as_deref().is_none_or(|k| k.is_empty()) || t.key.as_deref() == Some(&taint.key);
-    let value_ok = match t.operator.as_deref() {
-        Some("Exists") => true,
-        _ => t.value.as_deref().unwrap_or_default() == taint.value,
-    };
-    // An empty key with Exists tolerates everything.
-    effect_ok && key_ok && value_ok
-}
-
-/// Free share of a node after placing `want`, for "least loaded first".
-fn free_share(node: &pb::Node, used: &Resources) -> u64 {
-    let cap = node.allocatable.unwrap_or_default();
-    let share = |cap: i64, used: i64| {
-        if cap <= 0 {
-            1000
-        } else {
-            (((cap - used).max(0) * 1000) / cap) as u64
-        }
-    };
-    share(cap.cpu_millis, used.cpu_millis) + share(cap.memory_bytes, used.memory_bytes)
-}
-
-fn add(a: &mut Resources, r: &Resources) {
-    a.cpu_millis += r.cpu_millis;
-    a.memory_bytes += r.memory_bytes;
-    a.gpus += r.gpus;
-    a.pods += r.pods;
 }
 
 impl Cluster {
@@ -375,7 +194,7 @@ impl Cluster {
             if bound.as_ref().is_none_or(|p| p.node_name != node.name) {
                 continue;
             }
-            add(used, &want);
+            orca_model::fit::add(used, &want);
             taken
                 .entry(node.name.clone())
                 .or_default()
@@ -604,76 +423,5 @@ impl Cluster {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(yaml: &str) -> PodSpec {
-        serde_yaml::from_str(yaml).unwrap()
-    }
-
-    fn node(cpu: i64, mem: i64, gpus: i32) -> pb::Node {
-        pb::Node {
-            name: "n".into(),
-            allocatable: Some(Resources {
-                cpu_millis: cpu,
-                memory_bytes: mem,
-                gpus,
-                pods: 10,
-            }),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn requests_default_to_limits_and_init_containers_take_the_max() {
-        let s = spec(
-            "containers:\n- name: a\n  resources: {requests: {cpu: 500m}, limits: {memory: 1Gi, nvidia.com/gpu: 1}}\n\
-             - name: b\n  resources: {requests: {cpu: '1', memory: 1Mi}}\n\
-             initContainers:\n- name: i\n  resources: {requests: {cpu: '4'}}\n",
-        );
-        let r = requests(&s);
-        assert_eq!(r.cpu_millis, 4000, "the init container's 4 CPUs beat 1.5");
-        assert_eq!(r.memory_bytes, (1 << 30) + (1 << 20));
-        assert_eq!(r.gpus, 1);
-    }
-
-    #[test]
-    fn nodes_must_have_room_labels_and_tolerated_taints() {
-        let gpu_pod = spec("containers:\n- name: a\n  resources: {limits: {nvidia.com/gpu: 2}}\n");
-        let want = requests(&gpu_pod);
-        let used = Resources::default();
-        assert!(
-            unfit(&node(1000, 1 << 30, 1), &used, &gpu_pod, &want)
-                .unwrap()
-                .contains("gpus")
-        );
-        assert!(unfit(&node(1000, 1 << 30, 2), &used, &gpu_pod, &want).is_none());
-
-        let selective = spec("nodeSelector: {gpu: a100}\ncontainers:\n- name: a\n");
-        let mut n = node(1000, 1 << 30, 0);
-        assert!(unfit(&n, &used, &selective, &requests(&selective)).is_some());
-        n.labels.insert("gpu".into(), "a100".into());
-        assert!(unfit(&n, &used, &selective, &requests(&selective)).is_none());
-
-        n.taints.push(pb::Taint {
-            key: "dedicated".into(),
-            value: "ml".into(),
-            effect: "NoSchedule".into(),
-        });
-        assert!(
-            unfit(&n, &used, &selective, &requests(&selective))
-                .unwrap()
-                .contains("taint")
-        );
-        let tolerant = spec(
-            "nodeSelector: {gpu: a100}\ntolerations:\n- {key: dedicated, operator: Equal, value: ml, effect: NoSchedule}\ncontainers:\n- name: a\n",
-        );
-        assert!(unfit(&n, &used, &tolerant, &requests(&tolerant)).is_none());
-        let exists = spec("tolerations:\n- {operator: Exists}\ncontainers:\n- name: a\n");
-        assert!(unfit(&n, &used, &exists, &requests(&exists)).is_none());
     }
 }

@@ -10,6 +10,8 @@
 //! - [`duration`]: Go-style durations (`90s`, `1h30m`, `250ms`), the one
 //!   grammar of CLI flags, annotations and configuration.
 //! - [`phase`]: pod phases and node states as words, in one place.
+//! - [`fit`]: what a pod asks for and whether a node can take it.
+//! - [`health`]: a silent node's health transitions.
 //! - [`pod`]: names and keys of pods, and what a record says of itself.
 //! - [`kind`]: the kinds of objects standalone mode keeps.
 //! - [`labels`]: the node labels ORCA sets at launch.
@@ -19,6 +21,8 @@
 //! - [`time`]: wire timestamps and kubectl-style ages.
 
 pub mod duration;
+pub mod fit;
+pub mod health;
 pub mod kind;
 pub mod labels;
 pub mod ledger;
