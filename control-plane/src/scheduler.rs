@@ -13,95 +13,23 @@
 //! It wakes on every pod or node change and every reconcile interval, so a
 //! missed wake-up heals on the next tick.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 
 use k8s_openapi::api::core::v1::{PodSpec, Toleration};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use orca_model::quantity;
 use orca_proto::agent::v1 as agent;
 use orca_proto::controlplane::v1::{self as pb, NodeState};
 use orca_proto::types::v1::{PodPhase, Resources};
 use tracing::{info, warn};
 
-use crate::cluster::{Cluster, ClusterError, age};
 use crate::pods::{Applied, key, names, phase, uid};
 use crate::registry::NodeRequest;
+use crate::resources::spec_of;
+use crate::resources::{holds_resources, requests, sum_requests};
+use crate::shared::{ClusterError, Shared, age};
 use orca_model::selection::annotations::RESUME_FROM;
 
-/// The extended resource name of NVIDIA GPUs.
-pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// Label on nodes the autoscaler launched.
 pub const AUTOSCALED_LABEL: &str = "orca.research/autoscaled";
-
-fn amount(list: Option<&BTreeMap<String, Quantity>>, name: &str, millis: bool) -> Option<i64> {
-    list.and_then(|l| l.get(name))
-        .and_then(|q| quantity::parse(&q.0, millis))
-        // parse bounds every value by i64::MAX; create refuses those it cannot read.
-        .map(|v| i64::try_from(v).unwrap_or(i64::MAX))
-}
-
-/// What one container asks for: its requests, or its limits where it set no
-/// request (Kubernetes' defaulting).
-fn container_requests(c: &k8s_openapi::api::core::v1::Container) -> Resources {
-    let res = c.resources.as_ref();
-    let requests = res.and_then(|r| r.requests.as_ref());
-    let limits = res.and_then(|r| r.limits.as_ref());
-    let get = |name, millis| {
-        amount(requests, name, millis)
-            .or_else(|| amount(limits, name, millis))
-            .unwrap_or(0)
-    };
-    Resources {
-        cpu_millis: get("cpu", true),
-        memory_bytes: get("memory", false),
-        gpus: i32::try_from(get(GPU_RESOURCE, false)).unwrap_or(i32::MAX),
-        pods: 1,
-    }
-}
-
-/// What a pod asks for: the sum over its containers, or the largest init
-/// container if that is more (init containers run one at a time, before).
-pub fn requests(spec: &PodSpec) -> Resources {
-    let mut sum = Resources {
-        pods: 1,
-        ..Default::default()
-    };
-    for c in &spec.containers {
-        let r = container_requests(c);
-        sum.cpu_millis = sum.cpu_millis.saturating_add(r.cpu_millis);
-        sum.memory_bytes = sum.memory_bytes.saturating_add(r.memory_bytes);
-        sum.gpus = sum.gpus.saturating_add(r.gpus);
-    }
-    for c in spec.init_containers.iter().flatten() {
-        let r = container_requests(c);
-        sum.cpu_millis = sum.cpu_millis.max(r.cpu_millis);
-        sum.memory_bytes = sum.memory_bytes.max(r.memory_bytes);
-        sum.gpus = sum.gpus.max(r.gpus);
-    }
-    sum
-}
-
-fn spec_of(record: &pb::PodRecord) -> Option<PodSpec> {
-    serde_json::from_str(&record.pod.as_ref()?.spec_json).ok()
-}
-
-/// Whether a pod counts against its node's resources (bound and not finished).
-pub fn holds_resources(record: &pb::PodRecord) -> bool {
-    !record.node_name.is_empty() && !matches!(phase(record), PodPhase::Succeeded | PodPhase::Failed)
-}
-
-/// The sum of the pods' requests.
-pub fn sum_requests<'a>(pods: impl Iterator<Item = &'a pb::PodRecord>) -> Resources {
-    pods.filter_map(spec_of)
-        .map(|s| requests(&s))
-        .fold(Resources::default(), |a, r| Resources {
-            cpu_millis: a.cpu_millis.saturating_add(r.cpu_millis),
-            memory_bytes: a.memory_bytes.saturating_add(r.memory_bytes),
-            gpus: a.gpus.saturating_add(r.gpus),
-            pods: a.pods.saturating_add(r.pods),
-        })
-}
 
 /// Why a node cannot take a pod, or None when it can.
 pub fn unfit(
@@ -230,44 +158,98 @@ fn add(a: &mut Resources, r: &Resources) {
     a.pods += r.pods;
 }
 
-impl Cluster {
+/// Placement, dispatch and the reconcile loop that drives the passes.
+#[derive(Clone)]
+pub struct Scheduler {
+    shared: Shared,
+    registry: crate::registry::Registry,
+    pods: crate::pods::Pods,
+    claims: crate::claims::Claims,
+    provisioner: crate::provisioning::Provisioner,
+    recovery: crate::recovery::Recovery,
+    interruptions: crate::interruptions::Interruptions,
+    lifetime: crate::lifetime::Lifetime,
+}
+
+impl Scheduler {
+    /// The component over `shared` and the components below it.
+    pub fn new(
+        shared: Shared,
+        registry: crate::registry::Registry,
+        pods: crate::pods::Pods,
+        claims: crate::claims::Claims,
+        provisioner: crate::provisioning::Provisioner,
+        recovery: crate::recovery::Recovery,
+        interruptions: crate::interruptions::Interruptions,
+    ) -> Self {
+        let lifetime = crate::lifetime::Lifetime::new(pods.clone());
+        Self {
+            shared,
+            registry,
+            pods,
+            claims,
+            provisioner,
+            recovery,
+            interruptions,
+            lifetime,
+        }
+    }
+}
+
+impl Scheduler {
     /// Runs placement, health checks and recovery until `shutdown` resolves.
     pub async fn run_scheduler(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
-            if let Err(e) = self.check_health().await {
+            if let Err(e) = self.registry.check_health().await {
                 warn!(error = %e, "health check failed");
             }
-            if let Err(e) = self.recover_lost().await {
+            if let Err(e) = self.recovery.recover_lost().await {
                 warn!(error = %e, "recovery pass failed");
             }
             if let Err(e) = self.schedule_once().await {
                 warn!(error = %e, "scheduling pass failed");
             }
-            if let Err(e) = self.tend_instances().await {
+            if let Err(e) = self.provisioner.tend_instances().await {
                 warn!(error = %e, "instance pass failed");
+            }
+            for (node, n) in self
+                .provisioner
+                .reservation_ends()
+                .take_reservation_notices()
+            {
+                if let Err(e) = self
+                    .interruptions
+                    .handle_notices(&node, std::slice::from_ref(&n))
+                    .await
+                {
+                    warn!(node = %node.name, error = %e, "reservation end not handled; retrying");
+                    self.shared.again(&format!("notice:{}:{}", node.name, n.id));
+                } else {
+                    info!(node = %node.name, reservation = %n.reservation_id, "reservation end notice");
+                }
             }
             tokio::select! {
                 _ = &mut shutdown => return,
-                _ = self.scheduler_woken() => {}
-                _ = tokio::time::sleep(self.config().reconcile_interval) => {}
+                _ = self.shared.scheduler_woken() => {}
+                _ = tokio::time::sleep(self.shared.config().reconcile_interval) => {}
             }
         }
     }
 
     /// One placement pass.
     pub async fn schedule_once(&self) -> Result<(), ClusterError> {
-        let pods = self.store().pods.scan("")?;
+        let pods = self.shared.store().pods.scan("")?;
         // Nothing to place or hand over: no need to read every node.
         if !pods.iter().any(|p| phase(p) == PodPhase::Pending) {
             return Ok(());
         }
-        let pods = if self.expire_pending(&pods)? {
-            self.store().pods.scan("")?
+        let pods = if self.lifetime.expire_pending(&pods)? {
+            self.shared.store().pods.scan("")?
         } else {
             pods
         };
-        let all_nodes = self.store().nodes.scan("")?;
+        let all_nodes = self.shared.store().nodes.scan("")?;
         let mut nodes: Vec<(pb::Node, Resources)> = all_nodes
             .iter()
             .filter(|n| n.state == NodeState::Ready as i32 && !n.unschedulable)
@@ -287,7 +269,7 @@ impl Cluster {
                 .iter()
                 .find(|n| n.name == pod.node_name && n.state == NodeState::Ready as i32)
                 && !self.holds_for_handoff(pod)
-                && self.first_time(&format!("dispatch:{}", uid(pod)))
+                && self.shared.first_time(&format!("dispatch:{}", uid(pod)))
             {
                 let (ns, name) = names(pod);
                 let this = self.clone();
@@ -295,11 +277,11 @@ impl Cluster {
                 tokio::spawn(async move { this.dispatch(ns, name, node).await });
             }
         }
-        if self.provider().dedicated() {
+        if self.shared.provider().dedicated() {
             return self.provision_pending(&pods, &all_nodes);
         }
         let mut wants_host: Option<Resources> = None;
-        let mut claims = self.claims_among("", &all_nodes)?;
+        let mut claims = self.claims.claims_among("", &all_nodes)?;
         let mut taken: std::collections::HashMap<String, Vec<(String, i32)>> =
             std::collections::HashMap::new();
         for p in pods.iter().filter(|p| holds_resources(p)) {
@@ -321,7 +303,7 @@ impl Cluster {
             let (ns, name) = names(pod);
             let Some(spec) = spec_of(pod) else { continue };
             let want = requests(&spec);
-            if age(pod.created_at.as_ref()) > self.config().pending_timeout {
+            if age(pod.created_at.as_ref()) > self.shared.config().pending_timeout {
                 let why = nodes
                     .iter()
                     .filter_map(|(n, used)| {
@@ -335,14 +317,14 @@ impl Cluster {
                     .join("; ");
                 let msg = format!(
                     "no Ready node with room within {:?}{}",
-                    self.config().pending_timeout,
+                    self.shared.config().pending_timeout,
                     if why.is_empty() {
                         String::new()
                     } else {
                         format!(" ({why})")
                     }
                 );
-                self.fail_pod(&ns, &name, "Unschedulable", msg)?;
+                self.pods.fail_pod(&ns, &name, "Unschedulable", msg)?;
                 continue;
             }
             let choice = nodes
@@ -367,7 +349,7 @@ impl Cluster {
                 }
                 continue;
             };
-            let bound = self.store().pods.update(&key(&ns, &name), |p| {
+            let bound = self.shared.store().pods.update(&key(&ns, &name), |p| {
                 if p.node_name.is_empty() && uid(p) == uid(pod) {
                     p.node_name = node.name.clone();
                 }
@@ -381,11 +363,11 @@ impl Cluster {
                 .or_default()
                 .extend(ports(&spec));
             if !crate::claims::claims_of(&spec).is_empty() {
-                self.bind_local_claims(&ns, &spec, &node.name)?;
-                claims = self.claims_among("", &all_nodes)?;
+                self.claims.bind_local_claims(&ns, &spec, &node.name)?;
+                claims = self.claims.claims_among("", &all_nodes)?;
             }
             info!(pod = %key(&ns, &name), node = %node.name, "scheduled");
-            self.event(
+            self.shared.event(
                 "Pod",
                 &ns,
                 &name,
@@ -396,7 +378,7 @@ impl Cluster {
             if self.holds_for_handoff(pod) {
                 continue;
             }
-            self.first_time(&format!("dispatch:{}", uid(pod)));
+            self.shared.first_time(&format!("dispatch:{}", uid(pod)));
             let this = self.clone();
             let node = node.clone();
             tokio::spawn(async move { this.dispatch(ns, name, node).await });
@@ -420,7 +402,7 @@ impl Cluster {
             let (ns, name) = names(pod);
             if pod.node_name.is_empty()
                 && pod.launch_attempts == 0
-                && age(pod.created_at.as_ref()) > self.config().pending_timeout
+                && age(pod.created_at.as_ref()) > self.shared.config().pending_timeout
             {
                 let why = pod
                     .status
@@ -430,18 +412,18 @@ impl Cluster {
                     .unwrap_or_else(|| "no launch was attempted".into());
                 let msg = format!(
                     "no instance launched within {:?}: {why}",
-                    self.config().pending_timeout
+                    self.shared.config().pending_timeout
                 );
-                self.fail_pod(&ns, &name, "Unschedulable", msg)?;
+                self.pods.fail_pod(&ns, &name, "Unschedulable", msg)?;
                 continue;
             }
             let pod_uid = uid(pod);
             if !pod_uid.is_empty()
-                && self.needs_provisioning(pod, nodes)
-                && self.first_time(&format!("provision:{pod_uid}"))
+                && self.provisioner.needs_provisioning(pod, nodes)
+                && self.shared.first_time(&format!("provision:{pod_uid}"))
             {
                 let this = self.clone();
-                tokio::spawn(async move { this.provision(ns, name, pod_uid).await });
+                tokio::spawn(async move { this.provisioner.provision(ns, name, pod_uid).await });
             }
         }
         Ok(())
@@ -450,7 +432,7 @@ impl Cluster {
     /// Launches a host big enough for `want` when autoscaling allows it: at most
     /// one launch in flight, at most `max_nodes` autoscaled nodes.
     async fn scale_up(&self, nodes: &[pb::Node], want: Resources) {
-        let Some(auto) = self.config().autoscale.clone() else {
+        let Some(auto) = self.shared.config().autoscale.clone() else {
             return;
         };
         let ours: Vec<_> = nodes
@@ -473,7 +455,7 @@ impl Cluster {
             labels: [(AUTOSCALED_LABEL.to_owned(), "true".to_owned())].into(),
             ..Default::default()
         };
-        match self.add_node(req).await {
+        match self.registry.add_node(req).await {
             Ok(node) => info!(node = %node.name, "autoscaler launched a host"),
             Err(e) => warn!(error = %e, "autoscaler could not launch a host"),
         }
@@ -485,16 +467,20 @@ impl Cluster {
         let Some(why) = crate::interruptions::handoff_wait(pod) else {
             return false;
         };
-        if self.first_time(&format!("handoff-wait:{}", uid(pod))) {
+        if self
+            .shared
+            .first_time(&format!("handoff-wait:{}", uid(pod)))
+        {
             let (ns, name) = names(pod);
-            let _ = self.store().pods.update(&key(&ns, &name), |p| {
+            let _ = self.shared.store().pods.update(&key(&ns, &name), |p| {
                 if uid(p) == uid(pod)
                     && let Some(s) = p.status.as_mut()
                 {
                     s.message = why.clone();
                 }
             });
-            self.event("Pod", &ns, &name, false, "WaitingForCheckpoint", why);
+            self.shared
+                .event("Pod", &ns, &name, false, "WaitingForCheckpoint", why);
         }
         true
     }
@@ -502,9 +488,12 @@ impl Cluster {
     /// Hands a bound pod to its node's agent. An agent that refuses the spec fails
     /// the pod; one that cannot be reached unbinds it for another try.
     async fn dispatch(&self, ns: String, name: String, node: pb::Node) {
-        if self.provider().dedicated() && !node.instance_id.is_empty() {
-            self.attach_claims(&ns, &name, &node.instance_id).await;
+        if self.shared.provider().dedicated() && !node.instance_id.is_empty() {
+            self.provisioner
+                .attach_claims(&ns, &name, &node.instance_id)
+                .await;
             if self
+                .pods
                 .pod(&ns, &name)
                 .is_ok_and(|p| phase(&p) != PodPhase::Pending)
             {
@@ -513,9 +502,10 @@ impl Cluster {
             }
         }
         let result = async {
-            self.store().flush().await?;
-            let record = self.pod(&ns, &name)?;
+            self.shared.store().flush().await?;
+            let record = self.pods.pod(&ns, &name)?;
             let resolved = self
+                .shared
                 .resolve(&record, &node)
                 .await
                 .map_err(ClusterError::Unresolved)?;
@@ -541,6 +531,7 @@ impl Cluster {
                 .filter(|s| !crate::claims::claims_of(s).is_empty())
             {
                 let claims = self
+                    .claims
                     .claim_volumes(&ns, &spec)
                     .map_err(ClusterError::Unresolved)?;
                 volume_data.get_or_insert_default().claims = claims.into_iter().collect();
@@ -550,8 +541,9 @@ impl Cluster {
                 registry_credentials: resolved.registry_credentials,
                 volume_data,
             };
-            self.agent(&node)?
-                .run_pod(self.timed(req, std::time::Duration::ZERO))
+            self.shared
+                .agent(&node)?
+                .run_pod(self.shared.timed(req, std::time::Duration::ZERO))
                 .await
                 .map_err(|status| ClusterError::Agent {
                     node: node.name.clone(),
@@ -561,46 +553,52 @@ impl Cluster {
         .await;
         match result {
             Ok(resp) => {
-                let record = self.pod(&ns, &name);
+                let record = self.pods.pod(&ns, &name);
                 if let (Ok(record), Some(status)) = (record, resp.into_inner().status) {
                     let report = orca_proto::types::v1::PodReport {
                         r#ref: record.pod.and_then(|p| p.r#ref),
                         status: Some(status),
                         checkpoint: String::new(),
                     };
-                    match self.apply_report(&node.name, report) {
-                        Ok(Applied::Changed) => self.flush_in_background(),
+                    match self.pods.apply_report(&node.name, report) {
+                        Ok(Applied::Changed) => self.shared.flush_in_background(),
                         Ok(_) => {}
                         Err(e) => warn!(pod = %name, error = %e, "status not recorded"),
                     }
                 }
             }
             Err(ClusterError::Unresolved(message)) => {
-                let _ = self.fail_pod(&ns, &name, "CreateContainerConfigError", message);
+                let _ = self
+                    .pods
+                    .fail_pod(&ns, &name, "CreateContainerConfigError", message);
             }
             Err(ClusterError::Agent { status, .. })
                 if status.code() == tonic::Code::InvalidArgument =>
             {
-                let _ = self.fail_pod(&ns, &name, "InvalidPodSpec", status.message().to_owned());
+                let _ =
+                    self.pods
+                        .fail_pod(&ns, &name, "InvalidPodSpec", status.message().to_owned());
             }
-            Err(e) if self.provider().dedicated() => {
+            Err(e) if self.shared.provider().dedicated() => {
                 // The node is the pod's own instance: hand it over again on the
                 // next pass rather than launch another.
                 warn!(pod = %name, node = %node.name, error = %e, "dispatch failed; will retry");
-                self.event("Pod", &ns, &name, true, "FailedDispatch", e.to_string());
-                if let Ok(p) = self.pod(&ns, &name) {
-                    self.again(&format!("dispatch:{}", uid(&p)));
+                self.shared
+                    .event("Pod", &ns, &name, true, "FailedDispatch", e.to_string());
+                if let Ok(p) = self.pods.pod(&ns, &name) {
+                    self.shared.again(&format!("dispatch:{}", uid(&p)));
                 }
             }
             Err(e) => {
                 warn!(pod = %name, node = %node.name, error = %e, "dispatch failed; will reschedule");
-                self.event("Pod", &ns, &name, true, "FailedDispatch", e.to_string());
-                if let Ok(Some(p)) = self.store().pods.update(&key(&ns, &name), |p| {
+                self.shared
+                    .event("Pod", &ns, &name, true, "FailedDispatch", e.to_string());
+                if let Ok(Some(p)) = self.shared.store().pods.update(&key(&ns, &name), |p| {
                     if p.node_name == node.name && phase(p) == PodPhase::Pending {
                         p.node_name.clear();
                     }
                 }) {
-                    self.again(&format!("dispatch:{}", uid(&p)));
+                    self.shared.again(&format!("dispatch:{}", uid(&p)));
                 }
             }
         }

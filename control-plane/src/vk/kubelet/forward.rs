@@ -39,7 +39,7 @@ pub async fn serve(
             }
         }
     }
-    if let Err(e) = kubelet.cluster.pod(&ns, &pod) {
+    if let Err(e) = kubelet.cluster.pods().pod(&ns, &pod) {
         return error_response(&e);
     }
     let negotiated = match upgrade::negotiate(upgrade::Kind::PortForward, req.headers()) {
@@ -103,7 +103,11 @@ async fn bridge(kubelet: Arc<Kubelet>, ns: String, pod: String, stream: ForwardS
         input: Some(agent::port_forward_input::Input::CloseWrite(true)),
     };
     let input = data_in.chain(futures::stream::iter([close]));
-    let output = kubelet.cluster.port_forward(&ns, &pod, port, input).await;
+    let output = kubelet
+        .cluster
+        .streams()
+        .port_forward(&ns, &pod, port, input)
+        .await;
     let mut output = match output {
         Ok(o) => o,
         Err(e) => {
