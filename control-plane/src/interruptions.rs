@@ -5,7 +5,7 @@
 //!
 //! - the node is cordoned, with an Event and the notice in its message;
 //! - for an interruption or maintenance, each unfinished pod on the node is
-//!   moved ([`Cluster::relocate`]: a new incarnation placed elsewhere, in
+//!   moved ([`crate::recovery::Recovery::relocate`]: a new incarnation placed elsewhere, in
 //!   parallel with the old one's shutdown; restartPolicy Never ends it Failed).
 //!   The moved incarnation is remembered in the record's `interruptions`: the
 //!   agent runs its checkpoint handshake (`/run/orca/notice`, SIGTERM) and is

@@ -16,17 +16,18 @@
 //! - [`store`]: sled tables of protobuf records; flushed before acknowledging.
 //! - [`pki`]: the cluster CA, node certificates, the admin token;
 //!   [`tls_identity`]: the control plane's own certificate and its rotation.
-//! - [`cluster`]: the shared state (with in-memory liveness); [`registry`]
-//!   (nodes, join, heartbeats, health states, cordon), [`pods`] (create,
-//!   observe, delete, events), [`scheduler`] (placement by resources,
-//!   selectors and taints, autoscaling, dispatch), [`recovery`] (fencing,
-//!   new incarnations, drain, faults) and [`streams`] (logs, exec and attach
-//!   relayed from the pod's agent) are its operations; [`interruptions`]
-//!   (spot, maintenance and rebalance notices from the agents: cordon, move
-//!   the pods, hand the checkpoint to the replacement), [`lifetime`]
-//!   (`orca.research/max-lifetime`), [`ledger`] (where and on what each
-//!   incarnation ran, and its cost) and [`budgets`] (admission estimates,
-//!   accrued spend, caps) too.
+//! - [`shared`]: the infrastructure every component holds; [`cluster`]: the
+//!   assembly of the components (ARCHITECTURE.md draws their layers):
+//!   [`registry`] (nodes, join, liveness, health states, cordon),
+//!   [`heartbeat`], [`pods`] (create, observe, delete, events), [`scheduler`]
+//!   (placement by resources, selectors and taints, dispatch), [`recovery`]
+//!   (fencing, new incarnations, drain, faults), [`streams`] (logs, exec and
+//!   attach relayed from the pod's agent), [`interruptions`] (spot,
+//!   maintenance and rebalance notices from the agents: cordon, move the pods,
+//!   hand the checkpoint to the replacement), [`lifetime`]
+//!   (`orca.research/max-lifetime`), [`budgets`] (admission estimates,
+//!   statuses) and [`budget_caps`] (accrued spend, caps); [`resources`]: what
+//!   pods ask for.
 //! - [`objects`]: standalone mode's Namespaces, ResourceQuotas, LimitRanges,
 //!   ConfigMaps and Secrets (admission, sealing, refresh of mounted volumes);
 //!   [`references`]: what a pod refers to, resolved before it is handed over,

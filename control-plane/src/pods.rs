@@ -634,7 +634,7 @@ pub fn finishing(pods: &[pb::PodRecord], node: &str, pod_uid: &str) -> bool {
 /// about that incarnation is stale, and the agent is told to stop it.
 pub const VERDICTS: &[&str] = &["NodeLost", "NodeRemoved", "Evicted", "BudgetExceeded"];
 
-/// The [`Cluster::first_time`] key of the scan for cut-off pods: cleared by
+/// The [`crate::shared::Shared::first_time`] key of the scan for cut-off pods: cleared by
 /// [`crate::pods`] when an agent reports one.
 pub const CUT_OFF_SCAN: &str = "scan:cut-off";
 

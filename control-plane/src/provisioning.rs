@@ -15,7 +15,7 @@
 //! ends Failed with the last reason. The pod's status says where it is
 //! (`Selecting`, `Launching`, `Booting`), and its Events tell the sequence.
 //!
-//! Each pass also tends the dedicated nodes ([`Cluster::tend_instances`]): an
+//! Each pass also tends the dedicated nodes ([`Provisioner::tend_instances`]): an
 //! instance whose agent has not joined within the boot timeout is terminated
 //! and the pod launched again (a new attempt); the instance of a pod that ended,
 //! was deleted or moved is terminated and its node removed; and a sweep over the

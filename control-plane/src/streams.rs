@@ -129,7 +129,7 @@ impl Streams {
             .map_err(agent_error(at.node))
     }
 
-    /// An attach session to a container's main process, as [`Cluster::exec`].
+    /// An attach session to a container's main process, as [`Streams::exec`].
     pub async fn attach(
         &self,
         namespace: &str,

@@ -287,7 +287,7 @@ impl Claims {
         self.claims_among(namespace, &self.shared.store().nodes.scan("")?)
     }
 
-    /// [`Cluster::claims`], with the nodes already read.
+    /// [`Claims::claims`], with the nodes already read.
     pub(crate) fn claims_among(
         &self,
         namespace: &str,

@@ -261,7 +261,7 @@ impl Workloads {
             .is_some())
     }
 
-    /// [`Cluster::patch_object`] on the manifest.
+    /// [`Workloads::patch_object`] on the manifest.
     pub(crate) fn patch_manifest(
         &self,
         kind: Kind,

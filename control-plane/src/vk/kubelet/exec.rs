@@ -1,6 +1,6 @@
 //! `/exec` and `/attach`: the upgrade (SPDY/3.1 or WebSocket channels, see
 //! [`upgrade`]), then the session bridged to the pod's agent through
-//! [`Cluster::exec`](crate::cluster::Cluster::exec) and `attach`.
+//! [`crate::streams::Streams::exec`](crate::cluster::crate::streams::Streams::exec) and `attach`.
 
 use std::sync::Arc;
 

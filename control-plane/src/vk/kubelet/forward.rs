@@ -1,7 +1,7 @@
 //! `/portForward`: the upgrade (SPDY/3.1 `portforward.k8s.io`, or WebSocket,
 //! including kubectl's SPDY-over-WebSocket tunnel), then each forwarded
 //! connection bridged to the pod's agent through
-//! [`Cluster::port_forward`](crate::cluster::Cluster::port_forward).
+//! [`crate::streams::Streams::port_forward`](crate::cluster::crate::streams::Streams::port_forward).
 
 use std::sync::Arc;
 
