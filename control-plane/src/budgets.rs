@@ -24,15 +24,14 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::PodSpec;
 use orca_proto::controlplane::v1 as pb;
 use orca_proto::types::v1::{self as types, PodPhase};
-use tracing::{info, warn};
 
-use crate::cluster::{Cluster, ClusterError, now};
 use crate::config::Provider;
-use crate::config::budgets::{Budget, OnCap};
-use crate::pods::{key, names, phase};
+use crate::config::budgets::Budget;
+use crate::shared::{ClusterError, Shared, now};
+use orca_model::pod::phase;
 use orca_model::selection::annotations::{BUDGET, parse};
 
-fn seconds(t: Option<&prost_types::Timestamp>) -> f64 {
+pub(crate) fn seconds(t: Option<&prost_types::Timestamp>) -> f64 {
     t.map_or(0.0, |t| t.seconds as f64 + f64::from(t.nanos) / 1e9)
 }
 
@@ -48,7 +47,7 @@ pub fn hours_in_window(spend: &pb::Spend, period: Duration, now_s: f64) -> f64 {
 }
 
 /// What `spends` cost within the window of `period` ending now, USD.
-fn window_cost(spends: &[pb::Spend], period: Duration) -> f64 {
+pub(crate) fn window_cost(spends: &[pb::Spend], period: Duration) -> f64 {
     let now_s = seconds(Some(&now()));
     spends
         .iter()
@@ -61,13 +60,26 @@ pub fn budget_of(pod: &types::Pod) -> Option<&str> {
     pod.annotations.get(BUDGET).map(String::as_str)
 }
 
-fn unfinished(p: &pb::PodRecord) -> bool {
+pub(crate) fn unfinished(p: &pb::PodRecord) -> bool {
     !matches!(phase(p), PodPhase::Succeeded | PodPhase::Failed)
 }
 
-impl Cluster {
-    fn budget(&self, name: &str) -> Option<&Budget> {
-        self.config().budgets.iter().find(|b| b.name == name)
+/// Budgets: admission estimates, accrued spend and statuses.
+#[derive(Clone)]
+pub struct Budgets {
+    shared: Shared,
+}
+
+impl Budgets {
+    /// The component over `shared` and the components below it.
+    pub fn new(shared: Shared) -> Self {
+        Self { shared }
+    }
+}
+
+impl Budgets {
+    pub(crate) fn budget(&self, name: &str) -> Option<&Budget> {
+        self.shared.config().budgets.iter().find(|b| b.name == name)
     }
 
     /// Why a new pod is refused by its budget; `None` when it is admitted.
@@ -81,6 +93,7 @@ impl Cluster {
         };
         let Some(budget) = self.budget(name) else {
             let known: Vec<&str> = self
+                .shared
                 .config()
                 .budgets
                 .iter()
@@ -104,7 +117,7 @@ impl Cluster {
                 .as_ref()
                 .map(|r| (r.namespace.clone(), r.name.clone()))
                 .unwrap_or_default();
-            self.event(
+            self.shared.event(
                 "Pod",
                 &ns,
                 &pod_name,
@@ -136,28 +149,37 @@ impl Cluster {
 
     /// The hourly price a pod would run at, when known.
     async fn price_estimate(&self, pod: &types::Pod, spec: &PodSpec) -> Option<f64> {
-        match &self.config().provider {
+        match &self.shared.config().provider {
             Provider::Local(l) => (l.usd_per_hour > 0.0).then_some(l.usd_per_hour),
             Provider::Ec2(_) => {
                 let annotations = parse(&pod.annotations).ok()?;
-                let needs = crate::provisioning::needs_of(spec);
-                let plan = self.provider().plan(&needs, &annotations).await.ok()?;
+                let needs = crate::resources::needs_of(spec);
+                let plan = self
+                    .shared
+                    .provider()
+                    .plan(&needs, &annotations)
+                    .await
+                    .ok()?;
                 plan.offerings.first()?.usd_per_hour
             }
         }
     }
 
     /// Spend of `budget` within its window, USD.
-    fn spent(&self, budget: &Budget) -> Result<f64, ClusterError> {
-        let spends = self.store().spend.scan(&format!("{}/", budget.name))?;
+    pub(crate) fn spent(&self, budget: &Budget) -> Result<f64, ClusterError> {
+        let spends = self
+            .shared
+            .store()
+            .spend
+            .scan(&format!("{}/", budget.name))?;
         Ok(window_cost(&spends, budget.period))
     }
 
     /// Every budget's status.
     pub fn budget_statuses(&self) -> Result<Vec<pb::BudgetStatus>, ClusterError> {
         let mut out = Vec::new();
-        for b in &self.config().budgets {
-            let spends = self.store().spend.scan(&format!("{}/", b.name))?;
+        for b in &self.shared.config().budgets {
+            let spends = self.shared.store().spend.scan(&format!("{}/", b.name))?;
             let running: Vec<&pb::Spend> = spends.iter().filter(|s| s.ended_at.is_none()).collect();
             let spent = window_cost(&spends, b.period);
             out.push(pb::BudgetStatus {
@@ -172,118 +194,6 @@ impl Cluster {
             });
         }
         Ok(out)
-    }
-
-    /// Accrues spend and enforces caps every `budget_accrual_interval` until
-    /// `shutdown` resolves.
-    pub async fn run_budgets(&self, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
-            if let Err(e) = self.accrue_budgets().await {
-                warn!(error = %e, "budget accrual failed");
-            }
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = tokio::time::sleep(self.config().budget_accrual_interval) => {}
-            }
-        }
-    }
-
-    /// One accrual: placements into the spend table, then the caps.
-    pub async fn accrue_budgets(&self) -> Result<(), ClusterError> {
-        let pods = self.store().pods.scan("")?;
-        let now_ts = now();
-        let mut live = std::collections::HashSet::new();
-        for record in &pods {
-            let Some(name) = record.pod.as_ref().and_then(budget_of) else {
-                continue;
-            };
-            let (ns, pod_name) = names(record);
-            for p in record.placements.iter().filter(|p| p.usd_per_hour > 0.0) {
-                let spend = pb::Spend {
-                    budget: name.to_owned(),
-                    pod: key(&ns, &pod_name),
-                    uid: p.uid.clone(),
-                    usd_per_hour: p.usd_per_hour,
-                    started_at: p.started_at,
-                    ended_at: p.ended_at,
-                };
-                let k = format!("{name}/{}", p.uid);
-                live.insert(k.clone());
-                if self.store().spend.get(&k)?.as_ref() != Some(&spend) {
-                    self.store().spend.put(&k, &spend)?;
-                }
-            }
-        }
-        // Pods deleted meanwhile: their last run ends now (at the accrual's
-        // resolution); spends older than their window go.
-        let now_s = seconds(Some(&now_ts));
-        for s in self.store().spend.scan("")? {
-            let k = format!("{}/{}", s.budget, s.uid);
-            let period = self.budget(&s.budget).map_or(Duration::ZERO, |b| b.period);
-            if s.ended_at.is_none() && !live.contains(&k) {
-                let closed = pb::Spend {
-                    ended_at: Some(now_ts),
-                    ..s
-                };
-                self.store().spend.put(&k, &closed)?;
-            } else if s
-                .ended_at
-                .is_some_and(|e| seconds(Some(&e)) < now_s - period.as_secs_f64())
-            {
-                self.store().spend.remove(&k)?;
-            }
-        }
-        self.store().flush().await?;
-        for budget in &self.config().budgets {
-            let spent = self.spent(budget)?;
-            if spent < budget.amount_usd {
-                self.again(&format!("budget-cap:{}", budget.name));
-                continue;
-            }
-            if self.first_time(&format!("budget-cap:{}", budget.name)) {
-                let msg = format!(
-                    "spent {spent:.4} USD of {:.4} USD per {:?} (on_cap: {})",
-                    budget.amount_usd,
-                    budget.period,
-                    budget.on_cap.as_str()
-                );
-                warn!(budget = %budget.name, %msg, "budget cap reached");
-                self.event("Budget", "", &budget.name, true, "BudgetCapReached", msg);
-            }
-            if budget.on_cap == OnCap::Stop {
-                self.stop_budget_pods(budget, spent, &pods).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn stop_budget_pods(
-        &self,
-        budget: &Budget,
-        spent: f64,
-        pods: &[pb::PodRecord],
-    ) -> Result<(), ClusterError> {
-        for record in pods.iter().filter(|p| {
-            unfinished(p) && p.pod.as_ref().and_then(budget_of) == Some(budget.name.as_str())
-        }) {
-            let (ns, name) = names(record);
-            info!(pod = %key(&ns, &name), budget = %budget.name, "stopped at the budget's cap");
-            let msg = format!(
-                "budget {} is spent ({spent:.4} of {:.4} USD per {:?}; on_cap: stop)",
-                budget.name, budget.amount_usd, budget.period
-            );
-            // The verdict first: reports of this incarnation are stale from now
-            // on, and the agent is told to stop it if the call below fails.
-            self.fail_pod(&ns, &name, "BudgetExceeded", msg)?;
-            self.store().flush().await?;
-            if let Some(node) = self.store().nodes.get(&record.node_name)?
-                && let Err(e) = self.stop_on_node(&node, record, None).await
-            {
-                warn!(pod = %key(&ns, &name), error = %e, "not stopped at the cap; its agent will be told it is an orphan");
-            }
-        }
-        Ok(())
     }
 }
 

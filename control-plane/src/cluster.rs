@@ -1,192 +1,56 @@
-//! The control plane's shared state: the store, the configuration, the instance
-//! provider and the connections to agents. The operations live in the modules
-//! named for them ([`crate::registry`], [`crate::pods`], [`crate::scheduler`]),
-//! each as an `impl Cluster` block.
+//! The assembly: every component built once, bottom-up, each over the shared
+//! infrastructure ([`Shared`]) and handles to the components below it. The
+//! edges (the gRPC API, the Virtual Kubelet, the metrics) reach components
+//! through the accessors here; no component holds a `Cluster`.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
-use orca_proto::agent::v1::agent_service_client::AgentServiceClient;
-use orca_proto::controlplane::v1 as pb;
-use tokio::sync::Notify;
-use tonic::transport::Channel;
-
-use crate::cloud::{InstanceProvider, ProviderError};
+use crate::auth::Auth;
+use crate::autoscaling::Autoscaler;
+use crate::budget_caps::BudgetCaps;
+use crate::budgets::Budgets;
+use crate::claims::Claims;
+use crate::cloud::InstanceProvider;
 use crate::config::Config;
+use crate::heartbeat::Heartbeats;
+use crate::interruptions::Interruptions;
+use crate::objects::Objects;
 use crate::pki::Pki;
-use orca_store::{Store, StoreError};
+use crate::pods::Pods;
+use crate::provisioning::Provisioner;
+use crate::recovery::Recovery;
+use crate::registry::Registry;
+use crate::scheduler::Scheduler;
+use crate::streams::Streams;
+use crate::workloads::Workloads;
+use orca_store::Store;
 
-/// Errors of cluster operations; the API maps them to gRPC codes in one place.
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The provider failed.
-    #[error(transparent)]
-    Provider(#[from] ProviderError),
-    /// No such object.
-    #[error("{kind} {name:?} not found")]
-    NotFound {
-        /// `node` or `pod`.
-        kind: &'static str,
-        /// Its name.
-        name: String,
-    },
-    /// The name is taken.
-    #[error("{kind} {name:?} already exists")]
-    AlreadyExists {
-        /// `node` or `pod`.
-        kind: &'static str,
-        /// Its name.
-        name: String,
-    },
-    /// The request is malformed.
-    #[error("{0}")]
-    Invalid(String),
-    /// The join token is unknown, used, expired or for another node.
-    #[error("join refused: {0}")]
-    JoinRefused(String),
-    /// The caller did not prove who it is.
-    #[error("{0}")]
-    Unauthenticated(String),
-    /// The caller may not do this.
-    #[error("{0}")]
-    PermissionDenied(String),
-    /// The object is in a state that does not allow the operation.
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// A quota has no room for it.
-    #[error("{0}")]
-    ResourceExhausted(String),
-    /// What a pod refers to (a ConfigMap, Secret, token) could not be resolved.
-    #[error("{0}")]
-    Unresolved(String),
-    /// A node's agent could not be reached or failed.
-    #[error("node {node}: {status}")]
-    Agent {
-        /// Node name.
-        node: String,
-        /// The agent's (or transport's) status.
-        status: tonic::Status,
-    },
-}
+pub use crate::shared::{ClusterError, LaunchContext, PodResolver, Resolved, Shared, age, now};
 
-/// Shared state of the control plane; cheap to clone.
+/// The control plane's components; cheap to clone.
 #[derive(Clone)]
 pub struct Cluster {
-    inner: Arc<Inner>,
+    parts: Arc<Parts>,
 }
 
-struct Inner {
-    config: Config,
-    store: Store,
-    provider: Box<dyn InstanceProvider>,
-    pki: Pki,
-    agent_tls: Arc<rustls::ClientConfig>,
-    agent_url: String,
-    agents: Mutex<HashMap<String, Channel>>,
-    liveness: Mutex<HashMap<String, Liveness>>,
-    done: Mutex<HashSet<String>>,
-    wake_scheduler: Notify,
-    provisioning: crate::provisioning::Memory,
-    reservation_ends: crate::reservation_ends::Memory,
-    admission: tokio::sync::Mutex<()>,
-    refreshing: tokio::sync::Mutex<()>,
-    sealer: std::sync::OnceLock<Arc<crate::objects::sealing::Sealer>>,
-    services: std::sync::OnceLock<Arc<crate::services::manager::Services>>,
-    audit: crate::auth::audit::AuditLog,
-    resolver: std::sync::OnceLock<Arc<dyn PodResolver>>,
-    events: tokio::sync::broadcast::Sender<pb::Event>,
-    telemetry: crate::telemetry::TelemetryStore,
-    launches: crate::metrics::LaunchCounters,
+struct Parts {
+    shared: Shared,
+    auth: Auth,
+    budgets: Budgets,
+    pods: Pods,
+    claims: Claims,
+    registry: Registry,
+    recovery: Recovery,
+    provisioner: Provisioner,
+    interruptions: Interruptions,
+    heartbeats: Heartbeats,
+    streams: Streams,
+    scheduler: Scheduler,
+    objects: Objects,
+    workloads: Workloads,
+    autoscaler: Autoscaler,
+    caps: BudgetCaps,
 }
-
-/// What a pod's agent gets besides the pod: content the agent cannot read
-/// itself (Kubernetes mode: ConfigMaps, Secrets, the service account token,
-/// registry credentials).
-#[derive(Debug, Default)]
-pub struct Resolved {
-    /// Credentials from the pod's imagePullSecrets.
-    pub registry_credentials: Vec<orca_proto::types::v1::RegistryCredential>,
-    /// ConfigMaps, Secrets and the token the pod refers to.
-    pub volume_data: Option<orca_proto::types::v1::VolumeData>,
-    /// The spec with every `env[].valueFrom` and `envFrom` turned into values,
-    /// when it had any.
-    pub spec_json: Option<String>,
-}
-
-/// What a pod's launch needs from outside ORCA (Kubernetes mode): the role of
-/// its ServiceAccount, and its PersistentVolumeClaims as claims.
-#[derive(Debug, Default)]
-pub struct LaunchContext {
-    /// The ServiceAccount's `eks.amazonaws.com/role-arn`.
-    pub service_account_role_arn: Option<String>,
-    /// The pod's claims, bound to their EBS volumes.
-    pub claims: Vec<pb::Claim>,
-}
-
-/// Resolves what a pod refers to, just before it is handed to its agent.
-pub trait PodResolver: Send + Sync {
-    /// What launching an instance for `record` needs; an error says what is
-    /// missing (the pod waits, bounded by the pending timeout).
-    fn launch_context<'a>(
-        &'a self,
-        record: &'a pb::PodRecord,
-    ) -> futures::future::BoxFuture<'a, Result<LaunchContext, String>> {
-        let _ = record;
-        Box::pin(async { Ok(LaunchContext::default()) })
-    }
-    /// ORCA created the volume of a claim that mirrors one of the resolver's
-    /// (Kubernetes: a PersistentVolume bound to the claim is made for it).
-    fn volume_provisioned<'a>(
-        &'a self,
-        claim: &'a pb::Claim,
-    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
-        let _ = claim;
-        Box::pin(async { Ok(()) })
-    }
-    /// Whether the claim a mirrored claim stands for is gone (deleted, or
-    /// replaced by another of the same name); its storage is then reclaimed.
-    fn claim_gone<'a>(
-        &'a self,
-        claim: &'a pb::Claim,
-    ) -> futures::future::BoxFuture<'a, Result<bool, String>> {
-        let _ = claim;
-        Box::pin(async { Ok(false) })
-    }
-    /// The storage of a mirrored claim was reclaimed (Kubernetes: its
-    /// PersistentVolume goes).
-    fn volume_reclaimed<'a>(
-        &'a self,
-        claim: &'a pb::Claim,
-    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
-        let _ = claim;
-        Box::pin(async { Ok(()) })
-    }
-    /// The content `record` refers to; an error names what is missing, and
-    /// fails the pod with reason CreateContainerConfigError.
-    fn resolve<'a>(
-        &'a self,
-        record: &'a pb::PodRecord,
-        node: &'a pb::Node,
-    ) -> futures::future::BoxFuture<'a, Result<Resolved, String>>;
-}
-
-/// What the control plane remembers of a node's heartbeats, in memory only (a
-/// heartbeat is not an fsync). After a restart every node starts from the
-/// restart time: it gets one full grace period before it can be declared Lost.
-#[derive(Debug, Clone, Copy)]
-pub struct Liveness {
-    /// When the last heartbeat (or Join) arrived.
-    pub last_seen: Instant,
-    /// The sequence number of the last heartbeat.
-    pub sequence: u64,
-}
-
-/// GPU samples of history kept per GPU.
-const GPU_HISTORY: usize = 120;
 
 impl Cluster {
     /// Assembles the cluster; `agent_tls` is the client configuration for calls
@@ -199,46 +63,65 @@ impl Cluster {
         agent_tls: Arc<rustls::ClientConfig>,
         agent_url: String,
     ) -> Self {
-        let started = Instant::now();
-        // Every known node starts silent from now: one full grace period each.
-        let liveness = store
-            .nodes
-            .scan("")
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|n| !n.id.is_empty())
-            .map(|n| {
-                let l = Liveness {
-                    last_seen: started,
-                    sequence: 0,
-                };
-                (n.name, l)
-            })
-            .collect();
-        let audit = crate::auth::audit::AuditLog::new(&config.data_dir);
+        let shared = Shared::new(config, store, provider, pki, agent_tls, agent_url);
+        let auth = Auth::new(shared.clone());
+        let budgets = Budgets::new(shared.clone());
+        let pods = Pods::new(shared.clone(), budgets.clone());
+        let claims = Claims::new(shared.clone());
+        let registry = Registry::new(shared.clone(), pods.clone());
+        let recovery = Recovery::new(shared.clone(), pods.clone(), registry.clone());
+        let provisioner = Provisioner::new(
+            shared.clone(),
+            pods.clone(),
+            registry.clone(),
+            claims.clone(),
+        );
+        let interruptions = Interruptions::new(
+            shared.clone(),
+            pods.clone(),
+            provisioner.clone(),
+            recovery.clone(),
+        );
+        let objects = Objects::new(shared.clone(), pods.clone(), claims.clone());
+        let heartbeats = Heartbeats::new(
+            shared.clone(),
+            registry.clone(),
+            pods.clone(),
+            interruptions.clone(),
+            provisioner.clone(),
+            objects.clone(),
+        );
+        let streams = Streams::new(shared.clone(), registry.clone(), pods.clone());
+        let scheduler = Scheduler::new(
+            shared.clone(),
+            registry.clone(),
+            pods.clone(),
+            claims.clone(),
+            provisioner.clone(),
+            recovery.clone(),
+            interruptions.clone(),
+        );
+        let workloads = Workloads::new(shared.clone(), pods.clone(), objects.clone());
+        let autoscaler = Autoscaler::new(shared.clone(), streams.clone(), workloads.clone());
+        let caps = BudgetCaps::new(shared.clone(), budgets.clone(), pods.clone());
         Self {
-            inner: Arc::new(Inner {
-                config,
-                store,
-                provider,
-                pki,
-                agent_tls,
-                agent_url,
-                agents: Mutex::new(HashMap::new()),
-                liveness: Mutex::new(liveness),
-                done: Mutex::new(HashSet::new()),
-                provisioning: Default::default(),
-                reservation_ends: Default::default(),
-                admission: tokio::sync::Mutex::new(()),
-                refreshing: tokio::sync::Mutex::new(()),
-                sealer: Default::default(),
-                services: Default::default(),
-                audit,
-                resolver: Default::default(),
-                events: tokio::sync::broadcast::channel(1024).0,
-                wake_scheduler: Notify::new(),
-                telemetry: crate::telemetry::TelemetryStore::new(GPU_HISTORY),
-                launches: Default::default(),
+            parts: Arc::new(Parts {
+                shared,
+                auth,
+                budgets,
+                pods,
+                claims,
+                registry,
+                recovery,
+                provisioner,
+                interruptions,
+                heartbeats,
+                streams,
+                scheduler,
+                objects,
+                workloads,
+                autoscaler,
+                caps,
             }),
         }
     }
@@ -246,301 +129,78 @@ impl Cluster {
     /// Installs the key Secrets are sealed with (once), and, in standalone mode,
     /// the store as the source of what pods refer to.
     pub fn set_sealer(&self, sealer: Arc<crate::objects::sealing::Sealer>) {
-        if self.config().kubernetes.is_none() {
-            self.set_resolver(Arc::new(crate::objects::source::StoreObjects::new(
-                self.store().clone(),
-                sealer.clone(),
-                self.services().and_then(|s| s.dns_server()),
-            )));
-        }
-        let _ = self.inner.sealer.set(sealer);
+        self.objects().set_sealer(sealer);
     }
 
     /// Installs the Services' network (standalone mode with simulated hosts
     /// in network namespaces); before [`Cluster::set_sealer`], whose resolver
     /// gives pods the cluster DNS.
     pub fn set_services(&self, services: Arc<crate::services::manager::Services>) {
-        let _ = self.inner.services.set(services);
+        self.objects().set_services(services);
     }
 
-    /// The audit log of authorization decisions.
-    pub fn audit(&self) -> &crate::auth::audit::AuditLog {
-        &self.inner.audit
+    /// The infrastructure every component shares.
+    pub fn shared(&self) -> &Shared {
+        &self.parts.shared
     }
-
-    /// The Services' network, when there is one.
-    pub fn services(&self) -> Option<&Arc<crate::services::manager::Services>> {
-        self.inner.services.get()
+    /// Tokens and authorization.
+    pub fn auth(&self) -> &Auth {
+        &self.parts.auth
     }
-
-    /// The key Secrets are sealed with, once installed.
-    pub(crate) fn secrets_sealer(&self) -> Option<&crate::objects::sealing::Sealer> {
-        self.inner.sealer.get().map(Arc::as_ref)
+    /// Budgets: estimates and statuses.
+    pub fn budgets(&self) -> &Budgets {
+        &self.parts.budgets
     }
-
-    /// Installs the resolver of pods' references (once; the Kubernetes mode).
-    pub fn set_resolver(&self, resolver: Arc<dyn PodResolver>) {
-        let _ = self.inner.resolver.set(resolver);
+    /// The budgets' caps, enforced on pods.
+    pub fn caps(&self) -> &BudgetCaps {
+        &self.parts.caps
     }
-
-    /// What the pod refers to, from the resolver if there is one.
-    pub async fn resolve(
-        &self,
-        record: &pb::PodRecord,
-        node: &pb::Node,
-    ) -> Result<Resolved, String> {
-        match self.inner.resolver.get() {
-            Some(r) => r.resolve(record, node).await,
-            None => Ok(Resolved::default()),
-        }
+    /// Pods.
+    pub fn pods(&self) -> &Pods {
+        &self.parts.pods
     }
-
-    /// What launching an instance for `record` needs, from the resolver if
-    /// there is one; its claims are stored (mirrored) for the launch to use.
-    pub async fn launch_context(&self, record: &pb::PodRecord) -> Result<LaunchContext, String> {
-        let Some(r) = self.inner.resolver.get() else {
-            return Ok(LaunchContext::default());
-        };
-        let context = r.launch_context(record).await?;
-        for c in &context.claims {
-            let k = crate::pods::key(&c.namespace, &c.name);
-            let stored = self.store().claims.get(&k).map_err(|e| e.to_string())?;
-            let next = match &stored {
-                // A claim ORCA provisions: what ORCA made for it stands.
-                Some(s) if s.uid == c.uid && c.volume_id.is_empty() => continue,
-                // The same volume: keep what ORCA learnt of it (its zone) and
-                // when the mirror was made.
-                Some(s) if s.volume_id == c.volume_id => pb::Claim {
-                    zone: s.zone.clone(),
-                    created_at: s.created_at,
-                    ..c.clone()
-                },
-                _ => c.clone(),
-            };
-            if stored.as_ref() != Some(&next) {
-                self.store()
-                    .claims
-                    .put(&k, &next)
-                    .map_err(|e| e.to_string())?;
-            }
-        }
-        Ok(context)
+    /// PersistentVolumeClaims.
+    pub fn claims(&self) -> &Claims {
+        &self.parts.claims
     }
-
-    /// The resolver, when there is one (Kubernetes mode).
-    pub(crate) fn resolver(&self) -> Option<&Arc<dyn PodResolver>> {
-        self.inner.resolver.get()
+    /// Nodes: joins, liveness, health, cordon.
+    pub fn registry(&self) -> &Registry {
+        &self.parts.registry
     }
-
-    /// Every event recorded from now on (a lagging receiver loses the oldest).
-    pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<pb::Event> {
-        self.inner.events.subscribe()
+    /// Lost nodes, drains, faults.
+    pub fn recovery(&self) -> &Recovery {
+        &self.parts.recovery
     }
-
-    /// The URL agents dial (given to launched hosts and in join tokens).
-    pub fn agent_url(&self) -> String {
-        self.inner.agent_url.clone()
+    /// Instances: launches, warm pool, reservation ends, EBS claims.
+    pub fn provisioner(&self) -> &Provisioner {
+        &self.parts.provisioner
     }
-
-    /// The certificate authority.
-    pub fn pki(&self) -> &Pki {
-        &self.inner.pki
+    /// Agents' interruption notices.
+    pub fn interruptions(&self) -> &Interruptions {
+        &self.parts.interruptions
     }
-
-    /// Records a sign of life from `node`.
-    pub fn touch(&self, node: &str, sequence: u64) {
-        let mut live = self
-            .inner
-            .liveness
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        live.insert(
-            node.to_owned(),
-            Liveness {
-                last_seen: Instant::now(),
-                sequence,
-            },
-        );
+    /// Agents' heartbeats.
+    pub fn heartbeats(&self) -> &Heartbeats {
+        &self.parts.heartbeats
     }
-
-    /// Joined nodes silent for longer than `threshold`, with their silence.
-    pub fn silent_nodes(
-        &self,
-        threshold: std::time::Duration,
-    ) -> Vec<(String, std::time::Duration)> {
-        let live = self
-            .inner
-            .liveness
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        live.iter()
-            .map(|(name, l)| (name.clone(), l.last_seen.elapsed()))
-            .filter(|(_, silence)| *silence > threshold)
-            .collect()
+    /// Logs, exec, attach, port-forward and stats relayed to agents.
+    pub fn streams(&self) -> &Streams {
+        &self.parts.streams
     }
-
-    /// Forgets a node's liveness, telemetry and agent connection.
-    pub fn forget(&self, node: &pb::Node) {
-        self.inner.telemetry.forget(&node.name);
-        let mut live = self
-            .inner
-            .liveness
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        live.remove(&node.name);
-        drop(live);
-        let mut agents = self.inner.agents.lock().unwrap_or_else(|p| p.into_inner());
-        agents.remove(&node.agent_address);
+    /// Placement and dispatch.
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.parts.scheduler
     }
-
-    /// True the first time this process does `what` (e.g. `dispatch:<uid>`,
-    /// `fence:<node>`): one-shot actions that a restarted control plane redoes.
-    pub fn first_time(&self, what: &str) -> bool {
-        let mut set = self.inner.done.lock().unwrap_or_else(|p| p.into_inner());
-        set.insert(what.to_owned())
+    /// Standalone mode's objects.
+    pub fn objects(&self) -> &Objects {
+        &self.parts.objects
     }
-
-    /// Allows `what` to be done again (it failed, or its episode ended).
-    pub fn again(&self, what: &str) {
-        let mut set = self.inner.done.lock().unwrap_or_else(|p| p.into_inner());
-        set.remove(what);
+    /// Deployments and ReplicaSets.
+    pub fn workloads(&self) -> &Workloads {
+        &self.parts.workloads
     }
-
-    /// What provisioning remembers in memory.
-    pub(crate) fn provisioning(&self) -> &crate::provisioning::Memory {
-        &self.inner.provisioning
-    }
-
-    /// Held while a pod is admitted or a standalone object written, so quota
-    /// checks see one another's pods.
-    pub(crate) fn admission_lock(&self) -> &tokio::sync::Mutex<()> {
-        &self.inner.admission
-    }
-
-    /// Held while a changed ConfigMap's or Secret's volumes are rewritten: one
-    /// refresh at a time, each resolving the content current when it runs, so
-    /// the last one to reach an agent carries the newest content.
-    pub(crate) fn refresh_lock(&self) -> &tokio::sync::Mutex<()> {
-        &self.inner.refreshing
-    }
-
-    /// What the reservation-end check remembers.
-    pub(crate) fn reservation_memory(&self) -> &crate::reservation_ends::Memory {
-        &self.inner.reservation_ends
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &Config {
-        &self.inner.config
-    }
-
-    /// GPU telemetry from the heartbeats.
-    pub fn telemetry(&self) -> &crate::telemetry::TelemetryStore {
-        &self.inner.telemetry
-    }
-
-    /// Counts of the instance launches the cluster asked for (the metrics).
-    pub fn launch_counters(&self) -> &crate::metrics::LaunchCounters {
-        &self.inner.launches
-    }
-
-    /// The store.
-    pub fn store(&self) -> &Store {
-        &self.inner.store
-    }
-
-    /// The instance provider.
-    pub fn provider(&self) -> &dyn InstanceProvider {
-        self.inner.provider.as_ref()
-    }
-
-    /// Wakes the scheduler (a pod or node changed).
-    pub fn wake_scheduler(&self) {
-        self.inner.wake_scheduler.notify_one();
-    }
-
-    /// Resolves when the scheduler is woken.
-    pub async fn scheduler_woken(&self) {
-        self.inner.wake_scheduler.notified().await
-    }
-
-    /// A client for the agent of `node`, connecting lazily over mutual TLS: the
-    /// agent's certificate must name the node.
-    pub fn agent(&self, node: &pb::Node) -> Result<AgentServiceClient<Channel>, ClusterError> {
-        if node.agent_address.is_empty() {
-            return Err(ClusterError::FailedPrecondition(format!(
-                "node {} has not joined yet",
-                node.name
-            )));
-        }
-        let mut agents = self.inner.agents.lock().unwrap_or_else(|p| p.into_inner());
-        let channel = match agents.get(&node.agent_address) {
-            Some(c) => c.clone(),
-            None => {
-                let channel = orca_proto::tls::channel(
-                    &node.agent_address,
-                    Some(&node.name),
-                    self.inner.agent_tls.clone(),
-                    std::time::Duration::from_secs(5),
-                )
-                .map_err(|e| {
-                    ClusterError::Invalid(format!("agent address {}: {e}", node.agent_address))
-                })?;
-                agents.insert(node.agent_address.clone(), channel.clone());
-                channel
-            }
-        };
-        Ok(AgentServiceClient::new(channel))
-    }
-
-    /// A request to an agent with a deadline: the agent call timeout plus `extra`
-    /// (a stop may take its whole grace period).
-    pub fn timed<T>(&self, message: T, extra: std::time::Duration) -> tonic::Request<T> {
-        let mut req = tonic::Request::new(message);
-        req.set_timeout(self.inner.config.agent_call_timeout + extra);
-        req
-    }
-
-    /// Flushes the store without waiting for it (for writes an agent would
-    /// repeat after a crash anyway: observed pod statuses).
-    pub fn flush_in_background(&self) {
-        let store = self.inner.store.clone();
-        tokio::spawn(async move {
-            if let Err(e) = store.flush().await {
-                tracing::warn!(error = %e, "store flush failed");
-            }
-        });
-    }
-
-    /// Records an event about a node.
-    pub fn node_event(&self, node: &str, warning: bool, reason: &str, message: String) {
-        self.event("Node", "", node, warning, reason, message);
-    }
-
-    /// Records an event.
-    pub fn event(
-        &self,
-        kind: &str,
-        namespace: &str,
-        name: &str,
-        warning: bool,
-        reason: &str,
-        message: String,
-    ) {
-        let event = pb::Event {
-            kind: kind.into(),
-            namespace: namespace.into(),
-            name: name.into(),
-            r#type: if warning { "Warning" } else { "Normal" }.into(),
-            reason: reason.into(),
-            message,
-            time: Some(now()),
-        };
-        if let Err(e) = self.inner.store.add_event(&event) {
-            tracing::warn!(error = %e, reason, "event not recorded");
-        }
-        let _ = self.inner.events.send(event);
+    /// HorizontalPodAutoscalers.
+    pub fn autoscaler(&self) -> &Autoscaler {
+        &self.parts.autoscaler
     }
 }
-
-pub use orca_model::time::{age, now};

@@ -5,7 +5,7 @@
 //!
 //! - the node is cordoned, with an Event and the notice in its message;
 //! - for an interruption or maintenance, each unfinished pod on the node is
-//!   moved ([`Cluster::relocate`]: a new incarnation placed elsewhere, in
+//!   moved ([`crate::recovery::Recovery::relocate`]: a new incarnation placed elsewhere, in
 //!   parallel with the old one's shutdown; restartPolicy Never ends it Failed).
 //!   The moved incarnation is remembered in the record's `interruptions`: the
 //!   agent runs its checkpoint handshake (`/run/orca/notice`, SIGTERM) and is
@@ -33,30 +33,20 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{EnvVar, PodSpec};
 use orca_proto::controlplane::v1::{self as pb, NoticeKind};
-use orca_proto::types::v1::{self as types, PodPhase};
+use orca_proto::types::v1::PodPhase;
 use tracing::info;
 
-use crate::cluster::{Cluster, ClusterError, now};
-use crate::pods::{Applied, key, names, phase, uid};
-use orca_model::selection::annotations::{CAPACITY_RESERVATION_ID, CHECKPOINT_WAIT, RESUME_FROM};
+use crate::pods::deadline_passed;
+use crate::pods::{key, names, phase, uid};
+use crate::shared::{ClusterError, Shared, now};
+use orca_model::selection::annotations::{CAPACITY_RESERVATION_ID, CHECKPOINT_WAIT};
 
 /// How far ahead EC2 announces a spot interruption (and the default of an
 /// injected one).
 pub const SPOT_NOTICE_LEAD: Duration = Duration::from_secs(120);
 
-/// How long after its deadline an interrupted incarnation still reported
-/// running is told to stop as an orphan.
-const OVERDUE: Duration = Duration::from_secs(30);
-
 /// The environment variable that carries `orca.research/resume-from`.
 pub const RESUME_ENV: &str = "ORCA_RESUME_FROM";
-
-fn deadline_passed(n: &pb::Interruption) -> bool {
-    n.notice
-        .as_ref()
-        .and_then(|n| n.deadline)
-        .is_some_and(|d| d.seconds < now().seconds)
-}
 
 fn describe(n: &pb::Notice) -> String {
     let at = n
@@ -92,14 +82,6 @@ fn reason_of(n: &pb::Notice) -> &'static str {
         NoticeKind::ReservationEnd => crate::reservation_ends::REASON,
         _ => "SpotInterruption",
     }
-}
-
-/// Whether an incarnation `pod_uid` on `node` is still finishing after an
-/// interruption (its instance must stay until it is released).
-pub fn finishing(pods: &[pb::PodRecord], node: &str, pod_uid: &str) -> bool {
-    pods.iter()
-        .flat_map(|p| &p.interruptions)
-        .any(|i| i.uid == pod_uid && i.node_name == node && !i.released && !deadline_passed(i))
 }
 
 /// Why a moved pod is not handed to its new node yet; `None` when it may be.
@@ -139,20 +121,33 @@ pub fn with_resume_env(spec_json: &str, location: &str) -> Option<String> {
     serde_json::to_string(&spec).ok()
 }
 
-fn ended(status: &types::PodStatus) -> bool {
-    let running = |c: &types::ContainerStatus| {
-        matches!(
-            c.state.as_ref().and_then(|s| s.state.as_ref()),
-            Some(types::container_state::State::Running(_))
-        )
-    };
-    matches!(
-        PodPhase::try_from(status.phase),
-        Ok(PodPhase::Succeeded | PodPhase::Failed)
-    ) && !status.container_statuses.iter().any(running)
+/// Agents' interruption notices: cordon, move the pods, keep the incarnation.
+#[derive(Clone)]
+pub struct Interruptions {
+    shared: Shared,
+    pods: crate::pods::Pods,
+    provisioner: crate::provisioning::Provisioner,
+    recovery: crate::recovery::Recovery,
 }
 
-impl Cluster {
+impl Interruptions {
+    /// The component over `shared` and the components below it.
+    pub fn new(
+        shared: Shared,
+        pods: crate::pods::Pods,
+        provisioner: crate::provisioning::Provisioner,
+        recovery: crate::recovery::Recovery,
+    ) -> Self {
+        Self {
+            shared,
+            pods,
+            provisioner,
+            recovery,
+        }
+    }
+}
+
+impl Interruptions {
     /// Acts on the due notices of a node's heartbeat, each once per process (a
     /// restarted control plane acts again: cordoning is idempotent and moved
     /// pods are no longer on the node).
@@ -162,18 +157,22 @@ impl Cluster {
         notices: &[pb::Notice],
     ) -> Result<(), ClusterError> {
         for notice in notices {
-            if !self.first_time(&format!("notice:{}:{}", node.name, notice.id)) {
+            if !self
+                .shared
+                .first_time(&format!("notice:{}:{}", node.name, notice.id))
+            {
                 continue;
             }
             let what = describe(notice);
             info!(node = %node.name, notice = %what, "interruption notice");
             let message = format!("{what}: cordoned");
-            self.store().nodes.update(&node.name, |n| {
+            self.shared.store().nodes.update(&node.name, |n| {
                 n.unschedulable = true;
                 n.message = message.clone();
             })?;
-            self.store().flush().await?;
-            self.node_event(&node.name, true, reason_of(notice), what.clone());
+            self.shared.store().flush().await?;
+            self.shared
+                .node_event(&node.name, true, reason_of(notice), what.clone());
             if notice.kind() == NoticeKind::Rebalance {
                 continue;
             }
@@ -181,9 +180,9 @@ impl Cluster {
                 notice.kind(),
                 NoticeKind::SpotInterruption | NoticeKind::ReservationEnd
             ) {
-                self.avoid_offering_of(node, &what);
+                self.provisioner.avoid_offering_of(node, &what);
             }
-            for pod in self.store().pods.scan("")? {
+            for pod in self.shared.store().pods.scan("")? {
                 if pod.node_name == node.name
                     && !matches!(phase(&pod), PodPhase::Succeeded | PodPhase::Failed)
                 {
@@ -211,12 +210,12 @@ impl Cluster {
             handled_at: Some(now()),
             ..Default::default()
         };
-        self.store().pods.update(&key(&ns, &name), |p| {
+        self.shared.store().pods.update(&key(&ns, &name), |p| {
             if uid(p) == old_uid && !p.interruptions.iter().any(|i| i.uid == old_uid) {
                 p.interruptions.push(entry.clone());
             }
         })?;
-        self.event(
+        self.shared.event(
             "Pod",
             &ns,
             &name,
@@ -235,7 +234,7 @@ impl Cluster {
                 .is_some_and(|id| *id == notice.reservation_id);
         if pinned {
             // Its replacement could only launch into the ending reservation.
-            self.fail_pod(
+            self.pods.fail_pod(
                 &ns,
                 &name,
                 reason_of(notice),
@@ -244,117 +243,24 @@ impl Cluster {
                     node.name
                 ),
             )?;
-            self.store().flush().await?;
+            self.shared.store().flush().await?;
             return Ok(());
         }
-        self.relocate(
-            pod,
-            reason_of(notice),
-            format!("{what} of node {}", node.name),
-        )
-        .await
-    }
-
-    /// A report about an incarnation moved by an interruption: its checkpoint
-    /// is recorded (and handed to the replacement as `orca.research/resume-from`)
-    /// and it is released once it has ended. `None` when the report is not about
-    /// one.
-    pub(crate) fn interrupted_report(
-        &self,
-        node: &str,
-        record: &pb::PodRecord,
-        (r, status, reported_checkpoint): (&types::PodRef, &types::PodStatus, &str),
-    ) -> Result<Option<Applied>, ClusterError> {
-        let k = key(&r.namespace, &r.name);
-        let Some(kept) = record
-            .interruptions
-            .iter()
-            .find(|i| i.uid == r.uid && i.node_name == node)
-        else {
-            return Ok(None);
-        };
-        // restartPolicy Never: the record is still this incarnation, and its
-        // reports go on to the normal path after the interruption is noted.
-        let moved = uid(record) != r.uid;
-        let verdict = |released: bool, changed: bool| {
-            Ok(moved.then_some(match (released, changed) {
-                (true, _) => Applied::Orphan,
-                (false, true) => Applied::Changed,
-                (false, false) => Applied::Unchanged,
-            }))
-        };
-        // Released, or well past its deadline (the instance is gone by then on
-        // EC2): whatever still runs of it is stopped.
-        let overdue = kept
-            .notice
-            .as_ref()
-            .and_then(|n| n.deadline)
-            .is_some_and(|d| d.seconds + (OVERDUE.as_secs() as i64) < now().seconds);
-        if kept.released || overdue {
-            return verdict(true, false);
-        }
-        let checkpoint = (!reported_checkpoint.is_empty()
-            && reported_checkpoint != kept.checkpoint)
-            .then(|| reported_checkpoint.to_owned());
-        let release = ended(status);
-        if checkpoint.is_none() && !release {
-            return verdict(false, false);
-        }
-        self.store().pods.update(&k, |p| {
-            let current = uid(p);
-            let Some(i) = p.interruptions.iter_mut().find(|i| i.uid == r.uid) else {
-                return;
-            };
-            if let Some(location) = &checkpoint {
-                i.checkpoint = location.clone();
-            }
-            i.released |= release;
-            let is_last = p.interruptions.last().is_some_and(|l| l.uid == r.uid);
-            if let (Some(location), Some(meta), true) = (&checkpoint, p.pod.as_mut(), is_last)
-                && current != r.uid
-            {
-                meta.annotations
-                    .insert(RESUME_FROM.to_owned(), location.clone());
-            }
-        })?;
-        if let Some(location) = &checkpoint {
-            info!(pod = %k, uid = %r.uid, location, "checkpoint of an interrupted pod");
-            self.event(
-                "Pod",
-                &r.namespace,
-                &r.name,
-                false,
-                "CheckpointConfirmed",
-                format!("incarnation {} on {node} checkpointed to {location}", r.uid),
-            );
-        }
-        if release {
-            self.event(
-                "Pod",
-                &r.namespace,
-                &r.name,
-                false,
-                "InterruptedStopped",
-                format!(
-                    "incarnation {} on {node} stopped ({}{})",
-                    r.uid,
-                    status.reason,
-                    if status.message.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", status.message)
-                    }
-                ),
-            );
-        }
-        self.wake_scheduler();
-        verdict(release, true)
+        self.recovery
+            .relocate(
+                pod,
+                reason_of(notice),
+                format!("{what} of node {}", node.name),
+            )
+            .await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pods::finishing;
+    use orca_proto::types::v1 as types;
 
     #[test]
     fn resume_env_reaches_every_container_without_overriding_one() {

@@ -16,17 +16,18 @@
 //! - [`store`]: sled tables of protobuf records; flushed before acknowledging.
 //! - [`pki`]: the cluster CA, node certificates, the admin token;
 //!   [`tls_identity`]: the control plane's own certificate and its rotation.
-//! - [`cluster`]: the shared state (with in-memory liveness); [`registry`]
-//!   (nodes, join, heartbeats, health states, cordon), [`pods`] (create,
-//!   observe, delete, events), [`scheduler`] (placement by resources,
-//!   selectors and taints, autoscaling, dispatch), [`recovery`] (fencing,
-//!   new incarnations, drain, faults) and [`streams`] (logs, exec and attach
-//!   relayed from the pod's agent) are its operations; [`interruptions`]
-//!   (spot, maintenance and rebalance notices from the agents: cordon, move
-//!   the pods, hand the checkpoint to the replacement), [`lifetime`]
-//!   (`orca.research/max-lifetime`), [`ledger`] (where and on what each
-//!   incarnation ran, and its cost) and [`budgets`] (admission estimates,
-//!   accrued spend, caps) too.
+//! - [`shared`]: the infrastructure every component holds; [`cluster`]: the
+//!   assembly of the components (ARCHITECTURE.md draws their layers):
+//!   [`registry`] (nodes, join, liveness, health states, cordon),
+//!   [`heartbeat`], [`pods`] (create, observe, delete, events), [`scheduler`]
+//!   (placement by resources, selectors and taints, dispatch), [`recovery`]
+//!   (fencing, new incarnations, drain, faults), [`streams`] (logs, exec and
+//!   attach relayed from the pod's agent), [`interruptions`] (spot,
+//!   maintenance and rebalance notices from the agents: cordon, move the pods,
+//!   hand the checkpoint to the replacement), [`lifetime`]
+//!   (`orca.research/max-lifetime`), [`budgets`] (admission estimates,
+//!   statuses) and [`budget_caps`] (accrued spend, caps); [`resources`]: what
+//!   pods ask for.
 //! - [`objects`]: standalone mode's Namespaces, ResourceQuotas, LimitRanges,
 //!   ConfigMaps and Secrets (admission, sealing, refresh of mounted volumes);
 //!   [`references`]: what a pod refers to, resolved before it is handed over,
@@ -68,11 +69,13 @@ pub mod api;
 pub mod auth;
 pub mod autoscaling;
 pub mod backup;
+pub mod budget_caps;
 pub mod budgets;
 pub mod claims;
 pub mod cloud;
 pub mod cluster;
 pub mod config;
+pub mod heartbeat;
 pub mod interruptions;
 pub mod lifetime;
 pub mod metrics;
@@ -86,8 +89,10 @@ pub mod recovery;
 pub mod references;
 pub mod registry;
 pub mod reservation_ends;
+pub mod resources;
 pub mod scheduler;
 pub mod services;
+pub mod shared;
 pub mod streams;
 pub mod telemetry;
 pub mod tls_identity;
@@ -272,14 +277,14 @@ pub async fn serve(
         None => None,
     };
     let cluster = Cluster::new(config, store.clone(), provider, pki, agent_tls, agent_url);
-    let services = match (&cluster.config().provider, service_gateway) {
-        (Provider::Local(local), true) if cluster.config().kubernetes.is_none() => {
+    let services = match (&cluster.shared().config().provider, service_gateway) {
+        (Provider::Local(local), true) if cluster.shared().config().kubernetes.is_none() => {
             let services = std::sync::Arc::new(services::manager::Services::new(
                 local.network.bridge.clone(),
                 local.network.cidr,
             ));
             cluster.set_services(services.clone());
-            let dns_socket = services.bind_dns(cluster.config().dns_port).await;
+            let dns_socket = services.bind_dns(cluster.shared().config().dns_port).await;
             Some((services, dns_socket))
         }
         _ => None,
@@ -294,27 +299,32 @@ pub async fn serve(
     let scheduler = {
         let cluster = cluster.clone();
         let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move { cluster.run_scheduler(stop).await })
+        tokio::spawn(async move { cluster.scheduler().run_scheduler(stop).await })
     };
-    let workloads = cluster.config().kubernetes.is_none().then(|| {
+    let workloads = cluster.shared().config().kubernetes.is_none().then(|| {
         let (scaler, scaler_stop) = (cluster.clone(), stopped(stop_rx.clone()));
-        let autoscaling = tokio::spawn(async move { scaler.run_autoscaling(scaler_stop).await });
+        let autoscaling =
+            tokio::spawn(async move { scaler.autoscaler().run_autoscaling(scaler_stop).await });
         let cluster = cluster.clone();
         let stop = stopped(stop_rx.clone());
-        let controllers = tokio::spawn(async move { cluster.run_workloads(stop).await });
+        let controllers =
+            tokio::spawn(async move { cluster.workloads().run_workloads(stop).await });
         [controllers, autoscaling]
     });
     let services = services.map(|(services, dns_socket)| {
         let cluster = cluster.clone();
         let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move { cluster.run_services(services, dns_socket, stop).await })
+        tokio::spawn(async move {
+            services::manager::run_services(cluster.shared().clone(), services, dns_socket, stop)
+                .await
+        })
     });
-    let budgets = (!cluster.config().budgets.is_empty()).then(|| {
+    let budgets = (!cluster.shared().config().budgets.is_empty()).then(|| {
         let cluster = cluster.clone();
         let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move { cluster.run_budgets(stop).await })
+        tokio::spawn(async move { cluster.caps().run_budgets(stop).await })
     });
-    let kubernetes = match &cluster.config().kubernetes {
+    let kubernetes = match &cluster.shared().config().kubernetes {
         Some(k) => vk::start(&cluster, k, stop_rx.clone()).await?,
         None => Vec::new(),
     };

@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::PodSpec;
 use orca_proto::controlplane::v1 as pb;
 use orca_proto::types::v1::PodPhase;
 
-use crate::cluster::{Cluster, ClusterError, age};
 use crate::pods::{names, phase};
+use crate::shared::{ClusterError, age};
 use orca_model::selection::annotations::{MAX_LIFETIME, parse};
 
 /// Seconds left of a pod's max lifetime (rounded up); `None` without one.
@@ -33,7 +33,20 @@ pub fn with_deadline(spec_json: &str, left: i64) -> Option<String> {
     serde_json::to_string(&spec).ok()
 }
 
-impl Cluster {
+/// `orca.research/max-lifetime` for Pending pods.
+#[derive(Clone)]
+pub struct Lifetime {
+    pods: crate::pods::Pods,
+}
+
+impl Lifetime {
+    /// The component over the pods.
+    pub fn new(pods: crate::pods::Pods) -> Self {
+        Self { pods }
+    }
+}
+
+impl Lifetime {
     /// Fails the Pending pods whose max lifetime ran out before they ran;
     /// whether it failed any.
     pub(crate) fn expire_pending(&self, pods: &[pb::PodRecord]) -> Result<bool, ClusterError> {
@@ -47,7 +60,7 @@ impl Cluster {
                     .and_then(|m| m.annotations.get(MAX_LIFETIME))
                     .cloned()
                     .unwrap_or_default();
-                self.fail_pod(
+                self.pods.fail_pod(
                     &ns,
                     &name,
                     "DeadlineExceeded",

@@ -8,7 +8,9 @@ use orca_proto::controlplane::v1 as pb;
 use orca_proto::types::v1::{self as types, PodPhase};
 use tracing::info;
 
-use crate::cluster::{Cluster, ClusterError, now};
+use crate::shared::{ClusterError, Shared, now};
+use orca_model::selection::annotations::RESUME_FROM;
+use std::time::Duration;
 
 /// What became of an agent's report about a pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +50,121 @@ fn exits(status: &types::PodStatus) -> String {
         .join(", ")
 }
 
-impl Cluster {
+/// How long after its deadline an interrupted incarnation still reported
+/// running is told to stop as an orphan.
+const OVERDUE: Duration = Duration::from_secs(30);
+
+/// Pods: creation, the agents' reports, verdicts, stops and deletion.
+#[derive(Clone)]
+pub struct Pods {
+    shared: Shared,
+    budgets: crate::budgets::Budgets,
+}
+
+impl Pods {
+    /// The component over `shared` and the components below it.
+    pub fn new(shared: Shared, budgets: crate::budgets::Budgets) -> Self {
+        Self { shared, budgets }
+    }
+}
+
+impl Pods {
+    /// A report about an incarnation moved by an interruption: its checkpoint
+    /// is recorded (and handed to the replacement as `orca.research/resume-from`)
+    /// and it is released once it has ended. `None` when the report is not about
+    /// one.
+    pub(crate) fn interrupted_report(
+        &self,
+        node: &str,
+        record: &pb::PodRecord,
+        (r, status, reported_checkpoint): (&types::PodRef, &types::PodStatus, &str),
+    ) -> Result<Option<Applied>, ClusterError> {
+        let k = key(&r.namespace, &r.name);
+        let Some(kept) = record
+            .interruptions
+            .iter()
+            .find(|i| i.uid == r.uid && i.node_name == node)
+        else {
+            return Ok(None);
+        };
+        // restartPolicy Never: the record is still this incarnation, and its
+        // reports go on to the normal path after the interruption is noted.
+        let moved = uid(record) != r.uid;
+        let verdict = |released: bool, changed: bool| {
+            Ok(moved.then_some(match (released, changed) {
+                (true, _) => Applied::Orphan,
+                (false, true) => Applied::Changed,
+                (false, false) => Applied::Unchanged,
+            }))
+        };
+        // Released, or well past its deadline (the instance is gone by then on
+        // EC2): whatever still runs of it is stopped.
+        let overdue = kept
+            .notice
+            .as_ref()
+            .and_then(|n| n.deadline)
+            .is_some_and(|d| d.seconds + (OVERDUE.as_secs() as i64) < now().seconds);
+        if kept.released || overdue {
+            return verdict(true, false);
+        }
+        let checkpoint = (!reported_checkpoint.is_empty()
+            && reported_checkpoint != kept.checkpoint)
+            .then(|| reported_checkpoint.to_owned());
+        let release = ended(status);
+        if checkpoint.is_none() && !release {
+            return verdict(false, false);
+        }
+        self.shared.store().pods.update(&k, |p| {
+            let current = uid(p);
+            let Some(i) = p.interruptions.iter_mut().find(|i| i.uid == r.uid) else {
+                return;
+            };
+            if let Some(location) = &checkpoint {
+                i.checkpoint = location.clone();
+            }
+            i.released |= release;
+            let is_last = p.interruptions.last().is_some_and(|l| l.uid == r.uid);
+            if let (Some(location), Some(meta), true) = (&checkpoint, p.pod.as_mut(), is_last)
+                && current != r.uid
+            {
+                meta.annotations
+                    .insert(RESUME_FROM.to_owned(), location.clone());
+            }
+        })?;
+        if let Some(location) = &checkpoint {
+            info!(pod = %k, uid = %r.uid, location, "checkpoint of an interrupted pod");
+            self.shared.event(
+                "Pod",
+                &r.namespace,
+                &r.name,
+                false,
+                "CheckpointConfirmed",
+                format!("incarnation {} on {node} checkpointed to {location}", r.uid),
+            );
+        }
+        if release {
+            self.shared.event(
+                "Pod",
+                &r.namespace,
+                &r.name,
+                false,
+                "InterruptedStopped",
+                format!(
+                    "incarnation {} on {node} stopped ({}{})",
+                    r.uid,
+                    status.reason,
+                    if status.message.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", status.message)
+                    }
+                ),
+            );
+        }
+        self.shared.wake_scheduler();
+        verdict(release, true)
+    }
+
     /// Creates a pod. A spec that is not a Kubernetes PodSpec is refused; one that
     /// decodes but cannot run is stored as Failed with reason InvalidPodSpec, and
     /// one with an unknown or malformed `orca.research/` annotation as Failed with
@@ -103,7 +219,7 @@ impl Cluster {
         } else {
             match orca_model::selection::annotations::parse(&pod.annotations) {
                 Err(e) => Some(("InvalidAnnotation", e.to_string())),
-                Ok(_) => self.budget_refusal(&pod, &spec).await?,
+                Ok(_) => self.budgets.budget_refusal(&pod, &spec).await?,
             }
         };
         let status = match &problem {
@@ -123,17 +239,17 @@ impl Cluster {
             created_at: Some(now()),
             ..Default::default()
         };
-        if !self.store().pods.create(&key(&ns, &name), &record)? {
+        if !self.shared.store().pods.create(&key(&ns, &name), &record)? {
             return Err(ClusterError::AlreadyExists {
                 kind: "pod",
                 name: key(&ns, &name),
             });
         }
-        self.store().flush().await?;
+        self.shared.store().flush().await?;
         match problem {
-            Some((reason, message)) => self.event("Pod", &ns, &name, true, reason, message),
+            Some((reason, message)) => self.shared.event("Pod", &ns, &name, true, reason, message),
             None => {
-                self.event(
+                self.shared.event(
                     "Pod",
                     &ns,
                     &name,
@@ -141,7 +257,7 @@ impl Cluster {
                     "Created",
                     "waiting for a node".into(),
                 );
-                self.wake_scheduler();
+                self.shared.wake_scheduler();
             }
         }
         info!(pod = %key(&ns, &name), "pod created");
@@ -155,7 +271,8 @@ impl Cluster {
         } else {
             namespace
         };
-        self.store()
+        self.shared
+            .store()
             .pods
             .get(&key(ns, name))?
             .ok_or_else(|| ClusterError::NotFound {
@@ -171,16 +288,22 @@ impl Cluster {
         } else {
             format!("{namespace}/")
         };
-        Ok(self.store().pods.scan(&prefix)?)
+        Ok(self.shared.store().pods.scan(&prefix)?)
     }
 
     /// What the ledger records of node `name`.
     fn node_facts(&self, name: &str) -> Result<orca_model::ledger::NodeFacts, ClusterError> {
-        let node = self.store().nodes.get(name)?.unwrap_or_else(|| pb::Node {
-            name: name.to_owned(),
-            ..Default::default()
-        });
+        let node = self
+            .shared
+            .store()
+            .nodes
+            .get(name)?
+            .unwrap_or_else(|| pb::Node {
+                name: name.to_owned(),
+                ..Default::default()
+            });
         let gpu_driver_version = self
+            .shared
             .telemetry()
             .snapshot(name, 0)
             .into_iter()
@@ -205,7 +328,7 @@ impl Cluster {
             return Ok(Applied::Unchanged);
         };
         let k = key(&r.namespace, &r.name);
-        let Some(old) = self.store().pods.get(&k)? else {
+        let Some(old) = self.shared.store().pods.get(&k)? else {
             return Ok(Applied::Orphan);
         };
         if !old.interruptions.is_empty()
@@ -223,7 +346,7 @@ impl Cluster {
             && old
                 .status
                 .as_ref()
-                .is_some_and(|s| crate::recovery::VERDICTS.contains(&s.reason.as_str()))
+                .is_some_and(|s| VERDICTS.contains(&s.reason.as_str()))
         {
             return Ok(Applied::Orphan);
         }
@@ -254,7 +377,7 @@ impl Cluster {
         let facts = orca_model::ledger::affected(&old, &r.uid, &status)
             .then(|| self.node_facts(node))
             .transpose()?;
-        self.store().pods.update(&k, |p| {
+        self.shared.store().pods.update(&k, |p| {
             if newer(p) && uid(p) == r.uid {
                 p.status = Some(status.clone());
                 if let Some(facts) = &facts {
@@ -265,14 +388,14 @@ impl Cluster {
         if status.reason == orca_proto::NODE_CUT_OFF {
             // Recovery moves such pods on its next pass (told after the write,
             // so that pass reads it).
-            self.again(crate::recovery::CUT_OFF_SCAN);
+            self.shared.again(CUT_OFF_SCAN);
         }
         let before = phase(&old);
         let after = PodPhase::try_from(status.phase).unwrap_or(PodPhase::Unspecified);
         if before != after {
             info!(pod = %k, node, from = ?before, to = ?after, "pod phase changed");
             match after {
-                PodPhase::Running => self.event(
+                PodPhase::Running => self.shared.event(
                     "Pod",
                     &r.namespace,
                     &r.name,
@@ -280,7 +403,7 @@ impl Cluster {
                     "Started",
                     format!("running on {node}"),
                 ),
-                PodPhase::Succeeded => self.event(
+                PodPhase::Succeeded => self.shared.event(
                     "Pod",
                     &r.namespace,
                     &r.name,
@@ -299,7 +422,8 @@ impl Cluster {
                     } else {
                         status.reason.as_str()
                     };
-                    self.event("Pod", &r.namespace, &r.name, true, reason, msg)
+                    self.shared
+                        .event("Pod", &r.namespace, &r.name, true, reason, msg)
                 }
                 _ => {}
             }
@@ -316,17 +440,21 @@ impl Cluster {
         reason: &str,
         message: String,
     ) -> Result<(), ClusterError> {
-        self.store().pods.update(&key(namespace, name), |p| {
-            let mut status = p.status.clone().unwrap_or_default();
-            status.phase = PodPhase::Failed as i32;
-            status.reason = reason.into();
-            status.message = message.clone();
-            status.observed_at = Some(now());
-            p.status = Some(status);
-            let current = uid(p);
-            orca_model::ledger::close(p, &current, reason);
-        })?;
-        self.event("Pod", namespace, name, true, reason, message);
+        self.shared
+            .store()
+            .pods
+            .update(&key(namespace, name), |p| {
+                let mut status = p.status.clone().unwrap_or_default();
+                status.phase = PodPhase::Failed as i32;
+                status.reason = reason.into();
+                status.message = message.clone();
+                status.observed_at = Some(now());
+                p.status = Some(status);
+                let current = uid(p);
+                orca_model::ledger::close(p, &current, reason);
+            })?;
+        self.shared
+            .event("Pod", namespace, name, true, reason, message);
         Ok(())
     }
 
@@ -350,8 +478,10 @@ impl Cluster {
             .and_then(|s| s.termination_grace_period_seconds)
             .unwrap_or(30);
         let grace_s = grace.unwrap_or(pod_grace).max(0) as u64;
-        let req = self.timed(req, std::time::Duration::from_secs(grace_s));
-        match self.agent(node)?.stop_pod(req).await {
+        let req = self
+            .shared
+            .timed(req, std::time::Duration::from_secs(grace_s));
+        match self.shared.agent(node)?.stop_pod(req).await {
             Ok(resp) => Ok(resp.into_inner().status),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
             Err(status) => Err(ClusterError::Agent {
@@ -374,6 +504,7 @@ impl Cluster {
             // A Lost node's agent is not waited for: if it returns, the pod is an
             // orphan there and is stopped.
             let node = self
+                .shared
                 .store()
                 .nodes
                 .get(&record.node_name)?
@@ -384,9 +515,9 @@ impl Cluster {
                 record.status = Some(status);
             }
         }
-        self.store().pods.remove(&key(&ns, &name))?;
-        self.store().flush().await?;
-        self.event(
+        self.shared.store().pods.remove(&key(&ns, &name))?;
+        self.shared.store().flush().await?;
+        self.shared.event(
             "Pod",
             &ns,
             &name,
@@ -394,7 +525,7 @@ impl Cluster {
             "Deleted",
             format!("containers stopped on {}", record.node_name),
         );
-        self.wake_scheduler();
+        self.shared.wake_scheduler();
         Ok(record)
     }
 
@@ -408,13 +539,13 @@ impl Cluster {
         impl futures::Stream<Item = Result<pb::PodWatchEvent, tonic::Status>> + use<>,
         ClusterError,
     > {
-        let changes = self.store().pods.watch();
+        let changes = self.shared.store().pods.watch();
         let prefix = if namespace.is_empty() {
             String::new()
         } else {
             format!("{namespace}/")
         };
-        let now = self.store().pods.entries(&prefix)?;
+        let now = self.shared.store().pods.entries(&prefix)?;
         let known: std::collections::HashSet<String> = now.iter().map(|(k, _)| k.clone()).collect();
         let initial = futures::stream::iter(now.into_iter().map(|(key, pod)| {
             Ok(pb::PodWatchEvent {
@@ -468,6 +599,7 @@ impl Cluster {
     /// Events of one object, or all, oldest first.
     pub fn events(&self, namespace: &str, name: &str) -> Result<Vec<pb::Event>, ClusterError> {
         Ok(self
+            .shared
             .store()
             .events
             .scan("")?
@@ -478,4 +610,50 @@ impl Cluster {
             })
             .collect())
     }
+}
+
+/// Whether a pod's Ready condition is True (and it runs).
+pub fn ready(record: &pb::PodRecord) -> bool {
+    phase(record) == PodPhase::Running
+        && record.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.r#type == "Ready" && c.status == "True")
+        })
+}
+
+/// Whether an incarnation `pod_uid` on `node` is still finishing after an
+/// interruption (its instance must stay until it is released).
+pub fn finishing(pods: &[pb::PodRecord], node: &str, pod_uid: &str) -> bool {
+    pods.iter()
+        .flat_map(|p| &p.interruptions)
+        .any(|i| i.uid == pod_uid && i.node_name == node && !i.released && !deadline_passed(i))
+}
+
+/// Reasons of the control plane's own verdicts on pods: a report from an agent
+/// about that incarnation is stale, and the agent is told to stop it.
+pub const VERDICTS: &[&str] = &["NodeLost", "NodeRemoved", "Evicted", "BudgetExceeded"];
+
+/// The [`crate::shared::Shared::first_time`] key of the scan for cut-off pods: cleared by
+/// [`crate::pods`] when an agent reports one.
+pub const CUT_OFF_SCAN: &str = "scan:cut-off";
+
+pub(crate) fn deadline_passed(n: &pb::Interruption) -> bool {
+    n.notice
+        .as_ref()
+        .and_then(|n| n.deadline)
+        .is_some_and(|d| d.seconds < now().seconds)
+}
+
+pub(crate) fn ended(status: &types::PodStatus) -> bool {
+    let running = |c: &types::ContainerStatus| {
+        matches!(
+            c.state.as_ref().and_then(|s| s.state.as_ref()),
+            Some(types::container_state::State::Running(_))
+        )
+    };
+    matches!(
+        PodPhase::try_from(status.phase),
+        Ok(PodPhase::Succeeded | PodPhase::Failed)
+    ) && !status.container_statuses.iter().any(running)
 }

@@ -15,7 +15,7 @@
 //! ends Failed with the last reason. The pod's status says where it is
 //! (`Selecting`, `Launching`, `Booting`), and its Events tell the sequence.
 //!
-//! Each pass also tends the dedicated nodes ([`Cluster::tend_instances`]): an
+//! Each pass also tends the dedicated nodes ([`Provisioner::tend_instances`]): an
 //! instance whose agent has not joined within the boot timeout is terminated
 //! and the pod launched again (a new attempt); the instance of a pod that ended,
 //! was deleted or moved is terminated and its node removed; and a sweep over the
@@ -35,10 +35,11 @@ use tracing::{info, warn};
 use crate::cloud::{
     CapacityType, LaunchFailure, LaunchRequest, Offering, PodLaunch, ProviderError,
 };
-use crate::cluster::{Cluster, ClusterError, age, now};
 use crate::config::ec2::Ec2Provider as Settings;
 use crate::pods::{key, names, phase, uid};
-use orca_model::selection::{self, Arch, Needs};
+use crate::shared::{ClusterError, Shared, age, now};
+use orca_model::selection::{self};
+use std::sync::Arc;
 
 pub use orca_model::labels::*;
 
@@ -143,30 +144,6 @@ pub(crate) fn launching_node(
     }
 }
 
-/// What a pod needs from an instance: its requests, and the architecture and
-/// GPU model its nodeSelector names (the `orca.research/gpu-model` annotation
-/// is read with the other launch annotations).
-pub(crate) fn needs_of(spec: &PodSpec) -> Needs {
-    let want = crate::scheduler::requests(spec);
-    Needs {
-        cpu_millis: want.cpu_millis.max(0) as u64,
-        memory_bytes: want.memory_bytes.max(0) as u64,
-        gpus: want.gpus.max(0) as u32,
-        gpu_model: spec
-            .node_selector
-            .as_ref()
-            .and_then(|s| s.get(crate::telemetry::GPU_MODEL_LABEL))
-            .cloned(),
-        architectures: spec
-            .node_selector
-            .as_ref()
-            .and_then(|s| s.get("kubernetes.io/arch"))
-            .and_then(|a| Arch::parse(a))
-            .into_iter()
-            .collect(),
-    }
-}
-
 /// A back-off for retry `n` (1-based): base × 2ⁿ⁻¹ up to `max`, with full
 /// jitter over its upper half, so throttled callers spread out.
 fn backoff(s: &Settings, n: u32) -> Duration {
@@ -180,10 +157,52 @@ fn backoff(s: &Settings, n: u32) -> Duration {
     half + Duration::from_millis(jitter as u64)
 }
 
-impl Cluster {
+/// Instances for pods: launches, the warm pool, reservation ends and the EBS volumes of claims.
+#[derive(Clone)]
+/// Its fields are the crate's because its methods span four sibling modules
+/// (`provisioning`, `warm_pool`, `reservation_ends`, `claims::ebs`).
+pub struct Provisioner {
+    pub(crate) shared: Shared,
+    pub(crate) pods: crate::pods::Pods,
+    pub(crate) registry: crate::registry::Registry,
+    pub(crate) claims: crate::claims::Claims,
+    pub(crate) memory: Arc<Memory>,
+    pub(crate) reservations: crate::reservation_ends::ReservationEnds,
+}
+
+impl Provisioner {
+    /// The component over `shared` and the components below it.
+    pub fn new(
+        shared: Shared,
+        pods: crate::pods::Pods,
+        registry: crate::registry::Registry,
+        claims: crate::claims::Claims,
+    ) -> Self {
+        Self {
+            shared,
+            pods,
+            registry,
+            claims,
+            memory: Default::default(),
+            reservations: Default::default(),
+        }
+    }
+
+    /// What provisioning remembers in memory.
+    pub(crate) fn provisioning(&self) -> &Memory {
+        &self.memory
+    }
+
+    /// Ending reservations: their notices and refusals.
+    pub fn reservation_ends(&self) -> &crate::reservation_ends::ReservationEnds {
+        &self.reservations
+    }
+}
+
+impl Provisioner {
     /// The EC2 settings, when that is the provider.
     fn ec2_settings(&self) -> Option<&Settings> {
-        self.config().ec2()
+        self.shared.config().ec2()
     }
 
     /// Notes where a Pending pod's launch stands (reason and message), if it is
@@ -196,7 +215,7 @@ impl Cluster {
         reason: &str,
         message: String,
     ) {
-        let result = self.store().pods.update(&key(ns, name), |p| {
+        let result = self.shared.store().pods.update(&key(ns, name), |p| {
             if uid(p) == pod_uid && phase(p) == PodPhase::Pending {
                 let status = p.status.get_or_insert_default();
                 status.reason = reason.into();
@@ -218,7 +237,7 @@ impl Cluster {
 
     /// Clears a pod's binding to `node` (this incarnation only).
     fn unbind(&self, ns: &str, name: &str, pod_uid: &str, node: &str) -> Result<(), ClusterError> {
-        self.store().pods.update(&key(ns, name), |p| {
+        self.shared.store().pods.update(&key(ns, name), |p| {
             if uid(p) == pod_uid && p.node_name == node {
                 p.node_name.clear();
             }
@@ -227,10 +246,10 @@ impl Cluster {
     }
 
     pub(crate) fn fail_launch(&self, ns: &str, name: &str, reason: &str, message: String) {
-        if let Err(e) = self.fail_pod(ns, name, reason, message) {
+        if let Err(e) = self.pods.fail_pod(ns, name, reason, message) {
             warn!(pod = %key(ns, name), error = %e, "launch failure not recorded");
         }
-        self.flush_in_background();
+        self.shared.flush_in_background();
     }
 
     /// Avoids the offering a dedicated node was launched with for
@@ -252,7 +271,7 @@ impl Cluster {
         if let Err(e) = self.provision_steps(&ns, &name, &pod_uid).await {
             warn!(pod = %key(&ns, &name), error = %e, "provisioning pass failed");
         }
-        self.again(&format!("provision:{pod_uid}"));
+        self.shared.again(&format!("provision:{pod_uid}"));
     }
 
     async fn provision_steps(
@@ -265,7 +284,7 @@ impl Cluster {
             return Ok(());
         };
         loop {
-            let pod = match self.pod(ns, name) {
+            let pod = match self.pods.pod(ns, name) {
                 Ok(p) => p,
                 Err(ClusterError::NotFound { .. }) => return Ok(()),
                 Err(e) => return Err(e),
@@ -286,12 +305,12 @@ impl Cluster {
             if let Some(why) = annotations
                 .capacity_reservation_id
                 .as_deref()
-                .and_then(|id| self.reservation_ending(id))
+                .and_then(|id| self.reservations.reservation_ending(id))
             {
                 self.fail_launch(ns, name, crate::reservation_ends::REASON, why);
                 return Ok(());
             }
-            match self.launch_context(&pod).await {
+            match self.claims.launch_context(&pod).await {
                 Ok(context) => {
                     annotations.service_account_role_arn = context.service_account_role_arn;
                 }
@@ -308,7 +327,7 @@ impl Cluster {
             } else {
                 // A launch this process did not finish (a restart, or a call that
                 // got no answer): resume it with the same attempt.
-                match self.store().nodes.get(&pod.node_name)? {
+                match self.shared.store().nodes.get(&pod.node_name)? {
                     None => {
                         self.unbind(ns, name, pod_uid, &pod.node_name)?;
                         continue;
@@ -368,7 +387,12 @@ impl Cluster {
         let Some(spec) = serde_json::from_str::<PodSpec>(&meta.spec_json).ok() else {
             return Ok(None);
         };
-        let plan = match self.provider().plan(&needs_of(&spec), annotations).await {
+        let plan = match self
+            .shared
+            .provider()
+            .plan(&crate::resources::needs_of(&spec), annotations)
+            .await
+        {
             Ok(plan) => plan,
             Err(ProviderError::Unplaceable { code, reason }) => {
                 self.fail_launch(ns, name, code, reason);
@@ -387,13 +411,13 @@ impl Cluster {
         else {
             return Ok(None);
         };
-        if self.first_time(&format!("selected:{pod_uid}")) {
+        if self.shared.first_time(&format!("selected:{pod_uid}")) {
             let list: Vec<String> = plan
                 .offerings
                 .iter()
                 .map(|o| o.offering.to_string())
                 .collect();
-            self.event(
+            self.shared.event(
                 "Pod",
                 ns,
                 name,
@@ -422,8 +446,9 @@ impl Cluster {
             return Ok(None);
         };
         if let Some(why) = self.over_cap(settings, &choice.size)? {
-            if self.first_time(&format!("capped:{pod_uid}")) {
-                self.event("Pod", ns, name, true, "LaunchBlocked", why.clone());
+            if self.shared.first_time(&format!("capped:{pod_uid}")) {
+                self.shared
+                    .event("Pod", ns, name, true, "LaunchBlocked", why.clone());
             }
             self.launch_note(ns, name, pod_uid, "LaunchBlocked", why);
             return Ok(None);
@@ -439,7 +464,7 @@ impl Cluster {
         let node_name = dedicated_node_name(pod_uid, attempt);
         let offering = choice.offering.clone();
         let message = format!("launching {offering} (attempt {attempt})");
-        let bound = self.store().pods.update(&key(ns, name), |p| {
+        let bound = self.shared.store().pods.update(&key(ns, name), |p| {
             if uid(p) == pod_uid && p.node_name.is_empty() && phase(p) == PodPhase::Pending {
                 p.node_name = node_name.clone();
                 p.launch_attempts = attempt;
@@ -450,15 +475,16 @@ impl Cluster {
         }
         let node = launching_node(
             &node_name,
-            self.provider().name(),
+            self.shared.provider().name(),
             (pod_uid, attempt),
             choice,
             message.clone(),
         );
-        self.store().nodes.put(&node_name, &node)?;
+        self.shared.store().nodes.put(&node_name, &node)?;
         self.launch_note(ns, name, pod_uid, "Launching", message.clone());
-        self.store().flush().await?;
-        self.event("Pod", ns, name, false, "Launching", message);
+        self.shared.store().flush().await?;
+        self.shared
+            .event("Pod", ns, name, false, "Launching", message);
         Ok(Some((node, offering, attempt)))
     }
 
@@ -472,6 +498,7 @@ impl Cluster {
             return Ok(None);
         }
         let ours: Vec<pb::Node> = self
+            .shared
             .store()
             .nodes
             .scan("")?
@@ -502,6 +529,7 @@ impl Cluster {
     pub(crate) fn launch_token(&self, node: &str) -> Result<String, ClusterError> {
         let today = jiff::Timestamp::now().as_second();
         let stored = self
+            .shared
             .store()
             .tokens
             .entries("")?
@@ -513,7 +541,7 @@ impl Cluster {
             });
         Ok(match stored {
             Some((token, _)) => token,
-            None => self.new_token(node)?.0,
+            None => self.registry.new_token(node)?.0,
         })
     }
 
@@ -532,27 +560,28 @@ impl Cluster {
         );
         let offering = launch.offering.clone();
         let token = self.launch_token(&node.name)?;
-        self.store().flush().await?;
+        self.shared.store().flush().await?;
         let req = LaunchRequest {
             node_name: node.name.clone(),
             join_token: token,
-            control_plane_url: self.agent_url(),
-            ca_pem: self.pki().ca_pem().to_owned(),
+            control_plane_url: self.shared.agent_url(),
+            ca_pem: self.shared.pki().ca_pem().to_owned(),
             size: node.size.unwrap_or_default(),
             pod: Some(launch),
         };
         let mut retries = 0;
         loop {
-            let launched = self.provider().launch(req.clone()).await;
-            self.launch_counters()
-                .count(self.provider().name(), &launched);
+            let launched = self.shared.provider().launch(req.clone()).await;
+            self.shared
+                .launch_counters()
+                .count(self.shared.provider().name(), &launched);
             let err = match launched {
                 Ok(instance) => {
                     let id = instance.instance_id.clone();
                     let msg = format!(
                         "instance {id} ({offering}) launched; waiting for its agent to join"
                     );
-                    let kept = self.store().nodes.update(&node.name, |n| {
+                    let kept = self.shared.store().nodes.update(&node.name, |n| {
                         if n.instance_id.is_empty() {
                             n.instance_id = id.clone();
                             n.message = msg.clone();
@@ -573,15 +602,15 @@ impl Cluster {
                     if kept.is_none() {
                         // The node was removed meanwhile (its pod deleted): the
                         // instance goes too.
-                        if let Err(e) = self.provider().terminate(&id).await {
+                        if let Err(e) = self.shared.provider().terminate(&id).await {
                             warn!(instance = %id, error = %e, "instance of a removed node not terminated; the sweep will");
                         }
                         return Ok(Outcome::Done);
                     }
                     self.launch_note(&ns, &name, &pod_uid, "Booting", msg.clone());
-                    self.store().flush().await?;
+                    self.shared.store().flush().await?;
                     info!(pod = %key(&ns, &name), node = %node.name, instance = %id, "instance launched");
-                    self.event("Pod", &ns, &name, false, "Launched", msg);
+                    self.shared.event("Pod", &ns, &name, false, "Launched", msg);
                     self.attach_claims(&ns, &name, &id).await;
                     return Ok(Outcome::Done);
                 }
@@ -609,7 +638,8 @@ impl Cluster {
                     // boot timeout bounds how long.
                     let msg = format!("{offering}: {reason}; repeating the same request");
                     self.launch_note(&ns, &name, &pod_uid, "Launching", msg.clone());
-                    self.event("Pod", &ns, &name, true, "LaunchRetrying", msg);
+                    self.shared
+                        .event("Pod", &ns, &name, true, "LaunchRetrying", msg);
                     return Ok(Outcome::Done);
                 }
                 LaunchFailure::Capacity | LaunchFailure::Limit => {
@@ -617,18 +647,19 @@ impl Cluster {
                         offering.clone(),
                         (Instant::now() + s.offering_avoid, reason.clone()),
                     );
-                    self.store().nodes.remove(&node.name)?;
+                    self.shared.store().nodes.remove(&node.name)?;
                     self.unbind(&ns, &name, &pod_uid, &node.name)?;
-                    self.store().flush().await?;
+                    self.shared.store().flush().await?;
                     let msg = format!(
                         "{offering}: {reason}; avoided for {:?}, trying the next offering",
                         s.offering_avoid
                     );
-                    self.event("Pod", &ns, &name, true, "LaunchFailed", msg);
+                    self.shared
+                        .event("Pod", &ns, &name, true, "LaunchFailed", msg);
                     return Ok(Outcome::Next);
                 }
                 LaunchFailure::Fatal => {
-                    self.store().nodes.remove(&node.name)?;
+                    self.shared.store().nodes.remove(&node.name)?;
                     self.fail_launch(&ns, &name, "LaunchFailed", format!("{offering}: {reason}"));
                     return Ok(Outcome::Done);
                 }
@@ -643,13 +674,19 @@ impl Cluster {
         };
         // Nodes before pods: a pod is bound before its node record is made, so a
         // node seen here has its binding in the pods read after.
-        let nodes = self.store().nodes.scan("")?;
-        let pods = self.store().pods.scan("")?;
+        let nodes = self.shared.store().nodes.scan("")?;
+        let pods = self.shared.store().pods.scan("")?;
         self.tend_pool(s, &nodes).await;
-        self.check_reservation_ends(&nodes, s.reservation_check, s.reservation_drain_lead)
+        self.reservations
+            .check_reservation_ends(
+                self.shared.provider(),
+                &nodes,
+                s.reservation_check,
+                s.reservation_drain_lead,
+            )
             .await;
         for node in nodes {
-            if crate::warm_pool::is_pool_node(&node) {
+            if crate::registry::is_pool_node(&node) {
                 continue;
             }
             let Some(pod_uid) = node.labels.get(LABEL_POD_UID) else {
@@ -659,9 +696,9 @@ impl Cluster {
             let live = pod.is_some_and(|p| {
                 p.node_name == node.name
                     && !matches!(phase(p), PodPhase::Succeeded | PodPhase::Failed)
-            }) || crate::interruptions::finishing(&pods, &node.name, pod_uid);
+            }) || crate::pods::finishing(&pods, &node.name, pod_uid);
             if !live {
-                if self.first_time(&format!("reap:{}", node.name)) {
+                if self.shared.first_time(&format!("reap:{}", node.name)) {
                     let this = self.clone();
                     tokio::spawn(async move { this.reap(node).await });
                 }
@@ -673,7 +710,9 @@ impl Cluster {
                 Ok(NodeState::Launching | NodeState::Stopped)
             ) && age(node.created_at.as_ref()) > s.boot_timeout
                 && let Some(pod) = pod
-                && self.first_time(&format!("boot-timeout:{}", node.name))
+                && self
+                    .shared
+                    .first_time(&format!("boot-timeout:{}", node.name))
             {
                 let this = self.clone();
                 let pod = pod.clone();
@@ -690,7 +729,7 @@ impl Cluster {
         };
         if due {
             self.sweep().await?;
-            self.reclaim_mirrored().await;
+            self.claims.reclaim_mirrored().await;
         }
         Ok(())
     }
@@ -698,26 +737,26 @@ impl Cluster {
     /// Terminates the instance of a node whose pod is gone and removes the node.
     async fn reap(&self, node: pb::Node) {
         let pod_uid = node.labels.get(LABEL_POD_UID).cloned().unwrap_or_default();
-        let bound = self.store().pods.scan("").map(|pods| {
+        let bound = self.shared.store().pods.scan("").map(|pods| {
             pods.iter().any(|p| {
                 uid(p) == pod_uid
                     && p.node_name == node.name
                     && !matches!(phase(p), PodPhase::Succeeded | PodPhase::Failed)
-            }) || crate::interruptions::finishing(&pods, &node.name, &pod_uid)
+            }) || crate::pods::finishing(&pods, &node.name, &pod_uid)
         });
         if !matches!(bound, Ok(false)) {
             // Bound meanwhile (or unreadable): not this pass.
-            self.again(&format!("reap:{}", node.name));
+            self.shared.again(&format!("reap:{}", node.name));
             return;
         }
-        match self.remove_node(&node.name).await {
+        match self.registry.remove_node(&node.name).await {
             Ok(_) => {
                 info!(node = %node.name, instance = %node.instance_id, "instance of a finished pod terminated")
             }
             Err(ClusterError::NotFound { .. }) => {}
             Err(e) => {
                 warn!(node = %node.name, error = %e, "instance not terminated; retrying");
-                self.again(&format!("reap:{}", node.name));
+                self.shared.again(&format!("reap:{}", node.name));
             }
         }
     }
@@ -732,10 +771,10 @@ impl Cluster {
             .map(|s| s.boot_timeout)
             .unwrap_or_default();
         if !node.instance_id.is_empty()
-            && let Err(e) = self.provider().terminate(&node.instance_id).await
+            && let Err(e) = self.shared.provider().terminate(&node.instance_id).await
         {
             warn!(node = %node.name, error = %e, "unbooted instance not terminated; retrying");
-            self.again(&format!("boot-timeout:{}", node.name));
+            self.shared.again(&format!("boot-timeout:{}", node.name));
             return;
         }
         let msg = format!(
@@ -748,9 +787,9 @@ impl Cluster {
             node.name
         );
         let result = async {
-            self.store().nodes.remove(&node.name)?;
+            self.shared.store().nodes.remove(&node.name)?;
             self.unbind(&ns, &name, &pod_uid, &node.name)?;
-            self.store().flush().await?;
+            self.shared.store().flush().await?;
             Ok::<_, ClusterError>(())
         }
         .await;
@@ -760,14 +799,15 @@ impl Cluster {
         }
         lock(&self.provisioning().last_error).insert(pod_uid, msg.clone());
         warn!(pod = %key(&ns, &name), node = %node.name, "boot timeout");
-        self.event("Pod", &ns, &name, true, "BootTimeout", msg);
-        self.wake_scheduler();
+        self.shared
+            .event("Pod", &ns, &name, true, "BootTimeout", msg);
+        self.shared.wake_scheduler();
     }
 
     /// Lists the cluster's instances: adopts those whose node record lacks its
     /// instance id, terminates those unknown in two consecutive sweeps.
     async fn sweep(&self) -> Result<(), ClusterError> {
-        let instances = match self.provider().instances().await {
+        let instances = match self.shared.provider().instances().await {
             Ok(i) => i,
             Err(e) => {
                 warn!(error = %e, "sweep over the cluster's instances failed");
@@ -775,6 +815,7 @@ impl Cluster {
             }
         };
         let nodes: HashMap<String, pb::Node> = self
+            .shared
             .store()
             .nodes
             .scan("")?
@@ -790,7 +831,7 @@ impl Cluster {
                         && n.labels.get(LABEL_POD_UID) == Some(&inst.pod_uid)
                         && offering_of(n).is_some_and(|(_, a)| a == inst.attempt) =>
                 {
-                    let adopted = self.store().nodes.update(&n.name, |n| {
+                    let adopted = self.shared.store().nodes.update(&n.name, |n| {
                         if n.instance_id.is_empty() {
                             n.instance_id = inst.instance_id.clone();
                             n.message =
@@ -798,9 +839,9 @@ impl Cluster {
                         }
                     })?;
                     if adopted.is_some_and(|n| n.instance_id == inst.instance_id) {
-                        self.store().flush().await?;
+                        self.shared.store().flush().await?;
                         info!(node = %n.name, instance = %inst.instance_id, "instance adopted");
-                        self.node_event(
+                        self.shared.node_event(
                             &n.name,
                             false,
                             "Adopted",
@@ -819,8 +860,8 @@ impl Cluster {
             .filter(|i| unknown.contains(&i.instance_id) && before.contains(&i.instance_id))
         {
             warn!(instance = %inst.instance_id, node = %inst.node, "terminating an instance no record knows (unknown in two sweeps)");
-            match self.provider().terminate(&inst.instance_id).await {
-                Ok(()) => self.node_event(
+            match self.shared.provider().terminate(&inst.instance_id).await {
+                Ok(()) => self.shared.node_event(
                     &inst.node,
                     true,
                     "UnknownInstanceTerminated",
@@ -851,6 +892,7 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use orca_model::selection::Arch;
 
     #[test]
     fn needs_take_gpus_model_and_arch_from_the_spec() {
@@ -859,7 +901,7 @@ mod tests {
             "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": "4"}}}],
         }))
         .unwrap();
-        let needs = needs_of(&spec);
+        let needs = crate::resources::needs_of(&spec);
         assert_eq!(needs.gpus, 4);
         assert_eq!(needs.gpu_model.as_deref(), Some("A10G"));
         assert_eq!(needs.architectures, [Arch::parse("arm64").unwrap()]);

@@ -32,13 +32,10 @@ use orca_proto::types::v1::{self as types, PodPhase};
 use tracing::{info, warn};
 
 use crate::cloud::Fault;
-use crate::cluster::{Cluster, ClusterError, now};
+use crate::pods::CUT_OFF_SCAN;
 use crate::pods::{key, names, phase, uid};
+use crate::shared::{ClusterError, Shared, now};
 use orca_model::selection::annotations::ON_NODE_LOST;
-
-/// Reasons of the control plane's own verdicts on pods: a report from an agent
-/// about that incarnation is stale, and the agent is told to stop it.
-pub const VERDICTS: &[&str] = &["NodeLost", "NodeRemoved", "Evicted", "BudgetExceeded"];
 
 /// Whether the pod asked to be moved at once when its node is Lost and cannot
 /// be fenced (`orca.research/on-node-lost: replace`).
@@ -49,21 +46,40 @@ fn replaces_unfenced(p: &pb::PodRecord) -> bool {
         .is_some_and(|v| v.trim() == "replace")
 }
 
-/// The [`Cluster::first_time`] key of the scan for cut-off pods: cleared by
-/// [`crate::pods`] when an agent reports one.
-pub const CUT_OFF_SCAN: &str = "scan:cut-off";
-
 fn unfinished(p: &pb::PodRecord) -> bool {
     !matches!(phase(p), PodPhase::Succeeded | PodPhase::Failed)
 }
 
-impl Cluster {
+/// Lost nodes fenced, pods given new incarnations, drains and faults.
+#[derive(Clone)]
+pub struct Recovery {
+    shared: Shared,
+    pods: crate::pods::Pods,
+    registry: crate::registry::Registry,
+}
+
+impl Recovery {
+    /// The component over `shared` and the components below it.
+    pub fn new(
+        shared: Shared,
+        pods: crate::pods::Pods,
+        registry: crate::registry::Registry,
+    ) -> Self {
+        Self {
+            shared,
+            pods,
+            registry,
+        }
+    }
+}
+
+impl Recovery {
     /// Fences Lost nodes (once per control-plane process and Lost episode) and
     /// moves their unfinished pods.
     pub async fn recover_lost(&self) -> Result<(), ClusterError> {
         let mut lost = Vec::new();
-        for (name, _) in self.silent_nodes(self.config().lost_after) {
-            if let Some(node) = self.store().nodes.get(&name)?
+        for (name, _) in self.registry.silent_nodes(self.shared.config().lost_after) {
+            if let Some(node) = self.shared.store().nodes.get(&name)?
                 && node.state == NodeState::Lost as i32
             {
                 lost.push(node);
@@ -73,6 +89,7 @@ impl Cluster {
             // A node whose heartbeats came back since the list was taken is not
             // fenced (it would be killed while Ready).
             let still_lost = self
+                .shared
                 .store()
                 .nodes
                 .get(&node.name)?
@@ -80,12 +97,12 @@ impl Cluster {
             if !still_lost {
                 continue;
             }
-            if self.first_time(&format!("fence:{}", node.name)) && !self.fence(&node).await {
+            if self.shared.first_time(&format!("fence:{}", node.name)) && !self.fence(&node).await {
                 // The instance may still run them: they stay until it is gone,
                 // but for those that opted in to moving at once.
-                self.again(&format!("fence:{}", node.name));
+                self.shared.again(&format!("fence:{}", node.name));
                 self.wait_for_fence(&node)?;
-                for pod in self.store().pods.scan("")? {
+                for pod in self.shared.store().pods.scan("")? {
                     if pod.node_name == node.name && unfinished(&pod) && replaces_unfenced(&pod) {
                         let msg = format!(
                             "node {} was lost and could not be fenced; moved at once ({ON_NODE_LOST}: replace)",
@@ -96,7 +113,7 @@ impl Cluster {
                 }
                 continue;
             }
-            for pod in self.store().pods.scan("")? {
+            for pod in self.shared.store().pods.scan("")? {
                 if pod.node_name == node.name && unfinished(&pod) {
                     let msg = format!("node {} was lost", node.name);
                     self.relocate(&pod, "NodeLost", msg).await?;
@@ -106,10 +123,10 @@ impl Cluster {
         // Pods a host stopped itself while cut off (it came back, or another
         // pass saw its report): moved as a Lost node's pods are. Looked for once
         // at start and then only after such a report arrived, not every pass.
-        if self.first_time(CUT_OFF_SCAN)
+        if self.shared.first_time(CUT_OFF_SCAN)
             && let Err(e) = self.move_cut_off_pods().await
         {
-            self.again(CUT_OFF_SCAN);
+            self.shared.again(CUT_OFF_SCAN);
             return Err(e);
         }
         Ok(())
@@ -117,7 +134,7 @@ impl Cluster {
 
     /// Moves every pod its agent stopped for being cut off (see the module docs).
     async fn move_cut_off_pods(&self) -> Result<(), ClusterError> {
-        for pod in self.store().pods.scan("")? {
+        for pod in self.shared.store().pods.scan("")? {
             let cut_off = phase(&pod) == PodPhase::Failed
                 && pod
                     .status
@@ -141,17 +158,18 @@ impl Cluster {
             "node {} was lost; waiting until its instance {} is confirmed terminated before the pod moves",
             node.name, node.instance_id
         );
-        for pod in self.store().pods.scan("")? {
+        for pod in self.shared.store().pods.scan("")? {
             if pod.node_name == node.name && unfinished(&pod) {
                 let (ns, name) = names(&pod);
-                self.store().pods.update(&key(&ns, &name), |p| {
+                self.shared.store().pods.update(&key(&ns, &name), |p| {
                     if let Some(s) = p.status.as_mut() {
                         s.reason = "NodeLost".into();
                         s.message = msg.clone();
                     }
                 })?;
-                if self.first_time(&format!("fence-wait:{}", uid(&pod))) {
-                    self.event("Pod", &ns, &name, true, "FenceWaiting", msg.clone());
+                if self.shared.first_time(&format!("fence-wait:{}", uid(&pod))) {
+                    self.shared
+                        .event("Pod", &ns, &name, true, "FenceWaiting", msg.clone());
                 }
             }
         }
@@ -162,18 +180,19 @@ impl Cluster {
     async fn fence(&self, node: &pb::Node) -> bool {
         if node.instance_id.is_empty() {
             let msg = "no instance to terminate (external node): pods move anyway".to_owned();
-            self.node_event(&node.name, true, "FenceFailed", msg);
+            self.shared.node_event(&node.name, true, "FenceFailed", msg);
             return true;
         }
-        match self.provider().terminate(&node.instance_id).await {
+        match self.shared.provider().terminate(&node.instance_id).await {
             Ok(()) => {
                 info!(node = %node.name, instance = %node.instance_id, "lost node fenced");
                 let msg = format!("instance {} terminated", node.instance_id);
                 let _ = self
+                    .shared
                     .store()
                     .nodes
                     .update(&node.name, |n| n.message = msg.clone());
-                self.node_event(&node.name, false, "Fenced", msg);
+                self.shared.node_event(&node.name, false, "Fenced", msg);
                 true
             }
             Err(e) => {
@@ -181,10 +200,11 @@ impl Cluster {
                 let msg =
                     format!("{e}; its pods move anyway, and stale ones are stopped if it returns");
                 let _ = self
+                    .shared
                     .store()
                     .nodes
                     .update(&node.name, |n| n.message = msg.clone());
-                self.node_event(&node.name, true, "FenceFailed", msg);
+                self.shared.node_event(&node.name, true, "FenceFailed", msg);
                 false
             }
         }
@@ -207,13 +227,13 @@ impl Cluster {
             .and_then(|s| s.restart_policy)
             .unwrap_or_else(|| "Always".into());
         if policy == "Never" {
-            self.fail_pod(&ns, &name, reason, message)?;
-            self.store().flush().await?;
+            self.pods.fail_pod(&ns, &name, reason, message)?;
+            self.shared.store().flush().await?;
             return Ok(());
         }
         let new_uid = uuid::Uuid::new_v4().to_string();
         let from = pod.node_name.clone();
-        let moved = self.store().pods.update(&key(&ns, &name), |p| {
+        let moved = self.shared.store().pods.update(&key(&ns, &name), |p| {
             if uid(p) != old_uid {
                 return;
             }
@@ -234,9 +254,9 @@ impl Cluster {
             });
         })?;
         if moved.is_some_and(|p| uid(&p) == new_uid) {
-            self.store().flush().await?;
+            self.shared.store().flush().await?;
             info!(pod = %key(&ns, &name), from = %from, uid = %new_uid, "pod recreated");
-            self.event(
+            self.shared.event(
                 "Pod",
                 &ns,
                 &name,
@@ -244,7 +264,7 @@ impl Cluster {
                 "Recreated",
                 format!("{message}; new incarnation {new_uid} (was {old_uid} on {from})"),
             );
-            self.wake_scheduler();
+            self.shared.wake_scheduler();
         }
         Ok(())
     }
@@ -252,19 +272,20 @@ impl Cluster {
     /// Cordons a node and moves its pods away (each stopped there first, within
     /// its grace period).
     pub async fn drain(&self, name: &str, grace: Option<i64>) -> Result<pb::Node, ClusterError> {
-        let node = self.cordon(name, true).await?;
-        for pod in self.store().pods.scan("")? {
+        let node = self.registry.cordon(name, true).await?;
+        for pod in self.shared.store().pods.scan("")? {
             if pod.node_name != name || !unfinished(&pod) {
                 continue;
             }
-            if let Err(e) = self.stop_on_node(&node, &pod, grace).await {
+            if let Err(e) = self.pods.stop_on_node(&node, &pod, grace).await {
                 warn!(pod = %key(&names(&pod).0, &names(&pod).1), error = %e, "not stopped before the move");
             }
             self.relocate(&pod, "Evicted", format!("node {name} was drained"))
                 .await?;
         }
-        self.node_event(name, false, "Drained", String::new());
-        self.node(name)
+        self.shared
+            .node_event(name, false, "Drained", String::new());
+        self.registry.node(name)
     }
 
     /// Injects a fault into a node's host; a partition with a duration heals
@@ -275,28 +296,31 @@ impl Cluster {
         fault: Fault,
         duration: Option<Duration>,
     ) -> Result<pb::Node, ClusterError> {
-        let node = self.node(name)?;
+        let node = self.registry.node(name)?;
         if node.instance_id.is_empty() {
             return Err(ClusterError::FailedPrecondition(format!(
                 "node {name} has no instance to inject faults into"
             )));
         }
-        self.provider().fault(&node.instance_id, fault).await?;
+        self.shared
+            .provider()
+            .fault(&node.instance_id, fault)
+            .await?;
         let detail = match (fault, duration) {
             (Fault::Partition, Some(d)) => format!("{fault:?} for {d:?}"),
             (Fault::SpotNotice(lead), _) => format!("spot interruption notice, {lead:?} ahead"),
             _ => format!("{fault:?}"),
         };
         info!(node = %name, fault = %detail, "fault injected");
-        self.node_event(name, true, "FaultInjected", detail);
+        self.shared.node_event(name, true, "FaultInjected", detail);
         if let Fault::SpotNotice(lead) = fault {
             // The world's part: the instance is reclaimed at the deadline.
             let this = self.clone();
             let node = node.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(lead).await;
-                match this.provider().terminate(&node.instance_id).await {
-                    Ok(()) => this.node_event(
+                match this.shared.provider().terminate(&node.instance_id).await {
+                    Ok(()) => this.shared.node_event(
                         &node.name,
                         true,
                         "InstanceReclaimed",
@@ -313,8 +337,16 @@ impl Cluster {
             let node = node.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(d).await;
-                match this.provider().fault(&node.instance_id, Fault::Heal).await {
-                    Ok(()) => this.node_event(&node.name, false, "FaultInjected", "Heal".into()),
+                match this
+                    .shared
+                    .provider()
+                    .fault(&node.instance_id, Fault::Heal)
+                    .await
+                {
+                    Ok(()) => {
+                        this.shared
+                            .node_event(&node.name, false, "FaultInjected", "Heal".into())
+                    }
                     Err(e) => warn!(node = %node.name, error = %e, "partition not healed"),
                 }
             });

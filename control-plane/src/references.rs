@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, PodSpec, Secret};
 use orca_proto::controlplane::v1 as pb;
 use orca_proto::types::v1 as types;
 
-use crate::cluster::Resolved;
+use crate::shared::Resolved;
 
 /// Lifetime asked for a projected service account token without one (s).
 const DEFAULT_TOKEN_EXPIRATION_S: i64 = 3600;
@@ -358,7 +358,7 @@ async fn resolve_env(
 /// The Kubernetes uid of an ORCA pod (its first incarnation's uid).
 pub fn kubernetes_uid(pod: &types::Pod) -> String {
     pod.annotations
-        .get(crate::vk::pods::KUBERNETES_UID)
+        .get(KUBERNETES_UID)
         .cloned()
         .or_else(|| pod.r#ref.as_ref().map(|r| r.uid.clone()))
         .unwrap_or_default()
@@ -496,6 +496,10 @@ fn docker_config(data: &BTreeMap<String, Vec<u8>>) -> Vec<types::RegistryCredent
         })
         .collect()
 }
+
+/// Annotation on ORCA's copy of a Kubernetes pod: the Kubernetes object's uid
+/// (ORCA's own uid changes when it recreates a pod elsewhere).
+pub const KUBERNETES_UID: &str = "kubernetes.orca.research/uid";
 
 #[cfg(test)]
 mod tests {

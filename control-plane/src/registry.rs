@@ -4,16 +4,18 @@
 //! stay away, with the configured timings; back to Ready when they return),
 //! cordoning, and removal. Liveness is kept in memory; state changes are flushed.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use orca_proto::controlplane::v1::{self as pb, NodeState};
 use orca_proto::types::v1::{PodPhase, Resources};
 use tracing::{info, warn};
 
 use crate::cloud::LaunchRequest;
-use crate::cluster::{Cluster, ClusterError, now};
 use crate::pki;
-use crate::pods::Applied;
+use crate::shared::{ClusterError, Shared, now};
 use orca_store::JoinToken;
 
 /// Key prefix of used join tokens in the tokens table.
@@ -67,16 +69,96 @@ fn ip_of(address: &str) -> Option<IpAddr> {
         .and_then(|(h, _)| h.parse().ok())
 }
 
-impl Cluster {
+/// What the control plane remembers of a node's heartbeats, in memory only (a
+/// heartbeat is not an fsync). After a restart every node starts from the
+/// restart time: it gets one full grace period before it can be declared Lost.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// When the last heartbeat (or Join) arrived.
+    pub last_seen: Instant,
+    /// The sequence number of the last heartbeat.
+    pub sequence: u64,
+}
+
+/// Nodes: join tokens, joins, certificates, liveness, health, cordon, removal.
+#[derive(Clone)]
+pub struct Registry {
+    shared: Shared,
+    pods: crate::pods::Pods,
+    liveness: Arc<Mutex<HashMap<String, Liveness>>>,
+}
+
+impl Registry {
+    /// The component over `shared` and the components below it.
+    pub fn new(shared: Shared, pods: crate::pods::Pods) -> Self {
+        let started = Instant::now();
+        // Every known node starts silent from now: one full grace period each.
+        let liveness = shared
+            .store()
+            .nodes
+            .scan("")
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| !n.id.is_empty())
+            .map(|n| {
+                let l = Liveness {
+                    last_seen: started,
+                    sequence: 0,
+                };
+                (n.name, l)
+            })
+            .collect();
+        Self {
+            shared,
+            pods,
+            liveness: Arc::new(Mutex::new(liveness)),
+        }
+    }
+
+    /// Records a sign of life from `node`.
+    pub fn touch(&self, node: &str, sequence: u64) {
+        let mut live = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+        live.insert(
+            node.to_owned(),
+            Liveness {
+                last_seen: Instant::now(),
+                sequence,
+            },
+        );
+    }
+
+    /// Joined nodes silent for longer than `threshold`, with their silence.
+    pub fn silent_nodes(
+        &self,
+        threshold: std::time::Duration,
+    ) -> Vec<(String, std::time::Duration)> {
+        let live = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+        live.iter()
+            .map(|(name, l)| (name.clone(), l.last_seen.elapsed()))
+            .filter(|(_, silence)| *silence > threshold)
+            .collect()
+    }
+
+    /// Forgets a node's liveness, telemetry and agent connection.
+    pub fn forget(&self, node: &pb::Node) {
+        self.shared.telemetry().forget(&node.name);
+        let mut live = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+        live.remove(&node.name);
+        drop(live);
+        self.shared.forget_agent(&node.agent_address);
+    }
+}
+
+impl Registry {
     pub(crate) fn new_token(&self, node: &str) -> Result<(String, i64), ClusterError> {
         let token = format!(
             "{}{}",
             uuid::Uuid::new_v4().simple(),
             uuid::Uuid::new_v4().simple()
         );
-        let expires_at =
-            jiff::Timestamp::now().as_second() + self.config().join_token_ttl.as_secs() as i64;
-        self.store().tokens.put(
+        let expires_at = jiff::Timestamp::now().as_second()
+            + self.shared.config().join_token_ttl.as_secs() as i64;
+        self.shared.store().tokens.put(
             &token,
             &JoinToken {
                 node_name: node.to_owned(),
@@ -119,17 +201,17 @@ impl Cluster {
             provider: if req.external {
                 "external".into()
             } else {
-                self.provider().name().into()
+                self.shared.provider().name().into()
             },
             created_at: Some(now()),
             labels: {
                 let mut labels = req.labels.clone();
-                if let crate::config::Provider::Local(l) = &self.config().provider
+                if let crate::config::Provider::Local(l) = &self.shared.config().provider
                     && l.usd_per_hour > 0.0
                     && !req.external
                 {
                     labels.insert(
-                        crate::provisioning::LABEL_PRICE.to_owned(),
+                        orca_model::labels::LABEL_PRICE.to_owned(),
                         format!("{}", l.usd_per_hour),
                     );
                 }
@@ -139,12 +221,12 @@ impl Cluster {
             size: Some(req.size),
             ..Default::default()
         };
-        if !self.store().nodes.create(&name, &node)? {
+        if !self.shared.store().nodes.create(&name, &node)? {
             return Err(ClusterError::AlreadyExists { kind: "node", name });
         }
         if req.external {
-            self.store().flush().await?;
-            self.node_event(
+            self.shared.store().flush().await?;
+            self.shared.node_event(
                 &name,
                 false,
                 "Registered",
@@ -153,27 +235,28 @@ impl Cluster {
             return Ok(node);
         }
         let (token, _) = self.new_token(&name)?;
-        self.store().flush().await?;
+        self.shared.store().flush().await?;
         let launch = LaunchRequest {
             node_name: name.clone(),
             join_token: token,
-            control_plane_url: self.agent_url(),
-            ca_pem: self.pki().ca_pem().to_owned(),
+            control_plane_url: self.shared.agent_url(),
+            ca_pem: self.shared.pki().ca_pem().to_owned(),
             size: req.size,
             pod: None,
         };
-        let launched = self.provider().launch(launch).await;
-        self.launch_counters()
-            .count(self.provider().name(), &launched);
+        let launched = self.shared.provider().launch(launch).await;
+        self.shared
+            .launch_counters()
+            .count(self.shared.provider().name(), &launched);
         match launched {
             Ok(instance) => {
-                let note = self.provider().note().unwrap_or_default();
-                let node = self.store().nodes.update(&name, |n| {
+                let note = self.shared.provider().note().unwrap_or_default();
+                let node = self.shared.store().nodes.update(&name, |n| {
                     n.instance_id = instance.instance_id.clone();
                     n.message = note.clone();
                 })?;
-                self.store().flush().await?;
-                self.node_event(
+                self.shared.store().flush().await?;
+                self.shared.node_event(
                     &name,
                     false,
                     "Launched",
@@ -183,12 +266,13 @@ impl Cluster {
             }
             Err(e) => {
                 warn!(node = %name, error = %e, "launch failed");
-                self.store().nodes.update(&name, |n| {
+                self.shared.store().nodes.update(&name, |n| {
                     n.state = NodeState::Failed as i32;
                     n.message = e.to_string();
                 })?;
-                self.store().flush().await?;
-                self.node_event(&name, true, "LaunchFailed", e.to_string());
+                self.shared.store().flush().await?;
+                self.shared
+                    .node_event(&name, true, "LaunchFailed", e.to_string());
                 Err(e.into())
             }
         }
@@ -206,12 +290,12 @@ impl Cluster {
             )));
         }
         let (token, expires_at) = self.new_token(node)?;
-        self.store().flush().await?;
+        self.shared.store().flush().await?;
         Ok(pb::CreateJoinTokenResponse {
             token,
             expires_at,
-            control_plane_url: self.agent_url(),
-            ca_cert_pem: self.pki().ca_pem().to_owned(),
+            control_plane_url: self.shared.agent_url(),
+            ca_cert_pem: self.shared.pki().ca_pem().to_owned(),
         })
     }
 
@@ -221,19 +305,20 @@ impl Cluster {
             .map_err(|e| ClusterError::Invalid(e.to_string()))?;
         let used_key = format!("{USED_PREFIX}{}", req.token);
         let mut repeated = false;
-        let token = match self.store().tokens.remove(&req.token)? {
+        let token = match self.shared.store().tokens.remove(&req.token)? {
             Some(token) => {
                 // Kept as used, bound to this key, until the token would have expired.
                 let used = JoinToken {
                     used_by_key: key.clone(),
                     ..token.clone()
                 };
-                self.store().tokens.put(&used_key, &used)?;
+                self.shared.store().tokens.put(&used_key, &used)?;
                 token
             }
             None => {
                 // The same agent again (same key) after an answer it never got.
                 let again = self
+                    .shared
                     .store()
                     .tokens
                     .get(&used_key)?
@@ -248,7 +333,7 @@ impl Cluster {
                 token
             }
         };
-        self.store().flush().await?;
+        self.shared.store().flush().await?;
         if token.expires_at < jiff::Timestamp::now().as_second() {
             return Err(ClusterError::JoinRefused("token expired".into()));
         }
@@ -266,16 +351,17 @@ impl Cluster {
         }
         let ips: Vec<IpAddr> = ip_of(&req.agent_address).into_iter().collect();
         let cert = self
+            .shared
             .pki()
             .sign_node(
                 &req.csr_pem,
                 &req.node_name,
                 &ips,
-                self.config().cert_lifetime,
+                self.shared.config().cert_lifetime,
             )
             .map_err(|e| ClusterError::Invalid(e.to_string()))?;
         let id = uuid::Uuid::new_v4().to_string();
-        let node = self.store().nodes.update(&req.node_name, |n| {
+        let node = self.shared.store().nodes.update(&req.node_name, |n| {
             // A repeated join keeps the id the first one was given.
             if !repeated || n.id.is_empty() {
                 n.id = id.clone();
@@ -286,7 +372,7 @@ impl Cluster {
             n.capacity = req.capacity;
             n.allocatable = req.allocatable;
             n.last_heartbeat = Some(now());
-            n.message = self.provider().note().unwrap_or_default();
+            n.message = self.shared.provider().note().unwrap_or_default();
         })?;
         let Some(node) = node else {
             return Err(ClusterError::JoinRefused(format!(
@@ -294,40 +380,47 @@ impl Cluster {
                 req.node_name
             )));
         };
-        self.store().flush().await?;
+        self.shared.store().flush().await?;
         self.forget(&node);
         self.touch(&node.name, 0);
         info!(node = %req.node_name, address = %req.agent_address, "node joined");
-        self.node_event(
+        self.shared.node_event(
             &req.node_name,
             false,
             "NodeReady",
             format!("agent at {}", req.agent_address),
         );
-        self.wake_scheduler();
+        self.shared.wake_scheduler();
         Ok(pb::JoinResponse {
             node_id: node.id.clone(),
-            heartbeat_interval: prost_types::Duration::try_from(self.config().heartbeat_interval)
-                .ok(),
-            ca_cert_pem: self.pki().ca_pem().to_owned(),
+            heartbeat_interval: prost_types::Duration::try_from(
+                self.shared.config().heartbeat_interval,
+            )
+            .ok(),
+            ca_cert_pem: self.shared.pki().ca_pem().to_owned(),
             node_cert_pem: cert,
         })
     }
 
     /// The node with this id, if `peer` (the verified client certificate's common
     /// name) is that node's own certificate.
-    fn authenticated_node(&self, id: &str, peer: Option<&str>) -> Result<pb::Node, ClusterError> {
+    pub(crate) fn authenticated_node(
+        &self,
+        id: &str,
+        peer: Option<&str>,
+    ) -> Result<pb::Node, ClusterError> {
         let claimed = peer.and_then(pki::node_of).ok_or_else(|| {
             ClusterError::Unauthenticated("a node certificate is required".into())
         })?;
-        let node = self
-            .store()
-            .nodes
-            .get(claimed)?
-            .ok_or_else(|| ClusterError::NotFound {
-                kind: "node",
-                name: claimed.to_owned(),
-            })?;
+        let node =
+            self.shared
+                .store()
+                .nodes
+                .get(claimed)?
+                .ok_or_else(|| ClusterError::NotFound {
+                    kind: "node",
+                    name: claimed.to_owned(),
+                })?;
         if node.id != id || id.is_empty() {
             return Err(ClusterError::PermissionDenied(format!(
                 "the certificate of node {claimed} cannot speak for node id {id:?}"
@@ -345,8 +438,14 @@ impl Cluster {
         let node = self.authenticated_node(&req.node_id, peer)?;
         let ips: Vec<IpAddr> = ip_of(&node.agent_address).into_iter().collect();
         let cert = self
+            .shared
             .pki()
-            .sign_node(&req.csr_pem, &node.name, &ips, self.config().cert_lifetime)
+            .sign_node(
+                &req.csr_pem,
+                &node.name,
+                &ips,
+                self.shared.config().cert_lifetime,
+            )
             .map_err(|e| ClusterError::Invalid(e.to_string()))?;
         info!(node = %node.name, "node certificate renewed");
         Ok(pb::RenewCertificateResponse {
@@ -354,151 +453,14 @@ impl Cluster {
         })
     }
 
-    /// Records a heartbeat: liveness in memory; pod statuses, and node resources
-    /// or state only when they changed.
-    pub async fn heartbeat(
-        &self,
-        mut req: pb::HeartbeatRequest,
-        peer: Option<&str>,
-    ) -> Result<pb::HeartbeatResponse, ClusterError> {
-        let node = self.authenticated_node(&req.node_id, peer)?;
-        self.touch(&node.name, req.sequence);
-        let gpu_labels = self.record_gpus(&node.name, &mut req);
-        let labels_stale = crate::telemetry::GPU_LABELS
-            .iter()
-            .any(|k| node.labels.get(*k) != gpu_labels.get(*k));
-        let mut orphans = Vec::new();
-        let mut changed = false;
-        for report in req.pods {
-            let uid = report.r#ref.as_ref().map(|r| r.uid.clone());
-            match self.apply_report(&node.name, report)? {
-                Applied::Orphan => orphans.extend(uid),
-                Applied::Changed => changed = true,
-                Applied::Unchanged => {}
-            }
-        }
-        if !req.notices.is_empty() {
-            self.handle_notices(&node, &req.notices).await?;
-        }
-        if changed {
-            // Flushed promptly but not awaited: the agent re-reports every pod's
-            // full status in every heartbeat, so an observation lost in a crash
-            // comes back with the next one, and the acknowledgement (hence the
-            // agent's next report) does not wait for an fsync.
-            self.flush_in_background();
-        }
-        // A warm-pool instance being stopped may still send a last heartbeat:
-        // it stays Stopped (only one started for a pod comes back).
-        let stopped_pool =
-            node.state == NodeState::Stopped as i32 && crate::warm_pool::is_pool_node(&node);
-        let healthy = stopped_pool
-            || matches!(
-                NodeState::try_from(node.state),
-                Ok(NodeState::Ready | NodeState::Terminating)
-            );
-        if !healthy
-            || node.capacity != req.capacity
-            || node.allocatable != req.allocatable
-            || labels_stale
-        {
-            let was = NodeState::try_from(node.state).unwrap_or(NodeState::Unspecified);
-            self.store().nodes.update(&node.name, |n| {
-                n.capacity = req.capacity;
-                n.allocatable = req.allocatable;
-                for key in crate::telemetry::GPU_LABELS {
-                    n.labels.remove(key);
-                }
-                n.labels.extend(gpu_labels.clone());
-                n.last_heartbeat = Some(now());
-                let started =
-                    n.state == NodeState::Stopped as i32 && !crate::warm_pool::is_pool_node(n);
-                if started
-                    || matches!(
-                        NodeState::try_from(n.state),
-                        Ok(NodeState::Suspect | NodeState::NotReady | NodeState::Lost)
-                    )
-                {
-                    n.state = NodeState::Ready as i32;
-                }
-            })?;
-            self.store().flush().await?;
-            if !healthy {
-                self.again(&format!("fence:{}", node.name));
-                info!(node = %node.name, from = ?was, "node is back");
-                self.node_event(
-                    &node.name,
-                    false,
-                    "NodeReady",
-                    format!("heartbeats resumed (was {was:?})"),
-                );
-                self.wake_scheduler();
-            }
-        }
-        Ok(pb::HeartbeatResponse {
-            heartbeat_interval: prost_types::Duration::try_from(self.config().heartbeat_interval)
-                .ok(),
-            orphan_pod_uids: orphans,
-            // A heartbeat interval before this node can be declared Lost, its
-            // agent stops its pods (no pod runs twice: recovery).
-            stop_pods_after: self
-                .config()
-                .lost_after
-                .checked_sub(self.config().heartbeat_interval)
-                .filter(|d| !d.is_zero())
-                .and_then(|d| prost_types::Duration::try_from(d).ok()),
-            notices: self.pushed_notices(&node.name),
-            node_ports: self
-                .services()
-                .map(|s| {
-                    s.node_ports()
-                        .into_iter()
-                        .map(|p| pb::NodePort {
-                            port: u32::from(p.node_port),
-                            target: p.target.to_string(),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-        })
-    }
-
-    /// Keeps a heartbeat's GPU telemetry, with a Warning event for each GPU
-    /// that just turned unhealthy; returns the node labels the GPUs give.
-    fn record_gpus(
-        &self,
-        node: &str,
-        req: &mut pb::HeartbeatRequest,
-    ) -> std::collections::BTreeMap<String, String> {
-        let report = crate::telemetry::Report {
-            source: std::mem::take(&mut req.gpu_source),
-            note: std::mem::take(&mut req.gpu_note),
-            driver_version: std::mem::take(&mut req.gpu_driver_version),
-            gpus: std::mem::take(&mut req.gpus),
-        };
-        let labels = crate::telemetry::gpu_labels(&report);
-        for gpu in self.telemetry().record(node, report) {
-            warn!(node, gpu = gpu.index, uuid = %gpu.uuid, reason = %gpu.health_reason, "GPU unhealthy");
-            self.node_event(
-                node,
-                true,
-                "GPUUnhealthy",
-                format!(
-                    "GPU {} ({}) is unhealthy: {}; no new pod is given it",
-                    gpu.index, gpu.uuid, gpu.health_reason
-                ),
-            );
-        }
-        labels
-    }
-
     /// Moves nodes along Ready → Suspect → NotReady → Lost as their silence grows
     /// (flushing each change).
     pub async fn check_health(&self) -> Result<(), ClusterError> {
-        let c = self.config();
+        let c = self.shared.config();
         // Only silent nodes are read from the store: with thousands of nodes a
         // pass costs a walk over the in-memory liveness map.
         for (name, silence) in self.silent_nodes(c.suspect_after) {
-            let Some(node) = self.store().nodes.get(&name)? else {
+            let Some(node) = self.shared.store().nodes.get(&name)? else {
                 continue;
             };
             let Ok(state) = NodeState::try_from(node.state) else {
@@ -523,7 +485,7 @@ impl Cluster {
             if rank(due) <= rank(state) {
                 continue;
             }
-            let updated = self.store().nodes.update(&node.name, |n| {
+            let updated = self.shared.store().nodes.update(&node.name, |n| {
                 if n.state == node.state {
                     n.state = due as i32;
                 }
@@ -531,7 +493,7 @@ impl Cluster {
             if updated.is_none_or(|n| n.state != due as i32) {
                 continue;
             }
-            self.store().flush().await?;
+            self.shared.store().flush().await?;
             let msg = format!("no heartbeat for {}", orca_model::time::human(silence));
             warn!(node = %node.name, state = ?due, silence_ms = silence.as_millis() as u64, "node health");
             // A pass that came late (a busy machine) may jump states; the events
@@ -542,7 +504,8 @@ impl Cluster {
                 (NodeState::Lost, "NodeLost"),
             ] {
                 if rank(step) > rank(state) && rank(step) <= rank(due) {
-                    self.node_event(&node.name, true, reason, msg.clone());
+                    self.shared
+                        .node_event(&node.name, true, reason, msg.clone());
                 }
             }
         }
@@ -552,6 +515,7 @@ impl Cluster {
     /// Cordons or uncordons a node.
     pub async fn cordon(&self, name: &str, unschedulable: bool) -> Result<pb::Node, ClusterError> {
         let node = self
+            .shared
             .store()
             .nodes
             .update(name, |n| n.unschedulable = unschedulable)?
@@ -559,28 +523,28 @@ impl Cluster {
                 kind: "node",
                 name: name.into(),
             })?;
-        self.store().flush().await?;
+        self.shared.store().flush().await?;
         let reason = if unschedulable {
             "Cordoned"
         } else {
             "Uncordoned"
         };
-        self.node_event(name, false, reason, String::new());
-        self.wake_scheduler();
+        self.shared.node_event(name, false, reason, String::new());
+        self.shared.wake_scheduler();
         Ok(node)
     }
 
     /// All nodes, with their pod counts and requested resources.
     pub fn nodes(&self) -> Result<Vec<pb::Node>, ClusterError> {
-        let pods = self.store().pods.scan("")?;
-        let mut nodes = self.store().nodes.scan("")?;
+        let pods = self.shared.store().pods.scan("")?;
+        let mut nodes = self.shared.store().nodes.scan("")?;
         for n in &mut nodes {
             let mine: Vec<_> = pods
                 .iter()
-                .filter(|p| p.node_name == n.name && crate::scheduler::holds_resources(p))
+                .filter(|p| p.node_name == n.name && crate::resources::holds_resources(p))
                 .collect();
             n.pod_count = mine.len() as i32;
-            n.requested = Some(crate::scheduler::sum_requests(mine.into_iter()));
+            n.requested = Some(crate::resources::sum_requests(mine.into_iter()));
         }
         Ok(nodes)
     }
@@ -600,6 +564,7 @@ impl Cluster {
     /// instance and forgets it.
     pub async fn remove_node(&self, name: &str) -> Result<pb::Node, ClusterError> {
         let node = self
+            .shared
             .store()
             .nodes
             .update(name, |n| n.state = NodeState::Terminating as i32)?
@@ -608,6 +573,7 @@ impl Cluster {
                 name: name.into(),
             })?;
         for pod in self
+            .shared
             .store()
             .pods
             .scan("")?
@@ -616,7 +582,7 @@ impl Cluster {
         {
             let (ns, pod_name) = crate::pods::names(&pod);
             if !node.agent_address.is_empty()
-                && let Err(e) = self.stop_on_node(&node, &pod, Some(0)).await
+                && let Err(e) = self.pods.stop_on_node(&node, &pod, Some(0)).await
             {
                 warn!(pod = %pod_name, error = %e, "pod not stopped before node removal");
             }
@@ -626,16 +592,16 @@ impl Cluster {
                 PodPhase::Succeeded | PodPhase::Failed
             ) {
                 let msg = format!("node {name} was removed");
-                self.fail_pod(&ns, &pod_name, "NodeRemoved", msg)?;
+                self.pods.fail_pod(&ns, &pod_name, "NodeRemoved", msg)?;
             }
         }
         if !node.instance_id.is_empty() {
-            self.provider().terminate(&node.instance_id).await?;
+            self.shared.provider().terminate(&node.instance_id).await?;
         }
-        self.store().nodes.remove(name)?;
-        self.store().flush().await?;
+        self.shared.store().nodes.remove(name)?;
+        self.shared.store().flush().await?;
         self.forget(&node);
-        self.node_event(
+        self.shared.node_event(
             name,
             false,
             "Removed",
@@ -655,6 +621,18 @@ fn rank(state: NodeState) -> u8 {
         _ => 0,
     }
 }
+
+/// Whether a node is a warm-pool instance (not yet taken by a pod).
+pub fn is_pool_node(node: &pb::Node) -> bool {
+    in_pool(node).is_some()
+}
+
+pub(crate) fn in_pool(node: &pb::Node) -> Option<&str> {
+    node.labels.get(LABEL_WARM_POOL).map(String::as_str)
+}
+
+/// Node label: the instance type of the pool a stopped (or warming) instance is in.
+pub const LABEL_WARM_POOL: &str = "orca.research/warm-pool";
 
 #[cfg(test)]
 mod tests {

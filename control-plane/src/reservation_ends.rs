@@ -29,11 +29,9 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use orca_proto::controlplane::v1::{self as pb, NoticeKind};
-use tracing::{info, warn};
+use tracing::warn;
 
-use crate::cloud::ReservationInfo;
-use crate::cluster::Cluster;
-use crate::provisioning::lock;
+use crate::cloud::{InstanceProvider, ReservationInfo};
 
 pub use orca_model::labels::LABEL_RESERVATION;
 
@@ -82,10 +80,21 @@ pub fn notice(r: &ReservationInfo, now: Timestamp, lead: Duration) -> Option<pb:
     })
 }
 
-/// What the control plane remembers of ending reservations (recomputed by the
-/// next check after a restart).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Ending reservations: what the control plane remembers of them (recomputed
+/// by the next check after a restart), the notices their nodes' heartbeat
+/// answers carry, and the refusal of pods pinned to them. Part of the
+/// provisioner, which checks them on each pass; cheap to clone.
+#[derive(Clone, Default)]
+pub struct ReservationEnds {
+    memory: std::sync::Arc<Memory>,
+}
+
 #[derive(Default)]
-pub struct Memory {
+struct Memory {
     /// Node → the reservation-end notice for its agent.
     notices: std::sync::Mutex<HashMap<String, pb::Notice>>,
     /// Reservations found ending → when their instances go (kept after their
@@ -93,12 +102,14 @@ pub struct Memory {
     ending: std::sync::Mutex<HashMap<String, Timestamp>>,
     /// When the last check ran.
     last_check: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Notices found, not yet handed to the interruptions.
+    due: std::sync::Mutex<Vec<(pb::Node, pb::Notice)>>,
 }
 
-impl Cluster {
+impl ReservationEnds {
     /// The notices a node's heartbeat answer carries.
     pub(crate) fn pushed_notices(&self, node: &str) -> Vec<pb::Notice> {
-        lock(&self.reservation_memory().notices)
+        lock(&self.memory.notices)
             .get(node)
             .cloned()
             .into_iter()
@@ -107,7 +118,7 @@ impl Cluster {
 
     /// Why a pod pinned to reservation `id` cannot launch now; `None` when it can.
     pub(crate) fn reservation_ending(&self, id: &str) -> Option<String> {
-        let at = *lock(&self.reservation_memory().ending).get(id)?;
+        let at = *lock(&self.memory.ending).get(id)?;
         Some(format!(
             "capacity reservation {id} ends: its instances go at {at} and its nodes are being drained; pin the pod to another reservation or drop orca.research/capacity-reservation-id"
         ))
@@ -117,12 +128,13 @@ impl Cluster {
     /// nodes of the ending ones their notice.
     pub(crate) async fn check_reservation_ends(
         &self,
+        provider: &dyn InstanceProvider,
         nodes: &[pb::Node],
         every: Duration,
         lead: Duration,
     ) {
         {
-            let mut last = lock(&self.reservation_memory().last_check);
+            let mut last = lock(&self.memory.last_check);
             if last.is_some_and(|t| t.elapsed() < every) {
                 return;
             }
@@ -139,10 +151,10 @@ impl Cluster {
             .into_iter()
             .collect();
         if ids.is_empty() {
-            lock(&self.reservation_memory().notices).clear();
+            lock(&self.memory.notices).clear();
             return;
         }
-        let reservations = match self.provider().reservations(&ids).await {
+        let reservations = match provider.reservations(&ids).await {
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "capacity reservations not described; retrying at the next check");
@@ -151,7 +163,7 @@ impl Cluster {
         };
         let now = Timestamp::now();
         {
-            let mut ending = lock(&self.reservation_memory().ending);
+            let mut ending = lock(&self.memory.ending);
             for r in &reservations {
                 match notice(r, now, lead).and_then(|_| reclaim_at(r)) {
                     Some(at) => ending.insert(r.id.clone(), at),
@@ -172,18 +184,21 @@ impl Cluster {
             };
             due.insert(node.name.clone(), n);
         }
-        *lock(&self.reservation_memory().notices) = due.clone();
+        *lock(&self.memory.notices) = due.clone();
+        let mut handed = lock(&self.memory.due);
         for (name, n) in due {
             let Some(node) = nodes.iter().find(|x| x.name == name) else {
                 continue;
             };
-            if let Err(e) = self.handle_notices(node, std::slice::from_ref(&n)).await {
-                warn!(node = %name, error = %e, "reservation end not handled; retrying");
-                self.again(&format!("notice:{}:{}", name, n.id));
-            } else {
-                info!(node = %name, reservation = %n.reservation_id, "reservation end notice");
-            }
+            handed.push((node.clone(), n));
         }
+    }
+
+    /// The reservation-end notices found since the last call, for
+    /// [`crate::interruptions`] to handle like an agent's (the scheduler's pass
+    /// hands them over right after `Provisioner::tend_instances`).
+    pub fn take_reservation_notices(&self) -> Vec<(pb::Node, pb::Notice)> {
+        std::mem::take(&mut *lock(&self.memory.due))
     }
 }
 

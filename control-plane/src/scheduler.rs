@@ -21,15 +21,14 @@ use orca_proto::controlplane::v1::{self as pb, NodeState};
 use orca_proto::types::v1::{PodPhase, Resources};
 use tracing::{info, warn};
 
-use crate::cluster::{Cluster, ClusterError, age};
 use crate::pods::{Applied, key, names, phase, uid};
 use crate::registry::NodeRequest;
+use crate::resources::spec_of;
+use crate::resources::{holds_resources, requests, sum_requests};
+use crate::shared::{ClusterError, Shared, age};
 use orca_model::selection::annotations::RESUME_FROM;
 
-pub use orca_model::fit::{
-    GPU_RESOURCE, free_share, holds_resources, port_clash, ports, requests, spec_of, sum_requests,
-    tolerates, unfit,
-};
+pub use orca_model::fit::{free_share, port_clash, ports, tolerates, unfit};
 
 /// Label on nodes the autoscaler launched.
 pub const AUTOSCALED_LABEL: &str = "orca.research/autoscaled";
@@ -49,44 +48,98 @@ pub fn wrong_gpu_model(node: &pb::Node, record: &pb::PodRecord) -> Option<String
     }
 }
 
-impl Cluster {
+/// Placement, dispatch and the reconcile loop that drives the passes.
+#[derive(Clone)]
+pub struct Scheduler {
+    shared: Shared,
+    registry: crate::registry::Registry,
+    pods: crate::pods::Pods,
+    claims: crate::claims::Claims,
+    provisioner: crate::provisioning::Provisioner,
+    recovery: crate::recovery::Recovery,
+    interruptions: crate::interruptions::Interruptions,
+    lifetime: crate::lifetime::Lifetime,
+}
+
+impl Scheduler {
+    /// The component over `shared` and the components below it.
+    pub fn new(
+        shared: Shared,
+        registry: crate::registry::Registry,
+        pods: crate::pods::Pods,
+        claims: crate::claims::Claims,
+        provisioner: crate::provisioning::Provisioner,
+        recovery: crate::recovery::Recovery,
+        interruptions: crate::interruptions::Interruptions,
+    ) -> Self {
+        let lifetime = crate::lifetime::Lifetime::new(pods.clone());
+        Self {
+            shared,
+            registry,
+            pods,
+            claims,
+            provisioner,
+            recovery,
+            interruptions,
+            lifetime,
+        }
+    }
+}
+
+impl Scheduler {
     /// Runs placement, health checks and recovery until `shutdown` resolves.
     pub async fn run_scheduler(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
-            if let Err(e) = self.check_health().await {
+            if let Err(e) = self.registry.check_health().await {
                 warn!(error = %e, "health check failed");
             }
-            if let Err(e) = self.recover_lost().await {
+            if let Err(e) = self.recovery.recover_lost().await {
                 warn!(error = %e, "recovery pass failed");
             }
             if let Err(e) = self.schedule_once().await {
                 warn!(error = %e, "scheduling pass failed");
             }
-            if let Err(e) = self.tend_instances().await {
+            if let Err(e) = self.provisioner.tend_instances().await {
                 warn!(error = %e, "instance pass failed");
+            }
+            for (node, n) in self
+                .provisioner
+                .reservation_ends()
+                .take_reservation_notices()
+            {
+                if let Err(e) = self
+                    .interruptions
+                    .handle_notices(&node, std::slice::from_ref(&n))
+                    .await
+                {
+                    warn!(node = %node.name, error = %e, "reservation end not handled; retrying");
+                    self.shared.again(&format!("notice:{}:{}", node.name, n.id));
+                } else {
+                    info!(node = %node.name, reservation = %n.reservation_id, "reservation end notice");
+                }
             }
             tokio::select! {
                 _ = &mut shutdown => return,
-                _ = self.scheduler_woken() => {}
-                _ = tokio::time::sleep(self.config().reconcile_interval) => {}
+                _ = self.shared.scheduler_woken() => {}
+                _ = tokio::time::sleep(self.shared.config().reconcile_interval) => {}
             }
         }
     }
 
     /// One placement pass.
     pub async fn schedule_once(&self) -> Result<(), ClusterError> {
-        let pods = self.store().pods.scan("")?;
+        let pods = self.shared.store().pods.scan("")?;
         // Nothing to place or hand over: no need to read every node.
         if !pods.iter().any(|p| phase(p) == PodPhase::Pending) {
             return Ok(());
         }
-        let pods = if self.expire_pending(&pods)? {
-            self.store().pods.scan("")?
+        let pods = if self.lifetime.expire_pending(&pods)? {
+            self.shared.store().pods.scan("")?
         } else {
             pods
         };
-        let all_nodes = self.store().nodes.scan("")?;
+        let all_nodes = self.shared.store().nodes.scan("")?;
         let mut nodes: Vec<(pb::Node, Resources)> = all_nodes
             .iter()
             .filter(|n| n.state == NodeState::Ready as i32 && !n.unschedulable)
@@ -106,7 +159,7 @@ impl Cluster {
                 .iter()
                 .find(|n| n.name == pod.node_name && n.state == NodeState::Ready as i32)
                 && !self.holds_for_handoff(pod)
-                && self.first_time(&format!("dispatch:{}", uid(pod)))
+                && self.shared.first_time(&format!("dispatch:{}", uid(pod)))
             {
                 let (ns, name) = names(pod);
                 let this = self.clone();
@@ -114,11 +167,11 @@ impl Cluster {
                 tokio::spawn(async move { this.dispatch(ns, name, node).await });
             }
         }
-        if self.provider().dedicated() {
+        if self.shared.provider().dedicated() {
             return self.provision_pending(&pods, &all_nodes);
         }
         let mut wants_host: Option<Resources> = None;
-        let mut claims = self.claims_among("", &all_nodes)?;
+        let mut claims = self.claims.claims_among("", &all_nodes)?;
         let mut taken: std::collections::HashMap<String, Vec<(String, i32)>> =
             std::collections::HashMap::new();
         for p in pods.iter().filter(|p| holds_resources(p)) {
@@ -140,7 +193,7 @@ impl Cluster {
             let (ns, name) = names(pod);
             let Some(spec) = spec_of(pod) else { continue };
             let want = requests(&spec);
-            if age(pod.created_at.as_ref()) > self.config().pending_timeout {
+            if age(pod.created_at.as_ref()) > self.shared.config().pending_timeout {
                 let why = nodes
                     .iter()
                     .filter_map(|(n, used)| {
@@ -154,14 +207,14 @@ impl Cluster {
                     .join("; ");
                 let msg = format!(
                     "no Ready node with room within {:?}{}",
-                    self.config().pending_timeout,
+                    self.shared.config().pending_timeout,
                     if why.is_empty() {
                         String::new()
                     } else {
                         format!(" ({why})")
                     }
                 );
-                self.fail_pod(&ns, &name, "Unschedulable", msg)?;
+                self.pods.fail_pod(&ns, &name, "Unschedulable", msg)?;
                 continue;
             }
             let choice = nodes
@@ -186,7 +239,7 @@ impl Cluster {
                 }
                 continue;
             };
-            let bound = self.store().pods.update(&key(&ns, &name), |p| {
+            let bound = self.shared.store().pods.update(&key(&ns, &name), |p| {
                 if p.node_name.is_empty() && uid(p) == uid(pod) {
                     p.node_name = node.name.clone();
                 }
@@ -200,11 +253,11 @@ impl Cluster {
                 .or_default()
                 .extend(ports(&spec));
             if !crate::claims::claims_of(&spec).is_empty() {
-                self.bind_local_claims(&ns, &spec, &node.name)?;
-                claims = self.claims_among("", &all_nodes)?;
+                self.claims.bind_local_claims(&ns, &spec, &node.name)?;
+                claims = self.claims.claims_among("", &all_nodes)?;
             }
             info!(pod = %key(&ns, &name), node = %node.name, "scheduled");
-            self.event(
+            self.shared.event(
                 "Pod",
                 &ns,
                 &name,
@@ -215,7 +268,7 @@ impl Cluster {
             if self.holds_for_handoff(pod) {
                 continue;
             }
-            self.first_time(&format!("dispatch:{}", uid(pod)));
+            self.shared.first_time(&format!("dispatch:{}", uid(pod)));
             let this = self.clone();
             let node = node.clone();
             tokio::spawn(async move { this.dispatch(ns, name, node).await });
@@ -239,7 +292,7 @@ impl Cluster {
             let (ns, name) = names(pod);
             if pod.node_name.is_empty()
                 && pod.launch_attempts == 0
-                && age(pod.created_at.as_ref()) > self.config().pending_timeout
+                && age(pod.created_at.as_ref()) > self.shared.config().pending_timeout
             {
                 let why = pod
                     .status
@@ -249,18 +302,18 @@ impl Cluster {
                     .unwrap_or_else(|| "no launch was attempted".into());
                 let msg = format!(
                     "no instance launched within {:?}: {why}",
-                    self.config().pending_timeout
+                    self.shared.config().pending_timeout
                 );
-                self.fail_pod(&ns, &name, "Unschedulable", msg)?;
+                self.pods.fail_pod(&ns, &name, "Unschedulable", msg)?;
                 continue;
             }
             let pod_uid = uid(pod);
             if !pod_uid.is_empty()
-                && self.needs_provisioning(pod, nodes)
-                && self.first_time(&format!("provision:{pod_uid}"))
+                && self.provisioner.needs_provisioning(pod, nodes)
+                && self.shared.first_time(&format!("provision:{pod_uid}"))
             {
                 let this = self.clone();
-                tokio::spawn(async move { this.provision(ns, name, pod_uid).await });
+                tokio::spawn(async move { this.provisioner.provision(ns, name, pod_uid).await });
             }
         }
         Ok(())
@@ -269,7 +322,7 @@ impl Cluster {
     /// Launches a host big enough for `want` when autoscaling allows it: at most
     /// one launch in flight, at most `max_nodes` autoscaled nodes.
     async fn scale_up(&self, nodes: &[pb::Node], want: Resources) {
-        let Some(auto) = self.config().autoscale.clone() else {
+        let Some(auto) = self.shared.config().autoscale.clone() else {
             return;
         };
         let ours: Vec<_> = nodes
@@ -292,7 +345,7 @@ impl Cluster {
             labels: [(AUTOSCALED_LABEL.to_owned(), "true".to_owned())].into(),
             ..Default::default()
         };
-        match self.add_node(req).await {
+        match self.registry.add_node(req).await {
             Ok(node) => info!(node = %node.name, "autoscaler launched a host"),
             Err(e) => warn!(error = %e, "autoscaler could not launch a host"),
         }
@@ -304,16 +357,20 @@ impl Cluster {
         let Some(why) = crate::interruptions::handoff_wait(pod) else {
             return false;
         };
-        if self.first_time(&format!("handoff-wait:{}", uid(pod))) {
+        if self
+            .shared
+            .first_time(&format!("handoff-wait:{}", uid(pod)))
+        {
             let (ns, name) = names(pod);
-            let _ = self.store().pods.update(&key(&ns, &name), |p| {
+            let _ = self.shared.store().pods.update(&key(&ns, &name), |p| {
                 if uid(p) == uid(pod)
                     && let Some(s) = p.status.as_mut()
                 {
                     s.message = why.clone();
                 }
             });
-            self.event("Pod", &ns, &name, false, "WaitingForCheckpoint", why);
+            self.shared
+                .event("Pod", &ns, &name, false, "WaitingForCheckpoint", why);
         }
         true
     }
@@ -321,9 +378,12 @@ impl Cluster {
     /// Hands a bound pod to its node's agent. An agent that refuses the spec fails
     /// the pod; one that cannot be reached unbinds it for another try.
     async fn dispatch(&self, ns: String, name: String, node: pb::Node) {
-        if self.provider().dedicated() && !node.instance_id.is_empty() {
-            self.attach_claims(&ns, &name, &node.instance_id).await;
+        if self.shared.provider().dedicated() && !node.instance_id.is_empty() {
+            self.provisioner
+                .attach_claims(&ns, &name, &node.instance_id)
+                .await;
             if self
+                .pods
                 .pod(&ns, &name)
                 .is_ok_and(|p| phase(&p) != PodPhase::Pending)
             {
@@ -332,9 +392,10 @@ impl Cluster {
             }
         }
         let result = async {
-            self.store().flush().await?;
-            let record = self.pod(&ns, &name)?;
+            self.shared.store().flush().await?;
+            let record = self.pods.pod(&ns, &name)?;
             let resolved = self
+                .shared
                 .resolve(&record, &node)
                 .await
                 .map_err(ClusterError::Unresolved)?;
@@ -360,6 +421,7 @@ impl Cluster {
                 .filter(|s| !crate::claims::claims_of(s).is_empty())
             {
                 let claims = self
+                    .claims
                     .claim_volumes(&ns, &spec)
                     .map_err(ClusterError::Unresolved)?;
                 volume_data.get_or_insert_default().claims = claims.into_iter().collect();
@@ -369,8 +431,9 @@ impl Cluster {
                 registry_credentials: resolved.registry_credentials,
                 volume_data,
             };
-            self.agent(&node)?
-                .run_pod(self.timed(req, std::time::Duration::ZERO))
+            self.shared
+                .agent(&node)?
+                .run_pod(self.shared.timed(req, std::time::Duration::ZERO))
                 .await
                 .map_err(|status| ClusterError::Agent {
                     node: node.name.clone(),
@@ -380,46 +443,52 @@ impl Cluster {
         .await;
         match result {
             Ok(resp) => {
-                let record = self.pod(&ns, &name);
+                let record = self.pods.pod(&ns, &name);
                 if let (Ok(record), Some(status)) = (record, resp.into_inner().status) {
                     let report = orca_proto::types::v1::PodReport {
                         r#ref: record.pod.and_then(|p| p.r#ref),
                         status: Some(status),
                         checkpoint: String::new(),
                     };
-                    match self.apply_report(&node.name, report) {
-                        Ok(Applied::Changed) => self.flush_in_background(),
+                    match self.pods.apply_report(&node.name, report) {
+                        Ok(Applied::Changed) => self.shared.flush_in_background(),
                         Ok(_) => {}
                         Err(e) => warn!(pod = %name, error = %e, "status not recorded"),
                     }
                 }
             }
             Err(ClusterError::Unresolved(message)) => {
-                let _ = self.fail_pod(&ns, &name, "CreateContainerConfigError", message);
+                let _ = self
+                    .pods
+                    .fail_pod(&ns, &name, "CreateContainerConfigError", message);
             }
             Err(ClusterError::Agent { status, .. })
                 if status.code() == tonic::Code::InvalidArgument =>
             {
-                let _ = self.fail_pod(&ns, &name, "InvalidPodSpec", status.message().to_owned());
+                let _ =
+                    self.pods
+                        .fail_pod(&ns, &name, "InvalidPodSpec", status.message().to_owned());
             }
-            Err(e) if self.provider().dedicated() => {
+            Err(e) if self.shared.provider().dedicated() => {
                 // The node is the pod's own instance: hand it over again on the
                 // next pass rather than launch another.
                 warn!(pod = %name, node = %node.name, error = %e, "dispatch failed; will retry");
-                self.event("Pod", &ns, &name, true, "FailedDispatch", e.to_string());
-                if let Ok(p) = self.pod(&ns, &name) {
-                    self.again(&format!("dispatch:{}", uid(&p)));
+                self.shared
+                    .event("Pod", &ns, &name, true, "FailedDispatch", e.to_string());
+                if let Ok(p) = self.pods.pod(&ns, &name) {
+                    self.shared.again(&format!("dispatch:{}", uid(&p)));
                 }
             }
             Err(e) => {
                 warn!(pod = %name, node = %node.name, error = %e, "dispatch failed; will reschedule");
-                self.event("Pod", &ns, &name, true, "FailedDispatch", e.to_string());
-                if let Ok(Some(p)) = self.store().pods.update(&key(&ns, &name), |p| {
+                self.shared
+                    .event("Pod", &ns, &name, true, "FailedDispatch", e.to_string());
+                if let Ok(Some(p)) = self.shared.store().pods.update(&key(&ns, &name), |p| {
                     if p.node_name == node.name && phase(p) == PodPhase::Pending {
                         p.node_name.clear();
                     }
                 }) {
-                    self.again(&format!("dispatch:{}", uid(&p)));
+                    self.shared.again(&format!("dispatch:{}", uid(&p)));
                 }
             }
         }

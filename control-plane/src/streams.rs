@@ -17,8 +17,8 @@ use orca_proto::controlplane::v1 as pb;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-use crate::cluster::{Cluster, ClusterError};
 use crate::pods::uid;
+use crate::shared::{ClusterError, Shared};
 
 /// Where a pod's containers run.
 struct Placement {
@@ -27,16 +27,39 @@ struct Placement {
     agent: AgentServiceClient<Channel>,
 }
 
-impl Cluster {
+/// Logs, exec, attach, port-forward and stats relayed to a pod's agent.
+#[derive(Clone)]
+pub struct Streams {
+    shared: Shared,
+    registry: crate::registry::Registry,
+    pods: crate::pods::Pods,
+}
+
+impl Streams {
+    /// The component over `shared` and the components below it.
+    pub fn new(
+        shared: Shared,
+        registry: crate::registry::Registry,
+        pods: crate::pods::Pods,
+    ) -> Self {
+        Self {
+            shared,
+            registry,
+            pods,
+        }
+    }
+}
+
+impl Streams {
     /// The agent that runs pod `namespace/name`, if it can be reached.
     fn placement(&self, namespace: &str, name: &str) -> Result<Placement, ClusterError> {
-        let record = self.pod(namespace, name)?;
+        let record = self.pods.pod(namespace, name)?;
         if record.node_name.is_empty() {
             return Err(ClusterError::FailedPrecondition(format!(
                 "pod {name} is not on a node yet"
             )));
         }
-        let node = self.node(&record.node_name)?;
+        let node = self.registry.node(&record.node_name)?;
         Ok(Placement {
             agent: self.reachable_agent(&node)?,
             node: node.name,
@@ -66,7 +89,7 @@ impl Cluster {
                 )),
             });
         }
-        self.agent(node)
+        self.shared.agent(node)
     }
 
     /// A container's log from the pod's node; `options.uid` is filled in.
@@ -106,7 +129,7 @@ impl Cluster {
             .map_err(agent_error(at.node))
     }
 
-    /// An attach session to a container's main process, as [`Cluster::exec`].
+    /// An attach session to a container's main process, as [`Streams::exec`].
     pub async fn attach(
         &self,
         namespace: &str,
@@ -158,9 +181,11 @@ impl Cluster {
     /// CPU and memory usage of node `node` and of its running containers, from
     /// its agent (within the agent call timeout).
     pub async fn pod_stats(&self, node: &str) -> Result<agent::StatsResponse, ClusterError> {
-        let node = self.node(node)?;
+        let node = self.registry.node(node)?;
         let mut agent = self.reachable_agent(&node)?;
-        let req = self.timed(agent::StatsRequest {}, std::time::Duration::ZERO);
+        let req = self
+            .shared
+            .timed(agent::StatsRequest {}, std::time::Duration::ZERO);
         agent
             .stats(req)
             .await

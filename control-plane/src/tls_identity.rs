@@ -104,7 +104,7 @@ impl ServerIdentity {
                 _ = &mut shutdown => return,
                 _ = tokio::time::sleep(period) => {}
             }
-            match self.fill(cluster.pki(), &slot) {
+            match self.fill(cluster.shared().pki(), &slot) {
                 Ok(()) => info!("control plane certificate renewed"),
                 Err(e) => warn!(error = %e, "control plane certificate not renewed"),
             }

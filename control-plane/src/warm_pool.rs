@@ -18,56 +18,49 @@ use orca_proto::controlplane::v1::{self as pb, NodeState};
 use tracing::{info, warn};
 
 use crate::cloud::{CapacityType, LaunchRequest, Offering, PodLaunch};
-use crate::cluster::{Cluster, ClusterError, now};
 use crate::config::ec2::Ec2Provider as Settings;
+use crate::provisioning::Provisioner;
 use crate::provisioning::{LABEL_ATTEMPT, LABEL_POD_UID, LABEL_SUBNET};
+use crate::registry::LABEL_WARM_POOL;
+use crate::registry::in_pool;
+use crate::registry::is_pool_node;
+use crate::shared::{ClusterError, now};
 use orca_model::selection::{LaunchAnnotations, Mode, Needs};
-
-/// Node label: the instance type of the pool a stopped (or warming) instance is in.
-pub const LABEL_WARM_POOL: &str = "orca.research/warm-pool";
 
 /// The pseudo-namespace of pool instances' launch tags.
 const POOL_NAMESPACE: &str = "orca-warm-pool";
 
-fn in_pool(node: &pb::Node) -> Option<&str> {
-    node.labels.get(LABEL_WARM_POOL).map(String::as_str)
-}
-
-/// Whether a node is a warm-pool instance (not yet taken by a pod).
-pub fn is_pool_node(node: &pb::Node) -> bool {
-    in_pool(node).is_some()
-}
-
-impl Cluster {
+impl Provisioner {
     /// Stops pool instances that have joined, and launches what the pool lacks.
     pub(crate) async fn tend_pool(&self, s: &Settings, nodes: &[pb::Node]) {
         for node in nodes.iter().filter(|n| is_pool_node(n)) {
             if node.state == NodeState::Ready as i32
-                && self.first_time(&format!("pool-stop:{}", node.name))
+                && self.shared.first_time(&format!("pool-stop:{}", node.name))
             {
-                match self.provider().stop(&node.instance_id).await {
+                match self.shared.provider().stop(&node.instance_id).await {
                     Ok(()) => {
                         let msg = format!("warm pool: instance {} stopped", node.instance_id);
-                        let _ = self.store().nodes.update(&node.name, |n| {
+                        let _ = self.shared.store().nodes.update(&node.name, |n| {
                             n.state = NodeState::Stopped as i32;
                             n.message = msg.clone();
                         });
-                        self.forget(node);
-                        self.node_event(&node.name, false, "WarmPoolStopped", msg);
-                        self.flush_in_background();
+                        self.registry.forget(node);
+                        self.shared
+                            .node_event(&node.name, false, "WarmPoolStopped", msg);
+                        self.shared.flush_in_background();
                     }
                     Err(e) => {
                         warn!(node = %node.name, error = %e, "warm-pool instance not stopped");
-                        self.again(&format!("pool-stop:{}", node.name));
+                        self.shared.again(&format!("pool-stop:{}", node.name));
                     }
                 }
             }
             if node.state == NodeState::Launching as i32
                 && node.instance_id.is_empty()
-                && crate::cluster::age(node.created_at.as_ref()) > s.boot_timeout
+                && crate::shared::age(node.created_at.as_ref()) > s.boot_timeout
             {
                 // Its launch never answered and the sweep found nothing to adopt.
-                let _ = self.store().nodes.remove(&node.name);
+                let _ = self.shared.store().nodes.remove(&node.name);
             }
         }
         for (instance_type, want) in &s.warm_pool {
@@ -85,7 +78,9 @@ impl Cluster {
                 .is_some_and(|t| t.elapsed() < s.offering_avoid);
             if have < *want as usize
                 && !recently_failed
-                && self.first_time(&format!("pool-refill:{instance_type}"))
+                && self
+                    .shared
+                    .first_time(&format!("pool-refill:{instance_type}"))
             {
                 let this = self.clone();
                 let instance_type = instance_type.clone();
@@ -93,7 +88,7 @@ impl Cluster {
                     if let Err(e) = this.refill(&instance_type).await {
                         warn!(instance_type, error = %e, "warm pool not refilled");
                     }
-                    this.again(&format!("pool-refill:{instance_type}"));
+                    this.shared.again(&format!("pool-refill:{instance_type}"));
                 });
             }
         }
@@ -114,7 +109,12 @@ impl Cluster {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(instance_type.to_owned(), Instant::now());
         };
-        let plan = match self.provider().plan(&Needs::default(), &annotations).await {
+        let plan = match self
+            .shared
+            .provider()
+            .plan(&Needs::default(), &annotations)
+            .await
+        {
             Ok(plan) => plan,
             Err(e) => {
                 failed(e.to_string());
@@ -129,21 +129,21 @@ impl Cluster {
         let node_name = format!("warm-{}", &pool_uid.replace('-', "")[..10]);
         let mut node = crate::provisioning::launching_node(
             &node_name,
-            self.provider().name(),
+            self.shared.provider().name(),
             (&pool_uid, 1),
             choice,
             format!("warm pool: launching {}", choice.offering),
         );
         node.labels
             .insert(LABEL_WARM_POOL.to_owned(), instance_type.to_owned());
-        self.store().nodes.put(&node_name, &node)?;
+        self.shared.store().nodes.put(&node_name, &node)?;
         let token = self.launch_token(&node_name)?;
-        self.store().flush().await?;
+        self.shared.store().flush().await?;
         let req = LaunchRequest {
             node_name: node_name.clone(),
             join_token: token,
-            control_plane_url: self.agent_url(),
-            ca_pem: self.pki().ca_pem().to_owned(),
+            control_plane_url: self.shared.agent_url(),
+            ca_pem: self.shared.pki().ca_pem().to_owned(),
             size: choice.size,
             pod: Some(PodLaunch {
                 namespace: POOL_NAMESPACE.into(),
@@ -154,23 +154,24 @@ impl Cluster {
                 annotations,
             }),
         };
-        match self.provider().launch(req).await {
+        match self.shared.provider().launch(req).await {
             Ok(instance) => {
                 let msg = format!(
                     "warm pool: instance {} launched; stopped once its agent joins",
                     instance.instance_id
                 );
-                self.store().nodes.update(&node_name, |n| {
+                self.shared.store().nodes.update(&node_name, |n| {
                     n.instance_id = instance.instance_id.clone();
                     n.message = msg.clone();
                 })?;
-                self.store().flush().await?;
+                self.shared.store().flush().await?;
                 info!(node = %node_name, instance = %instance.instance_id, instance_type, "warm-pool instance launched");
-                self.node_event(&node_name, false, "WarmPoolLaunched", msg);
+                self.shared
+                    .node_event(&node_name, false, "WarmPoolLaunched", msg);
             }
             Err(e) => {
-                self.store().nodes.remove(&node_name)?;
-                self.store().flush().await?;
+                self.shared.store().nodes.remove(&node_name)?;
+                self.shared.store().flush().await?;
                 failed(e.to_string());
             }
         }
@@ -182,7 +183,7 @@ impl Cluster {
         if offering.capacity != CapacityType::OnDemand {
             return Ok(None);
         }
-        Ok(self.store().nodes.scan("")?.into_iter().find(|n| {
+        Ok(self.shared.store().nodes.scan("")?.into_iter().find(|n| {
             n.state == NodeState::Stopped as i32
                 && in_pool(n) == Some(offering.instance_type.as_str())
                 && n.labels.get(LABEL_SUBNET) == offering.subnet.as_ref()
@@ -198,7 +199,7 @@ impl Cluster {
         node: &pb::Node,
         attempt: u32,
     ) -> Result<bool, ClusterError> {
-        let taken = self.store().nodes.update(&node.name, |n| {
+        let taken = self.shared.store().nodes.update(&node.name, |n| {
             if is_pool_node(n) && n.state == NodeState::Stopped as i32 {
                 n.labels.remove(LABEL_WARM_POOL);
                 n.labels
@@ -216,16 +217,20 @@ impl Cluster {
         {
             return Ok(false);
         }
-        let bound = self.store().pods.update(&crate::pods::key(ns, name), |p| {
-            if crate::pods::uid(p) == pod_uid && p.node_name.is_empty() {
-                p.node_name = node.name.clone();
-                p.launch_attempts = attempt;
-            }
-        })?;
-        self.store().flush().await?;
+        let bound = self
+            .shared
+            .store()
+            .pods
+            .update(&crate::pods::key(ns, name), |p| {
+                if crate::pods::uid(p) == pod_uid && p.node_name.is_empty() {
+                    p.node_name = node.name.clone();
+                    p.launch_attempts = attempt;
+                }
+            })?;
+        self.shared.store().flush().await?;
         if bound.is_none_or(|p| p.node_name != node.name) {
             // The pod changed meanwhile: the instance goes back to the pool.
-            self.store().nodes.update(&node.name, |n| {
+            self.shared.store().nodes.update(&node.name, |n| {
                 n.labels.insert(
                     LABEL_WARM_POOL.to_owned(),
                     node.labels[LABEL_WARM_POOL].clone(),
@@ -233,20 +238,22 @@ impl Cluster {
             })?;
             return Ok(false);
         }
-        match self.provider().start(&node.instance_id).await {
+        match self.shared.provider().start(&node.instance_id).await {
             Ok(()) => {
                 let msg = format!(
                     "instance {} started from the warm pool; waiting for its agent",
                     node.instance_id
                 );
                 self.launch_note(ns, name, pod_uid, "Booting", msg.clone());
-                self.event("Pod", ns, name, false, "WarmStarted", msg);
+                self.shared
+                    .event("Pod", ns, name, false, "WarmStarted", msg);
                 info!(pod = %crate::pods::key(ns, name), node = %node.name, instance = %node.instance_id, "warm-pool instance started");
             }
             Err(e) => {
                 // The boot timeout replaces it with a launch.
                 warn!(node = %node.name, error = %e, "warm-pool instance not started");
-                self.event("Pod", ns, name, true, "WarmStartFailed", e.to_string());
+                self.shared
+                    .event("Pod", ns, name, true, "WarmStartFailed", e.to_string());
             }
         }
         Ok(true)

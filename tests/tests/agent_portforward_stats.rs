@@ -466,6 +466,7 @@ async fn the_control_plane_relays_port_forward_and_stats() {
         let request = request.clone();
         async move {
             let out = cluster
+                .streams()
                 .port_forward("default", "web", pod.web, futures::stream::iter([request]))
                 .await
                 .map_err(|e| e.to_string())?;
@@ -480,6 +481,7 @@ async fn the_control_plane_relays_port_forward_and_stats() {
     // half-close is the client's to send.
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let out = cluster
+        .streams()
         .port_forward(
             "default",
             "web",
@@ -501,6 +503,7 @@ async fn the_control_plane_relays_port_forward_and_stats() {
     // The agent's errors arrive as the node's, with the agent's status.
     let closed = free_port();
     let e = cluster
+        .streams()
         .port_forward("default", "web", closed, futures::stream::empty())
         .await
         .map(drop)
@@ -514,32 +517,39 @@ async fn the_control_plane_relays_port_forward_and_stats() {
     // The control plane's own: no such pod, a pod on no node.
     assert!(matches!(
         cluster
+            .streams()
             .port_forward("default", "nope", pod.web, futures::stream::empty())
             .await,
         Err(ClusterError::NotFound { kind: "pod", .. })
     ));
     assert!(matches!(
         cluster
+            .streams()
             .port_forward("default", "unbound", pod.web, futures::stream::empty())
             .await,
         Err(ClusterError::FailedPrecondition(_))
     ));
 
-    let s = cluster.pod_stats(NODE).await.expect("stats relayed");
+    let s = cluster
+        .streams()
+        .pod_stats(NODE)
+        .await
+        .expect("stats relayed");
     let web = container(&s, &pod.uid, "web");
     assert!(web.memory_working_set_bytes > 0, "{web:?}");
     assert!(s.node.is_some());
     assert!(matches!(
-        cluster.pod_stats("nope").await,
+        cluster.streams().pod_stats("nope").await,
         Err(ClusterError::NotFound { kind: "node", .. })
     ));
     // A node that stopped answering is not dialled.
     cluster
+        .shared()
         .store()
         .nodes
         .update(NODE, |n| n.state = cp::NodeState::NotReady as i32)
         .expect("node updated");
-    let e = agent_status(cluster.pod_stats(NODE).await.unwrap_err());
+    let e = agent_status(cluster.streams().pod_stats(NODE).await.unwrap_err());
     assert_eq!(e.code(), Code::Unavailable);
     assert!(e.message().contains("NOT_READY"), "{e:?}");
 }

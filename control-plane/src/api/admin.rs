@@ -74,6 +74,7 @@ impl AdminApi {
     ) -> Result<(), Status> {
         let caller = caller(req)?;
         self.cluster
+            .auth()
             .authorize(&caller, method, &Access::new(verb, resource, ns, name))
             .map_err(status)
     }
@@ -96,7 +97,7 @@ impl AdminApi {
             .filter(|n| !n.is_empty())
             .unwrap_or(ns_or_default(&req.namespace));
         let (resource, ns) = object_scope(kind, ns);
-        let exists = self.cluster.get_object(kind, &ns, &name).is_ok();
+        let exists = self.cluster.objects().get_object(kind, &ns, &name).is_ok();
         Ok((if exists { "update" } else { "create" }, resource, ns, name))
     }
 }
@@ -118,6 +119,7 @@ impl AdminService for AdminApi {
             external: req.external,
         };
         self.cluster
+            .registry()
             .add_node(node)
             .await
             .map(Response::new)
@@ -138,6 +140,7 @@ impl AdminService for AdminApi {
             &req.get_ref().node_name,
         )?;
         self.cluster
+            .registry()
             .create_join_token(&req.into_inner().node_name)
             .await
             .map(Response::new)
@@ -159,6 +162,7 @@ impl AdminService for AdminApi {
         )?;
         let req = req.into_inner();
         self.cluster
+            .registry()
             .cordon(&req.name, req.unschedulable)
             .await
             .map(Response::new)
@@ -196,6 +200,7 @@ impl AdminService for AdminApi {
         let duration =
             (req.duration_ms > 0).then(|| std::time::Duration::from_millis(req.duration_ms as u64));
         self.cluster
+            .recovery()
             .inject_fault(&req.name, fault, duration)
             .await
             .map(Response::new)
@@ -208,6 +213,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::Node>, Status> {
         self.allow(&req, "GetNode", "get", "nodes", "", &req.get_ref().name)?;
         self.cluster
+            .registry()
             .node(&req.into_inner().name)
             .map(Response::new)
             .map_err(status)
@@ -218,7 +224,7 @@ impl AdminService for AdminApi {
         req: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         self.allow(&req, "ListNodes", "list", "nodes", "", "")?;
-        let nodes = self.cluster.nodes().map_err(status)?;
+        let nodes = self.cluster.registry().nodes().map_err(status)?;
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
@@ -231,6 +237,7 @@ impl AdminService for AdminApi {
         let req = req.into_inner();
         let grace = (req.grace_period_seconds >= 0).then_some(req.grace_period_seconds);
         self.cluster
+            .recovery()
             .drain(&req.name, grace)
             .await
             .map(Response::new)
@@ -252,6 +259,7 @@ impl AdminService for AdminApi {
         )?;
         let node = self
             .cluster
+            .registry()
             .remove_node(&req.into_inner().name)
             .await
             .map_err(status)?;
@@ -282,6 +290,7 @@ impl AdminService for AdminApi {
             .pod
             .ok_or_else(|| Status::invalid_argument("pod is required"))?;
         self.cluster
+            .objects()
             .create_admitted_pod(pod)
             .await
             .map(Response::new)
@@ -296,12 +305,14 @@ impl AdminService for AdminApi {
         self.allow(&req, "ApplyObject", verb, &resource, &ns, &name)?;
         if let Ok(manifest) = serde_json::from_str(&req.get_ref().manifest_json) {
             self.cluster
+                .auth()
                 .refuse_escalation(&caller(&req)?, &manifest)
                 .map_err(status)?;
         }
         let req = req.into_inner();
         let (object, created) = self
             .cluster
+            .objects()
             .apply_object(&req.manifest_json, &req.namespace)
             .await
             .map_err(status)?;
@@ -320,6 +331,7 @@ impl AdminService for AdminApi {
         self.allow(&req, "GetObject", "get", &resource, &ns, &r.name.clone())?;
         let req = req.into_inner();
         self.cluster
+            .objects()
             .get_object(&req.kind, &req.namespace, &req.name)
             .map(Response::new)
             .map_err(status)
@@ -335,6 +347,7 @@ impl AdminService for AdminApi {
         let req = req.into_inner();
         let objects = self
             .cluster
+            .objects()
             .list_objects(&req.kind, &req.namespace)
             .map_err(status)?;
         Ok(Response::new(pb::ListObjectsResponse { objects }))
@@ -357,6 +370,7 @@ impl AdminService for AdminApi {
         let req = req.into_inner();
         let (object, pods_deleted) = self
             .cluster
+            .objects()
             .delete_object(&req.kind, &req.namespace, &req.name)
             .await
             .map_err(status)?;
@@ -380,6 +394,7 @@ impl AdminService for AdminApi {
         )?;
         let req = req.into_inner();
         self.cluster
+            .pods()
             .pod(&req.namespace, &req.name)
             .map(Response::new)
             .map_err(status)
@@ -399,6 +414,7 @@ impl AdminService for AdminApi {
         )?;
         let pods = self
             .cluster
+            .pods()
             .pods(&req.into_inner().namespace)
             .map_err(status)?;
         Ok(Response::new(pb::ListPodsResponse { pods }))
@@ -421,6 +437,7 @@ impl AdminService for AdminApi {
         let grace = (req.grace_period_seconds >= 0).then_some(req.grace_period_seconds);
         let pod = self
             .cluster
+            .pods()
             .delete_pod(&req.namespace, &req.name, grace)
             .await
             .map_err(status)?;
@@ -442,7 +459,12 @@ impl AdminService for AdminApi {
             &req.get_ref().name,
         )?;
         let name = req.into_inner().name;
-        let token = self.cluster.create_token(&name).await.map_err(status)?;
+        let token = self
+            .cluster
+            .auth()
+            .create_token(&name)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::CreateTokenResponse { name, token }))
     }
 
@@ -453,6 +475,7 @@ impl AdminService for AdminApi {
         self.allow(&req, "ListTokens", "list", "tokens", "", "")?;
         let tokens = self
             .cluster
+            .auth()
             .tokens()
             .map_err(status)?
             .into_iter()
@@ -477,6 +500,7 @@ impl AdminService for AdminApi {
             &req.get_ref().name,
         )?;
         self.cluster
+            .auth()
             .delete_token(&req.into_inner().name)
             .await
             .map_err(status)?;
@@ -506,8 +530,12 @@ impl AdminService for AdminApi {
             ns_or_default(&r.namespace).to_owned()
         };
         let access = Access::new(&r.verb, &r.resource, &ns, &r.name);
-        let (allowed, reason) = self.cluster.decide(&subject, &access).map_err(status)?;
-        self.cluster.audit().record(
+        let (allowed, reason) = self
+            .cluster
+            .auth()
+            .decide(&subject, &access)
+            .map_err(status)?;
+        self.cluster.shared().audit().record(
             &asker,
             "CanI",
             &access,
@@ -536,6 +564,7 @@ impl AdminService for AdminApi {
         )?;
         let ns = req.into_inner().namespace;
         self.cluster
+            .pods()
             .watch_pods(&ns)
             .map(|s| Response::new(s.boxed()))
             .map_err(status)
@@ -557,6 +586,7 @@ impl AdminService for AdminApi {
         let options = req.options.unwrap_or_default();
         let stream = self
             .cluster
+            .streams()
             .logs(&req.namespace, &req.name, options)
             .await
             .map_err(status)?;
@@ -579,11 +609,13 @@ impl AdminService for AdminApi {
         let (namespace, name) = (first.namespace, first.name);
         let access = Access::new("create", "pods/exec", ns_or_default(&namespace), &name);
         self.cluster
+            .auth()
             .authorize(&caller, "Exec", &access)
             .map_err(status)?;
         let rest = tokio_stream::StreamExt::map_while(input, |m| m.ok().and_then(|m| m.input));
         let output = self
             .cluster
+            .streams()
             .exec(&namespace, &name, start, rest)
             .await
             .map_err(status)?;
@@ -606,11 +638,13 @@ impl AdminService for AdminApi {
         let (namespace, name) = (first.namespace, first.name);
         let access = Access::new("create", "pods/attach", ns_or_default(&namespace), &name);
         self.cluster
+            .auth()
             .authorize(&caller, "Attach", &access)
             .map_err(status)?;
         let rest = tokio_stream::StreamExt::map_while(input, |m| m.ok().and_then(|m| m.input));
         let output = self
             .cluster
+            .streams()
             .attach(&namespace, &name, start, rest)
             .await
             .map_err(status)?;
@@ -631,6 +665,7 @@ impl AdminService for AdminApi {
             "",
         )?;
         self.cluster
+            .claims()
             .create_claim(&req.into_inner().manifest_json)
             .await
             .map(Response::new)
@@ -651,6 +686,7 @@ impl AdminService for AdminApi {
         )?;
         let claims = self
             .cluster
+            .claims()
             .claims(&req.into_inner().namespace)
             .map_err(status)?;
         Ok(Response::new(pb::ListClaimsResponse { claims }))
@@ -671,6 +707,7 @@ impl AdminService for AdminApi {
         )?;
         let req = req.into_inner();
         self.cluster
+            .claims()
             .delete_claim(&req.namespace, &req.name)
             .await
             .map(Response::new)
@@ -692,6 +729,7 @@ impl AdminService for AdminApi {
         let req = req.into_inner();
         let events = self
             .cluster
+            .pods()
             .events(&req.namespace, &req.name)
             .map_err(status)?;
         Ok(Response::new(pb::ListEventsResponse { events }))
@@ -705,14 +743,16 @@ impl AdminService for AdminApi {
         self.allow(&req, "Telemetry", "get", "telemetry", "", "")?;
         let req = req.into_inner();
         if !req.node.is_empty() {
-            self.cluster.node(&req.node).map_err(status)?;
+            self.cluster.registry().node(&req.node).map_err(status)?;
         }
         let nodes = self
             .cluster
+            .shared()
             .telemetry()
             .snapshot(&req.node, req.history as usize);
         let pods = self
             .cluster
+            .shared()
             .store()
             .pods
             .scan("")
@@ -731,6 +771,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ListBudgetsResponse>, Status> {
         self.allow(&req, "ListBudgets", "list", "budgets", "", "")?;
         self.cluster
+            .budgets()
             .budget_statuses()
             .map(|budgets| Response::new(pb::ListBudgetsResponse { budgets }))
             .map_err(status)
@@ -744,8 +785,8 @@ impl AdminService for AdminApi {
         req: Request<pb::BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
         self.allow(&req, "Backup", "get", "backups", "", "")?;
-        let store = self.cluster.store().clone();
-        let data_dir = self.cluster.config().data_dir.clone();
+        let store = self.cluster.shared().store().clone();
+        let data_dir = self.cluster.shared().config().data_dir.clone();
         // Copying the store and compressing it block: off the runtime's threads.
         let (archive, manifest) =
             tokio::task::spawn_blocking(move || crate::backup::create(&store, &data_dir))

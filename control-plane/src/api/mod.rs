@@ -17,7 +17,7 @@ pub fn admin_auth(cluster: Cluster) -> impl tonic::service::Interceptor + Clone 
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        match token.map(|t| cluster.authenticate(t)) {
+        match token.map(|t| cluster.auth().authenticate(t)) {
             Some(Some(caller)) => {
                 let mut req = req;
                 req.extensions_mut().insert(caller);

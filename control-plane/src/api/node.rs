@@ -27,6 +27,7 @@ impl NodeService for NodeApi {
         req: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
         self.cluster
+            .registry()
             .join(req.into_inner())
             .await
             .map(Response::new)
@@ -39,6 +40,7 @@ impl NodeService for NodeApi {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let peer = common_name(&req);
         self.cluster
+            .heartbeats()
             .heartbeat(req.into_inner(), peer.as_deref())
             .await
             .map(Response::new)
@@ -52,6 +54,7 @@ impl NodeService for NodeApi {
     ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
         let peer = common_name(&req);
         self.cluster
+            .registry()
             .renew_certificate(req.into_inner(), peer.as_deref())
             .map(Response::new)
             .map_err(status)

@@ -12,7 +12,6 @@ use std::sync::{Mutex, PoisonError};
 
 use serde_json::json;
 
-use super::Caller;
 use super::rbac::Access;
 
 /// File name of the audit log in the data directory.
@@ -87,6 +86,25 @@ impl AuditLog {
             && let Err(e) = writeln!(f, "{line}")
         {
             tracing::warn!(path = %self.path.display(), error = %e, "audit line not written");
+        }
+    }
+}
+
+/// Who is calling, as authenticated from the request's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The cluster's admin token.
+    Admin,
+    /// A named token.
+    User(String),
+}
+
+impl Caller {
+    /// The name audits and refusals use.
+    pub fn name(&self) -> &str {
+        match self {
+            Caller::Admin => "admin",
+            Caller::User(n) => n,
         }
     }
 }

@@ -19,28 +19,11 @@ pub mod rbac;
 use orca_proto::controlplane::v1 as pb;
 use ring::digest::{SHA256, digest};
 
-use crate::cluster::{Cluster, ClusterError, now};
-use crate::objects::Kind;
+use crate::shared::{ClusterError, Shared, now};
+use orca_model::kind::Kind;
 use rbac::{Access, Policy};
 
-/// Who is calling, as authenticated from the request's token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Caller {
-    /// The cluster's admin token.
-    Admin,
-    /// A named token.
-    User(String),
-}
-
-impl Caller {
-    /// The name audits and refusals use.
-    pub fn name(&self) -> &str {
-        match self {
-            Caller::Admin => "admin",
-            Caller::User(n) => n,
-        }
-    }
-}
+pub use audit::Caller;
 
 pub use orca_model::records::ApiToken;
 
@@ -60,13 +43,31 @@ fn decoded<T: serde::de::DeserializeOwned>(objects: Vec<pb::StoredObject>) -> Ve
         .collect()
 }
 
-impl Cluster {
+/// Tokens and the authorization of every AdminService call.
+#[derive(Clone)]
+pub struct Auth {
+    shared: Shared,
+}
+
+impl Auth {
+    /// The component over `shared` and the components below it.
+    pub fn new(shared: Shared) -> Self {
+        Self { shared }
+    }
+}
+
+impl Auth {
     /// Who `token` is, if anyone.
     pub fn authenticate(&self, token: &str) -> Option<Caller> {
-        if self.pki().admin_token_ok(token) {
+        if self.shared.pki().admin_token_ok(token) {
             return Some(Caller::Admin);
         }
-        let t = self.store().api_tokens.get(&token_key(token)).ok()??;
+        let t = self
+            .shared
+            .store()
+            .api_tokens
+            .get(&token_key(token))
+            .ok()??;
         Some(Caller::User(t.name))
     }
 
@@ -88,25 +89,26 @@ impl Cluster {
             .map_err(|_| ClusterError::FailedPrecondition("no randomness for a token".into()))?;
         let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
         let token = format!("orca-{name}.{hex}");
-        self.store().api_tokens.put(
+        self.shared.store().api_tokens.put(
             &token_key(&token),
             &ApiToken {
                 name: name.into(),
                 created_at: Some(now()),
             },
         )?;
-        self.store().flush().await?;
+        self.shared.store().flush().await?;
         Ok(token)
     }
 
     /// The named tokens.
     pub fn tokens(&self) -> Result<Vec<ApiToken>, ClusterError> {
-        Ok(self.store().api_tokens.scan("")?)
+        Ok(self.shared.store().api_tokens.scan("")?)
     }
 
     /// Deletes the named token: it authenticates no one from now on.
     pub async fn delete_token(&self, name: &str) -> Result<(), ClusterError> {
         let found: Vec<String> = self
+            .shared
             .store()
             .api_tokens
             .entries("")?
@@ -121,14 +123,19 @@ impl Cluster {
             });
         }
         for k in found {
-            self.store().api_tokens.remove(&k)?;
+            self.shared.store().api_tokens.remove(&k)?;
         }
-        self.store().flush().await?;
+        self.shared.store().flush().await?;
         Ok(())
     }
 
     fn policy(&self) -> Result<Policy, ClusterError> {
-        let scan = |kind: Kind| self.store().objects.scan(&format!("{}/", kind.name()));
+        let scan = |kind: Kind| {
+            self.shared
+                .store()
+                .objects
+                .scan(&format!("{}/", kind.name()))
+        };
         Ok(Policy {
             roles: decoded(scan(Kind::Role)?),
             cluster_roles: decoded(scan(Kind::ClusterRole)?),
@@ -194,7 +201,8 @@ impl Cluster {
                     }
                 );
                 let access = Access::new("escalate", &kind.to_ascii_lowercase(), ns, "");
-                self.audit()
+                self.shared
+                    .audit()
                     .record(caller, "ApplyObject", &access, false, &why);
                 Err(ClusterError::PermissionDenied(why))
             }
@@ -210,7 +218,9 @@ impl Cluster {
         access: &Access,
     ) -> Result<(), ClusterError> {
         let (allowed, why) = self.decide(caller, access)?;
-        self.audit().record(caller, method, access, allowed, &why);
+        self.shared
+            .audit()
+            .record(caller, method, access, allowed, &why);
         if allowed {
             Ok(())
         } else {

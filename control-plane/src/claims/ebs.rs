@@ -10,8 +10,9 @@ use tracing::{info, warn};
 
 use super::{KIND_EBS, claims_of};
 use crate::cloud::{NewVolume, Plan, ProviderError};
-use crate::cluster::{Cluster, ClusterError};
 use crate::pods::key;
+use crate::provisioning::Provisioner;
+use crate::shared::ClusterError;
 use orca_model::selection::LaunchAnnotations;
 
 /// Bytes in a GiB (EBS sizes are whole GiB).
@@ -28,7 +29,7 @@ enum Step {
     Fail(&'static str, String),
 }
 
-impl Cluster {
+impl Provisioner {
     /// The plan a pod with EBS claims may launch within: the offerings in its
     /// volumes' zone (volumes of storage classes created first, in the zone of
     /// the first offering). `None` when it cannot launch now; the pod's status
@@ -46,8 +47,12 @@ impl Cluster {
         match self.claims_step(ns, spec, annotations, plan).await? {
             Step::Launch(plan) => Ok(Some(plan)),
             Step::Wait(reason, message) => {
-                if self.first_time(&format!("claim-wait:{pod_uid}:{message}")) {
-                    self.event("Pod", ns, name, true, reason, message.clone());
+                if self
+                    .shared
+                    .first_time(&format!("claim-wait:{pod_uid}:{message}"))
+                {
+                    self.shared
+                        .event("Pod", ns, name, true, reason, message.clone());
                 }
                 self.launch_note(ns, name, pod_uid, reason, message);
                 Ok(None)
@@ -69,7 +74,7 @@ impl Cluster {
         let mut claims: Vec<pb::Claim> = Vec::new();
         for (_, claim) in claims_of(spec) {
             let k = key(ns, claim);
-            match self.store().claims.get(&k)? {
+            match self.shared.store().claims.get(&k)? {
                 Some(c) if c.kind == KIND_EBS => claims.push(c),
                 Some(c) => {
                     return Ok(Step::Fail(
@@ -85,10 +90,10 @@ impl Cluster {
                 }
             }
         }
-        let nodes = self.store().nodes.scan("")?;
+        let nodes = self.shared.store().nodes.scan("")?;
         let mut zone: Option<(String, String)> = None; // (zone, the volume that set it)
         for c in claims.iter().filter(|c| !c.volume_id.is_empty()) {
-            let v = match self.provider().volume(&c.volume_id).await {
+            let v = match self.shared.provider().volume(&c.volume_id).await {
                 Ok(v) => v,
                 Err(ProviderError::Unplaceable { code, reason }) => {
                     return Ok(Step::Fail(code, reason));
@@ -129,7 +134,7 @@ impl Cluster {
             }
         }
         if let (Some((zone, volume)), Some(subnet)) = (&zone, &annotations.subnet) {
-            let subnet_zone = match self.provider().subnet_zone(Some(subnet)).await {
+            let subnet_zone = match self.shared.provider().subnet_zone(Some(subnet)).await {
                 Ok(z) => z,
                 Err(e) => return Ok(Step::Wait("Selecting", e.to_string())),
             };
@@ -149,7 +154,7 @@ impl Cluster {
                     .offerings
                     .first()
                     .and_then(|o| o.offering.subnet.clone());
-                match self.provider().subnet_zone(first.as_deref()).await {
+                match self.shared.provider().subnet_zone(first.as_deref()).await {
                     Ok(z) => z,
                     Err(e) => return Ok(Step::Wait("Selecting", e.to_string())),
                 }
@@ -162,10 +167,10 @@ impl Cluster {
         }
         // Kubernetes claims ORCA provisioned get their PersistentVolume (made
         // again until it exists: a failure here is retried on the next pass).
-        if let Some(r) = self.resolver() {
+        if let Some(r) = self.shared.resolver() {
             for c in &claims {
                 let k = key(&c.namespace, &c.name);
-                let Some(now) = self.store().claims.get(&k)? else {
+                let Some(now) = self.shared.store().claims.get(&k)? else {
                     continue;
                 };
                 if now.from_kubernetes
@@ -177,7 +182,7 @@ impl Cluster {
                 }
             }
         }
-        let plan = match self.provider().in_zone(plan, &zone).await {
+        let plan = match self.shared.provider().in_zone(plan, &zone).await {
             Ok(plan) => plan,
             Err(e) => return Ok(Step::Wait("Selecting", e.to_string())),
         };
@@ -196,6 +201,7 @@ impl Cluster {
     /// claim to it.
     async fn create_claim_volume(&self, c: &pb::Claim, zone: &str) -> Result<(), ClusterError> {
         let class = self
+            .shared
             .config()
             .ec2()
             .and_then(|s| s.storage_classes.iter().find(|s| s.name == c.storage_class))
@@ -213,8 +219,8 @@ impl Cluster {
             claim: k.clone(),
             claim_uid: c.uid.clone(),
         };
-        let v = self.provider().create_volume(req).await?;
-        self.store().claims.update(&k, |stored| {
+        let v = self.shared.provider().create_volume(req).await?;
+        self.shared.store().claims.update(&k, |stored| {
             if stored.uid == c.uid && stored.volume_id.is_empty() {
                 stored.volume_id = v.volume_id.clone();
                 stored.zone = v.zone.clone();
@@ -222,9 +228,9 @@ impl Cluster {
                 stored.message = format!("volume {} created in {}", v.volume_id, v.zone);
             }
         })?;
-        self.store().flush().await?;
+        self.shared.store().flush().await?;
         info!(claim = %k, volume = %v.volume_id, zone = %v.zone, "volume created");
-        self.event(
+        self.shared.event(
             "PersistentVolumeClaim",
             &c.namespace,
             &c.name,
@@ -243,7 +249,7 @@ impl Cluster {
     /// instance is launched, and again when the pod is handed to its agent (a
     /// control plane restarted in between attaches then).
     pub(crate) async fn attach_claims(&self, ns: &str, name: &str, instance_id: &str) {
-        let Ok(record) = self.pod(ns, name) else {
+        let Ok(record) = self.pods.pod(ns, name) else {
             return;
         };
         let Some(spec) = record
@@ -255,25 +261,26 @@ impl Cluster {
         };
         for (index, (_, claim)) in claims_of(&spec).into_iter().enumerate() {
             let k = key(ns, claim);
-            let Ok(Some(c)) = self.store().claims.get(&k) else {
+            let Ok(Some(c)) = self.shared.store().claims.get(&k) else {
                 continue;
             };
             if c.kind != KIND_EBS || c.volume_id.is_empty() {
                 continue;
             }
-            if let Ok(v) = self.provider().volume(&c.volume_id).await
+            if let Ok(v) = self.shared.provider().volume(&c.volume_id).await
                 && v.attached_to.as_deref() == Some(instance_id)
             {
                 continue;
             }
             match self
+                .shared
                 .provider()
                 .attach_volume(&c.volume_id, instance_id, index)
                 .await
             {
                 Ok(()) => {
                     info!(pod = %key(ns, name), volume = %c.volume_id, instance = %instance_id, "volume attached");
-                    self.event(
+                    self.shared.event(
                         "Pod",
                         ns,
                         name,
@@ -288,8 +295,8 @@ impl Cluster {
                 Err(e) => {
                     warn!(pod = %key(ns, name), volume = %c.volume_id, error = %e, "volume not attached");
                     let msg = format!("EBS volume {} (claim {k}): {e}", c.volume_id);
-                    let _ = self.fail_pod(ns, name, "FailedAttachVolume", msg);
-                    self.flush_in_background();
+                    let _ = self.pods.fail_pod(ns, name, "FailedAttachVolume", msg);
+                    self.shared.flush_in_background();
                     return;
                 }
             }

@@ -29,8 +29,9 @@ use orca_proto::controlplane::v1::{self as pb, ClaimPhase};
 use orca_proto::types::v1 as types;
 use tracing::info;
 
-use crate::cluster::{Cluster, ClusterError, now};
 use crate::pods::{key, phase, valid_name};
+use crate::shared::LaunchContext;
+use crate::shared::{ClusterError, Shared, now};
 
 mod ebs;
 
@@ -199,29 +200,83 @@ fn admit(
     Ok(claim)
 }
 
-impl Cluster {
+/// PersistentVolumeClaims: admission, local binding, storage, mirrors.
+#[derive(Clone)]
+pub struct Claims {
+    shared: Shared,
+}
+
+impl Claims {
+    /// The component over `shared` and the components below it.
+    pub fn new(shared: Shared) -> Self {
+        Self { shared }
+    }
+
+    /// What launching an instance for `record` needs, from the resolver if
+    /// there is one; its claims are stored (mirrored) for the launch to use.
+    pub async fn launch_context(&self, record: &pb::PodRecord) -> Result<LaunchContext, String> {
+        let Some(r) = self.shared.resolver() else {
+            return Ok(LaunchContext::default());
+        };
+        let context = r.launch_context(record).await?;
+        for c in &context.claims {
+            let k = crate::pods::key(&c.namespace, &c.name);
+            let stored = self
+                .shared
+                .store()
+                .claims
+                .get(&k)
+                .map_err(|e| e.to_string())?;
+            let next = match &stored {
+                // A claim ORCA provisions: what ORCA made for it stands.
+                Some(s) if s.uid == c.uid && c.volume_id.is_empty() => continue,
+                // The same volume: keep what ORCA learnt of it (its zone) and
+                // when the mirror was made.
+                Some(s) if s.volume_id == c.volume_id => pb::Claim {
+                    zone: s.zone.clone(),
+                    created_at: s.created_at,
+                    ..c.clone()
+                },
+                _ => c.clone(),
+            };
+            if stored.as_ref() != Some(&next) {
+                self.shared
+                    .store()
+                    .claims
+                    .put(&k, &next)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(context)
+    }
+}
+
+impl Claims {
     /// Creates a claim from a PersistentVolumeClaim manifest (JSON).
     pub async fn create_claim(&self, manifest_json: &str) -> Result<pb::Claim, ClusterError> {
         let classes = self
+            .shared
             .config()
             .ec2()
             .map(|s| s.storage_classes.clone())
             .unwrap_or_default();
-        let claim = admit(manifest_json, self.provider().name(), &classes)?;
-        if self.config().kubernetes.is_none() && !self.namespace_exists(&claim.namespace)? {
+        let claim = admit(manifest_json, self.shared.provider().name(), &classes)?;
+        if self.shared.config().kubernetes.is_none()
+            && !crate::objects::keys::namespace_exists(self.shared.store(), &claim.namespace)?
+        {
             return Err(ClusterError::NotFound {
                 kind: "namespace",
                 name: claim.namespace,
             });
         }
         let k = key(&claim.namespace, &claim.name);
-        if !self.store().claims.create(&k, &claim)? {
+        if !self.shared.store().claims.create(&k, &claim)? {
             return Err(ClusterError::AlreadyExists {
                 kind: "persistentvolumeclaim",
                 name: k,
             });
         }
-        self.store().flush().await?;
+        self.shared.store().flush().await?;
         info!(claim = %k, kind = %claim.kind, "claim created");
         Ok(claim)
     }
@@ -229,16 +284,16 @@ impl Cluster {
     /// Claims of `namespace` (all when empty); a local claim whose host is
     /// gone shows as Lost.
     pub fn claims(&self, namespace: &str) -> Result<Vec<pb::Claim>, ClusterError> {
-        self.claims_among(namespace, &self.store().nodes.scan("")?)
+        self.claims_among(namespace, &self.shared.store().nodes.scan("")?)
     }
 
-    /// [`Cluster::claims`], with the nodes already read.
+    /// [`Claims::claims`], with the nodes already read.
     pub(crate) fn claims_among(
         &self,
         namespace: &str,
         nodes: &[pb::Node],
     ) -> Result<Vec<pb::Claim>, ClusterError> {
-        let mut claims = self.store().claims.scan("")?;
+        let mut claims = self.shared.store().claims.scan("")?;
         claims.retain(|c| namespace.is_empty() || c.namespace == namespace);
         for c in &mut claims {
             if c.kind == KIND_LOCAL
@@ -266,6 +321,7 @@ impl Cluster {
                 name: k.clone(),
             })?;
         let users: Vec<String> = self
+            .shared
             .store()
             .pods
             .scan("")?
@@ -295,8 +351,8 @@ impl Cluster {
         if claim.provisioned && claim.reclaim_policy == "Delete" {
             self.remove_storage(&claim).await?;
         }
-        self.store().claims.remove(&k)?;
-        self.store().flush().await?;
+        self.shared.store().claims.remove(&k)?;
+        self.shared.store().flush().await?;
         info!(claim = %k, "claim deleted");
         Ok(claim)
     }
@@ -316,7 +372,7 @@ impl Cluster {
             }
         }
         if claim.kind == KIND_EBS && !claim.volume_id.is_empty() {
-            match self.provider().delete_volume(&claim.volume_id).await {
+            match self.shared.provider().delete_volume(&claim.volume_id).await {
                 Ok(()) => {}
                 Err(crate::cloud::ProviderError::NotNow(why)) => {
                     return Err(ClusterError::FailedPrecondition(why));
@@ -332,10 +388,10 @@ impl Cluster {
     /// attached waits for the next pass), its PersistentVolume with it, and
     /// the mirror forgotten.
     pub(crate) async fn reclaim_mirrored(&self) {
-        let Some(r) = self.resolver() else {
+        let Some(r) = self.shared.resolver() else {
             return;
         };
-        let Ok(claims) = self.store().claims.scan("") else {
+        let Ok(claims) = self.shared.store().claims.scan("") else {
             return;
         };
         for c in claims.into_iter().filter(|c| c.from_kubernetes) {
@@ -349,7 +405,7 @@ impl Cluster {
             }
             let k = key(&c.namespace, &c.name);
             if c.provisioned && !c.volume_id.is_empty() && c.reclaim_policy == "Delete" {
-                if let Err(e) = self.provider().delete_volume(&c.volume_id).await {
+                if let Err(e) = self.shared.provider().delete_volume(&c.volume_id).await {
                     tracing::info!(claim = %k, volume = %c.volume_id, error = %e, "volume not deleted yet");
                     continue;
                 }
@@ -358,7 +414,7 @@ impl Cluster {
                     continue;
                 }
             }
-            let _ = self.store().claims.remove(&k);
+            let _ = self.shared.store().claims.remove(&k);
             info!(claim = %k, volume = %c.volume_id, policy = %c.reclaim_policy, "claim gone: storage reclaimed");
         }
     }
@@ -373,10 +429,10 @@ impl Cluster {
     ) -> Result<(), ClusterError> {
         for (_, claim) in claims_of(spec) {
             let k = key(ns, claim);
-            let Some(dir) = self.provider().local_volumes_dir(node) else {
+            let Some(dir) = self.shared.provider().local_volumes_dir(node) else {
                 continue;
             };
-            self.store().claims.update(&k, |c| {
+            self.shared.store().claims.update(&k, |c| {
                 if c.kind == KIND_LOCAL && c.node_name.is_empty() {
                     c.node_name = node.to_owned();
                     c.local_path = dir
@@ -401,6 +457,7 @@ impl Cluster {
         for (volume, claim) in claims_of(spec) {
             let k = key(ns, claim);
             let c = self
+                .shared
                 .store()
                 .claims
                 .get(&k)
@@ -436,7 +493,8 @@ impl Cluster {
 
     /// The filesystem of volumes of `class` (ext4 for static volumes).
     pub(crate) fn fs_type_of(&self, class: &str) -> String {
-        self.config()
+        self.shared
+            .config()
             .ec2()
             .and_then(|s| s.storage_classes.iter().find(|c| c.name == class))
             .map(|c| c.fs_type.clone())

@@ -88,7 +88,7 @@ pub fn validate(files: Vec<BudgetFile>) -> Result<Vec<Budget>, ConfigError> {
     let mut out: Vec<Budget> = Vec::new();
     for b in files {
         let name = b.name.clone();
-        if !crate::pods::valid_name(&name) {
+        if !orca_model::pod::valid_name(&name) {
             return Err(invalid(
                 "budgets[].name",
                 format!("{name:?} must be a lowercase DNS name"),

@@ -61,15 +61,16 @@ impl Exporter {
 
     /// The exposition now.
     pub fn scrape(&self) -> Result<String, StoreError> {
-        let store = self.cluster.store();
+        let store = self.cluster.shared().store();
         let nodes = store.nodes.scan("")?;
         let pods = store.pods.scan("")?;
-        let telemetry = self.cluster.telemetry().snapshot("", 0);
+        let telemetry = self.cluster.shared().telemetry().snapshot("", 0);
         // In-memory liveness is where every heartbeat lands (the store's
         // last_heartbeat is written only on joins and state changes); it
         // starts from the control plane's start for nodes known then.
         let silences: BTreeMap<String, Duration> = self
             .cluster
+            .registry()
             .silent_nodes(Duration::ZERO)
             .into_iter()
             .collect();
@@ -86,8 +87,8 @@ impl Exporter {
         let mut launches = Launches::default();
         launches
             .attempts
-            .insert(self.cluster.provider().name().to_owned(), 0);
-        launches.add(&self.cluster.launch_counters().snapshot());
+            .insert(self.cluster.shared().provider().name().to_owned(), 0);
+        launches.add(&self.cluster.shared().launch_counters().snapshot());
         Ok(render(&Inputs {
             nodes: &nodes,
             pods: &pods,

@@ -9,10 +9,11 @@ use k8s_openapi::api::core::v1::{LimitRange, PodSpec, ResourceQuota};
 use orca_proto::controlplane::v1 as pb;
 use orca_proto::types::v1 as types;
 
+use super::Objects;
 use super::{Kind, limits, prefix, quota};
-use crate::cluster::{Cluster, ClusterError};
 use crate::pod_security;
 use crate::pods::DEFAULT_NAMESPACE;
+use crate::shared::ClusterError;
 
 fn decoded<T: serde::de::DeserializeOwned>(objects: Vec<pb::StoredObject>) -> Vec<(String, T)> {
     objects
@@ -33,7 +34,7 @@ struct PodSecurityNotes {
     audit: Option<String>,
 }
 
-impl Cluster {
+impl Objects {
     /// Admits and creates a pod created through AdminService (standalone
     /// mode; Kubernetes mode's pods were admitted by Kubernetes).
     pub async fn create_admitted_pod(
@@ -44,8 +45,8 @@ impl Cluster {
         // overwrites metadata.uid on create): a chosen uid could name another
         // pod's containers or a path on the host.
         pod.r#ref.get_or_insert_default().uid = uuid::Uuid::new_v4().to_string();
-        if self.config().kubernetes.is_some() {
-            return self.create_pod(pod).await;
+        if self.shared.config().kubernetes.is_some() {
+            return self.pods.create_pod(pod).await;
         }
         let _serial = self.admission_lock().lock().await;
         let r = pod.r#ref.get_or_insert_default();
@@ -64,8 +65,12 @@ impl Cluster {
         // A spec that does not parse is the pod creation's to fail.
         if let Ok(mut spec) = serde_json::from_str::<PodSpec>(&pod.spec_json) {
             notes = self.admit_pod_security(&ns, &name, &spec)?;
-            let ranges: Vec<(String, LimitRange)> =
-                decoded(self.store().objects.scan(&prefix(Kind::LimitRange, &ns))?);
+            let ranges: Vec<(String, LimitRange)> = decoded(
+                self.shared
+                    .store()
+                    .objects
+                    .scan(&prefix(Kind::LimitRange, &ns))?,
+            );
             if !ranges.is_empty() {
                 limits::admit(&ranges, &mut spec).map_err(|why| {
                     ClusterError::PermissionDenied(format!("pod {ns}/{name} is forbidden: {why}"))
@@ -74,12 +79,13 @@ impl Cluster {
                     .map_err(|e| ClusterError::Invalid(e.to_string()))?;
             }
             let quotas: Vec<(String, ResourceQuota)> = decoded(
-                self.store()
+                self.shared
+                    .store()
                     .objects
                     .scan(&prefix(Kind::ResourceQuota, &ns))?,
             );
             if !quotas.is_empty() {
-                let pods = self.store().pods.scan(&format!("{ns}/"))?;
+                let pods = self.shared.store().pods.scan(&format!("{ns}/"))?;
                 for (quota_name, q) in &quotas {
                     if let Some(why) = quota::refusal(quota_name, q, &pods, &spec) {
                         return Err(ClusterError::ResourceExhausted(format!(
@@ -89,12 +95,13 @@ impl Cluster {
                 }
             }
         }
-        let record = self.create_pod(pod).await?;
+        let record = self.pods.create_pod(pod).await?;
         if let Some(warning) = notes.warn {
-            self.event("Pod", &ns, &name, true, "PodSecurity", warning);
+            self.shared
+                .event("Pod", &ns, &name, true, "PodSecurity", warning);
         }
         if let Some(audit) = notes.audit {
-            self.audit().pod_security(&ns, &name, &audit);
+            self.shared.audit().pod_security(&ns, &name, &audit);
         }
         Ok(record)
     }
@@ -113,7 +120,7 @@ impl Cluster {
         spec: &PodSpec,
     ) -> Result<PodSecurityNotes, ClusterError> {
         let labels = self.namespace_labels(ns)?;
-        let defaults = self.config().pod_security;
+        let defaults = self.shared.config().pod_security;
         let level = |mode: &str, default: pod_security::Level| match labels
             .get(&format!("{POD_SECURITY_LABEL}{mode}"))
         {
@@ -151,6 +158,7 @@ impl Cluster {
         ns: &str,
     ) -> Result<std::collections::BTreeMap<String, String>, ClusterError> {
         let Some(o) = self
+            .shared
             .store()
             .objects
             .get(&super::key(Kind::Namespace, "", ns))?

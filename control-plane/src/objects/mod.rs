@@ -15,6 +15,7 @@
 //! (each stopped within its grace period) and its objects.
 
 pub mod admission;
+pub mod keys;
 pub mod limits;
 pub mod quota;
 pub mod refresh;
@@ -25,8 +26,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, ResourceQuota
 use orca_proto::controlplane::v1 as pb;
 use serde_json::Value;
 
-use crate::cluster::{Cluster, ClusterError, now};
 use crate::pods::{DEFAULT_NAMESPACE, valid_name};
+use crate::shared::{ClusterError, Shared, now};
+use std::sync::Arc;
 
 pub use orca_model::kind::{KUBERNETES_ONLY, Kind};
 
@@ -52,7 +54,7 @@ fn validate(kind: Kind, manifest: &Value) -> Result<(), String> {
         Kind::Secret => serde_json::from_value::<Secret>(manifest.clone())
             .map(drop)
             .map_err(|e| format!("not a v1 Secret (data values are base64): {e}")),
-        Kind::Deployment => crate::workloads::deployments::validate(manifest),
+        Kind::Deployment => crate::workloads::validation::validate(manifest),
         Kind::ReplicaSet => {
             Err("ReplicaSets are made by Deployments here; apply a Deployment".into())
         }
@@ -67,7 +69,7 @@ fn validate(kind: Kind, manifest: &Value) -> Result<(), String> {
         Kind::ClusterRoleBinding => {
             parse::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>(manifest, "ClusterRoleBinding")
         }
-        Kind::HorizontalPodAutoscaler => crate::autoscaling::validate(manifest),
+        Kind::HorizontalPodAutoscaler => crate::autoscaling::validation::validate(manifest),
     }
 }
 
@@ -94,9 +96,7 @@ fn unsupported(kind: &str) -> String {
     }
 }
 
-pub(crate) fn key(kind: Kind, ns: &str, name: &str) -> String {
-    format!("{}/{ns}/{name}", kind.name())
-}
+pub(crate) use keys::{key, namespace_exists};
 
 /// `metadata.generation` of an applied manifest: 1 when new, one more each
 /// time its `spec` changes (a Secret's, sealed, is not read).
@@ -141,9 +141,80 @@ fn default_namespace() -> pb::StoredObject {
     }
 }
 
-impl Cluster {
+/// Standalone mode's objects: admission, sealing of Secrets, refresh of mounted volumes.
+#[derive(Clone)]
+pub struct Objects {
+    shared: Shared,
+    pods: crate::pods::Pods,
+    claims: crate::claims::Claims,
+    admission: Arc<tokio::sync::Mutex<()>>,
+    refreshing: Arc<tokio::sync::Mutex<()>>,
+    sealer: Arc<std::sync::OnceLock<Arc<sealing::Sealer>>>,
+    services: Arc<std::sync::OnceLock<Arc<crate::services::manager::Services>>>,
+}
+
+impl Objects {
+    /// The component over `shared` and the components below it.
+    pub fn new(shared: Shared, pods: crate::pods::Pods, claims: crate::claims::Claims) -> Self {
+        Self {
+            shared,
+            pods,
+            claims,
+            admission: Default::default(),
+            refreshing: Default::default(),
+            sealer: Default::default(),
+            services: Default::default(),
+        }
+    }
+
+    /// Installs the key Secrets are sealed with (once), and, in standalone mode,
+    /// the store as the source of what pods refer to.
+    pub fn set_sealer(&self, sealer: Arc<sealing::Sealer>) {
+        if self.shared.config().kubernetes.is_none() {
+            self.shared
+                .set_resolver(Arc::new(crate::objects::source::StoreObjects::new(
+                    self.shared.store().clone(),
+                    sealer.clone(),
+                    self.services().and_then(|s| s.dns_server()),
+                )));
+        }
+        let _ = self.sealer.set(sealer);
+    }
+
+    /// Installs the Services' network (standalone mode with simulated hosts
+    /// in network namespaces); before [`Objects::set_sealer`], whose resolver
+    /// gives pods the cluster DNS.
+    pub fn set_services(&self, services: Arc<crate::services::manager::Services>) {
+        let _ = self.services.set(services);
+    }
+
+    /// The Services' network, when there is one.
+    pub fn services(&self) -> Option<&Arc<crate::services::manager::Services>> {
+        self.services.get()
+    }
+
+    /// The key Secrets are sealed with, once installed.
+    pub(crate) fn secrets_sealer(&self) -> Option<&sealing::Sealer> {
+        self.sealer.get().map(Arc::as_ref)
+    }
+
+    /// Held while a pod is admitted or a standalone object written, so quota
+    /// checks see one another's pods.
+    pub(crate) fn admission_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.admission
+    }
+
+    /// Held while a changed ConfigMap's or Secret's volumes are rewritten: one
+    /// refresh at a time, each resolving the content current when it runs, so
+    /// the last one to reach an agent carries the newest content.
+    pub(crate) fn refresh_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.refreshing
+    }
+}
+
+impl Objects {
     fn standalone_only(&self) -> Result<(), ClusterError> {
-        if self.config().kubernetes.is_some() {
+        if self.shared.config().kubernetes.is_some() {
             return Err(ClusterError::FailedPrecondition(
                 "Kubernetes mode: Namespaces, ResourceQuotas, LimitRanges, ConfigMaps and Secrets are Kubernetes' own; apply them with kubectl".into(),
             ));
@@ -153,12 +224,7 @@ impl Cluster {
 
     /// Whether namespace `ns` exists (`default` always does).
     pub fn namespace_exists(&self, ns: &str) -> Result<bool, ClusterError> {
-        Ok(ns == DEFAULT_NAMESPACE
-            || self
-                .store()
-                .objects
-                .get(&key(Kind::Namespace, "", ns))?
-                .is_some())
+        namespace_exists(self.shared.store(), ns)
     }
 
     /// Creates or replaces the object `manifest_json` describes (in
@@ -226,7 +292,7 @@ impl Cluster {
                     name: ns,
                 });
             }
-            let old = self.store().objects.get(&k)?;
+            let old = self.shared.store().objects.get(&k)?;
             if let Some(old) = &old {
                 self.refuse_immutable_change(kind, old, &manifest)?;
             }
@@ -245,12 +311,12 @@ impl Cluster {
                     ClusterError::FailedPrecondition(format!("secret {ns}/{name}: {e}"))
                 })?;
             }
-            self.store().objects.put(&k, &sealed)?;
+            self.shared.store().objects.put(&k, &sealed)?;
             (o, created)
         };
         let (stored, created) = stored;
-        self.store().flush().await?;
-        self.event(
+        self.shared.store().flush().await?;
+        self.shared.event(
             kind.name(),
             &ns,
             &name,
@@ -277,6 +343,7 @@ impl Cluster {
             return Ok(default_namespace());
         }
         let o = self
+            .shared
             .store()
             .objects
             .get(&key(kind, ns, name))?
@@ -296,7 +363,7 @@ impl Cluster {
         if kind == Kind::Namespace {
             out.push(default_namespace());
         }
-        for o in self.store().objects.scan(&prefix(kind, ns))? {
+        for o in self.shared.store().objects.scan(&prefix(kind, ns))? {
             out.push(self.with_status(kind, o)?);
         }
         Ok(out)
@@ -323,23 +390,24 @@ impl Cluster {
         // while it is being deleted.
         let _serial = self.admission_lock().lock().await;
         let o = self
+            .shared
             .store()
             .objects
             .get(&k)?
             .ok_or_else(|| not_found(kind, ns, name))?;
         let mut pods_deleted = 0;
         if kind == Kind::Namespace {
-            for pod in self.store().pods.scan(&format!("{name}/"))? {
+            for pod in self.shared.store().pods.scan(&format!("{name}/"))? {
                 let (pod_ns, pod_name) = crate::pods::names(&pod);
-                match self.delete_pod(&pod_ns, &pod_name, None).await {
+                match self.pods.delete_pod(&pod_ns, &pod_name, None).await {
                     Ok(_) => pods_deleted += 1,
                     Err(ClusterError::NotFound { .. }) => {}
                     Err(e) => return Err(e),
                 }
             }
             let mut kept = Vec::new();
-            for claim in self.store().claims.scan(&format!("{name}/"))? {
-                match self.delete_claim(name, &claim.name).await {
+            for claim in self.shared.store().claims.scan(&format!("{name}/"))? {
+                match self.claims.delete_claim(name, &claim.name).await {
                     Ok(_) | Err(ClusterError::NotFound { .. }) => {}
                     Err(e) => kept.push(format!("{}: {e}", claim.name)),
                 }
@@ -351,16 +419,17 @@ impl Cluster {
                 )));
             }
             for inner in Kind::ALL.iter().filter(|k| k.namespaced()) {
-                for obj in self.store().objects.scan(&prefix(*inner, name))? {
-                    self.store()
+                for obj in self.shared.store().objects.scan(&prefix(*inner, name))? {
+                    self.shared
+                        .store()
                         .objects
                         .remove(&key(*inner, &obj.namespace, &obj.name))?;
                 }
             }
         }
-        self.store().objects.remove(&k)?;
-        self.store().flush().await?;
-        self.event(
+        self.shared.store().objects.remove(&k)?;
+        self.shared.store().flush().await?;
+        self.shared.event(
             kind.name(),
             ns,
             name,
@@ -392,6 +461,7 @@ impl Cluster {
             .to_owned();
         let old_m: Option<Value> = old.and_then(|o| serde_json::from_str(&o.manifest_json).ok());
         let taken: Vec<Value> = self
+            .shared
             .store()
             .objects
             .scan(&format!("{}/", Kind::Service.name()))?
@@ -461,7 +531,11 @@ impl Cluster {
         if kind == Kind::ResourceQuota {
             let q: ResourceQuota = serde_json::from_str(&o.manifest_json)
                 .map_err(|e| ClusterError::Invalid(e.to_string()))?;
-            let pods = self.store().pods.scan(&format!("{}/", o.namespace))?;
+            let pods = self
+                .shared
+                .store()
+                .pods
+                .scan(&format!("{}/", o.namespace))?;
             o.status_json = quota::status(&q, &pods).to_string();
         }
         Ok(o)

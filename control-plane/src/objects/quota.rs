@@ -95,8 +95,8 @@ fn usage(spec: &PodSpec, r: Resource) -> Option<i64> {
             Resource::LimitsCpu => amount(limits, "cpu", true),
             Resource::LimitsMemory => amount(limits, "memory", false),
             Resource::Gpus => Some(
-                amount(requests, crate::scheduler::GPU_RESOURCE, false)
-                    .or_else(|| amount(limits, crate::scheduler::GPU_RESOURCE, false))
+                amount(requests, crate::resources::GPU_RESOURCE, false)
+                    .or_else(|| amount(limits, crate::resources::GPU_RESOURCE, false))
                     .unwrap_or(0),
             ),
         }

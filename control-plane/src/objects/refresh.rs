@@ -12,7 +12,8 @@ use orca_proto::types::v1::PodPhase;
 use tracing::{info, warn};
 
 use super::Kind;
-use crate::cluster::Cluster;
+
+use super::Objects;
 use crate::pods::{names, phase, uid};
 
 /// Whether `spec` mounts ConfigMap or Secret `name` in a volume.
@@ -38,7 +39,7 @@ pub fn mounts(spec: &PodSpec, kind: Kind, name: &str) -> bool {
     })
 }
 
-impl Cluster {
+impl Objects {
     /// Starts rewriting the volumes of the running pods of `ns` that mount
     /// `kind` `name`.
     pub(crate) fn refresh_volumes(&self, kind: Kind, ns: &str, name: &str) {
@@ -48,7 +49,7 @@ impl Cluster {
 
     async fn refresh(&self, kind: Kind, ns: &str, name: &str) {
         let _one_at_a_time = self.refresh_lock().lock().await;
-        let pods = match self.store().pods.scan(&format!("{ns}/")) {
+        let pods = match self.shared.store().pods.scan(&format!("{ns}/")) {
             Ok(p) => p,
             Err(e) => {
                 warn!(error = %e, "pods not read; volumes not refreshed");
@@ -70,7 +71,7 @@ impl Cluster {
             match self.rewrite_volumes(&record).await {
                 Ok(()) => {
                     info!(pod = %crate::pods::key(&pod_ns, &pod_name), changed = %what, "volumes rewritten");
-                    self.event(
+                    self.shared.event(
                         "Pod",
                         &pod_ns,
                         &pod_name,
@@ -81,7 +82,7 @@ impl Cluster {
                 }
                 Err(e) => {
                     warn!(pod = %crate::pods::key(&pod_ns, &pod_name), error = %e, "volumes not rewritten");
-                    self.event(
+                    self.shared.event(
                         "Pod",
                         &pod_ns,
                         &pod_name,
@@ -96,17 +97,19 @@ impl Cluster {
 
     async fn rewrite_volumes(&self, record: &pb::PodRecord) -> Result<(), String> {
         let node = self
+            .shared
             .store()
             .nodes
             .get(&record.node_name)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("node {} is gone", record.node_name))?;
-        let resolved = self.resolve(record, &node).await?;
+        let resolved = self.shared.resolve(record, &node).await?;
         let req = agent::UpdateVolumesRequest {
             uid: uid(record),
             volume_data: resolved.volume_data,
         };
-        self.agent(&node)
+        self.shared
+            .agent(&node)
             .map_err(|e| e.to_string())?
             .update_volumes(req)
             .await

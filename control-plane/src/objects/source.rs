@@ -11,8 +11,8 @@ use orca_proto::controlplane::v1 as pb;
 
 use super::Kind;
 use super::sealing::Sealer;
-use crate::cluster::{PodResolver, Resolved};
 use crate::references::ObjectSource;
+use crate::shared::{PodResolver, Resolved};
 use orca_store::Store;
 
 /// ConfigMaps and Secrets from the store.

@@ -48,7 +48,7 @@ pub fn ready_endpoints(svc: &Value, port: &Value, pods: &[pb::PodRecord]) -> Vec
     let mut out: Vec<Endpoint> = pods
         .iter()
         .filter(|p| names(p).0 == ns && selects(&svc["spec"]["selector"], p))
-        .filter(|p| crate::workloads::ready(p))
+        .filter(|p| crate::pods::ready(p))
         .filter_map(|p| {
             let ip: IpAddr = p.status.as_ref()?.pod_ip.parse().ok()?;
             let port = target_port(&port["targetPort"], p)?;

@@ -20,8 +20,8 @@ use super::proxy::{Algorithm, Balancer};
 use super::{LB_ALGORITHM, dns};
 use crate::cloud::cidr::Ipv4Cidr;
 use crate::cloud::netns;
-use crate::cluster::{Cluster, ClusterError};
-use crate::objects::Kind;
+use crate::shared::{ClusterError, Shared};
+use orca_model::kind::Kind;
 
 /// One port of a running Service.
 struct Port {
@@ -168,137 +168,134 @@ impl Services {
     }
 }
 
-impl Cluster {
-    /// Runs the Services (proxies, endpoints, and the DNS on `dns_socket`)
-    /// until `stop` resolves; then takes their addresses down.
-    pub async fn run_services(
-        &self,
-        services: Arc<Services>,
-        dns_socket: Option<tokio::net::UdpSocket>,
-        stop: impl Future<Output = ()>,
-    ) {
-        tokio::pin!(stop);
-        let dns_task = dns_socket.map(|socket| {
-            let table = services.clone();
-            let upstream = std::fs::read_to_string("/etc/resolv.conf")
-                .ok()
-                .and_then(|t| dns::upstream(&t));
-            tokio::spawn(dns::serve(
-                socket,
-                Arc::new(move |ns: &str, name: &str| table.resolve(ns, name)),
-                upstream,
-            ))
-        });
-        let mut wakeups = orca_store::Wakeups::new(self.store(), self.config().reconcile_interval);
-        loop {
-            if let Err(e) = self.sync_services(&services).await {
-                warn!(error = %e, "services: sync failed; retrying");
-            }
-            tokio::select! {
-                () = &mut stop => break,
-                () = wakeups.next() => {}
-            }
+/// Runs the Services (proxies, endpoints, and the DNS on `dns_socket`)
+/// until `stop` resolves; then takes their addresses down.
+pub async fn run_services(
+    shared: Shared,
+    services: Arc<Services>,
+    dns_socket: Option<tokio::net::UdpSocket>,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let dns_task = dns_socket.map(|socket| {
+        let table = services.clone();
+        let upstream = std::fs::read_to_string("/etc/resolv.conf")
+            .ok()
+            .and_then(|t| dns::upstream(&t));
+        tokio::spawn(dns::serve(
+            socket,
+            Arc::new(move |ns: &str, name: &str| table.resolve(ns, name)),
+            upstream,
+        ))
+    });
+    let mut wakeups = orca_store::Wakeups::new(shared.store(), shared.config().reconcile_interval);
+    loop {
+        if let Err(e) = sync_services(&shared, &services).await {
+            warn!(error = %e, "services: sync failed; retrying");
         }
-        if let Some(t) = dns_task {
-            t.abort();
+        tokio::select! {
+            () = &mut stop => break,
+            () = wakeups.next() => {}
         }
-        let vips: Vec<Ipv4Addr> = services.table().drain().map(|(_, r)| r.vip).collect();
-        for vip in vips {
+    }
+    if let Some(t) = dns_task {
+        t.abort();
+    }
+    let vips: Vec<Ipv4Addr> = services.table().drain().map(|(_, r)| r.vip).collect();
+    for vip in vips {
+        let _ = netns::ip(&["addr", "del", &format!("{vip}/32"), "dev", &services.bridge]).await;
+    }
+}
+
+async fn sync_services(shared: &Shared, services: &Services) -> Result<(), ClusterError> {
+    let stored = shared
+        .store()
+        .objects
+        .scan(&format!("{}/", Kind::Service.name()))?;
+    let pods = shared.store().pods.scan("")?;
+    let wanted: HashMap<String, (String, Value)> = stored
+        .iter()
+        .map(|o| {
+            (
+                format!("{}/{}", o.namespace, o.name),
+                (
+                    o.uid.clone(),
+                    serde_json::from_str(&o.manifest_json).unwrap_or(Value::Null),
+                ),
+            )
+        })
+        .collect();
+    // Gone, or replaced by another of the same name: stop it.
+    let gone: Vec<Running> = {
+        let mut table = services.table();
+        let keys: Vec<String> = table
+            .iter()
+            .filter(|(k, r)| {
+                wanted.get(*k).is_none_or(|(uid, m)| {
+                    uid != &r.uid
+                        || m["spec"]["clusterIP"] != r.vip.to_string().as_str()
+                        || ports_changed(r, m)
+                })
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.iter().filter_map(|k| table.remove(k)).collect()
+    };
+    for r in gone {
+        let vip = r.vip;
+        drop(r);
+        if !services.table().values().any(|o| o.vip == vip) {
             let _ =
                 netns::ip(&["addr", "del", &format!("{vip}/32"), "dev", &services.bridge]).await;
         }
     }
-
-    async fn sync_services(&self, services: &Services) -> Result<(), ClusterError> {
-        let stored = self
-            .store()
-            .objects
-            .scan(&format!("{}/", Kind::Service.name()))?;
-        let pods = self.store().pods.scan("")?;
-        let wanted: HashMap<String, (String, Value)> = stored
-            .iter()
-            .map(|o| {
-                (
-                    format!("{}/{}", o.namespace, o.name),
-                    (
-                        o.uid.clone(),
-                        serde_json::from_str(&o.manifest_json).unwrap_or(Value::Null),
-                    ),
-                )
-            })
-            .collect();
-        // Gone, or replaced by another of the same name: stop it.
-        let gone: Vec<Running> = {
-            let mut table = services.table();
-            let keys: Vec<String> = table
-                .iter()
-                .filter(|(k, r)| {
-                    wanted.get(*k).is_none_or(|(uid, m)| {
-                        uid != &r.uid
-                            || m["spec"]["clusterIP"] != r.vip.to_string().as_str()
-                            || ports_changed(r, m)
-                    })
-                })
-                .map(|(k, _)| k.clone())
-                .collect();
-            keys.iter().filter_map(|k| table.remove(k)).collect()
-        };
-        for r in gone {
-            let vip = r.vip;
-            drop(r);
-            if !services.table().values().any(|o| o.vip == vip) {
-                let _ = netns::ip(&["addr", "del", &format!("{vip}/32"), "dev", &services.bridge])
-                    .await;
-            }
-        }
-        for (k, (uid, m)) in &wanted {
-            if !services.table().contains_key(k) {
-                match start(services, uid, m).await {
-                    Ok(r) => {
-                        info!(service = %k, vip = %r.vip, "service serving");
-                        services.table().insert(k.clone(), r);
-                        services
-                            .failed
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .remove(k);
+    for (k, (uid, m)) in &wanted {
+        if !services.table().contains_key(k) {
+            match start(services, uid, m).await {
+                Ok(r) => {
+                    info!(service = %k, vip = %r.vip, "service serving");
+                    services.table().insert(k.clone(), r);
+                    services
+                        .failed
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(k);
+                }
+                Err(why) => {
+                    let news = services
+                        .failed
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(k.clone(), why.clone())
+                        .is_none_or(|before| before != why);
+                    if news {
+                        let (ns, name) = k.split_once('/').unwrap_or_default();
+                        warn!(service = %k, error = %why, "service cannot serve");
+                        shared.event("Service", ns, name, true, "FailedToServe", why);
                     }
-                    Err(why) => {
-                        let news = services
-                            .failed
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .insert(k.clone(), why.clone())
-                            .is_none_or(|before| before != why);
-                        if news {
-                            let (ns, name) = k.split_once('/').unwrap_or_default();
-                            warn!(service = %k, error = %why, "service cannot serve");
-                            self.event("Service", ns, name, true, "FailedToServe", why);
-                        }
-                        continue;
-                    }
+                    continue;
                 }
             }
-            let algorithm = m["metadata"]["annotations"][LB_ALGORITHM]
-                .as_str()
-                .and_then(|a| Algorithm::parse(a).ok())
-                .unwrap_or_default();
-            let mut table = services.table();
-            let Some(r) = table.get_mut(k) else { continue };
-            let mut changed = false;
-            for (p, spec) in r
-                .ports
-                .iter()
-                .zip(m["spec"]["ports"].as_array().into_iter().flatten())
-            {
-                changed |= p.balancer.set(&ready_endpoints(m, spec, &pods), algorithm);
-            }
-            if changed {
-                r.updated = stamp();
-            }
         }
-        Ok(())
+        let algorithm = m["metadata"]["annotations"][LB_ALGORITHM]
+            .as_str()
+            .and_then(|a| Algorithm::parse(a).ok())
+            .unwrap_or_default();
+        let mut table = services.table();
+        let Some(r) = table.get_mut(k) else { continue };
+        let mut changed = false;
+        for (p, spec) in r
+            .ports
+            .iter()
+            .zip(m["spec"]["ports"].as_array().into_iter().flatten())
+        {
+            changed |= p.balancer.set(&ready_endpoints(m, spec, &pods), algorithm);
+        }
+        if changed {
+            r.updated = stamp();
+        }
     }
+    Ok(())
 }
 
 fn ports_changed(r: &Running, m: &Value) -> bool {

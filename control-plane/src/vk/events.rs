@@ -21,7 +21,7 @@ pub async fn run(
     node_name: String,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut events = cluster.subscribe_events();
+    let mut events = cluster.shared().subscribe_events();
     loop {
         let event = tokio::select! {
             e = events.recv() => e,
@@ -42,6 +42,7 @@ async fn forward(cluster: &Cluster, kube: &dyn KubeApi, node_name: &str, e: pb::
     // Only pods that came from Kubernetes (a deleted one's last events too,
     // while its object still exists: the uid comes from the store or not at all).
     let Ok(Some(record)) = cluster
+        .shared()
         .store()
         .pods
         .get(&crate::pods::key(&e.namespace, &e.name))

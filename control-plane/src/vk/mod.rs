@@ -40,11 +40,12 @@ pub async fn start(
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, KubeError> {
     let kube: Arc<dyn KubeApi> = Arc::new(KubeClient::new(config.kubeconfig.as_deref()).await?);
     let classes = cluster
+        .shared()
         .config()
         .ec2()
         .map(|s| s.storage_classes.clone())
         .unwrap_or_default();
-    cluster.set_resolver(Arc::new(
+    cluster.shared().set_resolver(Arc::new(
         resolve::KubeResolver::new(kube.clone(), config.node_name.clone())
             .with_storage_classes(classes),
     ));
@@ -69,8 +70,9 @@ pub async fn start(
             node.run(stop).await;
         }));
     }
-    let (tls, _serving) = kubelet::tls::server_config(config, cluster.pki(), KUBELET_CERT_LIFETIME)
-        .map_err(|e| KubeError::Config(e.to_string()))?;
+    let (tls, _serving) =
+        kubelet::tls::server_config(config, cluster.shared().pki(), KUBELET_CERT_LIFETIME)
+            .map_err(|e| KubeError::Config(e.to_string()))?;
     let listener = tokio::net::TcpListener::bind(config.kubelet.listen)
         .await
         .map_err(|e| {

@@ -110,7 +110,13 @@ impl NodeSync {
             return *c;
         }
         let mut total = Resources::default();
-        let nodes = self.cluster.store().nodes.scan("").unwrap_or_default();
+        let nodes = self
+            .cluster
+            .shared()
+            .store()
+            .nodes
+            .scan("")
+            .unwrap_or_default();
         for n in nodes
             .iter()
             .filter(|n| n.state == pb::NodeState::Ready as i32)
@@ -121,7 +127,7 @@ impl NodeSync {
             total.gpus += a.gpus;
             total.pods += a.pods;
         }
-        let config = self.cluster.config();
+        let config = self.cluster.shared().config();
         if let Some(auto) = &config.autoscale {
             let n = i64::from(auto.max_nodes);
             total.cpu_millis += n * auto.size.cpu_millis;
@@ -150,13 +156,15 @@ impl NodeSync {
 
     async fn labels(&self) -> BTreeMap<String, String> {
         let mut labels = self.base_labels();
-        labels.extend(offered_labels(&self.cluster.provider().offered().await));
+        labels.extend(offered_labels(
+            &self.cluster.shared().provider().offered().await,
+        ));
         labels.extend(self.config.labels.clone());
         labels
     }
 
     fn base_labels(&self) -> BTreeMap<String, String> {
-        let provider = match self.cluster.config().provider {
+        let provider = match self.cluster.shared().config().provider {
             Provider::Ec2(_) => "aws",
             Provider::Local(_) => "local",
         };

@@ -30,11 +30,8 @@ use super::kube::{KubeApi, PodChange};
 use super::resolve::kubernetes_uid;
 use crate::cluster::Cluster;
 use crate::pods::names;
+pub use crate::references::KUBERNETES_UID;
 use orca_model::selection::annotations::{LEDGER, NODE};
-
-/// Annotation on ORCA's copy of a Kubernetes pod: the Kubernetes object's uid
-/// (ORCA's own uid changes when it recreates a pod elsewhere).
-pub const KUBERNETES_UID: &str = "kubernetes.orca.research/uid";
 
 /// Delay before listing again after a failed call.
 const RETRY: Duration = Duration::from_secs(1);
@@ -175,7 +172,13 @@ impl PodSync {
         for pod in &pods {
             self.observe(pod).await;
         }
-        let known = self.cluster.store().pods.scan("").unwrap_or_default();
+        let known = self
+            .cluster
+            .shared()
+            .store()
+            .pods
+            .scan("")
+            .unwrap_or_default();
         for record in known.iter().filter(|r| from_kubernetes(r)) {
             let (ns, name) = names(record);
             if !listed.contains(&key(&ns, &name)) {
@@ -192,7 +195,13 @@ impl PodSync {
             self.terminate(pod);
             return;
         }
-        match self.cluster.store().pods.get(&crate::pods::key(&ns, &name)) {
+        match self
+            .cluster
+            .shared()
+            .store()
+            .pods
+            .get(&crate::pods::key(&ns, &name))
+        {
             Ok(Some(record)) => {
                 let known_uid = record.pod.as_ref().map(kubernetes_uid).unwrap_or_default();
                 if known_uid != uid {
@@ -245,7 +254,7 @@ impl PodSync {
                 .collect(),
             annotations,
         };
-        match self.cluster.create_pod(orca_pod).await {
+        match self.cluster.pods().create_pod(orca_pod).await {
             Ok(_) => info!(pod = %key(ns, name), "pod from Kubernetes accepted"),
             Err(e) => warn!(pod = %key(ns, name), error = %e, "pod from Kubernetes refused"),
         }
@@ -264,6 +273,7 @@ impl PodSync {
         tokio::spawn(async move {
             let known = this
                 .cluster
+                .shared()
                 .store()
                 .pods
                 .get(&crate::pods::key(&ns, &name))
@@ -271,7 +281,7 @@ impl PodSync {
                 .flatten()
                 .filter(|r| r.pod.as_ref().map(kubernetes_uid).as_deref() == Some(uid.as_str()));
             let stopped = match known {
-                Some(_) => match this.cluster.delete_pod(&ns, &name, grace).await {
+                Some(_) => match this.cluster.pods().delete_pod(&ns, &name, grace).await {
                     Ok(record) => {
                         if let Some(status) = &record.status {
                             let mut status = super::status::pod_status(status);
@@ -307,7 +317,13 @@ impl PodSync {
     /// Stops and forgets an ORCA pod whose Kubernetes object is gone (or is
     /// another incarnation than `uid`).
     fn forget(self: &Arc<Self>, ns: &str, name: &str, uid: Option<&str>) {
-        let record = match self.cluster.store().pods.get(&crate::pods::key(ns, name)) {
+        let record = match self
+            .cluster
+            .shared()
+            .store()
+            .pods
+            .get(&crate::pods::key(ns, name))
+        {
             Ok(Some(r)) if from_kubernetes(&r) => r,
             _ => return,
         };
@@ -319,7 +335,7 @@ impl PodSync {
         let (ns, name) = (ns.to_owned(), name.to_owned());
         let this = self.clone();
         tokio::spawn(async move {
-            match this.cluster.delete_pod(&ns, &name, Some(0)).await {
+            match this.cluster.pods().delete_pod(&ns, &name, Some(0)).await {
                 Ok(_) => info!(pod = %key(&ns, &name), "pod removed from Kubernetes; stopped"),
                 Err(e) => debug!(pod = %key(&ns, &name), error = %e, "stopping a removed pod"),
             }
@@ -348,7 +364,13 @@ impl PodSync {
     }
 
     async fn sync_statuses(&self) {
-        let records = self.cluster.store().pods.scan("").unwrap_or_default();
+        let records = self
+            .cluster
+            .shared()
+            .store()
+            .pods
+            .scan("")
+            .unwrap_or_default();
         for record in records.iter().filter(|r| from_kubernetes(r)) {
             let (ns, name) = names(record);
             let k = key(&ns, &name);

@@ -12,14 +12,14 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy};
 use orca_proto::controlplane::v1 as pb;
 use serde_json::{Value, json};
 
+use super::Workloads;
 use super::rolling::{self, Set};
-use super::{Memory, REVISION, TEMPLATE_HASH, World, manifest, selector, suffix};
-use crate::cluster::{Cluster, ClusterError, now};
+use super::{Memory, REVISION, TEMPLATE_HASH, World, manifest, suffix};
 use crate::objects::{Kind, key};
+use crate::shared::{ClusterError, now};
 
 /// Default `progressDeadlineSeconds`.
 const DEFAULT_PROGRESS_DEADLINE_S: i64 = 600;
@@ -53,61 +53,6 @@ pub fn template_hash(template: &Value) -> String {
 }
 
 pub use orca_model::labels::revision;
-
-/// Checks a Deployment manifest; the error names what is wrong.
-pub fn validate(manifest: &Value) -> Result<(), String> {
-    let d: Deployment = serde_json::from_value(manifest.clone())
-        .map_err(|e| format!("not an apps/v1 Deployment: {e}"))?;
-    if !manifest["spec"].is_object() {
-        return Err("spec is required".into());
-    }
-    let spec = d.spec;
-    selector::validate(&spec.selector).map_err(|e| format!("spec.{e}"))?;
-    let labels = spec
-        .template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.clone())
-        .unwrap_or_default();
-    if !selector::matches(&spec.selector, |k| labels.get(k).map(String::as_str)) {
-        return Err("spec.selector does not match spec.template.metadata.labels".into());
-    }
-    let pod = spec.template.spec.ok_or("spec.template.spec is required")?;
-    if pod.containers.is_empty() {
-        return Err("spec.template.spec.containers: at least one container is required".into());
-    }
-    if pod.restart_policy.as_deref().is_some_and(|p| p != "Always") {
-        return Err(
-            "spec.template.spec.restartPolicy: only Always is allowed in a Deployment".into(),
-        );
-    }
-    let replicas = spec.replicas.unwrap_or(1);
-    if replicas < 0 {
-        return Err("spec.replicas must not be negative".into());
-    }
-    if spec.progress_deadline_seconds.is_some_and(|s| s <= 0) {
-        return Err("spec.progressDeadlineSeconds must be positive".into());
-    }
-    match spec.strategy.unwrap_or_default() {
-        DeploymentStrategy {
-            type_: Some(t),
-            rolling_update: Some(_),
-        } if t == "Recreate" => {
-            Err("spec.strategy.rollingUpdate may not be given when type is Recreate".into())
-        }
-        DeploymentStrategy { type_: Some(t), .. } if t != "Recreate" && t != "RollingUpdate" => {
-            Err(format!(
-                "spec.strategy.type: {t:?} is not RollingUpdate or Recreate"
-            ))
-        }
-        DeploymentStrategy { rolling_update, .. } => {
-            let r = rolling_update.unwrap_or_default();
-            rolling::bounds(replicas, r.max_surge.as_ref(), r.max_unavailable.as_ref())
-                .map(drop)
-                .map_err(|e| format!("spec.strategy.rollingUpdate.{e}"))
-        }
-    }
-}
 
 /// Whether a ReplicaSet belongs to Deployment `d`.
 fn owned_by(rs: &pb::StoredObject, d: &pb::StoredObject) -> bool {
@@ -177,7 +122,7 @@ struct State<'a> {
     world: &'a World,
 }
 
-impl Cluster {
+impl Workloads {
     /// One pass over one Deployment; whether it wrote anything.
     pub(super) async fn reconcile_deployment(
         &self,
@@ -215,7 +160,7 @@ impl Cluster {
                 self.patch_manifest(Kind::ReplicaSet, ns, &rs.name, |m| {
                     m["metadata"]["annotations"][REVISION] = next.clone();
                 })?;
-                self.event(
+                self.shared.event(
                     "Deployment",
                     ns,
                     name,
@@ -232,10 +177,11 @@ impl Cluster {
             }
             None => {
                 let rs = new_replicaset(d, &dm, &hash, top + 1);
-                self.store()
+                self.shared
+                    .store()
                     .objects
                     .create(&key(Kind::ReplicaSet, ns, &rs.name), &rs)?;
-                self.event(
+                self.shared.event(
                     "Deployment",
                     ns,
                     name,
@@ -297,7 +243,7 @@ impl Cluster {
                         m["spec"]["replicas"] = json!(want);
                     })?;
                     let verb = if want > had { "up" } else { "down" };
-                    self.event(
+                    self.shared.event(
                         "Deployment",
                         ns,
                         name,
@@ -346,10 +292,11 @@ impl Cluster {
             .collect();
         let extra = empty.len().saturating_sub(limit);
         for rs in &empty[..extra] {
-            self.store()
+            self.shared
+                .store()
                 .objects
                 .remove(&key(Kind::ReplicaSet, &rs.namespace, &rs.name))?;
-            self.event(
+            self.shared.event(
                 "Deployment",
                 &d.namespace,
                 &d.name,
@@ -456,7 +403,7 @@ impl Cluster {
         if transitioned && reason == "ProgressDeadlineExceeded" {
             let k = key(Kind::Deployment, ns, name);
             if memory.first_warning(&k, &message) {
-                self.event(
+                self.shared.event(
                     "Deployment",
                     ns,
                     name,
@@ -468,7 +415,7 @@ impl Cluster {
         }
         if transitioned && reason == "NewReplicaSetAvailable" {
             memory.clear_warning(&key(Kind::Deployment, ns, name));
-            self.event("Deployment", ns, name, false, "RolloutComplete",
+            self.shared.event("Deployment", ns, name, false, "RolloutComplete",
                 format!("Deployment {name} has {replicas} up-to-date, available replicas (replica set {})", new_rs.name));
         }
         // The status is written only when something but the clock changed.
@@ -496,6 +443,7 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workloads::validation::validate;
 
     fn deployment(extra: Value) -> Value {
         let mut d = json!({

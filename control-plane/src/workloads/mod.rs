@@ -17,6 +17,7 @@ pub mod deployments;
 pub mod replicasets;
 pub mod rolling;
 pub mod selector;
+pub mod validation;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -27,9 +28,10 @@ use orca_proto::types::v1::PodPhase;
 use serde_json::Value;
 use tracing::warn;
 
-use crate::cluster::{Cluster, ClusterError};
 use crate::objects::{Kind, key};
+use crate::pods::ready;
 use crate::pods::{names, phase};
+use crate::shared::{ClusterError, Shared};
 
 pub use orca_model::labels::{REVISION, TEMPLATE_HASH};
 /// The annotation naming a pod's controller (`ReplicaSet/NAME`).
@@ -96,16 +98,6 @@ pub struct Member {
     pub created: i64,
 }
 
-/// Whether a pod's Ready condition is True (and it runs).
-pub fn ready(record: &pb::PodRecord) -> bool {
-    phase(record) == PodPhase::Running
-        && record.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.r#type == "Ready" && c.status == "True")
-        })
-}
-
 /// The owner a pod's annotation names, if it is a ReplicaSet.
 fn owner(record: &pb::PodRecord) -> Option<&str> {
     record
@@ -127,7 +119,7 @@ pub struct World {
 }
 
 impl World {
-    fn read(cluster: &Cluster, memory: &Memory) -> Result<Self, ClusterError> {
+    fn read(cluster: &Workloads, memory: &Memory) -> Result<Self, ClusterError> {
         let mut members: HashMap<String, Vec<Member>> = HashMap::new();
         // The pods being stopped, taken before the listing: a pod listed
         // after its stop began is never seen live.
@@ -136,7 +128,7 @@ impl World {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        for record in cluster.store().pods.scan("")? {
+        for record in cluster.shared.store().pods.scan("")? {
             let Some(rs) = owner(&record) else { continue };
             let (ns, name) = names(&record);
             let stopping = stopping_now.contains(&crate::pods::key(&ns, &name));
@@ -156,10 +148,12 @@ impl World {
         Ok(Self {
             members,
             deployments: cluster
+                .shared
                 .store()
                 .objects
                 .scan(&format!("{}/", Kind::Deployment.name()))?,
             replicasets: cluster
+                .shared
                 .store()
                 .objects
                 .scan(&format!("{}/", Kind::ReplicaSet.name()))?,
@@ -191,11 +185,31 @@ pub fn suffix(bytes: &[u8], len: usize) -> String {
         .collect()
 }
 
-impl Cluster {
+/// Deployments and ReplicaSets.
+#[derive(Clone)]
+pub struct Workloads {
+    shared: Shared,
+    pods: crate::pods::Pods,
+    objects: crate::objects::Objects,
+}
+
+impl Workloads {
+    /// The component over `shared` and the components below it.
+    pub fn new(shared: Shared, pods: crate::pods::Pods, objects: crate::objects::Objects) -> Self {
+        Self {
+            shared,
+            pods,
+            objects,
+        }
+    }
+}
+
+impl Workloads {
     /// Runs the Deployment and ReplicaSet controllers until `stop` resolves.
     pub async fn run_workloads(&self, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
-        let mut wakeups = orca_store::Wakeups::new(self.store(), self.config().reconcile_interval);
+        let mut wakeups =
+            orca_store::Wakeups::new(self.shared.store(), self.shared.config().reconcile_interval);
         let memory = Memory::default();
         loop {
             if let Err(e) = self.reconcile_workloads(&memory).await {
@@ -216,6 +230,7 @@ impl Cluster {
         }
         // Desired counts may have just changed: read the sets again.
         let replicasets = self
+            .shared
             .store()
             .objects
             .scan(&format!("{}/", Kind::ReplicaSet.name()))?;
@@ -223,7 +238,7 @@ impl Cluster {
             wrote |= self.reconcile_replicaset(rs, &world, memory).await?;
         }
         if wrote {
-            self.store().flush().await?;
+            self.shared.store().flush().await?;
         }
         Ok(())
     }
@@ -239,13 +254,14 @@ impl Cluster {
         mut f: impl FnMut(&mut pb::StoredObject),
     ) -> Result<bool, ClusterError> {
         Ok(self
+            .shared
             .store()
             .objects
             .update(&key(kind, ns, name), |o| f(o))?
             .is_some())
     }
 
-    /// [`Cluster::patch_object`] on the manifest.
+    /// [`Workloads::patch_object`] on the manifest.
     pub(crate) fn patch_manifest(
         &self,
         kind: Kind,
@@ -271,7 +287,7 @@ impl Cluster {
         let (cluster, memory, ns, name) =
             (self.clone(), memory.clone(), ns.to_owned(), name.to_owned());
         tokio::spawn(async move {
-            match cluster.delete_pod(&ns, &name, None).await {
+            match cluster.pods.delete_pod(&ns, &name, None).await {
                 Ok(_) | Err(ClusterError::NotFound { .. }) => {}
                 Err(e) => {
                     warn!(pod = %k, error = %e, "could not stop a controller's pod; will retry")

@@ -10,9 +10,10 @@ use orca_proto::controlplane::v1 as pb;
 use orca_proto::types::v1 as types;
 use serde_json::{Value, json};
 
+use super::Workloads;
 use super::{CONTROLLED_BY, Member, Memory, World, manifest, suffix};
-use crate::cluster::{Cluster, ClusterError};
 use crate::objects::{Kind, key};
+use crate::shared::ClusterError;
 
 /// The order in which a set gives up pods: unscheduled, not Ready, newest.
 fn victims(live: &[&Member], count: usize) -> Vec<String> {
@@ -26,7 +27,7 @@ fn victims(live: &[&Member], count: usize) -> Vec<String> {
 }
 
 /// Whether the Deployment an owner reference names still exists.
-fn owner_exists(cluster: &Cluster, ns: &str, m: &Value) -> Result<bool, ClusterError> {
+fn owner_exists(cluster: &Workloads, ns: &str, m: &Value) -> Result<bool, ClusterError> {
     let Some(owner) = m["metadata"]["ownerReferences"]
         .as_array()
         .and_then(|o| o.first())
@@ -35,6 +36,7 @@ fn owner_exists(cluster: &Cluster, ns: &str, m: &Value) -> Result<bool, ClusterE
     };
     let name = owner["name"].as_str().unwrap_or_default();
     Ok(cluster
+        .shared
         .store()
         .objects
         .get(&key(Kind::Deployment, ns, name))?
@@ -69,7 +71,7 @@ fn pod_from_template(ns: &str, rs: &str, template: &Value) -> Result<types::Pod,
     })
 }
 
-impl Cluster {
+impl Workloads {
     /// One pass over one ReplicaSet; whether it wrote anything.
     pub(super) async fn reconcile_replicaset(
         &self,
@@ -91,10 +93,11 @@ impl Cluster {
         }
         let active: Vec<&Member> = members.iter().filter(|p| !p.finished).collect();
         if orphan && active.is_empty() {
-            self.store()
+            self.shared
+                .store()
                 .objects
                 .remove(&key(Kind::ReplicaSet, ns, name))?;
-            self.event(
+            self.shared.event(
                 "ReplicaSet",
                 ns,
                 name,
@@ -109,14 +112,14 @@ impl Cluster {
         if live.len() < desired {
             for _ in live.len()..desired {
                 let created = match pod_from_template(ns, name, &m["spec"]["template"]) {
-                    Ok(pod) => self.create_admitted_pod(pod).await,
+                    Ok(pod) => self.objects.create_admitted_pod(pod).await,
                     Err(why) => Err(ClusterError::Invalid(why)),
                 };
                 match created {
                     Ok(record) => {
                         memory.clear_warning(&k);
                         let (_, pod) = crate::pods::names(&record);
-                        self.event(
+                        self.shared.event(
                             "ReplicaSet",
                             ns,
                             name,
@@ -128,7 +131,14 @@ impl Cluster {
                     Err(e) => {
                         let message = format!("Error creating: {e}");
                         if memory.first_warning(&k, &message) {
-                            self.event("ReplicaSet", ns, name, true, "FailedCreate", message);
+                            self.shared.event(
+                                "ReplicaSet",
+                                ns,
+                                name,
+                                true,
+                                "FailedCreate",
+                                message,
+                            );
                         }
                         break;
                     }
@@ -137,7 +147,7 @@ impl Cluster {
         } else if live.len() > desired {
             for victim in victims(&live, live.len() - desired) {
                 self.stop_member(memory, ns, &victim);
-                self.event(
+                self.shared.event(
                     "ReplicaSet",
                     ns,
                     name,

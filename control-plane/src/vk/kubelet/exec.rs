@@ -1,6 +1,6 @@
 //! `/exec` and `/attach`: the upgrade (SPDY/3.1 or WebSocket channels, see
 //! [`upgrade`]), then the session bridged to the pod's agent through
-//! [`Cluster::exec`](crate::cluster::Cluster::exec) and `attach`.
+//! [`crate::streams::Streams::exec`](crate::cluster::crate::streams::Streams::exec) and `attach`.
 
 use std::sync::Arc;
 
@@ -52,7 +52,7 @@ pub async fn serve(
         );
     }
     // Refuse before upgrading when the pod cannot be reached.
-    if let Err(e) = kubelet.cluster.pod(&ns, &pod) {
+    if let Err(e) = kubelet.cluster.pods().pod(&ns, &pod) {
         return error_response(&e);
     }
     let negotiated = match upgrade::negotiate(upgrade::Kind::RemoteCommand, req.headers()) {
@@ -179,7 +179,11 @@ async fn run(
                 stdin,
                 terminal_size,
             };
-            kubelet.cluster.exec(&ns, &pod, start, input).await
+            kubelet
+                .cluster
+                .streams()
+                .exec(&ns, &pod, start, input)
+                .await
         }
         What::Attach => {
             let input = input(
@@ -200,7 +204,11 @@ async fn run(
                 stdin,
                 tty,
             };
-            kubelet.cluster.attach(&ns, &pod, start, input).await
+            kubelet
+                .cluster
+                .streams()
+                .attach(&ns, &pod, start, input)
+                .await
         }
     };
     let mut output = match output {

@@ -1,7 +1,7 @@
 //! `/portForward`: the upgrade (SPDY/3.1 `portforward.k8s.io`, or WebSocket,
 //! including kubectl's SPDY-over-WebSocket tunnel), then each forwarded
 //! connection bridged to the pod's agent through
-//! [`Cluster::port_forward`](crate::cluster::Cluster::port_forward).
+//! [`crate::streams::Streams::port_forward`](crate::cluster::crate::streams::Streams::port_forward).
 
 use std::sync::Arc;
 
@@ -39,7 +39,7 @@ pub async fn serve(
             }
         }
     }
-    if let Err(e) = kubelet.cluster.pod(&ns, &pod) {
+    if let Err(e) = kubelet.cluster.pods().pod(&ns, &pod) {
         return error_response(&e);
     }
     let negotiated = match upgrade::negotiate(upgrade::Kind::PortForward, req.headers()) {
@@ -103,7 +103,11 @@ async fn bridge(kubelet: Arc<Kubelet>, ns: String, pod: String, stream: ForwardS
         input: Some(agent::port_forward_input::Input::CloseWrite(true)),
     };
     let input = data_in.chain(futures::stream::iter([close]));
-    let output = kubelet.cluster.port_forward(&ns, &pod, port, input).await;
+    let output = kubelet
+        .cluster
+        .streams()
+        .port_forward(&ns, &pod, port, input)
+        .await;
     let mut output = match output {
         Ok(o) => o,
         Err(e) => {

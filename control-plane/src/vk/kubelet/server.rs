@@ -212,12 +212,18 @@ impl Kubelet {
 
     /// The pods this kubelet runs, as a PodList.
     fn pods(&self) -> serde_json::Value {
-        let records = self.cluster.store().pods.scan("").unwrap_or_default();
+        let records = self
+            .cluster
+            .shared()
+            .store()
+            .pods
+            .scan("")
+            .unwrap_or_default();
         let items: Vec<serde_json::Value> = records
             .iter()
             .filter_map(|r| {
                 let pod = r.pod.as_ref()?;
-                let uid = pod.annotations.get(crate::vk::pods::KUBERNETES_UID)?;
+                let uid = pod.annotations.get(crate::references::KUBERNETES_UID)?;
                 let rf = pod.r#ref.clone().unwrap_or_default();
                 let spec: serde_json::Value = serde_json::from_str(&pod.spec_json).ok()?;
                 Some(serde_json::json!({
@@ -255,7 +261,7 @@ impl Kubelet {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
         };
-        match self.cluster.logs(ns, pod, options).await {
+        match self.cluster.streams().logs(ns, pod, options).await {
             Ok(stream) => {
                 let body = stream.map(|chunk| match chunk {
                     Ok(c) => Ok(Frame::data(c.data)),

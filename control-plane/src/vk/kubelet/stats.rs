@@ -58,13 +58,13 @@ fn millis(t: Option<&prost_types::Timestamp>) -> i64 {
 /// those pods' containers. A host that does not answer is left out (its pods
 /// have no sample this time, as a kubelet's missing cAdvisor data).
 pub async fn collect(cluster: &Cluster) -> (NodeSample, Vec<PodSample>) {
-    let records = cluster.store().pods.scan("").unwrap_or_default();
+    let records = cluster.shared().store().pods.scan("").unwrap_or_default();
     // ORCA uid → (namespace, name, Kubernetes uid).
     let mut pods: HashMap<String, (String, String, String)> = HashMap::new();
     let mut hosts = BTreeSet::new();
     for r in &records {
         let Some(pod) = r.pod.as_ref() else { continue };
-        let Some(k8s_uid) = pod.annotations.get(crate::vk::pods::KUBERNETES_UID) else {
+        let Some(k8s_uid) = pod.annotations.get(crate::references::KUBERNETES_UID) else {
             continue;
         };
         let rf = pod.r#ref.clone().unwrap_or_default();
@@ -79,7 +79,7 @@ pub async fn collect(cluster: &Cluster) -> (NodeSample, Vec<PodSample>) {
     };
     let mut samples = Vec::new();
     for host in hosts {
-        let stats = match cluster.pod_stats(&host).await {
+        let stats = match cluster.streams().pod_stats(&host).await {
             Ok(s) => s,
             Err(e) => {
                 debug!(host = %host, error = %e, "no usage from this host");

@@ -26,74 +26,23 @@ use std::future::Future;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use orca_proto::controlplane::v1 as pb;
 use serde_json::{Value, json};
 use tracing::warn;
 
-use crate::cluster::{Cluster, ClusterError};
 use crate::objects::{Kind, key};
 use crate::pods::names;
-use crate::scheduler::requests;
+use crate::resources::requests;
+use crate::shared::{ClusterError, Shared};
 
-/// The GPU utilisation metric's name.
-pub const GPU_UTILIZATION: &str = "orca.research/gpu-utilization";
+pub mod validation;
+
+pub use validation::GPU_UTILIZATION;
+
 /// Kubernetes' tolerance: no change while usage/target is within 10%.
 const TOLERANCE: f64 = 0.1;
 /// Default scale-down stabilization window.
 const DOWN_WINDOW: Duration = Duration::from_secs(300);
-
-/// Checks an HPA manifest; the error names the field.
-pub fn validate(manifest: &Value) -> Result<(), String> {
-    let h: HorizontalPodAutoscaler = serde_json::from_value(manifest.clone())
-        .map_err(|e| format!("not an autoscaling/v2 HorizontalPodAutoscaler: {e}"))?;
-    if !manifest["spec"].is_object() {
-        return Err("spec is required".into());
-    }
-    let spec = h.spec;
-    if spec.scale_target_ref.kind != "Deployment" {
-        return Err(format!(
-            "spec.scaleTargetRef.kind: {} is not Deployment (the only kind scaled here)",
-            spec.scale_target_ref.kind
-        ));
-    }
-    let min = spec.min_replicas.unwrap_or(1);
-    if min < 1 || spec.max_replicas < min {
-        return Err(format!(
-            "spec: need 1 <= minReplicas ({min}) <= maxReplicas ({})",
-            spec.max_replicas
-        ));
-    }
-    let metrics = spec.metrics.unwrap_or_default();
-    if metrics.is_empty() {
-        return Err("spec.metrics: at least one metric is required".into());
-    }
-    for (i, m) in metrics.iter().enumerate() {
-        match (m.type_.as_str(), &m.resource, &m.pods) {
-            ("Resource", Some(r), _) if r.name == "cpu" => {
-                if r.target.type_ != "Utilization" || r.target.average_utilization.unwrap_or(0) <= 0
-                {
-                    return Err(format!(
-                        "spec.metrics[{i}].resource.target: type Utilization with a positive averageUtilization"
-                    ));
-                }
-            }
-            ("Pods", _, Some(p)) if p.metric.name == GPU_UTILIZATION => {
-                if p.target.type_ != "AverageValue" || p.target.average_value.is_none() {
-                    return Err(format!(
-                        "spec.metrics[{i}].pods.target: type AverageValue with an averageValue (percent)"
-                    ));
-                }
-            }
-            (t, _, _) => {
-                return Err(format!(
-                    "spec.metrics[{i}]: {t} metric not served (Resource cpu Utilization, or Pods {GPU_UTILIZATION})"
-                ));
-            }
-        }
-    }
-    Ok(())
-}
 
 /// One recommendation `desired` for `current` replicas from a usage/target
 /// ratio, before windows and bounds.
@@ -176,7 +125,30 @@ fn window(behavior: &Value, which: &str, default: Duration) -> Duration {
         .unwrap_or(default)
 }
 
-impl Cluster {
+/// HorizontalPodAutoscalers.
+#[derive(Clone)]
+pub struct Autoscaler {
+    shared: Shared,
+    streams: crate::streams::Streams,
+    workloads: crate::workloads::Workloads,
+}
+
+impl Autoscaler {
+    /// The component over `shared` and the components below it.
+    pub fn new(
+        shared: Shared,
+        streams: crate::streams::Streams,
+        workloads: crate::workloads::Workloads,
+    ) -> Self {
+        Self {
+            shared,
+            streams,
+            workloads,
+        }
+    }
+}
+
+impl Autoscaler {
     /// Runs the autoscaler until `stop` resolves.
     pub async fn run_autoscaling(&self, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
@@ -187,22 +159,23 @@ impl Cluster {
             }
             tokio::select! {
                 () = &mut stop => return,
-                () = tokio::time::sleep(self.config().autoscaling_sync) => {}
+                () = tokio::time::sleep(self.shared.config().autoscaling_sync) => {}
             }
         }
     }
 
     async fn autoscale_once(&self, memory: &Memory) -> Result<(), ClusterError> {
         let hpas = self
+            .shared
             .store()
             .objects
             .scan(&format!("{}/", Kind::HorizontalPodAutoscaler.name()))?;
         if hpas.is_empty() {
             return Ok(());
         }
-        let pods = self.store().pods.scan("")?;
+        let pods = self.shared.store().pods.scan("")?;
         let cpu = self.cpu_millis(&pods, memory).await;
-        let nodes = self.telemetry().snapshot("", 0);
+        let nodes = self.shared.telemetry().snapshot("", 0);
         let gpu: HashMap<String, u32> = crate::telemetry::pod_usage(&nodes, &pods)
             .into_iter()
             .filter_map(|u| Some((u.pod?.uid, u.gpu_util_percent)))
@@ -226,7 +199,7 @@ impl Cluster {
         hosts.dedup();
         let mut out = HashMap::new();
         for host in hosts {
-            let Ok(stats) = self.pod_stats(&host).await else {
+            let Ok(stats) = self.streams.pod_stats(&host).await else {
                 continue;
             };
             let now = Instant::now();
@@ -263,7 +236,7 @@ impl Cluster {
         let spec = &m["spec"];
         let target = spec["scaleTargetRef"]["name"].as_str().unwrap_or_default();
         let dk = key(Kind::Deployment, ns, target);
-        let Some(d) = self.store().objects.get(&dk)? else {
+        let Some(d) = self.shared.store().objects.get(&dk)? else {
             return self.hpa_status(h, json!({"conditions": [{"type": "AbleToScale", "status": "False", "reason": "FailedGetScale", "message": format!("deployment {target} not found")}]}));
         };
         let dm: Value = serde_json::from_str(&d.manifest_json).unwrap_or(Value::Null);
@@ -272,7 +245,7 @@ impl Cluster {
             serde_json::from_value(dm["spec"]["selector"].clone()).unwrap_or_default();
         let ready: Vec<&pb::PodRecord> = pods
             .iter()
-            .filter(|p| names(p).0 == ns && crate::workloads::ready(p))
+            .filter(|p| names(p).0 == ns && crate::pods::ready(p))
             .filter(|p| {
                 p.pod.as_ref().is_some_and(|pod| {
                     crate::workloads::selector::matches_map(&selector, &pod.labels)
@@ -314,11 +287,12 @@ impl Cluster {
         };
         let current_metrics: Vec<Value> = ratios.iter().map(|(_, _, v)| v.clone()).collect();
         if desired != current {
-            self.patch_manifest(Kind::Deployment, ns, target, |m| {
-                m["spec"]["replicas"] = json!(desired);
-            })?;
+            self.workloads
+                .patch_manifest(Kind::Deployment, ns, target, |m| {
+                    m["spec"]["replicas"] = json!(desired);
+                })?;
             let direction = if desired > current { "above" } else { "below" };
-            self.event(
+            self.shared.event(
                 "HorizontalPodAutoscaler",
                 ns,
                 name,
@@ -404,7 +378,7 @@ impl Cluster {
         if status != h.status_json {
             let mut o = h.clone();
             o.status_json = status;
-            self.store().objects.put(
+            self.shared.store().objects.put(
                 &key(Kind::HorizontalPodAutoscaler, &h.namespace, &h.name),
                 &o,
             )?;
@@ -415,6 +389,7 @@ impl Cluster {
 
 #[cfg(test)]
 mod tests {
+    use super::validation::validate;
     use super::*;
 
     #[test]
