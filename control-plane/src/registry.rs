@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use orca_model::health;
 use orca_proto::controlplane::v1::{self as pb, NodeState};
 use orca_proto::types::v1::{PodPhase, Resources};
 use tracing::{info, warn};
@@ -457,6 +458,11 @@ impl Registry {
     /// (flushing each change).
     pub async fn check_health(&self) -> Result<(), ClusterError> {
         let c = self.shared.config();
+        let thresholds = health::Thresholds {
+            suspect_after: c.suspect_after,
+            not_ready_after: c.not_ready_after,
+            lost_after: c.lost_after,
+        };
         // Only silent nodes are read from the store: with thousands of nodes a
         // pass costs a walk over the in-memory liveness map.
         for (name, silence) in self.silent_nodes(c.suspect_after) {
@@ -466,25 +472,10 @@ impl Registry {
             let Ok(state) = NodeState::try_from(node.state) else {
                 continue;
             };
-            if !matches!(
-                state,
-                NodeState::Ready | NodeState::Suspect | NodeState::NotReady
-            ) {
-                continue;
-            }
-            let due = if silence > c.lost_after {
-                NodeState::Lost
-            } else if silence > c.not_ready_after {
-                NodeState::NotReady
-            } else if silence > c.suspect_after {
-                NodeState::Suspect
-            } else {
+            // Only ever worse here; heartbeats make nodes better.
+            let Some(due) = health::degraded(state, silence, &thresholds) else {
                 continue;
             };
-            // Only ever worse here; heartbeats make nodes better.
-            if rank(due) <= rank(state) {
-                continue;
-            }
             let updated = self.shared.store().nodes.update(&node.name, |n| {
                 if n.state == node.state {
                     n.state = due as i32;
@@ -498,15 +489,9 @@ impl Registry {
             warn!(node = %node.name, state = ?due, silence_ms = silence.as_millis() as u64, "node health");
             // A pass that came late (a busy machine) may jump states; the events
             // still tell the whole sequence.
-            for (step, reason) in [
-                (NodeState::Suspect, "NodeSuspect"),
-                (NodeState::NotReady, "NodeNotReady"),
-                (NodeState::Lost, "NodeLost"),
-            ] {
-                if rank(step) > rank(state) && rank(step) <= rank(due) {
-                    self.shared
-                        .node_event(&node.name, true, reason, msg.clone());
-                }
+            for reason in health::steps(state, due) {
+                self.shared
+                    .node_event(&node.name, true, reason, msg.clone());
             }
         }
         Ok(())
@@ -608,17 +593,6 @@ impl Registry {
             format!("instance {} terminated", node.instance_id),
         );
         Ok(node)
-    }
-}
-
-/// Severity of a health state, for "only ever worse" transitions.
-fn rank(state: NodeState) -> u8 {
-    match state {
-        NodeState::Ready => 0,
-        NodeState::Suspect => 1,
-        NodeState::NotReady => 2,
-        NodeState::Lost => 3,
-        _ => 0,
     }
 }
 
