@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, PodSpec, Secret};
 use orca_proto::controlplane::v1 as pb;
 use orca_proto::types::v1 as types;
 
-use crate::shared::Resolved;
+use crate::shared::{ResolveError, Resolved};
 
 /// Lifetime asked for a projected service account token without one (s).
 const DEFAULT_TOKEN_EXPIRATION_S: i64 = 3600;
@@ -29,13 +29,13 @@ pub trait ObjectSource: Send + Sync {
         &'a self,
         ns: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<ConfigMap>, String>>;
+    ) -> BoxFuture<'a, Result<Option<ConfigMap>, ResolveError>>;
     /// A Secret, if it exists.
     fn secret<'a>(
         &'a self,
         ns: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Secret>, String>>;
+    ) -> BoxFuture<'a, Result<Option<Secret>, ResolveError>>;
     /// A token of service account `sa` bound to `pod` (name, uid).
     fn token<'a>(
         &'a self,
@@ -44,7 +44,7 @@ pub trait ObjectSource: Send + Sync {
         pod: (&'a str, &'a str),
         audiences: Vec<String>,
         expiration_seconds: i64,
-    ) -> BoxFuture<'a, Result<String, String>>;
+    ) -> BoxFuture<'a, Result<String, ResolveError>>;
     /// The node name a pod on `node` sees (`spec.nodeName`).
     fn node_name_of(&self, node: &pb::Node) -> String;
 }
@@ -61,14 +61,14 @@ async fn read_config_map(
     ns: &str,
     name: &str,
     fetched: &mut Fetched,
-) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
+) -> Result<Option<BTreeMap<String, Vec<u8>>>, ResolveError> {
     if let Some(v) = fetched.config_maps.get(name) {
         return Ok(v.clone());
     }
     let cm = objects
         .config_map(ns, name)
         .await
-        .map_err(|e| format!("configmap {ns}/{name}: {e}"))?;
+        .map_err(|e| e.context(format_args!("configmap {ns}/{name}")))?;
     let data = cm.map(|cm| {
         let mut data: BTreeMap<String, Vec<u8>> = cm
             .data
@@ -93,14 +93,14 @@ async fn read_secret(
     ns: &str,
     name: &str,
     fetched: &mut Fetched,
-) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
+) -> Result<Option<BTreeMap<String, Vec<u8>>>, ResolveError> {
     if let Some(v) = fetched.secrets.get(name) {
         return Ok(v.clone());
     }
     let secret = objects
         .secret(ns, name)
         .await
-        .map_err(|e| format!("secret {ns}/{name}: {e}"))?;
+        .map_err(|e| e.context(format_args!("secret {ns}/{name}")))?;
     let data = secret.map(|s| {
         let mut data: BTreeMap<String, Vec<u8>> = s
             .data
@@ -126,11 +126,15 @@ pub async fn resolve(
     objects: &dyn ObjectSource,
     record: &pb::PodRecord,
     node: &pb::Node,
-) -> Result<Resolved, String> {
-    let pod = record.pod.as_ref().ok_or("pod record without a pod")?;
+) -> Result<Resolved, ResolveError> {
+    let pod = record
+        .pod
+        .as_ref()
+        .ok_or_else(|| ResolveError::Unresolvable("pod record without a pod".into()))?;
     let r = pod.r#ref.clone().unwrap_or_default();
     let ns = r.namespace.as_str();
-    let mut spec: PodSpec = serde_json::from_str(&pod.spec_json).map_err(|e| e.to_string())?;
+    let mut spec: PodSpec = serde_json::from_str(&pod.spec_json)
+        .map_err(|e| ResolveError::Unresolvable(e.to_string()))?;
     let mut fetched = Fetched::default();
     let mut volume_data = types::VolumeData::default();
     let mut token_wanted: Option<(Vec<String>, i64)> = None;
@@ -182,7 +186,7 @@ pub async fn resolve(
         match data {
             Some(data) => insert(table, &name, data),
             None if optional => {}
-            None => return Err(missing(kind, ns, &name, volume)),
+            None => return Err(missing(kind, ns, &name, volume).into()),
         }
     }
     if let Some((audiences, expiration)) = token_wanted {
@@ -199,7 +203,7 @@ pub async fn resolve(
                 expiration,
             )
             .await
-            .map_err(|e| format!("service account token of {ns}/{sa}: {e}"))?;
+            .map_err(|e| e.context(format_args!("service account token of {ns}/{sa}")))?;
     }
 
     // Registry credentials.
@@ -229,7 +233,7 @@ pub async fn resolve(
         changed |= resolve_env(objects, ns, c, &context, &mut fetched).await?;
     }
     let spec_json = if changed {
-        Some(serde_json::to_string(&spec).map_err(|e| e.to_string())?)
+        Some(serde_json::to_string(&spec).map_err(|e| ResolveError::Unresolvable(e.to_string()))?)
     } else {
         None
     };
@@ -247,7 +251,7 @@ async fn resolve_env(
     c: &mut Container,
     context: &FieldContext<'_>,
     fetched: &mut Fetched,
-) -> Result<bool, String> {
+) -> Result<bool, ResolveError> {
     let from = c.env_from.take().unwrap_or_default();
     let has_value_from = c.env.iter().flatten().any(|e| e.value_from.is_some());
     if from.is_empty() && !has_value_from {
@@ -290,10 +294,10 @@ async fn resolve_env(
             }
             None if optional => {}
             None => {
-                return Err(format!(
+                return Err(ResolveError::Unresolvable(format!(
                     "{kind} {ns}/{name} (envFrom of container {:?}) not found",
                     c.name
-                ));
+                )));
             }
         }
     }
@@ -312,10 +316,10 @@ async fn resolve_env(
                 Some(v) => Some(String::from_utf8_lossy(v).into_owned()),
                 None if k.optional.unwrap_or(false) => None,
                 None => {
-                    return Err(format!(
+                    return Err(ResolveError::Unresolvable(format!(
                         "key {:?} of configmap {ns}/{} (env {} of container {:?}) not found",
                         k.key, k.name, var.name, c.name
-                    ));
+                    )));
                 }
             }
         } else if let Some(k) = &from.secret_key_ref {
@@ -324,10 +328,10 @@ async fn resolve_env(
                 Some(v) => Some(String::from_utf8_lossy(v).into_owned()),
                 None if k.optional.unwrap_or(false) => None,
                 None => {
-                    return Err(format!(
+                    return Err(ResolveError::Unresolvable(format!(
                         "key {:?} of secret {ns}/{} (env {} of container {:?}) not found",
                         k.key, k.name, var.name, c.name
-                    ));
+                    )));
                 }
             }
         } else if let Some(f) = &from.field_ref {

@@ -25,7 +25,7 @@ use crate::pods::{Applied, key, names, phase, uid};
 use crate::registry::NodeRequest;
 use crate::resources::spec_of;
 use crate::resources::{holds_resources, requests, sum_requests};
-use crate::shared::{ClusterError, Shared, age};
+use crate::shared::{ClusterError, ResolveError, Shared, age};
 use orca_model::selection::annotations::RESUME_FROM;
 
 pub use orca_model::fit::{free_share, port_clash, ports, tolerates, unfit};
@@ -394,11 +394,7 @@ impl Scheduler {
         let result = async {
             self.shared.store().flush().await?;
             let record = self.pods.pod(&ns, &name)?;
-            let resolved = self
-                .shared
-                .resolve(&record, &node)
-                .await
-                .map_err(ClusterError::Unresolved)?;
+            let resolved = self.shared.resolve(&record, &node).await?;
             let mut pod = record.pod.clone();
             if let (Some(pod), Some(spec)) = (pod.as_mut(), resolved.spec_json) {
                 pod.spec_json = spec;
@@ -423,7 +419,7 @@ impl Scheduler {
                 let claims = self
                     .claims
                     .claim_volumes(&ns, &spec)
-                    .map_err(ClusterError::Unresolved)?;
+                    .map_err(ResolveError::Unresolvable)?;
                 volume_data.get_or_insert_default().claims = claims.into_iter().collect();
             }
             let req = agent::RunPodRequest {
@@ -457,10 +453,10 @@ impl Scheduler {
                     }
                 }
             }
-            Err(ClusterError::Unresolved(message)) => {
+            Err(ClusterError::Unresolved(e)) => {
                 let _ = self
                     .pods
-                    .fail_pod(&ns, &name, "CreateContainerConfigError", message);
+                    .fail_pod(&ns, &name, "CreateContainerConfigError", e.to_string());
             }
             Err(ClusterError::Agent { status, .. })
                 if status.code() == tonic::Code::InvalidArgument =>

@@ -62,8 +62,8 @@ pub enum ClusterError {
     #[error("{0}")]
     ResourceExhausted(String),
     /// What a pod refers to (a ConfigMap, Secret, token) could not be resolved.
-    #[error("{0}")]
-    Unresolved(String),
+    #[error(transparent)]
+    Unresolved(#[from] ResolveError),
     /// A node's agent could not be reached or failed.
     #[error("node {node}: {status}")]
     Agent {
@@ -121,6 +121,38 @@ pub struct LaunchContext {
     pub claims: Vec<pb::Claim>,
 }
 
+/// Why a resolver or an object source could not answer. The message names
+/// what is missing or failed; the kind says whether waiting can help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// What the pod refers to does not exist or cannot be used as it is (a
+    /// missing ConfigMap, Secret or key; a malformed reference; a token in a
+    /// mode that issues none).
+    #[error("{0}")]
+    Unresolvable(String),
+    /// The source could not be asked (the API server or the store failed): a
+    /// later try may succeed.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ResolveError {
+    /// The same error, its message prefixed with `what` (`configmap ns/name`).
+    pub fn context(self, what: impl std::fmt::Display) -> Self {
+        match self {
+            Self::Unresolvable(m) => Self::Unresolvable(format!("{what}: {m}")),
+            Self::Unavailable(m) => Self::Unavailable(format!("{what}: {m}")),
+        }
+    }
+}
+
+/// A reference the pod's own spec gets wrong: nothing to wait for.
+impl From<String> for ResolveError {
+    fn from(message: String) -> Self {
+        Self::Unresolvable(message)
+    }
+}
+
 /// Resolves what a pod refers to, just before it is handed to its agent.
 pub trait PodResolver: Send + Sync {
     /// What launching an instance for `record` needs; an error says what is
@@ -128,7 +160,7 @@ pub trait PodResolver: Send + Sync {
     fn launch_context<'a>(
         &'a self,
         record: &'a pb::PodRecord,
-    ) -> futures::future::BoxFuture<'a, Result<LaunchContext, String>> {
+    ) -> futures::future::BoxFuture<'a, Result<LaunchContext, ResolveError>> {
         let _ = record;
         Box::pin(async { Ok(LaunchContext::default()) })
     }
@@ -137,7 +169,7 @@ pub trait PodResolver: Send + Sync {
     fn volume_provisioned<'a>(
         &'a self,
         claim: &'a pb::Claim,
-    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+    ) -> futures::future::BoxFuture<'a, Result<(), ResolveError>> {
         let _ = claim;
         Box::pin(async { Ok(()) })
     }
@@ -146,7 +178,7 @@ pub trait PodResolver: Send + Sync {
     fn claim_gone<'a>(
         &'a self,
         claim: &'a pb::Claim,
-    ) -> futures::future::BoxFuture<'a, Result<bool, String>> {
+    ) -> futures::future::BoxFuture<'a, Result<bool, ResolveError>> {
         let _ = claim;
         Box::pin(async { Ok(false) })
     }
@@ -155,7 +187,7 @@ pub trait PodResolver: Send + Sync {
     fn volume_reclaimed<'a>(
         &'a self,
         claim: &'a pb::Claim,
-    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+    ) -> futures::future::BoxFuture<'a, Result<(), ResolveError>> {
         let _ = claim;
         Box::pin(async { Ok(()) })
     }
@@ -165,7 +197,7 @@ pub trait PodResolver: Send + Sync {
         &'a self,
         record: &'a pb::PodRecord,
         node: &'a pb::Node,
-    ) -> futures::future::BoxFuture<'a, Result<Resolved, String>>;
+    ) -> futures::future::BoxFuture<'a, Result<Resolved, ResolveError>>;
 }
 
 /// GPU samples of history kept per GPU.
@@ -225,7 +257,7 @@ impl Shared {
         &self,
         record: &pb::PodRecord,
         node: &pb::Node,
-    ) -> Result<Resolved, String> {
+    ) -> Result<Resolved, ResolveError> {
         match self.inner.resolver.get() {
             Some(r) => r.resolve(record, node).await,
             None => Ok(Resolved::default()),

@@ -178,7 +178,7 @@ impl Provisioner {
                     && !now.volume_id.is_empty()
                     && let Err(why) = r.volume_provisioned(&now).await
                 {
-                    return Ok(Step::Wait("CreatingVolume", why));
+                    return Ok(Step::Wait("CreatingVolume", why.to_string()));
                 }
             }
         }

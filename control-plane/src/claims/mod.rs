@@ -218,7 +218,7 @@ impl Claims {
         let Some(r) = self.shared.resolver() else {
             return Ok(LaunchContext::default());
         };
-        let context = r.launch_context(record).await?;
+        let context = r.launch_context(record).await.map_err(|e| e.to_string())?;
         for c in &context.claims {
             let k = crate::pods::key(&c.namespace, &c.name);
             let stored = self

@@ -103,7 +103,11 @@ impl Objects {
             .get(&record.node_name)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("node {} is gone", record.node_name))?;
-        let resolved = self.shared.resolve(record, &node).await?;
+        let resolved = self
+            .shared
+            .resolve(record, &node)
+            .await
+            .map_err(|e| e.to_string())?;
         let req = agent::UpdateVolumesRequest {
             uid: uid(record),
             volume_data: resolved.volume_data,

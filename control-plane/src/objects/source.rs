@@ -12,7 +12,7 @@ use orca_proto::controlplane::v1 as pb;
 use super::Kind;
 use super::sealing::Sealer;
 use crate::references::ObjectSource;
-use crate::shared::{PodResolver, Resolved};
+use crate::shared::{PodResolver, ResolveError, Resolved};
 use orca_store::Store;
 
 /// ConfigMaps and Secrets from the store.
@@ -36,13 +36,13 @@ impl StoreObjects {
         &self,
         record: &pb::PodRecord,
         mut resolved: Resolved,
-    ) -> Result<Resolved, String> {
+    ) -> Result<Resolved, ResolveError> {
         let (ns, _) = crate::pods::names(record);
         let services: Vec<serde_json::Value> = self
             .store
             .objects
             .scan(&super::prefix(Kind::Service, &ns))
-            .map_err(|e| e.to_string())?
+            .map_err(|e| ResolveError::Unavailable(e.to_string()))?
             .iter()
             .filter_map(|o| serde_json::from_str(&o.manifest_json).ok())
             .collect();
@@ -54,7 +54,8 @@ impl StoreObjects {
                 .map(|p| p.spec_json.clone())
                 .unwrap_or_default(),
         };
-        let mut spec: serde_json::Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+        let mut spec: serde_json::Value =
+            serde_json::from_str(&json).map_err(|e| ResolveError::Unresolvable(e.to_string()))?;
         if crate::services::environment::inject(&mut spec, &ns, &services, self.dns) {
             resolved.spec_json = Some(spec.to_string());
         }
@@ -66,21 +67,26 @@ impl StoreObjects {
         kind: Kind,
         ns: &str,
         name: &str,
-    ) -> Result<Option<T>, String> {
+    ) -> Result<Option<T>, ResolveError> {
         let key = super::key(kind, ns, name);
-        let Some(o) = self.store.objects.get(&key).map_err(|e| e.to_string())? else {
+        let Some(o) = self
+            .store
+            .objects
+            .get(&key)
+            .map_err(|e| ResolveError::Unavailable(e.to_string()))?
+        else {
             return Ok(None);
         };
         let json = if kind == Kind::Secret {
             self.sealer
                 .open(&key, &o.manifest_json)
-                .map_err(|e| format!("{key}: {e}"))?
+                .map_err(|e| ResolveError::Unavailable(format!("{key}: {e}")))?
         } else {
             o.manifest_json
         };
         serde_json::from_str(&json)
             .map(Some)
-            .map_err(|e| format!("{key}: {e}"))
+            .map_err(|e| ResolveError::Unresolvable(format!("{key}: {e}")))
     }
 }
 
@@ -89,7 +95,7 @@ impl ObjectSource for StoreObjects {
         &'a self,
         ns: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<ConfigMap>, String>> {
+    ) -> BoxFuture<'a, Result<Option<ConfigMap>, ResolveError>> {
         Box::pin(async move { self.read(Kind::ConfigMap, ns, name) })
     }
 
@@ -97,7 +103,7 @@ impl ObjectSource for StoreObjects {
         &'a self,
         ns: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Secret>, String>> {
+    ) -> BoxFuture<'a, Result<Option<Secret>, ResolveError>> {
         Box::pin(async move { self.read(Kind::Secret, ns, name) })
     }
 
@@ -108,11 +114,11 @@ impl ObjectSource for StoreObjects {
         _pod: (&'a str, &'a str),
         _audiences: Vec<String>,
         _expiration_seconds: i64,
-    ) -> BoxFuture<'a, Result<String, String>> {
+    ) -> BoxFuture<'a, Result<String, ResolveError>> {
         Box::pin(async move {
-            Err(format!(
+            Err(ResolveError::Unresolvable(format!(
                 "service account {ns}/{sa}: tokens are issued by a Kubernetes API server; standalone mode has none"
-            ))
+            )))
         })
     }
 
@@ -126,7 +132,7 @@ impl PodResolver for StoreObjects {
         &'a self,
         record: &'a pb::PodRecord,
         node: &'a pb::Node,
-    ) -> BoxFuture<'a, Result<Resolved, String>> {
+    ) -> BoxFuture<'a, Result<Resolved, ResolveError>> {
         Box::pin(async move {
             let resolved = crate::references::resolve(self, record, node).await?;
             self.with_services(record, resolved)

@@ -12,6 +12,7 @@ use orca_proto::controlplane::v1 as pb;
 use super::kube::KubeApi;
 use crate::cluster::{PodResolver, Resolved};
 use crate::references::ObjectSource;
+use crate::shared::ResolveError;
 
 pub use crate::references::kubernetes_uid;
 
@@ -47,17 +48,22 @@ impl KubeResolver {
     }
 }
 
+/// The API server's answer as a resolver's error: a later try may succeed.
+fn unavailable(e: super::kube::KubeError) -> ResolveError {
+    ResolveError::Unavailable(e.to_string())
+}
+
 impl ObjectSource for KubeResolver {
     fn config_map<'a>(
         &'a self,
         ns: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<ConfigMap>, String>> {
+    ) -> BoxFuture<'a, Result<Option<ConfigMap>, ResolveError>> {
         Box::pin(async move {
             self.kube
                 .get_config_map(ns, name)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(unavailable)
         })
     }
 
@@ -65,13 +71,8 @@ impl ObjectSource for KubeResolver {
         &'a self,
         ns: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Secret>, String>> {
-        Box::pin(async move {
-            self.kube
-                .get_secret(ns, name)
-                .await
-                .map_err(|e| e.to_string())
-        })
+    ) -> BoxFuture<'a, Result<Option<Secret>, ResolveError>> {
+        Box::pin(async move { self.kube.get_secret(ns, name).await.map_err(unavailable) })
     }
 
     fn token<'a>(
@@ -81,12 +82,12 @@ impl ObjectSource for KubeResolver {
         pod: (&'a str, &'a str),
         audiences: Vec<String>,
         expiration_seconds: i64,
-    ) -> BoxFuture<'a, Result<String, String>> {
+    ) -> BoxFuture<'a, Result<String, ResolveError>> {
         Box::pin(async move {
             self.kube
                 .create_token(ns, sa, pod, audiences, expiration_seconds)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(unavailable)
         })
     }
 
@@ -100,27 +101,51 @@ impl PodResolver for KubeResolver {
     fn launch_context<'a>(
         &'a self,
         record: &'a pb::PodRecord,
-    ) -> BoxFuture<'a, Result<crate::cluster::LaunchContext, String>> {
-        Box::pin(self.launch_context_of(record))
+    ) -> BoxFuture<'a, Result<crate::cluster::LaunchContext, ResolveError>> {
+        // What a launch waits for (an unbound claim, a ServiceAccount not yet
+        // read) may come: the pod waits, bounded by the pending timeout.
+        Box::pin(async move {
+            self.launch_context_of(record)
+                .await
+                .map_err(ResolveError::Unavailable)
+        })
     }
 
-    fn volume_provisioned<'a>(&'a self, claim: &'a pb::Claim) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(self.make_volume(claim))
+    fn volume_provisioned<'a>(
+        &'a self,
+        claim: &'a pb::Claim,
+    ) -> BoxFuture<'a, Result<(), ResolveError>> {
+        Box::pin(async move {
+            self.make_volume(claim)
+                .await
+                .map_err(ResolveError::Unavailable)
+        })
     }
 
-    fn claim_gone<'a>(&'a self, claim: &'a pb::Claim) -> BoxFuture<'a, Result<bool, String>> {
-        Box::pin(self.is_claim_gone(claim))
+    fn claim_gone<'a>(&'a self, claim: &'a pb::Claim) -> BoxFuture<'a, Result<bool, ResolveError>> {
+        Box::pin(async move {
+            self.is_claim_gone(claim)
+                .await
+                .map_err(ResolveError::Unavailable)
+        })
     }
 
-    fn volume_reclaimed<'a>(&'a self, claim: &'a pb::Claim) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(self.remove_volume(claim))
+    fn volume_reclaimed<'a>(
+        &'a self,
+        claim: &'a pb::Claim,
+    ) -> BoxFuture<'a, Result<(), ResolveError>> {
+        Box::pin(async move {
+            self.remove_volume(claim)
+                .await
+                .map_err(ResolveError::Unavailable)
+        })
     }
 
     fn resolve<'a>(
         &'a self,
         record: &'a pb::PodRecord,
         node: &'a pb::Node,
-    ) -> BoxFuture<'a, Result<Resolved, String>> {
+    ) -> BoxFuture<'a, Result<Resolved, ResolveError>> {
         Box::pin(crate::references::resolve(self, record, node))
     }
 }
