@@ -96,6 +96,7 @@ pub mod shared;
 pub mod streams;
 pub mod telemetry;
 pub mod tls_identity;
+#[cfg(feature = "kubernetes")]
 pub mod vk;
 pub mod warm_pool;
 pub mod workloads;
@@ -158,8 +159,19 @@ pub enum ServeError {
     #[error(transparent)]
     Secrets(#[from] objects::sealing::SealError),
     /// The Kubernetes mode could not start.
+    #[cfg(feature = "kubernetes")]
     #[error(transparent)]
     Kubernetes(#[from] vk::kube::KubeError),
+    /// The configuration asks for what this build leaves out.
+    #[error(
+        "{what} is not in this build of orca-control-plane: build it with the cargo feature `{feature}` (on by default)"
+    )]
+    NotBuilt {
+        /// What the configuration asks for.
+        what: &'static str,
+        /// The cargo feature that brings it.
+        feature: &'static str,
+    },
     /// The data directory could not be prepared.
     #[error("data directory {path}")]
     DataDir {
@@ -223,7 +235,15 @@ pub async fn serve(
             local.clone(),
             data.join("hosts"),
         )),
+        #[cfg(feature = "ec2")]
         Provider::Ec2(ec2) => Box::new(cloud::ec2::Ec2Provider::new((**ec2).clone())),
+        #[cfg(not(feature = "ec2"))]
+        Provider::Ec2(_) => {
+            return Err(ServeError::NotBuilt {
+                what: "the ec2 provider",
+                feature: "ec2",
+            });
+        }
     };
     let mut identity = tls_identity::ServerIdentity::new(&config, listen);
     let mut agent_url = config.advertise_url.clone();
@@ -324,8 +344,16 @@ pub async fn serve(
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move { cluster.caps().run_budgets(stop).await })
     });
-    let kubernetes = match &cluster.shared().config().kubernetes {
+    let kubernetes: Vec<tokio::task::JoinHandle<()>> = match &cluster.shared().config().kubernetes {
+        #[cfg(feature = "kubernetes")]
         Some(k) => vk::start(&cluster, k, stop_rx.clone()).await?,
+        #[cfg(not(feature = "kubernetes"))]
+        Some(_) => {
+            return Err(ServeError::NotBuilt {
+                what: "Kubernetes mode",
+                feature: "kubernetes",
+            });
+        }
         None => Vec::new(),
     };
     let rotation = {

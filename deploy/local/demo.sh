@@ -78,10 +78,13 @@ say "Installing what is missing (Debian packages, moto/grpcurl venv)"
 "$REPO/deploy/local/setup.sh"
 
 say "Building ORCA ($PROFILE)"
+# Only what the demo runs: the control plane without the EC2 provider and Kubernetes mode (no AWS SDK,
+# no kube-rs: cargo features `ec2` and `kubernetes`), the agent and the CLI.
+BUILD=(-p orca-control-plane -p orca-agent -p orca-cli --no-default-features)
 if [ "$PROFILE" = release ]; then
-    (cd "$REPO" && cargo build --release --workspace --bins)
+    (cd "$REPO" && cargo build --release "${BUILD[@]}")
 else
-    (cd "$REPO" && cargo build --workspace --bins)
+    (cd "$REPO" && cargo build "${BUILD[@]}")
 fi
 
 mkdir -p "$DEMO"/{containerd/root,containerd/state,registry/data}

@@ -16,6 +16,7 @@
 //! [`launch`]: InstanceProvider::launch
 
 pub mod cidr;
+#[cfg(feature = "ec2")]
 pub mod ec2;
 pub mod local;
 pub mod netns;

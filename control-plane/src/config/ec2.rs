@@ -217,13 +217,29 @@ fn d_refresh() -> u64 {
     DEFAULT_CATALOGUE_REFRESH_MS
 }
 
+/// How to reach EC2.
+#[derive(Debug, Clone, Default)]
+pub struct ClientSettings {
+    /// Region; the default chain's (`AWS_REGION`, the profile, IMDS) when `None`.
+    pub region: Option<String>,
+    /// An endpoint URL instead of EC2's (`moto_server` in tests).
+    pub endpoint: Option<String>,
+    /// An endpoint URL instead of IAM's (`moto_server` in tests).
+    pub iam_endpoint: Option<String>,
+    /// Static credentials (access key, secret) instead of the default chain.
+    pub static_credentials: Option<(String, String)>,
+    /// The longest one call may take, retries included (none: the SDK's default,
+    /// which never gives up on a call that is never answered).
+    pub call_timeout: Option<std::time::Duration>,
+}
+
 /// The validated `ec2` provider.
 #[derive(Debug, Clone)]
 pub struct Ec2Provider {
     /// Cluster tag value.
     pub cluster: String,
     /// How to reach EC2.
-    pub client: crate::cloud::ec2::ClientSettings,
+    pub client: ClientSettings,
     /// AMI.
     pub ami: String,
     /// Subnets, best first (empty: EC2's default).
@@ -454,7 +470,7 @@ impl Ec2File {
                 self.volume_detach_timeout_ms,
             )?,
             cluster: self.cluster,
-            client: crate::cloud::ec2::ClientSettings {
+            client: ClientSettings {
                 region: self.region,
                 iam_endpoint: self.iam_endpoint.or_else(|| self.endpoint.clone()),
                 endpoint: self.endpoint,

@@ -77,10 +77,13 @@ pub fn failure_reason(e: &ProviderError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(feature = "ec2")]
     use crate::cloud::LaunchFailure;
+    #[cfg(feature = "ec2")]
     use crate::cloud::ec2::launch::LaunchError;
 
     /// A failed launch as the EC2 provider reports `e`.
+    #[cfg(feature = "ec2")]
     fn ec2_error(e: LaunchError, failure: LaunchFailure) -> ProviderError {
         ProviderError::Launch {
             node: "n".into(),
@@ -90,6 +93,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "ec2")]
     #[test]
     fn reasons_are_ec2_codes_or_failure_classes() {
         let ec2 = |code: &str| LaunchError::from_code(code, "no capacity in us-east-1a");

@@ -20,21 +20,7 @@ pub use provider::Ec2Provider;
 
 use aws_config::BehaviorVersion;
 
-/// How to reach EC2.
-#[derive(Debug, Clone, Default)]
-pub struct ClientSettings {
-    /// Region; the default chain's (`AWS_REGION`, the profile, IMDS) when `None`.
-    pub region: Option<String>,
-    /// An endpoint URL instead of EC2's (`moto_server` in tests).
-    pub endpoint: Option<String>,
-    /// An endpoint URL instead of IAM's (`moto_server` in tests).
-    pub iam_endpoint: Option<String>,
-    /// Static credentials (access key, secret) instead of the default chain.
-    pub static_credentials: Option<(String, String)>,
-    /// The longest one call may take, retries included (none: the SDK's default,
-    /// which never gives up on a call that is never answered).
-    pub call_timeout: Option<std::time::Duration>,
-}
+pub use crate::config::ec2::ClientSettings;
 
 /// An EC2 call that failed, with the SDK's whole error chain.
 #[derive(Debug, thiserror::Error)]
