@@ -41,7 +41,10 @@ use crate::shared::{ClusterError, Shared, age, now};
 use orca_model::selection::{self};
 use std::sync::Arc;
 
-pub use orca_model::labels::*;
+use orca_model::labels::{
+    LABEL_AMI, LABEL_ATTEMPT, LABEL_CAPACITY_TYPE, LABEL_INSTANCE_TYPE, LABEL_POD_UID, LABEL_PRICE,
+    LABEL_SUBNET, LABEL_ZONE,
+};
 
 /// What provisioning remembers in memory (a restart forgets it, safely: an
 /// avoided offering is tried again, an unknown instance needs two more sweeps).

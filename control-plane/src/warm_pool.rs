@@ -20,11 +20,11 @@ use tracing::{info, warn};
 use crate::cloud::{CapacityType, LaunchRequest, Offering, PodLaunch};
 use crate::config::ec2::Ec2Provider as Settings;
 use crate::provisioning::Provisioner;
-use crate::provisioning::{LABEL_ATTEMPT, LABEL_POD_UID, LABEL_SUBNET};
 use crate::registry::LABEL_WARM_POOL;
 use crate::registry::in_pool;
 use crate::registry::is_pool_node;
 use crate::shared::{ClusterError, now};
+use orca_model::labels::{LABEL_ATTEMPT, LABEL_POD_UID, LABEL_SUBNET};
 use orca_model::selection::{LaunchAnnotations, Mode, Needs};
 
 /// The pseudo-namespace of pool instances' launch tags.
